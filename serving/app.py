@@ -1,0 +1,344 @@
+"""The aiohttp application of one replica worker.
+
+Routes: `POST /` predicts (the router strips the API prefix), `GET /` is a small
+status document, `GET /healthz` says the process is alive, `GET /readyz` is 200
+only once the predictor is loaded and while not draining, `GET /metrics` is
+Prometheus exposition. Anything else is a JSON 404/405.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from serving.batching import Batcher, BatchMismatch
+from serving.codec import encode, error_response, read_payload
+from serving.config import ServingConfig
+from serving.errors import HTTPError
+from serving.loader import LoadedPredictor
+from serving.metrics import ApiMetrics, metrics_handler
+from serving.streaming import StreamFailed, is_stream, stream
+
+LOGGER = logging.getLogger("serving")
+REPLICA_KEY = web.AppKey("replica", "Replica")
+CLIENT_GONE = 499  # nginx's code for "client closed the request"; only ever logged and counted
+THROUGHPUT_WINDOW = 10.0  # seconds of completions that Retry-After is computed from
+
+
+class PredictTimeout(Exception):
+    """The request passed its `timeout` before predict answered."""
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request was queued; predict never ran."""
+
+
+class Replica:
+    """State of one worker: the predictor, its thread pool, admission and draining."""
+
+    def __init__(self, config: ServingConfig, ready_dir: Path | None = None, workers: int = 1) -> None:
+        self.config = config
+        self.metrics = ApiMetrics(config.api)
+        self.predictor: LoadedPredictor | None = None
+        self.draining = False
+        self.in_flight = 0
+        self._executor = ThreadPoolExecutor(config.threads_per_process, thread_name_prefix="predict")
+        self._slots = asyncio.Semaphore(config.threads_per_process)
+        self._batcher: Batcher | None = None
+        self._completions: deque[float] = deque(maxlen=4096)
+        self._mean_duration = 0.0
+        self._background: set[asyncio.Task[Any]] = set()
+        # With several worker processes, each marks itself ready with a file so
+        # that any worker's /readyz can tell whether all of them are.
+        self._ready_dir = ready_dir
+        self._workers = workers
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def set_predictor(self, predictor: LoadedPredictor) -> None:
+        self.predictor = predictor
+        batching = self.config.batching
+        if batching is not None:
+            self._batcher = Batcher(
+                self._run_batch,
+                batching.max_batch_size,
+                batching.batch_interval,
+                self.config.threads_per_process,
+                self.metrics,
+            )
+            self._batcher.start()
+        self.metrics.ready.set(1)
+        if self._ready_dir:
+            (self._ready_dir / f"ready-{os.getpid()}").touch()
+
+    def start_draining(self) -> None:
+        self.draining = True
+        self.metrics.ready.set(0)
+        if self._ready_dir:
+            (self._ready_dir / f"ready-{os.getpid()}").unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._batcher:
+            await self._batcher.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def is_ready(self) -> bool:
+        if self.predictor is None or self.draining:
+            return False
+        if self._ready_dir and self._workers > 1:
+            return len(list(self._ready_dir.glob("ready-*"))) >= self._workers
+        return True
+
+    # -- routes --------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_size)
+        app[REPLICA_KEY] = self
+        app.router.add_post("/", self.handle_predict)
+        app.router.add_get("/", self.handle_status)
+        app.router.add_route("*", "/", _method_not_allowed)
+        app.router.add_get("/healthz", self.handle_health)
+        app.router.add_get("/readyz", self.handle_ready)
+        app.router.add_get("/metrics", metrics_handler)
+        app.router.add_route("*", "/{tail:.*}", _not_found)
+        return app
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        state = "draining" if self.draining else "ready" if self.predictor else "loading"
+        return web.json_response(
+            {
+                "api": self.config.api,
+                "status": state,
+                "predictor": self.config.predictor_class,
+                "in_flight": self.in_flight,
+                "max_concurrency": self.config.max_concurrency,
+                "batching": self.config.batching is not None,
+                "pid": os.getpid(),
+            }
+        )
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def handle_ready(self, request: web.Request) -> web.Response:
+        if self.is_ready():
+            return web.json_response({"status": "ready"})
+        reason = "draining" if self.draining else "loading" if self.predictor is None else "workers starting"
+        return web.json_response({"status": reason}, status=503)
+
+    async def handle_predict(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await self._answer(request, request_id)
+            status = response.status
+            return response
+        except StreamFailed as exc:
+            LOGGER.error(
+                "stream failed after the response started", exc_info=exc.cause, extra={"request_id": request_id}
+            )
+            if request.transport is not None:
+                request.transport.close()  # a chunked body without its last chunk reads as failed
+            raise
+        except ClientGone:
+            status = CLIENT_GONE
+            return web.Response(status=CLIENT_GONE)
+        except Exception as exc:
+            response = self._error(exc, request_id)
+            status = response.status
+            return response
+        finally:
+            elapsed = time.perf_counter() - start
+            self.metrics.count(status)
+            self.metrics.duration.observe(elapsed)
+            self._mean_duration += (elapsed - self._mean_duration) * 0.05
+            LOGGER.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "request_id": request_id,
+                },
+            )
+
+    # -- prediction ----------------------------------------------------------
+
+    async def _answer(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        predictor = self.predictor
+        if predictor is None:
+            return error_response(503, "the predictor is still loading", request_id, {"Retry-After": "1"})
+        if self.in_flight >= self.config.max_concurrency:
+            return error_response(
+                503,
+                f"replica is at max_concurrency ({self.config.max_concurrency} requests); retry later",
+                request_id,
+                {"Retry-After": str(self.retry_after())},
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            payload = await read_payload(request, self.config.max_body_size)
+            query = dict(request.query)
+            result = await self._with_timeout(self._predict(request, predictor, payload, query))
+            headers = {"X-Request-ID": request_id}
+            if is_stream(result):
+                response = await stream(request, result, self._executor, headers)
+            else:
+                response = encode(result, headers)
+            if predictor.post_predict is not None:
+                await self._send_then_post_predict(request, response, predictor, payload, query)
+            return response
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            self._completions.append(time.monotonic())
+
+    async def _with_timeout(self, work: Any) -> Any:
+        if self.config.timeout is None:
+            return await work
+        deadline = asyncio.timeout(self.config.timeout)
+        try:
+            async with deadline:
+                return await work
+        except TimeoutError as exc:
+            if deadline.expired():  # ours, not a TimeoutError the predictor raised
+                raise PredictTimeout() from exc
+            raise
+
+    async def _predict(
+        self, request: web.Request, predictor: LoadedPredictor, payload: Any, query: dict[str, str]
+    ) -> Any:
+        def is_gone() -> bool:
+            return request.transport is None or request.transport.is_closing()
+
+        if self._batcher is not None:
+            return await self._batcher.submit((payload, query, request.headers), is_gone)
+        handler = predictor.predict
+        call = functools.partial(handler.call, payload=payload, query_params=query, headers=request.headers)
+        if handler.is_async_gen:
+            return call()
+        if handler.is_async:
+            return await call()
+        return await self._in_thread(call, is_gone)
+
+    async def _in_thread(self, call: Callable[[], Any], is_gone: Callable[[], bool]) -> Any:
+        """Run a sync predict on the pool; waiting for a thread is 'queued'."""
+        self.metrics.queued.inc()
+        try:
+            await self._slots.acquire()
+        finally:
+            self.metrics.queued.dec()
+        if is_gone():
+            self._slots.release()
+            raise ClientGone()
+        loop = asyncio.get_running_loop()
+        future = self._executor.submit(call)
+        # The slot is freed when the thread finishes, not when a timeout gives up
+        # waiting for it: a thread cannot be interrupted, so it still occupies a slot.
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._slots.release))
+        return await asyncio.wrap_future(future)
+
+    async def _run_batch(self, items: list[tuple[Any, dict[str, str], Any]]) -> Any:
+        assert self.predictor is not None
+        handler = self.predictor.predict
+        call = functools.partial(
+            handler.call,
+            payload=[item[0] for item in items],
+            query_params=[item[1] for item in items],
+            headers=[item[2] for item in items],
+        )
+        if handler.is_async:
+            return await call()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def _send_then_post_predict(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        predictor: LoadedPredictor,
+        payload: Any,
+        query: dict[str, str],
+    ) -> None:
+        if not response.prepared:
+            await response.prepare(request)
+            await response.write_eof()
+        assert predictor.post_predict is not None
+        handler = predictor.post_predict
+        call = functools.partial(
+            handler.call, response=response, payload=payload, query_params=query, headers=request.headers
+        )
+        task = asyncio.get_running_loop().create_task(self._post_predict(call, handler.is_async))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _post_predict(self, call: Callable[[], Any], is_async: bool) -> None:
+        try:
+            if is_async:
+                await call()
+            else:
+                await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except Exception:
+            LOGGER.exception("post_predict failed")
+
+    # -- errors and back-pressure -------------------------------------------
+
+    def _error(self, exc: Exception, request_id: str) -> web.Response:
+        if isinstance(exc, HTTPError):
+            return error_response(exc.status, exc.message, request_id, exc.headers)
+        if isinstance(exc, web.HTTPException):
+            return error_response(exc.status, exc.text or exc.reason, request_id)
+        if isinstance(exc, PredictTimeout):
+            return error_response(
+                504, f"prediction took longer than the timeout of {self.config.timeout:g}s", request_id
+            )
+        LOGGER.error("predict failed", exc_info=exc, extra={"request_id": request_id})
+        if isinstance(exc, BatchMismatch):
+            return error_response(500, str(exc), request_id)
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return error_response(500, message, request_id)
+
+    def retry_after(self) -> int:
+        """Seconds until this replica likely has room: the backlog over recent throughput."""
+        now = time.monotonic()
+        recent = [t for t in self._completions if now - t <= THROUGHPUT_WINDOW]
+        if len(recent) >= 2 and now > recent[0]:
+            rate = len(recent) / max(now - recent[0], 1e-3)
+            seconds = self.in_flight / rate
+        elif self._mean_duration > 0:
+            seconds = self.in_flight * self._mean_duration / self.config.threads_per_process
+        else:
+            seconds = 1.0
+        return max(1, min(60, math.ceil(seconds)))
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return error_response(
+        404, f"no route for {request.method} {request.path}; predictions are POST /", _request_id(request)
+    )
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    response = error_response(405, f"{request.method} / is not allowed; use POST / to predict", _request_id(request))
+    response.headers["Allow"] = "GET, POST"
+    return response
+
+
+def _request_id(request: web.Request) -> str:
+    return request.headers.get("X-Request-ID") or uuid.uuid4().hex

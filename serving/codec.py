@@ -1,0 +1,135 @@
+"""Request payloads in, responses out, exactly as the predictor contract says.
+
+In:  JSON -> parsed value; text/* -> str (charset honoured); form and multipart
+     -> dict of fields and `File`s; no body -> None; anything else -> bytes.
+Out: dict/list/number/bool/None -> JSON; str -> text/plain; bytes ->
+     application/octet-stream; an aiohttp response -> passed through.
+     Generators are streamed by `serving.streaming`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from serving.errors import HTTPError
+
+JSON_TYPES = (dict, list, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class File:
+    """An uploaded file from a multipart form."""
+
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+async def read_payload(request: web.Request, max_body_size: int) -> Any:
+    if request.content_length is not None and request.content_length > max_body_size:
+        raise _too_large(request.content_length, max_body_size)
+    content_type = request.content_type
+    if not request.body_exists:
+        return None
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return _parse_json(await request.read())
+    if content_type.startswith("text/"):
+        try:
+            return await request.text()
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise HTTPError(400, f"body is not valid {request.charset or 'utf-8'} text: {exc}") from exc
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request, max_body_size)
+    if content_type == "application/x-www-form-urlencoded":
+        return _flatten(await request.post())
+    return await request.read()
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise HTTPError(400, f"malformed JSON body: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise HTTPError(400, f"malformed JSON body: not UTF-8 ({exc})") from exc
+
+
+async def _read_multipart(request: web.Request, max_body_size: int) -> dict[str, Any]:
+    # Read part by part and count bytes ourselves: aiohttp does not apply
+    # client_max_size to multipart bodies sent without a Content-Length.
+    reader = await request.multipart()
+    fields: dict[str, Any] = {}
+    total = 0
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise HTTPError(400, "nested multipart bodies are not supported")
+        data = bytearray()
+        while chunk := await part.read_chunk():
+            total += len(chunk)
+            if total > max_body_size:
+                raise _too_large(total, max_body_size)
+            data.extend(chunk)
+        name = part.name or ""
+        if part.filename is not None:
+            content_type = part.headers.get("Content-Type", "application/octet-stream")
+            value: Any = File(part.filename, content_type, bytes(data))
+        else:
+            value = data.decode(part.get_charset("utf-8"))
+        _add(fields, name, value)
+    return fields
+
+
+def _flatten(form: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, value in form.items():
+        _add(fields, name, value)
+    return fields
+
+
+def _add(fields: dict[str, Any], name: str, value: Any) -> None:
+    # A repeated field becomes a list, the way a user reading a form expects.
+    if name in fields:
+        existing = fields[name]
+        fields[name] = [*existing, value] if isinstance(existing, list) else [existing, value]
+    else:
+        fields[name] = value
+
+
+def _too_large(size: int, limit: int) -> HTTPError:
+    return HTTPError(413, f"request body of {size} bytes exceeds max_body_size of {limit} bytes")
+
+
+def json_default(value: Any) -> Any:
+    """Encode what predictors commonly return besides plain JSON: numpy values, sets."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"predict returned a {type(value).__name__}, which cannot be encoded as JSON")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=json_default)
+
+
+def encode(result: Any, headers: dict[str, str]) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):
+        result.headers.update(headers)
+        return result
+    if isinstance(result, str):
+        return web.Response(text=result, content_type="text/plain", headers=headers)
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return web.Response(body=bytes(result), content_type="application/octet-stream", headers=headers)
+    return web.Response(text=dumps(result), content_type="application/json", headers=headers)
+
+
+def error_response(
+    status: int, message: str, request_id: str, extra_headers: dict[str, str] | None = None
+) -> web.Response:
+    body = json.dumps({"error": message, "request_id": request_id})
+    headers = {"X-Request-ID": request_id, **(extra_headers or {})}
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers)

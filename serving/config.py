@@ -1,0 +1,72 @@
+"""The settings one replica runs with.
+
+The control plane (`stack`) validates `stack.yaml` and hands each replica a
+plain JSON document of this shape; `serving` never parses YAML itself, so the
+replica image needs nothing beyond aiohttp and prometheus-client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_ENV = "STACK_SERVING_CONFIG"
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 8
+    batch_interval: float = 0.01  # seconds to wait for a batch to fill
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    predictor_path: str
+    api: str = "api"
+    predictor_class: str = ""  # empty: Predictor, else PythonPredictor
+    config: dict[str, Any] = field(default_factory=dict)
+    python_path: list[str] = field(default_factory=list)
+    host: str = "0.0.0.0"
+    port: int = 8888
+    processes_per_replica: int = 1
+    threads_per_process: int = 1
+    # Requests executing or queued per replica; beyond it the replica answers 503.
+    max_concurrency: int = 64
+    timeout: float | None = None  # seconds per request; None waits forever
+    max_body_size: int = 16 * 1024 * 1024
+    batching: BatchingConfig | None = None
+    # On SIGTERM: keep serving this long so the router notices readiness failing ...
+    drain_delay: float = 5.0
+    # ... then give in-flight and streaming requests this long to finish.
+    grace_period: float = 30.0
+    log_level: str = "info"
+    log_format: str = "text"  # or "json"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServingConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown serving config field(s): {', '.join(unknown)}")
+        values = dict(data)
+        if values.get("batching") is not None:
+            values["batching"] = BatchingConfig(**values["batching"])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServingConfig:
+        return cls.from_dict(json.loads(text))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=2)
+
+    def replace(self, **changes: Any) -> ServingConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def config_from_env() -> ServingConfig | None:
+    text = os.environ.get(CONFIG_ENV)
+    return ServingConfig.from_json(text) if text else None

@@ -1,0 +1,168 @@
+"""Find, import and construct the user's predictor class.
+
+Every failure here is a `StartupError` whose message names the file and line,
+so a replica that cannot start says why in one sentence.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CLASSES = ("Predictor", "PythonPredictor")  # the second keeps Cortex files working
+PREDICT_PARAMS = frozenset({"payload", "query_params", "headers"})
+POST_PREDICT_PARAMS = PREDICT_PARAMS | {"response"}
+MODULE_NAME = "stack_user_predictor"
+
+
+class StartupError(Exception):
+    """The predictor cannot be loaded; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A bound predictor method and the names of the arguments it takes."""
+
+    func: Callable[..., Any]
+    params: frozenset[str]
+    takes_all: bool  # **kwargs: give it everything we have
+    is_async: bool
+    is_async_gen: bool
+
+    def call(self, **available: Any) -> Any:
+        if self.takes_all:
+            return self.func(**available)
+        return self.func(**{k: v for k, v in available.items() if k in self.params})
+
+
+@dataclass(frozen=True)
+class LoadedPredictor:
+    instance: Any
+    predict: Handler
+    post_predict: Handler | None
+    path: Path
+
+
+def load_predictor(
+    path: str | Path,
+    class_name: str | None = None,
+    config: dict[str, Any] | None = None,
+    python_path: list[str] | None = None,
+) -> LoadedPredictor:
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise StartupError(f"{path}: predictor file not found")
+    _extend_sys_path(file, python_path or [])
+    module = _import_file(file)
+    cls = _find_class(module, file, class_name)
+    predict = _method(cls, "predict", file, PREDICT_PARAMS)
+    if predict is None:
+        raise StartupError(f"{_where(file, cls)}: class {cls.__name__} has no predict method")
+    post_predict = _method(cls, "post_predict", file, POST_PREDICT_PARAMS)
+    instance = _construct(cls, file, config or {})
+    return LoadedPredictor(
+        instance=instance,
+        predict=_bind(instance, "predict", predict),
+        post_predict=_bind(instance, "post_predict", post_predict) if post_predict else None,
+        path=file,
+    )
+
+
+def _extend_sys_path(file: Path, python_path: list[str]) -> None:
+    # The predictor's own directory first, so sibling modules import as in a script.
+    for entry in [str(file.parent), *(str((file.parent / p).resolve()) for p in python_path)]:
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
+def _import_file(file: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(MODULE_NAME, file)
+    if spec is None or spec.loader is None:
+        raise StartupError(f"{file}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MODULE_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise StartupError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}") from exc
+    except BaseException as exc:
+        raise StartupError(f"{_failing_line(exc, file)}: importing the predictor failed: {_describe(exc)}") from exc
+    return module
+
+
+def _find_class(module: Any, file: Path, class_name: str | None) -> type:
+    names = (class_name,) if class_name else DEFAULT_CLASSES
+    for name in names:
+        candidate = getattr(module, name, None)
+        if isinstance(candidate, type):
+            return candidate
+    classes = sorted(n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == MODULE_NAME)
+    found = f"classes defined there: {', '.join(classes)}" if classes else "it defines no class"
+    wanted = " or ".join(names)
+    raise StartupError(f"{file}: no class {wanted} ({found}); set predictor.class in stack.yaml")
+
+
+def _method(cls: type, name: str, file: Path, allowed: frozenset[str]) -> Callable[..., Any] | None:
+    func = getattr(cls, name, None)
+    if func is None:
+        return None
+    if not callable(func):
+        raise StartupError(f"{_where(file, cls)}: {cls.__name__}.{name} is not a method")
+    params = list(inspect.signature(func).parameters.values())[1:]  # drop self
+    for param in params:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.name not in allowed:
+            raise StartupError(
+                f"{_where(file, func)}: {cls.__name__}.{name}() has unknown parameter "
+                f"'{param.name}'; it may take any of: {', '.join(sorted(allowed))}"
+            )
+    return func
+
+
+def _bind(instance: Any, name: str, func: Callable[..., Any]) -> Handler:
+    params = list(inspect.signature(func).parameters.values())[1:]
+    return Handler(
+        func=getattr(instance, name),
+        params=frozenset(p.name for p in params),
+        takes_all=any(p.kind == p.VAR_KEYWORD for p in params),
+        is_async=inspect.iscoroutinefunction(func),
+        is_async_gen=inspect.isasyncgenfunction(func),
+    )
+
+
+def _construct(cls: type, file: Path, config: dict[str, Any]) -> Any:
+    params = inspect.signature(cls.__init__).parameters
+    takes_config = "config" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    try:
+        return cls(config=config) if takes_config else cls()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise StartupError(f"{_failing_line(exc, file)}: {cls.__name__}.__init__ failed: {_describe(exc)}") from exc
+
+
+def _where(file: Path, obj: Any) -> str:
+    try:
+        return f"{file}:{inspect.getsourcelines(obj)[1]}"
+    except (OSError, TypeError):
+        return str(file)
+
+
+def _failing_line(exc: BaseException, file: Path) -> str:
+    """The deepest frame inside the predictor file, else the deepest frame at all."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if Path(f.filename).resolve() == file]
+    frame = (own or frames or [None])[-1]
+    return f"{frame.filename}:{frame.lineno}" if frame else str(file)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

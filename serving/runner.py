@@ -1,0 +1,120 @@
+"""Run one worker: listen, load the predictor, serve, drain on SIGTERM.
+
+The socket opens before the predictor loads so `/healthz` answers during a
+slow model load while `/readyz` still says 503. On SIGTERM or Ctrl-C:
+readiness turns 503 at once, the worker keeps serving for `drain_delay` (the
+router needs a moment to notice), then stops listening and gives in-flight and
+streaming requests up to `grace_period` before it exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from serving.app import Replica
+from serving.config import ServingConfig
+from serving.loader import StartupError, load_predictor
+
+LOGGER = logging.getLogger("serving")
+EXIT_STARTUP_FAILED = 3
+
+
+async def serve(
+    config: ServingConfig, reuse_port: bool = False, ready_dir: Path | None = None, workers: int = 1
+) -> int:
+    replica = Replica(config, ready_dir=ready_dir, workers=workers)
+    runner = web.AppRunner(
+        replica.make_app(), handle_signals=False, access_log=None, shutdown_timeout=config.grace_period
+    )
+    await runner.setup()
+    try:
+        await _listen(runner, config, reuse_port)
+    except StartupError as exc:
+        LOGGER.error(str(exc))
+        await runner.cleanup()
+        return EXIT_STARTUP_FAILED
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    code = await _load(replica, config, stop)
+    if code == 0 and not stop.is_set():
+        LOGGER.info(
+            f"ready: api {config.api} at http://{_display_host(config.host)}:{config.port}", extra={"pid": os.getpid()}
+        )
+        await stop.wait()
+    if code == 0:
+        await _drain(replica, config, stop)
+    await runner.cleanup()
+    await replica.close()
+    if code == 0:
+        LOGGER.info("stopped", extra={"pid": os.getpid()})
+    return code
+
+
+async def _listen(runner: web.AppRunner, config: ServingConfig, reuse_port: bool) -> None:
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {config.port} on {config.host} is already in use; choose another with --port"
+            ) from exc
+        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
+
+
+async def _load(replica: Replica, config: ServingConfig, stop: asyncio.Event) -> int:
+    load = asyncio.create_task(
+        asyncio.to_thread(
+            load_predictor, config.predictor_path, config.predictor_class, config.config, config.python_path
+        )
+    )
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not load.done():
+        # Stopped during a load: a thread cannot be interrupted, so leave without it.
+        LOGGER.info("stopped while the predictor was loading")
+        return 0
+    try:
+        replica.set_predictor(load.result())
+    except StartupError as exc:
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, SyntaxError):
+            LOGGER.debug("traceback", exc_info=cause)
+            LOGGER.error(f"predictor failed to start: {exc}", exc_info=cause)
+        else:
+            LOGGER.error(f"predictor failed to start: {exc}")
+        return EXIT_STARTUP_FAILED
+    return 0
+
+
+async def _drain(replica: Replica, config: ServingConfig, stop: asyncio.Event) -> None:
+    replica.start_draining()
+    LOGGER.info(
+        f"draining: readiness is 503; serving {config.drain_delay:g}s more, then up to "
+        f"{config.grace_period:g}s for {replica.in_flight} in-flight request(s)",
+        extra={"pid": os.getpid()},
+    )
+    stop.clear()  # a second signal cuts the drain delay short
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), config.drain_delay)
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def run_single(config: ServingConfig) -> int:
+    return asyncio.run(serve(config))

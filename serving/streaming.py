@@ -1,0 +1,103 @@
+"""Stream a generator's items to the client: Server-Sent Events or chunked.
+
+SSE when the client's Accept header names `text/event-stream`; otherwise a
+chunked body whose type follows the first item (str -> text/plain, bytes ->
+octet-stream, anything else -> one JSON document per line, application/x-ndjson).
+A plain generator is advanced on the predictor's thread pool so a slow
+`next()` never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor
+from typing import Any
+
+from aiohttp import web
+
+from serving.codec import dumps
+
+_DONE = object()
+
+
+def is_stream(result: Any) -> bool:
+    return inspect.isgenerator(result) or inspect.isasyncgen(result)
+
+
+async def iterate(result: Any, executor: Executor) -> AsyncIterator[Any]:
+    if inspect.isasyncgen(result):
+        async for item in result:
+            yield item
+        return
+    loop = asyncio.get_running_loop()
+    sync_iter: Iterator[Any] = result
+    while (item := await loop.run_in_executor(executor, next, sync_iter, _DONE)) is not _DONE:
+        yield item
+
+
+def wants_sse(request: web.Request) -> bool:
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+def sse_event(item: Any) -> bytes:
+    text = item.decode() if isinstance(item, (bytes, bytearray)) else item if isinstance(item, str) else dumps(item)
+    # Each line of a multi-line item is its own data: field; a blank line ends the event.
+    return ("".join(f"data: {line}\n" for line in text.split("\n")) + "\n").encode()
+
+
+def chunk(item: Any) -> bytes:
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    if isinstance(item, str):
+        return item.encode()
+    return (dumps(item) + "\n").encode()
+
+
+def chunked_content_type(first: Any) -> str:
+    if isinstance(first, str):
+        return "text/plain; charset=utf-8"
+    if isinstance(first, (bytes, bytearray)):
+        return "application/octet-stream"
+    return "application/x-ndjson"
+
+
+async def stream(request: web.Request, result: Any, executor: Executor, headers: dict[str, str]) -> web.StreamResponse:
+    items = iterate(result, executor)
+    sse = wants_sse(request)
+    try:
+        first = await anext(items)
+    except StopAsyncIteration:
+        first = _DONE
+    response = web.StreamResponse(headers=headers)
+    if sse:
+        response.content_type = "text/event-stream"
+        response.headers["Cache-Control"] = "no-cache"
+    else:
+        response.headers["Content-Type"] = chunked_content_type(first)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    encode = sse_event if sse else chunk
+    try:
+        if first is not _DONE:
+            await response.write(encode(first))
+            async for item in items:
+                await response.write(encode(item))
+    except Exception as exc:
+        # Headers are gone already: an SSE client gets an error event; a chunked
+        # body is cut off without its final chunk, so the client sees it fail.
+        if sse:
+            await response.write(b"event: error\n" + sse_event({"error": f"{type(exc).__name__}: {exc}"}))
+            await response.write_eof()
+        raise StreamFailed(exc) from exc
+    await response.write_eof()
+    return response
+
+
+class StreamFailed(Exception):
+    """The generator raised after the response started; the status is already sent."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause

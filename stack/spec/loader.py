@@ -1,0 +1,301 @@
+"""Load `stack.yaml` into a validated `Spec`, or fail with every problem at once.
+
+Each problem names the file, line and column, the field path, what was wrong,
+and for a misspelt key the likely intended one. Positions come from PyYAML's
+node tree; messages come from pydantic, reworded for people.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from stack.spec import models
+
+Path_ = tuple[str | int, ...]
+SPEC_FILENAME = "stack.yaml"
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class SpecError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{count} in {problems[0].file}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: models.Spec
+    path: Path  # the stack.yaml file
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def predictor_file(self, api: models.Api) -> Path:
+        return (self.root / api.predictor.path).resolve()
+
+    def requirements_file(self, api: models.Api) -> Path | None:
+        given = api.predictor.requirements
+        candidate = self.root / (given or "requirements.txt")
+        return candidate.resolve() if candidate.is_file() else None
+
+
+def find_spec_file(path: str | Path = ".") -> Path:
+    target = Path(path)
+    return target / SPEC_FILENAME if target.is_dir() else target
+
+
+def load_spec(path: str | Path = ".") -> LoadedSpec:
+    file = find_spec_file(path)
+    shown = str(file)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise SpecError([Problem(shown, 1, 1, "", "file not found; create one with `stack init NAME`")]) from None
+    except OSError as exc:
+        raise SpecError([Problem(shown, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
+    data, positions = _parse_yaml(text, shown)
+    problems = _validate(data, positions, shown) + _cross_checks(data, file.resolve().parent, positions, shown)
+    if problems:
+        raise SpecError(sorted(set(problems), key=lambda p: (p.line, p.column, p.field)))
+    return LoadedSpec(models.Spec.model_validate(data), file.resolve())
+
+
+# -- YAML with positions -----------------------------------------------------
+
+
+def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, tuple[int, int]]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError([Problem(shown, 1, 1, "", "the file is empty; it needs at least `project:` and `apis:`")])
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise SpecError([Problem(shown, line, column, "", f"YAML syntax error: {exc.problem or exc}")]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "null"
+        raise SpecError(
+            [Problem(shown, node.start_mark.line + 1, 1, "", f"expected a mapping of fields, got a {kind}")]
+        )
+    positions: dict[Path_, tuple[int, int]] = {}
+    duplicates: list[Problem] = []
+    _record(node, (), positions, duplicates, shown)
+    if duplicates:
+        raise SpecError(duplicates)
+    return data, positions
+
+
+def _record(
+    node: yaml.Node, path: Path_, positions: dict[Path_, tuple[int, int]], dups: list[Problem], shown: str
+) -> None:
+    positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                dups.append(Problem(shown, line, col, _dotted((*path, key)), "duplicate key; the later one would win"))
+            seen.add(key)
+            # A key's own position, so "unknown field" points at the key, not its value.
+            positions[(*path, key, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _record(value_node, (*path, key), positions, dups, shown)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record(item, (*path, index), positions, dups, shown)
+
+
+# -- validation ----------------------------------------------------------------
+
+
+def _validate(data: dict[str, Any], positions: dict[Path_, tuple[int, int]], shown: str) -> list[Problem]:
+    try:
+        models.Spec.model_validate(data)
+    except ValidationError as exc:
+        return [_problem(error, positions, shown) for error in exc.errors()]
+    return []
+
+
+def _problem(error: Any, positions: dict[Path_, tuple[int, int]], shown: str) -> Problem:
+    loc = _yaml_path(tuple(error["loc"]))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        line, col = positions.get((*loc, "<key>")) or _nearest(loc, positions)
+        return Problem(shown, line, col, _dotted(loc), _unknown_field(loc))
+    if kind == "missing":
+        line, col = _nearest(loc[:-1], positions)
+        return Problem(shown, line, col, _dotted(loc), "required field is missing")
+    line, col = _nearest(loc, positions)
+    return Problem(shown, line, col, _dotted(loc), _reword(error))
+
+
+def _yaml_path(loc: Path_) -> Path_:
+    # pydantic adds the union member or validator name to some locations; drop them.
+    fields = {"class_name": "class"}
+    return tuple(fields.get(p, p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+
+
+def _nearest(loc: Path_, positions: dict[Path_, tuple[int, int]]) -> tuple[int, int]:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in positions:
+            return positions[loc[:end]]
+    return (1, 1)
+
+
+def _unknown_field(loc: Path_) -> str:
+    model = _model_at(loc[:-1])
+    key = str(loc[-1])
+    if model is None:
+        return "unknown field"
+    names = [f.alias or name for name, f in model.model_fields.items()]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field `{key}` — did you mean `{close[0]}`?"
+    return f"unknown field `{key}`; expected one of: {', '.join(names)}"
+
+
+def _model_at(path: Path_) -> type[BaseModel] | None:
+    model: type[BaseModel] = models.Spec
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) or next((f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        inner = _model_in(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _reword(error: Any) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    given = error.get("input")
+    if error["type"] in (
+        "int_parsing",
+        "int_type",
+        "float_parsing",
+        "float_type",
+        "bool_type",
+        "bool_parsing",
+        "string_type",
+        "dict_type",
+        "list_type",
+        "model_type",
+        "model_attributes_type",
+    ):
+        message = f"{message[0].lower()}{message[1:]}, got {_show(given)}"
+    if error["type"] == "string_pattern_mismatch" and error["loc"][-1] in ("name", "project"):
+        message = f"{_show(given)} is not a valid name: use {models.NAME_RULE}"
+    return message[0].lower() + message[1:]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _dotted(path: Path_) -> str:
+    text = ""
+    for part in path:
+        if part == "<key>":
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+# -- checks across APIs and against the file system ----------------------------
+# These read the raw YAML data so they run even when other fields are invalid:
+# the user sees every problem in one go.
+
+
+def _cross_checks(
+    data: dict[str, Any], root: Path, positions: dict[Path_, tuple[int, int]], shown: str
+) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def add(path: Path_, message: str) -> None:
+        line, col = _nearest(path, positions)
+        problems.append(Problem(shown, line, col, _dotted(path), message))
+
+    apis = data.get("apis")
+    names: dict[str, int] = {}
+    endpoints: dict[str, int] = {}
+    for index, api in enumerate(apis if isinstance(apis, list) else []):
+        if not isinstance(api, dict):
+            continue
+        name = api.get("name")
+        networking = api.get("networking") if isinstance(api.get("networking"), dict) else {}
+        endpoint = networking.get("endpoint") or (f"/{name}" if isinstance(name, str) else None)
+        duplicate_name = isinstance(name, str) and name in names
+        if duplicate_name:
+            add(("apis", index, "name"), f"API name {name!r} is already used by apis[{names[name]}]")
+        if isinstance(name, str):
+            names.setdefault(name, index)
+        if isinstance(endpoint, str):
+            endpoint = endpoint.rstrip("/") or "/"
+            # A repeated name repeats its default endpoint: one message is enough.
+            if endpoint in endpoints and not (duplicate_name and not networking.get("endpoint")):
+                where = (
+                    ("apis", index, "networking", "endpoint") if networking.get("endpoint") else ("apis", index, "name")
+                )
+                add(where, f"endpoint {endpoint} is already used by apis[{endpoints[endpoint]}]")
+            endpoints.setdefault(endpoint, index)
+        predictor = api.get("predictor")
+        if isinstance(predictor, dict):
+            problems += _file_checks(predictor, root, ("apis", index, "predictor"), add)
+    return problems
+
+
+def _file_checks(predictor: dict[str, Any], root: Path, at: Path_, add: Any) -> list[Problem]:
+    path = predictor.get("path")
+    if isinstance(path, str) and not predictor.get("image") and not (root / path).is_file():
+        add((*at, "path"), f"predictor file {path} not found (looked in {root})")
+    requirements = predictor.get("requirements")
+    if isinstance(requirements, str) and not (root / requirements).is_file():
+        add((*at, "requirements"), f"requirements file {requirements} not found (looked in {root})")
+    python_path = predictor.get("python_path")
+    for index, entry in enumerate(python_path if isinstance(python_path, list) else []):
+        if isinstance(entry, str) and not (root / entry).is_dir():
+            add((*at, "python_path", index), f"directory {entry} not found (looked in {root})")
+    return []

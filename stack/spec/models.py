@@ -1,0 +1,211 @@
+"""The `stack.yaml` schema: every field, its default, and why.
+
+Units are parsed on the way in: durations become float seconds, memory int
+bytes, CPU float cores. Cross-field rules that need the file system (does the
+predictor exist?) live in `stack.spec.loader`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from stack.spec.units import parse_cpu, parse_duration, parse_memory
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Memory = Annotated[int, BeforeValidator(parse_memory)]
+Cpu = Annotated[float, BeforeValidator(parse_cpu)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$|^[a-z]$")]
+NAME_RULE = "lowercase letters, digits and '-', starting with a letter (it names containers, jobs and metrics)"
+
+
+class Strict(BaseModel):
+    # Unknown keys are errors: a misspelt field silently ignored is the worst kind of bug.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Batching(Strict):
+    max_batch_size: PositiveInt = 8
+    batch_interval: Duration = 0.01  # 10ms: the most a request waits for its batch to fill
+
+
+class Predictor(Strict):
+    path: str
+    class_name: str = Field("", alias="class")  # empty: Predictor, else PythonPredictor (Cortex)
+    config: dict[str, Any] = Field(default_factory=dict)
+    python_path: list[str] = Field(default_factory=list)
+    requirements: str | None = None  # default: requirements.txt beside stack.yaml, if present
+    env: dict[str, str] = Field(default_factory=dict)
+    image: str | None = None  # a prebuilt image: skip the build
+    processes_per_replica: PositiveInt = 1
+    threads_per_process: PositiveInt = 1
+    # Requests executing or queued per replica before it answers 503 (Cortex: 1 + 100 queued).
+    max_concurrency: PositiveInt = 100
+    timeout: Duration | None = None  # per request; null waits as long as predict takes
+    max_body_size: Memory = 16 * 1024**2
+    batching: Batching | None = None
+    drain_delay: Duration = 5.0  # keep serving after SIGTERM while the router notices
+    grace_period: Duration = 30.0  # then let in-flight requests finish
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"environment variable name {key!r} is not valid")
+        return env
+
+
+class Compute(Strict):
+    cpu: Cpu | None = None  # null: no limit
+    mem: Memory | None = None  # null: no limit
+    gpu: Annotated[int, Field(ge=0)] = 0
+
+
+class Autoscaling(Strict):
+    """Cortex's defaults, which Cortex tuned on real traffic."""
+
+    min_replicas: PositiveInt = 1
+    max_replicas: PositiveInt = 100
+    init_replicas: PositiveInt | None = None  # default: min_replicas
+    # Requests in flight per replica the autoscaler aims for; default processes x threads.
+    target_replica_concurrency: Annotated[float, Field(gt=0)] | None = None
+    window: Duration = 60.0
+    upscale_stabilization_period: Duration = 60.0
+    downscale_stabilization_period: Duration = 300.0
+    max_upscale_factor: Annotated[float, Field(gt=1)] = 1.5
+    max_downscale_factor: Annotated[float, Field(gt=0, lt=1)] = 0.75
+    upscale_tolerance: Annotated[float, Field(ge=0)] = 0.05
+    downscale_tolerance: Annotated[float, Field(ge=0)] = 0.05
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas})")
+        init = self.init_replicas
+        if init is not None and not self.min_replicas <= init <= self.max_replicas:
+            raise ValueError(
+                f"init_replicas ({init}) must lie between min_replicas ({self.min_replicas}) "
+                f"and max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    @property
+    def initial(self) -> int:
+        return self.init_replicas or self.min_replicas
+
+
+SurgeValue = Annotated[int | str, Field(union_mode="left_to_right")]
+
+
+class Update(Strict):
+    max_surge: SurgeValue = "25%"  # extra replicas allowed during a rolling update
+    max_unavailable: SurgeValue = "25%"  # replicas allowed to be missing during it
+
+    @field_validator("max_surge", "max_unavailable")
+    @classmethod
+    def _count_or_percent(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
+        if not re.fullmatch(r"\d{1,3}%", value) or int(value[:-1]) > 100:
+            raise ValueError(f"expected a replica count or a percentage like 25%, got {value!r}")
+        return value
+
+    def resolve(self, replicas: int) -> tuple[int, int]:
+        """(surge, unavailable) in replicas; like Kubernetes, surge rounds up and unavailable down."""
+        surge = _of(self.max_surge, replicas, up=True)
+        unavailable = _of(self.max_unavailable, replicas, up=False)
+        return (surge, unavailable) if surge or unavailable else (1, 0)
+
+
+def _of(value: int | str, replicas: int, up: bool) -> int:
+    if isinstance(value, int):
+        return value
+    share = int(value[:-1]) * replicas
+    return -(-share // 100) if up else share // 100
+
+
+class Networking(Strict):
+    endpoint: str | None = None  # default: /<api name>
+
+    @field_validator("endpoint")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"/[A-Za-z0-9._~/-]*", value):
+            raise ValueError(f"expected a URL path starting with '/', like /iris, got {value!r}")
+        if value is not None and len(value) > 1:
+            value = value.rstrip("/")
+        return value
+
+
+class Api(Strict):
+    name: Name
+    predictor: Predictor
+    compute: Compute = Compute()
+    autoscaling: Autoscaling = Autoscaling()
+    update: Update = Update()
+    networking: Networking = Networking()
+
+    @property
+    def endpoint(self) -> str:
+        return self.networking.endpoint or f"/{self.name}"
+
+    @property
+    def target_concurrency(self) -> float:
+        given = self.autoscaling.target_replica_concurrency
+        return given or float(self.predictor.processes_per_replica * self.predictor.threads_per_process)
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.autoscaling.min_replicas != self.autoscaling.max_replicas
+
+    @model_validator(mode="after")
+    def _gpu_and_processes(self) -> Api:
+        gpus, processes = self.compute.gpu, self.predictor.processes_per_replica
+        # With several GPUs each worker process gets one of them; one GPU is shared by all.
+        if gpus > 1 and processes != gpus:
+            raise ValueError(
+                f"compute.gpu is {gpus} but predictor.processes_per_replica is {processes}: with more than one GPU "
+                "per replica each process gets one GPU, so set processes_per_replica to the GPU count"
+            )
+        return self
+
+
+class Gateway(Strict):
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    dashboard: bool = False  # Traefik's dashboard on :8081 (read-only, but it shows every route)
+    # Clients must send `Authorization: Bearer <key>` or `X-API-Key: <key>` when set.
+    api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
+
+
+class Prometheus(Strict):
+    port: Annotated[int, Field(ge=1, le=65535)] = 9090
+    retention: Duration = 15 * 86400.0
+    # Short by default: the autoscaler's window must hold several samples.
+    scrape_interval: Duration = 5.0
+
+
+class Build(Strict):
+    base_image: str = "python:3.11-slim"
+    # Build images from a wheelhouse resolved on the host (air-gapped sites, no index in builds).
+    wheelhouse: bool = False
+
+
+class Spec(Strict):
+    project: Name
+    gateway: Gateway = Gateway()
+    prometheus: Prometheus = Prometheus()
+    build: Build = Build()
+    apis: Annotated[list[Api], Field(min_length=1)]
+    log_format: Literal["text", "json"] = "text"
+
+    def api(self, name: str) -> Api:
+        for api in self.apis:
+            if api.name == name:
+                return api
+        raise KeyError(f"no API named {name!r}; the spec has: {', '.join(a.name for a in self.apis)}")

@@ -1,0 +1,84 @@
+"""Durations, memory and CPU written the way people write them in YAML.
+
+Durations: `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+Memory: `512Mi`, `2Gi` (powers of 1024), `500M`, `2G` (powers of 1000), or bytes.
+CPU: `0.5`, `2`, or millicores `500m`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?[Bb]?\s*$")
+_MEMORY_UNITS = {
+    None: 1,
+    "K": 1000,
+    "k": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds as a float."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 10s or 5m, got a boolean")
+    if isinstance(value, (int, float)):
+        return _non_negative(float(value), "duration")
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration like 250ms, 10s, 5m or 1h, got {value!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_memory(value: Any) -> int:
+    """Bytes as an int."""
+    if isinstance(value, bool):
+        raise ValueError("expected a memory size like 512Mi or 2G, got a boolean")
+    if isinstance(value, (int, float)):
+        return int(_non_negative(float(value), "memory size"))
+    match = _MEMORY.match(str(value))
+    if not match:
+        raise ValueError(f"expected a memory size like 512Mi, 2Gi or 500M, got {value!r}")
+    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+
+
+def parse_cpu(value: Any) -> float:
+    """Cores as a float."""
+    if isinstance(value, bool):
+        raise ValueError("expected a CPU amount like 0.5 or 500m, got a boolean")
+    if isinstance(value, (int, float)):
+        return _non_negative(float(value), "CPU amount")
+    text = str(value).strip()
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        raise ValueError(f"expected a CPU amount like 0.5, 2 or 500m, got {value!r}") from None
+
+
+def format_duration(seconds: float) -> str:
+    """Go/Compose style: 1m30s, 500ms."""
+    if seconds < 1 and seconds != 0:
+        return f"{round(seconds * 1000)}ms"
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (
+        (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs or not whole else "")
+    )
+
+
+def _non_negative(value: float, what: str) -> float:
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, got {value:g}")
+    return value
