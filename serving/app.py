@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import logging
 import math
 import os
@@ -64,6 +65,7 @@ class Replica:
         # that any worker's /readyz can tell whether all of them are.
         self._ready_dir = ready_dir
         self._workers = workers
+        self._api_keys = [key.encode() for key in config.api_keys]
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -181,6 +183,8 @@ class Replica:
     # -- prediction ----------------------------------------------------------
 
     async def _answer(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        if self._api_keys and not self._authorized(request):
+            return error_response(401, "missing or unknown API key", request_id, {"WWW-Authenticate": "Bearer"})
         predictor = self.predictor
         if predictor is None:
             return error_response(503, "the predictor is still loading", request_id, {"Retry-After": "1"})
@@ -209,6 +213,11 @@ class Replica:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             self._completions.append(time.monotonic())
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+        # Compare with every key in constant time, so timing reveals nothing about them.
+        return any(hmac.compare_digest(given.encode(), key) for key in self._api_keys)
 
     async def _with_timeout(self, work: Any) -> Any:
         if self.config.timeout is None:

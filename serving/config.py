@@ -42,6 +42,10 @@ class ServingConfig:
     drain_delay: float = 5.0
     # ... then give in-flight and streaming requests this long to finish.
     grace_period: float = 30.0
+    # Clients must send one of these as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    api_keys: list[str] = field(default_factory=list)
+    # GPUs of the replica; with more than one, worker process i sees only GPU i.
+    gpus: int = 0
     log_level: str = "info"
     log_format: str = "text"  # or "json"
 

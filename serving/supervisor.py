@@ -49,6 +49,7 @@ class Supervisor:
         self.count = config.processes_per_replica
         self.metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="stack-metrics-"))
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.gpu_of: dict[int, int] = {}  # worker pid -> GPU index, when each worker owns one
         self.stopping = False
 
     def run(self) -> int:
@@ -67,6 +68,7 @@ class Supervisor:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _start_worker(self) -> None:
+        index = len(self.workers)
         env = {
             **os.environ,
             CONFIG_ENV: self.config.to_json(),
@@ -74,8 +76,17 @@ class Supervisor:
             READY_DIR_ENV: str(self.metrics_dir),
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
         }
+        if self.config.gpus > 1:
+            # Inside a container the visible GPUs are renumbered from 0.
+            env["CUDA_VISIBLE_DEVICES"] = str(self._free_gpu(index))
         proc = subprocess.Popen([sys.executable, "-m", "serving", "--worker"], env=env)
         self.workers[proc.pid] = proc
+        if "CUDA_VISIBLE_DEVICES" in env and self.config.gpus > 1:
+            self.gpu_of[proc.pid] = int(env["CUDA_VISIBLE_DEVICES"])
+
+    def _free_gpu(self, fallback: int) -> int:
+        taken = {self.gpu_of[pid] for pid in self.workers if pid in self.gpu_of}
+        return next((gpu for gpu in range(self.config.gpus) if gpu not in taken), fallback % self.config.gpus)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True

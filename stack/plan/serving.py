@@ -1,0 +1,45 @@
+"""The per-replica serving config derived from an API of the spec."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from serving.config import BatchingConfig, ServingConfig
+from stack.spec import Api, LoadedSpec
+
+REPLICA_PORT = 8888  # every replica listens here inside its container or allocation
+
+
+def replica_config(
+    loaded: LoadedSpec,
+    api: Api,
+    *,
+    root: str | None = None,
+    host: str = "0.0.0.0",
+    port: int = REPLICA_PORT,
+    drain_delay: float | None = None,
+) -> ServingConfig:
+    """`root` is where the project directory is seen by the replica: /app in images, the real path locally."""
+    base = PurePosixPath(root) if root is not None else PurePosixPath(loaded.root.as_posix())
+    predictor = api.predictor
+    batching = predictor.batching
+    return ServingConfig(
+        api=api.name,
+        predictor_path=str(base / predictor.path),
+        predictor_class=predictor.class_name,
+        config=predictor.config,
+        python_path=[str(base / entry) for entry in predictor.python_path],
+        host=host,
+        port=port,
+        processes_per_replica=predictor.processes_per_replica,
+        threads_per_process=predictor.threads_per_process,
+        max_concurrency=predictor.max_concurrency,
+        timeout=predictor.timeout,
+        max_body_size=predictor.max_body_size,
+        batching=BatchingConfig(batching.max_batch_size, batching.batch_interval) if batching else None,
+        drain_delay=predictor.drain_delay if drain_delay is None else drain_delay,
+        grace_period=predictor.grace_period,
+        api_keys=list(loaded.spec.gateway.api_keys),
+        gpus=api.compute.gpu,
+        log_format=loaded.spec.log_format,
+    )
