@@ -102,7 +102,12 @@ class Batcher:
                     raise
                 return
             for item, result in zip(live, results, strict=True):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                # An exception in the result list fails that request alone (e.g. HTTPError(422, ...)).
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
                     item.future.set_result(result)
         finally:
             self._slots.release()

@@ -1,0 +1,149 @@
+"""Shared helpers: start the real server as a subprocess and talk to it over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+PREDICTORS = Path(__file__).resolve().parent / "predictors"
+EXAMPLES = ROOT / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, path: str = "/", **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return requests.post(self.url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 10)
+        return requests.get(self.url + path, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"server did not stop within {timeout}s; logs:\n{self.logs()}") from None
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"server did not exit; logs:\n{self.logs()}") from None
+
+
+def serving_config(predictor: str | Path, **fields: Any) -> str:
+    return json.dumps({"predictor_path": str(predictor), "api": fields.pop("api", "test"), **fields})
+
+
+class ServerFactory:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.servers: list[Server] = []
+
+    def start(
+        self,
+        command: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        wait_ready: bool = True,
+        timeout: float = 120,
+    ) -> Server:
+        port = port or free_port()
+        log_path = self.tmp_path / f"server-{len(self.servers)}.log"
+        full_env = {**os.environ, **(env or {})}
+        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [c.replace("{port}", str(port)) for c in command], stdout=log, stderr=subprocess.STDOUT, env=full_env
+            )
+        server = Server(proc, port, log_path)
+        self.servers.append(server)
+        if wait_ready:
+            _wait_ready(server, timeout)
+        return server
+
+    def serving(self, predictor: str | Path, *, wait_ready: bool = True, env: dict[str, str] | None = None,
+                **fields: Any) -> Server:
+        """`python -m serving` with a config built from `fields`."""
+        port = fields.pop("port", None) or free_port()
+        fields.setdefault("host", "127.0.0.1")
+        fields.setdefault("drain_delay", 0)
+        config = serving_config(predictor, port=port, **fields)
+        return self.start(
+            [sys.executable, "-m", "serving"],
+            env={"STACK_SERVING_CONFIG": config, **(env or {})},
+            port=port,
+            wait_ready=wait_ready,
+        )
+
+    def stack_serve(self, path: str | Path, *args: str, wait_ready: bool = True, env: dict[str, str] | None = None,
+                    timeout: float = 180) -> Server:
+        return self.start(
+            [sys.executable, "-m", "stack.cli", "serve", str(path), "--port", "{port}", *args],
+            wait_ready=wait_ready,
+            env=env,
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        for server in self.servers:
+            if server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait()
+
+
+def _wait_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server exited with {server.proc.returncode}; logs:\n{server.logs()}")
+        try:
+            if requests.get(server.url + "/readyz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"server not ready after {timeout}s; logs:\n{server.logs()}")
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[ServerFactory]:
+    factory = ServerFactory(tmp_path)
+    yield factory
+    factory.close()

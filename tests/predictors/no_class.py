@@ -1,0 +1,3 @@
+class Model:
+    def predict(self, payload):
+        return payload

@@ -1,0 +1,6 @@
+class Predictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload, request_body):
+        return payload
