@@ -60,6 +60,7 @@ class Replica:
         self._batcher: Batcher | None = None
         self._completions: deque[float] = deque(maxlen=4096)
         self._mean_duration = 0.0
+        self._started = time.monotonic()
         self._background: set[asyncio.Task[Any]] = set()
         # With several worker processes, each marks itself ready with a file so
         # that any worker's /readyz can tell whether all of them are.
@@ -326,14 +327,14 @@ class Replica:
     def retry_after(self) -> int:
         """Seconds until this replica likely has room: the backlog over recent throughput."""
         now = time.monotonic()
-        recent = [t for t in self._completions if now - t <= THROUGHPUT_WINDOW]
-        if len(recent) >= 2 and now > recent[0]:
-            rate = len(recent) / max(now - recent[0], 1e-3)
-            seconds = self.in_flight / rate
+        window = min(THROUGHPUT_WINDOW, now - self._started)
+        done = sum(1 for t in self._completions if now - t <= window)
+        if done and window > 0:
+            seconds = self.in_flight / (done / window)
         elif self._mean_duration > 0:
             seconds = self.in_flight * self._mean_duration / self.config.threads_per_process
         else:
-            seconds = 1.0
+            seconds = 1.0  # nothing finished yet: no evidence for a longer wait
         return max(1, min(60, math.ceil(seconds)))
 
 

@@ -139,7 +139,8 @@ def _bind(instance: Any, name: str, func: Callable[..., Any]) -> Handler:
 
 def _construct(cls: type, file: Path, config: dict[str, Any]) -> Any:
     params = inspect.signature(cls.__init__).parameters
-    takes_config = "config" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    own_init = cls.__init__ is not object.__init__  # object's takes **kwargs but refuses them
+    takes_config = "config" in params or (own_init and any(p.kind == p.VAR_KEYWORD for p in params.values()))
     try:
         return cls(config=config) if takes_config else cls()
     except BaseException as exc:

@@ -1,0 +1,96 @@
+"""A predictor that cannot start stops the server with one clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from conftest import PREDICTORS, ServerFactory, free_port
+
+
+@pytest.mark.parametrize(
+    ("predictor", "message"),
+    [
+        (
+            "unknown_param.py",
+            r"unknown_param\.py:5: Predictor\.predict\(\) has unknown parameter 'request_body'; "
+            r"it may take any of: headers, payload, query_params",
+        ),
+        ("no_class.py", r"no_class\.py: no class Predictor or PythonPredictor \(classes defined there: Model\)"),
+        ("syntax_error.py", r"syntax_error\.py:2: syntax error: expected ':'"),
+        ("init_fails.py", r"init_fails\.py:6: Predictor\.__init__ failed: RuntimeError: weights file corrupt"),
+        (
+            "import_fails.py",
+            r"import_fails\.py:1: importing the predictor failed: "
+            r"ModuleNotFoundError: No module named 'module_that_does_not_exist'",
+        ),
+    ],
+)
+def test_startup_failure_names_file_and_line(servers: ServerFactory, predictor: str, message: str) -> None:
+    server = servers.serving(PREDICTORS / predictor, wait_ready=False)
+    assert server.wait_exit() == 3
+    logs = server.logs()
+    assert re.search(message, logs), logs
+    assert "predictor failed to start" in logs or "syntax error" in logs
+
+
+def test_init_failure_logs_the_traceback(servers: ServerFactory) -> None:
+    server = servers.serving(PREDICTORS / "init_fails.py", wait_ready=False)
+    server.wait_exit()
+    assert "Traceback (most recent call last)" in server.logs()
+    assert 'in load\n    raise RuntimeError("weights file corrupt")' in server.logs()
+
+
+def test_missing_class_named_in_config(servers: ServerFactory) -> None:
+    server = servers.serving(PREDICTORS / "cortex_style.py", predictor_class="Nope", wait_ready=False)
+    assert server.wait_exit() == 3
+    assert "no class Nope (classes defined there: PythonPredictor); set predictor.class in stack.yaml" in server.logs()
+
+
+def test_missing_file(servers: ServerFactory, tmp_path) -> None:
+    server = servers.serving(tmp_path / "absent.py", wait_ready=False)
+    assert server.wait_exit() == 3
+    assert "absent.py: predictor file not found" in server.logs()
+
+
+def test_port_in_use_is_a_clear_error(servers: ServerFactory) -> None:
+    first = servers.serving(PREDICTORS / "cortex_style.py")
+    second = servers.serving(PREDICTORS / "cortex_style.py", port=first.port, wait_ready=False)
+    assert second.wait_exit() == 3
+    assert f"port {first.port} on 127.0.0.1 is already in use" in second.logs()
+    multi = servers.serving(PREDICTORS / "cortex_style.py", port=first.port, processes_per_replica=2, wait_ready=False)
+    assert multi.wait_exit() == 3
+    assert f"port {first.port} on 127.0.0.1 is already in use" in multi.logs()
+
+
+def test_healthz_answers_while_loading_and_readyz_waits(servers: ServerFactory, tmp_path) -> None:
+    slow = tmp_path / "slow.py"
+    slow.write_text("import time\nclass Predictor:\n    def __init__(self):\n        time.sleep(3)\n"
+                    "    def predict(self):\n        return 1\n")
+    server = servers.serving(slow, wait_ready=False)
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            health = requests.get(server.url + "/healthz", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    assert health.status_code == 200
+    assert server.get("/readyz").json() == {"status": "loading"}
+    loading = server.post(json={})
+    assert loading.status_code == 503 and loading.json()["error"] == "the predictor is still loading"
+
+
+def test_cli_module_needs_a_predictor() -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "serving", "--port", str(free_port())], capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert "give a predictor file or --config FILE" in result.stderr
