@@ -1,0 +1,75 @@
+"""Server-side batching over real HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from conftest import PREDICTORS, ServerFactory
+
+BATCHING = {"max_batch_size": 8, "batch_interval": 0.2}
+
+
+def _burst(server, payloads, params=None):
+    with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
+        return list(pool.map(lambda p: server.post(json=p, params=params), payloads))
+
+
+def test_concurrent_requests_share_a_batch(servers: ServerFactory) -> None:
+    server = servers.serving(PREDICTORS / "batch.py", batching=BATCHING, config={"cost": 0.05})
+    responses = _burst(server, [{"n": i} for i in range(8)], params={"k": "v"})
+    assert all(r.status_code == 200 for r in responses)
+    bodies = [r.json() for r in responses]
+    assert [b["echo"] for b in bodies] == [{"n": i} for i in range(8)]  # each got its own result
+    assert max(b["batch_size"] for b in bodies) >= 4
+    assert all(b["q"] == {"k": "v"} for b in bodies)
+    metrics = server.get("/metrics").text
+    assert 'predictor_batch_size_count{api="test"}' in metrics
+
+
+def test_a_lone_request_waits_at_most_the_interval(servers: ServerFactory) -> None:
+    server = servers.serving(PREDICTORS / "batch.py", batching={"max_batch_size": 8, "batch_interval": 0.05})
+    response = server.post(json={"n": 1})
+    assert response.json()["batch_size"] == 1
+    assert response.elapsed.total_seconds() < 2
+
+
+def test_failing_batch_fails_only_its_requests(servers: ServerFactory) -> None:
+    server = servers.serving(PREDICTORS / "batch.py", batching={"max_batch_size": 4, "batch_interval": 0.2})
+    responses = _burst(server, [{"action": "fail"}, {"n": 1}, {"n": 2}, {"n": 3}])
+    assert {r.status_code for r in responses} == {500}
+    assert responses[0].json()["error"] == "RuntimeError: batch exploded"
+    after = server.post(json={"n": 9})
+    assert after.status_code == 200 and after.json()["batch_size"] == 1
+
+
+def test_wrong_length_is_500_naming_the_mismatch(servers: ServerFactory) -> None:
+    server = servers.serving(PREDICTORS / "batch.py", batching={"max_batch_size": 2, "batch_interval": 0.5})
+    responses = _burst(server, [{"action": "short"}, {"n": 1}])
+    assert [r.status_code for r in responses] == [500, 500]
+    assert responses[0].json()["error"] == "predict got a batch of 2 payloads but returned 1 results"
+    lone = server.post(json={"action": "not-a-list"})
+    assert lone.status_code == 500
+    assert lone.json()["error"] == "with batching on, predict must return a list of 1 results; it returned a dict"
+
+
+def test_batch_items_can_fail_alone(servers: ServerFactory, tmp_path) -> None:
+    predictor = tmp_path / "per_item.py"
+    predictor.write_text(
+        "from serving import HTTPError\n"
+        "class Predictor:\n"
+        "    def predict(self, payload):\n"
+        "        return [HTTPError(422, 'negative') if p['n'] < 0 else {'n': p['n']} for p in payload]\n"
+    )
+    server = servers.serving(predictor, batching={"max_batch_size": 2, "batch_interval": 0.5})
+    good, bad = _burst(server, [{"n": 1}, {"n": -1}])
+    assert (good.status_code, good.json()) == (200, {"n": 1})
+    assert (bad.status_code, bad.json()["error"]) == (422, "negative")
+
+
+def test_timed_out_request_leaves_the_batch(servers: ServerFactory) -> None:
+    server = servers.serving(PREDICTORS / "batch.py", batching={"max_batch_size": 4, "batch_interval": 0.01},
+                             config={"cost": 1.0}, timeout=0.5)
+    responses = _burst(server, [{"n": i} for i in range(6)])
+    assert {r.status_code for r in responses} == {504}
+    assert server.get("/readyz").status_code == 200
+    assert "predict failed" not in server.logs()  # a timeout is not a predictor error

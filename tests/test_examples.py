@@ -1,0 +1,96 @@
+"""Every example runs through `stack serve` and answers like its README says."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXAMPLES, ServerFactory
+
+
+def sample(name: str) -> dict:
+    return json.loads((EXAMPLES / name / "sample.json").read_text())
+
+
+def test_echo(servers: ServerFactory) -> None:
+    server = servers.stack_serve(EXAMPLES / "echo")
+    response = server.post(json=sample("echo"), params={"q": "1"})
+    assert response.json() == {"greeting": "echo", "payload": {"hello": "world"}, "query": {"q": "1"}}
+
+
+@pytest.fixture(scope="module")
+def iris_model() -> None:
+    subprocess.run([sys.executable, str(EXAMPLES / "iris" / "train.py")], check=True, capture_output=True)
+
+
+def test_iris(servers: ServerFactory, iris_model: None) -> None:
+    server = servers.stack_serve(EXAMPLES / "iris")
+    response = server.post(json=sample("iris"))
+    assert response.status_code == 200
+    assert response.json()["label"] == "setosa"
+    assert response.json()["probabilities"]["setosa"] > 0.9
+    virginica = server.post(json={"sepal_length": 7.7, "sepal_width": 3.0, "petal_length": 6.1, "petal_width": 2.3})
+    assert virginica.json()["label"] == "virginica"
+    missing = server.post(json={"sepal_length": 1})
+    assert missing.status_code == 422
+    assert missing.json()["error"] == "missing measurement(s): sepal_width, petal_length, petal_width"
+
+
+def test_multi_model_picks_by_query(servers: ServerFactory) -> None:
+    server = servers.stack_serve(EXAMPLES / "multi-model")
+    assert server.post(json=sample("multi-model")).json() == {"model": "iris", "label": "setosa"}
+    wine = server.post(json={"features": [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]},
+                       params={"model": "wine"})
+    assert wine.json() == {"model": "wine", "label": "class_0"}
+    unknown = server.post(json=sample("multi-model"), params={"model": "gpt"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == "no model 'gpt'; available: cancer, iris, wine"
+
+
+def test_batching_example_batches(servers: ServerFactory) -> None:
+    server = servers.stack_serve(EXAMPLES / "batching")
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        bodies = list(pool.map(lambda i: server.post(json={"features": [i, 0, 0]}).json(), range(16)))
+    assert [b["score"] for b in bodies] == [0.5 * i for i in range(16)]
+    assert max(b["batch_size"] for b in bodies) > 1
+
+
+def test_streaming_example_sends_sse(servers: ServerFactory) -> None:
+    server = servers.stack_serve(EXAMPLES / "streaming")
+    response = server.post(json=sample("streaming"), headers={"Accept": "text/event-stream"}, stream=True)
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    events = [json.loads(line.removeprefix("data: ")) for line in response.iter_lines(decode_unicode=True) if line]
+    assert [e["index"] for e in events] == list(range(8))
+    assert all(isinstance(e["token"], str) and e["token"] for e in events)
+    again = server.post(json=sample("streaming"), headers={"Accept": "text/event-stream"})
+    assert again.text == "".join(f"data: {json.dumps(e)}\n\n" for e in events)  # seeded by the prompt
+
+
+def test_embeddings_example(servers: ServerFactory) -> None:
+    server = servers.stack_serve(EXAMPLES / "embeddings", timeout=300)
+    texts = ["A predictor is just a class.", "A predictor is simply a class.", "Bananas are yellow."]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        vectors = list(pool.map(lambda t: server.post(json={"text": t}).json()["embedding"], texts))
+    assert all(len(v) == 384 for v in vectors)
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cosine(vectors[0], vectors[1]) > 0.8 > cosine(vectors[0], vectors[2])
+    bad = server.post(json={"nope": 1})
+    assert bad.status_code == 422
+
+
+def test_gpu_example_says_which_device(servers: ServerFactory) -> None:
+    import torch
+
+    server = servers.stack_serve(EXAMPLES / "gpu", timeout=300)
+    body = server.post(json=sample("gpu")).json()
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert body["device"] == expected
+    assert body["cuda_available"] is torch.cuda.is_available()
+    assert abs(sum(body["scores"]) - 1) < 1e-4
