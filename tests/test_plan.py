@@ -1,0 +1,166 @@
+"""`stack plan`: golden files, and every rendered file checked by the real tool that reads it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import hcl2
+import pytest
+import yaml
+
+from golden import GOLDEN, example_names, render
+from nomad_schema import schema_errors
+from stack.plan.nomad_json import hcl_to_job
+
+EXAMPLES = example_names()
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict[str, str]]]:
+    out = {}
+    for name in EXAMPLES:
+        work = tmp_path_factory.mktemp(name)
+        files = render(name, work)
+        for relative, content in files.items():
+            target = work / name / ".stack/plan" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        out[name] = (work / name, files)
+    return out
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_matches_golden_files(rendered, name: str) -> None:
+    _, files = rendered[name]
+    golden = {p.relative_to(GOLDEN / name).as_posix(): p.read_text() for p in (GOLDEN / name).rglob("*") if p.is_file()}
+    assert sorted(files) == sorted(golden), "file set changed: run `python tests/golden.py` and review the diff"
+    for relative, content in files.items():
+        assert content == golden[relative], f"{name}/{relative} differs: run `python tests/golden.py` and review"
+
+
+def test_rendering_is_deterministic(tmp_path: Path) -> None:
+    first = render("iris", tmp_path / "a")
+    second = render("iris", tmp_path / "b")
+    assert first == second
+
+
+def _has_compose() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _has_compose(), reason="Docker Compose v2 is not installed (CI installs it with "
+                    "../shared/tools/docker-offline)")
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_compose_file_passes_docker_compose_config(rendered, name: str) -> None:
+    project, _ = rendered[name]
+    compose = project / ".stack/plan/compose/compose.yaml"
+    result = subprocess.run(["docker", "compose", "-f", str(compose), "config", "-q"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_prometheus_configs_pass_promtool(rendered, name: str, tmp_path: Path) -> None:
+    project, files = rendered[name]
+    compose_config = project / ".stack/plan/compose/prometheus.yml"
+    nomad_job = hcl_to_job(files[f"nomad/{name}-prometheus.nomad.hcl"])
+    text = nomad_job["TaskGroups"][0]["Tasks"][0]["Templates"][0]["EmbeddedTmpl"]
+    # Debian's promtool 2.42 is built without Nomad discovery, so it cannot read
+    # nomad_sd_configs: check that block's fields here, and everything else
+    # (relabelling regexes, intervals) with promtool on a copy using a static target.
+    parsed = yaml.safe_load(text)
+    (nomad_sd,) = parsed["scrape_configs"][0]["nomad_sd_configs"]
+    assert set(nomad_sd) <= {"server", "refresh_interval", "namespace", "region", "allow_stale", "tag_separator"}
+    assert nomad_sd["refresh_interval"] == parsed["global"]["scrape_interval"]
+    parsed["scrape_configs"][0].pop("nomad_sd_configs")
+    parsed["scrape_configs"][0]["static_configs"] = [{"targets": ["127.0.0.1:8888"]}]
+    embedded = tmp_path / "nomad-prometheus.yml"
+    embedded.write_text(yaml.safe_dump(parsed))
+    for config in (compose_config, embedded):
+        result = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_nomad_jobs_parse_and_validate_against_the_api_schema(rendered, name: str) -> None:
+    _, files = rendered[name]
+    hcl_files = [f for f in files if f.endswith(".nomad.hcl")]
+    assert len(hcl_files) == 4  # the API, Traefik, Prometheus, the autoscaler
+    for relative in hcl_files:
+        hcl2.loads(files[relative])  # the reference parser accepts it
+        request = json.loads(files[relative.removesuffix(".nomad.hcl") + ".json"])
+        assert request["Job"] == hcl_to_job(files[relative])
+        assert schema_errors(request) == [], relative
+
+
+def test_schema_rejects_misspelt_fields(rendered) -> None:
+    _, files = rendered["echo"]
+    request = json.loads(files["nomad/echo-echo.json"])
+    request["Job"]["TaskGroups"][0]["Tasks"][0]["Resources"]["Memory"] = 512
+    assert schema_errors(request) == [
+        "Job/TaskGroups/0/Tasks/0/Resources: Additional properties are not allowed ('Memory' was unexpected)"
+    ]
+
+
+def test_compose_shape(rendered) -> None:
+    _, files = rendered["gpu"]
+    compose = yaml.safe_load(files["compose/compose.yaml"])
+    assert "version" not in compose
+    services = compose["services"]
+    assert set(services) == {"traefik", "classify-gpu0", "classify-gpu1", "prometheus", "autoscaler"}
+    assert services["traefik"]["ports"] == ["8080:8080"]
+    for slot, device in (("classify-gpu0", "0"), ("classify-gpu1", "1")):
+        service = services[slot]
+        assert "ports" not in service  # replicas are reachable only through Traefik
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "device_ids": [device], "capabilities": ["gpu"]}]
+        assert service["healthcheck"]["test"][-1] == "http://127.0.0.1:8888/readyz"
+        assert service["stop_grace_period"] == "40s"
+        assert service["labels"]["traefik.docker.network"] == "gpu-stack"
+    assert [services[s]["deploy"]["replicas"] for s in ("classify-gpu0", "classify-gpu1")] == [1, 0]
+    assert compose["networks"]["stack"]["name"] == "gpu-stack"
+
+
+def test_nomad_shape(rendered) -> None:
+    _, files = rendered["gpu"]
+    job = json.loads(files["nomad/gpu-classify.json"])["Job"]
+    group = job["TaskGroups"][0]
+    task = group["Tasks"][0]
+    service = group["Services"][0]
+    assert job["Update"]["AutoRevert"] is True
+    assert group["Scaling"] == {"Enabled": True, "Min": 1, "Max": 2}
+    assert group["Networks"] == [{"Mode": "bridge", "DynamicPorts": [{"Label": "http", "To": 8888}]}]
+    assert service["Provider"] == "nomad" and service["Checks"][0]["Path"] == "/readyz"
+    assert "traefik.http.routers.gpu-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)" in service["Tags"]
+    assert task["Resources"]["Devices"] == [{"Name": "nvidia/gpu", "Count": 1}]
+    assert task["ShutdownDelay"] == 5_000_000_000  # the drain delay, in nanoseconds
+    assert json.loads(task["Env"]["STACK_SERVING_CONFIG"])["drain_delay"] == 0  # Nomad drains before SIGTERM
+
+
+def test_too_few_gpus_is_a_plan_error(tmp_path: Path) -> None:
+    from stack.plan import plan_compose
+    from stack.plan.render import PlanError
+    from stack.spec import load_spec
+
+    shutil.copytree(Path(__file__).parents[1] / "examples" / "gpu", tmp_path / "gpu")
+    with pytest.raises(PlanError, match="max_replicas is 2 with 1 GPU\\(s\\) each, but this host has 1 GPU\\(s\\)"):
+        plan_compose(load_spec(tmp_path / "gpu"), tmp_path / "out", host_gpus=1)
+
+
+def test_cli_plan_writes_files(tmp_path: Path) -> None:
+    shutil.copytree(Path(__file__).parents[1] / "examples" / "echo", tmp_path / "echo")
+    result = subprocess.run([sys.executable, "-m", "stack.cli", "plan", str(tmp_path / "echo")], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "echo/.stack/plan/compose/compose.yaml").is_file()
+    nomad = subprocess.run([sys.executable, "-m", "stack.cli", "plan", str(tmp_path / "echo"), "--nomad", "-o",
+                            str(tmp_path / "jobs")], capture_output=True, text=True)
+    assert nomad.returncode == 0, nomad.stderr
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == [
+        "echo-autoscaler.json", "echo-autoscaler.nomad.hcl", "echo-echo.json", "echo-echo.nomad.hcl",
+        "echo-prometheus.json", "echo-prometheus.nomad.hcl", "echo-traefik.json", "echo-traefik.nomad.hcl",
+    ]

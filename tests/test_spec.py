@@ -1,0 +1,153 @@
+"""`stack.yaml` validation: each broken file and the exact message a user sees."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stack.spec import SpecError, load_spec
+
+GOOD_API = """\
+  - name: iris
+    predictor:
+      path: predictor.py
+"""
+
+CASES = [
+    ("empty file", "", ["stack.yaml:1:1: the file is empty; it needs at least `project:` and `apis:`"]),
+    ("not a mapping", "- a\n- b\n", ["stack.yaml:1:1: expected a mapping of fields, got a list"]),
+    (
+        "yaml syntax error",
+        "project: x\napis: [\n",
+        ["stack.yaml:3:1: YAML syntax error: expected the node content, but found '<stream end>'"],
+    ),
+    (
+        "missing fields",
+        "gateway: {port: 8080}\n",
+        ["stack.yaml:1:1: apis: required field is missing", "stack.yaml:1:1: project: required field is missing"],
+    ),
+    (
+        "misspelt key",
+        f"project: demo\napis:\n{GOOD_API}    autoscaling:\n      min_replica: 2\n",
+        ["stack.yaml:7:7: apis[0].autoscaling.min_replica: unknown field `min_replica` — did you mean `min_replicas`?"],
+    ),
+    (
+        "unknown key without a near match",
+        f"project: demo\nflavour: vanilla\napis:\n{GOOD_API}",
+        ["stack.yaml:2:1: flavour: unknown field `flavour`; expected one of: project, gateway, prometheus, build, "
+         "apis, log_format"],
+    ),
+    (
+        "bad types",
+        f"project: demo\ngateway:\n  port: eighty\napis:\n{GOOD_API}    compute:\n      gpu: -1\n      mem: lots\n",
+        [
+            "stack.yaml:3:9: gateway.port: input should be a valid integer, unable to parse string as an integer, "
+            "got 'eighty'",
+            "stack.yaml:9:12: apis[0].compute.gpu: input should be greater than or equal to 0",
+            "stack.yaml:10:12: apis[0].compute.mem: expected a memory size like 512Mi, 2Gi or 500M, got 'lots'",
+        ],
+    ),
+    (
+        "bad duration",
+        f"project: demo\napis:\n{GOOD_API}      timeout: soon\n",
+        ["stack.yaml:6:16: apis[0].predictor.timeout: expected a duration like 250ms, 10s, 5m or 1h, got 'soon'"],
+    ),
+    (
+        "min greater than max",
+        f"project: demo\napis:\n{GOOD_API}    autoscaling:\n      min_replicas: 5\n      max_replicas: 2\n",
+        ["stack.yaml:7:7: apis[0].autoscaling: min_replicas (5) is greater than max_replicas (2)"],
+    ),
+    (
+        "init outside bounds",
+        f"project: demo\napis:\n{GOOD_API}    autoscaling: {{min_replicas: 2, max_replicas: 4, init_replicas: 9}}\n",
+        ["stack.yaml:6:18: apis[0].autoscaling: init_replicas (9) must lie between min_replicas (2) and "
+         "max_replicas (4)"],
+    ),
+    (
+        "duplicate names",
+        f"project: demo\napis:\n{GOOD_API}{GOOD_API}",
+        ["stack.yaml:6:11: apis[1].name: API name 'iris' is already used by apis[0]"],
+    ),
+    (
+        "duplicate endpoints",
+        f"project: demo\napis:\n{GOOD_API}    networking: {{endpoint: /x}}\n"
+        "  - name: other\n    predictor: {path: predictor.py}\n    networking: {endpoint: /x/}\n",
+        ["stack.yaml:9:28: apis[1].networking.endpoint: endpoint /x is already used by apis[0]"],
+    ),
+    (
+        "missing predictor file",
+        "project: demo\napis:\n  - name: iris\n    predictor:\n      path: nowhere.py\n",
+        ["stack.yaml:5:13: apis[0].predictor.path: predictor file nowhere.py not found (looked in {root})"],
+    ),
+    (
+        "bad names",
+        "project: Demo_1\napis:\n  - name: 9lives\n    predictor: {path: predictor.py}\n",
+        [
+            "stack.yaml:1:10: project: 'Demo_1' is not a valid name: use lowercase letters, digits and '-', "
+            "starting with a letter (it names containers, jobs and metrics)",
+            "stack.yaml:3:11: apis[0].name: '9lives' is not a valid name: use lowercase letters, digits and '-', "
+            "starting with a letter (it names containers, jobs and metrics)",
+        ],
+    ),
+    (
+        "gpu count versus processes",
+        f"project: demo\napis:\n{GOOD_API}      processes_per_replica: 3\n    compute: {{gpu: 2}}\n",
+        ["stack.yaml:3:5: apis[0]: compute.gpu is 2 but predictor.processes_per_replica is 3: with more than one "
+         "GPU per replica each process gets one GPU, so set processes_per_replica to the GPU count"],
+    ),
+    (
+        "duplicate key",
+        "project: a\nproject: b\napis: []\n",
+        ["stack.yaml:2:1: project: duplicate key; the later one would win"],
+    ),
+    ("no apis", "project: demo\napis: []\n", ["stack.yaml:2:7: apis: list should have at least 1 item after "
+                                              "validation, not 0"]),
+    (
+        "bad surge",
+        f"project: demo\napis:\n{GOOD_API}    update: {{max_surge: lots}}\n",
+        ["stack.yaml:6:25: apis[0].update.max_surge: expected a replica count or a percentage like 25%, got 'lots'"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_broken_spec_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: list[str]) -> None:
+    (tmp_path / "predictor.py").write_text("class Predictor:\n    def predict(self):\n        return 1\n")
+    (tmp_path / "stack.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as caught:
+        load_spec("stack.yaml")
+    assert [str(p) for p in caught.value.problems] == [e.format(root=tmp_path) for e in expected]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="stack.yaml:1:1: file not found; create one with `stack init NAME`"):
+        load_spec(tmp_path)
+
+
+def test_defaults_are_cortex_like(tmp_path: Path) -> None:
+    (tmp_path / "p.py").write_text("")
+    (tmp_path / "stack.yaml").write_text("project: demo\napis:\n  - name: a\n    predictor: {path: p.py}\n")
+    api = load_spec(tmp_path).spec.apis[0]
+    scaling = api.autoscaling
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.initial) == (1, 100, 1)
+    assert (scaling.window, scaling.upscale_stabilization_period, scaling.downscale_stabilization_period) == (
+        60, 60, 300)
+    assert (scaling.max_upscale_factor, scaling.max_downscale_factor) == (1.5, 0.75)
+    assert api.endpoint == "/a" and api.target_concurrency == 1
+    assert api.update.resolve(4) == (1, 1)
+
+
+def test_validate_command(tmp_path: Path) -> None:
+    (tmp_path / "stack.yaml").write_text("project: demo\napis:\n  - name: a\n    predictor: {path: gone.py}\n")
+    bad = subprocess.run([sys.executable, "-m", "stack.cli", "validate", str(tmp_path)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1
+    assert "1 problem in" in bad.stderr and "apis[0].predictor.path: predictor file gone.py not found" in bad.stderr
+    (tmp_path / "gone.py").write_text("")
+    good = subprocess.run([sys.executable, "-m", "stack.cli", "validate", str(tmp_path)], capture_output=True,
+                          text=True)
+    assert good.returncode == 0 and good.stdout.startswith("ok:")
