@@ -98,8 +98,9 @@ class ServerFactory:
             _wait_ready(server, timeout)
         return server
 
-    def serving(self, predictor: str | Path, *, wait_ready: bool = True, env: dict[str, str] | None = None,
-                **fields: Any) -> Server:
+    def serving(
+        self, predictor: str | Path, *, wait_ready: bool = True, env: dict[str, str] | None = None, **fields: Any
+    ) -> Server:
         """`python -m serving` with a config built from `fields`."""
         port = fields.pop("port", None) or free_port()
         fields.setdefault("host", "127.0.0.1")
@@ -112,8 +113,14 @@ class ServerFactory:
             wait_ready=wait_ready,
         )
 
-    def stack_serve(self, path: str | Path, *args: str, wait_ready: bool = True, env: dict[str, str] | None = None,
-                    timeout: float = 180) -> Server:
+    def stack_serve(
+        self,
+        path: str | Path,
+        *args: str,
+        wait_ready: bool = True,
+        env: dict[str, str] | None = None,
+        timeout: float = 180,
+    ) -> Server:
         return self.start(
             [sys.executable, "-m", "stack.cli", "serve", str(path), "--port", "{port}", *args],
             wait_ready=wait_ready,

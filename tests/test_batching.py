@@ -67,8 +67,12 @@ def test_batch_items_can_fail_alone(servers: ServerFactory, tmp_path) -> None:
 
 
 def test_timed_out_request_leaves_the_batch(servers: ServerFactory) -> None:
-    server = servers.serving(PREDICTORS / "batch.py", batching={"max_batch_size": 4, "batch_interval": 0.01},
-                             config={"cost": 1.0}, timeout=0.5)
+    server = servers.serving(
+        PREDICTORS / "batch.py",
+        batching={"max_batch_size": 4, "batch_interval": 0.01},
+        config={"cost": 1.0},
+        timeout=0.5,
+    )
     responses = _burst(server, [{"n": i} for i in range(6)])
     assert {r.status_code for r in responses} == {504}
     assert server.get("/readyz").status_code == 200

@@ -43,8 +43,10 @@ def test_iris(servers: ServerFactory, iris_model: None) -> None:
 def test_multi_model_picks_by_query(servers: ServerFactory) -> None:
     server = servers.stack_serve(EXAMPLES / "multi-model")
     assert server.post(json=sample("multi-model")).json() == {"model": "iris", "label": "setosa"}
-    wine = server.post(json={"features": [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]},
-                       params={"model": "wine"})
+    wine = server.post(
+        json={"features": [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]},
+        params={"model": "wine"},
+    )
     assert wine.json() == {"model": "wine", "label": "class_0"}
     unknown = server.post(json=sample("multi-model"), params={"model": "gpt"})
     assert unknown.status_code == 404

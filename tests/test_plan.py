@@ -49,12 +49,15 @@ def test_rendering_is_deterministic(tmp_path: Path) -> None:
 
 
 def _has_compose() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(
-        ["docker", "compose", "version"], capture_output=True).returncode == 0
+    return (
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    )
 
 
-@pytest.mark.skipif(not _has_compose(), reason="Docker Compose v2 is not installed (CI installs it with "
-                    "../shared/tools/docker-offline)")
+@pytest.mark.skipif(
+    not _has_compose(), reason="Docker Compose v2 is not installed (CI installs it with ../shared/tools/docker-offline)"
+)
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_compose_file_passes_docker_compose_config(rendered, name: str) -> None:
     project, _ = rendered[name]
@@ -153,14 +156,24 @@ def test_too_few_gpus_is_a_plan_error(tmp_path: Path) -> None:
 
 def test_cli_plan_writes_files(tmp_path: Path) -> None:
     shutil.copytree(Path(__file__).parents[1] / "examples" / "echo", tmp_path / "echo")
-    result = subprocess.run([sys.executable, "-m", "stack.cli", "plan", str(tmp_path / "echo")], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "stack.cli", "plan", str(tmp_path / "echo")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "echo/.stack/plan/compose/compose.yaml").is_file()
-    nomad = subprocess.run([sys.executable, "-m", "stack.cli", "plan", str(tmp_path / "echo"), "--nomad", "-o",
-                            str(tmp_path / "jobs")], capture_output=True, text=True)
+    nomad = subprocess.run(
+        [sys.executable, "-m", "stack.cli", "plan", str(tmp_path / "echo"), "--nomad", "-o", str(tmp_path / "jobs")],
+        capture_output=True,
+        text=True,
+    )
     assert nomad.returncode == 0, nomad.stderr
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == [
-        "echo-autoscaler.json", "echo-autoscaler.nomad.hcl", "echo-echo.json", "echo-echo.nomad.hcl",
-        "echo-prometheus.json", "echo-prometheus.nomad.hcl", "echo-traefik.json", "echo-traefik.nomad.hcl",
+        "echo-autoscaler.json",
+        "echo-autoscaler.nomad.hcl",
+        "echo-echo.json",
+        "echo-echo.nomad.hcl",
+        "echo-prometheus.json",
+        "echo-prometheus.nomad.hcl",
+        "echo-traefik.json",
+        "echo-traefik.nomad.hcl",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import re
 import signal
 import socket
@@ -55,9 +56,10 @@ def test_body_over_limit_is_413(servers: ServerFactory) -> None:
     big = server.post(data=b"x" * 2000, headers={"Content-Type": "application/octet-stream"})
     assert big.status_code == 413
     assert big.json()["error"] == "request body of 2000 bytes exceeds max_body_size of 1000 bytes"
+
     # multipart sent chunked (no Content-Length): aiohttp itself would not stop it.
     def chunks():
-        yield b"--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="f"; filename="a.bin"\r\n\r\n'
         for _ in range(10):
             yield b"y" * 500
         yield b"\r\n--b--\r\n"
@@ -76,8 +78,10 @@ def test_disconnected_client_is_dropped_before_predict(servers: ServerFactory, t
     # A raw client that queues behind the busy thread and hangs up.
     body = b'{"id": "gone", "seconds": 0}'
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         time.sleep(0.3)
     assert busy.result().status_code == 200
     time.sleep(0.5)
@@ -120,10 +124,8 @@ def test_crashed_worker_is_replaced(servers: ServerFactory) -> None:
     deadline = time.monotonic() + 20
     seen: set[int] = set()
     while time.monotonic() < deadline and len(seen - {pid}) < 2:
-        try:
+        with contextlib.suppress(requests.RequestException):
             seen.add(server.get("/").json()["pid"])
-        except requests.RequestException:
-            pass
         time.sleep(0.05)
     assert len(seen - {pid}) == 2, server.logs()
     assert f"worker {pid} exited with code -9; starting a new one" in server.logs()
@@ -134,8 +136,13 @@ def test_metrics_names_and_promtool(servers: ServerFactory, tmp_path: Path) -> N
     server.post(json={})
     server.post(params={"reply": "fail"})
     text = server.get("/metrics").text
-    for name in ("predictor_requests_total", "predictor_request_duration_seconds_bucket",
-                 "predictor_requests_in_flight", "predictor_queue_length", "predictor_ready"):
+    for name in (
+        "predictor_requests_total",
+        "predictor_request_duration_seconds_bucket",
+        "predictor_requests_in_flight",
+        "predictor_queue_length",
+        "predictor_ready",
+    ):
         assert re.search(rf'^{name}{{api="iris"', text, re.M), name
     assert 'predictor_requests_total{api="iris",code="500"} 1.0' in text
     _promtool(text)
@@ -143,8 +150,9 @@ def test_metrics_names_and_promtool(servers: ServerFactory, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_promtool_accepts_metrics(servers: ServerFactory, processes: int) -> None:
-    server = servers.serving(PREDICTORS / "batch.py", processes_per_replica=processes,
-                             batching={"max_batch_size": 4, "batch_interval": 0.01})
+    server = servers.serving(
+        PREDICTORS / "batch.py", processes_per_replica=processes, batching={"max_batch_size": 4, "batch_interval": 0.01}
+    )
     server.post(json={"a": 1})
     text = server.get("/metrics").text
     assert "predictor_batch_size_bucket" in text

@@ -67,8 +67,10 @@ def test_port_in_use_is_a_clear_error(servers: ServerFactory) -> None:
 
 def test_healthz_answers_while_loading_and_readyz_waits(servers: ServerFactory, tmp_path) -> None:
     slow = tmp_path / "slow.py"
-    slow.write_text("import time\nclass Predictor:\n    def __init__(self):\n        time.sleep(3)\n"
-                    "    def predict(self):\n        return 1\n")
+    slow.write_text(
+        "import time\nclass Predictor:\n    def __init__(self):\n        time.sleep(3)\n"
+        "    def predict(self):\n        return 1\n"
+    )
     server = servers.serving(slow, wait_ready=False)
     import time
 
@@ -90,7 +92,11 @@ def test_healthz_answers_while_loading_and_readyz_waits(servers: ServerFactory, 
 def test_cli_module_needs_a_predictor() -> None:
     import subprocess
 
-    result = subprocess.run([sys.executable, "-m", "serving", "--port", str(free_port())], capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode != 0
     assert "give a predictor file or --config FILE" in result.stderr

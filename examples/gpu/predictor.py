@@ -15,13 +15,16 @@ from serving import HTTPError
 class Predictor:
     def __init__(self, config: dict) -> None:
         wanted = config.get("device", "auto")
-        self.device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available() else
-                                   wanted if wanted != "auto" else "cpu")
+        self.device = torch.device(
+            "cuda" if wanted == "auto" and torch.cuda.is_available() else wanted if wanted != "auto" else "cpu"
+        )
         torch.manual_seed(0)
         self.width = int(config.get("width", 16))
-        self.model = torch.nn.Sequential(
-            torch.nn.Linear(self.width, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)
-        ).to(self.device).eval()
+        self.model = (
+            torch.nn.Sequential(torch.nn.Linear(self.width, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+            .to(self.device)
+            .eval()
+        )
         self.gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
 
     @torch.inference_mode()

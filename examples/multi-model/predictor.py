@@ -36,6 +36,6 @@ class Predictor:
         model, labels, width = self.models[name]
         features = payload.get("features") if isinstance(payload, dict) else None
         if not isinstance(features, list) or len(features) != width:
-            raise HTTPError(422, f"model {name} needs {{\"features\": [{width} numbers]}}")
+            raise HTTPError(422, f'model {name} needs {{"features": [{width} numbers]}}')
         label = int(model.predict([features])[0])
         return {"model": name, "label": str(labels[label])}

@@ -10,6 +10,7 @@ sampled with a fixed seed so answers are reproducible.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import defaultdict
 
@@ -27,7 +28,7 @@ class Predictor:
         self.delay = float(config.get("token_delay", 0.02))
         words = CORPUS.split()
         self.next_words: dict[str, list[str]] = defaultdict(list)
-        for current, following in zip(words, words[1:], strict=False):
+        for current, following in itertools.pairwise(words):
             self.next_words[current].append(following)
 
     async def predict(self, payload: dict):

@@ -15,4 +15,4 @@ class Predictor:
             return [{"batch_size": len(payload)}] * (len(payload) - 1)
         if any(p == {"action": "not-a-list"} for p in payload):
             return {"oops": True}
-        return [{"batch_size": len(payload), "echo": p, "q": q} for p, q in zip(payload, query_params)]
+        return [{"batch_size": len(payload), "echo": p, "q": q} for p, q in zip(payload, query_params, strict=False)]

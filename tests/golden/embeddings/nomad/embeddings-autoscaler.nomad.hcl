@@ -18,7 +18,7 @@ job "embeddings-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "embeddings-autoscaler:548d7f3cf5c2"
+        image   = "embeddings-autoscaler:44c43cdfbb2c"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

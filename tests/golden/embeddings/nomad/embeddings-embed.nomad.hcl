@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "79f113b54401"
+    stack_version = "7c319ad421e4"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=79f113b54401",
+        "stack.version=7c319ad421e4",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=Path(`/embed`) || PathPrefix(`/embed/`)",
@@ -86,7 +86,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:79f113b54401"
+        image = "embeddings-embed:7c319ad421e4"
         ports = ["http"]
       }
 

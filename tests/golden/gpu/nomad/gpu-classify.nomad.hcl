@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "755c9d0abf1c"
+    stack_version = "13e788ad4dcf"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=755c9d0abf1c",
+        "stack.version=13e788ad4dcf",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)",
@@ -86,7 +86,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:755c9d0abf1c"
+        image = "gpu-classify:13e788ad4dcf"
         ports = ["http"]
       }
 

@@ -18,7 +18,7 @@ job "multi-model-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "multi-model-autoscaler:d9de4e8bcb69"
+        image   = "multi-model-autoscaler:930f0edf6382"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

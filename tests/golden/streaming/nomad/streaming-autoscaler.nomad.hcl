@@ -18,7 +18,7 @@ job "streaming-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "streaming-autoscaler:c2ec3b6b5a85"
+        image   = "streaming-autoscaler:0566240b1f4c"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

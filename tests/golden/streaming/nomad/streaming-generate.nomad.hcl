@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "e0494651804e"
+    stack_version = "9c3af32304c6"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=e0494651804e",
+        "stack.version=9c3af32304c6",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=Path(`/generate`) || PathPrefix(`/generate/`)",
@@ -86,7 +86,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:e0494651804e"
+        image = "streaming-generate:9c3af32304c6"
         ports = ["http"]
       }
 
