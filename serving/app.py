@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import itertools
 import logging
 import math
 import os
@@ -18,7 +19,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.loader import LoadedPredictor
 from serving.metrics import ApiMetrics, metrics_handler
+from serving.pool import ClientGone, PredictPool
 from serving.streaming import StreamFailed, is_stream, stream
 
 LOGGER = logging.getLogger("serving")
@@ -42,10 +43,6 @@ class PredictTimeout(Exception):
     """The request passed its `timeout` before predict answered."""
 
 
-class ClientGone(Exception):
-    """The client disconnected while its request was queued; predict never ran."""
-
-
 class Replica:
     """State of one worker: the predictor, its thread pool, admission and draining."""
 
@@ -55,8 +52,10 @@ class Replica:
         self.predictor: LoadedPredictor | None = None
         self.draining = False
         self.in_flight = 0
-        self._executor = ThreadPoolExecutor(config.threads_per_process, thread_name_prefix="predict")
-        self._slots = asyncio.Semaphore(config.threads_per_process)
+        self._count_gauges = self.metrics.track_live(lambda: self.in_flight, self._queued)
+        self._pool = PredictPool(
+            config.threads_per_process, on_start=self.metrics.queued.dec if self._count_gauges else None
+        )
         self._batcher: Batcher | None = None
         self._completions: deque[float] = deque(maxlen=4096)
         self._mean_duration = 0.0
@@ -67,11 +66,16 @@ class Replica:
         self._ready_dir = ready_dir
         self._workers = workers
         self._api_keys = [key.encode() for key in config.api_keys]
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._id_counter = itertools.count(1)
+        self._log_requests = LOGGER.isEnabledFor(logging.INFO)
+        self._call: Callable[[Any, Any, Any], Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
     def set_predictor(self, predictor: LoadedPredictor) -> None:
         self.predictor = predictor
+        self._call = predictor.predict.predict_caller()
         batching = self.config.batching
         if batching is not None:
             self._batcher = Batcher(
@@ -80,6 +84,7 @@ class Replica:
                 batching.batch_interval,
                 self.config.threads_per_process,
                 self.metrics,
+                count_queued=self._count_gauges,
             )
             self._batcher.start()
         self.metrics.ready.set(1)
@@ -97,7 +102,10 @@ class Replica:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._batcher:
             await self._batcher.stop()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
+
+    def _queued(self) -> int:
+        return self._pool.queued() + (self._batcher.waiting() if self._batcher else 0)
 
     def is_ready(self) -> bool:
         if self.predictor is None or self.draining:
@@ -143,8 +151,13 @@ class Replica:
         reason = "draining" if self.draining else "loading" if self.predictor is None else "workers starting"
         return web.json_response({"status": reason}, status=503)
 
+    def _new_request_id(self) -> str:
+        # A per-process random prefix and a counter: unique across replicas, and
+        # far cheaper than uuid4 on the hot path.
+        return f"{self._id_prefix}{next(self._id_counter):08x}"
+
     async def handle_predict(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-ID") or self._new_request_id()
         start = time.perf_counter()
         status = 500
         try:
@@ -170,16 +183,17 @@ class Replica:
             self.metrics.count(status)
             self.metrics.duration.observe(elapsed)
             self._mean_duration += (elapsed - self._mean_duration) * 0.05
-            LOGGER.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "request_id": request_id,
-                },
-            )
+            if self._log_requests:
+                LOGGER.info(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "path": request.path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "request_id": request_id,
+                    },
+                )
 
     # -- prediction ----------------------------------------------------------
 
@@ -197,14 +211,16 @@ class Replica:
                 {"Retry-After": str(self.retry_after())},
             )
         self.in_flight += 1
-        self.metrics.in_flight.inc()
+        if self._count_gauges:
+            self.metrics.in_flight.inc()
         try:
             payload = await read_payload(request, self.config.max_body_size)
-            query = dict(request.query)
-            result = await self._with_timeout(self._predict(request, predictor, payload, query))
+            query = dict(request.query) if request.query_string else {}
+            work = self._predict(request, predictor, payload, query)
+            result = await (work if self.config.timeout is None else self._with_timeout(work))
             headers = {"X-Request-ID": request_id}
             if is_stream(result):
-                response = await stream(request, result, self._executor, headers)
+                response = await stream(request, result, self._pool.run, headers)
             else:
                 response = encode(result, headers)
             if predictor.post_predict is not None:
@@ -212,7 +228,8 @@ class Replica:
             return response
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            if self._count_gauges:
+                self.metrics.in_flight.dec()
             self._completions.append(time.monotonic())
 
     def _authorized(self, request: web.Request) -> bool:
@@ -221,8 +238,6 @@ class Replica:
         return any(hmac.compare_digest(given.encode(), key) for key in self._api_keys)
 
     async def _with_timeout(self, work: Any) -> Any:
-        if self.config.timeout is None:
-            return await work
         deadline = asyncio.timeout(self.config.timeout)
         try:
             async with deadline:
@@ -235,35 +250,24 @@ class Replica:
     async def _predict(
         self, request: web.Request, predictor: LoadedPredictor, payload: Any, query: dict[str, str]
     ) -> Any:
+        handler = predictor.predict
+        call = self._call
+        assert call is not None
+        if self._batcher is None:
+            if handler.is_async_gen:
+                return call(payload, query, request.headers)
+            if handler.is_async:
+                return await call(payload, query, request.headers)
+
         def is_gone() -> bool:
             return request.transport is None or request.transport.is_closing()
 
         if self._batcher is not None:
             return await self._batcher.submit((payload, query, request.headers), is_gone)
-        handler = predictor.predict
-        call = functools.partial(handler.call, payload=payload, query_params=query, headers=request.headers)
-        if handler.is_async_gen:
-            return call()
-        if handler.is_async:
-            return await call()
-        return await self._in_thread(call, is_gone)
-
-    async def _in_thread(self, call: Callable[[], Any], is_gone: Callable[[], bool]) -> Any:
-        """Run a sync predict on the pool; waiting for a thread is 'queued'."""
-        self.metrics.queued.inc()
-        try:
-            await self._slots.acquire()
-        finally:
-            self.metrics.queued.dec()
-        if is_gone():
-            self._slots.release()
-            raise ClientGone()
-        loop = asyncio.get_running_loop()
-        future = self._executor.submit(call)
-        # The slot is freed when the thread finishes, not when a timeout gives up
-        # waiting for it: a thread cannot be interrupted, so it still occupies a slot.
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._slots.release))
-        return await asyncio.wrap_future(future)
+        # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
+        if self._count_gauges:
+            self.metrics.queued.inc()
+        return await self._pool.run(functools.partial(call, payload, query, request.headers), is_gone)
 
     async def _run_batch(self, items: list[tuple[Any, dict[str, str], Any]]) -> Any:
         assert self.predictor is not None
@@ -276,7 +280,7 @@ class Replica:
         )
         if handler.is_async:
             return await call()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return await self._pool.run(call)
 
     async def _send_then_post_predict(
         self,
@@ -303,7 +307,7 @@ class Replica:
             if is_async:
                 await call()
             else:
-                await asyncio.get_running_loop().run_in_executor(self._executor, call)
+                await self._pool.run(call)
         except Exception:
             LOGGER.exception("post_predict failed")
 

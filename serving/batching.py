@@ -34,7 +34,13 @@ class _Item:
 
 class Batcher:
     def __init__(
-        self, run_batch: RunBatch, max_batch_size: int, batch_interval: float, parallel: int, metrics: ApiMetrics
+        self,
+        run_batch: RunBatch,
+        max_batch_size: int,
+        batch_interval: float,
+        parallel: int,
+        metrics: ApiMetrics,
+        count_queued: bool,
     ) -> None:
         self._run_batch = run_batch
         self._max = max_batch_size
@@ -43,6 +49,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._full = asyncio.Event()
         self._metrics = metrics
+        self._count_queued = count_queued  # keep the queued gauge by hand (multiprocess mode)
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
 
@@ -58,7 +65,8 @@ class Batcher:
     async def submit(self, payload: Any, is_gone: Callable[[], bool]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(payload, future, is_gone))
-        self._metrics.queued.inc()
+        if self._count_queued:
+            self._metrics.queued.inc()
         if self._queue.qsize() >= self._max:
             self._full.set()
         return await future
@@ -79,8 +87,12 @@ class Batcher:
                 await asyncio.wait_for(self._full.wait(), self._interval)
         while len(batch) < self._max and not self._queue.empty():
             batch.append(self._queue.get_nowait())
-        self._metrics.queued.dec(len(batch))
+        if self._count_queued:
+            self._metrics.queued.dec(len(batch))
         return batch
+
+    def waiting(self) -> int:
+        return self._queue.qsize()
 
     async def _run(self, batch: list[_Item]) -> None:
         try:

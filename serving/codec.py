@@ -30,8 +30,9 @@ class File:
 
 
 async def read_payload(request: web.Request, max_body_size: int) -> Any:
-    if request.content_length is not None and request.content_length > max_body_size:
-        raise _too_large(request.content_length, max_body_size)
+    length = request.content_length
+    if length is not None and length > max_body_size:
+        raise _too_large(length, max_body_size)
     content_type = request.content_type
     if not request.body_exists:
         return None
@@ -51,7 +52,11 @@ async def read_payload(request: web.Request, max_body_size: int) -> Any:
 
 def _parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            return json.loads(body)  # UTF-16/32 JSON: let json detect the encoding
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise HTTPError(400, f"malformed JSON body: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -112,11 +117,19 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"predict returned a {type(value).__name__}, which cannot be encoded as JSON")
 
 
+# Built once: json.dumps with any keyword argument builds a new encoder per call.
+_ENCODER = json.JSONEncoder(default=json_default)
+_DECODER = json.JSONDecoder()
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, default=json_default)
+    return _ENCODER.encode(value)
 
 
 def encode(result: Any, headers: dict[str, str]) -> web.StreamResponse:
+    if type(result) is dict or type(result) is list:  # the common case first, with the least work
+        headers["Content-Type"] = "application/json; charset=utf-8"
+        return web.Response(body=dumps(result).encode(), headers=headers)
     if isinstance(result, web.StreamResponse):
         result.headers.update(headers)
         return result

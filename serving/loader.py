@@ -40,6 +40,19 @@ class Handler:
             return self.func(**available)
         return self.func(**{k: v for k, v in available.items() if k in self.params})
 
+    def predict_caller(self) -> Callable[[Any, Any, Any], Any]:
+        """A call taking (payload, query_params, headers) with no per-request introspection."""
+        func, params = self.func, self.params
+        if self.takes_all or params == PREDICT_PARAMS:
+            return lambda p, q, h: func(payload=p, query_params=q, headers=h)
+        if params == {"payload"}:
+            return lambda p, q, h: func(p)
+        if not params:
+            return lambda p, q, h: func()
+        return lambda p, q, h: func(
+            **{k: v for k, v in (("payload", p), ("query_params", q), ("headers", h)) if k in params}
+        )
+
 
 @dataclass(frozen=True)
 class LoadedPredictor:

@@ -11,6 +11,7 @@ worker's last values do not linger.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import (
@@ -73,6 +74,18 @@ class ApiMetrics:
         self.batch_size = BATCH_SIZE.labels(api)
         self.ready = READY.labels(api)
         self._by_code: dict[int, Counter] = {}
+
+    def track_live(self, in_flight: Callable[[], float], queued: Callable[[], float]) -> bool:
+        """Read in-flight and queued counts at scrape time when there is one process.
+
+        Returns True when the caller must keep the gauges itself with inc/dec:
+        multiprocess mode has no callback gauges, so each worker writes its own.
+        """
+        if MULTIPROCESS:
+            return True
+        self.in_flight.set_function(in_flight)
+        self.queued.set_function(queued)
+        return False
 
     def count(self, code: int) -> None:
         child = self._by_code.get(code)

@@ -10,9 +10,9 @@ A plain generator is advanced on the predictor's thread pool so a slow
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Executor
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -20,20 +20,20 @@ from aiohttp import web
 from serving.codec import dumps
 
 _DONE = object()
+RunInThread = Callable[[Callable[[], Any]], "asyncio.Future[Any]"]
 
 
 def is_stream(result: Any) -> bool:
     return inspect.isgenerator(result) or inspect.isasyncgen(result)
 
 
-async def iterate(result: Any, executor: Executor) -> AsyncIterator[Any]:
+async def iterate(result: Any, run: RunInThread) -> AsyncIterator[Any]:
     if inspect.isasyncgen(result):
         async for item in result:
             yield item
         return
-    loop = asyncio.get_running_loop()
     sync_iter: Iterator[Any] = result
-    while (item := await loop.run_in_executor(executor, next, sync_iter, _DONE)) is not _DONE:
+    while (item := await run(functools.partial(next, sync_iter, _DONE))) is not _DONE:
         yield item
 
 
@@ -63,8 +63,8 @@ def chunked_content_type(first: Any) -> str:
     return "application/x-ndjson"
 
 
-async def stream(request: web.Request, result: Any, executor: Executor, headers: dict[str, str]) -> web.StreamResponse:
-    items = iterate(result, executor)
+async def stream(request: web.Request, result: Any, run: RunInThread, headers: dict[str, str]) -> web.StreamResponse:
+    items = iterate(result, run)
     sse = wants_sse(request)
     try:
         first = await anext(items)

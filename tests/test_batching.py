@@ -77,3 +77,16 @@ def test_timed_out_request_leaves_the_batch(servers: ServerFactory) -> None:
     assert {r.status_code for r in responses} == {504}
     assert server.get("/readyz").status_code == 200
     assert "predict failed" not in server.logs()  # a timeout is not a predictor error
+
+
+def test_async_predict_is_batched_too(servers: ServerFactory, tmp_path) -> None:
+    predictor = tmp_path / "async_batch.py"
+    predictor.write_text(
+        "class Predictor:\n"
+        "    async def predict(self, payload):\n"
+        "        return [{'batch_size': len(payload), 'n': p['n']} for p in payload]\n"
+    )
+    server = servers.serving(predictor, batching={"max_batch_size": 4, "batch_interval": 0.3})
+    bodies = [r.json() for r in _burst(server, [{"n": i} for i in range(4)])]
+    assert [b["n"] for b in bodies] == [0, 1, 2, 3]
+    assert max(b["batch_size"] for b in bodies) > 1

@@ -1,0 +1,3 @@
+class Predictor:
+    async def predict(self, payload):
+        return payload

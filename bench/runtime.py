@@ -1,0 +1,204 @@
+"""Predictor runtime benchmark: our server against named peers, side by side, one run.
+
+    python bench/runtime.py [--duration 10]
+
+Each server is pinned to CPU 0 and wrk to CPU 1 (`taskset`), one at a time.
+W0: JSON echo at 32 connections — bare aiohttp (the ceiling), ours with async
+and sync predict, FastAPI + uvicorn, LitServe. W3: a predictor costing
+20 ms + 0.2 ms per item at 64 connections, batching (32, 10 ms) against off.
+Also the resident memory of an echo replica. Results go to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from results import write_section
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+PAYLOAD = json.dumps({"inputs": [1.5, 2.5, 3.5], "text": "a predictor is just a class", "n": 7})
+SERVER_CPU, LOAD_CPU = "0", "1"
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ours(predictor: str, port: int, **config: object) -> list[str]:
+    os.environ["STACK_SERVING_CONFIG"] = json.dumps(
+        {"predictor_path": str(HERE / "predictors" / predictor), "api": "bench", "host": "127.0.0.1", "port": port,
+         "log_level": "warning", "drain_delay": 0, **config}
+    )
+    return [PY, "-m", "serving"]
+
+
+def start(command: list[str], port: int, path: str = "/", body: str = PAYLOAD) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(f"http://127.0.0.1:{port}{path}", data=body, timeout=2,
+                             headers={"Content-Type": "application/json"}).status_code == 200:
+                return proc
+        except requests.RequestException:
+            time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"{command} did not answer on port {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wrk(port: int, path: str, connections: int, duration: int, body: str = PAYLOAD) -> tuple[float, float, float, int]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                     'wrk.headers["Content-Type"] = "application/json"\n')
+    # Warm up, let the requests the warm-up left queued drain, then measure.
+    subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", "-d2s", "-s", script.name,
+                    f"http://127.0.0.1:{port}{path}"], capture_output=True)
+    time.sleep(3)
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+                          "-s", script.name, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return rps, _latency(out, "50%"), _latency(out, "99%"), errors
+
+
+def _latency(out: str, quantile: str) -> float:
+    value, unit = re.search(rf"^\s+{quantile}\s+([\d.]+)(us|ms|s)\b", out, re.M).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def measure(name: str, command: list[str], duration: int, connections: int, path: str = "/",
+            body: str = PAYLOAD) -> Result:
+    port = int(command.pop()) if command[-1].isdigit() else None
+    assert port is not None
+    proc = start(command, port, path, body)
+    try:
+        rps, p50, p99, errors = wrk(port, path, connections, duration, body)
+    finally:
+        stop(proc)
+    print(f"{name:<34} {rps:>9.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}", flush=True)
+    return Result(name, rps, p50, p99, errors)
+
+
+def replica_rss_mb() -> float:
+    port = free_port()
+    proc = start(ours("echo_async.py", port), port)
+    try:
+        wrk(port, "/", 32, 3)
+        status = Path(f"/proc/{_server_pid(proc)}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+    finally:
+        stop(proc)
+
+
+def _server_pid(proc: subprocess.Popen[bytes]) -> int:
+    # taskset execs the command, so the pid is the server's own.
+    return proc.pid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    args = parser.parse_args()
+    d = args.duration
+
+    print("W0: JSON echo, 32 connections")
+    w0 = []
+    for name, build in [
+        ("bare aiohttp (ceiling)", lambda p: [PY, str(HERE / "peers/bare_aiohttp.py"), str(p)]),
+        ("stack serving, async predict", lambda p: ours("echo_async.py", p)),
+        ("stack serving, sync predict", lambda p: ours("echo_sync.py", p)),
+        ("FastAPI + uvicorn", lambda p: [PY, str(HERE / "peers/fastapi_echo.py"), str(p)]),
+    ]:
+        port = free_port()
+        w0.append(measure(name, [*build(port), str(port)], d, 32))
+    port = free_port()
+    w0.append(measure("LitServe", [PY, str(HERE / "peers/litserve_echo.py"), str(port), str(port)], d, 32,
+                      path="/predict"))
+
+    print("W3: 20 ms + 0.2 ms/item predictor, 64 connections")
+    w3 = []
+    port = free_port()
+    w3.append(measure("batching off", [*ours("sleep_batch.py", port), str(port)], d, 64))
+    port = free_port()
+    w3.append(measure("batching 32 / 10 ms", [*ours("sleep_batch.py", port, config={"batched": True},
+                                                    batching={"max_batch_size": 32, "batch_interval": 0.01}),
+                                              str(port)], d, 64))
+    rss = replica_rss_mb()
+    print(f"echo replica RSS after load: {rss:.1f} MB")
+    write_section("runtime", render(w0, w3, rss, d))
+
+
+def render(w0: list[Result], w3: list[Result], rss: float, duration: int) -> str:
+    ceiling = w0[0].rps
+    lines = [
+        "## Predictor runtime (issue: serving/)",
+        "",
+        f"`python bench/runtime.py --duration {duration}` — server pinned to CPU 0, `wrk` on CPU 1, one server at a "
+        "time, 2 s warm-up then the measured run.",
+        "",
+        "### W0: JSON echo, 32 connections",
+        "",
+        "| server | req/s | × bare aiohttp | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in w0:
+        lines.append(f"| {r.name} | {r.rps:,.0f} | {r.rps / ceiling:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+    off, on = w3
+    lines += [
+        "",
+        "### W3: predictor costing 20 ms + 0.2 ms per item, 64 connections",
+        "",
+        "| batching | req/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|",
+        f"| {off.name} | {off.rps:,.1f} | {off.p50_ms:.1f} | {off.p99_ms:.1f} | {off.errors} |",
+        f"| {on.name} | {on.rps:,.1f} | {on.p50_ms:.1f} | {on.p99_ms:.1f} | {on.errors} |",
+        "",
+        f"Batching gives **{on.rps / off.rps:.1f}×** the throughput of batching off.",
+        "",
+        "### Replica memory",
+        "",
+        f"Echo replica (one process, async predict) after 3 s of load: **{rss:.1f} MB** RSS.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
