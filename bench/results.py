@@ -13,7 +13,8 @@ TITLE = "# Benchmark results\n\nEach section says the command that produced it; 
 def write_section(name: str, body: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else TITLE
     stamp = time.strftime("%Y-%m-%d")
-    block = f"<!-- {name}:start -->\n{body.rstrip()}\n\n_Measured {stamp} on this project's 2-core CI machine._\n<!-- {name}:end -->"
+    note = f"_Measured {stamp} on this project's 2-core CI machine._"
+    block = f"<!-- {name}:start -->\n{body.rstrip()}\n\n{note}\n<!-- {name}:end -->"
     pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
     RESULTS.write_text(text if text.endswith("\n") else text + "\n")

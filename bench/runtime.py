@@ -51,20 +51,35 @@ def free_port() -> int:
 
 def ours(predictor: str, port: int, **config: object) -> list[str]:
     os.environ["STACK_SERVING_CONFIG"] = json.dumps(
-        {"predictor_path": str(HERE / "predictors" / predictor), "api": "bench", "host": "127.0.0.1", "port": port,
-         "log_level": "warning", "drain_delay": 0, **config}
+        {
+            "predictor_path": str(HERE / "predictors" / predictor),
+            "api": "bench",
+            "host": "127.0.0.1",
+            "port": port,
+            "log_level": "warning",
+            "drain_delay": 0,
+            **config,
+        }
     )
     return [PY, "-m", "serving"]
 
 
 def start(command: list[str], port: int, path: str = "/", body: str = PAYLOAD) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU, *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if requests.post(f"http://127.0.0.1:{port}{path}", data=body, timeout=2,
-                             headers={"Content-Type": "application/json"}).status_code == 200:
+            if (
+                requests.post(
+                    f"http://127.0.0.1:{port}{path}", data=body, timeout=2, headers={"Content-Type": "application/json"}
+                ).status_code
+                == 200
+            ):
                 return proc
         except requests.RequestException:
             time.sleep(0.1)
@@ -72,25 +87,77 @@ def start(command: list[str], port: int, path: str = "/", body: str = PAYLOAD) -
     raise RuntimeError(f"{command} did not answer on port {port}")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (LitServe leaves busy-polling workers behind otherwise)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    family = descendants(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    for pid in family:  # whatever outlived its parent, in or out of the process group
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def wrk(port: int, path: str, connections: int, duration: int, body: str = PAYLOAD) -> tuple[float, float, float, int]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
-                     'wrk.headers["Content-Type"] = "application/json"\n')
+        script.write(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
+        )
     # Warm up, let the requests the warm-up left queued drain, then measure.
-    subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", "-d2s", "-s", script.name,
-                    f"http://127.0.0.1:{port}{path}"], capture_output=True)
+    subprocess.run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            "-d2s",
+            "-s",
+            script.name,
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+    )
     time.sleep(3)
-    out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-                          "-s", script.name, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            script.name,
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
@@ -103,8 +170,9 @@ def _latency(out: str, quantile: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def measure(name: str, command: list[str], duration: int, connections: int, path: str = "/",
-            body: str = PAYLOAD) -> Result:
+def measure(
+    name: str, command: list[str], duration: int, connections: int, path: str = "/", body: str = PAYLOAD
+) -> Result:
     port = int(command.pop()) if command[-1].isdigit() else None
     assert port is not None
     proc = start(command, port, path, body)
@@ -114,6 +182,11 @@ def measure(name: str, command: list[str], duration: int, connections: int, path
         stop(proc)
     print(f"{name:<34} {rps:>9.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}", flush=True)
     return Result(name, rps, p50, p99, errors)
+
+
+def median(results: list[Result]) -> Result:
+    ranked = sorted(results, key=lambda r: r.rps)
+    return ranked[len(ranked) // 2]
 
 
 def replica_rss_mb() -> float:
@@ -135,43 +208,60 @@ def _server_pid(proc: subprocess.Popen[bytes]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="W0 rounds, interleaved; the median is reported")
     args = parser.parse_args()
     d = args.duration
 
     print("W0: JSON echo, 32 connections")
-    w0 = []
-    for name, build in [
-        ("bare aiohttp (ceiling)", lambda p: [PY, str(HERE / "peers/bare_aiohttp.py"), str(p)]),
-        ("stack serving, async predict", lambda p: ours("echo_async.py", p)),
-        ("stack serving, sync predict", lambda p: ours("echo_sync.py", p)),
-        ("FastAPI + uvicorn", lambda p: [PY, str(HERE / "peers/fastapi_echo.py"), str(p)]),
-    ]:
-        port = free_port()
-        w0.append(measure(name, [*build(port), str(port)], d, 32))
-    port = free_port()
-    w0.append(measure("LitServe", [PY, str(HERE / "peers/litserve_echo.py"), str(port), str(port)], d, 32,
-                      path="/predict"))
+    servers = [
+        ("bare aiohttp (ceiling)", lambda p: [PY, str(HERE / "peers/bare_aiohttp.py"), str(p)], "/"),
+        ("stack serving, async predict", lambda p: ours("echo_async.py", p), "/"),
+        ("stack serving, sync predict", lambda p: ours("echo_sync.py", p), "/"),
+        ("FastAPI + uvicorn", lambda p: [PY, str(HERE / "peers/fastapi_echo.py"), str(p)], "/"),
+        ("LitServe", lambda p: [PY, str(HERE / "peers/litserve_echo.py"), str(p)], "/predict"),
+    ]
+    rounds: dict[str, list[Result]] = {name: [] for name, _, _ in servers}
+    for _ in range(args.rounds):  # interleaved, so drift in the machine hits every server alike
+        for name, build, path in servers:
+            port = free_port()
+            rounds[name].append(measure(name, [*build(port), str(port)], d, 32, path=path))
+    w0 = [median(results) for results in rounds.values()]
 
     print("W3: 20 ms + 0.2 ms/item predictor, 64 connections")
     w3 = []
     port = free_port()
     w3.append(measure("batching off", [*ours("sleep_batch.py", port), str(port)], d, 64))
     port = free_port()
-    w3.append(measure("batching 32 / 10 ms", [*ours("sleep_batch.py", port, config={"batched": True},
-                                                    batching={"max_batch_size": 32, "batch_interval": 0.01}),
-                                              str(port)], d, 64))
+    w3.append(
+        measure(
+            "batching 32 / 10 ms",
+            [
+                *ours(
+                    "sleep_batch.py",
+                    port,
+                    config={"batched": True},
+                    batching={"max_batch_size": 32, "batch_interval": 0.01},
+                ),
+                str(port),
+            ],
+            d,
+            64,
+        )
+    )
     rss = replica_rss_mb()
     print(f"echo replica RSS after load: {rss:.1f} MB")
-    write_section("runtime", render(w0, w3, rss, d))
+    write_section("runtime", render(w0, w3, rss, d, args.rounds))
 
 
-def render(w0: list[Result], w3: list[Result], rss: float, duration: int) -> str:
+def render(w0: list[Result], w3: list[Result], rss: float, duration: int, rounds: int) -> str:
     ceiling = w0[0].rps
     lines = [
         "## Predictor runtime (issue: serving/)",
         "",
-        f"`python bench/runtime.py --duration {duration}` — server pinned to CPU 0, `wrk` on CPU 1, one server at a "
-        "time, 2 s warm-up then the measured run.",
+        f"`python bench/runtime.py --duration {duration} --rounds {rounds}` — server pinned to CPU 0, `wrk` on CPU 1, "
+        f"one server at a time, 2 s warm-up then a {duration} s run; W0 runs the servers in {rounds} interleaved "
+        "rounds and reports each one's median round. Request logging is off in every server (ours: log level "
+        "warning; with per-request info logs ours costs about 15 µs more per request).",
         "",
         "### W0: JSON echo, 32 connections",
         "",
@@ -179,7 +269,9 @@ def render(w0: list[Result], w3: list[Result], rss: float, duration: int) -> str
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in w0:
-        lines.append(f"| {r.name} | {r.rps:,.0f} | {r.rps / ceiling:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+        lines.append(
+            f"| {r.name} | {r.rps:,.0f} | {r.rps / ceiling:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+        )
     off, on = w3
     lines += [
         "",

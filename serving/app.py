@@ -69,6 +69,8 @@ class Replica:
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
+        self._max_body_size = config.max_body_size
+        self._timeout = config.timeout
         self._call: Callable[[Any, Any, Any], Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -214,12 +216,12 @@ class Replica:
         if self._count_gauges:
             self.metrics.in_flight.inc()
         try:
-            payload = await read_payload(request, self.config.max_body_size)
+            payload = await read_payload(request, self._max_body_size)
             query = dict(request.query) if request.query_string else {}
             work = self._predict(request, predictor, payload, query)
-            result = await (work if self.config.timeout is None else self._with_timeout(work))
+            result = await (work if self._timeout is None else self._with_timeout(work))
             headers = {"X-Request-ID": request_id}
-            if is_stream(result):
+            if type(result) is not dict and is_stream(result):
                 response = await stream(request, result, self._pool.run, headers)
             else:
                 response = encode(result, headers)

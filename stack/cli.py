@@ -199,6 +199,132 @@ def _pick_api(spec: Any, name: str | None) -> Any:
     return spec.apis[0]
 
 
+# -- targets: up / down / status / logs / scale --------------------------------------------
+
+COMPOSE_PENDING = (
+    "the Docker Compose target of `stack {cmd}` is not part of this version yet; use `stack {cmd} --local` "
+    "(replicas as local processes behind Traefik), or render the Compose files with `stack plan`"
+)
+
+
+def _local(path: Path) -> Any:
+    from stack.local.client import LocalStack
+
+    return LocalStack(load_spec(path))
+
+
+def _target_flag(func: Any) -> Any:
+    return click.option("--local", is_flag=True, help="The local target: processes behind Traefik, no Docker.")(func)
+
+
+@cli.command()
+@click.argument("path", default=".", type=click.Path(path_type=Path))
+@_target_flag
+def up(path: Path, local: bool) -> None:
+    """Start the stack, or update it in place (a rolling update) when it runs."""
+    if not local:
+        raise StackError(COMPOSE_PENDING.format(cmd="up"))
+    stack = _local(path)
+    status = stack.up(lambda line: click.echo(f"  {line}", err=True))
+    port = status["gateway_port"]
+    click.echo(f"\nStack {status['project']} is live.")
+    for api in status["apis"]:
+        click.echo(f"  {api['name']:<16} http://127.0.0.1:{port}{api['endpoint']}")
+    first = status["apis"][0]
+    sample = stack.loaded.root / "sample.json"
+    data = f"@{sample}" if sample.is_file() else "'{}'"
+    click.echo(
+        f"\nTry: curl -X POST http://127.0.0.1:{port}{first['endpoint']} -H 'Content-Type: application/json' -d {data}"
+    )
+
+
+@cli.command()
+@click.argument("path", default=".", type=click.Path(path_type=Path))
+@_target_flag
+def down(path: Path, local: bool) -> None:
+    """Stop every replica, the gateway and the supervisor of the stack."""
+    if not local:
+        raise StackError(COMPOSE_PENDING.format(cmd="down"))
+    if _local(path).down():
+        click.echo("stopped")
+    else:
+        click.echo("nothing was running")
+
+
+@cli.command()
+@click.argument("api", required=False)
+@click.option("-p", "--path", "path", default=".", type=click.Path(path_type=Path), help="The project directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_target_flag
+def status(api: str | None, path: Path, as_json: bool, local: bool) -> None:
+    """Each API's state and replicas; with API, per-replica detail and recent events."""
+    from tabulate import tabulate
+
+    if not local:
+        raise StackError(COMPOSE_PENDING.format(cmd="status"))
+    data = _local(path).status()
+    apis = [a for a in data["apis"] if api is None or a["name"] == api]
+    if api is not None and not apis:
+        raise StackError(f"no API named {api!r}")
+    if as_json:
+        click.echo(json.dumps({**data, "apis": apis}, indent=2))
+        return
+    rows = [
+        [
+            a["name"],
+            a["status"],
+            f"{a['ready']}/{a['desired']}",
+            f"http://127.0.0.1:{data['gateway_port']}{a['endpoint']}",
+            a["restarts"],
+            a["error"] or "",
+        ]
+        for a in apis
+    ]
+    click.echo(tabulate(rows, headers=["api", "status", "ready", "endpoint", "restarts", "error"]))
+    if api is not None:
+        replicas = [
+            [r["id"], r["state"], r["pid"], r["port"], r["version"], f"{r['uptime_s']:.0f}s"]
+            for r in apis[0]["replicas"]
+        ]
+        click.echo("\n" + tabulate(replicas, headers=["replica", "state", "pid", "port", "version", "up"]))
+        click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in apis[0]["events"]))
+
+
+@cli.command()
+@click.argument("api")
+@click.option("-p", "--path", "path", default=".", type=click.Path(path_type=Path), help="The project directory.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@_target_flag
+def logs(api: str, path: Path, follow: bool, local: bool) -> None:
+    """The logs of every replica of API, each line prefixed with its replica."""
+    if not local:
+        raise StackError(COMPOSE_PENDING.format(cmd="logs"))
+    stack = _local(path)
+    if not stack.log_files(api):
+        raise StackError(f"no logs for API {api!r} under {stack.paths.logs}")
+    try:
+        for line in stack.follow(api, follow):
+            click.echo(line)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.argument("api")
+@click.argument("replicas", type=click.IntRange(min=0))
+@click.option("-p", "--path", "path", default=".", type=click.Path(path_type=Path), help="The project directory.")
+@click.option("--force", is_flag=True, help="Allow counts outside min_replicas..max_replicas.")
+@_target_flag
+def scale(api: str, replicas: int, path: Path, force: bool, local: bool) -> None:
+    """Set an API's replica count by hand."""
+    if not local:
+        raise StackError(COMPOSE_PENDING.format(cmd="scale"))
+    stack = _local(path)
+    stack.scale(api, replicas, force=force)
+    click.echo(f"scaling {api} to {replicas}")
+    stack.wait_ready(lambda line: click.echo(f"  {line}", err=True))
+
+
 def main() -> None:
     cli(prog_name="stack")
 

@@ -1,0 +1,486 @@
+"""The background supervisor of `stack up --local`.
+
+    python -m stack.local.supervisor PROJECT_DIR
+
+It runs Traefik and every replica as child processes, keeps each API at its
+desired count, restarts crashed replicas with back-off, rolls out a new
+version without failed requests, and answers a small control API on
+127.0.0.1 (status, scale, reload, shutdown) that the `stack` CLI talks to.
+
+Ordering is what keeps requests from failing: a replica joins the router only
+after its /readyz answers 200, and leaves the router (confirmed through
+Traefik's API) before it is sent SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from serving.config import CONFIG_ENV
+from stack.local import traefik
+from stack.local.state import LocalPaths, write_json_atomic
+from stack.plan.render import api_version, project_digest
+from stack.plan.serving import replica_config
+from stack.spec import Api, LoadedSpec, SpecError, load_spec
+
+LOGGER = logging.getLogger("stack.local")
+TICK = 0.2  # seconds between reconcile passes
+BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before restarting a replica that keeps failing
+GIVE_UP_AFTER = 5  # consecutive start-up failures before an API is marked failed
+STOP_MARGIN = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Replicas must not outlive a supervisor that was killed -9.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Replica:
+    id: str
+    api: str
+    version: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    state: str = "starting"  # starting | ready | draining
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class ApiState:
+    spec: Api
+    version: str
+    desired: int
+    replicas: list[Replica] = field(default_factory=list)
+    restarts: int = 0
+    failures: int = 0  # consecutive start-up failures
+    retry_at: float = 0.0
+    error: str | None = None
+    counter: int = 0
+    events: list[str] = field(default_factory=list)
+
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state != "draining"]
+
+    def event(self, message: str) -> None:
+        LOGGER.info(f"{self.spec.name}: {message}")
+        self.events = [*self.events[-19:], f"{time.strftime('%H:%M:%S')} {message}"]
+
+
+class Supervisor:
+    def __init__(self, root: Path) -> None:
+        self.paths = LocalPaths(root)
+        self.loaded: LoadedSpec = load_spec(root)
+        self.apis: dict[str, ApiState] = {}
+        self.traefik: subprocess.Popen[bytes] | None = None
+        self.api_port = free_port()
+        self.metrics_port = free_port()
+        self.control_port = free_port()
+        self.stopping = asyncio.Event()
+        self.session: aiohttp.ClientSession | None = None
+        self.routed: dict[str, set[str]] = {}  # api -> server URLs written to the route file
+        self.updating: set[str] = set()
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.session = aiohttp.ClientSession()
+        self._apply_spec(self.loaded, first=True)
+        self._write_routes()
+        self._start_traefik()
+        runner = await self._start_control()
+        self._write_state()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            while not self.stopping.is_set():
+                await self._tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), TICK)
+        finally:
+            await self._shutdown()
+            await runner.cleanup()
+            await self.session.close()
+
+    def _start_traefik(self) -> None:
+        spec = self.loaded.spec
+        if not _port_free(spec.gateway.port):
+            raise SystemExit(f"gateway port {spec.gateway.port} is already in use; set gateway.port in stack.yaml")
+        command = traefik.traefik_command(
+            spec.gateway.port,
+            self.api_port,
+            self.metrics_port,
+            self.paths.traefik_dir,
+            self.paths.logs / "traefik-access.log",
+        )
+        self.traefik = traefik.start_traefik(command, self.paths.logs / "traefik.log")
+
+    async def _start_control(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/status", self._status)
+        app.router.add_post("/scale", self._scale)
+        app.router.add_post("/reload", self._reload)
+        app.router.add_post("/shutdown", self._shutdown_request)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.control_port).start()
+        return runner
+
+    def _write_state(self) -> None:
+        write_json_atomic(
+            self.paths.state_file,
+            {
+                "pid": os.getpid(),
+                "control_port": self.control_port,
+                "traefik_api_port": self.api_port,
+                "traefik_metrics_port": self.metrics_port,
+                "gateway_port": self.loaded.spec.gateway.port,
+                "project": self.loaded.spec.project,
+            },
+        )
+
+    async def _shutdown(self) -> None:
+        LOGGER.info("shutting down")
+        for api in self.apis.values():
+            for replica in api.replicas:
+                if replica.proc.poll() is None:
+                    replica.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + max(
+            (a.spec.predictor.grace_period + STOP_MARGIN for a in self.apis.values()), default=10
+        )
+        for replica in [r for a in self.apis.values() for r in a.replicas]:
+            _wait_or_kill(replica.proc, deadline)
+        if self.traefik and self.traefik.poll() is None:
+            self.traefik.terminate()
+            _wait_or_kill(self.traefik, time.monotonic() + 10)
+        self.paths.state_file.unlink(missing_ok=True)
+
+    # -- spec --------------------------------------------------------------------------
+
+    def _apply_spec(self, loaded: LoadedSpec, first: bool = False) -> None:
+        digest = project_digest(loaded.root)
+        for api in loaded.spec.apis:
+            version = api_version(api, digest)
+            current = self.apis.get(api.name)
+            if current is None:
+                self.apis[api.name] = ApiState(api, version, api.autoscaling.initial)
+                if not first:
+                    self.apis[api.name].event("added")
+                continue
+            if current.version != version:
+                current.event(f"rolling update to version {version}")
+                current.failures, current.error, current.retry_at = 0, None, 0.0
+                self.updating.add(api.name)
+            current.spec, current.version = api, version
+            current.desired = min(max(current.desired, api.autoscaling.min_replicas), api.autoscaling.max_replicas)
+        for name in [n for n in self.apis if n not in {a.name for a in loaded.spec.apis}]:
+            self.apis[name].desired = 0
+            self.apis[name].event("removed from stack.yaml; draining")
+        self.loaded = loaded
+
+    # -- the reconcile loop ---------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        for state in list(self.apis.values()):
+            self._reap(state)
+            await self._probe(state)
+            self._reconcile(state)
+        await self._sync_routes()
+        for name in [
+            n
+            for n, s in self.apis.items()
+            if s.desired == 0 and not s.replicas and n not in {a.name for a in self.loaded.spec.apis}
+        ]:
+            del self.apis[name]
+
+    def _reap(self, state: ApiState) -> None:
+        for replica in list(state.replicas):
+            code = replica.proc.poll()
+            if code is None:
+                continue
+            state.replicas.remove(replica)
+            if replica.state == "draining":
+                continue
+            if replica.state == "starting":
+                state.failures += 1
+                state.error = (
+                    _startup_error(replica.log) or f"replica {replica.id} exited with code {code} while starting"
+                )
+                delay = BACKOFF[min(state.failures - 1, len(BACKOFF) - 1)]
+                state.retry_at = time.monotonic() + delay
+                state.event(f"replica {replica.id} failed to start (exit {code}): {state.error}; retry in {delay}s")
+            else:
+                state.restarts += 1
+                state.event(f"replica {replica.id} exited with code {code}; replacing it")
+
+    async def _probe(self, state: ApiState) -> None:
+        assert self.session is not None
+        for replica in [r for r in state.replicas if r.state == "starting"]:
+            try:
+                async with self.session.get(
+                    replica.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)
+                ) as response:
+                    ready = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ready = False
+            if ready:
+                replica.state = "ready"
+                state.failures, state.error = 0, None
+                state.event(f"replica {replica.id} ready after {time.monotonic() - replica.started:.1f}s")
+
+    def _reconcile(self, state: ApiState) -> None:
+        live = state.live()
+        new = [r for r in live if r.version == state.version]
+        old = [r for r in live if r.version != state.version]
+        surge, unavailable = state.spec.update.resolve(max(state.desired, 1))
+        can_start = time.monotonic() >= state.retry_at and state.failures < GIVE_UP_AFTER
+        if state.failures >= GIVE_UP_AFTER and not any(r.state == "starting" for r in new):
+            state.error = state.error or "replicas keep failing to start"
+        # Grow the current version, up to desired, with at most `surge` extra replicas during an update.
+        if can_start and len(new) < state.desired and len(live) < state.desired + surge:
+            self._start_replica(state)
+            return
+        ready = [r for r in live if r.state == "ready"]
+        # Retire old versions once enough replicas serve: never below desired - unavailable.
+        for replica in sorted(old, key=lambda r: r.state == "ready"):
+            if replica.state != "ready" or len(ready) - 1 >= state.desired - unavailable:
+                self._drain(state, replica, "replaced by the new version")
+                if replica in ready:
+                    ready.remove(replica)
+                return
+        # Scale down: the newest (or still starting) replicas go first.
+        extra = len(new) - state.desired
+        for replica in sorted(new, key=lambda r: (r.state == "ready", -r.started))[: max(extra, 0)]:
+            self._drain(state, replica, "scaled down")
+        if not old and state.version and state.spec.name in self.updating and all(r.state == "ready" for r in new):
+            self.updating.discard(state.spec.name)
+            state.event("rolling update done")
+
+    def _start_replica(self, state: ApiState) -> None:
+        state.counter += 1
+        replica_id = f"{state.spec.name}-{state.counter}"
+        port = free_port()
+        config = replica_config(self.loaded, state.spec, host="127.0.0.1", port=port, drain_delay=0.0)
+        log = self.paths.replica_log(replica_id)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json()}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "serving"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.loaded.root,
+                preexec_fn=_die_with_parent,
+            )
+        state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log))
+        state.event(f"started replica {replica_id} (version {state.version}, port {port})")
+
+    def _drain(self, state: ApiState, replica: Replica, why: str) -> None:
+        was_routed = replica.state == "ready"
+        replica.state = "draining"
+        state.event(f"draining replica {replica.id}: {why}")
+        # Out of the router first; SIGTERM only once Traefik confirms it is gone.
+        asyncio.get_running_loop().create_task(self._terminate_when_unrouted(state, replica, was_routed))
+
+    async def _terminate_when_unrouted(self, state: ApiState, replica: Replica, was_routed: bool) -> None:
+        if was_routed:
+            await self._sync_routes()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                live = await traefik.live_servers(self.session, self.api_port, self._router(state.spec))
+                if live is not None and replica.url not in live:
+                    break
+                await asyncio.sleep(0.05)
+        if replica.proc.poll() is None:
+            replica.proc.send_signal(signal.SIGTERM)
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def _router(self, api: Api) -> str:
+        return f"{self.loaded.spec.project}-{api.name}"
+
+    async def _sync_routes(self) -> None:
+        wanted = {name: {r.url for r in s.replicas if r.state == "ready"} for name, s in self.apis.items()}
+        if wanted == self.routed:
+            return
+        self.routed = wanted
+        self._write_routes()
+        # Wait until Traefik serves the new set, so joins and leaves are real when we act on them.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            current = [
+                await traefik.live_servers(self.session, self.api_port, self._router(s.spec))
+                for s in self.apis.values()
+            ]
+            if current == [wanted[n] for n in self.apis]:
+                return
+            await asyncio.sleep(0.05)
+        LOGGER.warning("Traefik did not confirm the new routes within 10s")
+
+    def _write_routes(self) -> None:
+        apis = []
+        for name, state in sorted(self.apis.items()):
+            endpoint = state.spec.endpoint
+            rule = f"Path(`{endpoint}`) || PathPrefix(`{endpoint}/`)" if endpoint != "/" else "PathPrefix(`/`)"
+            apis.append(
+                {
+                    "router": self._router(state.spec),
+                    "rule": rule,
+                    "endpoint": endpoint,
+                    "servers": sorted(self.routed.get(name, set())),
+                }
+            )
+        traefik.write_routes(self.paths.traefik_dir, traefik.render_routes(apis))
+
+    # -- control API ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        apis = []
+        for name, state in sorted(self.apis.items()):
+            ready = [r for r in state.live() if r.state == "ready"]
+            updating = name in self.updating
+            if state.error and not ready:
+                status = "error"
+            elif updating:
+                status = "updating"
+            elif len(ready) >= state.desired and state.desired > 0:
+                status = "live"
+            else:
+                status = "starting"
+            apis.append(
+                {
+                    "name": name,
+                    "status": status,
+                    "ready": len(ready),
+                    "desired": state.desired,
+                    "version": state.version,
+                    "endpoint": state.spec.endpoint,
+                    "restarts": state.restarts,
+                    "error": state.error,
+                    "autoscaled": state.spec.autoscaled,
+                    "min_replicas": state.spec.autoscaling.min_replicas,
+                    "max_replicas": state.spec.autoscaling.max_replicas,
+                    "events": state.events,
+                    "replicas": [
+                        {
+                            "id": r.id,
+                            "pid": r.proc.pid,
+                            "port": r.port,
+                            "state": r.state,
+                            "version": r.version,
+                            "uptime_s": round(time.monotonic() - r.started, 1),
+                        }
+                        for r in state.replicas
+                    ],
+                }
+            )
+        return {
+            "project": self.loaded.spec.project,
+            "gateway_port": self.loaded.spec.gateway.port,
+            "pid": os.getpid(),
+            "apis": apis,
+        }
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _scale(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        state = self.apis.get(body.get("api", ""))
+        if state is None:
+            return web.json_response({"error": f"no API named {body.get('api')!r}"}, status=404)
+        replicas = int(body["replicas"])
+        bounds = state.spec.autoscaling
+        if not body.get("force") and not bounds.min_replicas <= replicas <= bounds.max_replicas:
+            allowed = f"{bounds.min_replicas}..{bounds.max_replicas}"
+            message = f"{replicas} is outside min_replicas..max_replicas ({allowed}); add --force to override"
+            return web.json_response({"error": message}, status=400)
+        state.desired = replicas
+        state.failures, state.retry_at = 0, 0.0
+        state.event(f"scaled to {replicas} ({body.get('reason', 'stack scale')})")
+        return web.json_response({"ok": True})
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        try:
+            loaded = load_spec(self.loaded.root)
+        except SpecError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self._apply_spec(loaded)
+        return web.json_response({"ok": True})
+
+    async def _shutdown_request(self, request: web.Request) -> web.Response:
+        self.stopping.set()
+        return web.json_response({"ok": True})
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    try:
+        proc.wait(max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _startup_error(log: Path) -> str | None:
+    """The one-line reason a replica gave for not starting, from its log."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[-200:]):
+        for marker in ("predictor failed to start: ", "ERROR   "):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    root = Path(args[0]).resolve()
+    asyncio.run(Supervisor(root).run())
+
+
+if __name__ == "__main__":
+    main()

