@@ -9,6 +9,7 @@ forever). Metrics from all workers meet in one multiprocess directory.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -27,6 +28,15 @@ LOGGER = logging.getLogger("serving")
 WORKERS_ENV = "STACK_SERVING_WORKERS"
 READY_DIR_ENV = "STACK_SERVING_READY_DIR"
 POLL_SECONDS = 0.2
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies, so no worker is orphaned (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the worker notices the closed socket pair of a dead parent less promptly
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -79,7 +89,7 @@ class Supervisor:
         if self.config.gpus > 1:
             # Inside a container the visible GPUs are renumbered from 0.
             env["CUDA_VISIBLE_DEVICES"] = str(self._free_gpu(index))
-        proc = subprocess.Popen([sys.executable, "-m", "serving", "--worker"], env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "serving", "--worker"], env=env, preexec_fn=die_with_parent)
         self.workers[proc.pid] = proc
         if "CUDA_VISIBLE_DEVICES" in env and self.config.gpus > 1:
             self.gpu_of[proc.pid] = int(env["CUDA_VISIBLE_DEVICES"])

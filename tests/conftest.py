@@ -131,8 +131,12 @@ class ServerFactory:
     def close(self) -> None:
         for server in self.servers:
             if server.proc.poll() is None:
-                server.proc.kill()
-                server.proc.wait()
+                server.proc.terminate()
+                try:
+                    server.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    server.proc.kill()
+                    server.proc.wait()
 
 
 def _wait_ready(server: Server, timeout: float) -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from serving.config import CONFIG_ENV
+from serving.supervisor import die_with_parent
 from stack.local import traefik
 from stack.local.state import LocalPaths, write_json_atomic
 from stack.plan.render import api_version, project_digest
@@ -49,12 +50,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # Replicas must not outlive a supervisor that was killed -9.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -104,6 +99,7 @@ class Supervisor:
         self.metrics_port = free_port()
         self.control_port = free_port()
         self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()  # set when a child exits or a stop is asked: reconcile now
         self.session: aiohttp.ClientSession | None = None
         self.routed: dict[str, set[str]] = {}  # api -> server URLs written to the route file
         self.updating: set[str] = set()
@@ -119,12 +115,13 @@ class Supervisor:
         self._write_state()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._stop)
         try:
             while not self.stopping.is_set():
+                self.wake.clear()
                 await self._tick()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), TICK)
+                    await asyncio.wait_for(self.wake.wait(), TICK)
         finally:
             await self._shutdown()
             await runner.cleanup()
@@ -301,9 +298,13 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.loaded.root,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log))
+        # A thread per child turns its exit into an immediate reconcile: a dead replica
+        # leaves the router within milliseconds instead of at the next tick.
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=lambda: (proc.wait(), loop.call_soon_threadsafe(self.wake.set)), daemon=True).start()
         state.event(f"started replica {replica_id} (version {state.version}, port {port})")
 
     def _drain(self, state: ApiState, replica: Replica, why: str) -> None:
@@ -439,8 +440,12 @@ class Supervisor:
         self._apply_spec(loaded)
         return web.json_response({"ok": True})
 
-    async def _shutdown_request(self, request: web.Request) -> web.Response:
+    def _stop(self) -> None:
         self.stopping.set()
+        self.wake.set()
+
+    async def _shutdown_request(self, request: web.Request) -> web.Response:
+        self._stop()
         return web.json_response({"ok": True})
 
 

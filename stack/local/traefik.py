@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import jinja2
 
+from serving.supervisor import die_with_parent
 from stack.errors import StackError
 
 ENTRYPOINT = "web"
@@ -64,7 +65,9 @@ def traefik_command(
 def start_traefik(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
 
 
 def render_routes(apis: list[dict[str, Any]]) -> str:

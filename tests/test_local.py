@@ -1,0 +1,162 @@
+"""`stack up --local` end to end: the real Traefik binary, real replica processes, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import EXAMPLES, free_port
+from loadgen import Load
+from stack.local.state import pid_alive
+
+STACK = [sys.executable, "-m", "stack.cli"]
+
+
+def stack(*args: str, cwd: Path, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*STACK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"stack {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def status(project: Path) -> dict:
+    return json.loads(stack("status", "--local", "--json", "-p", str(project), cwd=project).stdout)
+
+
+def write_spec(project: Path, port: int, greeting: str = "echo", min_replicas: int = 2, extra: str = "") -> None:
+    (project / "stack.yaml").write_text(
+        f"project: localtest\n"
+        f"gateway: {{port: {port}}}\n"
+        f"apis:\n"
+        f"  - name: echo\n"
+        f"    predictor:\n"
+        f"      path: predictor.py\n"
+        f"      config: {{greeting: {greeting}}}\n"
+        f"{extra}"
+        f"    autoscaling: {{min_replicas: {min_replicas}, max_replicas: 4}}\n"
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    root = tmp_path / "echo"
+    shutil.copytree(EXAMPLES / "echo", root)
+    port = free_port()
+    write_spec(root, port)
+    yield root, port
+    subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_curl_update_scale_kill_down(project: tuple[Path, int]) -> None:
+    root, port = project
+    url = f"http://127.0.0.1:{port}/echo"
+    up = stack("up", "--local", str(root), cwd=root)
+    assert f"echo             http://127.0.0.1:{port}/echo" in up.stdout
+    assert requests.post(url, json={"a": 1}, timeout=5).json() == {"greeting": "echo", "payload": {"a": 1}, "query": {}}
+    assert requests.post(url + "x", json={}, timeout=5).status_code == 404  # /echox is not /echo
+    first = status(root)
+    supervisor = first["pid"]
+    assert first["apis"][0]["ready"] == 2
+
+    # Scale to 3 and back under load: no request fails.
+    with Load(url) as load:
+        stack("scale", "--local", "echo", "3", "-p", str(root), cwd=root)
+        assert status(root)["apis"][0]["ready"] == 3
+        stack("scale", "--local", "echo", "2", "-p", str(root), cwd=root)
+        time.sleep(1)
+    assert load.total > 100 and load.failures == 0, load.codes
+
+    # Change the predictor's config and `stack up` again under load: a rolling update, no failures.
+    write_spec(root, port, greeting="v2")
+    with Load(url) as load:
+        again = stack("up", "--local", str(root), cwd=root)
+        time.sleep(1)
+    assert "a local stack is running: updating it" in again.stderr
+    assert load.failures == 0, load.codes
+    assert set(load.bodies) >= {'{"greeting": "v2", "payload": {"load": true}, "query": {}}'}
+    after = status(root)
+    assert after["pid"] == supervisor  # the same supervisor: updated, not a second copy
+    replicas = after["apis"][0]["replicas"]
+    assert len(replicas) == 2 and len({r["version"] for r in replicas}) == 1
+    assert requests.post(url, json={}, timeout=5).json()["greeting"] == "v2"
+
+    # kill -9 one replica under load: failures stay bounded and the replica is replaced.
+    victim = replicas[0]
+    with Load(url, concurrency=4) as load:
+        time.sleep(0.5)
+        os.kill(victim["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            current = status(root)["apis"][0]
+            if current["ready"] == 2 and victim["id"] not in {r["id"] for r in current["replicas"]}:
+                break
+            time.sleep(0.2)
+        time.sleep(1)
+    assert current["ready"] == 2 and current["restarts"] == 1, current
+    assert load.failures <= 4, load.codes  # at most the requests in flight on the killed replica
+    assert load.codes[200] > 100
+
+    pids = [r["pid"] for r in current["replicas"]] + [supervisor]
+    down = stack("down", "--local", str(root), cwd=root)
+    assert down.stdout.strip() == "stopped"
+    assert not any(pid_alive(pid) for pid in pids)
+    assert not listening(port)
+    assert not (root / ".stack/local/state.json").exists()
+
+
+def test_logs_are_prefixed_by_replica(project: tuple[Path, int]) -> None:
+    root, port = project
+    stack("up", "--local", str(root), cwd=root)
+    requests.post(f"http://127.0.0.1:{port}/echo", json={}, headers={"X-Request-ID": "find-me"}, timeout=5)
+    logs = stack("logs", "--local", "echo", "-p", str(root), cwd=root).stdout
+    assert any(line.startswith("echo-") and "request_id=find-me" in line for line in logs.splitlines()), logs
+
+
+def test_failing_predictor_shows_its_error(project: tuple[Path, int]) -> None:
+    root, port = project
+    (root / "predictor.py").write_text(
+        "class Predictor:\n    def __init__(self, config):\n        raise RuntimeError('no weights here')\n"
+        "    def predict(self, payload):\n        return payload\n"
+    )
+    write_spec(root, port, min_replicas=1)
+    result = stack("up", "--local", str(root), cwd=root, check=False, timeout=300)
+    assert result.returncode == 1
+    assert "API echo cannot start:" in result.stderr
+    assert "predictor.py:3: Predictor.__init__ failed: RuntimeError: no weights here" in result.stderr
+    assert "last log lines:" in result.stderr
+    table = stack("status", "--local", "-p", str(root), cwd=root).stdout
+    assert "error" in table and "no weights here" in table
+
+
+def test_gateway_port_in_use(project: tuple[Path, int]) -> None:
+    root, port = project
+    with socket.socket() as blocker:
+        blocker.bind(("0.0.0.0", port))
+        blocker.listen()
+        result = stack("up", "--local", str(root), cwd=root, check=False)
+    assert result.returncode == 1
+    assert f"gateway port {port} is already in use" in result.stderr
+
+
+def test_commands_without_a_running_stack(project: tuple[Path, int]) -> None:
+    root, _ = project
+    result = stack("status", "--local", "-p", str(root), cwd=root, check=False)
+    assert result.returncode == 1
+    assert "no local stack is running" in result.stderr and "stack up --local" in result.stderr
+    assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "nothing was running"
