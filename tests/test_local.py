@@ -44,7 +44,8 @@ def write_spec(project: Path, port: int, greeting: str = "echo", min_replicas: i
         f"      path: predictor.py\n"
         f"      config: {{greeting: {greeting}}}\n"
         f"{extra}"
-        f"    autoscaling: {{min_replicas: {min_replicas}, max_replicas: 4}}\n"
+        # A high target keeps the autoscaler at min_replicas under this test's light load.
+        f"    autoscaling: {{min_replicas: {min_replicas}, max_replicas: 4, target_replica_concurrency: 50}}\n"
     )
 
 
@@ -76,7 +77,9 @@ def test_up_curl_update_scale_kill_down(project: tuple[Path, int]) -> None:
 
     # Scale to 3 and back under load: no request fails.
     with Load(url) as load:
-        stack("scale", "--local", "echo", "3", "-p", str(root), cwd=root)
+        refused = stack("scale", "--local", "echo", "3", "-p", str(root), cwd=root, check=False)
+        assert refused.returncode == 1 and "the autoscaler owns echo" in refused.stderr
+        stack("scale", "--local", "echo", "3", "--force", "-p", str(root), cwd=root)
         assert status(root)["apis"][0]["ready"] == 3
         stack("scale", "--local", "echo", "2", "-p", str(root), cwd=root)
         time.sleep(1)
@@ -160,3 +163,60 @@ def test_commands_without_a_running_stack(project: tuple[Path, int]) -> None:
     assert result.returncode == 1
     assert "no local stack is running" in result.stderr and "stack up --local" in result.stderr
     assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "nothing was running"
+
+
+SLOW = (
+    "import asyncio\n\n"
+    "class Predictor:\n"
+    "    async def predict(self, payload):\n"
+    "        await asyncio.sleep(0.25)\n"
+    "        return {'ok': True}\n"
+)
+
+
+@pytest.mark.parametrize("with_prometheus", [True, False], ids=["prometheus", "scrape"])
+def test_autoscaling_follows_a_load_step(tmp_path: Path, with_prometheus: bool) -> None:
+    if with_prometheus and shutil.which("prometheus") is None:
+        pytest.skip("Prometheus is not on PATH (.ci/run installs Debian's prometheus package)")
+    root = tmp_path / "auto"
+    root.mkdir()
+    (root / "predictor.py").write_text(SLOW)
+    port = free_port()
+    (root / "stack.yaml").write_text(
+        f"project: autotest\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{enabled: {str(with_prometheus).lower()}, port: {free_port()}, scrape_interval: 1s}}\n"
+        "apis:\n"
+        "  - name: slow\n"
+        "    predictor: {path: predictor.py}\n"
+        "    autoscaling:\n"
+        "      min_replicas: 1\n"
+        "      max_replicas: 6\n"
+        "      target_replica_concurrency: 1\n"
+        "      window: 4s\n"
+        "      upscale_stabilization_period: 0s\n"
+        "      downscale_stabilization_period: 6s\n"
+    )
+    try:
+        stack("up", "--local", str(root), cwd=root)
+        url = f"http://127.0.0.1:{port}/slow"
+        peak = 1
+        with Load(url, concurrency=8) as load:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and peak < 4:
+                peak = max(peak, status(root)["apis"][0]["ready"])
+                time.sleep(0.5)
+        assert peak >= 4, status(root)
+        assert load.failures == 0, (load.codes, (root / ".stack/logs/supervisor.log").read_text()[-3000:])
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            api = status(root)["apis"][0]
+            if api["desired"] == 1 and api["ready"] == 1:
+                break
+            time.sleep(0.5)
+        assert (api["desired"], api["ready"]) == (1, 1), api
+        assert any("autoscaler: " in d and "scale down" in d for d in api["decisions"]), api["decisions"]
+        detail = stack("status", "--local", "slow", "-p", str(root), cwd=root).stdout
+        assert "autoscaler:" in detail
+    finally:
+        subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,11 +34,14 @@ from aiohttp import web
 
 from serving.config import CONFIG_ENV
 from serving.supervisor import die_with_parent
+from stack.autoscale.policy import Bounds, History, Observation, stack_policy
+from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.local import traefik
 from stack.local.state import LocalPaths, write_json_atomic
 from stack.plan.render import api_version, project_digest
 from stack.plan.serving import replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
+from stack.spec.units import format_duration
 
 LOGGER = logging.getLogger("stack.local")
 TICK = 0.2  # seconds between reconcile passes
@@ -80,6 +84,10 @@ class ApiState:
     error: str | None = None
     counter: int = 0
     events: list[str] = field(default_factory=list)
+    manual: bool = False  # `stack scale --force` took the API from the autoscaler until the next `stack up`
+    history: History = field(default_factory=History)
+    last_reason: str = ""
+    decisions: list[str] = field(default_factory=list)
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.state != "draining"]
@@ -103,6 +111,8 @@ class Supervisor:
         self.session: aiohttp.ClientSession | None = None
         self.routed: dict[str, set[str]] = {}  # api -> server URLs written to the route file
         self.updating: set[str] = set()
+        self.prometheus: subprocess.Popen[bytes] | None = None
+        self.prometheus_url: str | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -111,8 +121,10 @@ class Supervisor:
         self._apply_spec(self.loaded, first=True)
         self._write_routes()
         self._start_traefik()
+        self._start_prometheus()
         runner = await self._start_control()
         self._write_state()
+        autoscaler = asyncio.get_running_loop().create_task(self._autoscale_forever())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
@@ -123,6 +135,7 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), TICK)
         finally:
+            autoscaler.cancel()
             await self._shutdown()
             await runner.cleanup()
             await self.session.close()
@@ -139,6 +152,42 @@ class Supervisor:
             self.paths.logs / "traefik-access.log",
         )
         self.traefik = traefik.start_traefik(command, self.paths.logs / "traefik.log")
+
+    def _start_prometheus(self) -> None:
+        spec = self.loaded.spec.prometheus
+        binary = shutil.which("prometheus")
+        if not spec.enabled or binary is None:
+            LOGGER.info(
+                "Prometheus %s: the autoscaler scrapes the replicas itself",
+                "disabled" if not spec.enabled else "not on PATH",
+            )
+            return
+        port = spec.port if _port_free(spec.port, "127.0.0.1") else free_port()
+        directory = self.paths.prometheus_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_targets(directory / "targets.json", self.loaded.spec.project, {})
+        config = directory / "prometheus.yml"
+        config.write_text(
+            traefik.render_template(
+                "prometheus.yml.j2",
+                scrape_interval=format_duration(spec.scrape_interval),
+                targets_file=str(directory / "targets.json"),
+                traefik_metrics_port=self.metrics_port,
+            )
+        )
+        command = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1d",
+        ]
+        with open(self.paths.logs / "prometheus.log", "ab") as out:
+            self.prometheus = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+            )
+        self.prometheus_url = f"http://127.0.0.1:{port}"
+        LOGGER.info(f"Prometheus at {self.prometheus_url}")
 
     async def _start_control(self) -> web.AppRunner:
         app = web.Application()
@@ -161,6 +210,7 @@ class Supervisor:
                 "traefik_metrics_port": self.metrics_port,
                 "gateway_port": self.loaded.spec.gateway.port,
                 "project": self.loaded.spec.project,
+                "prometheus_url": self.prometheus_url,
             },
         )
 
@@ -175,9 +225,10 @@ class Supervisor:
         )
         for replica in [r for a in self.apis.values() for r in a.replicas]:
             _wait_or_kill(replica.proc, deadline)
-        if self.traefik and self.traefik.poll() is None:
-            self.traefik.terminate()
-            _wait_or_kill(self.traefik, time.monotonic() + 10)
+        for child in (self.traefik, self.prometheus):
+            if child is not None and child.poll() is None:
+                child.terminate()
+                _wait_or_kill(child, time.monotonic() + 10)
         self.paths.state_file.unlink(missing_ok=True)
 
     # -- spec --------------------------------------------------------------------------
@@ -197,6 +248,7 @@ class Supervisor:
                 current.failures, current.error, current.retry_at = 0, None, 0.0
                 self.updating.add(api.name)
             current.spec, current.version = api, version
+            current.manual = False  # `stack up` hands the API back to the autoscaler
             current.desired = min(max(current.desired, api.autoscaling.min_replicas), api.autoscaling.max_replicas)
         for name in [n for n in self.apis if n not in {a.name for a in loaded.spec.apis}]:
             self.apis[name].desired = 0
@@ -337,6 +389,8 @@ class Supervisor:
             return
         self.routed = wanted
         self._write_routes()
+        if self.prometheus is not None:
+            _write_targets(self.paths.prometheus_dir / "targets.json", self.loaded.spec.project, wanted)
         # Wait until Traefik serves the new set, so joins and leaves are real when we act on them.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -364,6 +418,58 @@ class Supervisor:
             )
         traefik.write_routes(self.paths.traefik_dir, traefik.render_routes(apis))
 
+    # -- autoscaler -------------------------------------------------------------------------------
+
+    async def _autoscale_forever(self) -> None:
+        assert self.session is not None
+        scrape = ScrapeSignal(self.session, keep=600.0)
+        prometheus = (
+            PrometheusSignal(self.prometheus_url, self.session, self.loaded.spec.prometheus.scrape_interval)
+            if self.prometheus_url
+            else None
+        )
+        while True:
+            tick = 10.0
+            for state in list(self.apis.values()):
+                if not state.spec.autoscaled or state.manual:
+                    continue
+                bounds = _bounds(state.spec)
+                tick = min(tick, _tick_for(bounds))
+                try:
+                    await self._autoscale(state, bounds, scrape, prometheus)
+                except Exception:  # the loop never dies: log and try again next tick
+                    LOGGER.exception(f"{state.spec.name}: autoscaler error")
+            await asyncio.sleep(tick)
+
+    async def _autoscale(
+        self, state: ApiState, bounds: Bounds, scrape: ScrapeSignal, prometheus: PrometheusSignal | None
+    ) -> None:
+        ready = [r for r in state.live() if r.state == "ready"]
+        if prometheus is not None:
+            signal_ = await prometheus.read(state.spec.name, bounds.window, bounds.panic_window)
+        else:
+            problem = await scrape.sample(state.spec.name, [r.url for r in ready])
+            signal_ = scrape.read(state.spec.name, bounds.window, bounds.panic_window)
+            if problem:
+                signal_ = Signal(None, None, problem)
+        observation = Observation(
+            time.monotonic(),
+            state.desired,
+            len(ready),
+            signal_.in_flight,
+            signal_.in_flight_short,
+            signal_.missing_reason,
+        )
+        decision = stack_policy(observation, state.history, bounds)
+        if decision.desired != state.desired:
+            line = f"autoscaler: {state.desired} -> {decision.desired}: {decision.reason}"
+            state.desired = decision.desired
+            state.event(line)
+            state.decisions = [*state.decisions[-9:], f"{time.strftime('%H:%M:%S')} {line}"]
+        elif decision.reason.split(" (")[0] != state.last_reason:
+            LOGGER.info(f"{state.spec.name}: autoscaler: {decision.reason}")
+        state.last_reason = decision.reason.split(" (")[0]
+
     # -- control API ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -389,7 +495,8 @@ class Supervisor:
                     "endpoint": state.spec.endpoint,
                     "restarts": state.restarts,
                     "error": state.error,
-                    "autoscaled": state.spec.autoscaled,
+                    "autoscaled": state.spec.autoscaled and not state.manual,
+                    "decisions": state.decisions,
                     "min_replicas": state.spec.autoscaling.min_replicas,
                     "max_replicas": state.spec.autoscaling.max_replicas,
                     "events": state.events,
@@ -423,11 +530,18 @@ class Supervisor:
             return web.json_response({"error": f"no API named {body.get('api')!r}"}, status=404)
         replicas = int(body["replicas"])
         bounds = state.spec.autoscaling
+        if state.spec.autoscaled and not state.manual and not body.get("force"):
+            message = (
+                f"the autoscaler owns {state.spec.name} (min_replicas {bounds.min_replicas} != max_replicas "
+                f"{bounds.max_replicas}); add --force to take it over until the next `stack up`"
+            )
+            return web.json_response({"error": message}, status=409)
         if not body.get("force") and not bounds.min_replicas <= replicas <= bounds.max_replicas:
             allowed = f"{bounds.min_replicas}..{bounds.max_replicas}"
             message = f"{replicas} is outside min_replicas..max_replicas ({allowed}); add --force to override"
             return web.json_response({"error": message}, status=400)
         state.desired = replicas
+        state.manual = state.manual or bool(body.get("force"))
         state.failures, state.retry_at = 0, 0.0
         state.event(f"scaled to {replicas} ({body.get('reason', 'stack scale')})")
         return web.json_response({"ok": True})
@@ -449,11 +563,41 @@ class Supervisor:
         return web.json_response({"ok": True})
 
 
-def _port_free(port: int) -> bool:
+def _bounds(api: Api) -> Bounds:
+    spec = api.autoscaling
+    return Bounds(
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        target=api.target_concurrency,
+        window=spec.window,
+        upscale_stabilization=spec.upscale_stabilization_period,
+        downscale_stabilization=spec.downscale_stabilization_period,
+        max_upscale_factor=spec.max_upscale_factor,
+        max_downscale_factor=spec.max_downscale_factor,
+        upscale_tolerance=spec.upscale_tolerance,
+        downscale_tolerance=spec.downscale_tolerance,
+    )
+
+
+def _tick_for(bounds: Bounds) -> float:
+    # Several decisions per window, but no busier than once a second (Cortex ticks every 10 s).
+    return min(max(bounds.window / 6, 1.0), 10.0)
+
+
+def _write_targets(path: Path, project: str, routed: dict[str, set[str]]) -> None:
+    groups = [
+        {"targets": [url.removeprefix("http://")], "labels": {"api": api, "project": project}}
+        for api, urls in sorted(routed.items())
+        for url in sorted(urls)
+    ]
+    write_json_atomic(path, groups)
+
+
+def _port_free(port: int, host: str = "0.0.0.0") -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("0.0.0.0", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True

@@ -70,11 +70,16 @@ def start_traefik(command: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def render_routes(apis: list[dict[str, Any]]) -> str:
+def render_template(name: str, **values: Any) -> str:
+    """A template of templates/local/ (the local target's generated configs)."""
     loader = jinja2.FileSystemLoader(str(resources.files("stack.templates") / "local"))
     env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["tojson"] = json.dumps
-    return env.get_template("traefik-dynamic.yml.j2").render(apis=apis)
+    return env.get_template(name).render(**values)
+
+
+def render_routes(apis: list[dict[str, Any]]) -> str:
+    return render_template("traefik-dynamic.yml.j2", apis=apis)
 
 
 def write_routes(routes_dir: Path, text: str) -> None:

@@ -184,6 +184,9 @@ class Gateway(Strict):
 
 
 class Prometheus(Strict):
+    # The local target runs Prometheus only when its binary is on PATH; without it
+    # the autoscaler scrapes the replicas itself. Compose and Nomad always run it.
+    enabled: bool = True
     port: Annotated[int, Field(ge=1, le=65535)] = 9090
     retention: Duration = 15 * 86400.0
     # Short by default: the autoscaler's window must hold several samples.

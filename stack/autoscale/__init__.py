@@ -1,0 +1,1 @@
+"""The autoscaler: replica counts follow the in-flight requests, on every target."""

@@ -1,0 +1,172 @@
+"""The scaling decision: a pure function of the inputs, the history and the spec.
+
+`cortex_policy` is Cortex's algorithm (v0.42): desired = ceil(in-flight /
+target), a tolerance dead band, step limits of the up/down factors but always
+±1, min/max, then stabilization — never below the highest recommendation of
+the last `downscale_stabilization_period`, never above the lowest of the last
+`upscale_stabilization_period`.
+
+`stack_policy` starts from it and adds two things, each measured in
+`stack.autoscale.sim` (see bench/RESULTS.md):
+
+- Starting replicas are credited: while replicas are still starting, no
+  further step up is taken unless demand exceeds what ready plus starting
+  replicas will serve. A burst is answered once, not again on every tick of
+  the start-up time (the Nomad Autoscaler's over-placement complaint).
+- Panic mode (Knative): when the short-window load reaches twice what the
+  ready replicas can take, scale to the short-window demand at once, skipping
+  upscale stabilization; and do not scale down until the panic has been over
+  for a whole stable window.
+
+Missing data never scales: no sample (Prometheus down, an empty result, NaN,
+a stale series) holds the current count and says why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+PANIC_THRESHOLD = 2.0  # short-window load / ready capacity that starts a panic (Knative's default 200 %)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The autoscaling fields of one API, in seconds and replicas."""
+
+    min_replicas: int
+    max_replicas: int
+    target: float  # target in-flight requests per replica
+    window: float = 60.0
+    upscale_stabilization: float = 60.0
+    downscale_stabilization: float = 300.0
+    max_upscale_factor: float = 1.5
+    max_downscale_factor: float = 0.75
+    upscale_tolerance: float = 0.05
+    downscale_tolerance: float = 0.05
+
+    @property
+    def panic_window(self) -> float:
+        return max(self.window / 10, 1.0)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the autoscaler sees at one tick. `in_flight` is None when the data is missing."""
+
+    now: float
+    current: int  # replicas asked for (ready + starting)
+    ready: int
+    in_flight: float | None  # total over replicas, averaged over `window`
+    in_flight_short: float | None = None  # the same over the panic window
+    missing_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    reason: str
+    recommendation: int | None = None
+
+
+@dataclass
+class History:
+    """Recommendations over time, and the panic state: the policy's memory between ticks."""
+
+    recommendations: deque[tuple[float, int]] = field(default_factory=deque)
+    panic_until: float = 0.0
+    started_at: float | None = None
+
+    def add(self, now: float, recommendation: int, keep: float) -> None:
+        self.recommendations.append((now, recommendation))
+        while self.recommendations and self.recommendations[0][0] < now - keep:
+            self.recommendations.popleft()
+
+    def within(self, now: float, period: float) -> list[int]:
+        return [rec for at, rec in self.recommendations if at >= now - period]
+
+
+def _step(raw: float, current: int, bounds: Bounds) -> int:
+    """Cortex: round up, ignore changes inside the tolerances, bound the step, clamp."""
+    recommendation = math.ceil(raw)
+    if current * (1 - bounds.downscale_tolerance) < raw < current:
+        recommendation = current
+    if current < raw < current * (1 + bounds.upscale_tolerance):
+        recommendation = current
+    lowest = min(current - 1, math.ceil(current * bounds.max_downscale_factor))
+    highest = max(current + 1, math.ceil(current * bounds.max_upscale_factor))
+    recommendation = min(max(recommendation, lowest), highest)
+    return min(max(recommendation, bounds.min_replicas), bounds.max_replicas)
+
+
+def cortex_policy(obs: Observation, history: History, bounds: Bounds) -> Decision:
+    current = obs.current
+    if obs.in_flight is None or math.isnan(obs.in_flight):
+        return Decision(current, f"hold: no data ({obs.missing_reason or 'no sample'})")
+    if current < bounds.min_replicas or current > bounds.max_replicas:
+        clamped = min(max(current, bounds.min_replicas), bounds.max_replicas)
+        return Decision(clamped, f"clamp to min/max ({bounds.min_replicas}..{bounds.max_replicas})")
+    if history.started_at is None:
+        history.started_at = obs.now
+    raw = obs.in_flight / bounds.target
+    recommendation = _step(raw, current, bounds)
+    history.add(obs.now, recommendation, max(bounds.upscale_stabilization, bounds.downscale_stabilization))
+    age = obs.now - history.started_at
+    desired = recommendation
+    if desired < current:
+        if age < bounds.downscale_stabilization:
+            return Decision(current, "hold: downscale stabilization (just started)", recommendation)
+        floor = min(max(history.within(obs.now, bounds.downscale_stabilization)), current)
+        desired = max(desired, floor)
+        reason = "scale down" if desired < current else "hold: downscale stabilization"
+    elif desired > current:
+        if age < bounds.upscale_stabilization:
+            return Decision(current, "hold: upscale stabilization (just started)", recommendation)
+        ceiling = max(min(history.within(obs.now, bounds.upscale_stabilization)), current)
+        desired = min(desired, ceiling)
+        reason = "scale up" if desired > current else "hold: upscale stabilization"
+    else:
+        reason = "hold: at target" if raw == current or math.ceil(raw) == current else "hold: within tolerance"
+    return Decision(
+        desired, f"{reason} (in-flight {obs.in_flight:.2f}, target {bounds.target:g}/replica)", recommendation
+    )
+
+
+def stack_policy(obs: Observation, history: History, bounds: Bounds) -> Decision:
+    current = obs.current
+    if obs.in_flight is None or math.isnan(obs.in_flight):
+        return Decision(current, f"hold: no data ({obs.missing_reason or 'no sample'})")
+    starting = current - obs.ready
+    panic = _panic(obs, history, bounds)
+    decision = panic or cortex_policy(obs, history, bounds)
+    if decision.desired > current and starting > 0:
+        # Credit the replicas still starting: the queue they were asked for is not yet
+        # theirs to drain, so asking again now would answer the same burst twice.
+        return Decision(
+            current,
+            f"hold: {starting} replica(s) still starting (in-flight {obs.in_flight:.2f})",
+            decision.recommendation,
+        )
+    if decision.desired < current and obs.now < history.panic_until:
+        return Decision(current, "hold: no scale-down right after a panic", decision.recommendation)
+    return decision
+
+
+def _panic(obs: Observation, history: History, bounds: Bounds) -> Decision | None:
+    short = obs.in_flight_short
+    if short is None or math.isnan(short) or obs.ready <= 0:
+        return None
+    load = short / (obs.ready * bounds.target)
+    if load < PANIC_THRESHOLD:
+        return None
+    history.panic_until = obs.now + bounds.window  # scale-down waits a stable window after the panic
+    # At most double per tick: a deep queue overstates demand, and doubling reaches
+    # any size in a few ticks (start-up time dominates anyway).
+    wanted = min(max(math.ceil(short / bounds.target), obs.current), 2 * obs.current, bounds.max_replicas)
+    if wanted <= obs.current:
+        return Decision(obs.current, f"hold: panic, already at {obs.current} (short-window in-flight {short:.2f})")
+    return Decision(wanted, f"panic: short-window in-flight {short:.2f} is {load:.1f}× ready capacity")
+
+
+POLICIES = {"cortex": cortex_policy, "stack": stack_policy}

@@ -1,0 +1,108 @@
+"""Where the autoscaler's input comes from: Prometheus, or the replicas themselves.
+
+Both answer the same question for one API: total requests in flight
+(executing + queued) averaged over a window, and over the short panic window.
+Missing data is None with a reason, never zero: an empty result, NaN, an
+unreachable server or a stale series must hold the count, not shrink it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import aiohttp
+
+IN_FLIGHT = "predictor_requests_in_flight"
+
+
+@dataclass(frozen=True)
+class Signal:
+    in_flight: float | None
+    in_flight_short: float | None
+    missing_reason: str = ""
+
+
+class PrometheusSignal:
+    """Reads Prometheus' HTTP API. Values arrive as strings and may be NaN."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession, scrape_interval: float) -> None:
+        self.url = url.rstrip("/")
+        self.session = session
+        self.stale_after = max(3 * scrape_interval, 5.0)
+
+    async def read(self, api: str, window: float, short_window: float) -> Signal:
+        selector = f'{IN_FLIGHT}{{api="{api}"}}'
+        try:
+            newest = await self._query(f"max(timestamp({selector}))")
+            if newest is None:
+                return Signal(None, None, "Prometheus has no in-flight series for this API yet")
+            if time.time() - newest > self.stale_after:
+                return Signal(None, None, f"in-flight series is stale ({time.time() - newest:.0f}s old)")
+            long = await self._query(f"sum(avg_over_time({selector}[{_seconds(window)}]))")
+            short = await self._query(f"sum(avg_over_time({selector}[{_seconds(short_window)}]))")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return Signal(None, None, f"Prometheus query failed: {exc}")
+        if long is None:
+            return Signal(None, None, "Prometheus returned an empty or NaN result")
+        return Signal(long, short)
+
+    async def _query(self, query: str) -> float | None:
+        async with self.session.get(
+            f"{self.url}/api/v1/query", params={"query": query}, timeout=aiohttp.ClientTimeout(total=5)
+        ) as response:
+            body = await response.json()
+        if body.get("status") != "success":
+            raise ValueError(body.get("error", "query failed"))
+        result = body["data"]["result"]
+        if not result:
+            return None
+        value = float(result[0]["value"][1])  # a string, possibly "NaN"
+        return None if math.isnan(value) else value
+
+
+class ScrapeSignal:
+    """Scrapes each replica's /metrics and averages the totals itself (no Prometheus needed)."""
+
+    def __init__(self, session: aiohttp.ClientSession, keep: float) -> None:
+        self.session = session
+        self.keep = keep
+        self.samples: dict[str, deque[tuple[float, float]]] = {}
+
+    async def sample(self, api: str, replica_urls: list[str]) -> str | None:
+        """Add one sample of the API's total; returns a reason when it could not."""
+        total = 0.0
+        for url in replica_urls:
+            try:
+                async with self.session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    text = await response.text()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return f"cannot scrape {url}: {exc}"
+            match = re.search(rf'^{IN_FLIGHT}{{api="{re.escape(api)}"}} (\S+)$', text, re.M)
+            if match is None:
+                return f"{url} exports no {IN_FLIGHT}"
+            total += float(match.group(1))
+        now = time.monotonic()
+        series = self.samples.setdefault(api, deque())
+        series.append((now, total))
+        while series and series[0][0] < now - self.keep:
+            series.popleft()
+        return None
+
+    def read(self, api: str, window: float, short_window: float) -> Signal:
+        series = self.samples.get(api)
+        if not series:
+            return Signal(None, None, "no samples yet")
+        now = time.monotonic()
+        long = [v for t, v in series if t >= now - window]
+        short = [v for t, v in series if t >= now - short_window] or long[-1:]
+        if not long:
+            return Signal(None, None, "no recent samples")
+        return Signal(sum(long) / len(long), sum(short) / len(short))
+
+
+def _seconds(value: float) -> str:
+    return f"{max(round(value), 1)}s"
