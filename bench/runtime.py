@@ -12,6 +12,7 @@ Also the resident memory of an echo replica. Results go to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -113,10 +114,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     for pid in family:  # whatever outlived its parent, in or out of the process group
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def wrk(port: int, path: str, connections: int, duration: int, body: str = PAYLOAD) -> tuple[float, float, float, int]:
