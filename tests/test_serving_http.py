@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -180,11 +181,8 @@ def test_post_predict_runs_after_response(servers: ServerFactory, tmp_path) -> N
     log = tmp_path / "post.log"
     server = servers.serving(PREDICTORS / "post.py", config={"log_file": str(log)})
     assert server.post(json={"id": 7}).json() == {"ok": True}
-    for _ in range(50):
-        if log.exists():
-            break
-        import time
-
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().endswith("\n")):
         time.sleep(0.05)
     assert log.read_text() == "200 7\n"
 
