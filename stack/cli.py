@@ -201,10 +201,11 @@ def _pick_api(spec: Any, name: str | None) -> Any:
 
 # -- targets: up / down / status / logs / scale --------------------------------------------
 
-COMPOSE_PENDING = (
-    "the Docker Compose target of `stack {cmd}` is not part of this version yet; use `stack {cmd} --local` "
-    "(replicas as local processes behind Traefik), or render the Compose files with `stack plan`"
-)
+
+def _compose(path: Path) -> Any:
+    from stack.targets.compose import ComposeTarget
+
+    return ComposeTarget(load_spec(path))
 
 
 def _local(path: Path) -> Any:
@@ -220,12 +221,22 @@ def _target_flag(func: Any) -> Any:
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @_target_flag
-def up(path: Path, local: bool) -> None:
+@click.option("--gpus", type=int, help="Compose: GPUs on this host (default: ask nvidia-smi).")
+def up(path: Path, local: bool, gpus: int | None) -> None:
     """Start the stack, or update it in place (a rolling update) when it runs."""
-    if not local:
-        raise StackError(COMPOSE_PENDING.format(cmd="up"))
-    stack = _local(path)
-    status = stack.up(lambda line: click.echo(f"  {line}", err=True))
+
+    def progress(line: str) -> None:
+        click.echo(f"  {line}", err=True)
+
+    if local:
+        stack = _local(path)
+        status = stack.up(progress)
+    else:
+        from stack.plan.render import detect_gpus
+
+        stack = _compose(path)
+        stack.up(progress, host_gpus=gpus if gpus is not None else detect_gpus())
+        status = stack.status()
     port = status["gateway_port"]
     click.echo(f"\nStack {status['project']} is live.")
     for api in status["apis"]:
@@ -241,10 +252,13 @@ def up(path: Path, local: bool) -> None:
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @_target_flag
-def down(path: Path, local: bool) -> None:
-    """Stop every replica, the gateway and the supervisor of the stack."""
+@click.option("--volumes", is_flag=True, help="Compose: also remove the stack's volumes (Prometheus data).")
+def down(path: Path, local: bool, volumes: bool) -> None:
+    """Stop and remove everything of the stack."""
     if not local:
-        raise StackError(COMPOSE_PENDING.format(cmd="down"))
+        _compose(path).down(volumes)
+        click.echo("stopped")
+        return
     if _local(path).down():
         click.echo("stopped")
     else:
@@ -260,9 +274,7 @@ def status(api: str | None, path: Path, as_json: bool, local: bool) -> None:
     """Each API's state and replicas; with API, per-replica detail and recent events."""
     from tabulate import tabulate
 
-    if not local:
-        raise StackError(COMPOSE_PENDING.format(cmd="status"))
-    data = _local(path).status()
+    data = _local(path).status() if local else _compose(path).status()
     apis = [a for a in data["apis"] if api is None or a["name"] == api]
     if api is not None and not apis:
         raise StackError(f"no API named {api!r}")
@@ -290,6 +302,35 @@ def status(api: str | None, path: Path, as_json: bool, local: bool) -> None:
         click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in apis[0]["events"]))
 
 
+def _compose_status(data: dict[str, Any], apis: list[dict[str, Any]], api: str | None) -> None:
+    from tabulate import tabulate
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    rows = [
+        [
+            a["name"],
+            a["status"],
+            f"{a['ready']}/{a['desired']}",
+            f"http://127.0.0.1:{data['gateway_port']}{a['endpoint']}",
+            num(a.get("requests_per_second")),
+            num(a.get("p50_ms")),
+            num(a.get("p99_ms")),
+            a.get("2xx", "-"),
+            a.get("4xx", "-"),
+            a.get("5xx", "-"),
+        ]
+        for a in apis
+    ]
+    click.echo(
+        tabulate(rows, headers=["api", "status", "ready", "endpoint", "req/s", "p50 ms", "p99 ms", "2xx", "4xx", "5xx"])
+    )
+    if api is not None:
+        replicas = [[r["name"], r["state"], r["health"] or "-", r["version"]] for r in apis[0]["replicas"]]
+        click.echo("\n" + tabulate(replicas, headers=["replica", "state", "health", "version"]))
+
+
 @cli.command()
 @click.argument("api")
 @click.option("-p", "--path", "path", default=".", type=click.Path(path_type=Path), help="The project directory.")
@@ -298,7 +339,8 @@ def status(api: str | None, path: Path, as_json: bool, local: bool) -> None:
 def logs(api: str, path: Path, follow: bool, local: bool) -> None:
     """The logs of every replica of API, each line prefixed with its replica."""
     if not local:
-        raise StackError(COMPOSE_PENDING.format(cmd="logs"))
+        _compose(path).logs(api, follow)
+        return
     stack = _local(path)
     if not stack.log_files(api):
         raise StackError(f"no logs for API {api!r} under {stack.paths.logs}")
@@ -318,7 +360,9 @@ def logs(api: str, path: Path, follow: bool, local: bool) -> None:
 def scale(api: str, replicas: int, path: Path, force: bool, local: bool) -> None:
     """Set an API's replica count by hand."""
     if not local:
-        raise StackError(COMPOSE_PENDING.format(cmd="scale"))
+        _compose(path).scale(api, replicas, force, lambda line: click.echo(f"  {line}", err=True))
+        click.echo(f"{api} scaled to {replicas}")
+        return
     stack = _local(path)
     stack.scale(api, replicas, force=force)
     click.echo(f"scaling {api} to {replicas}")

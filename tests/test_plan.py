@@ -114,9 +114,11 @@ def test_compose_shape(rendered) -> None:
     compose = yaml.safe_load(files["compose/compose.yaml"])
     assert "version" not in compose
     services = compose["services"]
-    assert set(services) == {"traefik", "classify-gpu0", "classify-gpu1", "prometheus", "autoscaler"}
+    version = services["traefik"] and next(s for s in services if s.startswith("classify-")).split("-")[1]
+    slots = [f"classify-{version}-gpu0", f"classify-{version}-gpu1"]
+    assert set(services) == {"traefik", *slots, "prometheus", "autoscaler"}
     assert services["traefik"]["ports"] == ["8080:8080"]
-    for slot, device in (("classify-gpu0", "0"), ("classify-gpu1", "1")):
+    for slot, device in zip(slots, ("0", "1"), strict=True):
         service = services[slot]
         assert "ports" not in service  # replicas are reachable only through Traefik
         devices = service["deploy"]["resources"]["reservations"]["devices"]
@@ -124,7 +126,8 @@ def test_compose_shape(rendered) -> None:
         assert service["healthcheck"]["test"][-1] == "http://127.0.0.1:8888/readyz"
         assert service["stop_grace_period"] == "40s"
         assert service["labels"]["traefik.docker.network"] == "gpu-stack"
-    assert [services[s]["deploy"]["replicas"] for s in ("classify-gpu0", "classify-gpu1")] == [1, 0]
+    assert [services[s]["deploy"]["replicas"] for s in slots] == [1, 0]
+    assert services[slots[0]]["build"] == {"context": f"../../build/classify-{version}", "dockerfile": "Dockerfile"}
     assert compose["networks"]["stack"]["name"] == "gpu-stack"
 
 

@@ -29,7 +29,7 @@ DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.4
 HEALTH = {"interval": "3s", "timeout": "2s", "retries": 2, "start_period": "10m"}
 NOMAD_HEALTH = {"interval": "3s", "timeout": "2s"}
 STOP_MARGIN = 5.0  # seconds beyond drain + grace before the engine kills a replica
-BUILD_DIR = ".stack/build"  # inside the project: the build context holds runtime and wheelhouse
+BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by `stack up`
 # Never hashed into versions: generated state and caches.
 IGNORED_DIRS = {".stack", ".git", "__pycache__", ".pytest_cache", ".venv", "node_modules"}
 RUNTIME_REQUIREMENTS = ["aiohttp>=3.11", "prometheus-client>=0.21"]
@@ -153,7 +153,17 @@ def detect_gpus() -> int | None:
     return len(out.stdout.split()) if out.returncode == 0 else None
 
 
-def _gpu_slots(api: Api, host_gpus: int | None) -> list[dict[str, Any]]:
+def build_context(root: Path, image_name: str) -> Path:
+    """The directory `stack up` assembles for one image: project copy, runtime, wheelhouse, Dockerfile."""
+    return root / BUILD_DIR / image_name
+
+
+def service_name(api: Api, version: str) -> str:
+    # One Compose service per version: a rolling update runs both behind one Traefik service.
+    return f"{api.name}-{version}"
+
+
+def _gpu_slots(api: Api, service: str, host_gpus: int | None) -> list[dict[str, Any]]:
     """Replica slots of a GPU API, each pinned to its own GPUs.
 
     Docker's `count: N` always means GPUs 0..N-1, so N replicas asking for one
@@ -172,7 +182,7 @@ def _gpu_slots(api: Api, host_gpus: int | None) -> list[dict[str, Any]]:
         )
     return [
         {
-            "service": f"{api.name}-gpu{slot}",
+            "service": f"{service}-gpu{slot}",
             "replicas": 1 if slot < api.autoscaling.initial else 0,
             "device_ids": [str(slot * per_replica + i) for i in range(per_replica)],
         }
@@ -201,27 +211,29 @@ def plan_compose(
     out_dir = out_dir.resolve()
     env = _environment()
     digest = project_digest(loaded.root, exclude=out_dir)
-    context = os.path.relpath(loaded.root, out_dir)
     header = _header(loaded)
     apis = []
     files: dict[str, str] = {}
     for api in spec.apis:
         values = _api_values(loaded, api, digest, registry="", drain_in_replica=True)
         values["limits"] = _limits(api)
+        service = service_name(api, values["version"])
         if api.compute.gpu:
-            values["slots"] = _gpu_slots(api, host_gpus)
+            values["slots"] = _gpu_slots(api, service, host_gpus)
         else:
-            values["slots"] = [{"service": api.name, "replicas": api.autoscaling.initial, "device_ids": []}]
+            values["slots"] = [{"service": service, "replicas": api.autoscaling.initial, "device_ids": []}]
         if api.predictor.image is None:
-            dockerfile = f"{api.name}.Dockerfile"
-            values["build"] = {"context": context, "dockerfile": os.path.relpath(out_dir / dockerfile, loaded.root)}
-            files[dockerfile] = _dockerfile(env, loaded, api, header)
+            files[f"{api.name}.Dockerfile"] = _dockerfile(env, loaded, api, header)
+            values["build"] = {
+                "context": os.path.relpath(build_context(loaded.root, service), out_dir),
+                "dockerfile": "Dockerfile",
+            }
         else:
             values["build"] = None
         apis.append(values)
     network = f"{spec.project}-stack"
     files["autoscaler.Dockerfile"] = env.get_template("compose/autoscaler.Dockerfile.j2").render(
-        header=header, base_image=spec.build.base_image, wheelhouse=f"{BUILD_DIR}/wheelhouse/autoscaler"
+        header=header, base_image=spec.build.base_image
     )
     files["compose.yaml"] = env.get_template("compose/compose.yaml.j2").render(
         header=header,
@@ -234,8 +246,8 @@ def plan_compose(
         health=HEALTH,
         prometheus={"port": spec.prometheus.port, "retention": format_duration(spec.prometheus.retention)},
         autoscaler={
-            "context": context,
-            "dockerfile": os.path.relpath(out_dir / "autoscaler.Dockerfile", loaded.root),
+            "context": os.path.relpath(build_context(loaded.root, "autoscaler"), out_dir),
+            "dockerfile": "Dockerfile",
             "image": f"{spec.project}-autoscaler:{digest[:12]}",
         },
     )
@@ -250,14 +262,11 @@ def plan_compose(
 
 
 def _dockerfile(env: jinja2.Environment, loaded: LoadedSpec, api: Api, header: str) -> str:
-    requirements = loaded.requirements_file(api)
-    wheelhouse = loaded.spec.build.wheelhouse
     return env.get_template("compose/Dockerfile.j2").render(
         header=header,
         base_image=loaded.spec.build.base_image,
-        wheelhouse=f"{BUILD_DIR}/wheelhouse/{api.name}" if wheelhouse else None,
-        requirements=requirements.relative_to(loaded.root).as_posix() if requirements else None,
-        runtime=f"{BUILD_DIR}/serving",
+        wheelhouse=loaded.spec.build.wheelhouse,
+        requirements=loaded.requirements_file(api) is not None,
         runtime_requirements=[json.dumps(r) for r in RUNTIME_REQUIREMENTS],
         replica_port=REPLICA_PORT,
     )

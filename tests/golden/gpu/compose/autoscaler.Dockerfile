@@ -4,7 +4,7 @@
 # `stack up` resolves on the host (containers may not reach a package index).
 FROM python:3.11-slim
 
-ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-COPY .stack/build/wheelhouse/autoscaler /tmp/wheelhouse
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
+COPY wheelhouse /tmp/wheelhouse
 RUN pip install --no-index --find-links /tmp/wheelhouse stack-serve && rm -rf /tmp/wheelhouse
 COPY stack.yaml /project/stack.yaml
