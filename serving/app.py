@@ -52,6 +52,7 @@ class Replica:
         self.predictor: LoadedPredictor | None = None
         self.draining = False
         self.in_flight = 0
+        self.last_request_at = 0.0  # monotonic; draining waits until requests stop arriving
         self._count_gauges = self.metrics.track_live(lambda: self.in_flight, self._queued)
         self._pool = PredictPool(
             config.threads_per_process, on_start=self.metrics.queued.dec if self._count_gauges else None
@@ -161,6 +162,7 @@ class Replica:
     async def handle_predict(self, request: web.Request) -> web.StreamResponse:
         request_id = request.headers.get("X-Request-ID") or self._new_request_id()
         start = time.perf_counter()
+        self.last_request_at = time.monotonic()
         status = 500
         try:
             response = await self._answer(request, request_id)

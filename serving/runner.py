@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from serving.loader import StartupError, load_predictor
 
 LOGGER = logging.getLogger("serving")
 EXIT_STARTUP_FAILED = 3
+QUIET_SECONDS = 1.0  # no new request for this long after the drain delay: the router has let go
 
 
 async def serve(
@@ -103,13 +105,25 @@ async def _load(replica: Replica, config: ServingConfig, stop: asyncio.Event) ->
 async def _drain(replica: Replica, config: ServingConfig, stop: asyncio.Event) -> None:
     replica.start_draining()
     LOGGER.info(
-        f"draining: readiness is 503; serving {config.drain_delay:g}s more, then up to "
-        f"{config.grace_period:g}s for {replica.in_flight} in-flight request(s)",
+        f"draining: readiness is 503; serving {config.drain_delay:g}s more (longer while requests still arrive), "
+        f"then up to {config.grace_period:g}s for {replica.in_flight} in-flight request(s)",
         extra={"pid": os.getpid()},
     )
-    stop.clear()  # a second signal cuts the drain delay short
+    stop.clear()  # a second signal cuts the drain short
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), config.drain_delay)
+        await asyncio.wait_for(_until_quiet(replica, config), config.drain_delay + config.grace_period)
+
+
+async def _until_quiet(replica: Replica, config: ServingConfig) -> None:
+    """Serve for drain_delay, then on until no request has arrived for QUIET_SECONDS.
+
+    A router notices a failing readiness probe only after its probe interval,
+    retries and config reload; as long as it still sends requests, closing the
+    socket would turn each of them into an error.
+    """
+    await asyncio.sleep(config.drain_delay)
+    while time.monotonic() - replica.last_request_at < QUIET_SECONDS:
+        await asyncio.sleep(0.1)
 
 
 def _display_host(host: str) -> str:

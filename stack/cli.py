@@ -281,6 +281,9 @@ def status(api: str | None, path: Path, as_json: bool, local: bool) -> None:
     if as_json:
         click.echo(json.dumps({**data, "apis": apis}, indent=2))
         return
+    if not local:
+        _compose_status(data, apis, api)
+        return
     rows = [
         [
             a["name"],

@@ -18,6 +18,7 @@ from typing import Any
 
 import jinja2
 
+import serving
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.serving import REPLICA_PORT, replica_config
 from stack.spec import Api, LoadedSpec
@@ -26,7 +27,7 @@ from stack.spec.units import format_duration
 DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.42"}
 # Docker health probe: fast enough that a ready replica joins Traefik within seconds,
 # with a start period long enough for a slow model load.
-HEALTH = {"interval": "3s", "timeout": "2s", "retries": 2, "start_period": "10m"}
+HEALTH = {"interval": "2s", "timeout": "2s", "retries": 2, "start_period": "10m"}
 NOMAD_HEALTH = {"interval": "3s", "timeout": "2s"}
 STOP_MARGIN = 5.0  # seconds beyond drain + grace before the engine kills a replica
 BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by `stack up`
@@ -83,11 +84,18 @@ def _header(loaded: LoadedSpec, comment: str = "#") -> str:
 
 
 def project_digest(root: Path, exclude: Path | None = None) -> str:
-    """A hash of every project file: a code change gives a new image and a rolling update.
+    """A hash of everything a replica runs: the project's files and the replica runtime (`serving`).
 
+    A code change, or a new runtime, gives a new image and a rolling update.
     `exclude` is the plan's own output directory, when it lies inside the project.
     """
     digest = hashlib.sha256()
+    _hash_tree(digest, root, "project", exclude)
+    _hash_tree(digest, Path(serving.__file__).parent, "runtime", None)
+    return digest.hexdigest()
+
+
+def _hash_tree(digest: Any, root: Path, prefix: str, exclude: Path | None) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(
             d for d in dirnames if d not in IGNORED_DIRS and (exclude is None or Path(dirpath, d) != exclude)
@@ -96,9 +104,8 @@ def project_digest(root: Path, exclude: Path | None = None) -> str:
             if name.endswith((".pyc", ".pyo")):
                 continue
             path = Path(dirpath, name)
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(f"{prefix}/{path.relative_to(root).as_posix()}".encode() + b"\0")
             digest.update(path.read_bytes() if path.is_file() else b"")
-    return digest.hexdigest()
 
 
 def api_version(api: Api, digest: str) -> str:

@@ -18,7 +18,7 @@ job "batching-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "batching-autoscaler:c7dea7728f49"
+        image   = "batching-autoscaler:ba89cc8a9ba1"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

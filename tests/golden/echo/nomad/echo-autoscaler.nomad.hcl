@@ -18,7 +18,7 @@ job "echo-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "echo-autoscaler:10ceb6477f6b"
+        image   = "echo-autoscaler:b17e7c4176ce"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "fe58cdb9fda9"
+    stack_version = "a8141bff48bb"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=fe58cdb9fda9",
+        "stack.version=a8141bff48bb",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=Path(`/echo`) || PathPrefix(`/echo/`)",
@@ -86,7 +86,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:fe58cdb9fda9"
+        image = "echo-echo:a8141bff48bb"
         ports = ["http"]
       }
 

@@ -18,7 +18,7 @@ job "embeddings-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "embeddings-autoscaler:44c43cdfbb2c"
+        image   = "embeddings-autoscaler:196b0f2acb48"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

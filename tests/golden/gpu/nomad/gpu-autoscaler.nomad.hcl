@@ -18,7 +18,7 @@ job "gpu-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "gpu-autoscaler:d9e8a1dc2a10"
+        image   = "gpu-autoscaler:c9fbe02b52bf"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

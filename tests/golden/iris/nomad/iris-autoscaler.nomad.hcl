@@ -18,7 +18,7 @@ job "iris-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "iris-autoscaler:48636895d65f"
+        image   = "iris-autoscaler:a78d739af2d6"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

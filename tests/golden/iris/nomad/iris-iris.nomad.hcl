@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "e20a0d670d8d"
+    stack_version = "3b86ad7e561e"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=e20a0d670d8d",
+        "stack.version=3b86ad7e561e",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=Path(`/iris`) || PathPrefix(`/iris/`)",
@@ -86,7 +86,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:e20a0d670d8d"
+        image = "iris-iris:3b86ad7e561e"
         ports = ["http"]
       }
 

@@ -18,7 +18,7 @@ job "multi-model-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "multi-model-autoscaler:930f0edf6382"
+        image   = "multi-model-autoscaler:ac11fc3b9b35"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

@@ -18,7 +18,7 @@ job "streaming-autoscaler" {
       driver = "docker"
 
       config {
-        image   = "streaming-autoscaler:0566240b1f4c"
+        image   = "streaming-autoscaler:c0d2bdc81b69"
         command = "stack"
         args    = ["autoscale", "/project/stack.yaml", "--target", "nomad", "--prometheus", "http://127.0.0.1:9090"]
       }

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "9c3af32304c6"
+    stack_version = "ed7fba6739e9"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=9c3af32304c6",
+        "stack.version=ed7fba6739e9",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=Path(`/generate`) || PathPrefix(`/generate/`)",
@@ -86,7 +86,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:9c3af32304c6"
+        image = "streaming-generate:ed7fba6739e9"
         ports = ["http"]
       }
 
