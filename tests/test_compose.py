@@ -1,0 +1,180 @@
+"""`stack up` on a real Docker engine with Compose v2, Traefik and Prometheus, end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import EXAMPLES, free_port
+from loadgen import Load
+
+
+def _docker_ready() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker CLI (CI installs it with ../shared/tools/docker-offline)"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return "the Docker engine is not running (start it with ../shared/tools/docker-offline)"
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        return "Docker Compose v2 is missing (../shared/tools/docker-offline installs it)"
+    if subprocess.run(["docker", "image", "inspect", "python:3.11-slim"], capture_output=True).returncode != 0:
+        return "base image python:3.11-slim is missing (../shared/tools/docker-offline seeds it)"
+    return None
+
+
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
+STACK = [sys.executable, "-m", "stack.cli"]
+
+
+def stack(*args: str, cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*STACK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"stack {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_spec(root: Path, project: str, port: int, prom_port: int, greeting: str) -> None:
+    (root / "stack.yaml").write_text(
+        f"project: {project}\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{port: {prom_port}, scrape_interval: 1s}}\n"
+        "build: {wheelhouse: true}\n"
+        "apis:\n"
+        "  - name: echo\n"
+        "    predictor:\n"
+        "      path: predictor.py\n"
+        f"      config: {{greeting: {greeting}}}\n"
+        "    autoscaling: {min_replicas: 2, max_replicas: 4}\n"
+    )
+
+
+def containers(project: str) -> list[dict]:
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout) if ids else []
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
+    root = tmp_path / "echo"
+    shutil.copytree(EXAMPLES / "echo", root)
+    name = f"e2e{int(time.time() * 1000) % 10**8}"
+    port = free_port()
+    write_spec(root, name, port, free_port(), "v1")
+    yield root, name, port
+    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def test_up_update_status_kill_down(project: tuple[Path, str, int]) -> None:
+    root, name, port = project
+    url = f"http://127.0.0.1:{port}/echo"
+    up = stack("up", str(root), cwd=root)
+    assert f"http://127.0.0.1:{port}/echo" in up.stdout
+    assert "resolving the wheelhouse" in up.stderr and f"building {name}-echo:" in up.stderr
+    assert requests.post(url, json={"a": 1}, timeout=10).json() == {"greeting": "v1", "payload": {"a": 1}, "query": {}}
+
+    replicas = [c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "echo"]
+    assert len(replicas) == 2
+    assert all(not c["HostConfig"]["PortBindings"] for c in replicas)  # only Traefik is published
+
+    # A second `stack up` with nothing changed touches nothing.
+    again = stack("up", str(root), cwd=root)
+    assert "is up to date" in again.stderr and "rolling update" not in again.stderr
+    assert {c["Id"] for c in containers(name)} >= {c["Id"] for c in replicas}
+
+    # Change the predictor's config and `stack up` under load: a rolling update with no failed request.
+    write_spec(root, name, port, _prom_port(root), "v2")
+    with Load(url, concurrency=4) as load:
+        update = stack("up", str(root), cwd=root)
+        time.sleep(1)
+    assert "rolling update" in update.stderr
+    assert load.failures == 0 and load.codes[200] > 100, load.codes
+    assert requests.post(url, json={}, timeout=10).json()["greeting"] == "v2"
+
+    # `stack status` shows the traffic, from Prometheus.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+        if api.get("2xx", 0) > 0 and api.get("requests_per_second"):
+            break
+        requests.post(url, json={}, timeout=10)
+        time.sleep(1)
+    assert api["status"] == "live" and (api["ready"], api["desired"]) == (2, 2), api
+    assert api["2xx"] > 0 and api["requests_per_second"] > 0 and api["p99_ms"] is not None, api
+    table = stack("status", "-p", str(root), cwd=root).stdout
+    assert "req/s" in table and "live" in table
+
+    # A replica crashes under load: bounded failures, and it comes back.
+    victim = next(c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "echo")
+    with Load(url, concurrency=4) as load:
+        time.sleep(1)
+        # A crash, as the engine sees one: the process dies (`docker kill` would count as a manual stop).
+        subprocess.run(["kill", "-9", str(victim["State"]["Pid"])], check=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+            if api["ready"] == 2 and time.monotonic() > deadline - 55:
+                break
+            time.sleep(1)
+    assert api["ready"] == 2, api
+    assert load.failures <= 4 and load.codes[200] > 50, load.codes
+
+    stack("down", "--volumes", str(root), cwd=root)
+    assert containers(name) == []
+    networks = subprocess.run(
+        ["docker", "network", "ls", "-q", "--filter", f"name={name}-stack"], capture_output=True, text=True
+    ).stdout.split()
+    assert networks == []
+
+
+def _prom_port(root: Path) -> int:
+    import yaml
+
+    return yaml.safe_load((root / "stack.yaml").read_text())["prometheus"]["port"]
+
+
+def test_failing_replica_shows_its_error(project: tuple[Path, str, int]) -> None:
+    root, _name, _port = project
+    (root / "predictor.py").write_text(
+        "class Predictor:\n    def __init__(self, config):\n        raise RuntimeError('weights missing')\n"
+        "    def predict(self, payload):\n        return payload\n"
+    )
+    result = stack("up", str(root), cwd=root, check=False)
+    assert result.returncode == 1
+    assert "failed to start" in result.stderr and "its last log lines" in result.stderr
+    assert "predictor.py:3: Predictor.__init__ failed: RuntimeError: weights missing" in result.stderr
+
+
+def test_gateway_port_in_use(project: tuple[Path, str, int]) -> None:
+    root, _name, port = project
+    with socket.socket() as blocker:
+        blocker.bind(("0.0.0.0", port))
+        blocker.listen()
+        result = stack("up", str(root), cwd=root, check=False)
+    assert result.returncode == 1
+    assert f"gateway port {port} is already in use" in result.stderr
+
+
+def test_scale_refused_while_autoscaled(project: tuple[Path, str, int]) -> None:
+    root, _name, _port = project
+    stack("up", str(root), cwd=root)
+    refused = stack("scale", "echo", "3", "-p", str(root), cwd=root, check=False)
+    assert refused.returncode == 1 and "the autoscaler owns echo" in refused.stderr
+    stack("scale", "echo", "3", "--force", "-p", str(root), cwd=root)
+    api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+    assert (api["ready"], api["desired"]) == (3, 3)
+    logs = stack("logs", "echo", "-p", str(root), cwd=root).stdout
+    assert "ready: api echo" in logs
