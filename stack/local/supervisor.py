@@ -47,6 +47,7 @@ LOGGER = logging.getLogger("stack.local")
 TICK = 0.2  # seconds between reconcile passes
 BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before restarting a replica that keeps failing
 GIVE_UP_AFTER = 5  # consecutive start-up failures before an API is marked failed
+CRASH_WINDOW = 30.0  # a ready replica that dies sooner than this after starting counts toward back-off
 STOP_MARGIN = 5.0
 
 
@@ -80,6 +81,7 @@ class ApiState:
     replicas: list[Replica] = field(default_factory=list)
     restarts: int = 0
     failures: int = 0  # consecutive start-up failures
+    crash_streak: int = 0  # ready replicas that crashed soon after starting, in a row
     retry_at: float = 0.0
     error: str | None = None
     counter: int = 0
@@ -288,7 +290,13 @@ class Supervisor:
                 state.event(f"replica {replica.id} failed to start (exit {code}): {state.error}; retry in {delay}s")
             else:
                 state.restarts += 1
-                state.event(f"replica {replica.id} exited with code {code}; replacing it")
+                # A replica that keeps crashing soon after it started is replaced with back-off.
+                uptime = time.monotonic() - replica.started
+                state.crash_streak = state.crash_streak + 1 if uptime < CRASH_WINDOW else 1
+                delay = BACKOFF[min(state.crash_streak - 2, len(BACKOFF) - 1)] if state.crash_streak > 1 else 0
+                state.retry_at = time.monotonic() + delay
+                wait = f" in {delay}s (crashed {state.crash_streak} times in a row)" if delay else ""
+                state.event(f"replica {replica.id} exited with code {code}; replacing it{wait}")
 
     async def _probe(self, state: ApiState) -> None:
         assert self.session is not None
