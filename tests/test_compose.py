@@ -178,3 +178,36 @@ def test_scale_refused_while_autoscaled(project: tuple[Path, str, int]) -> None:
     assert (api["ready"], api["desired"]) == (3, 3)
     logs = stack("logs", "echo", "-p", str(root), cwd=root).stdout
     assert "ready: api echo" in logs
+
+
+def test_gpu_api_without_nvidia_runtime(project: tuple[Path, str, int]) -> None:
+    root, _name, _port = project
+    text = (root / "stack.yaml").read_text().replace("    autoscaling:", "    compute: {gpu: 1}\n    autoscaling:")
+    (root / "stack.yaml").write_text(text)
+    result = stack("up", "--gpus", "4", str(root), cwd=root, check=False)
+    assert result.returncode == 1
+    assert "API(s) echo ask for GPUs but Docker has no NVIDIA runtime" in result.stderr
+    assert "nvidia-ctk runtime configure" in result.stderr
+
+
+def test_failed_build_shows_the_failing_step(project: tuple[Path, str, int]) -> None:
+    root, _name, _port = project
+    text = (
+        (root / "stack.yaml")
+        .read_text()
+        .replace("build: {wheelhouse: true}", "build: {wheelhouse: true, base_image: 'stack-missing:none'}")
+    )
+    (root / "stack.yaml").write_text(text)
+    result = stack("up", str(root), cwd=root, check=False)
+    assert result.returncode == 1
+    assert "building" in result.stderr and "failed:" in result.stderr
+    assert "stack-missing" in result.stderr  # the FROM step and the engine's reason
+
+
+def test_missing_package_fails_the_wheelhouse(project: tuple[Path, str, int]) -> None:
+    root, _name, _port = project
+    (root / "requirements.txt").write_text("stack-no-such-package-xyz==1.0\n")
+    result = stack("up", str(root), cwd=root, check=False)
+    assert result.returncode == 1
+    assert "resolving the wheelhouse failed" in result.stderr
+    assert "stack-no-such-package-xyz" in result.stderr
