@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
 
-import jinja2
-
 from stack.errors import StackError
+from stack.plan.render import template_environment
 from stack.spec.models import NAME_RULE
 
 FILES = ("stack.yaml", "predictor.py", "requirements.txt", "sample.json")
@@ -20,12 +18,11 @@ def scaffold(name: str, target: Path) -> list[Path]:
     existing = [target / f for f in FILES if (target / f).exists()]
     if existing:
         raise StackError(f"{existing[0]} already exists; choose another directory or remove it (nothing was written)")
-    loader = jinja2.FileSystemLoader(str(resources.files("stack.templates") / "init"))
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = template_environment()
     target.mkdir(parents=True, exist_ok=True)
     created = []
     for filename in FILES:
         path = target / filename
-        path.write_text(env.get_template(f"{filename}.j2").render(name=name, api="predict"))
+        path.write_text(env.get_template(f"init/{filename}.j2").render(name=name, api="predict"))
         created.append(path)
     return created

@@ -11,8 +11,11 @@ import requests
 
 
 class Load:
-    def __init__(self, url: str, concurrency: int = 8, payload: Any = None, max_seconds: float = 120) -> None:
+    def __init__(
+        self, url: str, concurrency: int = 8, payload: Any = None, max_seconds: float = 120, timeout: float = 30
+    ) -> None:
         self.url = url
+        self.timeout = timeout
         self.payload = payload if payload is not None else {"load": True}
         self.codes: collections.Counter[int | str] = collections.Counter()
         self.bodies: collections.Counter[str] = collections.Counter()
@@ -38,7 +41,7 @@ class Load:
         session = requests.Session()
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             try:
-                response = session.post(self.url, json=self.payload, timeout=30)
+                response = session.post(self.url, json=self.payload, timeout=self.timeout)
                 key: int | str = response.status_code
                 body = response.text
             except requests.RequestException as exc:

@@ -119,7 +119,7 @@ def test_up_update_status_kill_down(project: tuple[Path, str, int]) -> None:
 
     # A replica crashes under load: bounded failures, and it comes back.
     victim = next(c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "echo")
-    with Load(url, concurrency=4) as load:
+    with Load(url, concurrency=4, timeout=10) as load:
         time.sleep(1)
         # A crash, as the engine sees one: the process dies (`docker kill` would count as a manual stop).
         subprocess.run(["kill", "-9", str(victim["State"]["Pid"])], check=True)
@@ -130,7 +130,10 @@ def test_up_update_status_kill_down(project: tuple[Path, str, int]) -> None:
                 break
             time.sleep(1)
     assert api["ready"] == 2, api
-    assert load.failures <= 4 and load.codes[200] > 50, load.codes
+    # Lost: what was in flight on the crashed replica, and what Traefik sent it before the engine
+    # reported the death; requests in flight can hang until the client's timeout, because the
+    # container's network goes with it. Each of the 4 clients can lose at most about one of each.
+    assert load.failures <= 8 and load.codes[200] > 50, load.codes
 
     stack("down", "--volumes", str(root), cwd=root)
     assert containers(name) == []

@@ -13,9 +13,9 @@ from typing import Any
 
 import requests
 
+from serving.supervisor import port_is_free
 from stack.errors import StackError
 from stack.local.state import LocalPaths, pid_alive, read_state
-from stack.local.supervisor import _port_free
 from stack.spec import LoadedSpec
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
@@ -67,7 +67,7 @@ class LocalStack:
 
     def _start(self, progress: Callable[[str], None]) -> None:
         port = self.loaded.spec.gateway.port
-        if not _port_free(port):
+        if not port_is_free("0.0.0.0", port):
             raise StackError(
                 f"gateway port {port} is already in use; stop what uses it (`ss -ltnp 'sport = :{port}'`) "
                 "or set gateway.port in stack.yaml"

@@ -33,7 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from serving.config import CONFIG_ENV
-from serving.supervisor import die_with_parent
+from serving.supervisor import die_with_parent, port_is_free
 from stack.autoscale.policy import Bounds, History, Observation, stack_policy
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.local import traefik
@@ -144,7 +144,7 @@ class Supervisor:
 
     def _start_traefik(self) -> None:
         spec = self.loaded.spec
-        if not _port_free(spec.gateway.port):
+        if not port_is_free("0.0.0.0", spec.gateway.port):
             raise SystemExit(f"gateway port {spec.gateway.port} is already in use; set gateway.port in stack.yaml")
         command = traefik.traefik_command(
             spec.gateway.port,
@@ -164,7 +164,7 @@ class Supervisor:
                 "disabled" if not spec.enabled else "not on PATH",
             )
             return
-        port = spec.port if _port_free(spec.port, "127.0.0.1") else free_port()
+        port = spec.port if port_is_free("127.0.0.1", spec.port) else free_port()
         directory = self.paths.prometheus_dir
         directory.mkdir(parents=True, exist_ok=True)
         _write_targets(directory / "targets.json", self.loaded.spec.project, {})
@@ -599,16 +599,6 @@ def _write_targets(path: Path, project: str, routed: dict[str, set[str]]) -> Non
         for url in sorted(urls)
     ]
     write_json_atomic(path, groups)
-
-
-def _port_free(port: int, host: str = "0.0.0.0") -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], deadline: float) -> None:

@@ -7,20 +7,18 @@ is live, so a replica is told to drain only once no new request can reach it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sysconfig
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jinja2
 
 from serving.supervisor import die_with_parent
 from stack.errors import StackError
+from stack.plan.render import template_environment
 
 ENTRYPOINT = "web"
 
@@ -72,10 +70,7 @@ def start_traefik(command: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 def render_template(name: str, **values: Any) -> str:
     """A template of templates/local/ (the local target's generated configs)."""
-    loader = jinja2.FileSystemLoader(str(resources.files("stack.templates") / "local"))
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["tojson"] = json.dumps
-    return env.get_template(name).render(**values)
+    return template_environment().get_template(f"local/{name}").render(**values)
 
 
 def render_routes(apis: list[dict[str, Any]]) -> str:
@@ -84,9 +79,11 @@ def render_routes(apis: list[dict[str, Any]]) -> str:
 
 def write_routes(routes_dir: Path, text: str) -> None:
     routes_dir.mkdir(parents=True, exist_ok=True)
-    temp = routes_dir / ".routes.yml.tmp"
+    # Written beside the watched directory, then renamed into it: Traefik only ever
+    # sees one complete file, never half of one or a second copy of the routes.
+    temp = routes_dir.parent / f".{routes_dir.name}-routes.yml.tmp"
     temp.write_text(text)
-    os.replace(temp, routes_dir / "routes.yml")  # Traefik sees one complete file, never half of one
+    os.replace(temp, routes_dir / "routes.yml")
 
 
 async def live_servers(session: aiohttp.ClientSession, api_port: int, service: str) -> set[str] | None:

@@ -56,7 +56,8 @@ class Plan:
         return written
 
 
-def _environment() -> jinja2.Environment:
+def template_environment() -> jinja2.Environment:
+    """Every template of templates/ (shipped as stack.templates), with the filters they use."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resources.files("stack.templates"))),
         undefined=jinja2.StrictUndefined,
@@ -216,7 +217,7 @@ def plan_compose(
 ) -> Plan:
     spec = loaded.spec
     out_dir = out_dir.resolve()
-    env = _environment()
+    env = template_environment()
     digest = project_digest(loaded.root, exclude=out_dir)
     header = _header(loaded)
     apis = []
@@ -291,7 +292,7 @@ def plan_nomad(
     images: dict[str, str] | None = None,
 ) -> Plan:
     spec = loaded.spec
-    env = _environment()
+    env = template_environment()
     digest = project_digest(loaded.root)
     header = _header(loaded)
     project = spec.project

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 
 import requests
 
+from serving.supervisor import port_is_free
 from stack.errors import StackError
 from stack.plan.render import api_version, plan_compose, project_digest, service_name
 from stack.spec import Api, LoadedSpec
@@ -176,23 +176,14 @@ class ComposeTarget:
 
     def _check_gateway_port(self) -> None:
         port = self.loaded.spec.gateway.port
-        gateway_running = any(
-            c
-            for c in docker(
-                "ps", "-q", "--filter", f"label={PROJECT_LABEL}={self.project}", "--filter", "label=stack.role=gateway"
-            ).split()
-        )
-        if gateway_running:
-            return
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                raise StackError(
-                    f"gateway port {port} is already in use; stop what uses it "
-                    f"(`ss -ltnp 'sport = :{port}'`) or set gateway.port in stack.yaml"
-                ) from None
+        ours = docker(
+            "ps", "-q", "--filter", f"label={PROJECT_LABEL}={self.project}", "--filter", "label=stack.role=gateway"
+        ).split()
+        if not ours and not port_is_free("0.0.0.0", port):  # our own Traefik holding it is fine
+            raise StackError(
+                f"gateway port {port} is already in use; stop what uses it "
+                f"(`ss -ltnp 'sport = :{port}'`) or set gateway.port in stack.yaml"
+            )
 
     def _services(self, api: Api, version: str) -> list[str]:
         base = service_name(api, version)
