@@ -112,7 +112,9 @@ def test_up_curl_update_scale_kill_down(project: tuple[Path, int]) -> None:
             time.sleep(0.2)
         time.sleep(1)
     assert current["ready"] == 2 and current["restarts"] == 1, current
-    assert load.failures <= 4, load.codes  # at most the requests in flight on the killed replica
+    # Lost: what was in flight on the killed replica, and what Traefik had already sent on its
+    # kept-alive connections before the supervisor took it out (milliseconds): about one each per client.
+    assert load.failures <= 8, load.codes
     assert load.codes[200] > 100
 
     pids = [r["pid"] for r in current["replicas"]] + [supervisor]
