@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -349,7 +348,3 @@ class ComposeTarget:
 
 def _stop_timeout(api: Api) -> float:
     return api.predictor.drain_delay + api.predictor.grace_period + 5
-
-
-def compose_dir(root: Path) -> Path:
-    return root / PLAN_DIR
