@@ -38,7 +38,7 @@ from stack.autoscale.policy import Bounds, History, Observation, stack_policy
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.local import traefik
 from stack.local.state import LocalPaths, write_json_atomic
-from stack.plan.render import api_version, project_digest
+from stack.plan.render import api_version, project_digest, router_rule
 from stack.plan.serving import replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
 from stack.spec.units import format_duration
@@ -415,11 +415,10 @@ class Supervisor:
         apis = []
         for name, state in sorted(self.apis.items()):
             endpoint = state.spec.endpoint
-            rule = f"Path(`{endpoint}`) || PathPrefix(`{endpoint}/`)" if endpoint != "/" else "PathPrefix(`/`)"
             apis.append(
                 {
                     "router": self._router(state.spec),
-                    "rule": rule,
+                    "rule": router_rule(endpoint),
                     "endpoint": endpoint,
                     "servers": sorted(self.routed.get(name, set())),
                 }

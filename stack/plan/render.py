@@ -117,13 +117,18 @@ def api_version(api: Api, digest: str) -> str:
 # -- shared per-API values -------------------------------------------------------------
 
 
+def router_rule(endpoint: str) -> str:
+    """Traefik rule for an endpoint: /iris and /iris/..., but not /irisx (a bare PathPrefix would match it)."""
+    return f"Path(`{endpoint}`) || PathPrefix(`{endpoint}/`)" if endpoint != "/" else "PathPrefix(`/`)"
+
+
 def _api_values(loaded: LoadedSpec, api: Api, digest: str, registry: str, drain_in_replica: bool) -> dict[str, Any]:
     version = api_version(api, digest)
     project = loaded.spec.project
     config = replica_config(loaded, api, root="/app", drain_delay=None if drain_in_replica else 0.0)
     predictor = api.predictor
     endpoint = api.endpoint
-    rule = f"Path(`{endpoint}`) || PathPrefix(`{endpoint}/`)" if endpoint != "/" else "PathPrefix(`/`)"
+    rule = router_rule(endpoint)
     router = f"{project}-{api.name}"
     return {
         "name": api.name,
