@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,7 @@ def status(api: str | None, path: Path, as_json: bool, local: bool) -> None:
         ]
         click.echo("\n" + tabulate(replicas, headers=["replica", "state", "pid", "port", "version", "up"]))
         click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in apis[0]["events"]))
+        _show_decisions(apis[0])
 
 
 def _compose_status(data: dict[str, Any], apis: list[dict[str, Any]], api: str | None) -> None:
@@ -332,6 +334,23 @@ def _compose_status(data: dict[str, Any], apis: list[dict[str, Any]], api: str |
     if api is not None:
         replicas = [[r["name"], r["state"], r["health"] or "-", r["version"]] for r in apis[0]["replicas"]]
         click.echo("\n" + tabulate(replicas, headers=["replica", "state", "health", "version"]))
+        _show_decisions(apis[0])
+
+
+def _show_decisions(api: dict[str, Any]) -> None:
+    """The autoscaler's recent changes of this API's count, and what it thinks now."""
+    if not api.get("autoscaled"):
+        click.echo("\nautoscaler: off (min_replicas == max_replicas, or set by hand with `stack scale --force`)")
+        return
+    scaler = api.get("autoscaler")
+    if not scaler:
+        click.echo("\nautoscaler: no decision yet")
+        return
+    click.echo(f"\nautoscaler: {scaler['last'] or 'no decision yet'}")
+    for change in scaler["changes"]:
+        at = time.strftime("%H:%M:%S", time.localtime(change["at"]))
+        failed = "" if change["applied"] else f" (not applied: {change['error']})"
+        click.echo(f"  {at} {change['current']} -> {change['desired']} [{change['rule']}] {change['reason']}{failed}")
 
 
 @cli.command()
@@ -370,6 +389,55 @@ def scale(api: str, replicas: int, path: Path, force: bool, local: bool) -> None
     stack.scale(api, replicas, force=force)
     click.echo(f"scaling {api} to {replicas}")
     stack.wait_ready(lambda line: click.echo(f"  {line}", err=True))
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--target", type=click.Choice(["compose", "nomad"]), default="compose", show_default=True, help="What to scale."
+)
+@click.option("--prometheus", "prometheus_url", help="Prometheus' URL (default: 127.0.0.1 at prometheus.port).")
+@click.option("--metrics-port", default=9100, show_default=True, type=int, help="Port of /metrics and /status.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="Where to keep the last decisions (default: PATH/.stack/autoscaler).",
+)
+@click.option("--nomad-addr", envvar="NOMAD_ADDR", default="http://127.0.0.1:4646", show_default=True)
+def autoscale(
+    path: Path | None,
+    target: str,
+    prometheus_url: str | None,
+    metrics_port: int,
+    state_dir: Path | None,
+    nomad_addr: str,
+) -> None:
+    """Run the autoscaler: replica counts follow requests in flight, read from Prometheus.
+
+    With PATH, the bounds come from its stack.yaml; without, from $STACK_AUTOSCALER_CONFIG
+    (how the planned autoscaler service and job run it). The local target runs it in-process.
+    """
+    import asyncio
+    import logging
+
+    from stack.autoscale import service
+    from stack.autoscale.config import AutoscalerConfig, config_of
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    if path is not None:
+        loaded = load_spec(path)
+        config = config_of(loaded)
+        state_dir = state_dir or loaded.root / ".stack" / "autoscaler"
+        prometheus_url = prometheus_url or f"http://127.0.0.1:{loaded.spec.prometheus.port}"
+    else:
+        try:
+            config = AutoscalerConfig.from_env()
+        except ValueError as exc:
+            raise StackError(str(exc)) from None
+    if prometheus_url is None:
+        raise StackError("--prometheus is needed without a stack.yaml")
+    scaler = service.make_scaler(target, config.project, nomad_addr)
+    asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir))
 
 
 def main() -> None:

@@ -9,10 +9,10 @@ the last `downscale_stabilization_period`, never above the lowest of the last
 `stack_policy` starts from it and adds two things, each measured in
 `stack.autoscale.sim` (see bench/RESULTS.md):
 
-- Starting replicas are credited: while replicas are still starting, no
-  further step up is taken unless demand exceeds what ready plus starting
-  replicas will serve. A burst is answered once, not again on every tick of
-  the start-up time (the Nomad Autoscaler's over-placement complaint).
+- Starting replicas are credited: while any replica asked for is still
+  starting, no further step up is taken; the queue that made us ask for it
+  is not yet its to drain. A burst is answered once, not again on every tick
+  of the start-up time (the Nomad Autoscaler's over-placement complaint).
 - Panic mode (Knative): when the short-window load reaches twice what the
   ready replicas can take, scale to the short-window demand at once, skipping
   upscale stabilization; and do not scale down until the panic has been over
@@ -66,8 +66,9 @@ class Observation:
 @dataclass(frozen=True)
 class Decision:
     desired: int
-    reason: str
+    reason: str  # for people: the rule and its inputs
     recommendation: int | None = None
+    rule: str = "target"  # for metrics: which rule decided (a short, fixed label value)
 
 
 @dataclass
@@ -103,10 +104,10 @@ def _step(raw: float, current: int, bounds: Bounds) -> int:
 def cortex_policy(obs: Observation, history: History, bounds: Bounds) -> Decision:
     current = obs.current
     if obs.in_flight is None or math.isnan(obs.in_flight):
-        return Decision(current, f"hold: no data ({obs.missing_reason or 'no sample'})")
+        return Decision(current, f"hold: no data ({obs.missing_reason or 'no sample'})", rule="no_data")
     if current < bounds.min_replicas or current > bounds.max_replicas:
         clamped = min(max(current, bounds.min_replicas), bounds.max_replicas)
-        return Decision(clamped, f"clamp to min/max ({bounds.min_replicas}..{bounds.max_replicas})")
+        return Decision(clamped, f"clamp to min/max ({bounds.min_replicas}..{bounds.max_replicas})", rule="min_max")
     if history.started_at is None:
         history.started_at = obs.now
     raw = obs.in_flight / bounds.target
@@ -116,27 +117,30 @@ def cortex_policy(obs: Observation, history: History, bounds: Bounds) -> Decisio
     desired = recommendation
     if desired < current:
         if age < bounds.downscale_stabilization:
-            return Decision(current, "hold: downscale stabilization (just started)", recommendation)
+            return Decision(current, "hold: downscale stabilization (just started)", recommendation, "stabilization")
         floor = min(max(history.within(obs.now, bounds.downscale_stabilization)), current)
         desired = max(desired, floor)
-        reason = "scale down" if desired < current else "hold: downscale stabilization"
+        held = ("hold: downscale stabilization", "stabilization")
+        reason, rule = ("scale down", "target") if desired < current else held
     elif desired > current:
         if age < bounds.upscale_stabilization:
-            return Decision(current, "hold: upscale stabilization (just started)", recommendation)
+            return Decision(current, "hold: upscale stabilization (just started)", recommendation, "stabilization")
         ceiling = max(min(history.within(obs.now, bounds.upscale_stabilization)), current)
         desired = min(desired, ceiling)
-        reason = "scale up" if desired > current else "hold: upscale stabilization"
+        held = ("hold: upscale stabilization", "stabilization")
+        reason, rule = ("scale up", "target") if desired > current else held
     else:
-        reason = "hold: at target" if raw == current or math.ceil(raw) == current else "hold: within tolerance"
+        at_target = raw == current or math.ceil(raw) == current
+        reason, rule = ("hold: at target", "target") if at_target else ("hold: within tolerance", "tolerance")
     return Decision(
-        desired, f"{reason} (in-flight {obs.in_flight:.2f}, target {bounds.target:g}/replica)", recommendation
+        desired, f"{reason} (in-flight {obs.in_flight:.2f}, target {bounds.target:g}/replica)", recommendation, rule
     )
 
 
 def stack_policy(obs: Observation, history: History, bounds: Bounds) -> Decision:
     current = obs.current
     if obs.in_flight is None or math.isnan(obs.in_flight):
-        return Decision(current, f"hold: no data ({obs.missing_reason or 'no sample'})")
+        return Decision(current, f"hold: no data ({obs.missing_reason or 'no sample'})", rule="no_data")
     starting = current - obs.ready
     panic = _panic(obs, history, bounds)
     decision = panic or cortex_policy(obs, history, bounds)
@@ -147,9 +151,10 @@ def stack_policy(obs: Observation, history: History, bounds: Bounds) -> Decision
             current,
             f"hold: {starting} replica(s) still starting (in-flight {obs.in_flight:.2f})",
             decision.recommendation,
+            "starting",
         )
     if decision.desired < current and obs.now < history.panic_until:
-        return Decision(current, "hold: no scale-down right after a panic", decision.recommendation)
+        return Decision(current, "hold: no scale-down right after a panic", decision.recommendation, "panic")
     return decision
 
 
@@ -165,8 +170,10 @@ def _panic(obs: Observation, history: History, bounds: Bounds) -> Decision | Non
     # any size in a few ticks (start-up time dominates anyway).
     wanted = min(max(math.ceil(short / bounds.target), obs.current), 2 * obs.current, bounds.max_replicas)
     if wanted <= obs.current:
-        return Decision(obs.current, f"hold: panic, already at {obs.current} (short-window in-flight {short:.2f})")
-    return Decision(wanted, f"panic: short-window in-flight {short:.2f} is {load:.1f}× ready capacity")
+        return Decision(
+            obs.current, f"hold: panic, already at {obs.current} (short-window in-flight {short:.2f})", rule="panic"
+        )
+    return Decision(wanted, f"panic: short-window in-flight {short:.2f} is {load:.1f}× ready capacity", rule="panic")
 
 
 POLICIES = {"cortex": cortex_policy, "stack": stack_policy}

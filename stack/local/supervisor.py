@@ -31,10 +31,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
 from serving.config import CONFIG_ENV
 from serving.supervisor import die_with_parent, port_is_free
-from stack.autoscale.policy import Bounds, History, Observation, stack_policy
+from stack.autoscale.config import ApiScaling, config_of
+from stack.autoscale.loop import Autoscaler, SignalSource
+from stack.autoscale.scaler import Replicas
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.local import traefik
 from stack.local.state import LocalPaths, write_json_atomic
@@ -87,9 +90,6 @@ class ApiState:
     counter: int = 0
     events: list[str] = field(default_factory=list)
     manual: bool = False  # `stack scale --force` took the API from the autoscaler until the next `stack up`
-    history: History = field(default_factory=History)
-    last_reason: str = ""
-    decisions: list[str] = field(default_factory=list)
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.state != "draining"]
@@ -115,6 +115,8 @@ class Supervisor:
         self.updating: set[str] = set()
         self.prometheus: subprocess.Popen[bytes] | None = None
         self.prometheus_url: str | None = None
+        self.autoscaler: Autoscaler | None = None
+        self.registry = CollectorRegistry()  # the autoscaler's metrics, on the control port's /metrics
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -194,6 +196,7 @@ class Supervisor:
     async def _start_control(self) -> web.AppRunner:
         app = web.Application()
         app.router.add_get("/status", self._status)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/scale", self._scale)
         app.router.add_post("/reload", self._reload)
         app.router.add_post("/shutdown", self._shutdown_request)
@@ -429,53 +432,20 @@ class Supervisor:
 
     async def _autoscale_forever(self) -> None:
         assert self.session is not None
-        scrape = ScrapeSignal(self.session, keep=600.0)
-        prometheus = (
-            PrometheusSignal(self.prometheus_url, self.session, self.loaded.spec.prometheus.scrape_interval)
-            if self.prometheus_url
-            else None
-        )
-        while True:
-            tick = 10.0
-            for state in list(self.apis.values()):
-                if not state.spec.autoscaled or state.manual:
-                    continue
-                bounds = _bounds(state.spec)
-                tick = min(tick, _tick_for(bounds))
-                try:
-                    await self._autoscale(state, bounds, scrape, prometheus)
-                except Exception:  # the loop never dies: log and try again next tick
-                    LOGGER.exception(f"{state.spec.name}: autoscaler error")
-            await asyncio.sleep(tick)
-
-    async def _autoscale(
-        self, state: ApiState, bounds: Bounds, scrape: ScrapeSignal, prometheus: PrometheusSignal | None
-    ) -> None:
-        ready = [r for r in state.live() if r.state == "ready"]
-        if prometheus is not None:
-            signal_ = await prometheus.read(state.spec.name, bounds.window, bounds.panic_window)
+        if self.prometheus_url:
+            source: SignalSource = PrometheusSignal(
+                self.prometheus_url, self.session, self.loaded.spec.prometheus.scrape_interval
+            )
         else:
-            problem = await scrape.sample(state.spec.name, [r.url for r in ready])
-            signal_ = scrape.read(state.spec.name, bounds.window, bounds.panic_window)
-            if problem:
-                signal_ = Signal(None, None, problem)
-        observation = Observation(
-            time.monotonic(),
-            state.desired,
-            len(ready),
-            signal_.in_flight,
-            signal_.in_flight_short,
-            signal_.missing_reason,
+            source = _ScrapeSource(ScrapeSignal(self.session, keep=600.0), self)
+        self.autoscaler = Autoscaler(
+            config_of(self.loaded),
+            _LocalScaler(self),
+            source,
+            registry=self.registry,
+            manual=lambda name: name in self.apis and self.apis[name].manual,
         )
-        decision = stack_policy(observation, state.history, bounds)
-        if decision.desired != state.desired:
-            line = f"autoscaler: {state.desired} -> {decision.desired}: {decision.reason}"
-            state.desired = decision.desired
-            state.event(line)
-            state.decisions = [*state.decisions[-9:], f"{time.strftime('%H:%M:%S')} {line}"]
-        elif decision.reason.split(" (")[0] != state.last_reason:
-            LOGGER.info(f"{state.spec.name}: autoscaler: {decision.reason}")
-        state.last_reason = decision.reason.split(" (")[0]
+        await self.autoscaler.run(asyncio.Event())
 
     # -- control API ---------------------------------------------------------------------------
 
@@ -503,7 +473,7 @@ class Supervisor:
                     "restarts": state.restarts,
                     "error": state.error,
                     "autoscaled": state.spec.autoscaled and not state.manual,
-                    "decisions": state.decisions,
+                    "autoscaler": self.autoscaler.status().get(name) if self.autoscaler else None,
                     "min_replicas": state.spec.autoscaling.min_replicas,
                     "max_replicas": state.spec.autoscaling.max_replicas,
                     "events": state.events,
@@ -529,6 +499,9 @@ class Supervisor:
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain")
 
     async def _scale(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -559,6 +532,8 @@ class Supervisor:
         except SpecError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         self._apply_spec(loaded)
+        if self.autoscaler is not None:
+            self.autoscaler.configure(config_of(loaded))
         return web.json_response({"ok": True})
 
     def _stop(self) -> None:
@@ -570,25 +545,38 @@ class Supervisor:
         return web.json_response({"ok": True})
 
 
-def _bounds(api: Api) -> Bounds:
-    spec = api.autoscaling
-    return Bounds(
-        min_replicas=spec.min_replicas,
-        max_replicas=spec.max_replicas,
-        target=api.target_concurrency,
-        window=spec.window,
-        upscale_stabilization=spec.upscale_stabilization_period,
-        downscale_stabilization=spec.downscale_stabilization_period,
-        max_upscale_factor=spec.max_upscale_factor,
-        max_downscale_factor=spec.max_downscale_factor,
-        upscale_tolerance=spec.upscale_tolerance,
-        downscale_tolerance=spec.downscale_tolerance,
-    )
+class _LocalScaler:
+    """The in-process scaler: the reconcile loop starts and drains replicas to match `desired`."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    async def replicas(self, api: ApiScaling) -> Replicas:
+        state = self.supervisor.apis[api.name]
+        ready = [r for r in state.live() if r.state == "ready"]
+        busy = "rolling update in progress" if api.name in self.supervisor.updating else ""
+        return Replicas(state.desired, len(ready), busy)
+
+    async def scale(self, api: ApiScaling, count: int, reason: str) -> None:
+        state = self.supervisor.apis[api.name]
+        state.event(f"autoscaler: {state.desired} -> {count}: {reason}")
+        state.desired = count
+        self.supervisor.wake.set()
 
 
-def _tick_for(bounds: Bounds) -> float:
-    # Several decisions per window, but no busier than once a second (Cortex ticks every 10 s).
-    return min(max(bounds.window / 6, 1.0), 10.0)
+class _ScrapeSource:
+    """Without Prometheus: scrape the ready replicas on every read."""
+
+    def __init__(self, scrape: ScrapeSignal, supervisor: Supervisor) -> None:
+        self.scrape = scrape
+        self.supervisor = supervisor
+
+    async def read(self, api: str, window: float, short_window: float) -> Signal:
+        state = self.supervisor.apis[api]
+        problem = await self.scrape.sample(api, [r.url for r in state.live() if r.state == "ready"])
+        if problem:
+            return Signal(None, None, problem)
+        return self.scrape.read(api, window, short_window)
 
 
 def _write_targets(path: Path, project: str, routed: dict[str, set[str]]) -> None:

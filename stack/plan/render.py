@@ -12,13 +12,15 @@ import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 import serving
+from stack import __version__
+from stack.autoscale.config import config_of
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.serving import REPLICA_PORT, replica_config
 from stack.spec import Api, LoadedSpec
@@ -34,6 +36,8 @@ BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by
 # Never hashed into versions: generated state and caches.
 IGNORED_DIRS = {".stack", ".git", "__pycache__", ".pytest_cache", ".venv", "node_modules"}
 RUNTIME_REQUIREMENTS = ["aiohttp>=3.11", "prometheus-client>=0.21"]
+AUTOSCALER_STATE_DIR = ".stack/autoscaler"  # decisions for `stack status`, APIs set by hand
+AUTOSCALER_PORT = 9100
 
 
 class PlanError(Exception):
@@ -94,6 +98,19 @@ def project_digest(root: Path, exclude: Path | None = None) -> str:
     _hash_tree(digest, root, "project", exclude)
     _hash_tree(digest, Path(serving.__file__).parent, "runtime", None)
     return digest.hexdigest()
+
+
+def control_plane_digest() -> str:
+    """A hash of the autoscaler image's code (`stack` and `serving`): a new release, a new image."""
+    digest = hashlib.sha256()
+    _hash_tree(digest, Path(__file__).resolve().parents[1], "stack", None)
+    _hash_tree(digest, Path(serving.__file__).parent, "runtime", None)
+    return digest.hexdigest()
+
+
+def control_plane_requirements() -> list[str]:
+    """stack-serve's own dependencies (no extras), from its installed metadata."""
+    return sorted(r for r in metadata.requires("stack-serve") or [] if "extra ==" not in r)
 
 
 def _hash_tree(digest: Any, root: Path, prefix: str, exclude: Path | None) -> None:
@@ -245,9 +262,11 @@ def plan_compose(
             values["build"] = None
         apis.append(values)
     network = f"{spec.project}-stack"
-    files["autoscaler.Dockerfile"] = env.get_template("compose/autoscaler.Dockerfile.j2").render(
-        header=header, base_image=spec.build.base_image
-    )
+    scaling = config_of(loaded, {a["name"]: [s["device_ids"] for s in a["slots"]] for a in apis if a["gpu"]})
+    if scaling.apis:
+        files["autoscaler.Dockerfile"] = env.get_template("compose/autoscaler.Dockerfile.j2").render(
+            header=header, base_image=spec.build.base_image, wheelhouse=spec.build.wheelhouse
+        )
     files["compose.yaml"] = env.get_template("compose/compose.yaml.j2").render(
         header=header,
         project=spec.project,
@@ -261,8 +280,13 @@ def plan_compose(
         autoscaler={
             "context": os.path.relpath(build_context(loaded.root, "autoscaler"), out_dir),
             "dockerfile": "Dockerfile",
-            "image": f"{spec.project}-autoscaler:{digest[:12]}",
-        },
+            "image": autoscaler_image(spec.project),
+            "config": scaling.to_json(),
+            "state_dir": os.path.relpath(loaded.root / AUTOSCALER_STATE_DIR, out_dir),
+            "port": AUTOSCALER_PORT,
+        }
+        if scaling.apis
+        else None,
     )
     files["prometheus.yml"] = env.get_template("compose/prometheus.yml.j2").render(
         header=header,
@@ -270,8 +294,14 @@ def plan_compose(
         network=network,
         replica_port=REPLICA_PORT,
         scrape_interval=format_duration(spec.prometheus.scrape_interval),
+        autoscaler_port=AUTOSCALER_PORT if scaling.apis else None,
     )
     return Plan("compose", files)
+
+
+def autoscaler_image(project: str) -> str:
+    # Tagged by release so plans stay stable; `stack up` rebuilds it when the code's digest changed.
+    return f"{project}-autoscaler:{__version__}"
 
 
 def _dockerfile(env: jinja2.Environment, loaded: LoadedSpec, api: Api, header: str) -> str:

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import serving
+import stack
 from stack.errors import StackError
-from stack.plan.render import IGNORED_DIRS, RUNTIME_REQUIREMENTS, build_context
+from stack.plan.render import IGNORED_DIRS, RUNTIME_REQUIREMENTS, build_context, control_plane_requirements
 
 Progress = Callable[[str], None]
 
@@ -40,6 +41,21 @@ def assemble(
     return context
 
 
+def assemble_autoscaler(root: Path, dockerfile: str, wheelhouse: bool, progress: Progress) -> Path:
+    """The autoscaler's context: the control plane's code and its dependencies (no project files)."""
+    context = build_context(root, "autoscaler")
+    if context.exists():
+        shutil.rmtree(context)
+    context.mkdir(parents=True)
+    shutil.copytree(Path(stack.__file__).parent, context / "stack", ignore=_ignore)
+    shutil.copytree(Path(serving.__file__).parent, context / "serving", ignore=_ignore)
+    (context / "requirements.txt").write_text("\n".join(control_plane_requirements()) + "\n")
+    (context / "Dockerfile").write_text(dockerfile)
+    if wheelhouse:
+        _wheelhouse(context, root, [], context / "requirements.txt", progress)
+    return context
+
+
 def _ignore(directory: str, names: list[str]) -> set[str]:
     return {n for n in names if n in IGNORED_DIRS or n.endswith((".pyc", ".pyo"))}
 
@@ -50,7 +66,7 @@ def _wheelhouse(context: Path, root: Path, packages: list[str], requirements: Pa
     key = hashlib.sha256(wanted.encode()).hexdigest()[:16]
     cache = root / ".stack" / "wheelhouse" / key
     if not cache.is_dir():
-        progress(f"resolving the wheelhouse ({', '.join(packages)} + requirements.txt)")
+        progress(f"resolving the wheelhouse ({' '.join([*packages, 'requirements.txt'])})")
         partial = cache.with_name(key + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         command = [
@@ -76,16 +92,27 @@ def _wheelhouse(context: Path, root: Path, packages: list[str], requirements: Pa
     shutil.copytree(cache, context / "wheelhouse")
 
 
-def build_image(context: Path, image: str, progress: Progress) -> None:
+def build_image(context: Path, image: str, progress: Progress, labels: dict[str, str] | None = None) -> None:
     """`docker build`, showing the failing step's output when it fails."""
     progress(f"building {image}")
-    result = subprocess.run(["docker", "build", "-t", image, str(context)], capture_output=True, text=True)
+    label_args = [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
+    result = subprocess.run(["docker", "build", "-t", image, *label_args, str(context)], capture_output=True, text=True)
     if result.returncode != 0:
         raise StackError(f"building {image} failed:\n{_failing_step(result.stdout + result.stderr)}")
 
 
 def image_exists(image: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+
+
+def image_label(image: str, label: str) -> str | None:
+    """A label of a local image; None when there is no such image."""
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', image],
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def _failing_step(output: str) -> str:

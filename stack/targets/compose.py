@@ -22,8 +22,18 @@ from typing import Any
 import requests
 
 from serving.supervisor import port_is_free
+from stack.autoscale.service import DECISIONS_FILE, MANUAL_FILE, manual_apis
 from stack.errors import StackError
-from stack.plan.render import api_version, plan_compose, project_digest, service_name
+from stack.local.state import write_json_atomic
+from stack.plan.render import (
+    AUTOSCALER_STATE_DIR,
+    api_version,
+    autoscaler_image,
+    control_plane_digest,
+    plan_compose,
+    project_digest,
+    service_name,
+)
 from stack.spec import Api, LoadedSpec
 from stack.targets import build
 
@@ -75,6 +85,7 @@ class ComposeTarget:
         self.loaded = loaded
         self.project = loaded.spec.project
         self.plan_dir = loaded.root / PLAN_DIR
+        self.state_dir = loaded.root / AUTOSCALER_STATE_DIR
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -155,6 +166,32 @@ class ComposeTarget:
         self._compose("up", "-d", "traefik", "prometheus")
         for api in self.loaded.spec.apis:
             self._roll(api, versions[api.name], progress)
+        self._start_autoscaler(plan.files.get("autoscaler.Dockerfile"), progress)
+
+    def _start_autoscaler(self, dockerfile: str | None, progress: Progress) -> None:
+        """Build and (re)start the autoscaler service; `stack up` hands every API back to it."""
+        (self.state_dir / MANUAL_FILE).unlink(missing_ok=True)
+        if dockerfile is None:  # no API is autoscaled (any more)
+            ids = docker(
+                "ps",
+                "-aq",
+                "--filter",
+                f"label={PROJECT_LABEL}={self.project}",
+                "--filter",
+                "label=stack.role=autoscaler",
+            ).split()
+            if ids:
+                docker("rm", "-f", *ids)
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        image = autoscaler_image(self.project)
+        code = control_plane_digest()[:16]
+        if build.image_label(image, "stack.code") != code:  # missing, or built from other code
+            wheelhouse = self.loaded.spec.build.wheelhouse
+            context = build.assemble_autoscaler(self.loaded.root, dockerfile, wheelhouse, progress)
+            build.build_image(context, image, progress, labels={"stack.code": code})
+        progress("starting the autoscaler")
+        self._compose("up", "-d", "--no-deps", "autoscaler")
 
     def _build(self, api: Api, version: str, dockerfile: str, progress: Progress) -> None:
         if api.predictor.image is not None:
@@ -260,6 +297,8 @@ class ComposeTarget:
     def status(self) -> dict[str, Any]:
         containers = self.containers()
         digest = project_digest(self.loaded.root, exclude=self.plan_dir)
+        decisions = self._decisions()
+        manual = manual_apis(self.state_dir)
         apis = []
         for api in self.loaded.spec.apis:
             version = api_version(api, digest)
@@ -284,10 +323,19 @@ class ComposeTarget:
                     "endpoint": api.endpoint,
                     "version": version,
                     "replicas": [c.__dict__ for c in mine],
+                    "autoscaled": api.autoscaled and api.name not in manual,
+                    "autoscaler": decisions.get(api.name),
                     **self._traffic(api.name),
                 }
             )
         return {"project": self.project, "gateway_port": self.loaded.spec.gateway.port, "apis": apis}
+
+    def _decisions(self) -> dict[str, Any]:
+        """The autoscaler's last decisions per API, as it saved them in the shared state directory."""
+        try:
+            return json.loads((self.state_dir / DECISIONS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
 
     def _traffic(self, api: str) -> dict[str, Any]:
         """Request rate, latency quantiles and status classes over the last minutes, from Prometheus."""
@@ -335,6 +383,10 @@ class ComposeTarget:
                 f"the autoscaler owns {api.name} (min_replicas {api.autoscaling.min_replicas} != "
                 f"max_replicas {api.autoscaling.max_replicas}); add --force to set it by hand"
             )
+        if api.autoscaled:
+            # Tell the autoscaler to leave this API alone until the next `stack up`.
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.state_dir / MANUAL_FILE, sorted(manual_apis(self.state_dir) | {api.name}))
         version = api_version(api, project_digest(self.loaded.root, exclude=self.plan_dir))
         self._scale_to(api, version, replicas)
         self._wait(api, version, replicas, progress)

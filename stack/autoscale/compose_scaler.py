@@ -1,0 +1,155 @@
+"""Scaling a Compose service from inside the stack, through the Docker API.
+
+The autoscaler container has the engine's socket but no `docker compose`
+binary, so it does what `docker compose up --scale` does, by hand and with
+Compose's own bookkeeping: a new replica is a copy of a running one of the
+same service (same image, environment, health check, limits, network alias
+and every label, including the config hash) with the next
+`com.docker.compose.container-number` and Compose's `<project>-<service>-<n>`
+name. `docker compose ps` lists it, `stack down` removes it, and the next
+`stack up` counts it instead of resetting it.
+
+Scaling down stops the highest-numbered replicas, as Compose does, in the
+background: `docker stop` waits out the replica's drain, and a replica that is
+draining no longer counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from typing import Any
+
+import docker
+from docker.models.containers import Container
+
+from stack.autoscale.config import ApiScaling
+from stack.autoscale.scaler import Replicas
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
+ALIVE = ("created", "running", "restarting")
+# What a replica's configuration is made of; the rest of `docker inspect`'s Config
+# (Hostname, attach flags, ...) belongs to the one container it came from.
+COPIED_CONFIG = (
+    "Image",
+    "Cmd",
+    "Entrypoint",
+    "Env",
+    "Labels",
+    "Healthcheck",
+    "WorkingDir",
+    "User",
+    "ExposedPorts",
+    "Volumes",
+    "StopSignal",
+    "StopTimeout",
+)
+
+
+class ComposeScaler:
+    def __init__(self, project: str, client: docker.DockerClient | None = None) -> None:
+        self.project = project
+        self.client = client or docker.from_env()
+        self.draining: set[str] = set()  # container ids being stopped by a scale-down
+        self.lock = threading.Lock()
+
+    async def replicas(self, api: ApiScaling) -> Replicas:
+        return await asyncio.to_thread(self._replicas, api)
+
+    async def scale(self, api: ApiScaling, count: int, reason: str) -> None:
+        await asyncio.to_thread(self._scale, api, count)
+
+    # -- in a worker thread -------------------------------------------------------------------
+
+    def _alive(self, api: ApiScaling) -> list[Container]:
+        found = self.client.containers.list(
+            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.api={api.name}"]}
+        )
+        with self.lock:
+            return [c for c in found if c.status in ALIVE and c.id not in self.draining]
+
+    def _replicas(self, api: ApiScaling) -> Replicas:
+        alive = self._alive(api)
+        versions = sorted({c.labels.get("stack.version", "") for c in alive})
+        busy = f"rolling update in progress (versions {', '.join(versions)})" if len(versions) > 1 else ""
+        ready = sum(1 for c in alive if _health(c) == "healthy")
+        return Replicas(len(alive), ready, busy)
+
+    def _scale(self, api: ApiScaling, count: int) -> None:
+        alive = self._alive(api)
+        if not alive:
+            raise RuntimeError(f"API {api.name} has no running replica to copy; run `stack up` first")
+        if count > len(alive):
+            for _ in range(count - len(alive)):
+                self._add(api, alive)
+        elif count < len(alive):
+            # Replicas that are not serving go first, then the highest-numbered, as Compose does.
+            order = sorted(alive, key=lambda c: (_health(c) == "healthy", -_number(c)))
+            for container in order[: len(alive) - count]:
+                self._remove_in_background(container, api.stop_timeout)
+
+    def _add(self, api: ApiScaling, alive: list[Container]) -> None:
+        template = min(alive, key=_number)
+        service = template.labels[SERVICE_LABEL]
+        device_ids = None
+        if api.gpu_slots:
+            # One service per GPU slot: take the first slot nobody holds.
+            taken = {c.labels[SERVICE_LABEL] for c in alive}
+            base = re.sub(r"-gpu\d+$", "", service)
+            free = [i for i in range(len(api.gpu_slots)) if f"{base}-gpu{i}" not in taken]
+            if not free:
+                raise RuntimeError(f"API {api.name}: every GPU slot is taken")
+            service, device_ids = f"{base}-gpu{free[0]}", api.gpu_slots[free[0]]
+        number = self._next_number(service)
+        config = _copy_config(template.attrs, service, number, device_ids)
+        name = f"{self.project}-{service}-{number}"
+        created = self.client.api.create_container_from_config(config, name)
+        self.client.api.start(created["Id"])
+        alive.append(self.client.containers.get(created["Id"]))
+
+    def _next_number(self, service: str) -> int:
+        every = self.client.containers.list(
+            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={service}"]}
+        )
+        return max((_number(c) for c in every), default=0) + 1
+
+    def _remove_in_background(self, container: Container, timeout: float) -> None:
+        with self.lock:
+            self.draining.add(container.id)
+
+        def stop() -> None:
+            try:
+                container.stop(timeout=int(timeout))
+                container.remove()
+            except docker.errors.NotFound:
+                pass  # already gone (`stack down`, or removed by hand)
+            finally:
+                with self.lock:
+                    self.draining.discard(container.id)
+
+        threading.Thread(target=stop, name=f"stop-{container.name}", daemon=True).start()
+
+
+def _copy_config(attrs: dict[str, Any], service: str, number: int, device_ids: list[str] | None) -> dict[str, Any]:
+    config = {key: attrs["Config"][key] for key in COPIED_CONFIG if attrs["Config"].get(key) is not None}
+    config["Labels"] = {**config["Labels"], SERVICE_LABEL: service, NUMBER_LABEL: str(number)}
+    host = dict(attrs["HostConfig"])
+    if device_ids is not None:
+        host["DeviceRequests"] = [{**request, "DeviceIDs": device_ids} for request in host.get("DeviceRequests") or []]
+    config["HostConfig"] = host
+    # The service name is the replica's DNS alias on the stack network, as Compose sets it.
+    config["NetworkingConfig"] = {
+        "EndpointsConfig": {network: {"Aliases": [service]} for network in attrs["NetworkSettings"]["Networks"]}
+    }
+    return config
+
+
+def _health(container: Container) -> str:
+    return (container.attrs["State"].get("Health") or {}).get("Status", "")
+
+
+def _number(container: Container) -> int:
+    return int(container.labels.get(NUMBER_LABEL, "0"))

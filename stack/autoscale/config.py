@@ -1,0 +1,87 @@
+"""What the autoscaler needs to know about a stack, as plain JSON.
+
+The Compose and Nomad plans hand it to the autoscaler in the
+`STACK_AUTOSCALER_CONFIG` environment variable, so the autoscaler's image
+holds no copy of the project and a change of bounds only restarts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from stack.autoscale.policy import Bounds
+
+if TYPE_CHECKING:
+    from stack.spec import Api, LoadedSpec
+
+CONFIG_ENV = "STACK_AUTOSCALER_CONFIG"
+
+
+@dataclass(frozen=True)
+class ApiScaling:
+    name: str
+    bounds: Bounds
+    # GPU APIs on Compose: one service per replica slot, each pinned to its GPUs.
+    gpu_slots: list[list[str]] = field(default_factory=list)
+    stop_timeout: float = 30.0  # seconds Docker waits for a draining replica
+
+
+@dataclass(frozen=True)
+class AutoscalerConfig:
+    project: str
+    scrape_interval: float
+    apis: list[ApiScaling]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> AutoscalerConfig:
+        data: dict[str, Any] = json.loads(text)
+        apis = [
+            ApiScaling(a["name"], Bounds(**a["bounds"]), [list(s) for s in a["gpu_slots"]], a["stop_timeout"])
+            for a in data["apis"]
+        ]
+        return cls(data["project"], data["scrape_interval"], apis)
+
+    @classmethod
+    def from_env(cls) -> AutoscalerConfig:
+        text = os.environ.get(CONFIG_ENV)
+        if not text:
+            raise ValueError(f"{CONFIG_ENV} is not set: pass a stack.yaml or run the planned autoscaler service")
+        return cls.from_json(text)
+
+
+def bounds_of(api: Api) -> Bounds:
+    spec = api.autoscaling
+    return Bounds(
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        target=api.target_concurrency,
+        window=spec.window,
+        upscale_stabilization=spec.upscale_stabilization_period,
+        downscale_stabilization=spec.downscale_stabilization_period,
+        max_upscale_factor=spec.max_upscale_factor,
+        max_downscale_factor=spec.max_downscale_factor,
+        upscale_tolerance=spec.upscale_tolerance,
+        downscale_tolerance=spec.downscale_tolerance,
+    )
+
+
+def config_of(loaded: LoadedSpec, gpu_slots: dict[str, list[list[str]]] | None = None) -> AutoscalerConfig:
+    """The autoscaled APIs of a spec (an API with min == max has nothing to decide)."""
+    spec = loaded.spec
+    apis = [
+        ApiScaling(
+            api.name,
+            bounds_of(api),
+            (gpu_slots or {}).get(api.name, []),
+            api.predictor.drain_delay + api.predictor.grace_period + 5,
+        )
+        for api in spec.apis
+        if api.autoscaled
+    ]
+    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis)

@@ -1,0 +1,245 @@
+"""The control loop: signal in, policy, scaler out, every tick, for every API.
+
+It never dies: a failed read holds the count (the policy sees no data), a
+failed scale is retried with back-off, and any other exception is logged and
+the next tick comes anyway. Each change is one log line with its inputs and
+reason; the last decisions are kept for `stack status` and the loop exports
+its own metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from stack.autoscale.config import ApiScaling, AutoscalerConfig
+from stack.autoscale.policy import Bounds, Decision, History, Observation, stack_policy
+from stack.autoscale.scaler import Replicas, Scaler, ScalerBusy
+from stack.autoscale.signal import Signal
+
+LOGGER = logging.getLogger("stack.autoscale")
+BACKOFF = (2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # seconds before retrying a scaler that failed
+KEPT_DECISIONS = 10
+Policy = Callable[[Observation, History, Bounds], Decision]
+
+
+class SignalSource(Protocol):
+    async def read(self, api: str, window: float, short_window: float) -> Signal: ...
+
+
+@dataclass
+class Change:
+    """One decision that changed a count, as `stack status` shows it."""
+
+    at: float  # unix time
+    current: int
+    desired: int
+    rule: str
+    reason: str
+    applied: bool = True
+    error: str = ""
+
+
+@dataclass
+class ApiLoop:
+    """The loop's memory for one API."""
+
+    spec: ApiScaling
+    history: History = field(default_factory=History)
+    changes: deque[Change] = field(default_factory=lambda: deque(maxlen=KEPT_DECISIONS))
+    last_reason: str = ""
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.desired = Gauge(
+            "stack_autoscaler_desired_replicas", "Replicas the last decision asked for.", ["api"], registry=registry
+        )
+        self.current = Gauge(
+            "stack_autoscaler_current_replicas", "Replicas asked for and not draining.", ["api"], registry=registry
+        )
+        self.ready = Gauge("stack_autoscaler_ready_replicas", "Replicas serving traffic.", ["api"], registry=registry)
+        self.in_flight = Gauge(
+            "stack_autoscaler_in_flight_requests",
+            "Requests in flight over the window, summed over replicas (NaN without data).",
+            ["api"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "stack_autoscaler_decisions_total",
+            "Decisions, by direction (up, down, hold) and the rule that made them.",
+            ["api", "direction", "rule"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "stack_autoscaler_scale_errors_total",
+            "Scale calls that failed and will be retried.",
+            ["api"],
+            registry=registry,
+        )
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        config: AutoscalerConfig,
+        scaler: Scaler,
+        signal: SignalSource,
+        *,
+        policy: Policy = stack_policy,
+        registry: CollectorRegistry | None = None,
+        manual: Callable[[str], bool] = lambda api: False,
+        state_file: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scaler = scaler
+        self.signal = signal
+        self.policy = policy
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.manual = manual
+        self.state_file = state_file
+        self.clock = clock
+        self.apis: dict[str, ApiLoop] = {}
+        self.configure(config)
+
+    def configure(self, config: AutoscalerConfig) -> None:
+        """Take new bounds (a `stack up` changed them) and keep each API's history."""
+        self.config = config
+        self.apis = {a.name: self.apis.get(a.name) or ApiLoop(a) for a in config.apis}
+        for name, state in self.apis.items():
+            state.spec = next(a for a in config.apis if a.name == name)
+
+    def interval(self) -> float:
+        # Several decisions per window, no busier than once a second (Cortex ticks every 10 s).
+        return min((min(max(a.spec.bounds.window / 6, 1.0), 10.0) for a in self.apis.values()), default=10.0)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self.tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval())
+
+    async def tick(self) -> None:
+        for state in list(self.apis.values()):
+            try:
+                await self._tick_api(state)
+            except Exception:  # the loop never dies: log it and try again next tick
+                LOGGER.exception(f"{state.spec.name}: autoscaler error")
+        self._save()
+
+    async def _tick_api(self, state: ApiLoop) -> None:
+        api, now = state.spec, self.clock()
+        if now < state.retry_at:
+            return
+        if self.manual(api.name):
+            self._hold(state, "hold: set by hand with `stack scale --force`, until the next `stack up`", "manual")
+            return
+        try:
+            replicas = await self.scaler.replicas(api)
+        except Exception as exc:
+            self._failed(state, f"cannot read the replica count: {exc}")
+            return
+        self.metrics.current.labels(api.name).set(replicas.current)
+        if replicas.busy:
+            self._hold(state, f"hold: {replicas.busy}", "busy")
+            return
+        signal = await self.signal.read(api.name, api.bounds.window, api.bounds.panic_window)
+        observation = self._observe(now, replicas, signal)
+        decision = self.policy(observation, state.history, api.bounds)
+        self._record(state, observation, decision)
+        if decision.desired == replicas.current:
+            return
+        change = Change(time.time(), replicas.current, decision.desired, decision.rule, decision.reason)
+        state.changes.append(change)
+        try:
+            await self.scaler.scale(api, decision.desired, decision.reason)
+        except ScalerBusy as exc:
+            change.applied, change.error = False, str(exc)
+            LOGGER.info(f"{api.name}: not scaled now, retrying next tick: {exc}")
+            return
+        except Exception as exc:
+            change.applied, change.error = False, str(exc)
+            self._failed(state, f"scaling to {decision.desired} failed: {exc}")
+            return
+        state.failures = 0
+
+    def _observe(self, now: float, replicas: Replicas, signal: Signal) -> Observation:
+        # Ready and starting counts come from the target, which is what the router
+        # follows; Prometheus' predictor_ready lags it by discovery plus a scrape
+        # (4 s at a 1 s scrape interval on the local target: the policy then held
+        # a step up for a replica that was already serving, and requests queued).
+        return Observation(
+            now, replicas.current, replicas.ready, signal.in_flight, signal.in_flight_short, signal.missing_reason
+        )
+
+    def _record(self, state: ApiLoop, obs: Observation, decision: Decision) -> None:
+        api = state.spec.name
+        direction = "up" if decision.desired > obs.current else "down" if decision.desired < obs.current else "hold"
+        self.metrics.decisions.labels(api, direction, decision.rule).inc()
+        self.metrics.desired.labels(api).set(decision.desired)
+        self.metrics.ready.labels(api).set(obs.ready)
+        self.metrics.in_flight.labels(api).set(math.nan if obs.in_flight is None else obs.in_flight)
+        inputs = (
+            f"in-flight {_num(obs.in_flight)} (short {_num(obs.in_flight_short)}), "
+            f"ready {obs.ready}, starting {obs.current - obs.ready}, target {state.spec.bounds.target:g}/replica"
+        )
+        if direction != "hold":
+            change = f"scale {direction} {obs.current} -> {decision.desired}"
+            LOGGER.info(f"{api}: {change} [{decision.rule}] {inputs}: {decision.reason}")
+        elif _rule_text(decision.reason) != state.last_reason:
+            LOGGER.info(f"{api}: {obs.current} replicas [{decision.rule}] {inputs}: {decision.reason}")
+        state.last_reason = _rule_text(decision.reason)
+
+    def _hold(self, state: ApiLoop, reason: str, rule: str) -> None:
+        self.metrics.decisions.labels(state.spec.name, "hold", rule).inc()
+        if reason != state.last_reason:
+            LOGGER.info(f"{state.spec.name}: {reason}")
+        state.last_reason = reason
+
+    def _failed(self, state: ApiLoop, message: str) -> None:
+        state.failures += 1
+        delay = BACKOFF[min(state.failures - 1, len(BACKOFF) - 1)]
+        state.retry_at = self.clock() + delay
+        self.metrics.errors.labels(state.spec.name).inc()
+        LOGGER.warning(f"{state.spec.name}: {message}; retrying in {delay:g}s")
+        state.last_reason = message
+
+    def status(self) -> dict[str, dict[str, object]]:
+        return {
+            name: {"last": state.last_reason, "changes": [asdict(c) for c in state.changes]}
+            for name, state in self.apis.items()
+        }
+
+    def _save(self) -> None:
+        """The last decisions, for `stack status` on the host (written atomically)."""
+        if self.state_file is None:
+            return
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.state_file.with_suffix(".partial")
+            partial.write_text(json.dumps(self.status(), indent=1))
+            partial.replace(self.state_file)
+        except OSError as exc:
+            LOGGER.warning(f"cannot write {self.state_file}: {exc}")
+
+
+def _num(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2f}"
+
+
+def _rule_text(reason: str) -> str:
+    return reason.split(" (")[0]

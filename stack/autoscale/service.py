@@ -1,0 +1,105 @@
+"""`stack autoscale`: the control loop as a long-running process.
+
+It reads Prometheus, drives the Compose or Nomad scaler, and answers on one
+port: `/metrics` (its own metrics), `/status` (the last decisions, as JSON)
+and `/healthz`. A state directory shared with the host carries the decisions
+for `stack status` and the APIs `stack scale --force` took over by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stack.autoscale.config import AutoscalerConfig
+from stack.autoscale.loop import Autoscaler
+from stack.autoscale.scaler import Scaler
+from stack.autoscale.signal import PrometheusSignal
+
+LOGGER = logging.getLogger("stack.autoscale")
+DECISIONS_FILE = "decisions.json"
+MANUAL_FILE = "manual.json"
+
+
+def manual_apis(state_dir: Path | None) -> set[str]:
+    """APIs `stack scale --force` set by hand; the autoscaler leaves them alone until the next `stack up`."""
+    if state_dir is None:
+        return set()
+    try:
+        return set(json.loads((state_dir / MANUAL_FILE).read_text()))
+    except (OSError, ValueError):
+        return set()
+
+
+def make_scaler(target: str, project: str, nomad_addr: str | None) -> Scaler:
+    if target == "compose":
+        from stack.autoscale.compose_scaler import ComposeScaler
+
+        return ComposeScaler(project)
+    import nomad
+
+    from stack.autoscale.nomad_scaler import NomadScaler
+
+    host, _, port = (nomad_addr or "http://127.0.0.1:4646").rpartition(":")
+    scheme, _, address = host.rpartition("://")
+    return NomadScaler(project, nomad.Nomad(host=address, port=int(port), secure=scheme == "https"))
+
+
+async def serve(
+    config: AutoscalerConfig,
+    scaler: Scaler,
+    prometheus_url: str,
+    metrics_port: int,
+    state_dir: Path | None,
+) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    async with aiohttp.ClientSession() as session:
+        autoscaler = Autoscaler(
+            config,
+            scaler,
+            PrometheusSignal(prometheus_url, session, config.scrape_interval),
+            manual=lambda api: api in manual_apis(state_dir),
+            state_file=state_dir / DECISIONS_FILE if state_dir else None,
+        )
+        runner = await _start_http(autoscaler, metrics_port)
+        names = ", ".join(a.name for a in config.apis) or "none"
+        LOGGER.info(f"autoscaling {names} of {config.project} from {prometheus_url}; metrics on :{metrics_port}")
+        try:
+            await autoscaler.run(stopping)
+        finally:
+            await runner.cleanup()
+
+
+async def _start_http(autoscaler: Autoscaler, port: int) -> web.AppRunner:
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(autoscaler.registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(autoscaler.status())
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    with contextlib.suppress(OSError):
+        await web.TCPSite(runner, "0.0.0.0", port).start()
+        return runner
+    raise SystemExit(f"autoscaler metrics port {port} is already in use; pass --metrics-port")
