@@ -1,0 +1,193 @@
+"""The autoscaler on the real Compose stack: real Prometheus, real Traefik, real replicas.
+
+One API with target concurrency 1 and short periods. Eight requests held in
+flight grow it from 1 to at least 4 replicas with every request answered;
+the replicas it adds are Compose's own (`docker compose ps` lists them, the
+next `stack up` keeps them, `stack down` removes them); stopping Prometheus
+holds the count; once Prometheus is back and the load is gone, it returns to
+min_replicas after the stabilization period.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from test_compose import STACK, containers, pytestmark, stack  # noqa: F401  (pytestmark: skip without Docker)
+
+from conftest import free_port
+from loadgen import Load
+
+SLOW = (
+    "import asyncio\n\n"
+    "class Predictor:\n"
+    "    async def predict(self, payload):\n"
+    "        await asyncio.sleep(0.25)\n"
+    "        return {'ok': True}\n"
+)
+
+
+@pytest.fixture
+def slow_project(tmp_path: Path) -> Iterator[tuple[Path, str, int, int]]:
+    root = tmp_path / "slow"
+    root.mkdir()
+    (root / "predictor.py").write_text(SLOW)
+    name = f"as{int(time.time() * 1000) % 10**8}"
+    port, prom_port = free_port(), free_port()
+    (root / "stack.yaml").write_text(
+        f"project: {name}\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{port: {prom_port}, scrape_interval: 1s}}\n"
+        "build: {wheelhouse: true}\n"
+        "apis:\n"
+        "  - name: slow\n"
+        "    predictor: {path: predictor.py, drain_delay: 2s, grace_period: 5s}\n"
+        "    autoscaling:\n"
+        "      min_replicas: 1\n"
+        "      max_replicas: 6\n"
+        "      target_replica_concurrency: 1\n"
+        "      window: 4s\n"
+        "      upscale_stabilization_period: 0s\n"
+        "      downscale_stabilization_period: 10s\n"
+    )
+    yield root, name, port, prom_port
+    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def replicas(name: str) -> list[dict]:
+    return [
+        c
+        for c in containers(name)
+        if c["Config"]["Labels"].get("stack.api") == "slow" and c["State"]["Status"] == "running"
+    ]
+
+
+def healthy(name: str) -> int:
+    return sum(1 for c in replicas(name) if (c["State"].get("Health") or {}).get("Status") == "healthy")
+
+
+def wait_for(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def autoscaler_logs(name: str) -> str:
+    ids = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=com.docker.compose.project={name}",
+            "--filter",
+            "label=stack.role=autoscaler",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert ids, "no autoscaler container"
+    result = subprocess.run(["docker", "logs", ids[0]], capture_output=True, text=True)
+    return result.stdout + result.stderr
+
+
+def compose_ps(root: Path, name: str) -> list[dict]:
+    out = subprocess.run(
+        [
+            "docker",
+            "compose",
+            "-p",
+            name,
+            "-f",
+            str(root / ".stack/plan/compose/compose.yaml"),
+            "ps",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_load_grows_the_api_and_idle_shrinks_it(slow_project: tuple[Path, str, int, int]) -> None:
+    root, name, port, prom_port = slow_project
+    url = f"http://127.0.0.1:{port}/slow"
+    stack("up", str(root), cwd=root)
+    assert len(replicas(name)) == 1
+    prometheus = next(c["Id"] for c in containers(name) if c["Config"]["Labels"].get("stack.role") == "prometheus")
+
+    with Load(url, concurrency=8, max_seconds=240) as load:
+        wait_for(lambda: healthy(name) >= 4, 120, "at least 4 healthy replicas under load")
+        # The added replicas are Compose's: listed by `docker compose ps`, named and numbered as Compose does.
+        services = {c["Service"] for c in compose_ps(root, name) if c["Service"].startswith("slow-")}
+        listed = [c for c in compose_ps(root, name) if c["Service"] in services]
+        assert len(listed) >= 4, listed
+        numbers = sorted(
+            int(c["Labels"].split("com.docker.compose.container-number=")[1].split(",")[0]) for c in listed
+        )
+        assert numbers == list(range(1, len(numbers) + 1)), numbers
+        # A second `stack up` keeps the autoscaler's count instead of resetting it to init_replicas.
+        grown = len(replicas(name))
+        again = stack("up", str(root), cwd=root)
+        assert "rolling update" not in again.stderr
+        assert len(replicas(name)) >= min(grown, 4)
+        time.sleep(2)
+    assert load.total > 100 and load.failures == 0, load.codes
+
+    # Prometheus stops: no data, so no scale-down, however long the idle lasts.
+    held = len(replicas(name))
+    subprocess.run(["docker", "stop", prometheus], capture_output=True, check=True)
+    time.sleep(20)  # window 4 s + downscale stabilization 10 s + several ticks
+    assert len(replicas(name)) == held
+    assert "hold: no data (Prometheus query failed" in autoscaler_logs(name)
+
+    # Prometheus is back and the API is idle: down to min_replicas after the stabilization period.
+    subprocess.run(["docker", "start", prometheus], capture_output=True, check=True)
+    wait_for(lambda: len(replicas(name)) == 1, 120, "the count to return to min_replicas")
+    assert requests.post(url, json={}, timeout=10).json() == {"ok": True}
+
+    logs = autoscaler_logs(name)
+    assert "scale up 1 -> " in logs and "scale down " in logs and "-> 1 " in logs
+
+    # `stack status slow` shows the decisions; the autoscaler's metrics are in Prometheus.
+    detail = stack("status", "slow", "-p", str(root), cwd=root).stdout
+    assert "autoscaler:" in detail and "[target] scale down" in detail, detail
+    query = f"http://127.0.0.1:{prom_port}/api/v1/query"
+
+    def decisions_up() -> bool:
+        result = requests.get(
+            query, params={"query": 'sum(stack_autoscaler_decisions_total{api="slow",direction="up"})'}, timeout=5
+        ).json()["data"]["result"]
+        return bool(result) and float(result[0]["value"][1]) >= 1
+
+    wait_for(decisions_up, 30, "the autoscaler's metrics in Prometheus")
+
+    # `stack down` removes every replica, the added ones too.
+    stack("down", str(root), cwd=root)
+    assert containers(name) == []
+
+
+def test_scale_force_takes_the_api_from_the_autoscaler(slow_project: tuple[Path, str, int, int]) -> None:
+    root, name, _port, _prom = slow_project
+    stack("up", str(root), cwd=root)
+    stack("scale", "slow", "3", "--force", "-p", str(root), cwd=root)
+    time.sleep(20)  # idle: the autoscaler would shrink it to 1 after the stabilization period
+    assert len(replicas(name)) == 3
+    assert "set by hand with `stack scale --force`" in autoscaler_logs(name)
+    status = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+    assert status["autoscaled"] is False
+    # The next `stack up` hands it back.
+    stack("up", str(root), cwd=root)
+    wait_for(lambda: len(replicas(name)) == 1, 90, "the autoscaler to take the API back and shrink it")
