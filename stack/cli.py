@@ -396,7 +396,12 @@ def scale(api: str, replicas: int, path: Path, force: bool, local: bool) -> None
 @click.option(
     "--target", type=click.Choice(["compose", "nomad"]), default="compose", show_default=True, help="What to scale."
 )
-@click.option("--prometheus", "prometheus_url", help="Prometheus' URL (default: 127.0.0.1 at prometheus.port).")
+@click.option(
+    "--prometheus",
+    "prometheus_url",
+    envvar="STACK_PROMETHEUS_URL",
+    help="Prometheus' URL (default: 127.0.0.1 at prometheus.port).",
+)
 @click.option("--metrics-port", default=9100, show_default=True, type=int, help="Port of /metrics and /status.")
 @click.option(
     "--state-dir",

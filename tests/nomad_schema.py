@@ -29,13 +29,14 @@ def _closed(node: Any) -> Any:
 
 
 @functools.cache
-def _validator() -> jsonschema.protocols.Validator:
+def _validator(component: str) -> jsonschema.protocols.Validator:
     document = yaml.safe_load(SCHEMA_FILE.read_text())
     schemas = _closed(copy.deepcopy(document["components"]["schemas"]))
-    root = {"components": {"schemas": schemas}, "$ref": "#/components/schemas/JobRegisterRequest"}
+    root = {"components": {"schemas": schemas}, "$ref": f"#/components/schemas/{component}"}
     return jsonschema.Draft7Validator(root)
 
 
-def schema_errors(register_request: dict[str, Any]) -> list[str]:
-    errors = sorted(_validator().iter_errors(register_request), key=lambda e: list(e.absolute_path))
+def schema_errors(document: dict[str, Any], component: str = "JobRegisterRequest") -> list[str]:
+    """What in `document` does not match the schema `component` (a job register request by default)."""
+    errors = sorted(_validator(component).iter_errors(document), key=lambda e: list(e.absolute_path))
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_compose import STACK, containers, pytestmark, stack  # noqa: F401  (pytestmark: skip without Docker)
 
 from conftest import free_port
 from loadgen import Load
+from test_compose import STACK, containers, pytestmark, stack  # noqa: F401  (pytestmark: skip without Docker)
 
 SLOW = (
     "import asyncio\n\n"

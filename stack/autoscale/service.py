@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def make_scaler(target: str, project: str, nomad_addr: str | None) -> Scaler:
 
     host, _, port = (nomad_addr or "http://127.0.0.1:4646").rpartition(":")
     scheme, _, address = host.rpartition("://")
-    return NomadScaler(project, nomad.Nomad(host=address, port=int(port), secure=scheme == "https"))
+    client = nomad.Nomad(host=address, port=int(port), secure=scheme == "https", token=os.environ.get("NOMAD_TOKEN"))
+    return NomadScaler(project, client)
 
 
 async def serve(

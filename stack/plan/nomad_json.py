@@ -157,6 +157,7 @@ def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:
                 "ChangeSignal": template.get("change_signal", ""),
                 "LeftDelim": template.get("left_delimiter", "{{"),
                 "RightDelim": template.get("right_delimiter", "}}"),
+                "Envvars": template.get("env", False),
             }
             for template in body["template"]
         ]

@@ -373,12 +373,17 @@ def plan_nomad(
         prometheus={"port": spec.prometheus.port, "retention": format_duration(spec.prometheus.retention)},
         prometheus_config=prometheus_config.rstrip("\n"),
     )
-    files[f"{project}-autoscaler.nomad.hcl"] = env.get_template("nomad/autoscaler.nomad.hcl.j2").render(
-        **common,
-        job=job(f"{project}-autoscaler"),
-        autoscaler={"image": f"{registry}{project}-autoscaler:{digest[:12]}"},
-        prometheus_url=f"http://127.0.0.1:{spec.prometheus.port}",
-    )
+    scaling = config_of(loaded)
+    if scaling.apis:
+        files[f"{project}-autoscaler.nomad.hcl"] = env.get_template("nomad/autoscaler.nomad.hcl.j2").render(
+            **common,
+            job=job(f"{project}-autoscaler"),
+            autoscaler={
+                "image": f"{registry}{autoscaler_image(project)}",
+                "config": scaling.to_json(),
+                "port": AUTOSCALER_PORT,
+            },
+        )
     # The JSON the Nomad API takes, derived from the HCL above so the two never disagree.
     for name in [n for n in files if n.endswith(".nomad.hcl")]:
         files[name.removesuffix(".nomad.hcl") + ".json"] = (

@@ -54,7 +54,7 @@ job "embeddings-prometheus" {
             evaluation_interval: 5s
 
           scrape_configs:
-            # Every predictor allocation of this project, from Nomad's service catalog.
+            # Every service of this project (replicas, Traefik, the autoscaler), from Nomad's catalog.
             # Discovery refreshes as often as scrapes so a new replica counts within seconds.
             - job_name: predictors
               scrape_interval: 5s
@@ -73,6 +73,10 @@ job "embeddings-prometheus" {
                   regex: .*,stack.role=gateway,.*
                   target_label: job
                   replacement: traefik
+                - source_labels: [__meta_nomad_tags]
+                  regex: .*,stack.role=autoscaler,.*
+                  target_label: job
+                  replacement: autoscaler
                 - source_labels: [__meta_nomad_tags]
                   regex: .*,stack.version=([^,]+),.*
                   target_label: version

@@ -1,0 +1,9 @@
+# ACL policy for the stack autoscaler's token: read the API jobs and change
+# their counts, nothing else (no submitting or stopping jobs).
+#
+#   nomad acl policy apply -description "stack autoscaler" stack-autoscaler autoscaler-policy.hcl
+#   nomad acl token create -name stack-autoscaler -policy stack-autoscaler -type client
+#   nomad var put nomad/jobs/<project>-autoscaler token=<the token's Secret ID>
+namespace "default" {
+  capabilities = ["read-job", "scale-job"]
+}
