@@ -58,7 +58,8 @@ class ApiLoop:
     spec: ApiScaling
     history: History = field(default_factory=History)
     changes: deque[Change] = field(default_factory=lambda: deque(maxlen=KEPT_DECISIONS))
-    last_reason: str = ""
+    last_reason: str = ""  # the latest decision's reason, whole
+    last_logged: str = ""  # the rule of the last hold logged: a hold is logged once, not every tick
     failures: int = 0
     retry_at: float = 0.0
 
@@ -200,15 +201,16 @@ class Autoscaler:
         if direction != "hold":
             change = f"scale {direction} {obs.current} -> {decision.desired}"
             LOGGER.info(f"{api}: {change} [{decision.rule}] {inputs}: {decision.reason}")
-        elif _rule_text(decision.reason) != state.last_reason:
+        elif _rule_text(decision.reason) != state.last_logged:
             LOGGER.info(f"{api}: {obs.current} replicas [{decision.rule}] {inputs}: {decision.reason}")
-        state.last_reason = _rule_text(decision.reason)
+        state.last_logged = "" if direction != "hold" else _rule_text(decision.reason)
+        state.last_reason = decision.reason
 
     def _hold(self, state: ApiLoop, reason: str, rule: str) -> None:
         self.metrics.decisions.labels(state.spec.name, "hold", rule).inc()
-        if reason != state.last_reason:
+        if reason != state.last_logged:
             LOGGER.info(f"{state.spec.name}: {reason}")
-        state.last_reason = reason
+        state.last_reason = state.last_logged = reason
 
     def _failed(self, state: ApiLoop, message: str) -> None:
         state.failures += 1
@@ -216,7 +218,7 @@ class Autoscaler:
         state.retry_at = self.clock() + delay
         self.metrics.errors.labels(state.spec.name).inc()
         LOGGER.warning(f"{state.spec.name}: {message}; retrying in {delay:g}s")
-        state.last_reason = message
+        state.last_reason, state.last_logged = message, ""
 
     def status(self) -> dict[str, dict[str, object]]:
         return {

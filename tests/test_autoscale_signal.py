@@ -1,0 +1,131 @@
+"""The autoscaler's input, read from a real Prometheus scraping a real replica.
+
+Prometheus returns sample values as strings (NaN included) and an empty
+result for a series it has not got: neither may ever read as zero load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import requests
+
+from conftest import Server, ServerFactory, free_port
+from loadgen import Load
+from stack.autoscale.signal import PrometheusSignal, Signal
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="Prometheus is not on PATH (.ci/run installs Debian's package)"
+)
+
+SLOW = (
+    "import asyncio\n\n"
+    "class Predictor:\n"
+    "    async def predict(self, payload):\n"
+    "        await asyncio.sleep(0.5)\n"
+    "        return 1\n"
+)
+
+
+@pytest.fixture
+def scraped(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[Server, str]]:
+    predictor = tmp_path / "slow.py"
+    predictor.write_text(SLOW)
+    replica = servers.serving(predictor, api="slow")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: predictors\n    static_configs: [{{targets: ['127.0.0.1:{replica.port}']}}]\n"
+    )
+    port = free_port()
+    prometheus = servers.start(
+        [
+            shutil.which("prometheus") or "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            "--web.listen-address=127.0.0.1:{port}",
+        ],
+        port=port,
+        wait_ready=False,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            time.sleep(0.2)
+    else:
+        raise AssertionError(prometheus.logs())
+    yield replica, url
+
+
+def read(url: str, api: str = "slow", window: float = 3.0) -> Signal:
+    async def go() -> Signal:
+        async with aiohttp.ClientSession() as session:
+            return await PrometheusSignal(url, session, scrape_interval=1.0).read(api, window, 1.0)
+
+    return asyncio.run(go())
+
+
+def wait_for_signal(url: str, check, timeout: float = 30) -> Signal:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    signal = read(url)
+    while not check(signal) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        signal = read(url)
+    return signal
+
+
+def test_in_flight_under_load_and_idle(scraped: tuple[Server, str]) -> None:
+    replica, url = scraped
+    idle = wait_for_signal(url, lambda s: s.in_flight is not None)
+    assert idle.in_flight == 0.0  # a real zero: the series exists and says so
+    with Load(replica.url + "/", concurrency=4, max_seconds=60):
+        busy = wait_for_signal(url, lambda s: s.in_flight is not None and s.in_flight > 3.5)
+    assert busy.in_flight is not None and 3.5 < busy.in_flight <= 4.0, busy
+
+
+def test_an_api_without_series_is_missing_data_not_zero(scraped: tuple[Server, str]) -> None:
+    _, url = scraped
+    wait_for_signal(url, lambda s: s.in_flight is not None)
+    signal = read(url, api="nosuchapi")
+    assert signal.in_flight is None and "no in-flight series" in signal.missing_reason
+
+
+def test_prometheus_unreachable_is_missing_data() -> None:
+    signal = read(f"http://127.0.0.1:{free_port()}")
+    assert signal.in_flight is None and "Prometheus query failed" in signal.missing_reason
+
+
+def test_a_replica_gone_is_missing_data(scraped: tuple[Server, str]) -> None:
+    replica, url = scraped
+    wait_for_signal(url, lambda s: s.in_flight is not None)
+    replica.stop()
+    # The scrape fails, Prometheus marks the series stale: no data, never "0 in flight".
+    gone = wait_for_signal(url, lambda s: s.in_flight is None, timeout=30)
+    assert gone.in_flight is None and gone.missing_reason, gone
+
+
+def test_nan_is_missing_data(scraped: tuple[Server, str]) -> None:
+    _, url = scraped
+
+    async def go() -> float | None:
+        async with aiohttp.ClientSession() as session:
+            return await PrometheusSignal(url, session, 1.0)._query("vector(0) / 0")
+
+    assert (
+        requests.get(f"{url}/api/v1/query", params={"query": "vector(0) / 0"}, timeout=5).json()["data"]["result"][0][
+            "value"
+        ][1]
+        == "NaN"
+    )
+    assert asyncio.run(go()) is None
