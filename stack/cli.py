@@ -409,6 +409,13 @@ def scale(api: str, replicas: int, path: Path, force: bool, local: bool) -> None
     help="Where to keep the last decisions (default: PATH/.stack/autoscaler).",
 )
 @click.option("--nomad-addr", envvar="NOMAD_ADDR", default="http://127.0.0.1:4646", show_default=True)
+@click.option(
+    "--policy",
+    type=click.Choice(["stack", "cortex"]),
+    default="stack",
+    show_default=True,
+    help="cortex: Cortex's algorithm alone, without starting-replica credit and panic mode (for comparison).",
+)
 def autoscale(
     path: Path | None,
     target: str,
@@ -416,6 +423,7 @@ def autoscale(
     metrics_port: int,
     state_dir: Path | None,
     nomad_addr: str,
+    policy: str,
 ) -> None:
     """Run the autoscaler: replica counts follow requests in flight, read from Prometheus.
 
@@ -442,7 +450,7 @@ def autoscale(
     if prometheus_url is None:
         raise StackError("--prometheus is needed without a stack.yaml")
     scaler = service.make_scaler(target, config.project, nomad_addr)
-    asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir))
+    asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir, policy))
 
 
 def main() -> None:

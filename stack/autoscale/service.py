@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stack.autoscale.config import AutoscalerConfig
 from stack.autoscale.loop import Autoscaler
+from stack.autoscale.policy import POLICIES
 from stack.autoscale.scaler import Scaler
 from stack.autoscale.signal import PrometheusSignal
 
@@ -61,6 +62,7 @@ async def serve(
     prometheus_url: str,
     metrics_port: int,
     state_dir: Path | None,
+    policy: str = "stack",
 ) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -71,6 +73,7 @@ async def serve(
             config,
             scaler,
             PrometheusSignal(prometheus_url, session, config.scrape_interval),
+            policy=POLICIES[policy],
             manual=lambda api: api in manual_apis(state_dir),
             state_file=state_dir / DECISIONS_FILE if state_dir else None,
         )

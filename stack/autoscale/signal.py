@@ -33,6 +33,7 @@ class PrometheusSignal:
         self.url = url.rstrip("/")
         self.session = session
         self.stale_after = max(3 * scrape_interval, 5.0)
+        self.scrape_interval = scrape_interval
 
     async def read(self, api: str, window: float, short_window: float) -> Signal:
         selector = f'{IN_FLIGHT}{{api="{api}"}}'
@@ -42,13 +43,22 @@ class PrometheusSignal:
                 return Signal(None, None, "Prometheus has no in-flight series for this API yet")
             if time.time() - newest > self.stale_after:
                 return Signal(None, None, f"in-flight series is stale ({time.time() - newest:.0f}s old)")
-            long = await self._query(f"sum(avg_over_time({selector}[{_seconds(window)}]))")
-            short = await self._query(f"sum(avg_over_time({selector}[{_seconds(short_window)}]))")
+            long = await self._query(self._average_of_total(selector, window))
+            # A range shorter than two scrapes may hold no sample at all.
+            short_range = max(short_window, 2 * self.scrape_interval)
+            short = await self._query(self._average_of_total(selector, short_range))
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return Signal(None, None, f"Prometheus query failed: {exc}")
         if long is None:
             return Signal(None, None, "Prometheus returned an empty or NaN result")
         return Signal(long, short)
+
+    def _average_of_total(self, selector: str, window: float) -> str:
+        # The average of the sum, not the sum of per-replica averages: a replica that
+        # joined mid-window would otherwise add its average on top of the load it took
+        # over (8 requests in flight read as 10.4 while replicas were being added).
+        step = _seconds(self.scrape_interval)
+        return f"avg_over_time(sum({selector})[{_seconds(window)}:{step}])"
 
     async def _query(self, query: str) -> float | None:
         async with self.session.get(

@@ -280,7 +280,7 @@ def plan_compose(
         autoscaler={
             "context": os.path.relpath(build_context(loaded.root, "autoscaler"), out_dir),
             "dockerfile": "Dockerfile",
-            "image": autoscaler_image(spec.project),
+            "image": autoscaler_image(),
             "config": scaling.to_json(),
             "state_dir": os.path.relpath(loaded.root / AUTOSCALER_STATE_DIR, out_dir),
             "port": AUTOSCALER_PORT,
@@ -299,9 +299,10 @@ def plan_compose(
     return Plan("compose", files)
 
 
-def autoscaler_image(project: str) -> str:
-    # Tagged by release so plans stay stable; `stack up` rebuilds it when the code's digest changed.
-    return f"{project}-autoscaler:{__version__}"
+def autoscaler_image() -> str:
+    # The same code for every project, so one image per machine; tagged by release so
+    # plans stay stable, and `stack up` rebuilds it when the code's digest changed.
+    return f"stack-autoscaler:{__version__}"
 
 
 def _dockerfile(env: jinja2.Environment, loaded: LoadedSpec, api: Api, header: str) -> str:
@@ -379,7 +380,7 @@ def plan_nomad(
             **common,
             job=job(f"{project}-autoscaler"),
             autoscaler={
-                "image": f"{registry}{autoscaler_image(project)}",
+                "image": f"{registry}{autoscaler_image()}",
                 "config": scaling.to_json(),
                 "port": AUTOSCALER_PORT,
             },

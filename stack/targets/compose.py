@@ -184,7 +184,7 @@ class ComposeTarget:
                 docker("rm", "-f", *ids)
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        image = autoscaler_image(self.project)
+        image = autoscaler_image()
         code = control_plane_digest()[:16]
         if build.image_label(image, "stack.code") != code:  # missing, or built from other code
             wheelhouse = self.loaded.spec.build.wheelhouse

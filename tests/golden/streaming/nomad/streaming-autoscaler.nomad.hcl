@@ -42,7 +42,7 @@ job "streaming-autoscaler" {
       driver = "docker"
 
       config {
-        image = "streaming-autoscaler:0.1.0"
+        image = "stack-autoscaler:0.1.0"
         args  = ["autoscale", "--target", "nomad", "--metrics-port", "9100"]
       }
 
