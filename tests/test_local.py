@@ -222,5 +222,10 @@ def test_autoscaling_follows_a_load_step(tmp_path: Path, with_prometheus: bool) 
         assert any(c["desired"] < c["current"] and "scale down" in c["reason"] for c in changes), changes
         detail = stack("status", "--local", "slow", "-p", str(root), cwd=root).stdout
         assert "-> 1 [target] scale down" in detail, detail
+        if with_prometheus:  # the autoscaler's own metrics are scraped too
+            url = json.loads((root / ".stack/local/state.json").read_text())["prometheus_url"]
+            query = 'sum(stack_autoscaler_decisions_total{api="slow",direction="down"})'
+            result = requests.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+            assert result and float(result[0]["value"][1]) >= 1, result
     finally:
         subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)

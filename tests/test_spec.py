@@ -83,6 +83,15 @@ CASES = [
         ["stack.yaml:9:28: apis[1].networking.endpoint: endpoint /x is already used by apis[0]"],
     ),
     (
+        "window shorter than two scrapes",
+        f"project: demo\nprometheus: {{scrape_interval: 5s}}\napis:\n{GOOD_API}    autoscaling:\n"
+        "      max_replicas: 3\n      window: 6s\n",
+        [
+            "stack.yaml:9:15: apis[0].autoscaling.window: window 6s holds fewer than two scrapes "
+            "(prometheus.scrape_interval is 5s); make it at least 10s or scrape more often"
+        ],
+    ),
+    (
         "missing predictor file",
         "project: demo\napis:\n  - name: iris\n    predictor:\n      path: nowhere.py\n",
         ["stack.yaml:5:13: apis[0].predictor.path: predictor file nowhere.py not found (looked in {root})"],

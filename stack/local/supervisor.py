@@ -177,6 +177,7 @@ class Supervisor:
                 scrape_interval=format_duration(spec.scrape_interval),
                 targets_file=str(directory / "targets.json"),
                 traefik_metrics_port=self.metrics_port,
+                control_port=self.control_port,
             )
         )
         command = [

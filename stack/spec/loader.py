@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from stack.spec import models
+from stack.spec.units import format_duration, parse_duration
 
 Path_ = tuple[str | int, ...]
 SPEC_FILENAME = "stack.yaml"
@@ -284,7 +285,25 @@ def _cross_checks(
         predictor = api.get("predictor")
         if isinstance(predictor, dict):
             problems += _file_checks(predictor, root, ("apis", index, "predictor"), add)
+        _window_check(api, data.get("prometheus"), ("apis", index, "autoscaling", "window"), add)
     return problems
+
+
+def _window_check(api: dict[str, Any], prometheus: Any, at: Path_, add: Any) -> None:
+    """The autoscaler averages over `window`: fewer than two scrapes in it is no average at all."""
+    autoscaling = api.get("autoscaling") if isinstance(api.get("autoscaling"), dict) else {}
+    raw_scrape = prometheus.get("scrape_interval", 5.0) if isinstance(prometheus, dict) else 5.0
+    try:
+        window = parse_duration(autoscaling.get("window", 60.0))
+        scrape = parse_duration(raw_scrape)
+    except (TypeError, ValueError):
+        return  # reported by the field's own validation
+    if window < 2 * scrape and autoscaling.get("min_replicas", 1) != autoscaling.get("max_replicas", 100):
+        add(
+            at,
+            f"window {format_duration(window)} holds fewer than two scrapes (prometheus.scrape_interval is "
+            f"{format_duration(scrape)}); make it at least {format_duration(2 * scrape)} or scrape more often",
+        )
 
 
 def _file_checks(predictor: dict[str, Any], root: Path, at: Path_, add: Any) -> list[Problem]:
