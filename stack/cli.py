@@ -349,8 +349,10 @@ def _show_decisions(api: dict[str, Any]) -> None:
     click.echo(f"\nautoscaler: {scaler['last'] or 'no decision yet'}")
     for change in scaler["changes"]:
         at = time.strftime("%H:%M:%S", time.localtime(change["at"]))
-        failed = "" if change["applied"] else f" (not applied: {change['error']})"
-        click.echo(f"  {at} {change['current']} -> {change['desired']} [{change['rule']}] {change['reason']}{failed}")
+        note = "" if change["applied"] else f" (not applied yet: {change['error']})"
+        if change.get("attempts", 1) > 1:
+            note += f" ({change['attempts']} attempts)"
+        click.echo(f"  {at} {change['current']} -> {change['desired']} [{change['rule']}] {change['reason']}{note}")
 
 
 @cli.command()

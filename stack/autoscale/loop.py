@@ -48,7 +48,8 @@ class Change:
     rule: str
     reason: str
     applied: bool = True
-    error: str = ""
+    error: str = ""  # why the last attempt failed, while not applied
+    attempts: int = 1  # a refused or failed change is retried, not listed again
 
 
 @dataclass
@@ -125,8 +126,11 @@ class Autoscaler:
             state.spec = next(a for a in config.apis if a.name == name)
 
     def interval(self) -> float:
-        # Several decisions per window, no busier than once a second (Cortex ticks every 10 s).
-        return min((min(max(a.spec.bounds.window / 6, 1.0), 10.0) for a in self.apis.values()), default=10.0)
+        """Seconds between ticks: as often as new data arrives (one scrape), several times a
+        window, never more than once a second nor less than every 10 s (Cortex's tick). A burst
+        is seen one scrape after it starts, not up to 10 s later."""
+        fastest = min((a.spec.bounds.window / 6 for a in self.apis.values()), default=10.0)
+        return min(max(min(fastest, self.config.scrape_interval), 1.0), 10.0)
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -164,8 +168,7 @@ class Autoscaler:
         self._record(state, observation, decision)
         if decision.desired == replicas.current:
             return
-        change = Change(time.time(), replicas.current, decision.desired, decision.rule, decision.reason)
-        state.changes.append(change)
+        change = self._change(state, replicas.current, decision)
         try:
             await self.scaler.scale(api, decision.desired, decision.reason)
         except ScalerBusy as exc:
@@ -176,7 +179,18 @@ class Autoscaler:
             change.applied, change.error = False, str(exc)
             self._failed(state, f"scaling to {decision.desired} failed: {exc}")
             return
+        change.applied, change.error = True, ""
         state.failures = 0
+
+    def _change(self, state: ApiLoop, current: int, decision: Decision) -> Change:
+        last = state.changes[-1] if state.changes else None
+        if last is not None and not last.applied and (last.current, last.desired) == (current, decision.desired):
+            last.attempts += 1
+            last.at, last.reason = time.time(), decision.reason
+            return last
+        change = Change(time.time(), current, decision.desired, decision.rule, decision.reason)
+        state.changes.append(change)
+        return change
 
     def _observe(self, now: float, replicas: Replicas, signal: Signal) -> Observation:
         # Ready and starting counts come from the target, which is what the router
