@@ -83,6 +83,17 @@ def test_starting_replicas_are_credited() -> None:
     assert decide(stack_policy, 3, 5.0, ready=1) == 3
 
 
+def test_no_step_up_while_in_flight_falls() -> None:
+    # 8 in flight over the window but 4 now: requests finish faster than they arrive,
+    # the 6 ready replicas already suffice and the rest is a queue draining.
+    assert decide(cortex_policy, 6, 8.0, short=4.0) == 8
+    assert decide(stack_policy, 6, 8.0, short=4.0) == 6
+    # Steady or rising, the step is taken.
+    assert decide(stack_policy, 6, 8.0, short=8.0) == 8
+    # Falling within the tolerance (5%) counts as steady.
+    assert decide(stack_policy, 6, 8.0, short=7.8) == 8
+
+
 def test_panic_scales_at_once_and_blocks_scale_down() -> None:
     bounds = Bounds(min_replicas=1, max_replicas=20, target=1.0, upscale_stabilization=60, downscale_stabilization=0)
     history, cortex_history = History(started_at=0.0), History(started_at=0.0)

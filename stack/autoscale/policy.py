@@ -6,13 +6,19 @@ target), a tolerance dead band, step limits of the up/down factors but always
 the last `downscale_stabilization_period`, never above the lowest of the last
 `upscale_stabilization_period`.
 
-`stack_policy` starts from it and adds two things, each measured in
+`stack_policy` starts from it and adds three things, each measured in
 `stack.autoscale.sim` (see bench/RESULTS.md):
 
 - Starting replicas are credited: while any replica asked for is still
   starting, no further step up is taken; the queue that made us ask for it
   is not yet its to drain. A burst is answered once, not again on every tick
   of the start-up time (the Nomad Autoscaler's over-placement complaint).
+- No step up while in flight is falling (short window below the long one by
+  more than the tolerance): by Little's law requests then finish faster than
+  they arrive, so the ready replicas already exceed demand and what remains
+  is a queue draining. Without it the queue built up during a start-up reads
+  as demand and overshoots (measured: -19% replica-seconds on the step trace,
+  -19% on diurnal, the same waits).
 - Panic mode (Knative): when the short-window load reaches twice what the
   ready replicas can take, scale to the short-window demand at once, skipping
   upscale stabilization; and do not scale down until the panic has been over
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PANIC_THRESHOLD = 2.0  # short-window load / ready capacity that starts a panic (Knative's default 200 %)
@@ -138,13 +145,26 @@ def cortex_policy(obs: Observation, history: History, bounds: Bounds) -> Decisio
 
 
 def stack_policy(obs: Observation, history: History, bounds: Bounds) -> Decision:
+    return _stack(obs, history, bounds, STACK_RULES)
+
+
+STACK_RULES = frozenset({"starting", "draining", "panic"})
+
+
+def stack_policy_without(rule: str) -> Policy:
+    """Ours minus one of its rules: how the simulator measures what each one is worth."""
+    rules = STACK_RULES - {rule}
+    return lambda obs, history, bounds: _stack(obs, history, bounds, rules)
+
+
+def _stack(obs: Observation, history: History, bounds: Bounds, rules: frozenset[str]) -> Decision:
     current = obs.current
     if obs.in_flight is None or math.isnan(obs.in_flight):
         return Decision(current, f"hold: no data ({obs.missing_reason or 'no sample'})", rule="no_data")
     starting = current - obs.ready
-    panic = _panic(obs, history, bounds)
+    panic = _panic(obs, history, bounds) if "panic" in rules else None
     decision = panic or cortex_policy(obs, history, bounds)
-    if decision.desired > current and starting > 0:
+    if "starting" in rules and decision.desired > current and starting > 0:
         # Credit the replicas still starting: the queue they were asked for is not yet
         # theirs to drain, so asking again now would answer the same burst twice.
         return Decision(
@@ -152,6 +172,17 @@ def stack_policy(obs: Observation, history: History, bounds: Bounds) -> Decision
             f"hold: {starting} replica(s) still starting (in-flight {obs.in_flight:.2f})",
             decision.recommendation,
             "starting",
+        )
+    short = obs.in_flight_short
+    falling = short is not None and short < obs.in_flight * (1 - bounds.downscale_tolerance)
+    if "draining" in rules and decision.desired > current and falling:
+        # In flight is falling: requests finish faster than they arrive, so the replicas
+        # serving now already exceed demand and the rest is a queue draining.
+        return Decision(
+            current,
+            f"hold: in-flight falling ({short:.2f} now, {obs.in_flight:.2f} over the window): the queue is draining",
+            decision.recommendation,
+            "draining",
         )
     if decision.desired < current and obs.now < history.panic_until:
         return Decision(current, "hold: no scale-down right after a panic", decision.recommendation, "panic")
@@ -176,4 +207,5 @@ def _panic(obs: Observation, history: History, bounds: Bounds) -> Decision | Non
     return Decision(wanted, f"panic: short-window in-flight {short:.2f} is {load:.1f}× ready capacity", rule="panic")
 
 
-POLICIES = {"cortex": cortex_policy, "stack": stack_policy}
+Policy = Callable[[Observation, History, Bounds], Decision]
+POLICIES: dict[str, Policy] = {"cortex": cortex_policy, "stack": stack_policy}

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from stack.autoscale.policy import POLICIES, Bounds, Decision, History, Observation
-
-Policy = Callable[[Observation, History, Bounds], Decision]
+from stack.autoscale.policy import POLICIES, Bounds, History, Observation, Policy
 
 
 @dataclass(frozen=True)
@@ -117,11 +114,13 @@ def _mean(weighted: list[tuple[float, float]]) -> float:
     return sum(v * w for v, w in weighted) / total if total else 0.0
 
 
-def compare(bounds: Bounds | None = None, model: Model = Model()) -> list[SimResult]:
+def compare(
+    bounds: Bounds | None = None, model: Model = Model(), policies: dict[str, Policy] | None = None
+) -> list[SimResult]:
     bounds = bounds or Bounds(min_replicas=1, max_replicas=40, target=1.0)
     results = []
     for trace_name, trace in traces().items():
-        for policy_name, policy in POLICIES.items():
+        for policy_name, policy in (policies or POLICIES).items():
             result = simulate(trace, policy, bounds, model)
             results.append(
                 SimResult(
