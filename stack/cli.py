@@ -416,7 +416,7 @@ def scale(api: str, replicas: int, path: Path, force: bool, local: bool) -> None
     type=click.Choice(["stack", "cortex"]),
     default="stack",
     show_default=True,
-    help="cortex: Cortex's algorithm alone, without starting-replica credit and panic mode (for comparison).",
+    help="cortex: Cortex's algorithm alone, without our starting credit, draining hold and panic mode.",
 )
 def autoscale(
     path: Path | None,

@@ -25,6 +25,7 @@ from stack.autoscale.loop import Autoscaler
 from stack.autoscale.policy import POLICIES
 from stack.autoscale.scaler import Scaler
 from stack.autoscale.signal import PrometheusSignal
+from stack.errors import StackError
 
 LOGGER = logging.getLogger("stack.autoscale")
 DECISIONS_FILE = "decisions.json"
@@ -43,9 +44,14 @@ def manual_apis(state_dir: Path | None) -> set[str]:
 
 def make_scaler(target: str, project: str, nomad_addr: str | None) -> Scaler:
     if target == "compose":
+        import docker
+
         from stack.autoscale.compose_scaler import ComposeScaler
 
-        return ComposeScaler(project)
+        try:
+            return ComposeScaler(project)
+        except docker.errors.DockerException as exc:
+            raise StackError(f"cannot reach the Docker engine to scale {project}: {exc}") from None
     import nomad
 
     from stack.autoscale.nomad_scaler import NomadScaler
