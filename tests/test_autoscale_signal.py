@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import requests
 
-from conftest import Server, ServerFactory, free_port
+from conftest import PREDICTORS, Server, ServerFactory, free_port
 from loadgen import Load
 from stack.autoscale.signal import PrometheusSignal, Signal
 
@@ -24,20 +24,10 @@ pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="Prometheus is not on PATH (.ci/run installs Debian's package)"
 )
 
-SLOW = (
-    "import asyncio\n\n"
-    "class Predictor:\n"
-    "    async def predict(self, payload):\n"
-    "        await asyncio.sleep(0.5)\n"
-    "        return 1\n"
-)
-
 
 @pytest.fixture
 def scraped(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[Server, str]]:
-    predictor = tmp_path / "slow.py"
-    predictor.write_text(SLOW)
-    replica = servers.serving(predictor, api="slow")
+    replica = servers.serving(PREDICTORS / "quarter_second.py", api="slow")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s}\n"

@@ -11,6 +11,7 @@ min_replicas after the stabilization period.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,24 +20,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port
+from conftest import PREDICTORS, free_port
 from loadgen import Load
 from test_compose import STACK, containers, pytestmark, stack  # noqa: F401  (pytestmark: skip without Docker)
-
-SLOW = (
-    "import asyncio\n\n"
-    "class Predictor:\n"
-    "    async def predict(self, payload):\n"
-    "        await asyncio.sleep(0.25)\n"
-    "        return {'ok': True}\n"
-)
 
 
 @pytest.fixture
 def slow_project(tmp_path: Path) -> Iterator[tuple[Path, str, int, int]]:
     root = tmp_path / "slow"
     root.mkdir()
-    (root / "predictor.py").write_text(SLOW)
+    shutil.copy(PREDICTORS / "quarter_second.py", root / "predictor.py")
     name = f"as{int(time.time() * 1000) % 10**8}"
     port, prom_port = free_port(), free_port()
     (root / "stack.yaml").write_text(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import EXAMPLES, free_port
+from conftest import EXAMPLES, PREDICTORS, free_port
 from loadgen import Load
 from stack.local.state import pid_alive
 
@@ -167,22 +167,13 @@ def test_commands_without_a_running_stack(project: tuple[Path, int]) -> None:
     assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "nothing was running"
 
 
-SLOW = (
-    "import asyncio\n\n"
-    "class Predictor:\n"
-    "    async def predict(self, payload):\n"
-    "        await asyncio.sleep(0.25)\n"
-    "        return {'ok': True}\n"
-)
-
-
 @pytest.mark.parametrize("with_prometheus", [True, False], ids=["prometheus", "scrape"])
 def test_autoscaling_follows_a_load_step(tmp_path: Path, with_prometheus: bool) -> None:
     if with_prometheus and shutil.which("prometheus") is None:
         pytest.skip("Prometheus is not on PATH (.ci/run installs Debian's prometheus package)")
     root = tmp_path / "auto"
     root.mkdir()
-    (root / "predictor.py").write_text(SLOW)
+    shutil.copy(PREDICTORS / "quarter_second.py", root / "predictor.py")
     port = free_port()
     (root / "stack.yaml").write_text(
         f"project: autotest\n"
