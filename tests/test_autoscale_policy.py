@@ -48,6 +48,13 @@ def test_rules(policy, current: int, in_flight: float | None, expected: int, rul
     assert decide(policy, current, in_flight) == expected, rule
 
 
+def test_holds_say_which_bound_holds_them() -> None:
+    history = History(started_at=0.0)
+    assert cortex_policy(Observation(1000.0, 1, 1, 0.0), history, B).reason.startswith("hold: at min_replicas")
+    assert cortex_policy(Observation(1000.0, 20, 20, 90.0), history, B).reason.startswith("hold: at max_replicas")
+    assert cortex_policy(Observation(1000.0, 4, 4, 4.1), history, B).reason.startswith("hold: within tolerance")
+
+
 def test_out_of_bounds_count_is_clamped() -> None:
     assert decide(cortex_policy, 30, 5.0) == 20
     assert decide(cortex_policy, 0, 0.0) == 1

@@ -137,8 +137,14 @@ def cortex_policy(obs: Observation, history: History, bounds: Bounds) -> Decisio
         held = ("hold: upscale stabilization", "stabilization")
         reason, rule = ("scale up", "target") if desired > current else held
     else:
-        at_target = raw == current or math.ceil(raw) == current
-        reason, rule = ("hold: at target", "target") if at_target else ("hold: within tolerance", "tolerance")
+        if raw == current or math.ceil(raw) == current:
+            reason, rule = "hold: at target", "target"
+        elif raw < current <= bounds.min_replicas:
+            reason, rule = "hold: at min_replicas", "min_max"
+        elif raw > current >= bounds.max_replicas:
+            reason, rule = "hold: at max_replicas", "min_max"
+        else:
+            reason, rule = "hold: within tolerance", "tolerance"
     return Decision(
         desired, f"{reason} (in-flight {obs.in_flight:.2f}, target {bounds.target:g}/replica)", recommendation, rule
     )
