@@ -52,7 +52,9 @@ def write_spec(root: Path, project: str, port: int, prom_port: int, greeting: st
         "    predictor:\n"
         "      path: predictor.py\n"
         f"      config: {{greeting: {greeting}}}\n"
-        "    autoscaling: {min_replicas: 2, max_replicas: 4}\n"
+        # Autoscaled, so the autoscaler service runs; a high target keeps it at min_replicas
+        # under this test's light load, so the counts below are the test's own.
+        "    autoscaling: {min_replicas: 2, max_replicas: 4, target_replica_concurrency: 50}\n"
     )
 
 

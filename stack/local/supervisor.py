@@ -94,6 +94,10 @@ class ApiState:
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.state != "draining"]
 
+    def serving(self, routed: set[str]) -> list[Replica]:
+        """Ready replicas that Traefik confirmed it sends requests to."""
+        return [r for r in self.live() if r.state == "ready" and r.url in routed]
+
     def event(self, message: str) -> None:
         LOGGER.info(f"{self.spec.name}: {message}")
         self.events = [*self.events[-19:], f"{time.strftime('%H:%M:%S')} {message}"]
@@ -112,6 +116,9 @@ class Supervisor:
         self.wake = asyncio.Event()  # set when a child exits or a stop is asked: reconcile now
         self.session: aiohttp.ClientSession | None = None
         self.routed: dict[str, set[str]] = {}  # api -> server URLs written to the route file
+        # api -> server URLs Traefik confirmed it balances over: only these count as ready,
+        # so `stack up` never returns, nor the autoscaler count a replica, before requests reach it.
+        self.serving: dict[str, set[str]] = {}
         self.updating: set[str] = set()
         self.prometheus: subprocess.Popen[bytes] | None = None
         self.prometheus_url: str | None = None
@@ -406,14 +413,38 @@ class Supervisor:
         # Wait until Traefik serves the new set, so joins and leaves are real when we act on them.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            current = [
-                await traefik.live_servers(self.session, self.api_port, self._router(s.spec))
-                for s in self.apis.values()
-            ]
-            if current == [wanted[n] for n in self.apis]:
+            current = {
+                name: await traefik.live_servers(self.session, self.api_port, self._router(s.spec))
+                for name, s in self.apis.items()
+            }
+            if all(current[name] == wanted[name] for name in current):
+                for name in [n for n in wanted if wanted[n] and not self.serving.get(n)]:
+                    await self._wait_gateway_serves(self.apis[name].spec)
+                self.serving.update(wanted)
                 return
             await asyncio.sleep(0.05)
         LOGGER.warning("Traefik did not confirm the new routes within 10s")
+        self.serving.update(wanted)  # what the route file says is the best left to go on
+
+    async def _wait_gateway_serves(self, api: Api) -> None:
+        """An API's first replica counts once a request through the gateway reaches it.
+
+        Traefik shows a new route on its API up to half a second before its routers
+        use it (measured: `stack up` returned while the first requests still got
+        "no available server"), so the API alone cannot confirm the first server.
+        """
+        assert self.session is not None
+        url = f"http://127.0.0.1:{self.loaded.spec.gateway.port}{api.endpoint.rstrip('/')}/readyz"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+        LOGGER.warning(f"{api.name}: the gateway did not reach its first replica within 10s")
 
     def _write_routes(self) -> None:
         apis = []
@@ -453,7 +484,7 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         apis = []
         for name, state in sorted(self.apis.items()):
-            ready = [r for r in state.live() if r.state == "ready"]
+            ready = state.serving(self.serving.get(name, set()))
             updating = name in self.updating
             if state.error and not ready:
                 status = "error"
@@ -554,7 +585,7 @@ class _LocalScaler:
 
     async def replicas(self, api: ApiScaling) -> Replicas:
         state = self.supervisor.apis[api.name]
-        ready = [r for r in state.live() if r.state == "ready"]
+        ready = state.serving(self.supervisor.serving.get(api.name, set()))
         busy = "rolling update in progress" if api.name in self.supervisor.updating else ""
         return Replicas(state.desired, len(ready), busy)
 

@@ -166,7 +166,22 @@ class ComposeTarget:
         self._compose("up", "-d", "traefik", "prometheus")
         for api in self.loaded.spec.apis:
             self._roll(api, versions[api.name], progress)
+            self._wait_routed(api, progress)
         self._start_autoscaler(plan.files.get("autoscaler.Dockerfile"), progress)
+
+    def _wait_routed(self, api: Api, progress: Progress) -> None:
+        """Return only once a request through the gateway reaches the API: Traefik takes up to
+        a second after a replica turns healthy to route to it, and `stack up` promises a live URL."""
+        url = f"http://127.0.0.1:{self.loaded.spec.gateway.port}{api.endpoint.rstrip('/')}/readyz"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        progress(f"{api.name}: warning: the gateway does not reach it yet ({url})")
 
     def _start_autoscaler(self, dockerfile: str | None, progress: Progress) -> None:
         """Build and (re)start the autoscaler service; `stack up` hands every API back to it."""
