@@ -195,7 +195,7 @@ class Autoscaler:
         # Ready and starting counts come from the target, which is what the router
         # follows; Prometheus' predictor_ready lags it by discovery plus a scrape
         # (4 s at a 1 s scrape interval on the local target: the policy then held
-        # a step up for a replica that was already serving, and requests queued).
+        # the next step up for a replica that was already serving).
         return Observation(
             now, replicas.current, replicas.ready, signal.in_flight, signal.in_flight_short, signal.missing_reason
         )
