@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -66,3 +67,25 @@ def test_serve_needs_api_when_several(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "stack.yaml has 2 APIs (a, b); choose one with --api NAME" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_autoscale_says_what_it_is_missing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("STACK_AUTOSCALER_CONFIG", "STACK_PROMETHEUS_URL")}
+    no_config = subprocess.run([*STACK, "autoscale"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert no_config.returncode == 1
+    assert "STACK_AUTOSCALER_CONFIG is not set: pass a stack.yaml" in no_config.stderr
+
+    config = '{"project": "shop", "scrape_interval": 1.0, "apis": []}'
+    no_prometheus = subprocess.run(
+        [*STACK, "autoscale"], capture_output=True, text=True, env={**env, "STACK_AUTOSCALER_CONFIG": config}
+    )
+    assert no_prometheus.returncode == 1 and "--prometheus is needed without a stack.yaml" in no_prometheus.stderr
+
+    no_docker = subprocess.run(
+        [*STACK, "autoscale", str(EXAMPLES / "echo")],
+        capture_output=True,
+        text=True,
+        env={**env, "DOCKER_HOST": f"unix://{tmp_path / 'no-engine.sock'}"},
+    )
+    assert no_docker.returncode == 1
+    assert "cannot reach the Docker engine to scale echo" in no_docker.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ from stack.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.autoscale.policy import Decision, History, Observation, Policy, stack_policy
 from stack.autoscale.scaler import Replicas, Scaler, ScalerBusy
 from stack.autoscale.signal import Signal
+from stack.local.state import write_json_atomic
 
 LOGGER = logging.getLogger("stack.autoscale")
 BACKOFF = (2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # seconds before retrying a scaler that failed
@@ -115,14 +115,15 @@ class Autoscaler:
         self.state_file = state_file
         self.clock = clock
         self.apis: dict[str, ApiLoop] = {}
+        self.saved: dict[str, dict[str, object]] | None = None  # what the state file holds
         self.configure(config)
 
     def configure(self, config: AutoscalerConfig) -> None:
         """Take new bounds (a `stack up` changed them) and keep each API's history."""
         self.config = config
         self.apis = {a.name: self.apis.get(a.name) or ApiLoop(a) for a in config.apis}
-        for name, state in self.apis.items():
-            state.spec = next(a for a in config.apis if a.name == name)
+        for spec in config.apis:
+            self.apis[spec.name].spec = spec
 
     def interval(self) -> float:
         """Seconds between ticks: as often as new data arrives (one scrape), several times a
@@ -240,14 +241,15 @@ class Autoscaler:
         }
 
     def _save(self) -> None:
-        """The last decisions, for `stack status` on the host (written atomically)."""
+        """The last decisions, for `stack status` on the host; written only when they changed."""
         if self.state_file is None:
             return
+        status = self.status()
+        if status == self.saved:
+            return
         try:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.state_file.with_suffix(".partial")
-            partial.write_text(json.dumps(self.status(), indent=1))
-            partial.replace(self.state_file)
+            write_json_atomic(self.state_file, status)
+            self.saved = status
         except OSError as exc:
             LOGGER.warning(f"cannot write {self.state_file}: {exc}")
 
