@@ -39,7 +39,9 @@ def slow_project(tmp_path: Path) -> Iterator[tuple[Path, str, int, int]]:
         "build: {wheelhouse: true}\n"
         "apis:\n"
         "  - name: slow\n"
-        "    predictor: {path: predictor.py, drain_delay: 2s, grace_period: 5s}\n"
+        # The default drain_delay (5 s): Traefik only drops a stopping replica once Docker's
+        # health check has failed twice (2 s apart); shorter, an idle replica could exit first.
+        "    predictor: {path: predictor.py, grace_period: 5s}\n"
         "    autoscaling:\n"
         "      min_replicas: 1\n"
         "      max_replicas: 6\n"
