@@ -137,7 +137,7 @@ class Replica:
             {
                 "api": self.config.api,
                 "status": state,
-                "predictor": self.config.predictor_class,
+                "predictor": self.predictor.class_name if self.predictor else self.config.predictor_class or None,
                 "in_flight": self.in_flight,
                 "max_concurrency": self.config.max_concurrency,
                 "batching": self.config.batching is not None,

@@ -61,6 +61,10 @@ class LoadedPredictor:
     post_predict: Handler | None
     path: Path
 
+    @property
+    def class_name(self) -> str:
+        return type(self.instance).__name__
+
 
 def load_predictor(
     path: str | Path,

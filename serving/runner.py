@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,11 @@ from serving.loader import StartupError, load_predictor
 
 LOGGER = logging.getLogger("serving")
 EXIT_STARTUP_FAILED = 3
+# Where a replica writes why it could not start, as JSON ({"error": ...}), for whoever runs it:
+# a supervisor reads this instead of parsing log text (which changes with log_format).
+STARTUP_ERROR_ENV = "STACK_STARTUP_ERROR_FILE"
+# Set by `stack serve`: print one line for people once the replica is ready (not before it can fail).
+BANNER_ENV = "STACK_SERVE_BANNER"
 QUIET_SECONDS = 1.0  # no new request for this long after the drain delay: the router has let go
 
 
@@ -41,6 +48,7 @@ async def serve(
         await _listen(runner, config, reuse_port)
     except StartupError as exc:
         LOGGER.error(str(exc))
+        report_startup_error(str(exc))
         await runner.cleanup()
         return EXIT_STARTUP_FAILED
 
@@ -54,6 +62,13 @@ async def serve(
         LOGGER.info(
             f"ready: api {config.api} at http://{_display_host(config.host)}:{config.port}", extra={"pid": os.getpid()}
         )
+        if os.environ.get(BANNER_ENV):
+            print(
+                f"Serving API {config.api} at http://{_display_host(config.host)}:{config.port}/  "
+                "(POST / to predict; Ctrl-C to stop)",
+                file=sys.stderr,
+                flush=True,
+            )
         await stop.wait()
     if code == 0:
         await _drain(replica, config, stop)
@@ -98,6 +113,7 @@ async def _load(replica: Replica, config: ServingConfig, stop: asyncio.Event) ->
             LOGGER.error(f"predictor failed to start: {exc}", exc_info=cause)
         else:
             LOGGER.error(f"predictor failed to start: {exc}")
+        report_startup_error(str(exc))
         return EXIT_STARTUP_FAILED
     return 0
 
@@ -124,6 +140,19 @@ async def _until_quiet(replica: Replica, config: ServingConfig) -> None:
     await asyncio.sleep(config.drain_delay)
     while time.monotonic() - replica.last_request_at < QUIET_SECONDS:
         await asyncio.sleep(0.1)
+
+
+def report_startup_error(message: str) -> None:
+    """Write why this replica cannot start where its runner asked for it (no-op otherwise)."""
+    path = os.environ.get(STARTUP_ERROR_ENV)
+    if not path:
+        return
+    try:
+        temp = Path(f"{path}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps({"error": message, "pid": os.getpid(), "time": time.time()}))
+        os.replace(temp, path)
+    except OSError as exc:
+        LOGGER.warning(f"cannot write the start-up error to {path}: {exc}")
 
 
 def _display_host(host: str) -> str:

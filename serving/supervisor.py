@@ -64,8 +64,12 @@ class Supervisor:
 
     def run(self) -> int:
         if not port_is_free(self.config.host, self.config.port):
-            LOGGER.error(f"port {self.config.port} on {self.config.host} is already in use; choose another with --port")
-            return 3
+            from serving.runner import EXIT_STARTUP_FAILED, report_startup_error
+
+            message = f"port {self.config.port} on {self.config.host} is already in use; choose another with --port"
+            LOGGER.error(message)
+            report_startup_error(message)
+            return EXIT_STARTUP_FAILED
         _empty(self.metrics_dir)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)

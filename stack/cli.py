@@ -11,13 +11,17 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from stack import __version__
 from stack.errors import StackError
 from stack.spec import SpecError, load_spec
+from stack.status import ApiStatus, StackStatus
+
+if TYPE_CHECKING:
+    from stack.targets.base import Target
 
 # Where `stack plan` writes by default, inside the project and ignored by builds' digests.
 PLAN_DIR = ".stack/plan"
@@ -29,7 +33,7 @@ class StackGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (StackError, SpecError) as exc:
+        except StackError as exc:
             _fail(ctx, str(exc))
         except click.exceptions.Exit:
             raise
@@ -163,7 +167,9 @@ def serve(
 ) -> None:
     """Run one API in this process, no Docker: PATH is a stack.yaml, its directory, or a predictor .py file."""
     from serving.config import CONFIG_ENV, ServingConfig
+    from serving.runner import BANNER_ENV
 
+    project_env: tuple[dict[str, str], Path] | None = None
     if path.suffix == ".py":
         if not path.is_file():
             raise StackError(f"{path}: predictor file not found")
@@ -174,14 +180,19 @@ def serve(
         loaded = load_spec(path)
         api = _pick_api(loaded.spec, api_name)
         config = replica_config(loaded, api)
+        project_env = (dict(api.predictor.env), loaded.root)
     config = config.replace(
         host=host, port=port, log_level=log_level, drain_delay=drain_delay, log_format=log_format or config.log_format
     )
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    click.echo(
-        f"Serving API {config.api} at http://{shown_host}:{port}/  (POST / to predict; Ctrl-C to stop)", err=True
-    )
     os.environ[CONFIG_ENV] = config.to_json()
+    # The replica prints "Serving API ... at ..." itself, once it is ready: not before a taken
+    # port or a failing __init__ could still stop it.
+    os.environ[BANNER_ENV] = "1"
+    # Like a replica: predictor.env set, and the project's root as the working directory
+    # (predictors open files relative to it).
+    if project_env is not None:
+        os.environ.update(project_env[0])
+        os.chdir(project_env[1])
     sys.stdout.flush()
     # Replace this process: signals reach the server directly, and prometheus_client
     # is imported fresh with the multiprocess setting the server decides on.
@@ -201,22 +212,54 @@ def _pick_api(spec: Any, name: str | None) -> Any:
 
 
 # -- targets: up / down / status / logs / scale --------------------------------------------
+# The target is resolved once, here; every command then talks to the Target protocol alone.
 
 
-def _compose(path: Path) -> Any:
+def resolve_target(path: Path, local: bool, gpus: int | None = None) -> Target:
+    loaded = load_spec(path)
+    if local:
+        from stack.local.client import LocalStack
+
+        return LocalStack(loaded)
     from stack.targets.compose import ComposeTarget
 
-    return ComposeTarget(load_spec(path))
-
-
-def _local(path: Path) -> Any:
-    from stack.local.client import LocalStack
-
-    return LocalStack(load_spec(path))
+    return ComposeTarget(loaded, host_gpus=gpus)
 
 
 def _target_flag(func: Any) -> Any:
     return click.option("--local", is_flag=True, help="The local target: processes behind Traefik, no Docker.")(func)
+
+
+def _path_option(func: Any) -> Any:
+    return click.option(
+        "-p",
+        "--path",
+        "path_option",
+        type=click.Path(path_type=Path),
+        help="The project: a directory with stack.yaml, or a spec file (also accepted as the first argument).",
+    )(func)
+
+
+def _split(path_option: Path | None, args: tuple[str, ...], names: int, usage: str) -> tuple[Path, list[str]]:
+    """(project path, the remaining arguments): the path may come first, or with -p."""
+    rest = list(args)
+    path = path_option
+    if path is None and len(rest) > names - 1 and rest and _is_project(rest[0]):
+        path = Path(rest.pop(0))
+    if path is None and len(rest) > names:
+        raise click.UsageError(f"{rest[0]!r} is neither a project directory nor a spec file; usage: {usage}")
+    if len(rest) > names:
+        raise click.UsageError(f"too many arguments; usage: {usage}")
+    return (path or Path(".")), rest
+
+
+def _is_project(arg: str) -> bool:
+    candidate = Path(arg)
+    return candidate.is_dir() or (candidate.is_file() and candidate.suffix in (".yaml", ".yml"))
+
+
+def _progress(line: str) -> None:
+    click.echo(f"  {line}", err=True)
 
 
 @cli.command()
@@ -225,28 +268,19 @@ def _target_flag(func: Any) -> Any:
 @click.option("--gpus", type=int, help="Compose: GPUs on this host (default: ask nvidia-smi).")
 def up(path: Path, local: bool, gpus: int | None) -> None:
     """Start the stack, or update it in place (a rolling update) when it runs."""
-
-    def progress(line: str) -> None:
-        click.echo(f"  {line}", err=True)
-
-    if local:
-        stack = _local(path)
-        status = stack.up(progress)
-    else:
-        from stack.plan.render import detect_gpus
-
-        stack = _compose(path)
-        stack.up(progress, host_gpus=gpus if gpus is not None else detect_gpus())
-        status = stack.status()
-    port = status["gateway_port"]
-    click.echo(f"\nStack {status['project']} is live.")
-    for api in status["apis"]:
-        click.echo(f"  {api['name']:<16} http://127.0.0.1:{port}{api['endpoint']}")
-    first = status["apis"][0]
-    sample = stack.loaded.root / "sample.json"
+    target = resolve_target(path, local, gpus)
+    status = target.up(_progress)
+    port = status.gateway_port
+    click.echo(f"\nStack {status.project} is live.")
+    for api in status.apis:
+        click.echo(f"  {api.name:<16} http://127.0.0.1:{port}{api.endpoint}")
+    for note in status.notes:
+        click.echo(f"note: {note}", err=True)
+    first = status.apis[0]
+    sample = target.loaded.root / "sample.json"
     data = f"@{sample}" if sample.is_file() else "'{}'"
     click.echo(
-        f"\nTry: curl -X POST http://127.0.0.1:{port}{first['endpoint']} -H 'Content-Type: application/json' -d {data}"
+        f"\nTry: curl -X POST http://127.0.0.1:{port}{first.endpoint} -H 'Content-Type: application/json' -d {data}"
     )
 
 
@@ -256,98 +290,99 @@ def up(path: Path, local: bool, gpus: int | None) -> None:
 @click.option("--volumes", is_flag=True, help="Compose: also remove the stack's volumes (Prometheus data).")
 def down(path: Path, local: bool, volumes: bool) -> None:
     """Stop and remove everything of the stack."""
-    if not local:
-        _compose(path).down(volumes)
-        click.echo("stopped")
-        return
-    if _local(path).down():
-        click.echo("stopped")
-    else:
-        click.echo("nothing was running")
+    click.echo("stopped" if resolve_target(path, local).down(volumes) else "nothing was running")
 
 
 @cli.command()
-@click.argument("api", required=False)
-@click.option("-p", "--path", "path", default=".", type=click.Path(path_type=Path), help="The project directory.")
+@click.argument("args", nargs=-1)
+@_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_target_flag
-def status(api: str | None, path: Path, as_json: bool, local: bool) -> None:
-    """Each API's state and replicas; with API, per-replica detail and recent events."""
-    from tabulate import tabulate
-
-    data = _local(path).status() if local else _compose(path).status()
-    apis = [a for a in data["apis"] if api is None or a["name"] == api]
-    if api is not None and not apis:
-        raise StackError(f"no API named {api!r}")
+def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, local: bool) -> None:
+    """Each API's state and replicas: `stack status [PATH] [API]`; with API, per-replica detail and events."""
+    path, rest = _split(path_option, args, 1, "stack status [PATH] [API]")
+    api = rest[0] if rest else None
+    target = resolve_target(path, local)
+    if api is not None and api not in {a.name for a in target.loaded.spec.apis}:
+        raise StackError(f"no API named {api!r}; the spec has: {', '.join(a.name for a in target.loaded.spec.apis)}")
+    data = target.status()
+    apis = [a for a in data.apis if api is None or a.name == api]
     if as_json:
-        click.echo(json.dumps({**data, "apis": apis}, indent=2))
+        document = data.to_dict()
+        document["apis"] = [a.to_dict() for a in apis]
+        click.echo(json.dumps(document, indent=2))
         return
-    if not local:
-        _compose_status(data, apis, api)
-        return
-    rows = [
-        [
-            a["name"],
-            a["status"],
-            f"{a['ready']}/{a['desired']}",
-            f"http://127.0.0.1:{data['gateway_port']}{a['endpoint']}",
-            a["restarts"],
-            a["error"] or "",
-        ]
-        for a in apis
-    ]
-    click.echo(tabulate(rows, headers=["api", "status", "ready", "endpoint", "restarts", "error"]))
-    if api is not None:
-        replicas = [
-            [r["id"], r["state"], r["pid"], r["port"], r["version"], f"{r['uptime_s']:.0f}s"]
-            for r in apis[0]["replicas"]
-        ]
-        click.echo("\n" + tabulate(replicas, headers=["replica", "state", "pid", "port", "version", "up"]))
-        click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in apis[0]["events"]))
-        _show_decisions(apis[0])
+    show_status(data, apis, detail=api is not None)
 
 
-def _compose_status(data: dict[str, Any], apis: list[dict[str, Any]], api: str | None) -> None:
+def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
     from tabulate import tabulate
 
-    def num(value: Any) -> str:
+    def num(value: float | None) -> str:
         return "-" if value is None else f"{value:g}"
 
-    rows = [
-        [
-            a["name"],
-            a["status"],
-            f"{a['ready']}/{a['desired']}",
-            f"http://127.0.0.1:{data['gateway_port']}{a['endpoint']}",
-            num(a.get("requests_per_second")),
-            num(a.get("p50_ms")),
-            num(a.get("p99_ms")),
-            a.get("2xx", "-"),
-            a.get("4xx", "-"),
-            a.get("5xx", "-"),
-        ]
-        for a in apis
+    rows = []
+    for a in apis:
+        traffic = a.traffic
+        rows.append(
+            [
+                a.name,
+                a.status + (" (files changed since the last `stack up`)" if a.changed else ""),
+                f"{a.ready}/{a.desired}",
+                f"http://127.0.0.1:{data.gateway_port}{a.endpoint}",
+                num(traffic.requests_per_second) if traffic else "-",
+                num(traffic.p50_ms) if traffic else "-",
+                num(traffic.p99_ms) if traffic else "-",
+                *((traffic.counts.get(k, "-") if traffic else "-") for k in ("2xx", "4xx", "5xx")),
+                a.restarts,
+                a.error or "",
+            ]
+        )
+    headers = [
+        "api",
+        "status",
+        "ready",
+        "endpoint",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "2xx",
+        "4xx",
+        "5xx",
+        "restarts",
+        "error",
     ]
-    click.echo(
-        tabulate(rows, headers=["api", "status", "ready", "endpoint", "req/s", "p50 ms", "p99 ms", "2xx", "4xx", "5xx"])
-    )
-    if api is not None:
-        replicas = [[r["name"], r["state"], r["health"] or "-", r["version"]] for r in apis[0]["replicas"]]
-        click.echo("\n" + tabulate(replicas, headers=["replica", "state", "health", "version"]))
-        _show_decisions(apis[0])
+    click.echo(tabulate(rows, headers=headers))
+    for note in data.notes:
+        click.echo(f"note: {note}")
+    if not detail:
+        return
+    api = apis[0]
+    replicas = [
+        [r.id, r.state, r.health or "-", r.version, r.pid or "-", r.port or "-", _uptime(r.uptime_s)]
+        for r in api.replicas
+    ]
+    click.echo("\n" + tabulate(replicas, headers=["replica", "state", "health", "version", "pid", "port", "up"]))
+    if api.events:
+        click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in api.events))
+    _show_decisions(api)
 
 
-def _show_decisions(api: dict[str, Any]) -> None:
+def _uptime(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}s"
+
+
+def _show_decisions(api: ApiStatus) -> None:
     """The autoscaler's recent changes of this API's count, and what it thinks now."""
-    if not api.get("autoscaled"):
+    if not api.autoscaled:
         click.echo("\nautoscaler: off (min_replicas == max_replicas, or set by hand with `stack scale --force`)")
         return
-    scaler = api.get("autoscaler")
+    scaler = api.autoscaler
     if not scaler:
         click.echo("\nautoscaler: no decision yet")
         return
-    click.echo(f"\nautoscaler: {scaler['last'] or 'no decision yet'}")
-    for change in scaler["changes"]:
+    click.echo(f"\nautoscaler: {scaler.get('last') or 'no decision yet'}")
+    for change in scaler.get("changes", []):
         at = time.strftime("%H:%M:%S", time.localtime(change["at"]))
         note = "" if change["applied"] else f" (not applied yet: {change['error']})"
         if change.get("attempts", 1) > 1:
@@ -356,41 +391,40 @@ def _show_decisions(api: dict[str, Any]) -> None:
 
 
 @cli.command()
-@click.argument("api")
-@click.option("-p", "--path", "path", default=".", type=click.Path(path_type=Path), help="The project directory.")
+@click.argument("args", nargs=-1, required=True)
+@_path_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @_target_flag
-def logs(api: str, path: Path, follow: bool, local: bool) -> None:
-    """The logs of every replica of API, each line prefixed with its replica."""
-    if not local:
-        _compose(path).logs(api, follow)
-        return
-    stack = _local(path)
-    if not stack.log_files(api):
-        raise StackError(f"no logs for API {api!r} under {stack.paths.logs}")
+def logs(args: tuple[str, ...], path_option: Path | None, follow: bool, local: bool) -> None:
+    """The logs of every replica of an API, each line prefixed with its replica: `stack logs [PATH] API`."""
+    path, rest = _split(path_option, args, 1, "stack logs [PATH] API")
+    if not rest:
+        raise click.UsageError("name the API: stack logs [PATH] API")
     try:
-        for line in stack.follow(api, follow):
+        for line in resolve_target(path, local).logs(rest[0], follow):
             click.echo(line)
     except KeyboardInterrupt:
         pass
 
 
 @cli.command()
-@click.argument("api")
-@click.argument("replicas", type=click.IntRange(min=0))
-@click.option("-p", "--path", "path", default=".", type=click.Path(path_type=Path), help="The project directory.")
-@click.option("--force", is_flag=True, help="Allow counts outside min_replicas..max_replicas.")
+@click.argument("args", nargs=-1, required=True)
+@_path_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Take the API from the autoscaler until the next `stack up` (needed for any count of an autoscaled API), "
+    "and allow counts outside min_replicas..max_replicas.",
+)
 @_target_flag
-def scale(api: str, replicas: int, path: Path, force: bool, local: bool) -> None:
-    """Set an API's replica count by hand."""
-    if not local:
-        _compose(path).scale(api, replicas, force, lambda line: click.echo(f"  {line}", err=True))
-        click.echo(f"{api} scaled to {replicas}")
-        return
-    stack = _local(path)
-    stack.scale(api, replicas, force=force)
-    click.echo(f"scaling {api} to {replicas}")
-    stack.wait_ready(lambda line: click.echo(f"  {line}", err=True))
+def scale(args: tuple[str, ...], path_option: Path | None, force: bool, local: bool) -> None:
+    """Set an API's replica count by hand: `stack scale [PATH] API REPLICAS`."""
+    path, rest = _split(path_option, args, 2, "stack scale [PATH] API REPLICAS")
+    if len(rest) != 2 or not rest[1].isdigit():
+        raise click.UsageError("usage: stack scale [PATH] API REPLICAS (a count of 0 or more)")
+    api, replicas = rest[0], int(rest[1])
+    resolve_target(path, local).scale(api, replicas, force, _progress)
+    click.echo(f"{api} scaled to {replicas}")
 
 
 @cli.command()

@@ -1,5 +1,48 @@
-"""Errors meant for the user: the CLI prints the message alone, without a traceback."""
+"""Every error meant for the user, in one tree; the CLI alone turns them into exit codes.
+
+    StackError                 the message is for people: the CLI prints it, no traceback
+    ├── SpecError              stack.yaml is wrong (stack.spec: every problem with file:line:col)
+    ├── PlanError              a valid spec that cannot be planned for this target (too few GPUs)
+    ├── TargetError            a target cannot do what was asked
+    │   ├── BuildError         an image build or its wheelhouse failed
+    │   └── NotRunning         there is no running stack to act on
+    ├── LockHeld               another `stack` command is changing this project
+    └── ScalerError            the autoscaler's scaler failed; retried with back-off
+        └── ScalerBusy         the target cannot take a new count right now; retried next tick
+
+Library code raises these, never `SystemExit`.
+"""
+
+from __future__ import annotations
 
 
 class StackError(Exception):
-    pass
+    """An error the user can act on; `str()` is the whole message."""
+
+
+class PlanError(StackError):
+    """The spec is valid but cannot be planned for this target (e.g. too few GPUs)."""
+
+
+class TargetError(StackError):
+    """A target cannot do what was asked."""
+
+
+class BuildError(TargetError):
+    """An image build, or resolving its wheelhouse, failed."""
+
+
+class NotRunning(TargetError):
+    """There is no running stack to act on."""
+
+
+class LockHeld(StackError):
+    """Another `stack` command holds this project's lock."""
+
+
+class ScalerError(StackError):
+    """Scaling failed; the autoscaler retries with back-off."""
+
+
+class ScalerBusy(ScalerError):
+    """The target cannot take a new count right now (a deployment is rolling); try again next tick."""

@@ -1,4 +1,4 @@
-"""Validate Nomad API job JSON against ../shared/schemas/nomad-openapi-v1.yaml.
+"""Validate Nomad API job JSON against tests/schemas/nomad-openapi-v1.yaml (vendored, MPL-2.0).
 
 Nomad silently ignores unknown fields, so every object schema gets
 `additionalProperties: false`: a misspelt field is an error here.
@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "nomad-openapi-v1.yaml"
+SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "nomad-openapi-v1.yaml"
 
 
 def _closed(node: Any) -> Any:

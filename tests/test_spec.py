@@ -23,7 +23,36 @@ CASES = [
     (
         "yaml syntax error",
         "project: x\napis: [\n",
-        ["stack.yaml:3:1: YAML syntax error: expected the node content, but found '<stream end>'"],
+        ["stack.yaml:3:1: YAML syntax error: the file ends inside a [ ] or {{ }} value: a bracket is never closed"],
+    ),
+    (
+        "indentation error",
+        "project: x\napis:\n  - name: a\n    predictor:\n      path: p.py\n     class: X\n",
+        [
+            "stack.yaml:6:6: YAML syntax error: this line's indentation does not fit the block it is in (the block "
+            "starts at line 3, column 5): keys of one mapping start in the same column, and a nested value is "
+            "indented further than its key"
+        ],
+    ),
+    (
+        "tab indentation",
+        "project: x\napis:\n  - name: a\n\tpredictor: {}\n",
+        ["stack.yaml:4:1: YAML syntax error: a tab character; YAML indents with spaces only: replace the tab with spaces"],
+    ),
+    (
+        "unclosed quote",
+        'project: "x\napis: []\n',
+        ["stack.yaml:1:10: YAML syntax error: a quoted string is never closed: add its closing quote"],
+    ),
+    (
+        "a number written as a string",
+        f"project: demo\napis:\n{GOOD_API}      threads_per_process: \"2\"\n",
+        ["stack.yaml:6:28: apis[0].predictor.threads_per_process: input should be a valid integer, got '2'"],
+    ),
+    (
+        "a boolean in env",
+        f"project: demo\napis:\n{GOOD_API}      env: {{DEBUG: true}}\n",
+        ["stack.yaml:6:12: apis[0].predictor.env: the value of DEBUG is a boolean; quote it (\"true\") to pass the text"],
     ),
     (
         "missing fields",
@@ -47,8 +76,7 @@ CASES = [
         "bad types",
         f"project: demo\ngateway:\n  port: eighty\napis:\n{GOOD_API}    compute:\n      gpu: -1\n      mem: lots\n",
         [
-            "stack.yaml:3:9: gateway.port: input should be a valid integer, unable to parse string as an integer, "
-            "got 'eighty'",
+            "stack.yaml:3:9: gateway.port: input should be a valid integer, got 'eighty'",
             "stack.yaml:9:12: apis[0].compute.gpu: input should be greater than or equal to 0",
             "stack.yaml:10:12: apis[0].compute.mem: expected a memory size like 512Mi, 2Gi or 500M, got 'lots'",
         ],
@@ -143,8 +171,14 @@ def test_broken_spec_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match=re.escape("stack.yaml:1:1: file not found; create one with `stack init NAME`")):
+    with pytest.raises(SpecError) as caught:
         load_spec(tmp_path)
+    assert str(caught.value) == (
+        f"no stack.yaml in {tmp_path}: create one with `stack init NAME`, "
+        "or give the directory (or the spec file) that has it"
+    )
+    with pytest.raises(SpecError, match=re.escape(f"{tmp_path / 'other.yaml'}: file not found")):
+        load_spec(tmp_path / "other.yaml")
 
 
 def test_defaults_are_cortex_like(tmp_path: Path) -> None:

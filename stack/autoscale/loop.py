@@ -22,11 +22,11 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from stack.atomic import write_json_atomic
 from stack.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.autoscale.policy import Decision, History, Observation, Policy, stack_policy
 from stack.autoscale.scaler import Replicas, Scaler, ScalerBusy
 from stack.autoscale.signal import Signal
-from stack.local.state import write_json_atomic
 
 LOGGER = logging.getLogger("stack.autoscale")
 BACKOFF = (2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # seconds before retrying a scaler that failed

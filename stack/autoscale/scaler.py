@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stack.autoscale.config import ApiScaling
+from stack.errors import ScalerBusy
+
+__all__ = ["Replicas", "Scaler", "ScalerBusy"]
 
 
 @dataclass(frozen=True)
@@ -13,10 +16,6 @@ class Replicas:
     current: int  # replicas asked for and not draining: ready + starting
     ready: int  # replicas the router sends traffic to
     busy: str = ""  # why the count must not change now (a rolling update), or ""
-
-
-class ScalerBusy(Exception):
-    """The target cannot take a new count right now (a deployment is rolling); try again next tick."""
 
 
 class Scaler(Protocol):

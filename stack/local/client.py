@@ -1,4 +1,4 @@
-"""What the CLI does for `--local`: start or update the supervisor, and talk to it."""
+"""The local target as the CLI sees it: start or update the supervisor, and talk to it."""
 
 from __future__ import annotations
 
@@ -14,17 +14,23 @@ from typing import Any
 import requests
 
 from serving.supervisor import port_is_free
-from stack.errors import StackError
+from stack.errors import NotRunning, StackError
 from stack.local.state import LocalPaths, pid_alive, read_state
+from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
+from stack.status import ApiStatus, StackStatus
+from stack.traffic import prometheus_traffic
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
+Progress = Callable[[str], None]
 
 
 class LocalStack:
+    name = "local"
+
     def __init__(self, loaded: LoadedSpec) -> None:
         self.loaded = loaded
-        self.paths = LocalPaths(loaded.root)
+        self.paths = LocalPaths(loaded.root, loaded.path.name)
 
     # -- talking to a running supervisor -------------------------------------------
 
@@ -34,7 +40,7 @@ class LocalStack:
     def _require(self) -> dict[str, Any]:
         state = self.state()
         if state is None:
-            raise StackError(f"no local stack is running for {self.loaded.path}; start it with `stack up --local`")
+            raise NotRunning(f"no local stack is running for {self.loaded.path}; start it with `stack up --local`")
         return state
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -44,28 +50,50 @@ class LocalStack:
             response = requests.request(method, url, timeout=10, **kwargs)
         except requests.RequestException as exc:
             raise StackError(f"the local supervisor (pid {state['pid']}) does not answer: {exc}") from exc
-        body = response.json()
+        body: dict[str, Any] = response.json()
         if response.status_code >= 400:
             raise StackError(body.get("error", response.text))
         return body
 
-    def status(self) -> dict[str, Any]:
+    def _raw_status(self) -> dict[str, Any]:
         return self._call("GET", "/status")
 
-    def scale(self, api: str, replicas: int, force: bool = False) -> None:
+    def status(self) -> StackStatus:
+        data = self._raw_status()
+        digest = project_digest(self.loaded)
+        state = self._require()
+        prometheus = state.get("prometheus_url")
+        apis = []
+        for api in StackStatus.from_dict(data).apis:
+            try:
+                on_disk = api_version(self.loaded.spec.api(api.name), digest)
+            except KeyError:
+                on_disk = api.version
+            traffic = prometheus_traffic(prometheus, api.name) if prometheus else None
+            apis.append(_replace(api, changed=on_disk != api.version, traffic=traffic))
+        result = StackStatus.from_dict(data)
+        return StackStatus(result.project, "local", result.gateway_port, apis, result.notes)
+
+    def scale(self, api: str, replicas: int, force: bool, progress: Progress) -> None:
         self._call("POST", "/scale", json={"api": api, "replicas": replicas, "force": force})
+        progress(f"scaling {api} to {replicas}")
+        self.wait_ready(progress)
 
     # -- up / down ----------------------------------------------------------------------
 
-    def up(self, progress: Callable[[str], None]) -> dict[str, Any]:
+    def up(self, progress: Progress) -> StackStatus:
         if self.state() is not None:
             progress("a local stack is running: updating it")
             self._call("POST", "/reload")
         else:
             self._start(progress)
-        return self.wait_ready(progress)
+        self.wait_ready(progress)
+        status = self.status()
+        for note in status.notes:
+            progress(f"note: {note}")
+        return status
 
-    def _start(self, progress: Callable[[str], None]) -> None:
+    def _start(self, progress: Progress) -> None:
         port = self.loaded.spec.gateway.port
         if not port_is_free("0.0.0.0", port):
             raise StackError(
@@ -75,7 +103,7 @@ class LocalStack:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.paths.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stack.local.supervisor", str(self.loaded.root)],
+            [sys.executable, "-m", "stack.local.supervisor", str(self.loaded.path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -88,14 +116,14 @@ class LocalStack:
             if proc.poll() is not None:
                 raise StackError(f"the supervisor exited at start:\n{_tail(self.paths.logs / 'supervisor.log')}")
             if time.monotonic() > deadline:
-                raise StackError("the supervisor did not start within 30s; see .stack/logs/supervisor.log")
+                raise StackError(f"the supervisor did not start within 30s; see {self.paths.logs / 'supervisor.log'}")
             time.sleep(0.1)
 
-    def wait_ready(self, progress: Callable[[str], None], timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    def wait_ready(self, progress: Progress, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while True:
-            status = self.status()
+            status = self._raw_status()
             line = ", ".join(f"{a['name']} {a['ready']}/{a['desired']} {a['status']}" for a in status["apis"])
             if line != last:
                 progress(line)
@@ -106,12 +134,12 @@ class LocalStack:
                 logs = _tail(self.paths.logs / f"{api['name']}-{_last_replica(api)}.log")
                 raise StackError(f"API {api['name']} cannot start: {api['error']}\nlast log lines:\n{logs}")
             if all(a["status"] == "live" for a in status["apis"]):
-                return status
+                return
             if time.monotonic() > deadline:
                 raise StackError(f"replicas not ready after {timeout:.0f}s: {line}")
             time.sleep(0.2)
 
-    def down(self, timeout: float = 120) -> bool:
+    def down(self, volumes: bool = False, timeout: float = 120) -> bool:
         state = self.state()
         if state is None:
             return False
@@ -130,9 +158,17 @@ class LocalStack:
     # -- logs ---------------------------------------------------------------------------
 
     def log_files(self, api: str) -> list[Path]:
-        return sorted(self.paths.logs.glob(f"{api}-*.log"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+        return sorted(
+            (p for p in self.paths.logs.glob(f"{api}-*.log") if p.stem.rsplit("-", 1)[1].isdigit()),
+            key=lambda p: int(p.stem.rsplit("-", 1)[1]),
+        )
 
-    def follow(self, api: str, follow: bool) -> Iterator[str]:
+    def logs(self, api: str, follow: bool) -> Iterator[str]:
+        names = [a.name for a in self.loaded.spec.apis]
+        if api not in names:
+            raise StackError(f"no API named {api!r}; the spec has: {', '.join(names)}")
+        if not self.log_files(api):
+            raise NotRunning(f"API {api!r} has no replica logs under {self.paths.logs}; is the stack up?")
         offsets: dict[Path, int] = {}
         while True:
             for path in self.log_files(api):
@@ -144,6 +180,12 @@ class LocalStack:
             if not follow:
                 return
             time.sleep(0.3)
+
+
+def _replace(api: ApiStatus, **changes: Any) -> ApiStatus:
+    from dataclasses import replace
+
+    return replace(api, **changes)
 
 
 def _last_replica(api: dict[str, Any]) -> str:

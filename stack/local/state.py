@@ -16,10 +16,13 @@ from typing import Any
 @dataclass(frozen=True)
 class LocalPaths:
     root: Path  # the directory of stack.yaml
+    spec_name: str = "stack.yaml"  # another spec file of the same directory is another stack
 
     @property
     def base(self) -> Path:
-        return self.root / ".stack"
+        if self.spec_name == "stack.yaml":
+            return self.root / ".stack"
+        return self.root / ".stack" / f"spec-{Path(self.spec_name).stem}"
 
     @property
     def state_file(self) -> Path:
@@ -39,14 +42,6 @@ class LocalPaths:
 
     def replica_log(self, replica_id: str) -> Path:
         return self.logs / f"{replica_id}.log"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers never see half a file: write beside it, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(temp, path)
 
 
 def read_state(paths: LocalPaths) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """The background supervisor of `stack up --local`.
 
-    python -m stack.local.supervisor PROJECT_DIR
+    python -m stack.local.supervisor PATH/TO/stack.yaml
 
 It runs Traefik and every replica as child processes, keeps each API at its
 desired count, restarts crashed replicas with back-off, rolls out a new
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +33,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from serving.config import CONFIG_ENV
-from serving.supervisor import die_with_parent, port_is_free
+from serving.runner import STARTUP_ERROR_ENV
+from serving.supervisor import port_is_free
+from stack.atomic import write_json_atomic
 from stack.autoscale.config import ApiScaling, config_of
 from stack.autoscale.loop import Autoscaler, SignalSource
 from stack.autoscale.scaler import Replicas
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
+from stack.errors import StackError
 from stack.local import traefik
-from stack.local.state import LocalPaths, write_json_atomic
+from stack.local.state import LocalPaths
 from stack.plan.render import api_version, project_digest, router_rule
 from stack.plan.serving import replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
@@ -66,7 +68,7 @@ class Replica:
     api: str
     version: str
     port: int
-    proc: subprocess.Popen[bytes]
+    proc: asyncio.subprocess.Process
     log: Path
     state: str = "starting"  # starting | ready | draining
     started: float = field(default_factory=time.monotonic)
@@ -104,11 +106,11 @@ class ApiState:
 
 
 class Supervisor:
-    def __init__(self, root: Path) -> None:
-        self.paths = LocalPaths(root)
-        self.loaded: LoadedSpec = load_spec(root)
+    def __init__(self, spec_file: Path) -> None:
+        self.loaded: LoadedSpec = load_spec(spec_file)
+        self.paths = LocalPaths(self.loaded.root, self.loaded.path.name)
         self.apis: dict[str, ApiState] = {}
-        self.traefik: subprocess.Popen[bytes] | None = None
+        self.traefik: asyncio.subprocess.Process | None = None
         self.api_port = free_port()
         self.metrics_port = free_port()
         self.control_port = free_port()
@@ -120,8 +122,10 @@ class Supervisor:
         # so `stack up` never returns, nor the autoscaler count a replica, before requests reach it.
         self.serving: dict[str, set[str]] = {}
         self.updating: set[str] = set()
-        self.prometheus: subprocess.Popen[bytes] | None = None
+        self.prometheus: asyncio.subprocess.Process | None = None
         self.prometheus_url: str | None = None
+        self.notes: list[str] = []  # for `stack up` and `stack status`: e.g. a port that moved
+        self.tasks: set[asyncio.Task[None]] = set()  # drains and child watchers: kept, awaited at exit
         self.autoscaler: Autoscaler | None = None
         self.registry = CollectorRegistry()  # the autoscaler's metrics, on the control port's /metrics
 
@@ -129,14 +133,14 @@ class Supervisor:
 
     async def run(self) -> None:
         self.session = aiohttp.ClientSession()
-        self._apply_spec(self.loaded, first=True)
+        self._apply_spec(self.loaded, await asyncio.to_thread(project_digest, self.loaded), first=True)
         self._write_routes()
-        self._start_traefik()
-        self._start_prometheus()
+        await self._start_traefik()
+        await self._start_prometheus()
         runner = await self._start_control()
         self._write_state()
-        autoscaler = asyncio.get_running_loop().create_task(self._autoscale_forever())
         loop = asyncio.get_running_loop()
+        autoscaler = loop.create_task(self._autoscale_forever())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
         try:
@@ -147,14 +151,20 @@ class Supervisor:
                     await asyncio.wait_for(self.wake.wait(), TICK)
         finally:
             autoscaler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await autoscaler
             await self._shutdown()
             await runner.cleanup()
             await self.session.close()
 
-    def _start_traefik(self) -> None:
+    def _spawn(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _start_traefik(self) -> None:
         spec = self.loaded.spec
         if not port_is_free("0.0.0.0", spec.gateway.port):
-            raise SystemExit(f"gateway port {spec.gateway.port} is already in use; set gateway.port in stack.yaml")
+            raise StackError(f"gateway port {spec.gateway.port} is already in use; set gateway.port in stack.yaml")
         command = traefik.traefik_command(
             spec.gateway.port,
             self.api_port,
@@ -162,9 +172,9 @@ class Supervisor:
             self.paths.traefik_dir,
             self.paths.logs / "traefik-access.log",
         )
-        self.traefik = traefik.start_traefik(command, self.paths.logs / "traefik.log")
+        self.traefik = await _start_child(command, self.paths.logs / "traefik.log")
 
-    def _start_prometheus(self) -> None:
+    async def _start_prometheus(self) -> None:
         spec = self.loaded.spec.prometheus
         binary = shutil.which("prometheus")
         if not spec.enabled or binary is None:
@@ -173,7 +183,15 @@ class Supervisor:
                 "disabled" if not spec.enabled else "not on PATH",
             )
             return
-        port = spec.port if port_is_free("127.0.0.1", spec.port) else free_port()
+        port = spec.port
+        if not port_is_free("127.0.0.1", spec.port):
+            port = free_port()
+            note = (
+                f"Prometheus port {spec.port} is in use: this stack's Prometheus listens on 127.0.0.1:{port} "
+                "instead (set prometheus.port in stack.yaml to choose one)"
+            )
+            LOGGER.warning(note)
+            self.notes.append(note)
         directory = self.paths.prometheus_dir
         directory.mkdir(parents=True, exist_ok=True)
         _write_targets(directory / "targets.json", self.loaded.spec.project, {})
@@ -194,10 +212,7 @@ class Supervisor:
             f"--web.listen-address=127.0.0.1:{port}",
             "--storage.tsdb.retention.time=1d",
         ]
-        with open(self.paths.logs / "prometheus.log", "ab") as out:
-            self.prometheus = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
-            )
+        self.prometheus = await _start_child(command, self.paths.logs / "prometheus.log")
         self.prometheus_url = f"http://127.0.0.1:{port}"
         LOGGER.info(f"Prometheus at {self.prometheus_url}")
 
@@ -223,7 +238,9 @@ class Supervisor:
                 "traefik_metrics_port": self.metrics_port,
                 "gateway_port": self.loaded.spec.gateway.port,
                 "project": self.loaded.spec.project,
+                "spec_file": str(self.loaded.path),
                 "prometheus_url": self.prometheus_url,
+                "notes": self.notes,
             },
         )
 
@@ -231,23 +248,23 @@ class Supervisor:
         LOGGER.info("shutting down")
         for api in self.apis.values():
             for replica in api.replicas:
-                if replica.proc.poll() is None:
+                if replica.proc.returncode is None:
                     replica.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + max(
             (a.spec.predictor.grace_period + STOP_MARGIN for a in self.apis.values()), default=10
         )
-        for replica in [r for a in self.apis.values() for r in a.replicas]:
-            _wait_or_kill(replica.proc, deadline)
+        await asyncio.gather(*(_wait_or_kill(r.proc, deadline) for a in self.apis.values() for r in a.replicas))
         for child in (self.traefik, self.prometheus):
-            if child is not None and child.poll() is None:
+            if child is not None and child.returncode is None:
                 child.terminate()
-                _wait_or_kill(child, time.monotonic() + 10)
+                await _wait_or_kill(child, time.monotonic() + 10)
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
         self.paths.state_file.unlink(missing_ok=True)
 
     # -- spec --------------------------------------------------------------------------
 
-    def _apply_spec(self, loaded: LoadedSpec, first: bool = False) -> None:
-        digest = project_digest(loaded.root)
+    def _apply_spec(self, loaded: LoadedSpec, digest: str, first: bool = False) -> None:
         for api in loaded.spec.apis:
             version = api_version(api, digest)
             current = self.apis.get(api.name)
@@ -274,7 +291,7 @@ class Supervisor:
         for state in list(self.apis.values()):
             self._reap(state)
             await self._probe(state)
-            self._reconcile(state)
+            await self._reconcile(state)
         await self._sync_routes()
         for name in [
             n
@@ -285,7 +302,7 @@ class Supervisor:
 
     def _reap(self, state: ApiState) -> None:
         for replica in list(state.replicas):
-            code = replica.proc.poll()
+            code = replica.proc.returncode
             if code is None:
                 continue
             state.replicas.remove(replica)
@@ -294,7 +311,8 @@ class Supervisor:
             if replica.state == "starting":
                 state.failures += 1
                 state.error = (
-                    _startup_error(replica.log) or f"replica {replica.id} exited with code {code} while starting"
+                    _startup_error(self._error_file(replica.id))
+                    or f"replica {replica.id} exited with code {code} while starting"
                 )
                 delay = BACKOFF[min(state.failures - 1, len(BACKOFF) - 1)]
                 state.retry_at = time.monotonic() + delay
@@ -324,7 +342,7 @@ class Supervisor:
                 state.failures, state.error = 0, None
                 state.event(f"replica {replica.id} ready after {time.monotonic() - replica.started:.1f}s")
 
-    def _reconcile(self, state: ApiState) -> None:
+    async def _reconcile(self, state: ApiState) -> None:
         live = state.live()
         new = [r for r in live if r.version == state.version]
         old = [r for r in live if r.version != state.version]
@@ -334,7 +352,7 @@ class Supervisor:
             state.error = state.error or "replicas keep failing to start"
         # Grow the current version, up to desired, with at most `surge` extra replicas during an update.
         if can_start and len(new) < state.desired and len(live) < state.desired + surge:
-            self._start_replica(state)
+            await self._start_replica(state)
             return
         ready = [r for r in live if r.state == "ready"]
         # Retire old versions once enough replicas serve: never below desired - unavailable.
@@ -352,38 +370,42 @@ class Supervisor:
             self.updating.discard(state.spec.name)
             state.event("rolling update done")
 
-    def _start_replica(self, state: ApiState) -> None:
+    def _error_file(self, replica_id: str) -> Path:
+        return self.paths.logs / f"{replica_id}.error.json"
+
+    async def _start_replica(self, state: ApiState) -> None:
         state.counter += 1
         replica_id = f"{state.spec.name}-{state.counter}"
         port = free_port()
         config = replica_config(self.loaded, state.spec, host="127.0.0.1", port=port, drain_delay=0.0)
         log = self.paths.replica_log(replica_id)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json()}
+        error_file = self._error_file(replica_id)
+        error_file.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            **state.spec.predictor.env,
+            CONFIG_ENV: config.to_json(),
+            STARTUP_ERROR_ENV: str(error_file),
+        }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "serving"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.loaded.root,
-                preexec_fn=die_with_parent,
-            )
+        proc = await _start_child([sys.executable, "-m", "serving"], log, env=env, cwd=self.loaded.root)
         state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log))
-        # A thread per child turns its exit into an immediate reconcile: a dead replica
-        # leaves the router within milliseconds instead of at the next tick.
-        loop = asyncio.get_running_loop()
-        threading.Thread(target=lambda: (proc.wait(), loop.call_soon_threadsafe(self.wake.set)), daemon=True).start()
+        # Its exit wakes the reconcile loop at once: a dead replica leaves the router
+        # within milliseconds instead of at the next tick.
+        self._spawn(asyncio.get_running_loop().create_task(self._watch(proc)))
         state.event(f"started replica {replica_id} (version {state.version}, port {port})")
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        self.wake.set()
 
     def _drain(self, state: ApiState, replica: Replica, why: str) -> None:
         was_routed = replica.state == "ready"
         replica.state = "draining"
         state.event(f"draining replica {replica.id}: {why}")
         # Out of the router first; SIGTERM only once Traefik confirms it is gone.
-        asyncio.get_running_loop().create_task(self._terminate_when_unrouted(state, replica, was_routed))
+        self._spawn(asyncio.get_running_loop().create_task(self._terminate_when_unrouted(state, replica, was_routed)))
 
     async def _terminate_when_unrouted(self, state: ApiState, replica: Replica, was_routed: bool) -> None:
         if was_routed:
@@ -394,7 +416,7 @@ class Supervisor:
                 if live is not None and replica.url not in live:
                     break
                 await asyncio.sleep(0.05)
-        if replica.proc.poll() is None:
+        if replica.proc.returncode is None:
             replica.proc.send_signal(signal.SIGTERM)
 
     # -- routes ----------------------------------------------------------------------------
@@ -526,6 +548,8 @@ class Supervisor:
             "project": self.loaded.spec.project,
             "gateway_port": self.loaded.spec.gateway.port,
             "pid": os.getpid(),
+            "target": "local",
+            "notes": self.notes,
             "apis": apis,
         }
 
@@ -560,10 +584,10 @@ class Supervisor:
 
     async def _reload(self, request: web.Request) -> web.Response:
         try:
-            loaded = load_spec(self.loaded.root)
+            loaded = await asyncio.to_thread(load_spec, self.loaded.path)
         except SpecError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        self._apply_spec(loaded)
+        self._apply_spec(loaded, await asyncio.to_thread(project_digest, loaded))
         if self.autoscaler is not None:
             self.autoscaler.configure(config_of(loaded))
         return web.json_response({"ok": True})
@@ -620,32 +644,44 @@ def _write_targets(path: Path, project: str, routed: dict[str, set[str]]) -> Non
     write_json_atomic(path, groups)
 
 
-def _wait_or_kill(proc: subprocess.Popen[bytes], deadline: float) -> None:
+async def _start_child(
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> asyncio.subprocess.Process:
+    """A child that dies with this supervisor (through stack.local.guard), its output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    guarded = [sys.executable, "-m", "stack.local.guard", str(os.getpid()), "--", *command]
+    with open(log, "ab") as out:
+        return await asyncio.create_subprocess_exec(
+            *guarded, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=cwd
+        )
+
+
+async def _wait_or_kill(proc: asyncio.subprocess.Process, deadline: float) -> None:
     try:
-        proc.wait(max(deadline - time.monotonic(), 0.1))
-    except subprocess.TimeoutExpired:
+        await asyncio.wait_for(proc.wait(), max(deadline - time.monotonic(), 0.1))
+    except TimeoutError:
         proc.kill()
-        proc.wait()
+        await proc.wait()
 
 
-def _startup_error(log: Path) -> str | None:
-    """The one-line reason a replica gave for not starting, from its log."""
+def _startup_error(error_file: Path) -> str | None:
+    """The reason a replica wrote for not starting (serving.runner.report_startup_error)."""
     try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
+        data = json.loads(error_file.read_text())
+    except (OSError, ValueError):
         return None
-    for line in reversed(lines[-200:]):
-        for marker in ("predictor failed to start: ", "ERROR   "):
-            if marker in line:
-                return line.split(marker, 1)[1].strip()
-    return None
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, str) else None
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
-    root = Path(args[0]).resolve()
-    asyncio.run(Supervisor(root).run())
+    try:
+        asyncio.run(Supervisor(Path(args[0]).resolve()).run())
+    except StackError as exc:
+        LOGGER.error(str(exc))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

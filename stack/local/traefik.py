@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sysconfig
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from serving.supervisor import die_with_parent
 from stack.errors import StackError
 from stack.plan.render import template_environment
 
@@ -58,14 +56,6 @@ def traefik_command(
         f"--accesslog.filepath={access_log}",
         "--log.level=INFO",
     ]
-
-
-def start_traefik(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
-        )
 
 
 def render_template(name: str, **values: Any) -> str:

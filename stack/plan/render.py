@@ -21,6 +21,8 @@ import jinja2
 import serving
 from stack import __version__
 from stack.autoscale.config import config_of
+from stack.errors import PlanError
+from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.serving import REPLICA_PORT, replica_config
 from stack.spec import Api, LoadedSpec
@@ -33,15 +35,9 @@ HEALTH = {"interval": "2s", "timeout": "2s", "retries": 2, "start_period": "10m"
 NOMAD_HEALTH = {"interval": "3s", "timeout": "2s"}
 STOP_MARGIN = 5.0  # seconds beyond drain + grace before the engine kills a replica
 BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by `stack up`
-# Never hashed into versions: generated state and caches.
-IGNORED_DIRS = {".stack", ".git", "__pycache__", ".pytest_cache", ".venv", "node_modules"}
 RUNTIME_REQUIREMENTS = ["aiohttp>=3.11", "prometheus-client>=0.21"]
 AUTOSCALER_STATE_DIR = ".stack/autoscaler"  # decisions for `stack status`, APIs set by hand
 AUTOSCALER_PORT = 9100
-
-
-class PlanError(Exception):
-    """The spec is valid but cannot be planned for this target (e.g. too few GPUs)."""
 
 
 @dataclass(frozen=True)
@@ -88,42 +84,36 @@ def _header(loaded: LoadedSpec, comment: str = "#") -> str:
 # -- versions ------------------------------------------------------------------------
 
 
-def project_digest(root: Path, exclude: Path | None = None) -> str:
+def project_files(loaded: LoadedSpec, exclude: Path | None = None) -> ProjectFiles:
+    """The project's files that go into its images (`.stackignore` and the defaults decide)."""
+    return ProjectFiles(loaded.root, loaded.path, (exclude,) if exclude is not None else ())
+
+
+def project_digest(loaded: LoadedSpec, exclude: Path | None = None) -> str:
     """A hash of everything a replica runs: the project's files and the replica runtime (`serving`).
 
-    A code change, or a new runtime, gives a new image and a rolling update.
-    `exclude` is the plan's own output directory, when it lies inside the project.
+    A code change, or a new runtime, gives a new image and a rolling update; a log
+    file or anything `.stackignore` names does not. `exclude` is the plan's own
+    output directory, when it lies inside the project.
     """
-    digest = hashlib.sha256()
-    _hash_tree(digest, root, "project", exclude)
-    _hash_tree(digest, Path(serving.__file__).parent, "runtime", None)
-    return digest.hexdigest()
+    files = project_files(loaded, exclude).digest(cache_root=loaded.root)
+    return hashlib.sha256(f"{files}\0{runtime_digest()}".encode()).hexdigest()
+
+
+def runtime_digest() -> str:
+    runtime = Path(serving.__file__).parent
+    return tree_digest(runtime, package_files(runtime), None)
 
 
 def control_plane_digest() -> str:
     """A hash of the autoscaler image's code (`stack` and `serving`): a new release, a new image."""
-    digest = hashlib.sha256()
-    _hash_tree(digest, Path(__file__).resolve().parents[1], "stack", None)
-    _hash_tree(digest, Path(serving.__file__).parent, "runtime", None)
-    return digest.hexdigest()
+    code = Path(__file__).resolve().parents[1]
+    return hashlib.sha256(f"{tree_digest(code, package_files(code), None)}\0{runtime_digest()}".encode()).hexdigest()
 
 
 def control_plane_requirements() -> list[str]:
     """stack-serve's own dependencies (no extras), from its installed metadata."""
     return sorted(r for r in metadata.requires("stack-serve") or [] if "extra ==" not in r)
-
-
-def _hash_tree(digest: Any, root: Path, prefix: str, exclude: Path | None) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in IGNORED_DIRS and (exclude is None or Path(dirpath, d) != exclude)
-        )
-        for name in sorted(filenames):
-            if name.endswith((".pyc", ".pyo")):
-                continue
-            path = Path(dirpath, name)
-            digest.update(f"{prefix}/{path.relative_to(root).as_posix()}".encode() + b"\0")
-            digest.update(path.read_bytes() if path.is_file() else b"")
 
 
 def api_version(api: Api, digest: str) -> str:
@@ -240,7 +230,7 @@ def plan_compose(
     spec = loaded.spec
     out_dir = out_dir.resolve()
     env = template_environment()
-    digest = project_digest(loaded.root, exclude=out_dir)
+    digest = project_digest(loaded, exclude=out_dir)
     header = _header(loaded)
     apis = []
     files: dict[str, str] = {}
@@ -329,7 +319,7 @@ def plan_nomad(
 ) -> Plan:
     spec = loaded.spec
     env = template_environment()
-    digest = project_digest(loaded.root)
+    digest = project_digest(loaded)
     header = _header(loaded)
     project = spec.project
     registry = f"{registry.rstrip('/')}/" if registry else ""

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from stack.errors import StackError
 from stack.spec import models
 from stack.spec.units import format_duration, parse_duration
 
@@ -31,14 +32,19 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        if self.line <= 0:  # about the file as a whole
+            return self.message
         where = f"{self.file}:{self.line}:{self.column}"
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
-class SpecError(Exception):
+class SpecError(StackError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        if len(problems) == 1 and problems[0].line <= 0:
+            super().__init__(str(problems[0]))
+            return
         super().__init__(f"{count} in {problems[0].file}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
@@ -71,7 +77,17 @@ def load_spec(path: str | Path = ".") -> LoadedSpec:
     try:
         text = file.read_text()
     except FileNotFoundError:
-        raise SpecError([Problem(shown, 1, 1, "", "file not found; create one with `stack init NAME`")]) from None
+        where = Path(path)
+        if where.is_dir() or not where.suffix:
+            message = (
+                f"no {SPEC_FILENAME} in {where.resolve()}: create one with `stack init NAME`, "
+                "or give the directory (or the spec file) that has it"
+            )
+        else:
+            message = f"{where.resolve()}: file not found"
+        raise SpecError([Problem(shown, 0, 0, "", message)]) from None
+    except IsADirectoryError:
+        raise SpecError([Problem(shown, 0, 0, "", f"{file} is a directory, not a spec file")]) from None
     except OSError as exc:
         raise SpecError([Problem(shown, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     data, positions = _parse_yaml(text, shown)
@@ -92,9 +108,8 @@ def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, tuple[int, int]
             raise SpecError([Problem(shown, 1, 1, "", "the file is empty; it needs at least `project:` and `apis:`")])
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise SpecError([Problem(shown, line, column, "", f"YAML syntax error: {exc.problem or exc}")]) from None
+        line, column, message = _plain_yaml_error(exc)
+        raise SpecError([Problem(shown, line, column, "", f"YAML syntax error: {message}")]) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -108,6 +123,56 @@ def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, tuple[int, int]
     if duplicates:
         raise SpecError(duplicates)
     return data, positions
+
+
+def _plain_yaml_error(exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
+    """PyYAML's parser words, translated: where to look and what is most likely wrong."""
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    start = exc.context_mark
+    opened = f"line {start.line + 1}" if start is not None else "above"
+    problem = str(exc.problem or exc)
+    context = str(exc.context or "")
+    if "'\\t'" in problem or "\t" in problem:
+        return line, column, "a tab character; YAML indents with spaces only: replace the tab with spaces"
+    if problem.startswith("expected <block end>"):
+        return (
+            line,
+            column,
+            (
+                f"this line's indentation does not fit the block it is in (the block starts at {opened}, "
+                f"column {start.column + 1 if start else '?'}): keys of one mapping start in the same column, "
+                "and a nested value is indented further than its key"
+            ),
+        )
+    if problem == "mapping values are not allowed here":
+        return (
+            line,
+            column,
+            (
+                "a `key: value` where none may be: this line is indented deeper than the key above it allows, "
+                "or a value contains ': ' and needs quotes"
+            ),
+        )
+    if "quoted scalar" in context:
+        return (
+            (start.line + 1, start.column + 1, "a quoted string is never closed: add its closing quote")
+            if start
+            else (
+                line,
+                column,
+                "a quoted string is never closed",
+            )
+        )
+    if "flow" in context and "<stream end>" in problem:
+        return (
+            (start.line + 1 if start else line),
+            (start.column + 1 if start else column),
+            ("the file ends inside a [ ] or { } value: a bracket is never closed"),
+        )
+    if "found duplicate anchor" in problem or "found undefined alias" in problem:
+        return line, column, problem
+    return line, column, problem
 
 
 def _record(

@@ -24,7 +24,8 @@ NAME_RULE = "lowercase letters, digits and '-', starting with a letter (it names
 
 class Strict(BaseModel):
     # Unknown keys are errors: a misspelt field silently ignored is the worst kind of bug.
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: `threads_per_process: "2"` is an error, not a silent conversion.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class Batching(Strict):
@@ -49,6 +50,20 @@ class Predictor(Strict):
     batching: Batching | None = None
     drain_delay: Duration = 5.0  # keep serving after SIGTERM while the router notices
     grace_period: Duration = 30.0  # then let in-flight requests finish
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_numbers(cls, env: Any) -> Any:
+        # Numbers read as numbers in YAML; an environment variable is their text (as in Compose).
+        # Booleans are refused: `true` would become "True", which few programs read as true.
+        if not isinstance(env, dict):
+            return env
+        out = {}
+        for key, value in env.items():
+            if isinstance(value, bool):
+                raise ValueError(f"the value of {key} is a boolean; quote it (\"true\") to pass the text")
+            out[key] = str(value) if isinstance(value, (int, float)) else value
+        return out
 
     @field_validator("env")
     @classmethod
@@ -195,8 +210,10 @@ class Prometheus(Strict):
 
 class Build(Strict):
     base_image: str = "python:3.11-slim"
-    # Build images from a wheelhouse resolved on the host (air-gapped sites, no index in builds).
-    wheelhouse: bool = False
+    # Resolve every package on this host, for the image's own Python and platform, and install
+    # them offline in the image: builds need no index (air-gapped sites, TLS-intercepting proxies
+    # that containers do not trust). false: pip runs inside the image and needs the network.
+    wheelhouse: bool = True
 
 
 class Spec(Strict):

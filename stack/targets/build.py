@@ -1,72 +1,183 @@
 """Assemble one build context per image and build it.
 
 `.stack/build/<service>/` holds exactly what the Dockerfile copies: the
-project's files (without `.stack/`), the replica runtime (`serving/`), the
-requirements and, for offline builds, a wheelhouse resolved on the host with
-`pip download` for the image's Python. Containers then need no package index,
-which is what air-gapped sites need and what CI here has.
+project's files (what `.stackignore` and its defaults leave in), the replica
+runtime (`serving/`), the requirements and, by default, a wheelhouse: the
+wheels resolved on the host with `pip download` *for the image's own Python
+and platform* (read from the base image itself). Containers then need no
+package index — what air-gapped sites need, and what a TLS-intercepting proxy
+that containers do not trust leaves. `build.wheelhouse: false` lets pip run
+inside the image instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import serving
 import stack
-from stack.errors import StackError
-from stack.plan.render import IGNORED_DIRS, RUNTIME_REQUIREMENTS, build_context, control_plane_requirements
+from stack.errors import BuildError
+from stack.files import ProjectFiles, package_files
+from stack.plan.render import RUNTIME_REQUIREMENTS, build_context, control_plane_requirements
 
 Progress = Callable[[str], None]
+WHEELHOUSE_CACHE = ".stack/wheelhouse"
+
+
+@dataclass(frozen=True)
+class ImagePython:
+    """The interpreter inside a base image: what its wheels must be built for."""
+
+    version: str  # "3.11"
+    implementation: str  # "cp"
+    machine: str  # "x86_64", "aarch64"
+    libc: str  # "glibc" or "musl"
+    libc_version: str  # "2.36"
+
+    def pip_args(self) -> list[str]:
+        """`pip download` flags selecting wheels this interpreter can install."""
+        nodot = self.version.replace(".", "")
+        args = ["--python-version", self.version, "--implementation", self.implementation]
+        for abi in (f"{self.implementation}{nodot}", "abi3", "none"):
+            args += ["--abi", abi]
+        for platform in self.platforms():
+            args += ["--platform", platform]
+        return args
+
+    def platforms(self) -> list[str]:
+        arch = self.machine
+        if self.libc == "musl":
+            minor = _minor(self.libc_version, 2)
+            return [f"musllinux_1_{m}_{arch}" for m in range(minor, -1, -1)] + ["any"]
+        minor = _minor(self.libc_version, 17)
+        tags = [f"manylinux_2_{m}_{arch}" for m in range(minor, 16, -1)]
+        tags += [f"manylinux2014_{arch}"]
+        if arch in ("x86_64", "i686"):
+            tags += [f"manylinux2010_{arch}", f"manylinux1_{arch}"]
+        return [*tags, "any"]
+
+    def key(self) -> str:
+        return f"{self.implementation}{self.version}-{self.libc}{self.libc_version}-{self.machine}"
+
+
+def _minor(version: str, default: int) -> int:
+    try:
+        return int(version.split(".")[1])
+    except (IndexError, ValueError):
+        return default
+
+
+_PROBE = (
+    "import sys, platform, json; libc = platform.libc_ver(); "
+    "print(json.dumps({'version': '%d.%d' % sys.version_info[:2], 'impl': sys.implementation.name, "
+    "'machine': platform.machine(), 'libc': libc[0] or 'musl', 'libc_version': libc[1] or '1.2'}))"
+)
+
+
+def image_python(base_image: str, cache_dir: Path) -> ImagePython:
+    """Ask the base image's own interpreter (cached by image id: a local image never changes under its id)."""
+    image_id = _docker_out(["image", "inspect", "--format", "{{.Id}}", base_image])
+    if image_id is None:
+        raise BuildError(
+            f"the base image {base_image} is not on this machine. Pull it (`docker pull {base_image}`) "
+            "or set build.base_image in stack.yaml to an image that is."
+        )
+    cache = cache_dir / "image-python.json"
+    known: dict[str, dict[str, str]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = json.loads(cache.read_text())
+    if image_id not in known:
+        out = _docker_out(["run", "--rm", "--network", "none", "--entrypoint", "python", base_image, "-c", _PROBE])
+        if out is None:
+            raise BuildError(
+                f"cannot run python in the base image {base_image}: the default build resolves wheels for the "
+                "image's Python, so the image needs one on its PATH (use a python:* image, or set "
+                "build.wheelhouse: false)."
+            )
+        known[image_id] = json.loads(out.splitlines()[-1])
+        from stack.atomic import write_json_atomic
+
+        write_json_atomic(cache, known)
+    info = known[image_id]
+    impl = {"cpython": "cp", "pypy": "pp"}.get(info["impl"], info["impl"])
+    return ImagePython(info["version"], impl, info["machine"], info["libc"], info["libc_version"])
+
+
+def _docker_out(args: list[str]) -> str | None:
+    try:
+        result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def assemble(
-    root: Path, service: str, dockerfile: str, requirements: Path | None, wheelhouse: bool, progress: Progress
+    files: ProjectFiles,
+    service: str,
+    dockerfile: str,
+    requirements: Path | None,
+    base_image: str,
+    wheelhouse: bool,
+    progress: Progress,
 ) -> Path:
+    root = files.root
     context = build_context(root, service)
     if context.exists():
         shutil.rmtree(context)
-    context.mkdir(parents=True)
-    shutil.copytree(root, context / "project", ignore=_ignore)
-    shutil.copytree(Path(serving.__file__).parent, context / "serving", ignore=_ignore)
+    (context / "project").mkdir(parents=True)
+    for relative in files:
+        target = context / "project" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / relative, target)
+    _copy_package(Path(serving.__file__).parent, context / "serving")
     reqs = requirements.read_text() if requirements else ""
     (context / "requirements.txt").write_text(reqs)
     (context / "Dockerfile").write_text(dockerfile)
     if wheelhouse:
-        _wheelhouse(context, root, [*RUNTIME_REQUIREMENTS], context / "requirements.txt", progress)
+        _wheelhouse(context, root, base_image, [*RUNTIME_REQUIREMENTS], context / "requirements.txt", progress)
     return context
 
 
-def assemble_autoscaler(root: Path, dockerfile: str, wheelhouse: bool, progress: Progress) -> Path:
+def assemble_autoscaler(root: Path, dockerfile: str, base_image: str, wheelhouse: bool, progress: Progress) -> Path:
     """The autoscaler's context: the control plane's code and its dependencies (no project files)."""
     context = build_context(root, "autoscaler")
     if context.exists():
         shutil.rmtree(context)
     context.mkdir(parents=True)
-    shutil.copytree(Path(stack.__file__).parent, context / "stack", ignore=_ignore)
-    shutil.copytree(Path(serving.__file__).parent, context / "serving", ignore=_ignore)
+    _copy_package(Path(stack.__file__).parent, context / "stack")
+    _copy_package(Path(serving.__file__).parent, context / "serving")
     (context / "requirements.txt").write_text("\n".join(control_plane_requirements()) + "\n")
     (context / "Dockerfile").write_text(dockerfile)
     if wheelhouse:
-        _wheelhouse(context, root, [], context / "requirements.txt", progress)
+        _wheelhouse(context, root, base_image, [], context / "requirements.txt", progress)
     return context
 
 
-def _ignore(directory: str, names: list[str]) -> set[str]:
-    return {n for n in names if n in IGNORED_DIRS or n.endswith((".pyc", ".pyo"))}
+def _copy_package(source: Path, target: Path) -> None:
+    for relative in package_files(source):
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / relative, target / relative)
 
 
-def _wheelhouse(context: Path, root: Path, packages: list[str], requirements: Path, progress: Progress) -> None:
-    """Wheels for the image, cached by the requirement set so unchanged builds skip the download."""
-    wanted = "\n".join([*packages, requirements.read_text()])
+def _wheelhouse(
+    context: Path, root: Path, base_image: str, packages: list[str], requirements: Path, progress: Progress
+) -> None:
+    """Wheels for the image's interpreter, cached by (requirements, interpreter, platform)."""
+    cache_root = root / WHEELHOUSE_CACHE
+    python = image_python(base_image, cache_root)
+    wanted = "\n".join([python.key(), *packages, requirements.read_text()])
     key = hashlib.sha256(wanted.encode()).hexdigest()[:16]
-    cache = root / ".stack" / "wheelhouse" / key
+    cache = cache_root / key
     if not cache.is_dir():
-        progress(f"resolving the wheelhouse ({' '.join([*packages, 'requirements.txt'])})")
+        progress(f"resolving wheels for the image's Python {python.version} ({python.machine}) on this host")
         partial = cache.with_name(key + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         command = [
@@ -75,7 +186,9 @@ def _wheelhouse(context: Path, root: Path, packages: list[str], requirements: Pa
             "pip",
             "download",
             "--quiet",
+            "--disable-pip-version-check",
             "--only-binary=:all:",
+            *python.pip_args(),
             "--dest",
             str(partial),
             *packages,
@@ -84,21 +197,77 @@ def _wheelhouse(context: Path, root: Path, packages: list[str], requirements: Pa
         ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise StackError(
-                f"resolving the wheelhouse failed (`{' '.join(command[2:5])} ...`):\n"
-                f"{_tail(result.stderr or result.stdout)}"
-            )
+            output = result.stderr or result.stdout
+            raise BuildError(f"resolving the wheelhouse failed: {_wheelhouse_hint(output, python)}\n{_tail(output)}")
         partial.rename(cache)
     shutil.copytree(cache, context / "wheelhouse")
 
 
+def _wheelhouse_hint(output: str, python: ImagePython) -> str:
+    if "No matching distribution" in output or "Could not find a version" in output:
+        return (
+            f"a requirement has no wheel for the image's Python {python.version} on {python.machine} "
+            "(the line below names it). Pin a version that ships one, choose a base image whose Python it "
+            "supports, or set build.wheelhouse: false to let pip build it inside the image (that needs a "
+            "package index reachable from builds)."
+        )
+    if "SSL" in output or "CERTIFICATE" in output or "Failed to establish" in output or "ProxyError" in output:
+        return (
+            "this host's pip cannot reach the package index; check `pip download <package>` here (proxy, "
+            "certificates), or fill the wheelhouse cache in .stack/wheelhouse/ from a machine that can."
+        )
+    return "pip download, run on this host for the image's Python, failed (its output follows)."
+
+
 def build_image(context: Path, image: str, progress: Progress, labels: dict[str, str] | None = None) -> None:
-    """`docker build`, showing the failing step's output when it fails."""
+    """`docker build`; when it fails, say which step and the likely fix before the raw log."""
     progress(f"building {image}")
     label_args = [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
     result = subprocess.run(["docker", "build", "-t", image, *label_args, str(context)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise StackError(f"building {image} failed:\n{_failing_step(result.stdout + result.stderr)}")
+        output = result.stdout + result.stderr
+        raise BuildError(f"building {image} failed at {failure_summary(output)}\n\n{_failing_step(output)}")
+
+
+def failure_summary(output: str) -> str:
+    """One paragraph: the failing step and what most likely fixes it."""
+    step = _step_line(output)
+    text = output.lower()
+    if "pip install" in step.lower() or "pip install" in text[-4000:]:
+        if any(s in text for s in ("certificate_verify_failed", "ssl", "proxy", "name resolution", "max retries")):
+            return (
+                f"{step}: pip inside the image cannot reach the package index (no network from builds, or a "
+                "TLS-intercepting proxy the image does not trust). Set build.wheelhouse: true (the default) so "
+                "the wheels are resolved on this host and the image installs them offline."
+            )
+        if "no matching distribution" in text or "could not find a version" in text:
+            return (
+                f"{step}: a requirement of requirements.txt has no version for the image's Python; pin one "
+                "that exists or change build.base_image."
+            )
+        return f"{step}: installing the requirements failed; the pip output below names the package."
+    if step.upper().startswith(("COPY", "ADD")) or " COPY " in step or " ADD " in step:
+        return f"{step}: a file the Dockerfile copies is missing from the build context (.stack/build/)."
+    if "pull access denied" in text or "manifest unknown" in text or "not found: manifest" in text:
+        return f"{step}: the base image cannot be pulled; `docker pull` it or set build.base_image."
+    return f"{step}: the output of that step follows."
+
+
+def _step_line(output: str) -> str:
+    lines = output.splitlines()
+    for line in reversed(lines):
+        if line.startswith("Step ") and " : " in line:  # classic builder: "Step 4/9 : RUN pip install ..."
+            number, _, command = line.partition(" : ")
+            return f"{number.lower()} (`{_short(command)}`)"
+    for line in reversed(lines):  # BuildKit: "#8 [4/7] RUN pip install ..."
+        if line.startswith("#") and "[" in line and "]" in line:
+            inside = line.split("[", 1)[1].split("]", 1)
+            return f"step {inside[0].strip()} (`{_short(inside[1].strip())}`)"
+    return "an unknown step"
+
+
+def _short(command: str) -> str:
+    return command if len(command) <= 80 else command[:77] + "..."
 
 
 def image_exists(image: str) -> bool:

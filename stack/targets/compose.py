@@ -15,30 +15,36 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from serving.supervisor import port_is_free
+from stack.atomic import write_json_atomic
 from stack.autoscale.service import DECISIONS_FILE, MANUAL_FILE, manual_apis
-from stack.errors import StackError
-from stack.local.state import write_json_atomic
+from stack.errors import NotRunning, StackError
 from stack.plan.render import (
     AUTOSCALER_STATE_DIR,
     api_version,
     autoscaler_image,
     control_plane_digest,
+    detect_gpus,
     plan_compose,
     project_digest,
+    project_files,
     service_name,
 )
 from stack.spec import Api, LoadedSpec
+from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
+from stack.targets.docker_logs import follow_container_logs
+from stack.traffic import prometheus_traffic
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/compose"
+DEPLOYED_FILE = ".stack/compose/deployed.json"  # API -> the version `stack up` last rolled it to
 READY_TIMEOUT = 600.0
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -81,8 +87,11 @@ NO_DOCKER = (
 
 
 class ComposeTarget:
-    def __init__(self, loaded: LoadedSpec) -> None:
+    name = "compose"
+
+    def __init__(self, loaded: LoadedSpec, host_gpus: int | None = None) -> None:
         self.loaded = loaded
+        self.host_gpus = host_gpus  # None: ask nvidia-smi when planning
         self.project = loaded.spec.project
         self.plan_dir = loaded.root / PLAN_DIR
         self.state_dir = loaded.root / AUTOSCALER_STATE_DIR
@@ -153,11 +162,12 @@ class ComposeTarget:
 
     # -- up -----------------------------------------------------------------------------------------
 
-    def up(self, progress: Progress, host_gpus: int | None = None) -> None:
+    def up(self, progress: Progress) -> StackStatus:
         self.preflight()
+        host_gpus = self.host_gpus if self.host_gpus is not None else detect_gpus()
         plan = plan_compose(self.loaded, self.plan_dir, host_gpus=host_gpus)
         plan.write(self.plan_dir)
-        digest = project_digest(self.loaded.root, exclude=self.plan_dir)
+        digest = project_digest(self.loaded)
         versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
         for api in self.loaded.spec.apis:
             self._build(api, versions[api.name], plan.files.get(f"{api.name}.Dockerfile", ""), progress)
@@ -168,6 +178,7 @@ class ComposeTarget:
             self._roll(api, versions[api.name], progress)
             self._wait_routed(api, progress)
         self._start_autoscaler(plan.files.get("autoscaler.Dockerfile"), progress)
+        return self.status()
 
     def _wait_routed(self, api: Api, progress: Progress) -> None:
         """Return only once a request through the gateway reaches the API: Traefik takes up to
@@ -202,8 +213,10 @@ class ComposeTarget:
         image = autoscaler_image()
         code = control_plane_digest()[:16]
         if build.image_label(image, "stack.code") != code:  # missing, or built from other code
-            wheelhouse = self.loaded.spec.build.wheelhouse
-            context = build.assemble_autoscaler(self.loaded.root, dockerfile, wheelhouse, progress)
+            spec = self.loaded.spec.build
+            context = build.assemble_autoscaler(
+                self.loaded.root, dockerfile, spec.base_image, spec.wheelhouse, progress
+            )
             build.build_image(context, image, progress, labels={"stack.code": code})
         progress("starting the autoscaler")
         self._compose("up", "-d", "--no-deps", "autoscaler")
@@ -216,10 +229,11 @@ class ComposeTarget:
             progress(f"{api.name}: image {image} is up to date")
             return
         context = build.assemble(
-            self.loaded.root,
+            project_files(self.loaded),
             service_name(api, version),
             dockerfile,
             self.loaded.requirements_file(api),
+            self.loaded.spec.build.base_image,
             self.loaded.spec.build.wheelhouse,
             progress,
         )
@@ -250,6 +264,9 @@ class ComposeTarget:
         # Keep the count the autoscaler or `stack scale` chose; a first start uses init_replicas.
         desired = len(old) if old else (len(current) or api.autoscaling.initial)
         desired = min(max(desired, api.autoscaling.min_replicas), api.autoscaling.max_replicas)
+        deployed = self._deployed()
+        if deployed.get(api.name) != version:
+            write_json_atomic(self.loaded.root / DEPLOYED_FILE, {**deployed, api.name: version})
         if not old:
             self._scale_to(api, version, desired)
             self._wait(api, version, desired, progress)
@@ -309,108 +326,124 @@ class ComposeTarget:
 
     # -- status, logs, scale, down -----------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StackStatus:
         containers = self.containers()
-        digest = project_digest(self.loaded.root, exclude=self.plan_dir)
+        digest = project_digest(self.loaded)
         decisions = self._decisions()
         manual = manual_apis(self.state_dir)
+        deployed = self._deployed()
         apis = []
         for api in self.loaded.spec.apis:
-            version = api_version(api, digest)
             mine = [c for c in containers if c.api == api.name]
-            live = [c for c in mine if c.state != "exited" or c.exit_code != 0]
-            current = [c for c in live if c.version == version]
-            ready = [c for c in mine if c.ready]
+            alive = [c for c in mine if c.state not in ("exited", "dead")]
+            versions = sorted({c.version for c in alive})
+            version = deployed.get(api.name) or (versions[0] if len(versions) == 1 else "")
+            current = [c for c in alive if c.version == version]
+            ready = [c for c in alive if c.ready]
+            updating = any(c.version != version for c in alive)
             if any(c.failed for c in current) and not ready:
                 state = "error"
-            elif any(c.version != version and c.state == "running" for c in mine):
+            elif updating:
                 state = "updating"
             elif current and len([c for c in current if c.ready]) >= len(current):
                 state = "live"
             else:
                 state = "starting" if current else "stopped"
+            failed = [c for c in current if c.failed]
             apis.append(
-                {
-                    "name": api.name,
-                    "status": state,
-                    "ready": len(ready),
-                    "desired": len(current),
-                    "endpoint": api.endpoint,
-                    "version": version,
-                    "replicas": [c.__dict__ for c in mine],
-                    "autoscaled": api.autoscaled and api.name not in manual,
-                    "autoscaler": decisions.get(api.name),
-                    **self._traffic(api.name),
-                }
+                ApiStatus(
+                    name=api.name,
+                    status=state,
+                    ready=len(ready),
+                    desired=max(len(current), len(alive) - len(current)) if updating else len(current),
+                    endpoint=api.endpoint,
+                    version=version,
+                    changed=bool(version) and version != api_version(api, digest),
+                    error=f"replica {failed[0].name} is {failed[0].state} (exit code {failed[0].exit_code})"
+                    if failed
+                    else None,
+                    autoscaled=api.autoscaled and api.name not in manual,
+                    autoscaler=decisions.get(api.name),
+                    min_replicas=api.autoscaling.min_replicas,
+                    max_replicas=api.autoscaling.max_replicas,
+                    replicas=[
+                        ReplicaStatus(
+                            id=c.name,
+                            state="ready" if c.ready else c.state,
+                            version=c.version,
+                            health=c.health,
+                        )
+                        for c in mine
+                    ],
+                    traffic=self._traffic(api.name),
+                )
             )
-        return {"project": self.project, "gateway_port": self.loaded.spec.gateway.port, "apis": apis}
+        return StackStatus(self.project, "compose", self.loaded.spec.gateway.port, apis)
+
+    def _deployed(self) -> dict[str, str]:
+        """The version each API was last rolled to by `stack up` (not what the files would build now)."""
+        try:
+            data = json.loads((self.loaded.root / DEPLOYED_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return (
+            {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+            if isinstance(data, dict)
+            else {}
+        )
 
     def _decisions(self) -> dict[str, Any]:
         """The autoscaler's last decisions per API, as it saved them in the shared state directory."""
         try:
-            return json.loads((self.state_dir / DECISIONS_FILE).read_text())
+            data = json.loads((self.state_dir / DECISIONS_FILE).read_text())
         except (OSError, ValueError):
             return {}
+        return data if isinstance(data, dict) else {}
 
-    def _traffic(self, api: str) -> dict[str, Any]:
-        """Request rate, latency quantiles and status classes over the last minutes, from Prometheus."""
-        url = f"http://127.0.0.1:{self.loaded.spec.prometheus.port}/api/v1/query"
-        selector = f'api="{api}"'
-        queries = {
-            "requests_per_second": f"sum(rate(predictor_requests_total{{{selector}}}[1m]))",
-            "p50_ms": f"1000 * histogram_quantile(0.5, sum by (le) "
-            f"(rate(predictor_request_duration_seconds_bucket{{{selector}}}[1m])))",
-            "p99_ms": f"1000 * histogram_quantile(0.99, sum by (le) "
-            f"(rate(predictor_request_duration_seconds_bucket{{{selector}}}[1m])))",
-        }
-        out: dict[str, Any] = {}
-        try:
-            for key, query in queries.items():
-                result = requests.get(url, params={"query": query}, timeout=3).json()["data"]["result"]
-                value = float(result[0]["value"][1]) if result else None
-                out[key] = None if value is None or value != value else round(value, 2)
-            by_code = requests.get(
-                url,
-                params={"query": f"sum by (code) (increase(predictor_requests_total{{{selector}}}[5m]))"},
-                timeout=3,
-            ).json()
-            classes = {"2xx": 0.0, "4xx": 0.0, "5xx": 0.0}
-            for item in by_code["data"]["result"]:
-                key = f"{item['metric'].get('code', '0')[0]}xx"
-                if key in classes:
-                    classes[key] += float(item["value"][1])
-            out.update({k: round(v) for k, v in classes.items()})
-        except (requests.RequestException, KeyError, ValueError):
-            out["traffic_error"] = "Prometheus not reachable"
-        return out
+    def _traffic(self, api: str) -> Traffic:
+        return prometheus_traffic(f"http://127.0.0.1:{self.loaded.spec.prometheus.port}", api)
 
-    def logs(self, api: str, follow: bool) -> None:
-        services = sorted({c.service for c in self.containers() if c.api == api})
-        if not services:
-            raise StackError(f"API {api!r} has no containers; is the stack up?")
-        args = ["logs", "--timestamps", *(["-f"] if follow else []), *services]
-        subprocess.run(["docker", "compose", "-p", self.project, "-f", str(self.plan_dir / "compose.yaml"), *args])
+    def logs(self, api: str, follow: bool) -> Iterator[str]:
+        """Every replica's lines, each prefixed with the replica's name as `stack status` shows it."""
+        if api not in {a.name for a in self.loaded.spec.apis}:
+            raise StackError(f"no API named {api!r}; the spec has: {', '.join(a.name for a in self.loaded.spec.apis)}")
+        mine = [c for c in self.containers() if c.api == api]
+        if not mine:
+            raise NotRunning(f"API {api!r} has no containers; is the stack up? (`stack up {self.loaded.root}`)")
+        yield from follow_container_logs([c.name for c in mine], follow)
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
-        api = self.loaded.spec.api(api_name)
+        try:
+            api = self.loaded.spec.api(api_name)
+        except KeyError as exc:
+            raise StackError(str(exc.args[0])) from None
+        bounds = api.autoscaling
         if api.autoscaled and not force:
             raise StackError(
-                f"the autoscaler owns {api.name} (min_replicas {api.autoscaling.min_replicas} != "
-                f"max_replicas {api.autoscaling.max_replicas}); add --force to set it by hand"
+                f"the autoscaler owns {api.name} (min_replicas {bounds.min_replicas} != "
+                f"max_replicas {bounds.max_replicas}); add --force to take it over until the next `stack up`"
+            )
+        if not force and not bounds.min_replicas <= replicas <= bounds.max_replicas:
+            raise StackError(
+                f"{replicas} is outside min_replicas..max_replicas ({bounds.min_replicas}..{bounds.max_replicas}); "
+                "add --force to override"
             )
         if api.autoscaled:
             # Tell the autoscaler to leave this API alone until the next `stack up`.
             self.state_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.state_dir / MANUAL_FILE, sorted(manual_apis(self.state_dir) | {api.name}))
-        version = api_version(api, project_digest(self.loaded.root, exclude=self.plan_dir))
+        version = api_version(api, project_digest(self.loaded))
         self._scale_to(api, version, replicas)
         self._wait(api, version, replicas, progress)
 
-    def down(self, volumes: bool) -> None:
+    def down(self, volumes: bool) -> bool:
+        """Stop and remove the stack; False when nothing of it was there."""
         self.preflight()
+        existed = bool(docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}").split())
         if not (self.plan_dir / "compose.yaml").exists():
             plan_compose(self.loaded, self.plan_dir).write(self.plan_dir)
         self._compose("down", "--remove-orphans", *(["--volumes"] if volumes else []), capture=False)
+        return existed
 
 
 def _stop_timeout(api: Api) -> float:

@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "aed62f2b3af0"
+    stack_version = "03811bc6a593"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=aed62f2b3af0",
+        "stack.version=03811bc6a593",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=Path(`/score`) || PathPrefix(`/score/`)",
@@ -86,7 +86,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:aed62f2b3af0"
+        image = "batching-score:03811bc6a593"
         ports = ["http"]
       }
 

@@ -7,7 +7,8 @@ FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install -r /tmp/requirements.txt
+COPY wheelhouse /tmp/wheelhouse
+RUN pip install --no-index --find-links /tmp/wheelhouse -r /tmp/requirements.txt && rm -rf /tmp/wheelhouse
 COPY stack /opt/stack/stack
 COPY serving /opt/stack/serving
 ENV PYTHONPATH=/opt/stack

@@ -13,8 +13,11 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1
 
 # Dependencies first: a code change rebuilds only the layers below them.
+# Offline build: every package comes from the wheelhouse, nothing from an index.
+COPY wheelhouse /tmp/wheelhouse
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install "aiohttp>=3.11" "prometheus-client>=0.21" -r /tmp/requirements.txt
+RUN pip install --no-index --find-links /tmp/wheelhouse "aiohttp>=3.11" "prometheus-client>=0.21" -r /tmp/requirements.txt \
+ && rm -rf /tmp/wheelhouse
 
 COPY serving /opt/stack-runtime/serving
 ENV PYTHONPATH=/opt/stack-runtime

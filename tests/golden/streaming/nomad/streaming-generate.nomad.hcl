@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "ed7fba6739e9"
+    stack_version = "88d5e9973430"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=ed7fba6739e9",
+        "stack.version=88d5e9973430",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=Path(`/generate`) || PathPrefix(`/generate/`)",
@@ -86,7 +86,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:ed7fba6739e9"
+        image = "streaming-generate:88d5e9973430"
         ports = ["http"]
       }
 

@@ -1,0 +1,54 @@
+"""An API's traffic as `stack status` shows it, from Prometheus' HTTP API.
+
+Rates and latency quantiles come from `rate()` over the last minute. Counts
+come from the counters themselves — each series' newest value, for every
+replica seen in the last `COUNT_WINDOW` — so they are exact integers: the
+first requests after `stack up` show up as soon as they are scraped (an
+`increase()` needs two samples, and extrapolates: 112 after 100 requests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import requests
+
+from stack.status import Traffic
+
+COUNT_WINDOW = "1h"
+
+
+def prometheus_traffic(prometheus_url: str, api: str, timeout: float = 3.0) -> Traffic:
+    url = f"{prometheus_url.rstrip('/')}/api/v1/query"
+    selector = f'api="{api}"'
+    by_le = f"sum by (le) (rate(predictor_request_duration_seconds_bucket{{{selector}}}[1m]))"
+    try:
+        rate = _scalar(url, f"sum(rate(predictor_requests_total{{{selector}}}[1m]))", timeout)
+        p50 = _scalar(url, f"1000 * histogram_quantile(0.5, {by_le})", timeout)
+        p99 = _scalar(url, f"1000 * histogram_quantile(0.99, {by_le})", timeout)
+        counts = {"2xx": 0, "4xx": 0, "5xx": 0}
+        query = f"sum by (code) (last_over_time(predictor_requests_total{{{selector}}}[{COUNT_WINDOW}]))"
+        for item in _query(url, query, timeout):
+            key = f"{item['metric'].get('code', '0')[:1]}xx"
+            if key in counts:
+                counts[key] += round(float(item["value"][1]))
+    except (requests.RequestException, KeyError, ValueError, TypeError):
+        return Traffic(error="Prometheus not reachable")
+    return Traffic(_rounded(rate), _rounded(p50), _rounded(p99), counts)
+
+
+def _query(url: str, query: str, timeout: float) -> list[dict]:  # type: ignore[type-arg]
+    body = requests.get(url, params={"query": query}, timeout=timeout).json()
+    if body.get("status") != "success":
+        raise ValueError(body.get("error", "query failed"))
+    result: list[dict] = body["data"]["result"]  # type: ignore[type-arg]
+    return result
+
+
+def _scalar(url: str, query: str, timeout: float) -> float | None:
+    result = _query(url, query, timeout)
+    return float(result[0]["value"][1]) if result else None
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, 2)
