@@ -29,7 +29,7 @@ from serving.codec import encode, error_response, read_payload
 from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.loader import LoadedPredictor
-from serving.metrics import ApiMetrics, metrics_handler
+from serving.metrics import CONTENT_TYPE, ApiMetrics
 from serving.pool import ClientGone, PredictPool
 from serving.streaming import StreamFailed, is_stream, stream
 
@@ -127,7 +127,7 @@ class Replica:
         app.router.add_route("*", "/", _method_not_allowed)
         app.router.add_get("/healthz", self.handle_health)
         app.router.add_get("/readyz", self.handle_ready)
-        app.router.add_get("/metrics", metrics_handler)
+        app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_route("*", "/{tail:.*}", _not_found)
         return app
 
@@ -144,6 +144,9 @@ class Replica:
                 "pid": os.getpid(),
             }
         )
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def handle_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})

@@ -48,6 +48,7 @@ class Batcher:
         self._slots = asyncio.Semaphore(parallel)  # batches running at once: one per predictor thread
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._full = asyncio.Event()
+        self._holding = 0  # items the collector took out of the queue for the batch it is filling
         self._metrics = metrics
         self._count_queued = count_queued  # keep the queued gauge by hand (multiprocess mode)
         self._task: asyncio.Task[None] | None = None
@@ -67,8 +68,8 @@ class Batcher:
         self._queue.put_nowait(_Item(payload, future, is_gone))
         if self._count_queued:
             self._metrics.queued.inc()
-        if self._queue.qsize() >= self._max:
-            self._full.set()
+        if self._queue.qsize() + self._holding >= self._max:
+            self._full.set()  # a full batch goes at once, without waiting out the interval
         return await future
 
     async def _collect_forever(self) -> None:
@@ -81,12 +82,16 @@ class Batcher:
 
     async def _collect(self) -> list[_Item]:
         batch = [await self._queue.get()]
-        if self._queue.qsize() + 1 < self._max:
-            self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self._interval)
-        while len(batch) < self._max and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+        self._holding = 1
+        try:
+            if self._queue.qsize() + 1 < self._max:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._interval)
+            while len(batch) < self._max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+        finally:
+            self._holding = 0
         if self._count_queued:
             self._metrics.queued.dec(len(batch))
         return batch

@@ -17,8 +17,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -92,16 +95,15 @@ async def _listen(runner: web.AppRunner, config: ServingConfig, reuse_port: bool
 
 
 async def _load(replica: Replica, config: ServingConfig, stop: asyncio.Event) -> int:
-    load = asyncio.create_task(
-        asyncio.to_thread(
-            load_predictor, config.predictor_path, config.predictor_class, config.config, config.python_path
-        )
+    load = _in_daemon_thread(
+        lambda: load_predictor(config.predictor_path, config.predictor_class, config.config, config.python_path)
     )
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     if not load.done():
-        # Stopped during a load: a thread cannot be interrupted, so leave without it.
+        # Stopped during a load: a thread cannot be interrupted, so leave without it. It is a
+        # daemon thread, so the interpreter exits now instead of waiting for the load to end.
         LOGGER.info("stopped while the predictor was loading")
         return 0
     try:
@@ -125,9 +127,13 @@ async def _drain(replica: Replica, config: ServingConfig, stop: asyncio.Event) -
         f"then up to {config.grace_period:g}s for {replica.in_flight} in-flight request(s)",
         extra={"pid": os.getpid()},
     )
-    stop.clear()  # a second signal cuts the drain short
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(_until_quiet(replica, config), config.drain_delay + config.grace_period)
+    stop.clear()  # a second signal cuts the drain delay short
+    quiet = asyncio.ensure_future(_until_quiet(replica, config))
+    second = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({quiet, second}, timeout=config.drain_delay + config.grace_period, return_when="FIRST_COMPLETED")
+    for task in (quiet, second):
+        task.cancel()
+    await asyncio.gather(quiet, second, return_exceptions=True)
 
 
 async def _until_quiet(replica: Replica, config: ServingConfig) -> None:
@@ -140,6 +146,31 @@ async def _until_quiet(replica: Replica, config: ServingConfig) -> None:
     await asyncio.sleep(config.drain_delay)
     while time.monotonic() - replica.last_request_at < QUIET_SECONDS:
         await asyncio.sleep(0.1)
+
+
+def _in_daemon_thread(func: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Run `func` on a daemon thread (asyncio.to_thread's threads are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = func(), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="load-predictor", daemon=True).start()
+    return future
 
 
 def report_startup_error(message: str) -> None:

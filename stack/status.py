@@ -77,12 +77,14 @@ class StackStatus:
     gateway_port: int
     apis: list[ApiStatus]
     notes: list[str] = field(default_factory=list)  # things the user should know (a moved port, a dead stack)
+    pid: int | None = None  # the stack's controller process, where it is one on this machine (local)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "project": self.project,
             "target": self.target,
             "gateway_port": self.gateway_port,
+            "pid": self.pid,
             "notes": self.notes,
             "apis": [api.to_dict() for api in self.apis],
         }
@@ -97,7 +99,14 @@ class StackStatus:
                 for r in api.get("replicas", [])
             ]
             apis.append(ApiStatus(**values))
-        return cls(data["project"], data.get("target", ""), data["gateway_port"], apis, list(data.get("notes", [])))
+        return cls(
+            data["project"],
+            data.get("target", ""),
+            data["gateway_port"],
+            apis,
+            list(data.get("notes", [])),
+            data.get("pid"),
+        )
 
     def api(self, name: str) -> ApiStatus | None:
         return next((a for a in self.apis if a.name == name), None)

@@ -129,14 +129,21 @@ class ServerFactory:
         )
 
     def close(self) -> None:
-        for server in self.servers:
-            if server.proc.poll() is None:
+        # SIGTERM starts the drain; a second SIGTERM cuts its delay short (tests need no drain here).
+        live = [s for s in self.servers if s.proc.poll() is None]
+        for server in live:
+            server.proc.terminate()
+        for server in live:
+            try:
+                server.proc.wait(0.2)
+            except subprocess.TimeoutExpired:
                 server.proc.terminate()
-                try:
-                    server.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    server.proc.kill()
-                    server.proc.wait()
+        for server in live:
+            try:
+                server.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait()
 
 
 def _wait_ready(server: Server, timeout: float) -> None:
@@ -158,3 +165,20 @@ def servers(tmp_path: Path) -> Iterator[ServerFactory]:
     factory = ServerFactory(tmp_path)
     yield factory
     factory.close()
+
+
+@pytest.fixture
+def inproc() -> Iterator[Any]:
+    """Start replicas in this process: `inproc(PREDICTORS / "x.py", threads_per_process=2)`."""
+    from inprocess import InProcessReplica
+
+    started: list[InProcessReplica] = []
+
+    def start(predictor: str | Path, **fields: Any) -> InProcessReplica:
+        replica = InProcessReplica(predictor, **fields)
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        replica.close()

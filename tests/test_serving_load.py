@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from inprocess import wait_for
 
-from conftest import PREDICTORS, Server, ServerFactory
+from conftest import PREDICTORS, ServerFactory
 
 
 def _parallel(count: int, call) -> list:
@@ -22,37 +23,50 @@ def _parallel(count: int, call) -> list:
         return list(pool.map(lambda i: call(i), range(count)))
 
 
-def test_overload_answers_503_with_computed_retry_after(servers: ServerFactory) -> None:
-    server = servers.serving(PREDICTORS / "async_sleep.py", max_concurrency=4)
-
-    def call(i: int) -> requests.Response:
-        time.sleep(0.2 if i >= 4 else 0)  # the first four take every slot
-        return server.post(json={"seconds": 1.5})
-
-    responses = _parallel(10, call)
-    codes = sorted(r.status_code for r in responses)
-    assert codes == [200] * 4 + [503] * 6
-    rejected = next(r for r in responses if r.status_code == 503)
-    assert rejected.json()["error"] == "replica is at max_concurrency (4 requests); retry later"
-    # No completions yet: estimated from the mean duration seen so far (none), so 1s;
-    # the next overload, after four 1.5s requests, estimates from throughput instead.
-    assert rejected.headers["Retry-After"] == "1"
-
-    responses = _parallel(8, lambda i: (time.sleep(0.2 * (i >= 4)), server.post(json={"seconds": 4}))[1])
-    later = [r for r in responses if r.status_code == 503]
-    assert later and all(int(r.headers["Retry-After"]) >= 2 for r in later), [r.headers for r in later]
+def test_overload_answers_503_with_retry_after(inproc) -> None:
+    server = inproc(PREDICTORS / "gated.py", predictor_class="AsyncPredictor", max_concurrency=4)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(server.post, json={"n": i}) for i in range(4)]
+        wait_for(lambda: server.instance.started == 4, "four requests in predict")
+        rejected = [server.post(json={"n": 9}) for _ in range(6)]  # every slot is taken: answered at once
+        server.instance.release.set()
+        assert [f.result().status_code for f in held] == [200] * 4
+    assert {r.status_code for r in rejected} == {503}
+    assert rejected[0].json()["error"] == "replica is at max_concurrency (4 requests); retry later"
+    # Nothing finished yet, so no throughput to estimate from: retry in a second.
+    assert rejected[0].headers["Retry-After"] == "1"
+    assert server.instance.started == 4  # a rejected request never reached predict
 
 
-def test_timeout_is_504(servers: ServerFactory) -> None:
-    server = servers.serving(PREDICTORS / "async_sleep.py", timeout=0.3)
-    response = server.post(json={"seconds": 2}, headers={"X-Request-ID": "slow"})
+def test_retry_after_is_the_backlog_over_recent_throughput() -> None:
+    from serving.app import Replica
+    from serving.config import ServingConfig
+
+    replica = Replica(ServingConfig(predictor_path="unused.py", api="retry"))
+    now = time.monotonic()
+    replica._started = now - 20
+    replica._completions.extend([now - 5 + i for i in range(5)])  # 5 done in the last 10 s: 0.5/s
+    replica.in_flight = 4
+    assert replica.retry_after() == 8  # 4 waiting / 0.5 per second
+    replica.in_flight = 1000
+    assert replica.retry_after() == 60  # never more than a minute
+    replica._completions.clear()
+    replica._mean_duration = 2.0
+    replica.in_flight = 3
+    assert replica.retry_after() == 6  # no recent completions: in flight x mean duration / threads
+
+
+def test_timeout_is_504(inproc) -> None:
+    server = inproc(PREDICTORS / "gated.py", predictor_class="AsyncPredictor", timeout=0.3)
+    response = server.post(json={"n": 1}, headers={"X-Request-ID": "slow"})  # never released: always too slow
     assert response.status_code == 504
     assert response.json() == {"error": "prediction took longer than the timeout of 0.3s", "request_id": "slow"}
-    assert server.post(json={"seconds": 0.01}).status_code == 200
+    server.instance.release.set()
+    assert server.post(json={"n": 2}).status_code == 200
 
 
-def test_body_over_limit_is_413(servers: ServerFactory) -> None:
-    server = servers.serving(PREDICTORS / "contract.py", max_body_size=1000)
+def test_body_over_limit_is_413(inproc) -> None:
+    server = inproc(PREDICTORS / "contract.py", max_body_size=1000)
     big = server.post(data=b"x" * 2000, headers={"Content-Type": "application/octet-stream"})
     assert big.status_code == 413
     assert big.json()["error"] == "request body of 2000 bytes exceeds max_body_size of 1000 bytes"
@@ -70,34 +84,36 @@ def test_body_over_limit_is_413(servers: ServerFactory) -> None:
     assert server.post(data=b"x" * 10, headers={"Content-Type": "application/octet-stream"}).status_code == 200
 
 
-def test_disconnected_client_is_dropped_before_predict(servers: ServerFactory, tmp_path: Path) -> None:
-    calls = tmp_path / "calls.txt"
-    server = servers.serving(PREDICTORS / "counting.py", config={"calls_file": str(calls)}, threads_per_process=1)
-    busy = concurrent.futures.ThreadPoolExecutor(1).submit(server.post, json={"id": "first", "seconds": 1.5})
-    time.sleep(0.3)
-    # A raw client that queues behind the busy thread and hangs up.
-    body = b'{"id": "gone", "seconds": 0}'
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
-        time.sleep(0.3)
-    assert busy.result().status_code == 200
-    time.sleep(0.5)
-    assert calls.read_text().split() == ["first"]
-    assert "status=499" in server.logs()
+def test_disconnected_client_is_dropped_before_predict(inproc) -> None:
+    server = inproc(PREDICTORS / "gated.py", threads_per_process=1)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(server.post, json={"id": "first"})
+        wait_for(lambda: server.instance.started == 1, "the first request to hold the only thread")
+        # A raw client that queues behind the busy thread and hangs up.
+        body = b'{"id": "gone"}'
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            wait_for(lambda: server.replica.in_flight == 2, "the second request to be queued")
+        wait_for(lambda: server.hung_up() == 1, "the server to see the second client hang up")
+        server.instance.release.set()
+        assert busy.result().status_code == 200
+    wait_for(lambda: server.replica.in_flight == 0, "the queue to empty")
+    assert server.instance.calls == [{"id": "first"}]
+    assert 'predictor_requests_total{api="test",code="499"} 1.0' in server.get("/metrics").text
 
 
 def test_sigterm_drains_in_flight_requests(servers: ServerFactory) -> None:
-    server = servers.serving(PREDICTORS / "contract.py", drain_delay=1.0, threads_per_process=4, grace_period=20)
+    # A real process: signals, the drain and the exit code are what this tests.
+    server = servers.serving(PREDICTORS / "contract.py", drain_delay=3.0, threads_per_process=4, grace_period=20)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         slow = [pool.submit(server.post, params={"reply": "sleep", "seconds": "2"}) for _ in range(3)]
         stream = pool.submit(server.post, params={"reply": "slow-stream", "seconds": "2"})
-        time.sleep(0.3)
+        wait_for(lambda: server.get("/").json()["in_flight"] == 4, "four requests in flight")
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        assert server.get("/readyz").status_code == 503  # readiness flips at once
+        wait_for(lambda: server.get("/readyz").status_code == 503, "readiness to turn 503")
         assert server.post(json={}).status_code == 200  # still accepting during the drain delay
         assert all(f.result().status_code == 200 for f in slow)
         assert [line for line in stream.result().text.splitlines()] == [f'{{"part": {i}}}' for i in range(4)]
@@ -126,7 +142,6 @@ def test_crashed_worker_is_replaced(servers: ServerFactory) -> None:
     while time.monotonic() < deadline and len(seen - {pid}) < 2:
         with contextlib.suppress(requests.RequestException):
             seen.add(server.get("/").json()["pid"])
-        time.sleep(0.05)
     assert len(seen - {pid}) == 2, server.logs()
     assert f"worker {pid} exited with code -9; starting a new one" in server.logs()
 
@@ -164,12 +179,13 @@ def _promtool(text: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_in_flight_gauge_counts_queued_requests(servers: ServerFactory) -> None:
-    server: Server = servers.serving(PREDICTORS / "contract.py", threads_per_process=1)
+def test_in_flight_gauge_counts_queued_requests(inproc) -> None:
+    server = inproc(PREDICTORS / "gated.py", threads_per_process=1)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(server.post, params={"reply": "sleep", "seconds": "1"}) for _ in range(3)]
-        time.sleep(0.4)
+        futures = [pool.submit(server.post, json={"n": i}) for i in range(3)]
+        wait_for(lambda: server.replica.in_flight == 3, "three requests in flight")
         text = server.get("/metrics").text
-        assert 'predictor_requests_in_flight{api="test"} 3.0' in text
-        assert 'predictor_queue_length{api="test"} 2.0' in text
+        server.instance.release.set()
         assert all(f.result().status_code == 200 for f in futures)
+    assert 'predictor_requests_in_flight{api="test"} 3.0' in text
+    assert 'predictor_queue_length{api="test"} 2.0' in text

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 
 import pytest
+import requests
+from inprocess import wait_for
 
 from conftest import PREDICTORS, ServerFactory, free_port
 
@@ -65,28 +68,52 @@ def test_port_in_use_is_a_clear_error(servers: ServerFactory) -> None:
     assert f"port {first.port} on 127.0.0.1 is already in use" in multi.logs()
 
 
+SLOW_LOAD = """\
+import pathlib, time
+
+class Predictor:
+    def __init__(self, config):
+        release = pathlib.Path(config["release"])
+        for _ in range(6000):  # until the test releases it, at most a minute
+            if release.exists():
+                return
+            time.sleep(0.01)
+
+    def predict(self):
+        return 1
+"""
+
+
 def test_healthz_answers_while_loading_and_readyz_waits(servers: ServerFactory, tmp_path) -> None:
     slow = tmp_path / "slow.py"
-    slow.write_text(
-        "import time\nclass Predictor:\n    def __init__(self):\n        time.sleep(3)\n"
-        "    def predict(self):\n        return 1\n"
-    )
-    server = servers.serving(slow, wait_ready=False)
-    import time
-
-    import requests
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            health = requests.get(server.url + "/healthz", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.05)
+    slow.write_text(SLOW_LOAD)
+    server = servers.serving(slow, wait_ready=False, config={"release": str(tmp_path / "release")})
+    health = wait_for(lambda: _get(server.url + "/healthz"), "/healthz to answer")
     assert health.status_code == 200
     assert server.get("/readyz").json() == {"status": "loading"}
     loading = server.post(json={})
     assert loading.status_code == 503 and loading.json()["error"] == "the predictor is still loading"
+    (tmp_path / "release").touch()
+    wait_for(lambda: server.get("/readyz").status_code == 200, "/readyz after the load")
+    assert server.post(json={}).json() == 1
+
+
+def test_sigterm_while_loading_exits_at_once(servers: ServerFactory, tmp_path) -> None:
+    slow = tmp_path / "slow.py"
+    slow.write_text(SLOW_LOAD)
+    server = servers.serving(slow, wait_ready=False, config={"release": str(tmp_path / "never")})
+    wait_for(lambda: _get(server.url + "/healthz"), "/healthz to answer")
+    server.proc.send_signal(signal.SIGTERM)
+    # The load never ends (nothing releases it): the process must not wait for it.
+    assert server.wait_exit(timeout=20) == 0
+    assert "stopped while the predictor was loading" in server.logs()
+
+
+def _get(url: str) -> requests.Response | None:
+    try:
+        return requests.get(url, timeout=1)
+    except requests.ConnectionError:
+        return None
 
 
 def test_cli_module_needs_a_predictor() -> None:

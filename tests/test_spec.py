@@ -37,7 +37,10 @@ CASES = [
     (
         "tab indentation",
         "project: x\napis:\n  - name: a\n\tpredictor: {}\n",
-        ["stack.yaml:4:1: YAML syntax error: a tab character; YAML indents with spaces only: replace the tab with spaces"],
+        [
+            "stack.yaml:4:1: YAML syntax error: a tab character; YAML indents with spaces only: "
+            "replace the tab with spaces"
+        ],
     ),
     (
         "unclosed quote",
@@ -46,13 +49,13 @@ CASES = [
     ),
     (
         "a number written as a string",
-        f"project: demo\napis:\n{GOOD_API}      threads_per_process: \"2\"\n",
+        f'project: demo\napis:\n{GOOD_API}      threads_per_process: "2"\n',
         ["stack.yaml:6:28: apis[0].predictor.threads_per_process: input should be a valid integer, got '2'"],
     ),
     (
         "a boolean in env",
         f"project: demo\napis:\n{GOOD_API}      env: {{DEBUG: true}}\n",
-        ["stack.yaml:6:12: apis[0].predictor.env: the value of DEBUG is a boolean; quote it (\"true\") to pass the text"],
+        ['stack.yaml:6:12: apis[0].predictor.env: the value of DEBUG is a boolean; quote it ("true") to pass the text'],
     ),
     (
         "missing fields",

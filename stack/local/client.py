@@ -72,7 +72,7 @@ class LocalStack:
             traffic = prometheus_traffic(prometheus, api.name) if prometheus else None
             apis.append(_replace(api, changed=on_disk != api.version, traffic=traffic))
         result = StackStatus.from_dict(data)
-        return StackStatus(result.project, "local", result.gateway_port, apis, result.notes)
+        return StackStatus(result.project, "local", result.gateway_port, apis, result.notes, result.pid)
 
     def scale(self, api: str, replicas: int, force: bool, progress: Progress) -> None:
         self._call("POST", "/scale", json={"api": api, "replicas": replicas, "force": force})
