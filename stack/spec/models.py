@@ -61,7 +61,7 @@ class Predictor(Strict):
         out = {}
         for key, value in env.items():
             if isinstance(value, bool):
-                raise ValueError(f"the value of {key} is a boolean; quote it (\"true\") to pass the text")
+                raise ValueError(f'the value of {key} is a boolean; quote it ("true") to pass the text')
             out[key] = str(value) if isinstance(value, (int, float)) else value
         return out
 
