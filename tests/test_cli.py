@@ -89,3 +89,48 @@ def test_autoscale_says_what_it_is_missing(tmp_path: Path) -> None:
     )
     assert no_docker.returncode == 1
     assert "cannot reach the Docker engine to scale echo" in no_docker.stderr
+
+
+def test_serve_prints_its_url_only_once_ready(tmp_path: Path, servers: ServerFactory) -> None:
+    failing = servers.stack_serve(PREDICTORS / "init_fails.py", wait_ready=False)
+    assert failing.wait_exit() == 3
+    assert "Serving API" not in failing.logs() and "weights file corrupt" in failing.logs()
+    first = servers.stack_serve(PREDICTORS / "cortex_style.py")
+    taken = subprocess.run(
+        [*STACK, "serve", str(PREDICTORS / "cortex_style.py"), "--port", str(first.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert taken.returncode == 3 and "Serving API" not in taken.stderr
+    assert f"port {first.port} on 127.0.0.1 is already in use" in taken.stderr
+    assert first.get("/").json()["predictor"] == "PythonPredictor"  # the class that was found, not ""
+
+
+def test_serve_runs_like_a_replica_env_and_working_directory(tmp_path: Path, servers: ServerFactory) -> None:
+    (tmp_path / "labels.json").write_text('["cat", "dog"]')
+    (tmp_path / "p.py").write_text(
+        "import json, os\n"
+        "class PythonPredictor:\n"
+        "    def __init__(self, config):\n"
+        "        self.labels = json.load(open('labels.json'))  # relative to the project root, as in Cortex\n"
+        "    def predict(self, payload):\n"
+        "        return {'labels': self.labels, 'mode': os.environ['MODE']}\n"
+    )
+    (tmp_path / "stack.yaml").write_text(
+        "project: cwd\napis:\n  - name: a\n    predictor:\n      path: p.py\n      env: {MODE: test}\n"
+    )
+    server = servers.start([*STACK, "serve", str(tmp_path), "--port", "{port}"], env={"MODE": "unset"})
+    assert server.post(json={}).json() == {"labels": ["cat", "dog"], "mode": "test"}
+
+
+def test_validate_without_a_spec_names_the_directory(tmp_path: Path) -> None:
+    result = subprocess.run([*STACK, "validate", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f"no stack.yaml in {tmp_path}: create one with `stack init NAME`" in result.stderr
+    assert ":1:1" not in result.stderr
+
+
+def test_scale_help_says_what_force_does() -> None:
+    result = subprocess.run([*STACK, "scale", "--help"], capture_output=True, text=True)
+    assert "Take the API from the autoscaler until the next `stack up`" in " ".join(result.stdout.split())

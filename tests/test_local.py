@@ -220,3 +220,48 @@ def test_autoscaling_follows_a_load_step(tmp_path: Path, with_prometheus: bool) 
             assert result and float(result[0]["value"][1]) >= 1, result
     finally:
         subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)
+
+
+def test_spec_file_paths_status_counts_and_notes(project: tuple[Path, int]) -> None:
+    """The spec file given is the one that runs; a path works positionally; a log file beside
+    stack.yaml changes nothing; counts are exact; a moved Prometheus port is said."""
+    root, port = project
+    (root / "stack.yaml").write_text("project: wrong\napis: []\n")  # must never be read below
+    prom_port = free_port()
+    write_spec(root, port, greeting="other", min_replicas=1)
+    (root / "stack.yaml").rename(root / "other.yaml")
+    (root / "stack.yaml").write_text("project: wrong\napis: []\n")
+    text = (root / "other.yaml").read_text().replace("apis:\n", f"prometheus: {{port: {prom_port}}}\napis:\n")
+    (root / "other.yaml").write_text(text)
+    spec = str(root / "other.yaml")
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", prom_port))
+        blocker.listen()
+        up = stack("up", "--local", spec, cwd=root)
+        url = f"http://127.0.0.1:{port}/echo"
+        for _ in range(7):
+            assert requests.post(url, json={}, timeout=5).json()["greeting"] == "other"
+        (root / "up.log").write_text(up.stdout + up.stderr)  # `stack up > up.log`, as a newcomer does
+        if shutil.which("prometheus"):
+            assert f"Prometheus port {prom_port} is in use" in up.stderr
+
+            def counted() -> dict:
+                api = json.loads(stack("status", "--local", "--json", spec, cwd=root).stdout)["apis"][0]
+                return api if api.get("2xx") == 7 else {}
+
+            deadline = time.monotonic() + 30
+            api = counted()
+            while not api and time.monotonic() < deadline:
+                api = counted()
+            assert api.get("2xx") == 7 and api.get("5xx") == 0, api  # exact, not extrapolated
+        table = stack("status", "--local", spec, "echo", cwd=root).stdout  # PATH then API, no -p
+        assert "live" in table and "files changed" not in table
+        detail = json.loads(stack("status", "--local", "--json", spec, cwd=root).stdout)["apis"][0]
+        assert detail["status"] == "live" and detail["changed"] is False and detail["desired"] == 1
+        (root / "predictor.py").write_text((root / "predictor.py").read_text() + "\n# edited\n")
+        changed = stack("status", "--local", spec, cwd=root).stdout
+        assert "live (files changed since the last `stack up`)" in changed
+        unknown = stack("logs", "--local", spec, "nope", cwd=root, check=False)
+        assert unknown.returncode == 1 and "no API named 'nope'; the spec has: echo" in unknown.stderr
+        assert stack("down", "--local", spec, cwd=root).stdout.strip() == "stopped"
+    assert stack("down", "--local", spec, cwd=root).stdout.strip() == "nothing was running"

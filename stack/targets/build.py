@@ -231,9 +231,11 @@ def build_image(context: Path, image: str, progress: Progress, labels: dict[str,
 
 def failure_summary(output: str) -> str:
     """One paragraph: the failing step and what most likely fixes it."""
-    step = _step_line(output)
+    label, command = _failed_step(output)
+    step = f"{label} (`{_short(command)}`)" if command else label
     text = output.lower()
-    if "pip install" in step.lower() or "pip install" in text[-4000:]:
+    instruction = command.split(" ", 1)[0].upper()
+    if instruction == "RUN" and "pip install" in command:
         if any(s in text for s in ("certificate_verify_failed", "ssl", "proxy", "name resolution", "max retries")):
             return (
                 f"{step}: pip inside the image cannot reach the package index (no network from builds, or a "
@@ -246,24 +248,25 @@ def failure_summary(output: str) -> str:
                 "that exists or change build.base_image."
             )
         return f"{step}: installing the requirements failed; the pip output below names the package."
-    if step.upper().startswith(("COPY", "ADD")) or " COPY " in step or " ADD " in step:
+    if instruction in ("COPY", "ADD"):
         return f"{step}: a file the Dockerfile copies is missing from the build context (.stack/build/)."
-    if "pull access denied" in text or "manifest unknown" in text or "not found: manifest" in text:
-        return f"{step}: the base image cannot be pulled; `docker pull` it or set build.base_image."
+    if instruction == "FROM" or "pull access denied" in text or "manifest unknown" in text:
+        return f"{step}: the base image cannot be found; `docker pull` it or set build.base_image in stack.yaml."
     return f"{step}: the output of that step follows."
 
 
-def _step_line(output: str) -> str:
+def _failed_step(output: str) -> tuple[str, str]:
+    """("step 4/9", "RUN pip install ...") of the last step the build started."""
     lines = output.splitlines()
     for line in reversed(lines):
         if line.startswith("Step ") and " : " in line:  # classic builder: "Step 4/9 : RUN pip install ..."
             number, _, command = line.partition(" : ")
-            return f"{number.lower()} (`{_short(command)}`)"
+            return number.lower(), command.strip()
     for line in reversed(lines):  # BuildKit: "#8 [4/7] RUN pip install ..."
         if line.startswith("#") and "[" in line and "]" in line:
             inside = line.split("[", 1)[1].split("]", 1)
-            return f"step {inside[0].strip()} (`{_short(inside[1].strip())}`)"
-    return "an unknown step"
+            return f"step {inside[0].strip()}", inside[1].strip()
+    return "an unknown step", ""
 
 
 def _short(command: str) -> str:

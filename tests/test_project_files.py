@@ -1,0 +1,141 @@
+"""What belongs to a project's images and version: `.stackignore`, its defaults, the hash cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from stack.files import ProjectFiles
+from stack.plan.render import api_version, project_digest
+from stack.spec import load_spec
+from stack.targets.build import ImagePython, failure_summary
+
+SPEC = "project: demo\napis:\n  - name: a\n    predictor: {path: predictor.py}\n  - name: b\n    predictor: {path: predictor.py}\n"
+
+
+def make_project(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stack.yaml").write_text(SPEC)
+    (root / "predictor.py").write_text("class Predictor:\n    def predict(self):\n        return 1\n")
+    return root
+
+
+def listed(root: Path, spec: str = "stack.yaml") -> list[str]:
+    return [p.as_posix() for p in ProjectFiles(root, root / spec)]
+
+
+def test_defaults_leave_out_logs_state_caches_and_virtualenvs(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    for name in ("up.log", ".stack/local/state.json", "__pycache__/x.pyc", ".git/HEAD", "nb/.ipynb_checkpoints/a"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x")
+    (root / "myenv").mkdir()
+    (root / "myenv" / "pyvenv.cfg").write_text("home = /usr\n")  # a virtualenv under any name
+    (root / "myenv" / "lib.py").write_text("x")
+    (root / "weights").mkdir()
+    (root / "weights" / "model.bin").write_bytes(b"\0" * 10)
+    assert listed(root) == ["predictor.py", "weights/model.bin"]  # stack.yaml itself never goes into an image
+
+
+def test_stackignore_patterns(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    (root / "data").mkdir()
+    (root / "data" / "big.csv").write_text("1")
+    (root / "data" / "keep.csv").write_text("1")
+    (root / "notes.md").write_text("x")
+    (root / ".stackignore").write_text("# comments work\ndata/*.csv\n!data/keep.csv\n*.md\n")
+    assert listed(root) == [".stackignore", "data/keep.csv", "predictor.py"]
+
+
+def test_a_log_file_does_not_change_the_version_but_code_does(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    loaded = load_spec(root)
+    before = project_digest(loaded)
+    (root / "up.log").write_text("stack up > up.log")
+    (root / "stack.yaml").write_text(SPEC + "# a comment\n")
+    assert project_digest(load_spec(root)) == before
+    (root / "predictor.py").write_text("class Predictor:\n    def predict(self):\n        return 2\n")
+    assert project_digest(load_spec(root)) != before
+
+
+def test_one_apis_spec_change_leaves_the_others_version(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    loaded = load_spec(root)
+    digest = project_digest(loaded)
+    (root / "stack.yaml").write_text(SPEC.replace("  - name: b\n", "  - name: b\n    compute: {cpu: 2}\n"))
+    changed = load_spec(root)
+    assert api_version(changed.spec.apis[0], project_digest(changed)) == api_version(loaded.spec.apis[0], digest)
+    assert api_version(changed.spec.apis[1], project_digest(changed)) != api_version(loaded.spec.apis[1], digest)
+
+
+def test_unchanged_files_are_not_read_again(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    weights = root / "weights.bin"
+    weights.write_bytes(b"a" * 1000)
+    first = project_digest(load_spec(root))
+    # Same size and mtime, other bytes: the cache answers without reading the file, as for weights
+    # that never change. (A real edit changes the mtime, and the next test shows that is seen.)
+    stat = weights.stat()
+    weights.write_bytes(b"b" * 1000)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert project_digest(load_spec(root)) == first
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert project_digest(load_spec(root)) != first
+
+
+def test_a_corrupt_hash_cache_costs_only_a_reread(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    first = project_digest(load_spec(root))
+    cache = root / ".stack/cache/file-hashes.json"
+    assert cache.is_file()
+    cache.write_text("{not json")
+    assert project_digest(load_spec(root)) == first
+
+
+def test_digest_is_the_same_in_another_process_and_hash_seed(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    (root / "a").mkdir()
+    for name in ("z.py", "a.py", "m.txt", "a/b.py"):
+        (root / name).write_text(name)
+    code = "import sys; from stack.plan.render import project_digest; from stack.spec import load_spec; "
+    code += f"print(project_digest(load_spec({str(root)!r})))"
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "12345")
+    }
+    assert len(digests) == 1
+
+
+def test_wheelhouse_targets_the_images_python_not_the_hosts() -> None:
+    python = ImagePython("3.11", "cp", "x86_64", "glibc", "2.36")
+    args = python.pip_args()
+    assert args[:4] == ["--python-version", "3.11", "--implementation", "cp"]
+    assert ["--abi", "cp311"] == args[4:6]
+    platforms = [args[i + 1] for i, a in enumerate(args) if a == "--platform"]
+    assert platforms[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in platforms
+    assert "manylinux2014_x86_64" in platforms and platforms[-1] == "any"
+    arm = ImagePython("3.12", "cp", "aarch64", "musl", "1.2")
+    assert "musllinux_1_2_aarch64" in arm.platforms() and "--abi" in arm.pip_args()
+    assert python.key() != arm.key()  # the wheelhouse cache is kept per interpreter and platform
+
+
+def test_a_failed_pip_step_says_which_step_and_the_fix() -> None:
+    classic = (
+        "Step 5/9 : RUN pip install aiohttp -r /tmp/requirements.txt\n ---> Running in 1\n"
+        "WARNING: Retrying ... SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED]'))\n"
+        "ERROR: Could not find a version that satisfies the requirement aiohttp\n"
+        "The command '/bin/sh -c pip install aiohttp' returned a non-zero code: 1\n"
+    )
+    summary = failure_summary(classic)
+    assert summary.startswith("step 5/9 (`RUN pip install aiohttp -r /tmp/requirements.txt`)")
+    assert "cannot reach the package index" in summary and "build.wheelhouse: true" in summary
+    buildkit = "#7 [3/6] COPY project /app\n#7 ERROR: failed to compute cache key: not found\n"
+    assert "a file the Dockerfile copies is missing" in failure_summary(buildkit)
