@@ -34,7 +34,7 @@ from serving.pool import ClientGone, PredictPool
 from serving.streaming import StreamFailed, is_stream, stream
 
 LOGGER = logging.getLogger("serving")
-REPLICA_KEY = web.AppKey("replica", "Replica")
+REPLICA_KEY: web.AppKey[Replica] = web.AppKey("replica")
 CLIENT_GONE = 499  # nginx's code for "client closed the request"; only ever logged and counted
 THROUGHPUT_WINDOW = 10.0  # seconds of completions that Retry-After is computed from
 

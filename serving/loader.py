@@ -140,7 +140,8 @@ def _method(cls: type, name: str, file: Path, allowed: frozenset[str]) -> Callab
                 f"{_where(file, func)}: {cls.__name__}.{name}() has unknown parameter "
                 f"'{param.name}'; it may take any of: {', '.join(sorted(allowed))}"
             )
-    return func
+    method: Callable[..., Any] = func
+    return method
 
 
 def _bind(instance: Any, name: str, func: Callable[..., Any]) -> Handler:
@@ -155,8 +156,11 @@ def _bind(instance: Any, name: str, func: Callable[..., Any]) -> Handler:
 
 
 def _construct(cls: type, file: Path, config: dict[str, Any]) -> Any:
-    params = inspect.signature(cls.__init__).parameters
-    own_init = cls.__init__ is not object.__init__  # object's takes **kwargs but refuses them
+    init = vars(cls).get("__init__") or next(
+        (vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)), object.__init__
+    )
+    params = inspect.signature(init).parameters
+    own_init = init is not object.__init__  # object's takes **kwargs but refuses them
     takes_config = "config" in params or (own_init and any(p.kind == p.VAR_KEYWORD for p in params.values()))
     try:
         return cls(config=config) if takes_config else cls()
@@ -177,8 +181,10 @@ def _failing_line(exc: BaseException, file: Path) -> str:
     """The deepest frame inside the predictor file, else the deepest frame at all."""
     frames = traceback.extract_tb(exc.__traceback__)
     own = [f for f in frames if Path(f.filename).resolve() == file]
-    frame = (own or frames or [None])[-1]
-    return f"{frame.filename}:{frame.lineno}" if frame else str(file)
+    chosen = own or list(frames)
+    if not chosen:
+        return str(file)
+    return f"{chosen[-1].filename}:{chosen[-1].lineno}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from prometheus_client import (
 )
 
 # `_created` series double every counter's cardinality and nothing here reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -107,7 +107,7 @@ class ApiMetrics:
     def exposition(self) -> bytes:
         if MULTIPROCESS:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call,unused-ignore]
             return generate_latest(registry)
         return generate_latest(self.registry)
 
@@ -118,4 +118,4 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 def mark_process_dead(pid: int) -> None:
     if MULTIPROCESS:
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call,unused-ignore]

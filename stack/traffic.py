@@ -10,6 +10,7 @@ first requests after `stack up` show up as soon as they are scraped (an
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import requests
 
@@ -37,11 +38,11 @@ def prometheus_traffic(prometheus_url: str, api: str, timeout: float = 3.0) -> T
     return Traffic(_rounded(rate), _rounded(p50), _rounded(p99), counts)
 
 
-def _query(url: str, query: str, timeout: float) -> list[dict]:  # type: ignore[type-arg]
+def _query(url: str, query: str, timeout: float) -> list[dict[str, Any]]:
     body = requests.get(url, params={"query": query}, timeout=timeout).json()
     if body.get("status") != "success":
         raise ValueError(body.get("error", "query failed"))
-    result: list[dict] = body["data"]["result"]  # type: ignore[type-arg]
+    result: list[dict[str, Any]] = body["data"]["result"]
     return result
 
 

@@ -12,7 +12,11 @@ from stack.plan.render import api_version, project_digest
 from stack.spec import load_spec
 from stack.targets.build import ImagePython, failure_summary
 
-SPEC = "project: demo\napis:\n  - name: a\n    predictor: {path: predictor.py}\n  - name: b\n    predictor: {path: predictor.py}\n"
+SPEC = (
+    "project: demo\napis:\n"
+    "  - name: a\n    predictor: {path: predictor.py}\n"
+    "  - name: b\n    predictor: {path: predictor.py}\n"
+)
 
 
 def make_project(root: Path) -> Path:
@@ -118,7 +122,7 @@ def test_wheelhouse_targets_the_images_python_not_the_hosts() -> None:
     python = ImagePython("3.11", "cp", "x86_64", "glibc", "2.36")
     args = python.pip_args()
     assert args[:4] == ["--python-version", "3.11", "--implementation", "cp"]
-    assert ["--abi", "cp311"] == args[4:6]
+    assert args[4:6] == ["--abi", "cp311"]
     platforms = [args[i + 1] for i, a in enumerate(args) if a == "--platform"]
     assert platforms[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in platforms
     assert "manylinux2014_x86_64" in platforms and platforms[-1] == "any"

@@ -412,6 +412,7 @@ class Supervisor:
             await self._sync_routes()
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
+                assert self.session is not None
                 live = await traefik.live_servers(self.session, self.api_port, self._router(state.spec))
                 if live is not None and replica.url not in live:
                     break
@@ -433,6 +434,7 @@ class Supervisor:
         if self.prometheus is not None:
             _write_targets(self.paths.prometheus_dir / "targets.json", self.loaded.spec.project, wanted)
         # Wait until Traefik serves the new set, so joins and leaves are real when we act on them.
+        assert self.session is not None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             current = {

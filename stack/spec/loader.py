@@ -221,7 +221,7 @@ def _problem(error: Any, positions: dict[Path_, tuple[int, int]], shown: str) ->
 
 def _yaml_path(loc: Path_) -> Path_:
     # pydantic adds the union member or validator name to some locations; drop them.
-    fields = {"class_name": "class"}
+    fields: dict[str | int, str | int] = {"class_name": "class"}
     return tuple(fields.get(p, p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
 
 
@@ -331,10 +331,10 @@ def _cross_checks(
         if not isinstance(api, dict):
             continue
         name = api.get("name")
-        networking = api.get("networking") if isinstance(api.get("networking"), dict) else {}
+        networking: dict[str, Any] = api["networking"] if isinstance(api.get("networking"), dict) else {}
         endpoint = networking.get("endpoint") or (f"/{name}" if isinstance(name, str) else None)
         duplicate_name = isinstance(name, str) and name in names
-        if duplicate_name:
+        if duplicate_name and isinstance(name, str):
             add(("apis", index, "name"), f"API name {name!r} is already used by apis[{names[name]}]")
         if isinstance(name, str):
             names.setdefault(name, index)
@@ -356,7 +356,7 @@ def _cross_checks(
 
 def _window_check(api: dict[str, Any], prometheus: Any, at: Path_, add: Any) -> None:
     """The autoscaler averages over `window`: fewer than two scrapes in it is no average at all."""
-    autoscaling = api.get("autoscaling") if isinstance(api.get("autoscaling"), dict) else {}
+    autoscaling: dict[str, Any] = api["autoscaling"] if isinstance(api.get("autoscaling"), dict) else {}
     raw_scrape = prometheus.get("scrape_interval", 5.0) if isinstance(prometheus, dict) else 5.0
     try:
         window = parse_duration(autoscaling.get("window", 60.0))
