@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,9 +44,25 @@ def test_matches_golden_files(rendered, name: str) -> None:
 
 
 def test_rendering_is_deterministic(tmp_path: Path) -> None:
-    first = render("iris", tmp_path / "a")
-    second = render("iris", tmp_path / "b")
-    assert first == second
+    """Two processes with different hash seeds (set iteration order differs) render the same bytes."""
+    code = (
+        "import json, sys; from pathlib import Path; sys.path.insert(0, 'tests'); from golden import render; "
+        "print(json.dumps(render(sys.argv[1], Path(sys.argv[2]))))"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", code, name, str(tmp_path / f"{name}-{seed}")],
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for name in ("iris", "gpu")
+        for seed in ("0", "4242")
+    ]
+    assert outputs[0] == outputs[1] and outputs[2] == outputs[3]
+    assert json.loads(outputs[0]) and json.loads(outputs[2])
 
 
 def _has_compose() -> bool:

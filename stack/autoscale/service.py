@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -52,14 +51,10 @@ def make_scaler(target: str, project: str, nomad_addr: str | None) -> Scaler:
             return ComposeScaler(project)
         except docker.errors.DockerException as exc:
             raise StackError(f"cannot reach the Docker engine to scale {project}: {exc}") from None
-    import nomad
-
     from stack.autoscale.nomad_scaler import NomadScaler
+    from stack.targets.nomad_connection import NomadSettings
 
-    host, _, port = (nomad_addr or "http://127.0.0.1:4646").rpartition(":")
-    scheme, _, address = host.rpartition("://")
-    client = nomad.Nomad(host=address, port=int(port), secure=scheme == "https", token=os.environ.get("NOMAD_TOKEN"))
-    return NomadScaler(project, client)
+    return NomadScaler(project, NomadSettings.from_env(nomad_addr).client())
 
 
 async def serve(

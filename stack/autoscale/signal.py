@@ -9,12 +9,12 @@ unreachable server or a stale series must hold the count, not shrink it.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 IN_FLIGHT = "predictor_requests_in_flight"
 
@@ -91,10 +91,10 @@ class ScrapeSignal:
                     text = await response.text()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 return f"cannot scrape {url}: {exc}"
-            match = re.search(rf'^{IN_FLIGHT}{{api="{re.escape(api)}"}} (\S+)$', text, re.M)
-            if match is None:
-                return f"{url} exports no {IN_FLIGHT}"
-            total += float(match.group(1))
+            value = _in_flight(text, api)
+            if value is None:
+                return f"{url} exports no {IN_FLIGHT} for API {api}"
+            total += value
         now = time.monotonic()
         series = self.samples.setdefault(api, deque())
         series.append((now, total))
@@ -112,6 +112,20 @@ class ScrapeSignal:
         if not long:
             return Signal(None, None, "no recent samples")
         return Signal(sum(long) / len(long), sum(short) / len(short))
+
+
+def _in_flight(exposition: str, api: str) -> float | None:
+    """The API's in-flight gauge from a replica's exposition (prometheus_client's own parser)."""
+    try:
+        for family in text_string_to_metric_families(exposition):
+            if family.name != IN_FLIGHT:
+                continue
+            for sample in family.samples:
+                if sample.name == IN_FLIGHT and sample.labels.get("api") == api:
+                    return float(sample.value)
+    except ValueError:
+        return None
+    return None
 
 
 def _seconds(value: float) -> str:

@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "2cc210e58532"
+    stack_version = "600456bf85da"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=2cc210e58532",
+        "stack.version=600456bf85da",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=Path(`/embed`) || PathPrefix(`/embed/`)",
@@ -86,7 +86,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:2cc210e58532"
+        image = "embeddings-embed:600456bf85da"
         ports = ["http"]
       }
 
