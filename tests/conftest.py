@@ -182,3 +182,17 @@ def inproc() -> Iterator[Any]:
     yield start
     for replica in started:
         replica.close()
+
+
+def require_binary(name: str) -> str:
+    """The path of a program the test needs, or a skip naming how to get it."""
+    import shutil
+
+    found = shutil.which(name)
+    if found is None:
+        how = {
+            "promtool": "Debian's prometheus package (`apt-get install prometheus`; .ci/run installs it)",
+            "prometheus": "Debian's prometheus package (`apt-get install prometheus`; .ci/run installs it)",
+        }.get(name, "its package")
+        pytest.skip(f"{name} is not on PATH: install {how}")
+    return found

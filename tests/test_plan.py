@@ -13,6 +13,7 @@ import hcl2
 import pytest
 import yaml
 
+from conftest import require_binary
 from golden import GOLDEN, example_names, render
 from nomad_schema import schema_errors
 from stack.plan.nomad_json import hcl_to_job
@@ -101,7 +102,9 @@ def test_prometheus_configs_pass_promtool(rendered, name: str, tmp_path: Path) -
     embedded = tmp_path / "nomad-prometheus.yml"
     embedded.write_text(yaml.safe_dump(parsed))
     for config in (compose_config, embedded):
-        result = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+        result = subprocess.run(
+            [require_binary("promtool"), "check", "config", str(config)], capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 

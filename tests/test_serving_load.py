@@ -15,7 +15,7 @@ import pytest
 import requests
 from inprocess import wait_for
 
-from conftest import PREDICTORS, ServerFactory
+from conftest import PREDICTORS, ServerFactory, require_binary
 
 
 def _parallel(count: int, call) -> list:
@@ -175,7 +175,8 @@ def test_promtool_accepts_metrics(servers: ServerFactory, processes: int) -> Non
 
 
 def _promtool(text: str) -> None:
-    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    promtool = require_binary("promtool")
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
