@@ -218,10 +218,10 @@ def _pick_api(spec: Any, name: str | None) -> Any:
 def resolve_target(path: Path, local: bool, gpus: int | None = None) -> Target:
     loaded = load_spec(path)
     if local:
-        from stack.local.client import LocalStack
+        from stack.targets.local.target import LocalTarget
 
-        return LocalStack(loaded)
-    from stack.targets.compose import ComposeTarget
+        return LocalTarget(loaded)
+    from stack.targets.compose.target import ComposeTarget
 
     return ComposeTarget(loaded, host_gpus=gpus)
 

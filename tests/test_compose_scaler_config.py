@@ -7,7 +7,7 @@ gets slot 1's service name and GPUs, keeping everything else of the copy.
 
 from __future__ import annotations
 
-from stack.autoscale.compose_scaler import NUMBER_LABEL, SERVICE_LABEL, _copy_config
+from stack.targets.compose.scaler import NUMBER_LABEL, SERVICE_LABEL, _copy_config
 
 INSPECT = {
     "Config": {

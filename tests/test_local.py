@@ -18,7 +18,7 @@ import requests
 
 from conftest import EXAMPLES, PREDICTORS, free_port
 from loadgen import Load
-from stack.local.state import pid_alive
+from stack.targets.local.state import pid_alive
 
 STACK = [sys.executable, "-m", "stack.cli"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stack.errors import StackError
-from stack.targets.nomad_connection import NomadSettings
+from stack.targets.nomad.connection import NomadSettings
 
 
 @pytest.mark.parametrize(

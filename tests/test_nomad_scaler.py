@@ -18,9 +18,9 @@ from aiohttp import web
 from nomad_schema import schema_errors
 from stack.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.autoscale.loop import Autoscaler
-from stack.autoscale.nomad_scaler import NomadScaler
 from stack.autoscale.policy import Bounds
 from stack.autoscale.signal import Signal
+from stack.targets.nomad.scaler import NomadScaler
 
 BOUNDS = Bounds(min_replicas=1, max_replicas=10, target=1.0, window=10, upscale_stabilization=0)
 

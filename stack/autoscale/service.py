@@ -45,14 +45,14 @@ def make_scaler(target: str, project: str, nomad_addr: str | None) -> Scaler:
     if target == "compose":
         import docker
 
-        from stack.autoscale.compose_scaler import ComposeScaler
+        from stack.targets.compose.scaler import ComposeScaler
 
         try:
             return ComposeScaler(project)
         except docker.errors.DockerException as exc:
             raise StackError(f"cannot reach the Docker engine to scale {project}: {exc}") from None
-    from stack.autoscale.nomad_scaler import NomadScaler
-    from stack.targets.nomad_connection import NomadSettings
+    from stack.targets.nomad.connection import NomadSettings
+    from stack.targets.nomad.scaler import NomadScaler
 
     return NomadScaler(project, NomadSettings.from_env(nomad_addr).client())
 

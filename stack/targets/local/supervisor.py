@@ -1,6 +1,6 @@
 """The background supervisor of `stack up --local`.
 
-    python -m stack.local.supervisor PATH/TO/stack.yaml
+    python -m stack.targets.local.supervisor PATH/TO/stack.yaml
 
 It runs Traefik and every replica as child processes, keeps each API at its
 desired count, restarts crashed replicas with back-off, rolls out a new
@@ -41,14 +41,14 @@ from stack.autoscale.loop import Autoscaler, SignalSource
 from stack.autoscale.scaler import Replicas
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.errors import StackError
-from stack.local import traefik
-from stack.local.state import LocalPaths
 from stack.plan.render import api_version, project_digest, router_rule
 from stack.plan.serving import replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
 from stack.spec.units import format_duration
+from stack.targets.local import traefik
+from stack.targets.local.state import LocalPaths
 
-LOGGER = logging.getLogger("stack.local")
+LOGGER = logging.getLogger("stack.targets.local")
 TICK = 0.2  # seconds between reconcile passes
 BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before restarting a replica that keeps failing
 GIVE_UP_AFTER = 5  # consecutive start-up failures before an API is marked failed
@@ -649,9 +649,9 @@ def _write_targets(path: Path, project: str, routed: dict[str, set[str]]) -> Non
 async def _start_child(
     command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> asyncio.subprocess.Process:
-    """A child that dies with this supervisor (through stack.local.guard), its output appended to `log`."""
+    """A child that dies with this supervisor (through stack.targets.local.guard), its output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    guarded = [sys.executable, "-m", "stack.local.guard", str(os.getpid()), "--", *command]
+    guarded = [sys.executable, "-m", "stack.targets.local.guard", str(os.getpid()), "--", *command]
     with open(log, "ab") as out:
         return await asyncio.create_subprocess_exec(
             *guarded, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=cwd

@@ -15,17 +15,17 @@ import requests
 
 from serving.supervisor import port_is_free
 from stack.errors import NotRunning, StackError
-from stack.local.state import LocalPaths, pid_alive, read_state
 from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
 from stack.status import ApiStatus, StackStatus
+from stack.targets.local.state import LocalPaths, pid_alive, read_state
 from stack.traffic import prometheus_traffic
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
 Progress = Callable[[str], None]
 
 
-class LocalStack:
+class LocalTarget:
     name = "local"
 
     def __init__(self, loaded: LoadedSpec) -> None:
@@ -103,7 +103,7 @@ class LocalStack:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.paths.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stack.local.supervisor", str(self.loaded.path)],
+            [sys.executable, "-m", "stack.targets.local.supervisor", str(self.loaded.path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""`python -m stack.local.guard PARENT_PID -- COMMAND...`: run COMMAND, dying with its parent.
+"""`python -m stack.targets.local.guard PARENT_PID -- COMMAND...`: run COMMAND, dying with its parent.
 
 It asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG, kept
 across exec), checks the parent is still the one it was started by (it may
@@ -19,7 +19,7 @@ PR_SET_PDEATHSIG = 1
 def main(argv: list[str]) -> None:
     parent, separator, *command = argv
     if separator != "--" or not command:
-        sys.exit("usage: python -m stack.local.guard PARENT_PID -- COMMAND...")
+        sys.exit("usage: python -m stack.targets.local.guard PARENT_PID -- COMMAND...")
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

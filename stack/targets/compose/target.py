@@ -39,7 +39,7 @@ from stack.plan.render import (
 from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
-from stack.targets.docker_logs import follow_container_logs
+from stack.targets.compose.logs import follow_container_logs
 from stack.traffic import prometheus_traffic
 
 Progress = Callable[[str], None]

@@ -1,1 +1,0 @@
-"""The local target: replicas as `python -m serving` processes behind a real Traefik."""
