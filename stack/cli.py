@@ -19,6 +19,7 @@ from stack import __version__
 from stack.errors import StackError
 from stack.spec import SpecError, load_spec
 from stack.status import ApiStatus, StackStatus
+from stack.targets import open_target
 
 if TYPE_CHECKING:
     from stack.targets.base import Target
@@ -215,19 +216,20 @@ def _pick_api(spec: Any, name: str | None) -> Any:
 # The target is resolved once, here; every command then talks to the Target protocol alone.
 
 
-def resolve_target(path: Path, local: bool, gpus: int | None = None) -> Target:
-    loaded = load_spec(path)
-    if local:
-        from stack.targets.local.target import LocalTarget
-
-        return LocalTarget(loaded)
-    from stack.targets.compose.target import ComposeTarget
-
-    return ComposeTarget(loaded, host_gpus=gpus)
+def resolve_target(path: Path, kind: str | None, gpus: int | None = None, registry: str | None = None) -> Target:
+    return open_target(load_spec(path), kind, gpus=gpus, registry=registry)
 
 
 def _target_flag(func: Any) -> Any:
-    return click.option("--local", is_flag=True, help="The local target: processes behind Traefik, no Docker.")(func)
+    """--local / --nomad / --compose, one choice; without any, `target:` of stack.yaml, else Compose."""
+    flags = [
+        ("--nomad", "nomad", "A Nomad cluster (NOMAD_ADDR, NOMAD_TOKEN, ... as Nomad's CLI reads them)."),
+        ("--local", "local", "The local target: processes behind Traefik, no Docker."),
+        ("--compose", "compose", "Docker Compose on this machine (the default)."),
+    ]
+    for flag, value, help_text in flags:
+        func = click.option(flag, "target_kind", flag_value=value, default=None, help=help_text)(func)
+    return func
 
 
 def _path_option(func: Any) -> Any:
@@ -266,9 +268,10 @@ def _progress(line: str) -> None:
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @_target_flag
 @click.option("--gpus", type=int, help="Compose: GPUs on this host (default: ask nvidia-smi).")
-def up(path: Path, local: bool, gpus: int | None) -> None:
+@click.option("--registry", help="Nomad: where to push images, HOST:PORT (default: build.registry of stack.yaml).")
+def up(path: Path, target_kind: str | None, gpus: int | None, registry: str | None) -> None:
     """Start the stack, or update it in place (a rolling update) when it runs."""
-    target = resolve_target(path, local, gpus)
+    target = resolve_target(path, target_kind, gpus, registry)
     status = target.up(_progress)
     port = status.gateway_port
     click.echo(f"\nStack {status.project} is live.")
@@ -287,10 +290,16 @@ def up(path: Path, local: bool, gpus: int | None) -> None:
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @_target_flag
-@click.option("--volumes", is_flag=True, help="Compose: also remove the stack's volumes (Prometheus data).")
-def down(path: Path, local: bool, volumes: bool) -> None:
+@click.option(
+    "--volumes",
+    "--purge",
+    "volumes",
+    is_flag=True,
+    help="Also remove what the stack keeps: Compose volumes (Prometheus data); Nomad: purge the jobs.",
+)
+def down(path: Path, target_kind: str | None, volumes: bool) -> None:
     """Stop and remove everything of the stack."""
-    click.echo("stopped" if resolve_target(path, local).down(volumes) else "nothing was running")
+    click.echo("stopped" if resolve_target(path, target_kind).down(volumes) else "nothing was running")
 
 
 @cli.command()
@@ -298,11 +307,11 @@ def down(path: Path, local: bool, volumes: bool) -> None:
 @_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_target_flag
-def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, local: bool) -> None:
+def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_kind: str | None) -> None:
     """Each API's state and replicas: `stack status [PATH] [API]`; with API, per-replica detail and events."""
     path, rest = _split(path_option, args, 1, "stack status [PATH] [API]")
     api = rest[0] if rest else None
-    target = resolve_target(path, local)
+    target = resolve_target(path, target_kind)
     if api is not None and api not in {a.name for a in target.loaded.spec.apis}:
         raise StackError(f"no API named {api!r}; the spec has: {', '.join(a.name for a in target.loaded.spec.apis)}")
     data = target.status()
@@ -395,13 +404,13 @@ def _show_decisions(api: ApiStatus) -> None:
 @_path_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @_target_flag
-def logs(args: tuple[str, ...], path_option: Path | None, follow: bool, local: bool) -> None:
+def logs(args: tuple[str, ...], path_option: Path | None, follow: bool, target_kind: str | None) -> None:
     """The logs of every replica of an API, each line prefixed with its replica: `stack logs [PATH] API`."""
     path, rest = _split(path_option, args, 1, "stack logs [PATH] API")
     if not rest:
         raise click.UsageError("name the API: stack logs [PATH] API")
     try:
-        for line in resolve_target(path, local).logs(rest[0], follow):
+        for line in resolve_target(path, target_kind).logs(rest[0], follow):
             click.echo(line)
     except KeyboardInterrupt:
         pass
@@ -417,13 +426,13 @@ def logs(args: tuple[str, ...], path_option: Path | None, follow: bool, local: b
     "and allow counts outside min_replicas..max_replicas.",
 )
 @_target_flag
-def scale(args: tuple[str, ...], path_option: Path | None, force: bool, local: bool) -> None:
+def scale(args: tuple[str, ...], path_option: Path | None, force: bool, target_kind: str | None) -> None:
     """Set an API's replica count by hand: `stack scale [PATH] API REPLICAS`."""
     path, rest = _split(path_option, args, 2, "stack scale [PATH] API REPLICAS")
     if len(rest) != 2 or not rest[1].isdigit():
         raise click.UsageError("usage: stack scale [PATH] API REPLICAS (a count of 0 or more)")
     api, replicas = rest[0], int(rest[1])
-    resolve_target(path, local).scale(api, replicas, force, _progress)
+    resolve_target(path, target_kind).scale(api, replicas, force, _progress)
     click.echo(f"{api} scaled to {replicas}")
 
 

@@ -71,8 +71,8 @@ CASES = [
         "unknown key without a near match",
         f"project: demo\nflavour: vanilla\napis:\n{GOOD_API}",
         [
-            "stack.yaml:2:1: flavour: unknown field `flavour`; expected one of: project, gateway, prometheus, build, "
-            "apis, log_format"
+            "stack.yaml:2:1: flavour: unknown field `flavour`; expected one of: project, target, gateway, prometheus, "
+            "build, apis, log_format"
         ],
     ),
     (

@@ -210,6 +210,8 @@ class Prometheus(Strict):
 
 class Build(Strict):
     base_image: str = "python:3.11-slim"
+    # Where `stack up --nomad` pushes images (HOST:PORT[/PATH]); Nomad clients pull from it.
+    registry: str | None = None
     # Resolve every package on this host, for the image's own Python and platform, and install
     # them offline in the image: builds need no index (air-gapped sites, TLS-intercepting proxies
     # that containers do not trust). false: pip runs inside the image and needs the network.
@@ -218,6 +220,8 @@ class Build(Strict):
 
 class Spec(Strict):
     project: Name
+    # Where `stack up` runs the stack unless a flag (--local, --nomad, --compose) says otherwise.
+    target: Literal["compose", "local", "nomad"] | None = None
     gateway: Gateway = Gateway()
     prometheus: Prometheus = Prometheus()
     build: Build = Build()

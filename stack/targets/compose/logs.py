@@ -1,9 +1,9 @@
-"""Containers' logs as one stream, each line prefixed with its container's name.
+"""Replicas' logs as one stream, each line prefixed with its replica's name.
 
 The name is the one `stack status` shows, so a line in `stack logs` points at
 a replica in the status table. Without `follow` the lines of every container
 are merged in time order (Docker's own timestamps); with it, lines appear as
-they are written.
+they are written. `merge_streams` is the same merge for any target's streams.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import queue
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 _DONE = object()
 
 
 def follow_container_logs(names: list[str], follow: bool) -> Iterator[str]:
-    width = max(len(n) for n in names)
     if not follow:
+        width = max(len(n) for n in names)
         lines: list[tuple[str, str]] = []
         for name in names:
             out = subprocess.run(["docker", "logs", "--timestamps", name], capture_output=True, text=True)
@@ -27,33 +27,42 @@ def follow_container_logs(names: list[str], follow: bool) -> Iterator[str]:
                 lines.append((stamp, f"{name:<{width}} | {text}"))
         yield from (text for _, text in sorted(lines, key=lambda item: item[0]))
         return
-    merged: queue.Queue[object] = queue.Queue()
-    procs = [
-        subprocess.Popen(
+    procs = {
+        name: subprocess.Popen(
             ["docker", "logs", "--follow", "--tail", "100", name],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
         for name in names
-    ]
-
-    def pump(name: str, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            merged.put(f"{name:<{width}} | {line.rstrip()}")
-        merged.put(_DONE)
-
-    for name, proc in zip(names, procs, strict=True):
-        threading.Thread(target=pump, args=(name, proc), daemon=True).start()
-    open_streams = len(procs)
+    }
     try:
-        while open_streams:
-            item = merged.get()
-            if item is _DONE:
-                open_streams -= 1
-            else:
-                yield str(item)
+        yield from merge_streams(
+            {name: (line.rstrip("\n") for line in proc.stdout or []) for name, proc in procs.items()}
+        )
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.terminate()
+
+
+def merge_streams(streams: dict[str, Iterable[str]]) -> Iterator[str]:
+    """Lines of several streams as they arrive, each prefixed with its stream's name."""
+    width = max(len(n) for n in streams)
+    merged: queue.Queue[object] = queue.Queue()
+
+    def pump(name: str, lines: Iterable[str]) -> None:
+        try:
+            for line in lines:
+                merged.put(f"{name:<{width}} | {line}")
+        finally:
+            merged.put(_DONE)
+
+    for name, lines in streams.items():
+        threading.Thread(target=pump, args=(name, lines), daemon=True).start()
+    open_streams = len(streams)
+    while open_streams:
+        item = merged.get()
+        if item is _DONE:
+            open_streams -= 1
+        else:
+            yield str(item)

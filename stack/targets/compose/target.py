@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from serving.supervisor import port_is_free
 from stack.atomic import write_json_atomic
 from stack.autoscale.service import DECISIONS_FILE, MANUAL_FILE, manual_apis
@@ -40,6 +38,8 @@ from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
 from stack.targets.compose.logs import follow_container_logs
+from stack.targets.gateway import readiness_url, wait_until_routed
+from stack.targets.rollout import Fleet, next_step
 from stack.traffic import prometheus_traffic
 
 Progress = Callable[[str], None]
@@ -181,18 +181,10 @@ class ComposeTarget:
         return self.status()
 
     def _wait_routed(self, api: Api, progress: Progress) -> None:
-        """Return only once a request through the gateway reaches the API: Traefik takes up to
-        a second after a replica turns healthy to route to it, and `stack up` promises a live URL."""
-        url = f"http://127.0.0.1:{self.loaded.spec.gateway.port}{api.endpoint.rstrip('/')}/readyz"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        progress(f"{api.name}: warning: the gateway does not reach it yet ({url})")
+        """Return only once a request through the gateway reaches the API: `stack up` promises a live URL."""
+        url = readiness_url(self.loaded.spec.gateway.port, api.endpoint)
+        if not wait_until_routed(url, timeout=30):
+            progress(f"{api.name}: warning: the gateway does not reach it yet ({url})")
 
     def _start_autoscaler(self, dockerfile: str | None, progress: Progress) -> None:
         """Build and (re)start the autoscaler service; `stack up` hands every API back to it."""
@@ -267,27 +259,53 @@ class ComposeTarget:
         deployed = self._deployed()
         if deployed.get(api.name) != version:
             write_json_atomic(self.loaded.root / DEPLOYED_FILE, {**deployed, api.name: version})
-        if not old:
-            self._scale_to(api, version, desired)
-            self._wait(api, version, desired, progress)
-            return
-        progress(f"{api.name}: rolling update to {version} ({len(old)} old replica(s))")
+        if old:
+            progress(f"{api.name}: rolling update to {version} ({len(old)} old replica(s))")
         surge, unavailable = api.update.resolve(desired)
-        count = len(current)
-        while count < desired or old:
-            if count < desired:
-                count = min(desired, count + max(surge, 1))
-                self._scale_to(api, version, count)
-                self._wait(api, version, count, progress)
-            # Retire old replicas while the healthy ones stay at or above desired - unavailable.
-            healthy = sum(1 for c in self.containers() if c.api == api.name and c.ready)
-            removable = max(healthy - (desired - unavailable), 0) if count >= desired else max(surge, 1)
-            for container in old[: max(removable, 1 if count >= desired else 0)]:
+        deadline = time.monotonic() + READY_TIMEOUT
+        last = ""
+        while True:
+            alive = [c for c in self.containers() if c.api == api.name and c.state not in ("exited", "dead")]
+            new = [c for c in alive if c.version == version]
+            old = [c for c in alive if c.version != version]
+            self._raise_if_failed(api, new)
+            fleet = Fleet(
+                new_ready=sum(c.ready for c in new),
+                new_starting=sum(not c.ready for c in new),
+                old_ready=sum(c.ready for c in old),
+                old_starting=sum(not c.ready for c in old),
+            )
+            line = f"{api.name}: {fleet.new_ready}/{desired} replicas ready"
+            if line != last:
+                progress(line)
+                last = line
+            step = next_step(fleet, desired, surge, unavailable)
+            if step.done:
+                break
+            if step.start or step.stop_new:
+                self._scale_to(api, version, len(new) + step.start - step.stop_new)
+            retiring = sorted(old, key=lambda c: c.ready)[: step.stop_old]  # not-ready ones first
+            for container in retiring:
                 progress(f"{api.name}: stopping old replica {container.name}")
                 docker("stop", "-t", str(int(_stop_timeout(api))), container.id)
                 docker("rm", container.id)
-                old.remove(container)
-        progress(f"{api.name}: rolling update done")
+            if step.idle:
+                if time.monotonic() > deadline:
+                    raise StackError(f"{line} after {READY_TIMEOUT:.0f}s; see `stack logs {api.name}`")
+                time.sleep(1)
+        if old:
+            progress(f"{api.name}: rolling update done")
+
+    def _raise_if_failed(self, api: Api, containers: list[Container]) -> None:
+        broken = [c for c in containers if c.failed]
+        if not broken:
+            return
+        c = broken[0]
+        logs = subprocess.run(["docker", "logs", "--tail", "20", c.id], capture_output=True, text=True)
+        raise StackError(
+            f"replica {c.name} of API {api.name} failed to start "
+            f"(state {c.state}, exit code {c.exit_code}); its last log lines:\n{(logs.stdout + logs.stderr).strip()}"
+        )
 
     def _scale_to(self, api: Api, version: str, count: int) -> None:
         services = self._services(api, version)
@@ -311,15 +329,7 @@ class ComposeTarget:
                 last = line
             if len(ready) >= count:
                 return
-            broken = [c for c in mine if c.failed]
-            if broken:
-                c = broken[0]
-                logs = docker("logs", "--tail", "20", c.id, check=False)
-                logs += subprocess.run(["docker", "logs", "--tail", "20", c.id], capture_output=True, text=True).stderr
-                raise StackError(
-                    f"replica {c.name} of API {api.name} failed to start "
-                    f"(state {c.state}, exit code {c.exit_code}); its last log lines:\n{logs.strip()}"
-                )
+            self._raise_if_failed(api, mine)
             if time.monotonic() > deadline:
                 raise StackError(f"{line} after {READY_TIMEOUT:.0f}s; see `stack logs {api.name}`")
             time.sleep(1)

@@ -45,8 +45,10 @@ from stack.plan.render import api_version, project_digest, router_rule
 from stack.plan.serving import replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
 from stack.spec.units import format_duration
+from stack.targets.gateway import readiness_url, wait_until_routed
 from stack.targets.local import traefik
 from stack.targets.local.state import LocalPaths
+from stack.targets.rollout import Fleet, next_step
 
 LOGGER = logging.getLogger("stack.targets.local")
 TICK = 0.2  # seconds between reconcile passes
@@ -350,23 +352,24 @@ class Supervisor:
         can_start = time.monotonic() >= state.retry_at and state.failures < GIVE_UP_AFTER
         if state.failures >= GIVE_UP_AFTER and not any(r.state == "starting" for r in new):
             state.error = state.error or "replicas keep failing to start"
-        # Grow the current version, up to desired, with at most `surge` extra replicas during an update.
-        if can_start and len(new) < state.desired and len(live) < state.desired + surge:
+        fleet = Fleet(
+            new_ready=sum(r.state == "ready" for r in new),
+            new_starting=sum(r.state == "starting" for r in new),
+            old_ready=sum(r.state == "ready" for r in old),
+            old_starting=sum(r.state == "starting" for r in old),
+        )
+        step = next_step(fleet, state.desired, surge, unavailable)
+        for _ in range(step.start if can_start else 0):
             await self._start_replica(state)
-            return
-        ready = [r for r in live if r.state == "ready"]
-        # Retire old versions once enough replicas serve: never below desired - unavailable.
-        for replica in sorted(old, key=lambda r: r.state == "ready"):
-            if replica.state != "ready" or len(ready) - 1 >= state.desired - unavailable:
-                self._drain(state, replica, "replaced by the new version")
-                if replica in ready:
-                    ready.remove(replica)
-                return
-        # Scale down: the newest (or still starting) replicas go first.
-        extra = len(new) - state.desired
-        for replica in sorted(new, key=lambda r: (r.state == "ready", -r.started))[: max(extra, 0)]:
+        # Old versions: not-ready ones first, ready ones only while enough others serve.
+        retiring = [r for r in old if r.state != "ready"][: step.stop_old_starting]
+        retiring += [r for r in old if r.state == "ready"][: step.stop_old_ready]
+        for replica in retiring:
+            self._drain(state, replica, "replaced by the new version")
+        # Scale down: still-starting replicas first, then the newest.
+        for replica in sorted(new, key=lambda r: (r.state == "ready", -r.started))[: step.stop_new]:
             self._drain(state, replica, "scaled down")
-        if not old and state.version and state.spec.name in self.updating and all(r.state == "ready" for r in new):
+        if step.done and state.spec.name in self.updating:
             self.updating.discard(state.spec.name)
             state.event("rolling update done")
 
@@ -451,24 +454,10 @@ class Supervisor:
         self.serving.update(wanted)  # what the route file says is the best left to go on
 
     async def _wait_gateway_serves(self, api: Api) -> None:
-        """An API's first replica counts once a request through the gateway reaches it.
-
-        Traefik shows a new route on its API up to half a second before its routers
-        use it (measured: `stack up` returned while the first requests still got
-        "no available server"), so the API alone cannot confirm the first server.
-        """
-        assert self.session is not None
-        url = f"http://127.0.0.1:{self.loaded.spec.gateway.port}{api.endpoint.rstrip('/')}/readyz"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(0.05)
-        LOGGER.warning(f"{api.name}: the gateway did not reach its first replica within 10s")
+        """An API's first replica counts once a request through the gateway reaches it."""
+        url = readiness_url(self.loaded.spec.gateway.port, api.endpoint)
+        if not await asyncio.to_thread(wait_until_routed, url, 10.0):
+            LOGGER.warning(f"{api.name}: the gateway did not reach its first replica within 10s")
 
     def _write_routes(self) -> None:
         apis = []

@@ -8,6 +8,7 @@ while a deployment of the job is active: that is a retry, not a failure.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import nomad
 from nomad.api import exceptions
@@ -16,6 +17,10 @@ from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas, ScalerBusy
 
 GROUP = "predictor"  # the task group every API job has (templates/nomad/api.nomad.hcl.j2)
+# The `source` of a scaling event set by `stack scale --force`: the autoscaler leaves the job
+# alone while that is the newest event, until `stack up --nomad` hands the API back.
+MANUAL_SOURCE = "stack scale --force"
+HANDED_BACK = "stack up"
 
 
 class NomadScaler:
@@ -31,15 +36,19 @@ class NomadScaler:
         group = status.get("TaskGroups", {}).get(GROUP)
         if group is None:
             raise RuntimeError(f"Nomad job {self.job_id(api)} has no task group {GROUP!r}")
+        desired, healthy = int(group.get("Desired") or 0), int(group.get("Healthy") or 0)
         if status.get("JobStopped"):
             return Replicas(0, 0, f"Nomad job {self.job_id(api)} is stopped")
-        return Replicas(int(group.get("Desired") or 0), int(group.get("Healthy") or 0))
+        if latest_source(group) == MANUAL_SOURCE:
+            return Replicas(desired, healthy, "set by hand with `stack scale --force`, until the next `stack up`")
+        return Replicas(desired, healthy)
 
     async def scale(self, api: ApiScaling, count: int, reason: str) -> None:
         await asyncio.to_thread(self._post, api, count, reason)
 
-    def _get(self, api: ApiScaling) -> dict:
-        return self.client.job.request(self.job_id(api), "scale", method="get").json()
+    def _get(self, api: ApiScaling) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.job.request(self.job_id(api), "scale", method="get").json()
+        return result
 
     def _post(self, api: ApiScaling, count: int, reason: str) -> None:
         body = {
@@ -52,6 +61,15 @@ class NomadScaler:
             self.client.job.request(self.job_id(api), "scale", method="post", json=body)
         except exceptions.BadRequestNomadException as exc:
             raise ScalerBusy(f"Nomad refused the new count (an active deployment?): {_text(exc)}") from exc
+
+
+def latest_source(group: dict[str, Any]) -> str:
+    """The `source` meta of a task group's newest scaling event ("" without events)."""
+    events = group.get("Events") or []
+    if not events:
+        return ""
+    newest = max(events, key=lambda e: (e.get("Time") or 0, e.get("CreateIndex") or 0))
+    return str((newest.get("Meta") or {}).get("source", ""))
 
 
 def _text(exc: exceptions.BaseNomadException) -> str:

@@ -1,0 +1,417 @@
+"""The Nomad target: `stack up --nomad` builds, pushes, registers and waits; status, logs, scale, down.
+
+`up` builds each API's image exactly as the Compose target does, tags it
+`REGISTRY/PROJECT-API:VERSION`, pushes it, then registers the JSON jobs that
+`stack plan --nomad` renders from the reviewable HCL (the APIs, Traefik,
+Prometheus and, when an API is autoscaled, the autoscaler) and follows each
+API's deployment until it is healthy. A deployment that fails — Nomad's
+`auto_revert` then rolls the job back — is reported with the failing
+allocation's task events and last log lines, and `up` exits non-zero.
+
+A job whose rendered content did not change since it was registered (the
+`stack_job_digest` meta) is not registered again: no new version, no
+deployment. A registered API job keeps the count it runs with, so `up` never
+resets what the autoscaler or `stack scale` set.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from stack.atomic import write_text_atomic
+from stack.autoscale.scaler import Scaler
+from stack.errors import BuildError, StackError, TargetError
+from stack.plan.render import api_version, autoscaler_image, control_plane_digest, plan_nomad, project_digest
+from stack.spec import Api, LoadedSpec
+from stack.status import ApiStatus, ReplicaStatus, StackStatus
+from stack.targets import build
+from stack.targets.nomad.api import NomadApi
+from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
+
+Progress = Callable[[str], None]
+PLAN_DIR = ".stack/plan/nomad"
+DEPLOY_TIMEOUT = 1200.0  # the jobs' progress_deadline is 20 m: Nomad gives up first
+POLL = 1.0
+TASK = "predictor"
+
+
+class NomadTarget:
+    name = "nomad"
+
+    def __init__(self, loaded: LoadedSpec, registry: str | None = None, settings: NomadSettings | None = None) -> None:
+        self.loaded = loaded
+        self.project = loaded.spec.project
+        self.registry = (registry or loaded.spec.build.registry or "").rstrip("/")
+        self.settings = settings or NomadSettings.from_env()
+        self.api = NomadApi(self.settings)
+        self.poll = POLL
+
+    def job_id(self, api: str) -> str:
+        return f"{self.project}-{api}"
+
+    # -- up ----------------------------------------------------------------------------------
+
+    def up(self, progress: Progress) -> StackStatus:
+        spec = self.loaded.spec
+        needs_build = [a for a in spec.apis if a.predictor.image is None]
+        if not self.registry and needs_build:
+            raise TargetError(
+                "`stack up --nomad` pushes each API's image to a registry the Nomad clients pull from, and none "
+                "is set: pass --registry HOST:PORT or set build.registry in stack.yaml (for a first try, a registry "
+                "on this machine: `docker run -d -p 5000:5000 registry:2`, then --registry 127.0.0.1:5000)."
+            )
+        progress(f"connecting to Nomad at {self.settings.address}")
+        self.api.check()
+        self._check_gpus()
+        plan = plan_nomad(self.loaded, nomad_addr=self.settings.address, registry=self.registry)
+        plan_dir = self.loaded.root / PLAN_DIR
+        for name, content in plan.files.items():  # the plan holds the serving config: owner-only
+            write_text_atomic(plan_dir / name, content, mode=0o600)
+        digest = project_digest(self.loaded)
+        for api in needs_build:
+            self._build_and_push(api, api_version(api, digest), plan, progress)
+        if f"{self.project}-autoscaler.json" in plan.files:
+            self._push_autoscaler(progress)
+        registered: list[str] = []
+        for name in sorted(plan.files):
+            if not name.endswith(".json"):
+                continue
+            job = json.loads(plan.files[name])["Job"]
+            if self._register(job, progress):
+                registered.append(job["ID"])
+        for api in spec.apis:
+            if self.job_id(api.name) in registered:
+                self._wait_deployment(api, progress)
+        self._hand_back(progress)
+        return self.status()
+
+    def _hand_back(self, progress: Progress) -> None:
+        """`stack up` hands every autoscaled API back to the autoscaler (a `stack scale --force` ends here)."""
+        for api in self.loaded.spec.apis:
+            if not api.autoscaled:
+                continue
+            status = self.api.scale_status(self.job_id(api.name))
+            group = (status.get("TaskGroups") or {}).get(GROUP) or {}
+            if latest_source(group) == MANUAL_SOURCE:
+                count = int(group.get("Desired") or api.autoscaling.initial)
+                self.api.scale(
+                    self.job_id(api.name), GROUP, count, "handed back to the autoscaler", {"source": HANDED_BACK}
+                )
+                progress(f"{api.name}: handed back to the autoscaler")
+
+    def _check_gpus(self) -> None:
+        """Before registering a GPU job: is there a client with that many NVIDIA GPUs at all?"""
+        wanted = max((a.compute.gpu for a in self.loaded.spec.apis), default=0)
+        if not wanted:
+            return
+        best = 0
+        for stub in self.api.nodes():
+            if stub.get("Status") != "ready" or stub.get("SchedulingEligibility") == "ineligible":
+                continue
+            node = self.api.node(stub["ID"])
+            for device in (node.get("NodeResources") or {}).get("Devices") or []:
+                if device.get("Vendor") == "nvidia" and device.get("Type") == "gpu":
+                    healthy = [i for i in device.get("Instances") or [] if i.get("Healthy", True)]
+                    best = max(best, len(healthy))
+        if best < wanted:
+            names = ", ".join(a.name for a in self.loaded.spec.apis if a.compute.gpu)
+            raise TargetError(
+                f"API(s) {names} ask for {wanted} NVIDIA GPU(s) per replica, but no ready Nomad client offers "
+                f"{'any' if best == 0 else f'more than {best}'}: install the NVIDIA device plugin on the GPU "
+                "nodes (nomad/client-gpu.hcl) and check `nomad node status -verbose`. Nothing was registered."
+            )
+
+    def _build_and_push(self, api: Api, version: str, plan: Any, progress: Progress) -> None:
+        from stack.plan.render import project_files, service_name
+
+        image = f"{self.registry}/{self.project}-{api.name}:{version}"
+        if not build.image_exists(image):
+            context = build.assemble(
+                project_files(self.loaded),
+                service_name(api, version),
+                plan.files.get(f"{api.name}.Dockerfile") or self._dockerfile(api),
+                self.loaded.requirements_file(api),
+                self.loaded.spec.build.base_image,
+                self.loaded.spec.build.wheelhouse,
+                progress,
+            )
+            build.build_image(context, image, progress)
+        self._push(image, progress)
+
+    def _dockerfile(self, api: Api) -> str:
+        from stack.plan.render import _dockerfile, _header, template_environment
+
+        return _dockerfile(template_environment(), self.loaded, api, _header(self.loaded))
+
+    def _push_autoscaler(self, progress: Progress) -> None:
+        from stack.plan.render import template_environment
+
+        local = autoscaler_image()
+        code = control_plane_digest()[:16]
+        if build.image_label(local, "stack.code") != code:
+            dockerfile = (
+                template_environment()
+                .get_template("compose/autoscaler.Dockerfile.j2")
+                .render(
+                    header="# The autoscaler image.",
+                    base_image=self.loaded.spec.build.base_image,
+                    wheelhouse=self.loaded.spec.build.wheelhouse,
+                )
+            )
+            spec = self.loaded.spec.build
+            context = build.assemble_autoscaler(
+                self.loaded.root, dockerfile, spec.base_image, spec.wheelhouse, progress
+            )
+            build.build_image(context, local, progress, labels={"stack.code": code})
+        remote = f"{self.registry}/{local}"
+        _docker("tag", local, remote)
+        self._push(remote, progress)
+
+    def _push(self, image: str, progress: Progress) -> None:
+        progress(f"pushing {image}")
+        result = subprocess.run(["docker", "push", image], capture_output=True, text=True)
+        if result.returncode != 0:
+            output = (result.stderr or result.stdout).strip().splitlines()
+            raise BuildError(
+                f"pushing {image} to {self.registry} failed: {output[-1] if output else 'no output'}. Check that "
+                f"the registry runs and this machine may push to it (`docker push {image}`; a registry without "
+                "TLS must be listed in the engine's insecure-registries, 127.0.0.1 always is). Nothing was "
+                "registered with Nomad."
+            )
+
+    def _register(self, job: dict[str, Any], progress: Progress) -> bool:
+        """Register `job` unless Nomad already runs exactly it; True when a new version was submitted."""
+        current = self.api.job(job["ID"])
+        job = copy.deepcopy(job)
+        meta = job.setdefault("Meta", {})
+        meta["stack_job_digest"] = _job_digest(job)
+        if current is not None and not current.get("Stop"):
+            if (current.get("Meta") or {}).get("stack_job_digest") == meta["stack_job_digest"]:
+                progress(f"{job['ID']}: unchanged")
+                return False
+            # Keep the count the autoscaler or `stack scale` set.
+            counts = {g["Name"]: g.get("Count") for g in current.get("TaskGroups") or []}
+            for group in job["TaskGroups"]:
+                if counts.get(group["Name"]) is not None and group["Name"] == GROUP:
+                    group["Count"] = counts[group["Name"]]
+        progress(f"{job['ID']}: registering{' a new version' if current else ''}")
+        self.api.register(job)
+        return True
+
+    def _wait_deployment(self, api: Api, progress: Progress) -> None:
+        job_id = self.job_id(api.name)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT
+        last = ""
+        while True:
+            deployment = self.api.deployment(job_id)
+            if deployment is None:
+                time.sleep(self.poll)
+                continue
+            group = (deployment.get("TaskGroups") or {}).get(GROUP) or {}
+            line = (
+                f"{api.name}: deployment {deployment.get('Status')}, "
+                f"{group.get('HealthyAllocs', 0)}/{group.get('DesiredTotal', 0)} healthy"
+            )
+            if line != last:
+                progress(line)
+                last = line
+            status = deployment.get("Status")
+            if status == "successful":
+                return
+            if status in ("failed", "cancelled"):
+                raise TargetError(self._failure(api, deployment))
+            if time.monotonic() > deadline:
+                raise TargetError(f"{line} after {DEPLOY_TIMEOUT:.0f}s; see `stack status --nomad {api.name}`")
+            time.sleep(self.poll)
+
+    def _failure(self, api: Api, deployment: dict[str, Any]) -> str:
+        """The failing allocation's task events and last log lines, for the error of `up`."""
+        allocations = [
+            a
+            for a in self.api.allocations(self.job_id(api.name))
+            if a.get("JobVersion") == deployment.get("JobVersion")
+        ]
+        failing = next(
+            (a for a in allocations if a.get("ClientStatus") == "failed" or _unhealthy(a)),
+            allocations[0] if allocations else None,
+        )
+        text = (
+            f"the deployment of API {api.name} failed ({deployment.get('StatusDescription') or 'no reason given'}); "
+            "Nomad's auto_revert rolls the job back to its last healthy version."
+        )
+        if failing is None:
+            return text
+        events = [
+            f"  {e.get('Type')}: {e.get('DisplayMessage') or e.get('Message') or ''}".rstrip(": ")
+            for state in (failing.get("TaskStates") or {}).values()
+            for e in (state.get("Events") or [])[-6:]
+        ]
+        try:
+            lines = list(self.api.logs(failing["ID"], TASK, "stderr", follow=False))[-15:]
+        except StackError as exc:
+            lines = [f"(logs unavailable: {exc})"]
+        return (
+            f"{text}\nallocation {failing['ID'][:8]} on node {failing.get('NodeName') or '?'}, task events:\n"
+            + "\n".join(events or ["  (none)"])
+            + "\nits last log lines:\n"
+            + "\n".join(lines or ["(empty)"])
+        )
+
+    # -- status, logs, scale, down ------------------------------------------------------------
+
+    def status(self) -> StackStatus:
+        apis = [self._api_status(api) for api in self.loaded.spec.apis]
+        notes = [
+            f"Nomad at {self.settings.address}"
+            + (f", namespace {self.settings.namespace}" if self.settings.namespace else "")
+        ]
+        return StackStatus(self.project, "nomad", self.loaded.spec.gateway.port, apis, notes)
+
+    def _api_status(self, api: Api) -> ApiStatus:
+        job_id = self.job_id(api.name)
+        job = self.api.job(job_id)
+        base = dict(
+            name=api.name,
+            endpoint=api.endpoint,
+            autoscaled=api.autoscaled,
+            min_replicas=api.autoscaling.min_replicas,
+            max_replicas=api.autoscaling.max_replicas,
+        )
+        if job is None or job.get("Stop"):
+            return ApiStatus(status="stopped", ready=0, desired=0, version="", **base)  # type: ignore[arg-type]
+        version = (job.get("Meta") or {}).get("stack_version", "")
+        desired = next((g.get("Count", 0) for g in job.get("TaskGroups") or [] if g["Name"] == GROUP), 0)
+        allocations = [a for a in self.api.allocations(job_id) if a.get("DesiredStatus") == "run"]
+        deployment = self.api.deployment(job_id)
+        replicas = []
+        ready = 0
+        for alloc in sorted(allocations, key=lambda a: a.get("CreateIndex", 0)):
+            healthy = bool((alloc.get("DeploymentStatus") or {}).get("Healthy"))
+            running = alloc.get("ClientStatus") == "running"
+            ready += healthy and running
+            states = (alloc.get("TaskStates") or {}).values()
+            events = [e for s in states for e in s.get("Events") or []]
+            replicas.append(
+                ReplicaStatus(
+                    id=alloc["ID"][:8],
+                    state="ready" if healthy and running else alloc.get("ClientStatus", ""),
+                    version=version if alloc.get("JobVersion") == job.get("Version") else f"v{alloc.get('JobVersion')}",
+                    health="healthy" if healthy else "unhealthy" if healthy is False and running else "",
+                    node=alloc.get("NodeName", ""),
+                    restarts=sum(int(s.get("Restarts") or 0) for s in states),
+                    last_event=(events[-1].get("DisplayMessage") or events[-1].get("Type", "")) if events else "",
+                )
+            )
+        dep_status = (deployment or {}).get("Status", "")
+        failed = [r for r in replicas if r.state == "failed"]
+        if dep_status == "running":
+            state = "updating"
+        elif dep_status == "failed" and ready == 0:
+            state = "error"
+        elif ready >= desired and desired > 0:
+            state = "live"
+        else:
+            state = "starting" if desired else "stopped"
+        error = (deployment or {}).get("StatusDescription") if dep_status == "failed" else None
+        on_disk = api_version(api, project_digest(self.loaded))
+        return ApiStatus(
+            status=state,
+            ready=ready,
+            desired=desired,
+            version=version,
+            changed=bool(version) and version != on_disk,
+            error=error or (f"allocation {failed[0].id} failed: {failed[0].last_event}" if failed else None),
+            restarts=sum(r.restarts for r in replicas),
+            replicas=replicas,
+            events=[f"deployment {dep_status}: {(deployment or {}).get('StatusDescription', '')}"]
+            if deployment
+            else [],
+            **base,  # type: ignore[arg-type]
+        )
+
+    def logs(self, api: str, follow: bool) -> Iterator[str]:
+        names = [a.name for a in self.loaded.spec.apis]
+        if api not in names:
+            raise StackError(f"no API named {api!r}; the spec has: {', '.join(names)}")
+        allocations = [a for a in self.api.allocations(self.job_id(api)) if a.get("ClientStatus") == "running"]
+        if not allocations:
+            raise TargetError(f"API {api!r} has no running allocation; is the stack up? (`stack status --nomad`)")
+        if follow and len(allocations) > 1:
+            # One stream per allocation, merged as lines arrive.
+            from stack.targets.compose.logs import merge_streams
+
+            streams: dict[str, Iterable[str]] = {
+                str(a["ID"])[:8]: self.api.logs(a["ID"], TASK, "stderr", follow=True) for a in allocations
+            }
+            yield from merge_streams(streams)
+            return
+        for alloc in allocations:
+            for line in self.api.logs(alloc["ID"], TASK, "stderr", follow=follow):
+                yield f"{alloc['ID'][:8]} | {line}"
+
+    def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
+        try:
+            api = self.loaded.spec.api(api_name)
+        except KeyError as exc:
+            raise StackError(str(exc.args[0])) from None
+        bounds = api.autoscaling
+        if api.autoscaled and not force:
+            raise StackError(
+                f"the autoscaler owns {api.name} (min_replicas {bounds.min_replicas} != max_replicas "
+                f"{bounds.max_replicas}); add --force to take it over until the next `stack up --nomad`"
+            )
+        if not force and not bounds.min_replicas <= replicas <= bounds.max_replicas:
+            raise StackError(
+                f"{replicas} is outside min_replicas..max_replicas ({bounds.min_replicas}..{bounds.max_replicas}); "
+                "add --force to override"
+            )
+        if self.api.job(self.job_id(api.name)) is None:
+            raise TargetError(f"Nomad has no job {self.job_id(api.name)}; run `stack up --nomad` first")
+        # The source tells the autoscaler this count was set by hand (it holds until the next `up`).
+        meta = {"source": MANUAL_SOURCE if force else "stack scale"}
+        self.api.scale(self.job_id(api.name), GROUP, replicas, f"stack scale {api.name} {replicas}", meta)
+        progress(f"{api.name}: asked Nomad for {replicas} allocation(s)")
+
+    def down(self, volumes: bool) -> bool:
+        """Stop every job of the project; `volumes` (--purge) also purges them from Nomad's state."""
+        self.api.check()
+        job_ids = [self.job_id(a.name) for a in self.loaded.spec.apis]
+        job_ids += [f"{self.project}-{role}" for role in ("traefik", "prometheus", "autoscaler")]
+        stopped = False
+        for job_id in job_ids:
+            job = self.api.job(job_id)
+            if job is None or (job.get("Meta") or {}).get("stack_project") != self.project:
+                continue
+            if job.get("Stop") and not volumes:
+                continue
+            stopped = self.api.deregister(job_id, purge=volumes) or stopped
+        return stopped
+
+    def scaler(self) -> Scaler:
+        return NomadScaler(self.project, self.api.client)
+
+
+def _job_digest(job: dict[str, Any]) -> str:
+    """What the job is, without the counts (the autoscaler changes them) and our own digest."""
+    body = copy.deepcopy(job)
+    body.get("Meta", {}).pop("stack_job_digest", None)
+    for group in body.get("TaskGroups") or []:
+        group.pop("Count", None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _unhealthy(alloc: dict[str, Any]) -> bool:
+    return (alloc.get("DeploymentStatus") or {}).get("Healthy") is False
+
+
+def _docker(*args: str) -> None:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"`docker {' '.join(args)}` failed: {(result.stderr or result.stdout).strip()}")

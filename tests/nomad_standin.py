@@ -1,0 +1,408 @@
+"""A stand-in of Nomad's HTTP API, for contract tests: no Nomad binary can run here.
+
+It answers the endpoints `stack up/status/logs/scale/down --nomad` and the
+autoscaler use, as Nomad's OpenAPI description (tests/schemas/) says:
+
+- every registered job is validated against the schema with every object
+  closed (`additionalProperties: false`): a misspelt field is a 400, as a
+  strict Nomad would make it (the real one silently ignores it);
+- every response it builds is validated too, so it cannot drift from Nomad;
+- it simulates allocations and deployments: each poll of a deployment moves
+  it one step (pending → running → healthy → successful), so tests wait on
+  states, never on time; a job can be made to fail (task events, log lines),
+  and then its deployment fails and the job reverts, as `auto_revert` does;
+- scale (refused with 400 while a deployment runs), deregister (and purge),
+  nodes with NVIDIA devices, allocation logs, an ACL token, namespaces;
+- it records every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from nomad_schema import schema_errors
+
+TIMEOUT = 30.0
+
+
+@dataclass
+class Failure:
+    events: list[dict[str, Any]]
+    log: str
+
+
+@dataclass
+class JobState:
+    job: dict[str, Any]
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    allocations: list[dict[str, Any]] = field(default_factory=list)
+    deployment: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)  # scaling events
+    logs: dict[str, str] = field(default_factory=dict)  # alloc id -> stderr
+    deployed: dict[str, str] = field(default_factory=dict)  # alloc id -> the deployment that placed it
+
+
+class NomadStandIn:
+    def __init__(self, token: str | None = None, namespaces: tuple[str, ...] = ("default",), gpus: int = 0) -> None:
+        self.token = token
+        self.namespaces = set(namespaces)
+        self.gpus = gpus
+        self.jobs: dict[str, JobState] = {}
+        self.fail: dict[str, Failure] = {}  # job id -> how its next deployment fails
+        self.requests: list[tuple[str, str, Any]] = []
+        self.problems: list[str] = []
+        self._index = itertools.count(100)
+        self._lock = threading.Lock()
+        self.port = 0
+
+    # -- serving it on a thread ------------------------------------------------------------
+
+    def start(self) -> NomadStandIn:
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._runner = web.AppRunner(self.app())
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            self._loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="nomad-standin", daemon=True)
+        self._thread.start()
+        assert ready.wait(TIMEOUT)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(TIMEOUT)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(TIMEOUT)
+        self._loop.close()
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._record])
+        r = app.router
+        r.add_get("/v1/status/leader", self.leader)
+        r.add_get("/v1/namespace/{name}", self.namespace)
+        r.add_route("POST", "/v1/jobs", self.register)
+        r.add_route("PUT", "/v1/jobs", self.register)
+        r.add_get("/v1/job/{id}", self.get_job)
+        r.add_delete("/v1/job/{id}", self.deregister)
+        r.add_get("/v1/job/{id}/deployment", self.get_deployment)
+        r.add_get("/v1/job/{id}/allocations", self.get_allocations)
+        r.add_get("/v1/job/{id}/scale", self.scale_status)
+        r.add_post("/v1/job/{id}/scale", self.scale)
+        r.add_get("/v1/nodes", self.nodes)
+        r.add_get("/v1/node/{id}", self.node)
+        r.add_get("/v1/client/fs/logs/{alloc}", self.logs)
+        return app
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        body = await request.json() if request.can_read_body else None
+        self.requests.append((request.method, request.path_qs, body))
+        if self.token is not None and request.headers.get("X-Nomad-Token") != self.token:
+            return web.Response(status=403, text="Permission denied")
+        namespace = request.query.get("namespace", "default")
+        if namespace not in self.namespaces and request.path.startswith("/v1/job"):
+            return web.Response(status=400, text=f'namespace "{namespace}" not found')
+        with self._lock:
+            return await handler(request)  # type: ignore[no-any-return]
+
+    def _respond(self, body: Any, component: str | None = None) -> web.Response:
+        if component is not None:
+            self.problems += [f"response {component}: {p}" for p in schema_errors(body, component)]
+        return web.json_response(body)
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def leader(self, request: web.Request) -> web.Response:
+        return web.json_response("127.0.0.1:4647")
+
+    async def namespace(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.namespaces:
+            return web.Response(status=404, text="namespace not found")
+        return self._respond({"Name": name, "Description": "", "CreateIndex": 1, "ModifyIndex": 1}, "Namespace")
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        problems = schema_errors(body, "JobRegisterRequest")
+        if problems:
+            self.problems += [f"register: {p}" for p in problems]
+            return web.Response(status=400, text="; ".join(problems))
+        job = copy.deepcopy(body["Job"])
+        state = self.jobs.get(job["ID"])
+        index = next(self._index)
+        if state is None or state.job.get("Stop"):
+            version = 0 if state is None else state.job["Version"] + 1
+            state = self.jobs[job["ID"]] = state or JobState(job)
+        else:
+            version = state.job["Version"] + 1
+        previous = state.job if state.versions else None
+        job.update({"Version": version, "JobModifyIndex": index, "ModifyIndex": index, "Stop": False})
+        job.setdefault("CreateIndex", index)
+        state.job = job
+        state.versions.append(copy.deepcopy(job))
+        self._deploy(state, previous)
+        response = {"EvalID": str(uuid.uuid4()), "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": ""}
+        return self._respond(response, "JobRegisterResponse")
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        state = self.jobs.get(request.match_info["id"])
+        if state is None:
+            return web.Response(status=404, text="job not found")
+        return self._respond(state.job, "Job")
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        state = self.jobs.get(job_id)
+        if state is None:
+            return web.Response(status=404, text="job not found")
+        for alloc in state.allocations:
+            alloc.update({"DesiredStatus": "stop", "ClientStatus": "complete"})
+        if request.query.get("purge") == "true":
+            del self.jobs[job_id]
+        else:
+            state.job["Stop"] = True
+        index = next(self._index)
+        return self._respond({"EvalID": str(uuid.uuid4()), "EvalCreateIndex": index, "JobModifyIndex": index})
+
+    async def get_deployment(self, request: web.Request) -> web.Response:
+        state = self.jobs.get(request.match_info["id"])
+        if state is None:
+            return web.Response(status=404, text="job not found")
+        if state.deployment is None:
+            return web.json_response(None)
+        self._advance(state)
+        return self._respond(state.deployment, "Deployment")
+
+    async def get_allocations(self, request: web.Request) -> web.Response:
+        state = self.jobs.get(request.match_info["id"])
+        if state is None:
+            return web.Response(status=404, text="job not found")
+        self._advance(state)
+        for alloc in state.allocations:
+            self.problems += [f"allocation: {p}" for p in schema_errors(alloc, "AllocationListStub")]
+        return web.json_response(state.allocations)
+
+    async def scale_status(self, request: web.Request) -> web.Response:
+        state = self.jobs.get(request.match_info["id"])
+        if state is None:
+            return web.Response(status=404, text="job not found")
+        live = [a for a in state.allocations if a["DesiredStatus"] == "run"]
+        healthy = [a for a in live if (a.get("DeploymentStatus") or {}).get("Healthy")]
+        group = {
+            "Desired": self._group(state)["Count"],
+            "Placed": len(live),
+            "Running": sum(a["ClientStatus"] == "running" for a in live),
+            "Healthy": len(healthy),
+            "Unhealthy": 0,
+            "Events": state.events,
+        }
+        body = {
+            "JobID": state.job["ID"],
+            "JobStopped": bool(state.job.get("Stop")),
+            "Namespace": "default",
+            "JobCreateIndex": state.job["CreateIndex"],
+            "JobModifyIndex": state.job["JobModifyIndex"],
+            "TaskGroups": {self._group(state)["Name"]: group},
+        }
+        return self._respond(body, "JobScaleStatusResponse")
+
+    async def scale(self, request: web.Request) -> web.Response:
+        state = self.jobs.get(request.match_info["id"])
+        if state is None:
+            return web.Response(status=404, text="job not found")
+        body = await request.json()
+        problems = schema_errors(body, "ScalingRequest")
+        if problems:
+            self.problems += [f"scale: {p}" for p in problems]
+            return web.Response(status=400, text="; ".join(problems))
+        group = self._group(state)
+        if body.get("Target") != {"Group": group["Name"]}:
+            return web.Response(status=400, text="missing or unknown task group")
+        if state.deployment is not None and state.deployment["Status"] == "running":
+            return web.Response(status=400, text="job scaling blocked due to active deployment")
+        index = next(self._index)
+        state.events.append(
+            {
+                "Count": body["Count"],
+                "PreviousCount": group["Count"],
+                "Message": body.get("Message", ""),
+                "Meta": body.get("Meta") or {},
+                "Time": time.time_ns(),
+                "CreateIndex": index,
+                "Error": False,
+            }
+        )
+        group["Count"] = body["Count"]
+        state.job["JobModifyIndex"] = index
+        live = [a for a in state.allocations if a["DesiredStatus"] == "run"]
+        for alloc in live[body["Count"] :]:
+            alloc.update({"DesiredStatus": "stop", "ClientStatus": "complete"})
+        for _ in range(body["Count"] - len(live)):
+            state.allocations.append(self._allocation(state, healthy=True))
+        response = {"EvalID": str(uuid.uuid4()), "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": ""}
+        return self._respond(response, "JobRegisterResponse")
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        stub = {
+            "ID": "node-1",
+            "Name": "gpu-box-1",
+            "Address": "127.0.0.1",
+            "Datacenter": "dc1",
+            "Status": "ready",
+            "SchedulingEligibility": "eligible",
+            "Drain": False,
+        }
+        return self._respond([stub], None)
+
+    async def node(self, request: web.Request) -> web.Response:
+        devices = (
+            [
+                {
+                    "Vendor": "nvidia",
+                    "Type": "gpu",
+                    "Name": "H100",
+                    "Instances": [{"ID": f"GPU-{i}", "Healthy": True} for i in range(self.gpus)],
+                }
+            ]
+            if self.gpus
+            else []
+        )
+        body = {
+            "ID": request.match_info["id"],
+            "Name": "gpu-box-1",
+            "Status": "ready",
+            "NodeResources": {"Devices": devices},
+        }
+        return self._respond(body, "Node")
+
+    async def logs(self, request: web.Request) -> web.Response:
+        alloc_id = request.match_info["alloc"]
+        for state in self.jobs.values():
+            if alloc_id in state.logs:
+                text = state.logs[alloc_id] if request.query.get("type") == "stderr" else ""
+                return web.Response(text=text)
+        return web.Response(status=404, text="allocation not found")
+
+    # -- the simulation ------------------------------------------------------------------------
+
+    def _group(self, state: JobState) -> dict[str, Any]:
+        group: dict[str, Any] = state.job["TaskGroups"][0]
+        return group
+
+    def _allocation(self, state: JobState, healthy: bool = False) -> dict[str, Any]:
+        alloc_id = str(uuid.uuid4())
+        job, group = state.job, self._group(state)
+        task = group["Tasks"][0]["Name"]
+        state.logs[alloc_id] = f"INFO ready: api {job['ID']} at http://0.0.0.0:8888\n"
+        alloc: dict[str, Any] = {
+            "ID": alloc_id,
+            "Name": f"{job['ID']}.{group['Name']}[{len(state.allocations)}]",
+            "JobID": job["ID"],
+            "JobVersion": job["Version"],
+            "TaskGroup": group["Name"],
+            "NodeID": "node-1",
+            "NodeName": "gpu-box-1",
+            "DesiredStatus": "run",
+            "ClientStatus": "running" if healthy else "pending",
+            "TaskStates": {task: {"State": "running" if healthy else "pending", "Failed": False, "Restarts": 0}},
+            "CreateIndex": next(self._index),
+        }
+        if healthy:
+            alloc["DeploymentStatus"] = {"Healthy": True}
+        return alloc
+
+    def _deploy(self, state: JobState, previous: dict[str, Any] | None) -> None:
+        group = self._group(state)
+        if "Update" not in state.job:  # system-ish jobs of ours: no deployment, allocations at once
+            for alloc in state.allocations:
+                alloc.update({"DesiredStatus": "stop", "ClientStatus": "complete"})
+            state.allocations += [self._allocation(state, healthy=True) for _ in range(group["Count"])]
+            state.deployment = None
+            return
+        state.deployment = {
+            "ID": str(uuid.uuid4()),
+            "JobID": state.job["ID"],
+            "JobVersion": state.job["Version"],
+            "Namespace": "default",
+            "Status": "running",
+            "StatusDescription": "Deployment is running",
+            "TaskGroups": {
+                group["Name"]: {
+                    "DesiredTotal": group["Count"],
+                    "PlacedAllocs": 0,
+                    "HealthyAllocs": 0,
+                    "UnhealthyAllocs": 0,
+                    "AutoRevert": True,
+                }
+            },
+        }
+        state.allocations += [self._allocation(state) for _ in range(group["Count"])]
+        for alloc in state.allocations[-group["Count"] :]:
+            state.deployed[alloc["ID"]] = state.deployment["ID"]
+        state.versions[-1]["_previous"] = previous is not None
+
+    def _advance(self, state: JobState) -> None:
+        """One step of every new allocation, and the deployment's verdict once they are all decided."""
+        deployment = state.deployment
+        if deployment is None or deployment["Status"] != "running":
+            return
+        group = self._group(state)
+        new = [a for a in state.allocations if state.deployed.get(a["ID"]) == deployment["ID"]]
+        failure = self.fail.get(state.job["ID"])
+        for alloc in new:
+            task_state = next(iter(alloc["TaskStates"].values()))
+            if alloc["ClientStatus"] == "pending":
+                alloc["ClientStatus"] = "running"
+                task_state["State"] = "running"
+            elif "DeploymentStatus" not in alloc:
+                if failure is not None:
+                    alloc["ClientStatus"] = "failed"
+                    alloc["DeploymentStatus"] = {"Healthy": False}
+                    task_state.update({"State": "dead", "Failed": True, "Events": failure.events})
+                    state.logs[alloc["ID"]] = failure.log
+                else:
+                    alloc["DeploymentStatus"] = {"Healthy": True}
+        tg = deployment["TaskGroups"][group["Name"]]
+        tg["PlacedAllocs"] = len(new)
+        tg["HealthyAllocs"] = sum(bool(a.get("DeploymentStatus", {}).get("Healthy")) for a in new)
+        tg["UnhealthyAllocs"] = sum(a.get("DeploymentStatus", {}).get("Healthy") is False for a in new)
+        if tg["UnhealthyAllocs"]:
+            deployment["Status"] = "failed"
+            previous_version = state.job["Version"] - 1
+            deployment["StatusDescription"] = (
+                f"Failed due to unhealthy allocations - rolling back to job version {previous_version}"
+            )
+            for alloc in new:
+                alloc["DesiredStatus"] = "stop"
+            if previous_version >= 0:  # auto_revert: the previous version again, as a new version
+                reverted = copy.deepcopy(state.versions[previous_version])
+                reverted.pop("_previous", None)
+                reverted["Version"] = state.job["Version"] + 1
+                state.job = reverted
+                state.versions.append(copy.deepcopy(reverted))
+        elif tg["HealthyAllocs"] == tg["DesiredTotal"]:
+            deployment["Status"] = "successful"
+            deployment["StatusDescription"] = "Deployment completed successfully"
+            for alloc in state.allocations:
+                if state.deployed.get(alloc["ID"]) != deployment["ID"] and alloc["DesiredStatus"] == "run":
+                    alloc.update({"DesiredStatus": "stop", "ClientStatus": "complete"})
