@@ -110,7 +110,7 @@ def init(name: str, directory: Path | None) -> None:
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help=f"Output directory (default: {PLAN_DIR}/TARGET).")
-@click.option("--nomad", is_flag=True, help="Render Nomad jobs instead of a Compose project.")
+@click.option("--nomad", is_flag=True, help="Render Nomad jobs instead of a Compose project (also `target: nomad`).")
 @click.option("--gpus", type=int, help="GPUs on the Docker host (default: ask nvidia-smi).")
 @click.option(
     "--nomad-addr",
@@ -124,6 +124,8 @@ def plan(path: Path, output: Path | None, nomad: bool, gpus: int | None, nomad_a
     from stack.plan.render import PlanError, detect_gpus
 
     loaded = load_spec(path)
+    nomad = nomad or loaded.spec.target == "nomad"
+    registry = registry or loaded.spec.build.registry or ""
     target = "nomad" if nomad else "compose"
     out_dir = output or loaded.root / PLAN_DIR / target
     try:

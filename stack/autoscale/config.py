@@ -82,6 +82,6 @@ def config_of(loaded: LoadedSpec, gpu_slots: dict[str, list[list[str]]] | None =
             api.predictor.drain_delay + api.predictor.grace_period + 5,
         )
         for api in spec.apis
-        if api.autoscaled
+        if api.autoscaled and api.autoscaling.engine == "stack"
     ]
     return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis)

@@ -81,6 +81,10 @@ def _group(name: str, body: dict[str, Any]) -> dict[str, Any]:
     group: dict[str, Any] = {"Name": name, "Count": body.get("count", 1)}
     if (scaling := _one(body, "scaling")) is not None:
         group["Scaling"] = {"Enabled": scaling["enabled"], "Min": scaling["min"], "Max": scaling["max"]}
+        if "policy" in scaling:
+            # The policy stays free-form, as Nomad stores it from HCL: blocks are lists,
+            # labelled blocks lists of {label: [body]}; the Nomad Autoscaler reads this shape.
+            group["Scaling"]["Policy"] = _free_form(scaling["policy"][0])
     if (network := _one(body, "network")) is not None:
         group["Networks"] = [_network(network)]
     if (restart := _one(body, "restart")) is not None:
@@ -101,6 +105,21 @@ def _group(name: str, body: dict[str, Any]) -> dict[str, Any]:
         group["Services"] = [_service(service) for service in body["service"]]
     group["Tasks"] = [_task(task_name, task) for task_name, task in _labelled(body.get("task", []))]
     return group
+
+
+def _free_form(body: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            out[key] = [
+                {label: [_free_form(inner)] for label, inner in block.items()}
+                if all(isinstance(inner, dict) for inner in block.values())
+                else _free_form(block)
+                for block in value
+            ]
+        else:
+            out[key] = value
+    return out
 
 
 def _network(body: dict[str, Any]) -> dict[str, Any]:

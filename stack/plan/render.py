@@ -334,6 +334,16 @@ def plan_nomad(
         # service first, so the replica itself need not wait after SIGTERM.
         values = _api_values(loaded, api, digest, registry, drain_in_replica=False)
         values["tags"] = _nomad_tags(values, project)
+        values["nomad_autoscaler"] = (
+            {
+                "query": f'sum(predictor_requests_in_flight{{api="{api.name}"}})',
+                "target": f"{api.target_concurrency:g}",
+                "evaluation_interval": format_duration(max(spec.prometheus.scrape_interval * 2, 10.0)),
+                "cooldown": format_duration(api.autoscaling.upscale_stabilization_period),
+            }
+            if api.autoscaled and api.autoscaling.engine == "nomad-autoscaler"
+            else None
+        )
         values["cpu_mhz"] = int((api.compute.cpu or 1.0) * 1000)
         values["memory_mb"] = (api.compute.mem or 1024**3) // 1024**2
         surge, _unavailable = api.update.resolve(api.autoscaling.initial)

@@ -86,6 +86,9 @@ class Autoscaling(Strict):
     min_replicas: PositiveInt = 1
     max_replicas: PositiveInt = 100
     init_replicas: PositiveInt | None = None  # default: min_replicas
+    # stack: our autoscaler decides. nomad-autoscaler (Nomad only): the job carries a scaling policy
+    # for HashiCorp's Nomad Autoscaler (Prometheus APM, target-value on the same in-flight query).
+    engine: Literal["stack", "nomad-autoscaler"] = "stack"
     # Requests in flight per replica the autoscaler aims for; default processes x threads.
     target_replica_concurrency: Annotated[float, Field(gt=0)] | None = None
     window: Duration = 60.0

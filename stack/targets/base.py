@@ -7,14 +7,27 @@ a Nomad cluster — and answers the same five questions the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from stack.autoscale.scaler import Scaler
+from stack.errors import StackError
 from stack.spec import LoadedSpec
 from stack.status import StackStatus
 
 Progress = Callable[[str], None]
 
 
+def refuse_nomad_autoscaler(loaded: LoadedSpec, target: str) -> None:
+    """`autoscaling.engine: nomad-autoscaler` is a Nomad job policy; elsewhere nobody would scale the API."""
+    names = [a.name for a in loaded.spec.apis if a.autoscaled and a.autoscaling.engine == "nomad-autoscaler"]
+    if names:
+        raise StackError(
+            f"API(s) {', '.join(names)} set autoscaling.engine: nomad-autoscaler, which only the Nomad target "
+            f"runs (`stack up --nomad`); on the {target} target use engine: stack (the default)"
+        )
+
+
+@runtime_checkable
 class Target(Protocol):
     name: str  # "local", "compose", "nomad"
     loaded: LoadedSpec
@@ -36,4 +49,8 @@ class Target(Protocol):
 
     def down(self, volumes: bool) -> bool:
         """Stop and remove everything; False when nothing was running."""
+        ...
+
+    def scaler(self) -> Scaler:
+        """What the autoscaler drives to change this target's replica counts."""
         ...

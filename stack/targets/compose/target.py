@@ -21,6 +21,7 @@ from typing import Any
 
 from serving.supervisor import port_is_free
 from stack.atomic import write_json_atomic
+from stack.autoscale.scaler import Scaler
 from stack.autoscale.service import DECISIONS_FILE, MANUAL_FILE, manual_apis
 from stack.errors import NotRunning, StackError
 from stack.plan.render import (
@@ -37,6 +38,7 @@ from stack.plan.render import (
 from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
+from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.compose.logs import follow_container_logs
 from stack.targets.gateway import readiness_url, wait_until_routed
 from stack.targets.rollout import Fleet, next_step
@@ -163,6 +165,7 @@ class ComposeTarget:
     # -- up -----------------------------------------------------------------------------------------
 
     def up(self, progress: Progress) -> StackStatus:
+        refuse_nomad_autoscaler(self.loaded, "compose")
         self.preflight()
         host_gpus = self.host_gpus if self.host_gpus is not None else detect_gpus()
         plan = plan_compose(self.loaded, self.plan_dir, host_gpus=host_gpus)
@@ -445,6 +448,11 @@ class ComposeTarget:
         version = api_version(api, project_digest(self.loaded))
         self._scale_to(api, version, replicas)
         self._wait(api, version, replicas, progress)
+
+    def scaler(self) -> Scaler:
+        from stack.targets.compose.scaler import ComposeScaler
+
+        return ComposeScaler(self.project)
 
     def down(self, volumes: bool) -> bool:
         """Stop and remove the stack; False when nothing of it was there."""

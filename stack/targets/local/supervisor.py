@@ -36,9 +36,8 @@ from serving.config import CONFIG_ENV
 from serving.runner import STARTUP_ERROR_ENV
 from serving.supervisor import port_is_free
 from stack.atomic import write_json_atomic
-from stack.autoscale.config import ApiScaling, config_of
+from stack.autoscale.config import config_of
 from stack.autoscale.loop import Autoscaler, SignalSource
-from stack.autoscale.scaler import Replicas
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.errors import StackError
 from stack.plan.render import api_version, project_digest, router_rule
@@ -47,6 +46,7 @@ from stack.spec import Api, LoadedSpec, SpecError, load_spec
 from stack.spec.units import format_duration
 from stack.targets.gateway import readiness_url, wait_until_routed
 from stack.targets.local import traefik
+from stack.targets.local.scaler import InProcessScaler
 from stack.targets.local.state import LocalPaths
 from stack.targets.rollout import Fleet, next_step
 
@@ -485,7 +485,7 @@ class Supervisor:
             source = _ScrapeSource(ScrapeSignal(self.session, keep=600.0), self)
         self.autoscaler = Autoscaler(
             config_of(self.loaded),
-            _LocalScaler(self),
+            InProcessScaler(self),
             source,
             registry=self.registry,
             manual=lambda name: name in self.apis and self.apis[name].manual,
@@ -557,6 +557,11 @@ class Supervisor:
             return web.json_response({"error": f"no API named {body.get('api')!r}"}, status=404)
         replicas = int(body["replicas"])
         bounds = state.spec.autoscaling
+        if body.get("autoscaler"):  # the autoscaler itself, from another process (SupervisorScaler)
+            state.event(f"autoscaler: {state.desired} -> {replicas}: {body.get('reason', '')}")
+            state.desired = min(max(replicas, bounds.min_replicas), bounds.max_replicas)
+            self.wake.set()
+            return web.json_response({"ok": True})
         if state.spec.autoscaled and not state.manual and not body.get("force"):
             message = (
                 f"the autoscaler owns {state.spec.name} (min_replicas {bounds.min_replicas} != max_replicas "
@@ -590,25 +595,6 @@ class Supervisor:
     async def _shutdown_request(self, request: web.Request) -> web.Response:
         self._stop()
         return web.json_response({"ok": True})
-
-
-class _LocalScaler:
-    """The in-process scaler: the reconcile loop starts and drains replicas to match `desired`."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-
-    async def replicas(self, api: ApiScaling) -> Replicas:
-        state = self.supervisor.apis[api.name]
-        ready = state.serving(self.supervisor.serving.get(api.name, set()))
-        busy = "rolling update in progress" if api.name in self.supervisor.updating else ""
-        return Replicas(state.desired, len(ready), busy)
-
-    async def scale(self, api: ApiScaling, count: int, reason: str) -> None:
-        state = self.supervisor.apis[api.name]
-        state.event(f"autoscaler: {state.desired} -> {count}: {reason}")
-        state.desired = count
-        self.supervisor.wake.set()
 
 
 class _ScrapeSource:

@@ -14,10 +14,12 @@ from typing import Any
 import requests
 
 from serving.supervisor import port_is_free
+from stack.autoscale.scaler import Scaler
 from stack.errors import NotRunning, StackError
 from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
 from stack.status import ApiStatus, StackStatus
+from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.local.state import LocalPaths, pid_alive, read_state
 from stack.traffic import prometheus_traffic
 
@@ -82,6 +84,7 @@ class LocalTarget:
     # -- up / down ----------------------------------------------------------------------
 
     def up(self, progress: Progress) -> StackStatus:
+        refuse_nomad_autoscaler(self.loaded, "local")
         if self.state() is not None:
             progress("a local stack is running: updating it")
             self._call("POST", "/reload")
@@ -154,6 +157,11 @@ class LocalTarget:
                 break
             time.sleep(0.1)
         return True
+
+    def scaler(self) -> Scaler:
+        from stack.targets.local.scaler import SupervisorScaler
+
+        return SupervisorScaler(f"http://127.0.0.1:{self._require()['control_port']}")
 
     # -- logs ---------------------------------------------------------------------------
 

@@ -6,6 +6,11 @@ job "batching-autoscaler" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "batching"
+    stack_role    = "autoscaler"
+  }
+
   group "autoscaler" {
     count = 1
 

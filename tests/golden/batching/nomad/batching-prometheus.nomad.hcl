@@ -4,6 +4,11 @@ job "batching-prometheus" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "batching"
+    stack_role    = "prometheus"
+  }
+
   group "prometheus" {
     count = 1
 

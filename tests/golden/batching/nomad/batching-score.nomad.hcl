@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "2dfc256d5114"
+    stack_version = "58a37c3f39c7"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=2dfc256d5114",
+        "stack.version=58a37c3f39c7",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=Path(`/score`) || PathPrefix(`/score/`)",
@@ -86,7 +86,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:2dfc256d5114"
+        image = "batching-score:58a37c3f39c7"
         ports = ["http"]
       }
 

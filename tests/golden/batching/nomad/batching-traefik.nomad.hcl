@@ -4,6 +4,11 @@ job "batching-traefik" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "batching"
+    stack_role    = "gateway"
+  }
+
   group "traefik" {
     count = 1
 

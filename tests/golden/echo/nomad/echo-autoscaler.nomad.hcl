@@ -6,6 +6,11 @@ job "echo-autoscaler" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "echo"
+    stack_role    = "autoscaler"
+  }
+
   group "autoscaler" {
     count = 1
 

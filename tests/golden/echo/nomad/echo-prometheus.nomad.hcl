@@ -4,6 +4,11 @@ job "echo-prometheus" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "echo"
+    stack_role    = "prometheus"
+  }
+
   group "prometheus" {
     count = 1
 

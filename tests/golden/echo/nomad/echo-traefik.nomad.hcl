@@ -4,6 +4,11 @@ job "echo-traefik" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "echo"
+    stack_role    = "gateway"
+  }
+
   group "traefik" {
     count = 1
 

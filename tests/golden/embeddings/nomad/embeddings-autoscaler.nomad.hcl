@@ -6,6 +6,11 @@ job "embeddings-autoscaler" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "embeddings"
+    stack_role    = "autoscaler"
+  }
+
   group "autoscaler" {
     count = 1
 

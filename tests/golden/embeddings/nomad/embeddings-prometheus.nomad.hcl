@@ -4,6 +4,11 @@ job "embeddings-prometheus" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "embeddings"
+    stack_role    = "prometheus"
+  }
+
   group "prometheus" {
     count = 1
 

@@ -4,6 +4,11 @@ job "embeddings-traefik" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "embeddings"
+    stack_role    = "gateway"
+  }
+
   group "traefik" {
     count = 1
 

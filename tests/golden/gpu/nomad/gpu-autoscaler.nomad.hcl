@@ -6,6 +6,11 @@ job "gpu-autoscaler" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "gpu"
+    stack_role    = "autoscaler"
+  }
+
   group "autoscaler" {
     count = 1
 

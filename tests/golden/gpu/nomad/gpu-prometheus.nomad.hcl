@@ -4,6 +4,11 @@ job "gpu-prometheus" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "gpu"
+    stack_role    = "prometheus"
+  }
+
   group "prometheus" {
     count = 1
 

@@ -4,6 +4,11 @@ job "gpu-traefik" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "gpu"
+    stack_role    = "gateway"
+  }
+
   group "traefik" {
     count = 1
 

@@ -6,6 +6,11 @@ job "iris-autoscaler" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "iris"
+    stack_role    = "autoscaler"
+  }
+
   group "autoscaler" {
     count = 1
 

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "fcae3c4746a7"
+    stack_version = "6485b62f4d54"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=fcae3c4746a7",
+        "stack.version=6485b62f4d54",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=Path(`/iris`) || PathPrefix(`/iris/`)",
@@ -86,7 +86,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:fcae3c4746a7"
+        image = "iris-iris:6485b62f4d54"
         ports = ["http"]
       }
 

@@ -4,6 +4,11 @@ job "iris-prometheus" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "iris"
+    stack_role    = "prometheus"
+  }
+
   group "prometheus" {
     count = 1
 

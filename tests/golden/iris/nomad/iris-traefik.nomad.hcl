@@ -4,6 +4,11 @@ job "iris-traefik" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "iris"
+    stack_role    = "gateway"
+  }
+
   group "traefik" {
     count = 1
 

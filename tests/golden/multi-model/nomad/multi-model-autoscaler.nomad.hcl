@@ -6,6 +6,11 @@ job "multi-model-autoscaler" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "multi-model"
+    stack_role    = "autoscaler"
+  }
+
   group "autoscaler" {
     count = 1
 

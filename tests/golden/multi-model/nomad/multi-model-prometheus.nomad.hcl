@@ -4,6 +4,11 @@ job "multi-model-prometheus" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "multi-model"
+    stack_role    = "prometheus"
+  }
+
   group "prometheus" {
     count = 1
 

@@ -4,6 +4,11 @@ job "multi-model-traefik" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "multi-model"
+    stack_role    = "gateway"
+  }
+
   group "traefik" {
     count = 1
 

@@ -6,6 +6,11 @@ job "streaming-autoscaler" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "streaming"
+    stack_role    = "autoscaler"
+  }
+
   group "autoscaler" {
     count = 1
 

@@ -4,6 +4,11 @@ job "streaming-prometheus" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "streaming"
+    stack_role    = "prometheus"
+  }
+
   group "prometheus" {
     count = 1
 

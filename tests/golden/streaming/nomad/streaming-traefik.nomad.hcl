@@ -4,6 +4,11 @@ job "streaming-traefik" {
   type        = "service"
   datacenters = ["*"]
 
+  meta {
+    stack_project = "streaming"
+    stack_role    = "gateway"
+  }
+
   group "traefik" {
     count = 1
 
