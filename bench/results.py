@@ -10,10 +10,10 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TITLE = "# Benchmark results\n\nEach section says the command that produced it; rerun it to refresh that section.\n"
 
 
-def write_section(name: str, body: str) -> None:
+def write_section(name: str, body: str, machine: str = "this project's 2-core CI machine") -> None:
     text = RESULTS.read_text() if RESULTS.exists() else TITLE
     stamp = time.strftime("%Y-%m-%d")
-    note = f"_Measured {stamp} on this project's 2-core CI machine._"
+    note = f"_Measured {stamp} on {machine}._"
     block = f"<!-- {name}:start -->\n{body.rstrip()}\n\n{note}\n<!-- {name}:end -->"
     pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
