@@ -79,14 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(config: ServingConfig) -> int:
-    import asyncio
-
-    from serving.runner import serve
+    from serving.runner import run, serve
     from serving.supervisor import READY_DIR_ENV, WORKERS_ENV
 
     ready_dir = Path(os.environ[READY_DIR_ENV])
     workers = int(os.environ[WORKERS_ENV])
-    return asyncio.run(serve(config, reuse_port=True, ready_dir=ready_dir, workers=workers))
+    return run(serve(config, reuse_port=True, ready_dir=ready_dir, workers=workers))
 
 
 if __name__ == "__main__":

@@ -54,9 +54,10 @@ class Replica:
         self.in_flight = 0
         self.last_request_at = 0.0  # monotonic; draining waits until requests stop arriving
         self._count_gauges = self.metrics.track_live(lambda: self.in_flight, self._queued)
-        self._pool = PredictPool(
-            config.threads_per_process, on_start=self.metrics.queued.dec if self._count_gauges else None
-        )
+        # With batching, one thread per batch in flight (at least): the next batch is collected and
+        # its inputs built while the previous one runs.
+        threads = max(config.threads_per_process, config.batching.max_in_flight if config.batching else 0)
+        self._pool = PredictPool(threads, on_start=self.metrics.queued.dec if self._count_gauges else None)
         self._batcher: Batcher | None = None
         self._completions: deque[float] = deque(maxlen=4096)
         self._mean_duration = 0.0
@@ -85,7 +86,7 @@ class Replica:
                 self._run_batch,
                 batching.max_batch_size,
                 batching.batch_interval,
-                self.config.threads_per_process,
+                max(batching.max_in_flight, 1),
                 self.metrics,
                 count_queued=self._count_gauges,
             )

@@ -109,8 +109,7 @@ class Batcher:
                 return
             self._metrics.batch_size.observe(len(live))
             try:
-                results = await self._run_batch([item.payload for item in live])
-                _check_length(results, len(live))
+                results = _as_list(await self._run_batch([item.payload for item in live]), len(live))
             except BaseException as exc:
                 for item in live:
                     if not item.future.done():
@@ -130,7 +129,11 @@ class Batcher:
             self._slots.release()
 
 
-def _check_length(results: Any, expected: int) -> None:
+def _as_list(results: Any, expected: int) -> list[Any] | tuple[Any, ...]:
+    """The batch's results as a list: a numpy array or tensor with one row per request is split
+    with one `tolist()` for the whole batch, not per item."""
+    if not isinstance(results, (list, tuple)) and hasattr(results, "tolist") and getattr(results, "ndim", 0) >= 1:
+        results = results.tolist()
     if not isinstance(results, (list, tuple)):
         raise BatchMismatch(
             f"with batching on, predict must return a list of {expected} results; "
@@ -138,3 +141,4 @@ def _check_length(results: Any, expected: int) -> None:
         )
     if len(results) != expected:
         raise BatchMismatch(f"predict got a batch of {expected} payloads but returned {len(results)} results")
+    return results

@@ -20,6 +20,7 @@ CONFIG_ENV = "STACK_SERVING_CONFIG"
 class BatchingConfig:
     max_batch_size: int = 8
     batch_interval: float = 0.01  # seconds to wait for a batch to fill
+    max_in_flight: int = 2  # batches running at once: the next is prepared while one runs
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ EXIT_STARTUP_FAILED = 3
 # Where a replica writes why it could not start, as JSON ({"error": ...}), for whoever runs it:
 # a supervisor reads this instead of parsing log text (which changes with log_format).
 STARTUP_ERROR_ENV = "STACK_STARTUP_ERROR_FILE"
+EVENT_LOOP_ENV = "STACK_EVENT_LOOP"  # auto (uvloop when installed) | asyncio
 # Set by `stack serve`: print one line for people once the replica is ready (not before it can fail).
 BANNER_ENV = "STACK_SERVE_BANNER"
 QUIET_SECONDS = 1.0  # no new request for this long after the drain delay: the router has let go
@@ -190,5 +191,19 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run the server on uvloop when it is installed (a faster event loop: more requests per core),
+    else on asyncio's own; `STACK_EVENT_LOOP=asyncio` chooses asyncio's (for comparisons)."""
+    if os.environ.get(EVENT_LOOP_ENV, "auto") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
+
+
 def run_single(config: ServingConfig) -> int:
-    return asyncio.run(serve(config))
+    return run(serve(config))

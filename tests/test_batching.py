@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 
+from inprocess import wait_for
+
 from conftest import PREDICTORS
 
 FULL = 30.0  # a batch_interval no test waits out: batches are dispatched because they are full
@@ -97,3 +99,45 @@ def test_async_predict_is_batched_too(inproc, tmp_path) -> None:
     bodies = [r.json() for r in _burst(server, [{"n": i} for i in range(4)])]
     assert [b["n"] for b in bodies] == [0, 1, 2, 3]
     assert {b["batch_size"] for b in bodies} == {4}
+
+
+def test_an_array_result_is_split_per_request(inproc, tmp_path) -> None:
+    predictor = tmp_path / "array.py"
+    predictor.write_text(
+        "class Rows:\n"
+        "    ndim = 2\n"
+        "    def __init__(self, rows):\n"
+        "        self.rows = rows\n"
+        "    def tolist(self):  # numpy arrays and tensors: one conversion for the whole batch\n"
+        "        return [list(r) for r in self.rows]\n"
+        "class Predictor:\n"
+        "    def predict(self, payload):\n"
+        "        return Rows([(p['n'], p['n'] * 2) for p in payload])\n"
+    )
+    server = inproc(predictor, batching={"max_batch_size": 3, "batch_interval": FULL})
+    assert [r.json() for r in _burst(server, [{"n": i} for i in range(3)])] == [[0, 0], [1, 2], [2, 4]]
+
+
+def test_two_batches_run_at_once_by_default(inproc) -> None:
+    # The next batch is taken and started while the first still runs (max_in_flight: 2).
+    server = inproc(
+        PREDICTORS / "gated.py",
+        predictor_class="BatchPredictor",
+        batching={"max_batch_size": 2, "batch_interval": FULL},
+    )
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(server.post, json={"n": i}) for i in range(4)]
+        wait_for(lambda: server.instance.started == 2, "two batches inside predict together")
+        server.instance.release.set()
+        assert all(f.result().status_code == 200 for f in futures)
+    one = inproc(
+        PREDICTORS / "gated.py",
+        predictor_class="BatchPredictor",
+        batching={"max_batch_size": 2, "batch_interval": FULL, "max_in_flight": 1},
+    )
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(one.post, json={"n": i}) for i in range(4)]
+        wait_for(lambda: one.replica.in_flight == 4 and one.instance.started == 1, "one batch in, one waiting")
+        assert one.instance.started == 1
+        one.instance.release.set()
+        assert all(f.result().status_code == 200 for f in futures)

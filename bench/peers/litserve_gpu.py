@@ -32,7 +32,7 @@ class BertAPI(ls.LitAPI):
 
     def encode_response(self, output):
         values = output.tolist() if hasattr(output, "tolist") else output
-        return {"logits": values[0] if values and isinstance(values[0], list) else values}
+        return values[0] if values and isinstance(values[0], list) else values  # the two logits, as ours
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ class Predictor:
     def predict(self, payload: Any) -> Any:
         batched = isinstance(payload, list)
         items = payload if batched else [payload]
-        ids = torch.tensor([item["ids"] for item in items], dtype=torch.long).pin_memory()
+        ids = torch.tensor([item["ids"] for item in items], dtype=torch.long)
+        if self.device == "cuda":
+            ids = ids.pin_memory()
         logits = forward(self.model, ids.to(self.device, non_blocking=True)).cpu()
-        # One conversion for the whole batch; the server splits the rows.
-        return logits.numpy() if batched else {"logits": logits[0].tolist()}
+        # Each answer is the request's two logits. With batching, one array for the whole batch:
+        # the server splits its rows with a single conversion.
+        return logits.numpy() if batched else logits[0].tolist()

@@ -35,7 +35,8 @@ HEALTH = {"interval": "2s", "timeout": "2s", "retries": 2, "start_period": "10m"
 NOMAD_HEALTH = {"interval": "3s", "timeout": "2s"}
 STOP_MARGIN = 5.0  # seconds beyond drain + grace before the engine kills a replica
 BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by `stack up`
-RUNTIME_REQUIREMENTS = ["aiohttp>=3.11", "prometheus-client>=0.21"]
+# uvloop: the faster event loop the replicas run on where it installs (Linux, macOS).
+RUNTIME_REQUIREMENTS = ["aiohttp>=3.11", "prometheus-client>=0.21", "uvloop>=0.19; sys_platform != 'win32'"]
 AUTOSCALER_STATE_DIR = ".stack/autoscaler"  # decisions for `stack status`, APIs set by hand
 AUTOSCALER_PORT = 9100
 

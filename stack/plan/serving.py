@@ -36,7 +36,9 @@ def replica_config(
         max_concurrency=predictor.max_concurrency,
         timeout=predictor.timeout,
         max_body_size=predictor.max_body_size,
-        batching=BatchingConfig(batching.max_batch_size, batching.batch_interval) if batching else None,
+        batching=BatchingConfig(batching.max_batch_size, batching.batch_interval, batching.max_in_flight)
+        if batching
+        else None,
         drain_delay=predictor.drain_delay if drain_delay is None else drain_delay,
         grace_period=predictor.grace_period,
         api_keys=list(loaded.spec.gateway.api_keys),

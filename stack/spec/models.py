@@ -31,6 +31,10 @@ class Strict(BaseModel):
 class Batching(Strict):
     max_batch_size: PositiveInt = 8
     batch_interval: Duration = 0.01  # 10ms: the most a request waits for its batch to fill
+    # Batches running at once: with 2 the next batch is collected, decoded and its tensors built
+    # while the previous one runs on the GPU (predict must then be safe to call from two threads,
+    # as PyTorch and ONNX Runtime inference are). 1: strictly one batch at a time.
+    max_in_flight: PositiveInt = 2
 
 
 class Predictor(Strict):

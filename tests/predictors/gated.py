@@ -39,3 +39,11 @@ class AsyncPredictor:
                 return {"ok": payload}
             await asyncio.sleep(0.005)
         raise TimeoutError("the test never released this request")
+
+
+class BatchPredictor(Predictor):
+    """The sync gate with batching on: `started` counts batches."""
+
+    def predict(self, payload):
+        super().predict(payload)
+        return [{"ok": item} for item in payload]

@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "6047de9cb23f"
+    stack_version = "a00c56cb94e8"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=6047de9cb23f",
+        "stack.version=a00c56cb94e8",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=Path(`/echo`) || PathPrefix(`/echo/`)",
@@ -86,7 +86,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:6047de9cb23f"
+        image = "echo-echo:a00c56cb94e8"
         ports = ["http"]
       }
 

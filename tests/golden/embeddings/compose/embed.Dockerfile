@@ -16,7 +16,7 @@ ENV PYTHONUNBUFFERED=1 \
 # Offline build: every package comes from the wheelhouse, nothing from an index.
 COPY wheelhouse /tmp/wheelhouse
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-index --find-links /tmp/wheelhouse "aiohttp>=3.11" "prometheus-client>=0.21" -r /tmp/requirements.txt \
+RUN pip install --no-index --find-links /tmp/wheelhouse "aiohttp>=3.11" "prometheus-client>=0.21" "uvloop>=0.19; sys_platform != 'win32'" -r /tmp/requirements.txt \
  && rm -rf /tmp/wheelhouse
 
 COPY serving /opt/stack-runtime/serving

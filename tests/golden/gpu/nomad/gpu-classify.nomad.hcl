@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "f44081bd68e5"
+    stack_version = "7fc4a80a1bc1"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=f44081bd68e5",
+        "stack.version=7fc4a80a1bc1",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)",
@@ -86,7 +86,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:f44081bd68e5"
+        image = "gpu-classify:7fc4a80a1bc1"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "6485b62f4d54"
+    stack_version = "1199c1c7f582"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=6485b62f4d54",
+        "stack.version=1199c1c7f582",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=Path(`/iris`) || PathPrefix(`/iris/`)",
@@ -86,7 +86,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:6485b62f4d54"
+        image = "iris-iris:1199c1c7f582"
         ports = ["http"]
       }
 

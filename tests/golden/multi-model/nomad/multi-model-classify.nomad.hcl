@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "6b6710fc0f46"
+    stack_version = "e33541f14599"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=6b6710fc0f46",
+        "stack.version=e33541f14599",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
         "traefik.http.routers.multi-model-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)",
@@ -86,7 +86,7 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:6b6710fc0f46"
+        image = "multi-model-classify:e33541f14599"
         ports = ["http"]
       }
 

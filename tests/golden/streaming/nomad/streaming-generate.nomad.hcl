@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "e60255177f6e"
+    stack_version = "0ecd3668c058"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=e60255177f6e",
+        "stack.version=0ecd3668c058",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=Path(`/generate`) || PathPrefix(`/generate/`)",
@@ -86,7 +86,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:e60255177f6e"
+        image = "streaming-generate:0ecd3668c058"
         ports = ["http"]
       }
 
