@@ -84,7 +84,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ours(port: int, batching: bool, processes: int = 1) -> tuple[list[str], dict[str, str], str]:
+def ours(port: int, batching: bool, processes: int = 1, in_flight: int = 2) -> tuple[list[str], dict[str, str], str]:
     config: dict[str, object] = {
         "predictor_path": str(HERE / "predictors" / "bert_gpu.py"),
         "api": "bench",
@@ -97,7 +97,7 @@ def ours(port: int, batching: bool, processes: int = 1) -> tuple[list[str], dict
         "gpus": 1,
     }
     if batching:
-        config["batching"] = {"max_batch_size": BATCH, "batch_interval": INTERVAL}
+        config["batching"] = {"max_batch_size": BATCH, "batch_interval": INTERVAL, "max_in_flight": in_flight}
     env = {**os.environ, "STACK_SERVING_CONFIG": json.dumps(config), "PYTHONPATH": str(ROOT)}
     return [PY, "-m", "serving"], env, "/"
 
@@ -208,6 +208,7 @@ def main() -> None:
     runs = [
         ("ours, batching off", lambda p: ours(p, False)),
         ("ours, batching 32 / 5 ms", lambda p: ours(p, True)),
+        ("ours, batching 32 / 5 ms, one batch in flight", lambda p: ours(p, True, in_flight=1)),
         ("ours, batching 32 / 5 ms, 2 processes", lambda p: ours(p, True, processes=2)),
     ]
     if importlib.util.find_spec("litserve") is not None:

@@ -2,7 +2,10 @@
 
 Requests wait in a queue; a collector takes up to `max_batch_size` of them,
 waiting at most `batch_interval` after the first one for the batch to fill,
-and hands the list to `predict`. Each request has its own future, so a batch
+and hands the list to `predict`. Up to `max_in_flight` batches run at once
+(two by default): the next batch is gathered, and its inputs built, while the
+previous one runs, and a batch still short when its interval ends keeps
+growing until a running batch finishes — under load every batch is full. Each request has its own future, so a batch
 that fails (an exception, or a result list of the wrong length) fails only its
 own requests, and a request whose client left or whose timeout passed is
 dropped before its batch runs.
@@ -45,10 +48,10 @@ class Batcher:
         self._run_batch = run_batch
         self._max = max_batch_size
         self._interval = batch_interval
-        self._slots = asyncio.Semaphore(parallel)  # batches running at once: one per predictor thread
+        self._parallel = max(parallel, 1)  # batches running at once
+        self._busy = 0  # batches running now
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._full = asyncio.Event()
-        self._holding = 0  # items the collector took out of the queue for the batch it is filling
+        self._wake = asyncio.Event()  # a request arrived, or a batch finished
         self._metrics = metrics
         self._count_queued = count_queued  # keep the queued gauge by hand (multiprocess mode)
         self._task: asyncio.Task[None] | None = None
@@ -68,30 +71,40 @@ class Batcher:
         self._queue.put_nowait(_Item(payload, future, is_gone))
         if self._count_queued:
             self._metrics.queued.inc()
-        if self._queue.qsize() + self._holding >= self._max:
-            self._full.set()  # a full batch goes at once, without waiting out the interval
+        self._wake.set()
         return await future
 
     async def _collect_forever(self) -> None:
         while True:
-            await self._slots.acquire()
             batch = await self._collect()
+            self._busy += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _collect(self) -> list[_Item]:
+        """The next batch: full, or whatever came within `batch_interval` of its first request.
+
+        It is gathered while earlier batches run, and dispatched as soon as a slot is free: a
+        batch that is not full when its interval ends keeps taking requests until a running
+        batch finishes, so under load batches are full and the model never waits for one.
+        """
+        loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
-        self._holding = 1
-        try:
-            if self._queue.qsize() + 1 < self._max:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._interval)
+        deadline = loop.time() + self._interval
+        while True:
             while len(batch) < self._max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-        finally:
-            self._holding = 0
+            slot_free = self._busy < self._parallel
+            if slot_free and (len(batch) >= self._max or loop.time() >= deadline):
+                break
+            self._wake.clear()
+            if len(batch) < self._max and not self._queue.empty():
+                continue  # arrived between the drain and the clear
+            # Wait for a request (while the batch can grow) or a finished batch (once the interval is out).
+            timeout = max(deadline - loop.time(), 0.0) if slot_free else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
         if self._count_queued:
             self._metrics.queued.dec(len(batch))
         return batch
@@ -126,7 +139,8 @@ class Batcher:
                 else:
                     item.future.set_result(result)
         finally:
-            self._slots.release()
+            self._busy -= 1
+            self._wake.set()
 
 
 def _as_list(results: Any, expected: int) -> list[Any] | tuple[Any, ...]:
