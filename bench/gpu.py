@@ -84,7 +84,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ours(port: int, batching: bool, processes: int = 1, in_flight: int = 2) -> tuple[list[str], dict[str, str], str]:
+def ours(
+    port: int, batching: bool, processes: int = 1, in_flight: int = 2, eager: bool = False
+) -> tuple[list[str], dict[str, str], str]:
     config: dict[str, object] = {
         "predictor_path": str(HERE / "predictors" / "bert_gpu.py"),
         "api": "bench",
@@ -97,7 +99,12 @@ def ours(port: int, batching: bool, processes: int = 1, in_flight: int = 2) -> t
         "gpus": 1,
     }
     if batching:
-        config["batching"] = {"max_batch_size": BATCH, "batch_interval": INTERVAL, "max_in_flight": in_flight}
+        config["batching"] = {
+            "max_batch_size": BATCH,
+            "batch_interval": INTERVAL,
+            "max_in_flight": in_flight,
+            "eager": eager,
+        }
     env = {**os.environ, "STACK_SERVING_CONFIG": json.dumps(config), "PYTHONPATH": str(ROOT)}
     return [PY, "-m", "serving"], env, "/"
 
@@ -209,7 +216,9 @@ def main() -> None:
         ("ours, batching off", lambda p: ours(p, False)),
         ("ours, batching 32 / 5 ms", lambda p: ours(p, True)),
         ("ours, batching 32 / 5 ms, one batch in flight", lambda p: ours(p, True, in_flight=1)),
+        ("ours, batching 32 / 5 ms, eager when idle", lambda p: ours(p, True, eager=True)),
         ("ours, batching 32 / 5 ms, 2 processes", lambda p: ours(p, True, processes=2)),
+        ("ours, batching 32 / 5 ms, 2 processes, eager", lambda p: ours(p, True, processes=2, eager=True)),
     ]
     if importlib.util.find_spec("litserve") is not None:
         runs += [

@@ -89,6 +89,7 @@ class Replica:
                 max(batching.max_in_flight, 1),
                 self.metrics,
                 count_queued=self._count_gauges,
+                eager=batching.eager,
             )
             self._batcher.start()
         self.metrics.ready.set(1)

@@ -44,7 +44,9 @@ class Batcher:
         parallel: int,
         metrics: ApiMetrics,
         count_queued: bool,
+        eager: bool = False,
     ) -> None:
+        self._eager = eager
         self._run_batch = run_batch
         self._max = max_batch_size
         self._interval = batch_interval
@@ -96,7 +98,7 @@ class Batcher:
             while len(batch) < self._max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             slot_free = self._busy < self._parallel
-            if slot_free and (len(batch) >= self._max or loop.time() >= deadline):
+            if slot_free and (len(batch) >= self._max or loop.time() >= deadline or (self._eager and not self._busy)):
                 break
             self._wake.clear()
             if len(batch) < self._max and not self._queue.empty():

@@ -21,6 +21,9 @@ class BatchingConfig:
     max_batch_size: int = 8
     batch_interval: float = 0.01  # seconds to wait for a batch to fill
     max_in_flight: int = 2  # batches running at once: the next is prepared while one runs
+    # When no batch is running, send what has arrived at once instead of waiting out the
+    # interval: an idle model serves a lone request without delay (adaptive batch sizes).
+    eager: bool = False
 
 
 @dataclass(frozen=True)
