@@ -25,11 +25,12 @@ from typing import Any
 from aiohttp import web
 
 from serving.batching import Batcher, BatchMismatch
-from serving.codec import encode, error_response, read_payload
+from serving.codec import QueryParams, encode_any, error_response, read_payload
 from serving.config import ServingConfig
 from serving.errors import HTTPError
-from serving.loader import LoadedPredictor
+from serving.loader import LoadedPredictor, load_predictor
 from serving.metrics import CONTENT_TYPE, ApiMetrics
+from serving.models import ModelsConfig, ModelStore, ONNXClient, PythonClient
 from serving.pool import ClientGone, PredictPool
 from serving.streaming import StreamFailed, is_stream, stream
 
@@ -50,6 +51,7 @@ class Replica:
         self.config = config
         self.metrics = ApiMetrics(config.api)
         self.predictor: LoadedPredictor | None = None
+        self.models: ModelStore | None = None  # python_client / onnx_client models, when the API has any
         self.draining = False
         self.in_flight = 0
         self.last_request_at = 0.0  # monotonic; draining waits until requests stop arriving
@@ -77,8 +79,27 @@ class Replica:
 
     # -- lifecycle -----------------------------------------------------------
 
+    def construct(self) -> LoadedPredictor:
+        """Import and construct the predictor (on a predictor thread, as Cortex does: with one thread,
+        `__init__` and `predict` share it, which thread-affine libraries need)."""
+        c = self.config
+        clients: dict[str, Any] = {}
+        if c.models is not None:
+            root = Path(c.project_root) if c.project_root else Path(c.predictor_path).resolve().parent
+            self.models = ModelStore(ModelsConfig.from_dict(c.models), root, self.metrics)
+            if c.predictor_type == "onnx":
+                clients["onnx_client"] = ONNXClient(self.models, gpu=c.gpus > 0)
+            else:
+                clients["python_client"] = PythonClient(self.models)
+        return load_predictor(c.predictor_path, c.predictor_class, c.config, c.python_path, clients)
+
+    def load(self) -> asyncio.Future[LoadedPredictor]:
+        return self._pool.run(self.construct, counted=False)
+
     def set_predictor(self, predictor: LoadedPredictor) -> None:
         self.predictor = predictor
+        if self.models is not None:
+            self.models.start_watching()
         self._call = predictor.predict.predict_caller()
         batching = self.config.batching
         if batching is not None:
@@ -108,6 +129,8 @@ class Replica:
         if self._batcher:
             await self._batcher.stop()
         self._pool.shutdown()
+        if self.models is not None:
+            self.models.close()
 
     def _queued(self) -> int:
         return self._pool.queued() + (self._batcher.waiting() if self._batcher else 0)
@@ -125,6 +148,8 @@ class Replica:
         app = web.Application(client_max_size=self.config.max_body_size)
         app[REPLICA_KEY] = self
         app.router.add_post("/", self.handle_predict)
+        # Cortex's in-cluster route: through the gateway /API/predict reaches it too.
+        app.router.add_post("/predict", self.handle_predict)
         app.router.add_get("/", self.handle_status)
         app.router.add_route("*", "/", _method_not_allowed)
         app.router.add_get("/healthz", self.handle_health)
@@ -144,6 +169,7 @@ class Replica:
                 "max_concurrency": self.config.max_concurrency,
                 "batching": self.config.batching is not None,
                 "pid": os.getpid(),
+                **({"models": self.models.describe()} if self.models is not None else {}),
             }
         )
 
@@ -224,16 +250,16 @@ class Replica:
             self.metrics.in_flight.inc()
         try:
             payload = await read_payload(request, self._max_body_size)
-            query = dict(request.query) if request.query_string else {}
+            query = QueryParams(request.query) if request.query_string else QueryParams()
             work = self._predict(request, predictor, payload, query)
             result = await (work if self._timeout is None else self._with_timeout(work))
             headers = {"X-Request-ID": request_id}
             if type(result) is not dict and is_stream(result):
                 response = await stream(request, result, self._pool.run, headers)
             else:
-                response = encode(result, headers)
+                response = await encode_any(result, headers)
             if predictor.post_predict is not None:
-                await self._send_then_post_predict(request, response, predictor, payload, query)
+                await self._send_then_post_predict(request, response, result, predictor, payload, query)
             return response
         finally:
             self.in_flight -= 1
@@ -295,6 +321,7 @@ class Replica:
         self,
         request: web.Request,
         response: web.StreamResponse,
+        result: Any,
         predictor: LoadedPredictor,
         payload: Any,
         query: dict[str, str],
@@ -304,8 +331,14 @@ class Replica:
             await response.write_eof()
         assert predictor.post_predict is not None
         handler = predictor.post_predict
+        # As in Cortex, `response` is what predict returned; the HTTP status is `status_code`.
         call = functools.partial(
-            handler.call, response=response, payload=payload, query_params=query, headers=request.headers
+            handler.call,
+            response=result,
+            status_code=response.status,
+            payload=payload,
+            query_params=query,
+            headers=request.headers,
         )
         task = asyncio.get_running_loop().create_task(self._post_predict(call, handler.is_async))
         self._background.add(task)

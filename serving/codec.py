@@ -9,11 +9,14 @@ Out: dict/list/number/bool/None -> JSON; str -> text/plain; bytes ->
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from multidict import CIMultiDict
 
 from serving.errors import HTTPError
 
@@ -22,11 +25,50 @@ JSON_TYPES = (dict, list, int, float, bool, type(None))
 
 @dataclass(frozen=True)
 class File:
-    """An uploaded file from a multipart form."""
+    """An uploaded file from a multipart form.
+
+    Also reads like starlette's `UploadFile` (what Cortex predictors were written against):
+    `.file` is a file object over the data, `.read()` returns the bytes (and may be awaited).
+    """
 
     filename: str | None
     content_type: str
     data: bytes
+
+    @property
+    def file(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+    def read(self, size: int = -1) -> _AwaitableBytes:
+        return _AwaitableBytes(self.data if size < 0 else self.data[:size])
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+class _AwaitableBytes(bytes):
+    """bytes that can also be awaited: `f.read()` in sync code, `await f.read()` in async code."""
+
+    def __await__(self) -> Generator[Any, None, bytes]:
+        return self
+        yield  # pragma: no cover - makes this a generator
+
+
+class QueryParams(dict[str, str]):
+    """The query string: a dict of the last value of each name, with starlette's `getlist`
+    (and `multi_items`) for names given more than once."""
+
+    def __init__(self, pairs: Any = ()) -> None:
+        items = list(pairs.items()) if hasattr(pairs, "items") else list(pairs)
+        super().__init__(items)
+        self._multi = items
+
+    def getlist(self, key: str) -> list[str]:
+        return [value for name, value in self._multi if name == key]
+
+    def multi_items(self) -> list[tuple[str, str]]:
+        return list(self._multi)
 
 
 async def read_payload(request: web.Request, max_body_size: int) -> Any:
@@ -138,6 +180,39 @@ def encode(result: Any, headers: dict[str, str]) -> web.StreamResponse:
     if isinstance(result, (bytes, bytearray, memoryview)):
         return web.Response(body=bytes(result), content_type="application/octet-stream", headers=headers)
     return web.Response(text=dumps(result), content_type="application/json", headers=headers)
+
+
+async def encode_any(result: Any, headers: dict[str, str]) -> web.StreamResponse:
+    """`encode`, plus starlette/FastAPI responses (Cortex predictors return them) when starlette is there."""
+    if _is_starlette_response(result):
+        return await _from_starlette(result, headers)
+    return encode(result, headers)
+
+
+def _is_starlette_response(result: Any) -> bool:
+    module = type(result).__module__
+    if not (module.startswith("starlette.") or module.startswith("fastapi.")):
+        return False
+    from starlette.responses import Response
+
+    return isinstance(result, Response)
+
+
+async def _from_starlette(result: Any, headers: dict[str, str]) -> web.StreamResponse:
+    from starlette.responses import StreamingResponse
+
+    out_headers = CIMultiDict[str]()
+    for key, value in result.raw_headers:
+        out_headers.add(key.decode("latin-1"), value.decode("latin-1"))
+    if "content-length" in out_headers and isinstance(result, StreamingResponse):
+        del out_headers["content-length"]
+    out_headers.update(headers)
+    if isinstance(result, StreamingResponse):
+        chunks = [chunk.encode() if isinstance(chunk, str) else bytes(chunk) async for chunk in result.body_iterator]
+        out_headers.pop("content-length", None)
+        return web.Response(status=result.status_code, body=b"".join(chunks), headers=out_headers)
+    out_headers.pop("content-length", None)
+    return web.Response(status=result.status_code, body=bytes(result.body), headers=out_headers)
 
 
 def error_response(

@@ -52,6 +52,13 @@ class ServingConfig:
     gpus: int = 0
     log_level: str = "info"
     log_format: str = "text"  # or "json"
+    predictor_type: str = "python"  # python | onnx (onnx_client, onnxruntime)
+    # Models for python_client / onnx_client (serving.models.ModelsConfig as a dict); None: no models.
+    models: dict[str, Any] | None = None
+    # The project's directory as the replica sees it (relative model paths start there).
+    project_root: str | None = None
+    # Cortex's model monitoring: {"model_type": "classification" | "regression", "key": field} or None.
+    monitoring: dict[str, str] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServingConfig:

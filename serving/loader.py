@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CLASSES = ("Predictor", "PythonPredictor")  # the second keeps Cortex files working
-PREDICT_PARAMS = frozenset({"payload", "query_params", "headers"})
-POST_PREDICT_PARAMS = PREDICT_PARAMS | {"response"}
+# Looked for among the classes *defined* in the file (one imported from elsewhere is never served).
+DEFAULT_CLASSES = ("PythonPredictor", "ONNXPredictor", "Predictor")
+# batch_id: Cortex's realtime server passes None; accepted so Cortex predictors run unmodified.
+PREDICT_PARAMS = frozenset({"payload", "query_params", "headers", "batch_id"})
+# response: what predict returned (as in Cortex); status_code: the HTTP status that was sent.
+POST_PREDICT_PARAMS = frozenset({"payload", "query_params", "headers", "response", "status_code"})
+INIT_PARAMS = frozenset({"config", "python_client", "onnx_client", "job_spec"})
 MODULE_NAME = "stack_user_predictor"
 
 
@@ -44,13 +48,17 @@ class Handler:
         """A call taking (payload, query_params, headers) with no per-request introspection."""
         func, params = self.func, self.params
         if self.takes_all or params == PREDICT_PARAMS:
-            return lambda p, q, h: func(payload=p, query_params=q, headers=h)
+            return lambda p, q, h: func(payload=p, query_params=q, headers=h, batch_id=None)
         if params == {"payload"}:
             return lambda p, q, h: func(p)
         if not params:
             return lambda p, q, h: func()
         return lambda p, q, h: func(
-            **{k: v for k, v in (("payload", p), ("query_params", q), ("headers", h)) if k in params}
+            **{
+                k: v
+                for k, v in (("payload", p), ("query_params", q), ("headers", h), ("batch_id", None))
+                if k in params
+            }
         )
 
 
@@ -71,7 +79,13 @@ def load_predictor(
     class_name: str | None = None,
     config: dict[str, Any] | None = None,
     python_path: list[str] | None = None,
+    clients: dict[str, Any] | None = None,
 ) -> LoadedPredictor:
+    """Import the file, find the class, check its methods, construct it.
+
+    `clients` are what `__init__` may ask for by name besides `config`: `python_client`,
+    `onnx_client` (None when the API serves no models) and `job_spec` (None on realtime APIs).
+    """
     file = Path(path).resolve()
     if not file.is_file():
         raise StartupError(f"{path}: predictor file not found")
@@ -82,7 +96,18 @@ def load_predictor(
     if predict is None:
         raise StartupError(f"{_where(file, cls)}: class {cls.__name__} has no predict method")
     post_predict = _method(cls, "post_predict", file, POST_PREDICT_PARAMS)
-    instance = _construct(cls, file, config or {})
+    available = {"python_client": None, "onnx_client": None, "job_spec": None, **(clients or {})}
+    python_client = available.get("python_client")
+    if python_client is not None:
+        load_model = getattr(cls, "load_model", None)
+        if load_model is None:
+            raise StartupError(
+                f"{_where(file, cls)}: class {cls.__name__} has no load_model(self, model_path) method, which "
+                "python_client.get_model calls (predictor.multi_model_reloading is set)"
+            )
+    instance = _construct(cls, file, {"config": config or {}, **available})
+    if python_client is not None:
+        python_client._store.loader = instance.load_model
     return LoadedPredictor(
         instance=instance,
         predict=_bind(instance, "predict", predict),
@@ -114,15 +139,26 @@ def _import_file(file: Path) -> Any:
 
 
 def _find_class(module: Any, file: Path, class_name: str | None) -> type:
-    names = (class_name,) if class_name else DEFAULT_CLASSES
-    for name in names:
-        candidate = getattr(module, name, None)
+    defined = {n: v for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == MODULE_NAME}
+    if class_name:
+        candidate = getattr(module, class_name, None)
         if isinstance(candidate, type):
             return candidate
-    classes = sorted(n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == MODULE_NAME)
-    found = f"classes defined there: {', '.join(classes)}" if classes else "it defines no class"
+        names: tuple[str, ...] = (class_name,)
+    else:
+        names = DEFAULT_CLASSES
+        found = [n for n in DEFAULT_CLASSES if n in defined]
+        if len(found) == 1:
+            return defined[found[0]]
+        if len(found) > 1:
+            raise StartupError(
+                f"{file}: it defines several predictor classes ({', '.join(found)}); "
+                "name the one to serve with predictor.class in stack.yaml"
+            )
+    classes = sorted(defined)
+    found_text = f"classes defined there: {', '.join(classes)}" if classes else "it defines no class"
     wanted = " or ".join(names)
-    raise StartupError(f"{file}: no class {wanted} ({found}); set predictor.class in stack.yaml")
+    raise StartupError(f"{file}: no class {wanted} ({found_text}); set predictor.class in stack.yaml")
 
 
 def _method(cls: type, name: str, file: Path, allowed: frozenset[str]) -> Callable[..., Any] | None:
@@ -155,15 +191,25 @@ def _bind(instance: Any, name: str, func: Callable[..., Any]) -> Handler:
     )
 
 
-def _construct(cls: type, file: Path, config: dict[str, Any]) -> Any:
-    init = vars(cls).get("__init__") or next(
-        (vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)), object.__init__
-    )
-    params = inspect.signature(init).parameters
-    own_init = init is not object.__init__  # object's takes **kwargs but refuses them
-    takes_config = "config" in params or (own_init and any(p.kind == p.VAR_KEYWORD for p in params.values()))
+def _construct(cls: type, file: Path, available: dict[str, Any]) -> Any:
+    """`__init__`'s arguments injected by name: config, python_client, onnx_client, job_spec."""
+    init = next((vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)), object.__init__)
+    if init is object.__init__:  # object's takes **kwargs but refuses them
+        arguments: dict[str, Any] = {}
+    else:
+        params = list(inspect.signature(init).parameters.values())[1:]
+        if any(p.kind == p.VAR_KEYWORD for p in params):
+            arguments = dict(available)
+        else:
+            for param in params:
+                if param.kind not in (param.VAR_POSITIONAL,) and param.name not in INIT_PARAMS:
+                    raise StartupError(
+                        f"{_where(file, init)}: {cls.__name__}.__init__() has unknown parameter '{param.name}'; "
+                        f"it may take any of: {', '.join(sorted(INIT_PARAMS))}"
+                    )
+            arguments = {p.name: available.get(p.name) for p in params if p.name in INIT_PARAMS}
     try:
-        return cls(config=config) if takes_config else cls()
+        return cls(**arguments)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise

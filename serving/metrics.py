@@ -84,6 +84,23 @@ class ApiMetrics:
             multiprocess_mode="livemin",
             registry=into,
         ).labels(api)
+        # Models (python_client / onnx_client): in memory, load time, cache outcomes.
+        self.models_loaded = Gauge(
+            "predictor_models_loaded", "Model versions in memory.", ["api"], multiprocess_mode="livesum", registry=into
+        ).labels(api)
+        self.model_load_duration = Histogram(
+            "predictor_model_load_duration_seconds",
+            "Time to download and load one model version.",
+            ["api"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=into,
+        ).labels(api)
+        self.model_cache = Counter(
+            "predictor_model_cache",
+            "get_model calls answered from memory (hit), loading (miss), and models unloaded (eviction).",
+            ["api", "result"],
+            registry=into,
+        )
         self._by_code: dict[int, Counter] = {}
 
     def track_live(self, in_flight: Callable[[], float], queued: Callable[[], float]) -> bool:

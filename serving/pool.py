@@ -35,10 +35,13 @@ class PredictPool:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    def run(self, call: Callable[[], Any], is_gone: Callable[[], bool] | None = None) -> asyncio.Future[Any]:
+    def run(
+        self, call: Callable[[], Any], is_gone: Callable[[], bool] | None = None, counted: bool = True
+    ) -> asyncio.Future[Any]:
+        """`counted`: the call is a request waiting in the queue (False: the predictor's __init__)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put((call, future, loop, is_gone))
+        self._queue.put((call, future, loop, is_gone, counted))
         return future
 
     def shutdown(self) -> None:
@@ -47,8 +50,8 @@ class PredictPool:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not _STOP:
-            call, future, loop, is_gone = item
-            if self._on_start is not None:
+            call, future, loop, is_gone, counted = item
+            if self._on_start is not None and counted:
                 self._on_start()
             if future.cancelled():  # timed out while queued; reading the flag from here is benign
                 continue

@@ -10,16 +10,14 @@ streaming requests up to `grace_period` before it exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from aiohttp import web
 
 from serving.app import Replica
 from serving.config import ServingConfig
-from serving.loader import StartupError, load_predictor
+from serving.loader import StartupError
 
 LOGGER = logging.getLogger("serving")
 EXIT_STARTUP_FAILED = 3
@@ -96,11 +94,10 @@ async def _listen(runner: web.AppRunner, config: ServingConfig, reuse_port: bool
 
 
 async def _load(replica: Replica, config: ServingConfig, stop: asyncio.Event) -> int:
-    load = _in_daemon_thread(
-        lambda: load_predictor(config.predictor_path, config.predictor_class, config.config, config.python_path)
-    )
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    # On a predictor thread (daemon: a SIGTERM during a long load exits without waiting for it).
+    load = replica.load()
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([load, stopped], return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     if not load.done():
         # Stopped during a load: a thread cannot be interrupted, so leave without it. It is a
@@ -147,31 +144,6 @@ async def _until_quiet(replica: Replica, config: ServingConfig) -> None:
     await asyncio.sleep(config.drain_delay)
     while time.monotonic() - replica.last_request_at < QUIET_SECONDS:
         await asyncio.sleep(0.1)
-
-
-def _in_daemon_thread(func: Callable[[], Any]) -> asyncio.Future[Any]:
-    """Run `func` on a daemon thread (asyncio.to_thread's threads are joined at exit)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        try:
-            result, error = func(), None
-        except BaseException as exc:
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="load-predictor", daemon=True).start()
-    return future
 
 
 def report_startup_error(message: str) -> None:

@@ -21,7 +21,6 @@ from aiohttp import web
 
 from serving.app import Replica
 from serving.config import BatchingConfig, ServingConfig
-from serving.loader import load_predictor
 from serving.logs import TextFormatter
 
 TIMEOUT = 30.0  # the longest any wait here may take; a hang fails the test instead of stalling the suite
@@ -79,10 +78,7 @@ class InProcessReplica:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        c = self.config
-        predictor = await asyncio.to_thread(
-            load_predictor, c.predictor_path, c.predictor_class, c.config, c.python_path
-        )
+        predictor = await self.replica.load()
         self.replica.set_predictor(predictor)
 
     async def _stop(self) -> None:

@@ -185,7 +185,7 @@ def test_post_predict_runs_after_response(inproc, tmp_path) -> None:
     server = inproc(PREDICTORS / "post.py", config={"log_file": str(log)})
     assert server.post(json={"id": 7}).json() == {"ok": True}
     wait_for(lambda: log.exists() and log.read_text().endswith("\n"), "post_predict to write its line")
-    assert log.read_text() == "200 7\n"
+    assert log.read_text() == "200 7 {'ok': True}\n"  # response: what predict returned, as in Cortex
 
 
 def test_api_keys(inproc) -> None:

@@ -19,9 +19,12 @@ from conftest import PREDICTORS, ServerFactory, free_port
         (
             "unknown_param.py",
             r"unknown_param\.py:5: Predictor\.predict\(\) has unknown parameter 'request_body'; "
-            r"it may take any of: headers, payload, query_params",
+            r"it may take any of: batch_id, headers, payload, query_params",
         ),
-        ("no_class.py", r"no_class\.py: no class Predictor or PythonPredictor \(classes defined there: Model\)"),
+        (
+            "no_class.py",
+            r"no_class\.py: no class PythonPredictor or ONNXPredictor or Predictor \(classes defined there: Model\)",
+        ),
         ("syntax_error.py", r"syntax_error\.py:2: syntax error: expected ':'"),
         ("init_fails.py", r"init_fails\.py:6: Predictor\.__init__ failed: RuntimeError: weights file corrupt"),
         (

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import Any
 
 from serving.config import BatchingConfig, ServingConfig
 from stack.spec import Api, LoadedSpec
+from stack.spec.models import Models
 
 REPLICA_PORT = 8888  # every replica listens here inside its container or allocation
 
@@ -44,4 +46,32 @@ def replica_config(
         api_keys=list(loaded.spec.gateway.api_keys),
         gpus=api.compute.gpu,
         log_format=loaded.spec.log_format,
+        predictor_type=predictor.type,
+        models=_models(predictor.models or predictor.multi_model_reloading),
+        project_root=str(base),
+        monitoring=api.monitoring.model_dump() if api.monitoring else None,
     )
+
+
+def _models(models: Models | None) -> dict[str, Any] | None:
+    if models is None:
+        return None
+    return {
+        "path": models.path,
+        "paths": [{"name": p.name, "path": p.path} for p in models.paths or []],
+        "dir": models.dir,
+        "cache_size": models.cache_size,
+        "disk_cache_size": models.disk_cache_size,
+        "poll_interval": models.poll_interval,
+    }
+
+
+def extra_requirements(api: Api) -> list[str]:
+    """What the replica image needs beyond the runtime for this API's predictor type and models."""
+    extra = []
+    if api.predictor.type == "onnx":
+        extra.append("onnxruntime-gpu" if api.compute.gpu else "onnxruntime")
+    models = api.predictor.models or api.predictor.multi_model_reloading
+    if models is not None and any(location.startswith("s3://") for location in models.locations()):
+        extra.append("boto3")
+    return extra

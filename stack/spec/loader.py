@@ -232,9 +232,26 @@ def _nearest(loc: Path_, positions: dict[Path_, tuple[int, int]]) -> tuple[int, 
     return (1, 1)
 
 
+# Cortex's names for fields this spec has under another name or place, for a Cortex user's first spec.
+CORTEX_NAMES = {
+    "server_side_batching": "use `predictor.batching` (max_batch_size, batch_interval)",
+    "update_strategy": "use `update` (max_surge, max_unavailable)",
+    "max_replica_concurrency": "use `predictor.max_concurrency`",
+    "kind": "drop it: every API here is a realtime API",
+    "api_gateway": "drop it: the gateway is Traefik, set under `gateway`",
+    "local_port": "drop it: every API is reached at the gateway's port, under its endpoint",
+    "inf": "drop it: AWS Inferentia is not supported here",
+    "tensorflow_serving_image": "drop it: the tensorflow type is not supported (export the model to ONNX)",
+    "signature_key": "drop it: a TensorFlow-only field",
+}
+
+
 def _unknown_field(loc: Path_) -> str:
     model = _model_at(loc[:-1])
     key = str(loc[-1])
+    if key in CORTEX_NAMES:
+        advice = CORTEX_NAMES[key]
+        return f"unknown field `{key}` (Cortex's): {advice}; `stack import cortex.yaml` converts a whole file"
     if model is None:
         return "unknown field"
     names = [f.alias or name for name, f in model.model_fields.items()]
@@ -378,8 +395,21 @@ def _file_checks(predictor: dict[str, Any], root: Path, at: Path_, add: Any) -> 
     requirements = predictor.get("requirements")
     if isinstance(requirements, str) and not (root / requirements).is_file():
         add((*at, "requirements"), f"requirements file {requirements} not found (looked in {root})")
+    for field in ("multi_model_reloading", "models"):
+        models = predictor.get(field)
+        if not isinstance(models, dict):
+            continue
+        entries: list[tuple[Path_, Any]] = [((*at, field, key), models.get(key)) for key in ("path", "dir")]
+        paths = models.get("paths")
+        for index, item in enumerate(paths if isinstance(paths, list) else []):
+            if isinstance(item, dict):
+                entries.append(((*at, field, "paths", index, "path"), item.get("path")))
+        for where, location in entries:
+            if isinstance(location, str) and not location.startswith("s3://") and not (root / location).is_dir():
+                add(where, f"model directory {location} not found (looked in {root}); or give an s3:// URL")
     python_path = predictor.get("python_path")
-    for index, entry in enumerate(python_path if isinstance(python_path, list) else []):
+    entries_pp = [python_path] if isinstance(python_path, str) else python_path if isinstance(python_path, list) else []
+    for index, entry in enumerate(entries_pp):
         if isinstance(entry, str) and not (root / entry).is_dir():
             add((*at, "python_path", index), f"directory {entry} not found (looked in {root})")
     return []

@@ -37,7 +37,46 @@ class Batching(Strict):
     max_in_flight: PositiveInt = 2
 
 
+class ModelPath(Strict):
+    name: Name
+    path: str  # a directory relative to stack.yaml, or s3://bucket/prefix
+
+
+class Models(Strict):
+    """Cortex's `multi_model_reloading` (python) / `models` (onnx): where models are, how many to keep."""
+
+    path: str | None = None  # one model
+    paths: list[ModelPath] | None = None  # several, named
+    dir: str | None = None  # every sub-directory is a model
+    cache_size: PositiveInt | None = None  # models in memory (least recently used evicted); null: all
+    disk_cache_size: PositiveInt | None = None  # model versions on local disk (from S3); null: all
+    # How often the sources are listed for new or removed versions (live reloading).
+    poll_interval: Duration = 2.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Models:
+        given = [k for k in ("path", "paths", "dir") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, paths or dir (got {', '.join(given) or 'none'})")
+        if self.cache_size and self.disk_cache_size and self.disk_cache_size < self.cache_size:
+            raise ValueError("disk_cache_size must be at least cache_size")
+        return self
+
+    def locations(self) -> list[str]:
+        return [p for p in [self.path, self.dir, *(m.path for m in self.paths or [])] if p]
+
+
+class Monitoring(Strict):
+    """Cortex's model monitoring: the predictions as Prometheus metrics."""
+
+    model_type: Literal["classification", "regression"]
+    key: str | None = None  # the response field holding the prediction; null: the whole response
+
+
 class Predictor(Strict):
+    # python: a Python class; onnx: a class given `onnx_client` (onnxruntime) for `models`.
+    # (Cortex's tensorflow type needs a TensorFlow Serving sidecar: not supported.)
+    type: Literal["python", "onnx"] = "python"
     path: str
     class_name: str = Field("", alias="class")  # empty: Predictor, else PythonPredictor (Cortex)
     config: dict[str, Any] = Field(default_factory=dict)
@@ -54,6 +93,36 @@ class Predictor(Strict):
     batching: Batching | None = None
     drain_delay: Duration = 5.0  # keep serving after SIGTERM while the router notices
     grace_period: Duration = 30.0  # then let in-flight requests finish
+    multi_model_reloading: Models | None = None  # python: models for python_client (load_model)
+    models: Models | None = None  # onnx: models for onnx_client
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _no_tensorflow(cls, value: Any) -> Any:
+        if value == "tensorflow":
+            raise ValueError(
+                "the tensorflow type needs a TensorFlow Serving sidecar, which is not supported: export the "
+                "model to ONNX (type: onnx, models: ...) or load it in a python predictor"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _models_match_type(self) -> Predictor:
+        if self.type == "onnx" and self.models is None:
+            raise ValueError("type onnx needs `models` (path, paths or dir of .onnx models)")
+        if self.type == "python" and self.models is not None:
+            raise ValueError("`models` is for type onnx; a python predictor's models go in multi_model_reloading")
+        if self.type == "onnx" and self.multi_model_reloading is not None:
+            raise ValueError("multi_model_reloading is for type python; an onnx predictor's models go in models")
+        chosen = self.models or self.multi_model_reloading
+        if chosen is not None and chosen.cache_size is not None and self.processes_per_replica > 1:
+            raise ValueError("a model cache_size needs processes_per_replica: 1 (each process would hold its own)")
+        return self
+
+    @field_validator("python_path", mode="before")
+    @classmethod
+    def _one_path(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # Cortex wrote python_path as one string
 
     @field_validator("env", mode="before")
     @classmethod
@@ -168,6 +237,7 @@ class Networking(Strict):
 class Api(Strict):
     name: Name
     predictor: Predictor
+    monitoring: Monitoring | None = None
     compute: Compute = Compute()
     autoscaling: Autoscaling = Autoscaling()
     update: Update = Update()

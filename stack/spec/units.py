@@ -11,6 +11,10 @@ import re
 from typing import Any
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# Go's form, as Cortex and Kubernetes wrote durations: 1m30s, 1h5m, 2h45m30.5s.
+_GO_DURATION = re.compile(r"^\s*((?:\d+(?:\.\d+)?(?:ms|us|µs|ns|h|m|s))+)\s*$")
+_GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1, "m": 60, "h": 3600}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?[Bb]?\s*$")
 _MEMORY_UNITS = {
@@ -34,20 +38,26 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)):
         return _non_negative(float(value), "duration")
     match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"expected a duration like 250ms, 10s, 5m or 1h, got {value!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if match:
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if _GO_DURATION.match(str(value)):
+        return sum(float(n) * _GO_UNITS[unit] for n, unit in _GO_PART.findall(str(value)))
+    raise ValueError(f"expected a duration like 250ms, 10s, 5m, 1h or 1m30s, got {value!r}")
 
 
 def parse_memory(value: Any) -> int:
     """Bytes as an int."""
     if isinstance(value, bool):
         raise ValueError("expected a memory size like 512Mi or 2G, got a boolean")
-    if isinstance(value, (int, float)):
-        return int(_non_negative(float(value), "memory size"))
     match = _MEMORY.match(str(value))
     if not match:
         raise ValueError(f"expected a memory size like 512Mi, 2Gi or 500M, got {value!r}")
+    if match.group(2) is None:
+        # A bare number is ambiguous (Kubernetes reads bytes, people mean Mi): say the unit.
+        raise ValueError(
+            f"{value!r} has no unit: write it with one of Ki, Mi, Gi, Ti (1024-based) or K, M, G, T "
+            f"(1000-based), e.g. {value}Mi"
+        )
     return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
 
 

@@ -127,7 +127,9 @@ def assemble(
     base_image: str,
     wheelhouse: bool,
     progress: Progress,
+    extra: list[str] | None = None,
 ) -> Path:
+    """`extra`: requirements the API's predictor type or models add (onnxruntime, boto3)."""
     root = files.root
     context = build_context(root, service)
     if context.exists():
@@ -139,6 +141,10 @@ def assemble(
         shutil.copy2(root / relative, target)
     _copy_package(Path(serving.__file__).parent, context / "serving")
     reqs = requirements.read_text() if requirements else ""
+    named = {line.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for line in reqs.splitlines()}
+    added = [r for r in extra or [] if r.lower() not in named]
+    if added:
+        reqs = reqs.rstrip("\n") + ("\n" if reqs.strip() else "") + "\n".join(added) + "\n"
     (context / "requirements.txt").write_text(reqs)
     (context / "Dockerfile").write_text(dockerfile)
     if wheelhouse:

@@ -5,6 +5,6 @@ class Predictor:
     def predict(self, payload):
         return {"ok": True}
 
-    def post_predict(self, response, payload):
+    def post_predict(self, response, payload, status_code):
         with open(self.log, "a") as f:
-            f.write(f"{response.status} {payload['id']}\n")
+            f.write(f"{status_code} {payload['id']} {response}\n")

@@ -35,6 +35,7 @@ from stack.plan.render import (
     project_files,
     service_name,
 )
+from stack.plan.serving import extra_requirements
 from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
@@ -231,6 +232,7 @@ class ComposeTarget:
             self.loaded.spec.build.base_image,
             self.loaded.spec.build.wheelhouse,
             progress,
+            extra=extra_requirements(api),
         )
         build.build_image(context, image, progress)
 

@@ -28,6 +28,7 @@ from stack.atomic import write_text_atomic
 from stack.autoscale.scaler import Scaler
 from stack.errors import BuildError, StackError, TargetError
 from stack.plan.render import api_version, autoscaler_image, control_plane_digest, plan_nomad, project_digest
+from stack.plan.serving import extra_requirements
 from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus
 from stack.targets import build
@@ -141,6 +142,7 @@ class NomadTarget:
                 self.loaded.spec.build.base_image,
                 self.loaded.spec.build.wheelhouse,
                 progress,
+                extra=extra_requirements(api),
             )
             build.build_image(context, image, progress)
         self._push(image, progress)

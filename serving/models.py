@@ -1,0 +1,379 @@
+"""Many models per API, their versions, a cache, and live reloading: Cortex's `python_client`
+and `onnx_client`.
+
+Where models come from (`ModelsConfig`, from `predictor.multi_model_reloading` or
+`predictor.models`): one `path`, named `paths`, or a `dir` whose every
+sub-directory is a model; each a local directory (relative to the project) or
+an `s3://bucket/prefix` URL (boto3: `AWS_ENDPOINT_URL` and the usual
+credentials chain, so MinIO and other S3-compatible servers work). A model's
+versions are its integer sub-directories; "latest" is the highest. A model
+without them has one version, "latest" only.
+
+- `get_model(name, version)` returns what the predictor's `load_model(path)`
+  returned (ONNX: an onnxruntime session). A model not in memory is loaded on
+  first use — once, however many requests ask at the same time; the others
+  wait for that load. `cache_size` bounds the models in memory (least recently
+  used evicted), `disk_cache_size` the versions kept on local disk from S3.
+- A watcher thread lists the sources every `poll_interval` seconds: a new
+  version of a model in memory is loaded in the background and replaces the
+  old one for "latest" (no restart, no request waits for it); a removed
+  version or model is unloaded.
+- Unknown model or version: 404 naming what exists; a model that fails to
+  load: 500 naming it and the cause, other models unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.errors import HTTPError
+
+LOGGER = logging.getLogger("serving.models")
+LATEST = "latest"
+Loader = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    path: str | None = None  # one model
+    paths: list[dict[str, str]] = field(default_factory=list)  # [{name, path}]
+    dir: str | None = None  # every sub-directory is a model
+    cache_size: int | None = None  # models in memory; None: all
+    disk_cache_size: int | None = None  # model versions on local disk (from S3); None: all
+    poll_interval: float = 2.0  # seconds between listings of the sources (live reloading)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelsConfig:
+        return cls(**data)
+
+
+class ModelStore:
+    """The models of one replica process: where they are, which are loaded, loading them."""
+
+    def __init__(self, config: ModelsConfig, root: Path, metrics: Any = None) -> None:
+        self.config = config
+        self.root = root
+        self.metrics = metrics
+        self.loader: Loader | None = None
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[tuple[str, str], Any] = OrderedDict()  # LRU, newest last
+        self._loading: dict[tuple[str, str], Future[Any]] = {}
+        self._available: dict[str, dict[str, str]] = {}  # name -> version -> location
+        self._disk: OrderedDict[tuple[str, str], Path] = OrderedDict()
+        self._cache_dir = Path(tempfile.mkdtemp(prefix="stack-models-"))
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.refresh()
+
+    # -- sources -------------------------------------------------------------------------
+
+    def _sources(self) -> dict[str, str]:
+        """model name -> location (a directory or an s3:// URL)."""
+        c = self.config
+        if c.path:
+            return {_basename(c.path): self._resolve(c.path)}
+        if c.paths:
+            return {p["name"]: self._resolve(p["path"]) for p in c.paths}
+        if c.dir:
+            base = self._resolve(c.dir)
+            return {name: _join(base, name) for name in _list_dirs(base)}
+        return {}
+
+    def _resolve(self, location: str) -> str:
+        return location if location.startswith("s3://") else str((self.root / location).resolve())
+
+    def refresh(self) -> None:
+        """List every model's versions now; unload what disappeared, reload what has a newer version."""
+        found: dict[str, dict[str, str]] = {}
+        for name, location in self._sources().items():
+            try:
+                versions = {v: _join(location, v) for v in _list_dirs(location) if v.isdigit()}
+                found[name] = versions or {LATEST: location}
+            except Exception as exc:
+                LOGGER.warning(f"cannot list model {name} at {location}: {exc}")
+                if name in self._available:
+                    found[name] = self._available[name]
+        with self._lock:
+            previous, self._available = self._available, found
+            gone = [key for key in self._memory if key[1] not in self._versions_of(key[0]) and key[1] != LATEST]
+            gone += [key for key in self._memory if key[0] not in found]
+            for key in set(gone):
+                self._evict(key, "removed from its source")
+        for name, versions in found.items():
+            old_latest = _latest(previous.get(name, {}))
+            new_latest = _latest(versions)
+            if old_latest is not None and new_latest != old_latest and (name, LATEST) in self._memory:
+                LOGGER.info(f"model {name}: version {new_latest} appeared; loading it in the background")
+                self._load_async((name, LATEST))
+
+    def _versions_of(self, name: str) -> dict[str, str]:
+        return self._available.get(name, {})
+
+    def start_watching(self) -> None:
+        def watch() -> None:
+            while not self._stop.wait(self.config.poll_interval):
+                try:
+                    self.refresh()
+                except Exception:
+                    LOGGER.exception("listing the models failed")
+
+        self._watcher = threading.Thread(target=watch, name="model-watcher", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        shutil.rmtree(self._cache_dir, ignore_errors=True)
+
+    # -- getting a model -----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """For `GET /`: every model, its versions, and which are in memory."""
+        with self._lock:
+            return {
+                name: {
+                    "versions": sorted(v for v in versions if v != LATEST) or [LATEST],
+                    "loaded": sorted({key[1] for key in self._memory if key[0] == name}),
+                }
+                for name, versions in sorted(self._available.items())
+            }
+
+    def get(self, name: str | None, version: str | int = LATEST) -> Any:
+        name = self._name(name)
+        version = str(version)
+        key = (name, version)
+        with self._lock:
+            versions = self._available.get(name)
+            if versions is None:
+                available = ", ".join(sorted(self._available)) or "none"
+                raise HTTPError(404, f"model {name!r} not found; available: {available}")
+            if version != LATEST and version not in versions:
+                listed = ", ".join(sorted((v for v in versions if v != LATEST), key=int)) or LATEST
+                raise HTTPError(404, f"model {name!r} has no version {version}; versions: {listed}")
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                self._count("hit")
+                return self._memory[key]
+            self._count("miss")
+            future = self._loading.get(key)
+            if future is None:
+                future = self._loading[key] = Future()
+                owner = True
+            else:
+                owner = False
+        if owner:
+            self._load(key, future)
+        return future.result()
+
+    def _name(self, name: str | None) -> str:
+        if name is not None:
+            return name
+        with self._lock:
+            if len(self._available) == 1:
+                return next(iter(self._available))
+        raise HTTPError(400, f"name the model: several are served ({', '.join(sorted(self._available))})")
+
+    def _load_async(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            if key in self._loading:
+                return
+            future: Future[Any] = Future()
+            self._loading[key] = future
+        threading.Thread(target=self._load, args=(key, future), name=f"load-{key[0]}", daemon=True).start()
+
+    def _load(self, key: tuple[str, str], future: Future[Any]) -> None:
+        name, version = key
+        started = time.perf_counter()
+        try:
+            if self.loader is None:
+                raise RuntimeError("no loader: the predictor defines no load_model")
+            with self._lock:
+                versions = self._available.get(name, {})
+                concrete = _latest(versions) if version == LATEST else version
+                location = versions.get(concrete or "", "")
+            path = self._local(name, concrete or LATEST, location)
+            model = self.loader(str(path))
+        except HTTPError as exc:
+            future.set_exception(exc)
+        except Exception as exc:
+            LOGGER.error(f"model {name} version {version} failed to load", exc_info=exc)
+            future.set_exception(HTTPError(500, f"model {name!r} version {version} failed to load: {exc}"))
+        else:
+            with self._lock:
+                self._memory[key] = model
+                self._memory.move_to_end(key)
+                limit = self.config.cache_size
+                while limit is not None and len(self._memory) > limit:
+                    self._evict(next(iter(self._memory)), "cache full")
+                self._gauge()
+            if self.metrics is not None:
+                self.metrics.model_load_duration.observe(time.perf_counter() - started)
+            LOGGER.info(f"model {name} version {concrete} loaded in {time.perf_counter() - started:.2f}s")
+            future.set_result(model)
+        finally:
+            with self._lock:
+                if self._loading.get(key) is future:
+                    del self._loading[key]
+
+    def _evict(self, key: tuple[str, str], why: str) -> None:
+        """With the lock held."""
+        model = self._memory.pop(key, None)
+        if model is not None:
+            LOGGER.info(f"model {key[0]} version {key[1]} unloaded: {why}")
+            self._count("eviction")
+            del model
+            self._gauge()
+
+    def _local(self, name: str, version: str, location: str) -> Path:
+        if not location.startswith("s3://"):
+            if not Path(location).is_dir():
+                raise HTTPError(404, f"model {name!r} version {version} is gone from {location}")
+            return Path(location)
+        key = (name, version)
+        with self._lock:
+            if key in self._disk and self._disk[key].is_dir():
+                self._disk.move_to_end(key)
+                return self._disk[key]
+        target = self._cache_dir / name / version
+        _download(location, target)
+        with self._lock:
+            self._disk[key] = target
+            limit = self.config.disk_cache_size
+            while limit is not None and len(self._disk) > limit:
+                _, old_path = self._disk.popitem(last=False)
+                shutil.rmtree(old_path, ignore_errors=True)
+        return target
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.model_cache.labels(self.metrics.api, result).inc()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.models_loaded.set(len(self._memory))
+
+
+class PythonClient:
+    """Cortex's `python_client`: `get_model(model_name=None, model_version="latest")`."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self._store = store
+
+    def get_model(self, model_name: str | None = None, model_version: str | int = LATEST) -> Any:
+        return self._store.get(model_name, model_version)
+
+
+class ONNXClient:
+    """Cortex's `onnx_client`: `predict(model_input, model_name=None, model_version="latest")`.
+
+    `model_input` is one array (a model with one input) or a dict of arrays by input name;
+    the result is onnxruntime's list of outputs.
+    """
+
+    def __init__(self, store: ModelStore, gpu: bool) -> None:
+        self._store = store
+        self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        store.loader = self._session
+
+    def _session(self, path: str) -> Any:
+        import onnxruntime
+
+        files = sorted(Path(path).glob("*.onnx"))
+        if len(files) != 1:
+            raise RuntimeError(f"{path} must hold exactly one .onnx file, it holds {len(files)}")
+        available = set(onnxruntime.get_available_providers())
+        providers = [p for p in self._providers if p in available] or ["CPUExecutionProvider"]
+        return onnxruntime.InferenceSession(str(files[0]), providers=providers)
+
+    def get_model(self, model_name: str | None = None, model_version: str | int = LATEST) -> Any:
+        return self._store.get(model_name, model_version)
+
+    def predict(self, model_input: Any, model_name: str | None = None, model_version: str | int = LATEST) -> Any:
+        session = self._store.get(model_name, model_version)
+        inputs = session.get_inputs()
+        if isinstance(model_input, dict):
+            feed = model_input
+        elif len(inputs) == 1:
+            feed = {inputs[0].name: model_input}
+        else:
+            names = ", ".join(i.name for i in inputs)
+            raise HTTPError(400, f"the model takes several inputs ({names}): pass a dict by input name")
+        return session.run(None, feed)
+
+
+# -- local directories and S3 --------------------------------------------------------------
+
+
+def _basename(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def _list_dirs(location: str) -> list[str]:
+    if not location.startswith("s3://"):
+        base = Path(location)
+        if not base.is_dir():
+            raise FileNotFoundError(f"{location} is not a directory")
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    bucket, prefix = _split_s3(location)
+    client = _s3()
+    names: set[str] = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            names.add(common["Prefix"][len(prefix) :].strip("/"))
+    return sorted(names)
+
+
+def _download(location: str, target: Path) -> None:
+    bucket, prefix = _split_s3(location)
+    client = _s3()
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            relative = item["Key"][len(prefix) :]
+            if not relative or relative.endswith("/"):
+                continue
+            destination = partial / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, item["Key"], str(destination))
+            count += 1
+    if count == 0:
+        raise FileNotFoundError(f"{location} holds no files")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def _split_s3(location: str) -> tuple[str, str]:
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    return bucket, (prefix.rstrip("/") + "/") if prefix else ""
+
+
+def _s3() -> Any:
+    try:
+        import boto3
+    except ImportError:
+        raise RuntimeError("models on S3 need boto3: add boto3 to requirements.txt") from None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    return boto3.client("s3", endpoint_url=endpoint) if endpoint else boto3.client("s3")
+
+
+def _latest(versions: dict[str, str]) -> str | None:
+    numbered = [v for v in versions if v.isdigit()]
+    if numbered:
+        return max(numbered, key=int)
+    return LATEST if LATEST in versions else None
