@@ -258,6 +258,8 @@ class Replica:
                 response = await stream(request, result, self._pool.run, headers)
             else:
                 response = await encode_any(result, headers)
+                if self.config.monitoring is not None and response.status < 400:
+                    self.metrics.record_prediction(self.config.monitoring, result)
             if predictor.post_predict is not None:
                 await self._send_then_post_predict(request, response, result, predictor, payload, query)
             return response

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -101,6 +102,20 @@ class ApiMetrics:
             ["api", "result"],
             registry=into,
         )
+        # Cortex's model monitoring: predicted classes counted, or predicted values' distribution.
+        self.predicted_class = Counter(
+            "predictor_predicted_class",
+            "Predictions by class (monitoring.model_type: classification).",
+            ["api", "class"],
+            registry=into,
+        )
+        self.predicted_value = Histogram(
+            "predictor_predicted_value",
+            "Predicted values (monitoring.model_type: regression).",
+            ["api"],
+            buckets=(-1000, -100, -10, -1, -0.1, 0, 0.1, 0.25, 0.5, 0.75, 1, 10, 100, 1000),
+            registry=into,
+        ).labels(api)
         self._by_code: dict[int, Counter] = {}
 
     def track_live(self, in_flight: Callable[[], float], queued: Callable[[], float]) -> bool:
@@ -114,6 +129,17 @@ class ApiMetrics:
         self.in_flight.set_function(in_flight)
         self.queued.set_function(queued)
         return False
+
+    def record_prediction(self, monitoring: dict[str, str], result: Any) -> None:
+        """Monitoring: the prediction in `result` (its `key` field, or the whole result)."""
+        key = monitoring.get("key")
+        value = result.get(key) if key and isinstance(result, dict) else result
+        if value is None or isinstance(value, (dict, list)):
+            return
+        if monitoring.get("model_type") == "classification":
+            self.predicted_class.labels(self.api, str(value)[:64]).inc()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.predicted_value.observe(float(value))
 
     def count(self, code: int) -> None:
         child = self._by_code.get(code)

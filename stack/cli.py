@@ -104,6 +104,28 @@ def init(name: str, directory: Path | None) -> None:
     )
 
 
+@cli.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write (default: stack.yaml beside it).")
+@click.option("--project", help="The project name (default: the directory's name).")
+@click.option("--force", is_flag=True, help="Overwrite the output file.")
+def import_(source: Path, output: Path | None, project: str | None, force: bool) -> None:
+    """Convert a Cortex v0.2x cortex.yaml into a stack.yaml, listing what was dropped and why."""
+    from stack.cortex_import import import_file
+
+    target = output or source.parent / "stack.yaml"
+    imported = import_file(source, target, project, force)
+    click.echo(f"wrote {target} ({len(imported.spec['apis'])} API(s))")
+    for line in imported.dropped:
+        click.echo(f"  dropped {line}")
+    try:
+        load_spec(target)
+    except SpecError as exc:
+        click.echo(f"\n{target} needs a fix before `stack up`:\n{exc}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: `stack validate {target}` passes")
+
+
 # -- plan ------------------------------------------------------------------------------
 
 

@@ -143,3 +143,32 @@ def test_a_failed_pip_step_says_which_step_and_the_fix() -> None:
     assert "cannot reach the package index" in summary and "build.wheelhouse: true" in summary
     buildkit = "#7 [3/6] COPY project /app\n#7 ERROR: failed to compute cache key: not found\n"
     assert "a file the Dockerfile copies is missing" in failure_summary(buildkit)
+
+
+def test_an_onnx_or_s3_api_gets_its_packages_in_the_image(tmp_path: Path) -> None:
+    from stack.plan.serving import extra_requirements
+    from stack.targets.build import assemble
+
+    root = make_project(tmp_path / "p")
+    (root / "models" / "m").mkdir(parents=True)
+    (root / "requirements.txt").write_text("numpy==2.0.0\nboto3>=1.30\n")
+    (root / "stack.yaml").write_text(
+        "project: demo\napis:\n"
+        "  - name: a\n    predictor: {type: onnx, path: predictor.py, models: {dir: s3://bucket/models}}\n"
+        "    compute: {gpu: 1}\n"
+        "  - name: b\n    predictor: {path: predictor.py, multi_model_reloading: {dir: models}}\n"
+    )
+    a, b = load_spec(root).spec.apis
+    assert extra_requirements(a) == ["onnxruntime-gpu", "boto3"] and extra_requirements(b) == []
+    context = assemble(
+        ProjectFiles(root, root / "stack.yaml"),
+        "a",
+        "FROM x",
+        root / "requirements.txt",
+        "x",
+        False,
+        print,
+        extra=extra_requirements(a),
+    )
+    # boto3 is already pinned by the project: kept as the project wrote it, not added twice.
+    assert (context / "requirements.txt").read_text() == "numpy==2.0.0\nboto3>=1.30\nonnxruntime-gpu\n"

@@ -87,7 +87,10 @@ CASES = [
     (
         "bad duration",
         f"project: demo\napis:\n{GOOD_API}      timeout: soon\n",
-        ["stack.yaml:6:16: apis[0].predictor.timeout: expected a duration like 250ms, 10s, 5m, 1h or 1m30s, got 'soon'"],
+        [
+            "stack.yaml:6:16: apis[0].predictor.timeout: expected a duration like 250ms, 10s, 5m, 1h or 1m30s, "
+            "got 'soon'"
+        ],
     ),
     (
         "min greater than max",
