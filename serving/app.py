@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hmac
 import itertools
+import json
 import logging
 import math
 import os
@@ -31,7 +32,9 @@ from serving.errors import HTTPError
 from serving.loader import LoadedPredictor, load_predictor
 from serving.metrics import CONTENT_TYPE, ApiMetrics
 from serving.models import ModelsConfig, ModelStore, ONNXClient, PythonClient
+from serving.openapi import openapi_document, payload_validator
 from serving.pool import ClientGone, PredictPool
+from serving.protocols import OpenAIAdapter, OpenAIError, V2Adapter, openai_error, openai_models, v2_error, v2_routes
 from serving.streaming import StreamFailed, is_stream, stream
 
 LOGGER = logging.getLogger("serving")
@@ -76,6 +79,7 @@ class Replica:
         self._max_body_size = config.max_body_size
         self._timeout = config.timeout
         self._call: Callable[[Any, Any, Any], Any] | None = None
+        self._validate: Callable[[Any], Any] | None = None  # from predict's payload annotation
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -101,6 +105,7 @@ class Replica:
         if self.models is not None:
             self.models.start_watching()
         self._call = predictor.predict.predict_caller()
+        self._validate = payload_validator(predictor) if self.config.protocol == "default" else None
         batching = self.config.batching
         if batching is not None:
             self._batcher = Batcher(
@@ -150,6 +155,8 @@ class Replica:
         app.router.add_post("/", self.handle_predict)
         # Cortex's in-cluster route: through the gateway /API/predict reaches it too.
         app.router.add_post("/predict", self.handle_predict)
+        self._protocol_routes(app)
+        app.router.add_get("/openapi.json", self.handle_openapi)
         app.router.add_get("/", self.handle_status)
         app.router.add_route("*", "/", _method_not_allowed)
         app.router.add_get("/healthz", self.handle_health)
@@ -173,6 +180,34 @@ class Replica:
             }
         )
 
+    def _protocol_routes(self, app: web.Application) -> None:
+        protocol = self.config.protocol
+        if protocol == "openai":
+            chat, completion = OpenAIAdapter(self.config.api, chat=True), OpenAIAdapter(self.config.api, chat=False)
+
+            async def chat_route(request: web.Request) -> web.StreamResponse:
+                return await self.handle_predict(request, chat)
+
+            async def completion_route(request: web.Request) -> web.StreamResponse:
+                return await self.handle_predict(request, completion)
+
+            app.router.add_post("/v1/chat/completions", chat_route)
+            app.router.add_post("/v1/completions", completion_route)
+            app.router.add_get("/v1/models", openai_models(self.config.api, time.time()))
+        elif protocol == "v2":
+            v2 = V2Adapter(self.config.api)
+
+            async def infer(request: web.Request) -> web.StreamResponse:
+                return await self.handle_predict(request, v2)
+
+            for method, path, handler in v2_routes(self.config.api, self.is_ready):
+                app.router.add_route(method, path, handler)
+            app.router.add_post("/v2/models/{name}/infer", infer)
+            app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer)
+
+    async def handle_openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(self.config, self.predictor))
+
     async def handle_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
@@ -190,13 +225,13 @@ class Replica:
         # far cheaper than uuid4 on the hot path.
         return f"{self._id_prefix}{next(self._id_counter):08x}"
 
-    async def handle_predict(self, request: web.Request) -> web.StreamResponse:
+    async def handle_predict(self, request: web.Request, adapter: Any = None) -> web.StreamResponse:
         request_id = request.headers.get("X-Request-ID") or self._new_request_id()
         start = time.perf_counter()
         self.last_request_at = time.monotonic()
         status = 500
         try:
-            response = await self._answer(request, request_id)
+            response = await self._answer(request, request_id, adapter)
             status = response.status
             return response
         except StreamFailed as exc:
@@ -211,6 +246,8 @@ class Replica:
             return web.Response(status=CLIENT_GONE)
         except Exception as exc:
             response = self._error(exc, request_id)
+            if adapter is not None and response.status >= 400:
+                response = self._reshape_error(exc, response, request_id)
             status = response.status
             return response
         finally:
@@ -232,7 +269,19 @@ class Replica:
 
     # -- prediction ----------------------------------------------------------
 
-    async def _answer(self, request: web.Request, request_id: str) -> web.StreamResponse:
+    def _reshape_error(self, exc: Exception, response: web.Response, request_id: str) -> web.Response:
+        """The protocol's own error body (OpenAI's {"error": {...}}, v2's {"error": "..."})."""
+        message = exc.message if isinstance(exc, HTTPError) else json.loads(response.text or "{}").get("error", "")
+        error = HTTPError(
+            response.status,
+            str(message),
+            {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else None,
+        )
+        if isinstance(exc, OpenAIError):
+            error = exc
+        return openai_error(error, request_id) if self.config.protocol == "openai" else v2_error(error, request_id)
+
+    async def _answer(self, request: web.Request, request_id: str, adapter: Any = None) -> web.StreamResponse:
         if self._api_keys and not self._authorized(request):
             return error_response(401, "missing or unknown API key", request_id, {"WWW-Authenticate": "Bearer"})
         predictor = self.predictor
@@ -249,12 +298,20 @@ class Replica:
         if self._count_gauges:
             self.metrics.in_flight.inc()
         try:
-            payload = await read_payload(request, self._max_body_size)
+            if adapter is not None:
+                payload = await adapter.payload(request, self._max_body_size)
+            else:
+                payload = await read_payload(request, self._max_body_size)
+            if self._validate is not None:
+                payload = self._validate(payload)
             query = QueryParams(request.query) if request.query_string else QueryParams()
             work = self._predict(request, predictor, payload, query)
             result = await (work if self._timeout is None else self._with_timeout(work))
             headers = {"X-Request-ID": request_id}
-            if type(result) is not dict and is_stream(result):
+            response: web.StreamResponse
+            if adapter is not None:
+                response = await adapter.respond(request, payload, result, headers, self._pool.run)
+            elif type(result) is not dict and is_stream(result):
                 response = await stream(request, result, self._pool.run, headers)
             else:
                 response = await encode_any(result, headers)

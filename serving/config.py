@@ -53,6 +53,7 @@ class ServingConfig:
     log_level: str = "info"
     log_format: str = "text"  # or "json"
     predictor_type: str = "python"  # python | onnx (onnx_client, onnxruntime)
+    protocol: str = "default"  # default (POST /) | openai (/v1/chat/completions, ...) | v2 (Open Inference)
     # Models for python_client / onnx_client (serving.models.ModelsConfig as a dict); None: no models.
     models: dict[str, Any] | None = None
     # The project's directory as the replica sees it (relative model paths start there).

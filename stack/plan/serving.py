@@ -47,6 +47,7 @@ def replica_config(
         gpus=api.compute.gpu,
         log_format=loaded.spec.log_format,
         predictor_type=predictor.type,
+        protocol=predictor.protocol,
         models=_models(predictor.models or predictor.multi_model_reloading),
         project_root=str(base),
         monitoring=api.monitoring.model_dump() if api.monitoring else None,
@@ -69,6 +70,8 @@ def _models(models: Models | None) -> dict[str, Any] | None:
 def extra_requirements(api: Api) -> list[str]:
     """What the replica image needs beyond the runtime for this API's predictor type and models."""
     extra = []
+    if api.predictor.protocol == "v2":
+        extra.append("numpy")  # tensors arrive as numpy arrays
     if api.predictor.type == "onnx":
         extra.append("onnxruntime-gpu" if api.compute.gpu else "onnxruntime")
     models = api.predictor.models or api.predictor.multi_model_reloading

@@ -77,6 +77,9 @@ class Predictor(Strict):
     # python: a Python class; onnx: a class given `onnx_client` (onnxruntime) for `models`.
     # (Cortex's tensorflow type needs a TensorFlow Serving sidecar: not supported.)
     type: Literal["python", "onnx"] = "python"
+    # default: POST / with our contract; openai: /v1/chat/completions, /v1/completions, /v1/models;
+    # v2: the Open Inference Protocol (KServe v2: Triton's and MLServer's clients).
+    protocol: Literal["default", "openai", "v2"] = "default"
     path: str
     class_name: str = Field("", alias="class")  # empty: Predictor, else PythonPredictor (Cortex)
     config: dict[str, Any] = Field(default_factory=dict)

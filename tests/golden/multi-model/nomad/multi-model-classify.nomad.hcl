@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "e7d13381106d"
+    stack_version = "0907c25ffa3c"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=e7d13381106d",
+        "stack.version=0907c25ffa3c",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
         "traefik.http.routers.multi-model-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)",
@@ -86,12 +86,12 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:e7d13381106d"
+        image = "multi-model-classify:0907c25ffa3c"
         ports = ["http"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"classify\",\"api_keys\":[],\"batching\":null,\"config\":{\"default_model\":\"iris\",\"models\":[\"iris\",\"wine\",\"cancer\"]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"classify\",\"api_keys\":[],\"batching\":null,\"config\":{\"default_model\":\"iris\",\"models\":[\"iris\",\"wine\",\"cancer\"]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.
