@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.loader import LoadedPredictor
 
+LOGGER = logging.getLogger("serving")
 ERROR = {
     "type": "object",
     "properties": {"error": {"type": "string"}, "request_id": {"type": "string"}},
@@ -44,6 +46,13 @@ def _modelled(annotation: Any) -> bool:
     if typing.is_typeddict(annotation) or dataclasses.is_dataclass(annotation):
         return True
     try:
+        import typing_extensions
+    except ImportError:
+        pass
+    else:
+        if typing_extensions.is_typeddict(annotation):
+            return True
+    try:
         from pydantic import BaseModel
     except ImportError:
         return False
@@ -58,7 +67,11 @@ def payload_validator(predictor: LoadedPredictor) -> Callable[[Any], Any] | None
         from pydantic import TypeAdapter, ValidationError
     except ImportError:
         return None
-    adapter = TypeAdapter(annotation)
+    try:
+        adapter = TypeAdapter(annotation)
+    except Exception as exc:  # a type pydantic cannot validate (e.g. typing.TypedDict before 3.12)
+        LOGGER.warning(f"payload annotation {annotation!r} is not validated: {exc}")
+        return None
 
     def validate(payload: Any) -> Any:
         try:
@@ -79,7 +92,10 @@ def _schema(annotation: Any, components: dict[str, Any]) -> dict[str, Any]:
         from pydantic import TypeAdapter
     except ImportError:
         return {"type": "object"}
-    schema = TypeAdapter(annotation).json_schema(ref_template="#/components/schemas/{model}")
+    try:
+        schema = TypeAdapter(annotation).json_schema(ref_template="#/components/schemas/{model}")
+    except Exception:
+        return {"type": "object"}
     components.update(schema.pop("$defs", {}))
     name = getattr(annotation, "__name__", "Payload")
     components[name] = schema

@@ -204,3 +204,58 @@ def test_openai_requests_are_batched_when_batching_is_on(inproc, tmp_path: Path)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert list(pool.map(ask, range(4))) == [f"4 in batch: q{i}" for i in range(4)]
+
+
+def test_bytes_tensors_and_v2_through_the_gateway_path_prefix(inproc, tmp_path: Path) -> None:
+    needs("numpy")
+    words = tmp_path / "words.py"
+    words.write_text(
+        "import numpy as np\n"
+        "class Predictor:\n"
+        "    def predict(self, payload):\n"
+        "        text = [w.decode().upper() for w in payload['text'].reshape(-1)]\n"
+        "        return {'upper': np.array(text, dtype=object), 'ok': np.array([True])}\n"
+    )
+    server = inproc(words, api="words", protocol="v2")
+    body = {"id": "r1", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["ab", "cd"]}]}
+    reply = server.post("/v2/models/words/infer", json=body).json()
+    assert reply["id"] == "r1" and reply["model_name"] == "words"
+    upper, ok = reply["outputs"]
+    assert upper == {"name": "upper", "datatype": "BYTES", "shape": [2], "data": ["AB", "CD"]}
+    assert ok == {"name": "ok", "datatype": "BOOL", "shape": [1], "data": [True]}
+
+
+def test_a_typeddict_payload_is_validated(inproc, tmp_path: Path) -> None:
+    needs("pydantic")
+    typed = tmp_path / "typed_dict.py"
+    typed.write_text(
+        "from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12\n"
+        "class Query(TypedDict):\n"
+        "    text: str\n"
+        "    top_k: int\n"
+        "class Predictor:\n"
+        "    def predict(self, payload: Query):\n"
+        "        return {'k': payload['top_k']}\n"
+    )
+    server = inproc(typed)
+    assert server.post(json={"text": "a", "top_k": 3}).json() == {"k": 3}
+    bad = server.post(json={"text": "a"})
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid payload: top_k: Field required"
+    assert "Query" in server.get("/openapi.json").json()["components"]["schemas"]
+
+
+def test_every_examples_openapi_document_is_valid(tmp_path: Path) -> None:
+    needs("openapi_spec_validator")
+    from openapi_spec_validator import validate
+
+    from serving.openapi import openapi_document
+    from stack.plan.serving import replica_config
+    from stack.spec import load_spec
+
+    documented = 0
+    for spec_file in sorted(EXAMPLES.glob("*/stack.yaml")):
+        loaded = load_spec(spec_file)
+        for api in loaded.spec.apis:
+            validate(openapi_document(replica_config(loaded, api), None))
+            documented += 1
+    assert documented >= 9
