@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "b73cf8786e55"
+    stack_version = "656f5f61302c"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=b73cf8786e55",
+        "stack.version=656f5f61302c",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=Path(`/score`) || PathPrefix(`/score/`)",
@@ -86,7 +86,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:b73cf8786e55"
+        image = "batching-score:656f5f61302c"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "8f9bdf39c5ce"
+    stack_version = "da6f31cf23f5"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=8f9bdf39c5ce",
+        "stack.version=da6f31cf23f5",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=Path(`/chat`) || PathPrefix(`/chat/`)",
@@ -86,7 +86,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:8f9bdf39c5ce"
+        image = "chat-chat:da6f31cf23f5"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "fc40c6d59c59"
+    stack_version = "05e4b2a9ebba"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=fc40c6d59c59",
+        "stack.version=05e4b2a9ebba",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=Path(`/echo`) || PathPrefix(`/echo/`)",
@@ -86,7 +86,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:fc40c6d59c59"
+        image = "echo-echo:05e4b2a9ebba"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "a126c431fd33"
+    stack_version = "11e6337cd3d4"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=a126c431fd33",
+        "stack.version=11e6337cd3d4",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=Path(`/embed`) || PathPrefix(`/embed/`)",
@@ -86,7 +86,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:a126c431fd33"
+        image = "embeddings-embed:11e6337cd3d4"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "7eef0309cc4f"
+    stack_version = "25da180f88aa"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=7eef0309cc4f",
+        "stack.version=25da180f88aa",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)",
@@ -86,7 +86,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:7eef0309cc4f"
+        image = "gpu-classify:25da180f88aa"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "001c4e74549c"
+    stack_version = "708ca1c4e92d"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=001c4e74549c",
+        "stack.version=708ca1c4e92d",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=Path(`/iris`) || PathPrefix(`/iris/`)",
@@ -86,7 +86,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:001c4e74549c"
+        image = "iris-iris:708ca1c4e92d"
         ports = ["http"]
       }
 

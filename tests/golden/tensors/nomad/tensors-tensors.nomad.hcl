@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "2b31aa744c36"
+    stack_version = "3618481329a7"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=2b31aa744c36",
+        "stack.version=3618481329a7",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
         "traefik.http.routers.tensors-tensors.rule=Path(`/tensors`) || PathPrefix(`/tensors/`)",
@@ -86,7 +86,7 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:2b31aa744c36"
+        image = "tensors-tensors:3618481329a7"
         ports = ["http"]
       }
 
