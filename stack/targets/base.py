@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from stack.autoscale.scaler import Scaler
 from stack.errors import StackError
-from stack.spec import LoadedSpec
+from stack.spec import Api, LoadedSpec
 from stack.status import StackStatus
 
 Progress = Callable[[str], None]
@@ -25,6 +25,27 @@ def refuse_nomad_autoscaler(loaded: LoadedSpec, target: str) -> None:
             f"API(s) {', '.join(names)} set autoscaling.engine: nomad-autoscaler, which only the Nomad target "
             f"runs (`stack up --nomad`); on the {target} target use engine: stack (the default)"
         )
+
+
+def check_scale(loaded: LoadedSpec, api_name: str, replicas: int, force: bool, up: str) -> Api:
+    """`stack scale`'s rules on every target: an autoscaled API needs --force (taking it from the
+    autoscaler until the next `up`), and without --force the count stays within min..max."""
+    try:
+        api = loaded.spec.api(api_name)
+    except KeyError as exc:
+        raise StackError(str(exc.args[0])) from None
+    bounds = api.autoscaling
+    if api.autoscaled and not force:
+        raise StackError(
+            f"the autoscaler owns {api.name} (min_replicas {bounds.min_replicas} != max_replicas "
+            f"{bounds.max_replicas}); add --force to take it over until the next `{up}`"
+        )
+    if not force and not bounds.min_replicas <= replicas <= bounds.max_replicas:
+        raise StackError(
+            f"{replicas} is outside min_replicas..max_replicas ({bounds.min_replicas}..{bounds.max_replicas}); "
+            "add --force to override"
+        )
+    return api
 
 
 @runtime_checkable

@@ -39,7 +39,7 @@ from stack.plan.serving import extra_requirements
 from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
-from stack.targets.base import refuse_nomad_autoscaler
+from stack.targets.base import check_scale, refuse_nomad_autoscaler
 from stack.targets.compose.logs import follow_container_logs
 from stack.targets.gateway import readiness_url, wait_until_routed
 from stack.targets.rollout import Fleet, next_step
@@ -428,21 +428,7 @@ class ComposeTarget:
         yield from follow_container_logs([c.name for c in mine], follow)
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
-        try:
-            api = self.loaded.spec.api(api_name)
-        except KeyError as exc:
-            raise StackError(str(exc.args[0])) from None
-        bounds = api.autoscaling
-        if api.autoscaled and not force:
-            raise StackError(
-                f"the autoscaler owns {api.name} (min_replicas {bounds.min_replicas} != "
-                f"max_replicas {bounds.max_replicas}); add --force to take it over until the next `stack up`"
-            )
-        if not force and not bounds.min_replicas <= replicas <= bounds.max_replicas:
-            raise StackError(
-                f"{replicas} is outside min_replicas..max_replicas ({bounds.min_replicas}..{bounds.max_replicas}); "
-                "add --force to override"
-            )
+        api = check_scale(self.loaded, api_name, replicas, force, "stack up")
         if api.autoscaled:
             # Tell the autoscaler to leave this API alone until the next `stack up`.
             self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from stack.plan.serving import extra_requirements
 from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus
 from stack.targets import build
+from stack.targets.base import check_scale
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
@@ -359,21 +360,7 @@ class NomadTarget:
                 yield f"{alloc['ID'][:8]} | {line}"
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
-        try:
-            api = self.loaded.spec.api(api_name)
-        except KeyError as exc:
-            raise StackError(str(exc.args[0])) from None
-        bounds = api.autoscaling
-        if api.autoscaled and not force:
-            raise StackError(
-                f"the autoscaler owns {api.name} (min_replicas {bounds.min_replicas} != max_replicas "
-                f"{bounds.max_replicas}); add --force to take it over until the next `stack up --nomad`"
-            )
-        if not force and not bounds.min_replicas <= replicas <= bounds.max_replicas:
-            raise StackError(
-                f"{replicas} is outside min_replicas..max_replicas ({bounds.min_replicas}..{bounds.max_replicas}); "
-                "add --force to override"
-            )
+        api = check_scale(self.loaded, api_name, replicas, force, "stack up --nomad")
         if self.api.job(self.job_id(api.name)) is None:
             raise TargetError(f"Nomad has no job {self.job_id(api.name)}; run `stack up --nomad` first")
         # The source tells the autoscaler this count was set by hand (it holds until the next `up`).
