@@ -166,6 +166,10 @@ class Replica:
         return app
 
     async def handle_status(self, request: web.Request) -> web.Response:
+        if self._api_keys and not self._authorized(request):
+            return error_response(
+                401, "missing or unknown API key", _request_id(request), {"WWW-Authenticate": "Bearer"}
+            )
         state = "draining" if self.draining else "ready" if self.predictor else "loading"
         return web.json_response(
             {
@@ -287,6 +291,18 @@ class Replica:
         predictor = self.predictor
         if predictor is None:
             return error_response(503, "the predictor is still loading", request_id, {"Retry-After": "1"})
+        # The body first, within body_timeout: a client trickling its body holds no slot of
+        # max_concurrency meanwhile (a slow-body flood cannot turn everyone else away).
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                if adapter is not None:
+                    payload = await adapter.payload(request, self._max_body_size)
+                else:
+                    payload = await read_payload(request, self._max_body_size)
+        except TimeoutError:
+            # The rest of the body is not worth waiting for: answer, then close the connection.
+            message = f"the request body did not arrive within {self.config.body_timeout:g}s"
+            raise HTTPError(408, message, {"Connection": "close"}) from None
         if self.in_flight >= self.config.max_concurrency:
             return error_response(
                 503,
@@ -298,10 +314,6 @@ class Replica:
         if self._count_gauges:
             self.metrics.in_flight.inc()
         try:
-            if adapter is not None:
-                payload = await adapter.payload(request, self._max_body_size)
-            else:
-                payload = await read_payload(request, self._max_body_size)
             if self._validate is not None:
                 payload = self._validate(payload)
             query = QueryParams(request.query) if request.query_string else QueryParams()
@@ -327,9 +339,22 @@ class Replica:
             self._completions.append(time.monotonic())
 
     def _authorized(self, request: web.Request) -> bool:
-        given = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
-        # Compare with every key in constant time, so timing reveals nothing about them.
-        return any(hmac.compare_digest(given.encode(), key) for key in self._api_keys)
+        """`X-API-Key: KEY` or `Authorization: Bearer KEY` (scheme in any case); either may carry the key."""
+        candidates = []
+        if "X-API-Key" in request.headers:
+            candidates.append(request.headers["X-API-Key"].strip())
+        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            candidates.append(token.strip())
+        for given in candidates:
+            try:
+                raw = given.encode()
+            except UnicodeError:  # bytes no key can hold: not a match, never a 500
+                continue
+            # Compare with every key in constant time, so timing reveals nothing about them.
+            if any(hmac.compare_digest(raw, key) for key in self._api_keys):
+                return True
+        return False
 
     async def _with_timeout(self, work: Any) -> Any:
         deadline = asyncio.timeout(self.config.timeout)

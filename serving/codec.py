@@ -97,12 +97,20 @@ def _parse_json(body: bytes) -> Any:
         try:
             text = body.decode()
         except UnicodeDecodeError:
-            return json.loads(body)  # UTF-16/32 JSON: let json detect the encoding
+            text = body.decode(json.detect_encoding(body))  # UTF-16/32 JSON
         return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise HTTPError(400, f"malformed JSON body: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise HTTPError(400, f"malformed JSON body: not UTF-8 ({exc})") from exc
+    except RecursionError:
+        raise HTTPError(400, "malformed JSON body: nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise HTTPError(400, f"malformed JSON body: a number is too long ({exc})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise HTTPError(400, f"malformed JSON body: {name} is not JSON (send null or a number)")
 
 
 async def _read_multipart(request: web.Request, max_body_size: int) -> dict[str, Any]:
@@ -160,12 +168,20 @@ def json_default(value: Any) -> Any:
 
 
 # Built once: json.dumps with any keyword argument builds a new encoder per call.
-_ENCODER = json.JSONEncoder(default=json_default)
-_DECODER = json.JSONDecoder()
+# Standard JSON both ways: NaN and Infinity are refused (json's defaults would write and read them).
+_ENCODER = json.JSONEncoder(default=json_default, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
+    try:
+        return _ENCODER.encode(value)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise ValueError(
+                "predict returned NaN or Infinity, which JSON cannot carry; return null or a number"
+            ) from None
+        raise
 
 
 def encode(result: Any, headers: dict[str, str]) -> web.StreamResponse:

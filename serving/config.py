@@ -41,6 +41,7 @@ class ServingConfig:
     max_concurrency: int = 64
     timeout: float | None = None  # seconds per request; None waits forever
     max_body_size: int = 16 * 1024 * 1024
+    body_timeout: float = 30.0  # seconds for the whole body to arrive, then 408
     batching: BatchingConfig | None = None
     # On SIGTERM: keep serving this long so the router notices readiness failing ...
     drain_delay: float = 5.0

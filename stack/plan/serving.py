@@ -38,6 +38,7 @@ def replica_config(
         max_concurrency=predictor.max_concurrency,
         timeout=predictor.timeout,
         max_body_size=predictor.max_body_size,
+        body_timeout=predictor.body_timeout,
         batching=BatchingConfig(batching.max_batch_size, batching.batch_interval, batching.max_in_flight)
         if batching
         else None,

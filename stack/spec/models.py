@@ -93,6 +93,8 @@ class Predictor(Strict):
     max_concurrency: PositiveInt = 100
     timeout: Duration | None = None  # per request; null waits as long as predict takes
     max_body_size: Memory = 16 * 1024**2
+    # The whole body must arrive within this, else 408: a client trickling a body cannot hold a slot.
+    body_timeout: Duration = 30.0
     batching: Batching | None = None
     drain_delay: Duration = 5.0  # keep serving after SIGTERM while the router notices
     grace_period: Duration = 30.0  # then let in-flight requests finish
