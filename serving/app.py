@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from serving.batching import Batcher, BatchMismatch
-from serving.codec import QueryParams, encode_any, error_response, read_payload
+from serving.codec import QueryParams, encode, encode_any, error_response, read_payload
 from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.loader import LoadedPredictor, load_predictor
@@ -292,17 +292,23 @@ class Replica:
         if predictor is None:
             return error_response(503, "the predictor is still loading", request_id, {"Retry-After": "1"})
         # The body first, within body_timeout: a client trickling its body holds no slot of
-        # max_concurrency meanwhile (a slow-body flood cannot turn everyone else away).
-        try:
-            async with asyncio.timeout(self.config.body_timeout):
-                if adapter is not None:
-                    payload = await adapter.payload(request, self._max_body_size)
-                else:
-                    payload = await read_payload(request, self._max_body_size)
-        except TimeoutError:
-            # The rest of the body is not worth waiting for: answer, then close the connection.
-            message = f"the request body did not arrive within {self.config.body_timeout:g}s"
-            raise HTTPError(408, message, {"Connection": "close"}) from None
+        # max_concurrency meanwhile (a slow-body flood cannot turn everyone else away). A body
+        # that arrived with its headers (most) is read without arming a timer.
+        reading = (
+            adapter.payload(request, self._max_body_size)
+            if adapter is not None
+            else read_payload(request, self._max_body_size)
+        )
+        if request.content.is_eof():
+            payload = await reading
+        else:
+            try:
+                async with asyncio.timeout(self.config.body_timeout):
+                    payload = await reading
+            except TimeoutError:
+                # The rest of the body is not worth waiting for: answer, then close the connection.
+                message = f"the request body did not arrive within {self.config.body_timeout:g}s"
+                raise HTTPError(408, message, {"Connection": "close"}) from None
         if self.in_flight >= self.config.max_concurrency:
             return error_response(
                 503,
@@ -316,7 +322,7 @@ class Replica:
         try:
             if self._validate is not None:
                 payload = self._validate(payload)
-            query = QueryParams(request.query) if request.query_string else QueryParams()
+            query = QueryParams(request.query) if request.query_string else QueryParams(())
             work = self._predict(request, predictor, payload, query)
             result = await (work if self._timeout is None else self._with_timeout(work))
             headers = {"X-Request-ID": request_id}
@@ -326,7 +332,7 @@ class Replica:
             elif type(result) is not dict and is_stream(result):
                 response = await stream(request, result, self._pool.run, headers)
             else:
-                response = await encode_any(result, headers)
+                response = encode(result, headers) if type(result) is dict else await encode_any(result, headers)
                 if self.config.monitoring is not None and response.status < 400:
                     self.metrics.record_prediction(self.config.monitoring, result)
             if predictor.post_predict is not None:

@@ -60,6 +60,10 @@ class QueryParams(dict[str, str]):
     (and `multi_items`) for names given more than once."""
 
     def __init__(self, pairs: Any = ()) -> None:
+        if not pairs:
+            super().__init__()
+            self._multi: list[tuple[str, str]] = []
+            return
         items = list(pairs.items()) if hasattr(pairs, "items") else list(pairs)
         super().__init__(items)
         self._multi = items

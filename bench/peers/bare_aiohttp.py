@@ -1,4 +1,4 @@
-"""The ceiling: a bare aiohttp handler doing the same JSON parse and serialize."""
+"""The ceiling: a bare aiohttp handler doing the same JSON parse and serialize, on uvloop as ours runs."""
 
 import json
 import sys
@@ -13,4 +13,15 @@ async def echo(request: web.Request) -> web.Response:
 
 app = web.Application()
 app.router.add_post("/", echo)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+try:
+    import uvloop
+except ImportError:  # the same loop as ours: asyncio's when uvloop is not installed
+    uvloop = None
+web.run_app(
+    app,
+    host="127.0.0.1",
+    port=int(sys.argv[1]),
+    access_log=None,
+    print=None,
+    loop=uvloop.new_event_loop() if uvloop else None,
+)
