@@ -7,10 +7,14 @@ it, so two of them never interleave, and the second caller is told who holds it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
+
+from stack.errors import LockHeld
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
@@ -30,3 +34,49 @@ def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+class ProjectLock:
+    """An exclusive flock on `.stack/lock` for one command that changes the stack.
+
+    The kernel drops the lock when its holder exits, however it exits, so a
+    crashed command never leaves the project locked. The holder writes who it
+    is into the file; a second caller fails at once and names it.
+    """
+
+    def __init__(self, root: Path, command: str) -> None:
+        self.path = root / ".stack" / "lock"
+        self.command = command
+        self.fd: int | None = None
+
+    def __enter__(self) -> ProjectLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LockHeld(
+                f"{holder} is changing this project (lock {self.path}); wait for it to finish, "
+                "or stop it, then run this again"
+            ) from None
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "command": self.command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"`{info['command']}` (pid {info['pid']}, since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another `stack` command"

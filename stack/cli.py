@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stack import __version__
+from stack.atomic import ProjectLock
 from stack.errors import StackError
 from stack.spec import SpecError, load_spec
 from stack.status import ApiStatus, StackStatus
@@ -296,7 +297,8 @@ def _progress(line: str) -> None:
 def up(path: Path, target_kind: str | None, gpus: int | None, registry: str | None) -> None:
     """Start the stack, or update it in place (a rolling update) when it runs."""
     target = resolve_target(path, target_kind, gpus, registry)
-    status = target.up(_progress)
+    with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
+        status = target.up(_progress)
     port = status.gateway_port
     click.echo(f"\nStack {status.project} is live.")
     for api in status.apis:
@@ -323,7 +325,10 @@ def up(path: Path, target_kind: str | None, gpus: int | None, registry: str | No
 )
 def down(path: Path, target_kind: str | None, volumes: bool) -> None:
     """Stop and remove everything of the stack."""
-    click.echo("stopped" if resolve_target(path, target_kind).down(volumes) else "nothing was running")
+    target = resolve_target(path, target_kind)
+    with ProjectLock(target.loaded.root, f"stack down ({target.name})"):
+        stopped = target.down(volumes)
+    click.echo("stopped" if stopped else "nothing was running")
 
 
 @cli.command()
@@ -456,7 +461,9 @@ def scale(args: tuple[str, ...], path_option: Path | None, force: bool, target_k
     if len(rest) != 2 or not rest[1].isdigit():
         raise click.UsageError("usage: stack scale [PATH] API REPLICAS (a count of 0 or more)")
     api, replicas = rest[0], int(rest[1])
-    resolve_target(path, target_kind).scale(api, replicas, force, _progress)
+    target = resolve_target(path, target_kind)
+    with ProjectLock(target.loaded.root, f"stack scale {api} {replicas} ({target.name})"):
+        target.scale(api, replicas, force, _progress)
     click.echo(f"{api} scaled to {replicas}")
 
 
@@ -485,6 +492,14 @@ def scale(args: tuple[str, ...], path_option: Path | None, force: bool, target_k
     show_default=True,
     help="cortex: Cortex's algorithm alone, without our starting credit, draining hold and panic mode.",
 )
+@click.option(
+    "--control-dir",
+    type=click.Path(path_type=Path),
+    help="Compose: also be the stack's controller, writing the gateway's routes and Prometheus' targets "
+    "here and restoring killed replicas (how the planned autoscaler service runs).",
+)
+@click.option("--network", help="Compose, with --control-dir: the stack's network (default: PROJECT-stack).")
+@click.option("--replica-port", default=8888, show_default=True, type=int, help="The replicas' port, inside.")
 def autoscale(
     path: Path | None,
     target: str,
@@ -493,6 +508,9 @@ def autoscale(
     state_dir: Path | None,
     nomad_addr: str,
     policy: str,
+    control_dir: Path | None,
+    network: str | None,
+    replica_port: int,
 ) -> None:
     """Run the autoscaler: replica counts follow requests in flight, read from Prometheus.
 
@@ -518,8 +536,13 @@ def autoscale(
             raise StackError(str(exc)) from None
     if prometheus_url is None:
         raise StackError("--prometheus is needed without a stack.yaml")
-    scaler = service.make_scaler(target, config.project, nomad_addr)
-    asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir, policy))
+    control = None
+    if control_dir is not None:
+        if target != "compose" or state_dir is None:
+            raise StackError("--control-dir is for the Compose target, with --state-dir")
+        control = service.Control(control_dir, network or f"{config.project}-stack", replica_port)
+    scaler = service.make_scaler(target, config.project, nomad_addr, state_dir if target == "compose" else None)
+    asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir, policy, control))
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ class Load:
         self._deadline = time.monotonic() + max_seconds  # never runs unbounded, even if a test forgets stop()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
         self._lock = threading.Lock()
+        self.longest = 0.0  # seconds, the slowest request (failed ones included)
 
     def __enter__(self) -> Load:
         for thread in self._threads:
@@ -40,6 +41,7 @@ class Load:
     def _run(self) -> None:
         session = requests.Session()
         while not self._stop.is_set() and time.monotonic() < self._deadline:
+            started = time.monotonic()
             try:
                 response = session.post(self.url, json=self.payload, timeout=self.timeout)
                 key: int | str = response.status_code
@@ -47,6 +49,7 @@ class Load:
             except requests.RequestException as exc:
                 key, body = type(exc).__name__, ""
             with self._lock:
+                self.longest = max(self.longest, time.monotonic() - started)
                 self.codes[key] += 1
                 self.bodies[body] += 1
 

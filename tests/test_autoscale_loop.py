@@ -194,3 +194,48 @@ def test_metrics_pass_promtool() -> None:
         assert name.encode() in text
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_restarted_autoscaler_keeps_its_stabilization_window(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A spike took the API up; the load is gone. Downscale stabilization (60 s) holds the count for a
+    minute after the spike, counted from the spike, not from an autoscaler restart in between."""
+    bounds = Bounds(1, 5, 1.0, window=6, upscale_stabilization=0, downscale_stabilization=60)
+    state = tmp_path / "decisions.json"
+    config = AutoscalerConfig("shop", 1.0, [ApiScaling("a", bounds)])
+    target = Target(a=1)
+    load = Load(a=4.0)
+    before = [1000.0]
+    first = Autoscaler(config, target, load, state_file=state, clock=lambda: before[0])
+    asyncio.run(first.tick())
+    spiked = target.counts["a"]
+    assert spiked > 1
+    load.in_flight["a"] = 0.0
+    before[0] += 10
+    asyncio.run(first.tick())
+    assert target.counts["a"] == spiked  # held by the window, which starts now
+
+    # A new process: its monotonic clock starts elsewhere; the saved times are wall-clock.
+    after = [50.0]
+    restarted = Autoscaler(config, target, load, state_file=state, clock=lambda: after[0])
+    assert [c.desired for c in restarted.apis["a"].changes] == [spiked]
+    asyncio.run(restarted.tick())
+    assert target.counts["a"] == spiked
+    after[0] += 61  # the window has passed since it started, so the restarted autoscaler scales down
+    asyncio.run(restarted.tick())
+    assert target.counts["a"] < spiked, restarted.status()["a"]["last"]
+
+    # Without the saved state, a restart would have held a whole new minute: the test can fail.
+    target.counts["a"] = spiked
+    forgetful = Autoscaler(config, target, load, clock=lambda: after[0])
+    asyncio.run(forgetful.tick())
+    assert target.counts["a"] == spiked and "just started" in forgetful.status()["a"]["last"]
+
+
+def test_an_unreadable_saved_state_starts_afresh(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state = tmp_path / "decisions.json"
+    state.write_text('{"a": {"history": {"recommendations": [["x", "y"]]}, "changes": [{"bogus": 1}]}}')
+    config = AutoscalerConfig("shop", 1.0, [ApiScaling("a", BOUNDS)])
+    autoscaler = Autoscaler(config, Target(a=1), Load(a=1.0), state_file=state)
+    assert not autoscaler.apis["a"].history.recommendations and not autoscaler.apis["a"].changes
+    state.write_text("{trunc")
+    assert Autoscaler(config, Target(a=1), Load(a=1.0), state_file=state).apis["a"].changes.maxlen

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +120,45 @@ def test_nan_is_missing_data(scraped: tuple[Server, str]) -> None:
         == "NaN"
     )
     assert asyncio.run(go()) is None
+
+
+def test_values_carried_across_a_prometheus_restart_are_no_data(tmp_path: Path, servers: ServerFactory) -> None:
+    """Killed without warning, Prometheus writes no stale markers: for 5 minutes it would carry each
+    series' last value across its own outage. The signal holds instead, until the gap leaves the window."""
+    replica = servers.serving(PREDICTORS / "quarter_second.py", api="slow")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: predictors\n    static_configs: [{{targets: ['127.0.0.1:{replica.port}']}}]\n"
+    )
+    port = free_port()
+    command = [
+        shutil.which("prometheus") or "prometheus",
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        "--web.listen-address=127.0.0.1:{port}",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    window = 15.0
+    first = servers.start(command, port=port, wait_ready=False)
+    with Load(replica.url + "/", concurrency=4, max_seconds=60):
+        busy = wait_for_signal(url, lambda s: s.in_flight is not None and s.in_flight > 3.0)
+        assert busy.in_flight is not None and busy.in_flight > 3.0
+        first.stop(signal.SIGKILL)
+    outage_end = time.monotonic() + 5  # an outage of 5 scrape intervals, while the load is gone
+    while time.monotonic() < outage_end:
+        time.sleep(0.2)
+    servers.start(command, port=port, wait_ready=False)
+    fresh = wait_for_signal(url, lambda s: "no data for" in s.missing_reason or s.in_flight is not None)
+    after = read(url, window=window)
+    assert after.in_flight is None and "no data for" in after.missing_reason, after
+    # Once the window holds only fresh samples, the real (idle) value comes back; never the carried 4.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        after = read(url, window=window)
+        assert after.in_flight is None or after.in_flight < 1.0, after
+        if after.in_flight is not None:
+            break
+        time.sleep(0.5)
+    assert after.in_flight is not None and after.in_flight < 1.0, (fresh, after)

@@ -145,10 +145,18 @@ def test_compose_shape(rendered) -> None:
         assert devices == [{"driver": "nvidia", "device_ids": [device], "capabilities": ["gpu"]}]
         assert service["healthcheck"]["test"][-1] == "http://127.0.0.1:8888/readyz"
         assert service["stop_grace_period"] == "40s"
-        assert service["labels"]["traefik.docker.network"] == "gpu-stack"
+        assert not any(label.startswith("traefik.") for label in service["labels"])  # routes come from a file
     assert [services[s]["deploy"]["replicas"] for s in slots] == [1, 0]
     assert services[slots[0]]["build"] == {"context": f"../../build/classify-{version}", "dockerfile": "Dockerfile"}
     assert compose["networks"]["stack"]["name"] == "gpu-stack"
+    # Only the controller (no published port) holds the engine's socket; the gateway reads a routes file.
+    socket = "/var/run/docker.sock:/var/run/docker.sock"
+    assert [name for name, s in services.items() if any(v.startswith(socket) for v in s.get("volumes", []))] == [
+        "autoscaler"
+    ]
+    assert "ports" not in services["autoscaler"] and "user" not in services["prometheus"]
+    assert "--providers.file.directory=/routes" in services["traefik"]["command"]
+    assert not any(c.startswith("--providers.docker") for c in services["traefik"]["command"])
 
 
 def test_nomad_shape(rendered) -> None:
@@ -161,7 +169,8 @@ def test_nomad_shape(rendered) -> None:
     assert group["Scaling"] == {"Enabled": True, "Min": 1, "Max": 2}
     assert group["Networks"] == [{"Mode": "bridge", "DynamicPorts": [{"Label": "http", "To": 8888}]}]
     assert service["Provider"] == "nomad" and service["Checks"][0]["Path"] == "/readyz"
-    assert "traefik.http.routers.gpu-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)" in service["Tags"]
+    rule = "(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)"
+    assert f"traefik.http.routers.gpu-classify.rule={rule}" in service["Tags"]
     assert task["Resources"]["Devices"] == [{"Name": "nvidia/gpu", "Count": 1}]
     assert task["ShutdownDelay"] == 5_000_000_000  # the drain delay, in nanoseconds
     assert json.loads(task["Env"]["STACK_SERVING_CONFIG"])["drain_delay"] == 0  # Nomad drains before SIGTERM

@@ -30,10 +30,21 @@ class ApiScaling:
 
 
 @dataclass(frozen=True)
+class RoutedApi:
+    """Every API of the stack, as the Compose controller routes it and keeps its count."""
+
+    name: str
+    router: str  # Traefik's name for its router and service
+    endpoint: str
+    gpu_slots: list[list[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class AutoscalerConfig:
     project: str
     scrape_interval: float
-    apis: list[ApiScaling]
+    apis: list[ApiScaling]  # the autoscaled ones
+    routed: list[RoutedApi] = field(default_factory=list)  # all of them
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -45,7 +56,11 @@ class AutoscalerConfig:
             ApiScaling(a["name"], Bounds(**a["bounds"]), [list(s) for s in a["gpu_slots"]], a["stop_timeout"])
             for a in data["apis"]
         ]
-        return cls(data["project"], data["scrape_interval"], apis)
+        routed = [
+            RoutedApi(a["name"], a["router"], a["endpoint"], [list(s) for s in a["gpu_slots"]])
+            for a in data.get("routed", [])
+        ]
+        return cls(data["project"], data["scrape_interval"], apis, routed)
 
     @classmethod
     def from_env(cls) -> AutoscalerConfig:
@@ -84,4 +99,8 @@ def config_of(loaded: LoadedSpec, gpu_slots: dict[str, list[list[str]]] | None =
         for api in spec.apis
         if api.autoscaled and api.autoscaling.engine == "stack"
     ]
-    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis)
+    routed = [
+        RoutedApi(api.name, f"{spec.project}-{api.name}", api.endpoint, (gpu_slots or {}).get(api.name, []))
+        for api in spec.apis
+    ]
+    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed)

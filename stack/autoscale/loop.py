@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -117,6 +118,7 @@ class Autoscaler:
         self.apis: dict[str, ApiLoop] = {}
         self.saved: dict[str, dict[str, object]] | None = None  # what the state file holds
         self.configure(config)
+        self._restore()
 
     def configure(self, config: AutoscalerConfig) -> None:
         """Take new bounds (a `stack up` changed them) and keep each API's history."""
@@ -240,11 +242,56 @@ class Autoscaler:
             for name, state in self.apis.items()
         }
 
-    def _save(self) -> None:
-        """The last decisions, for `stack status` on the host; written only when they changed."""
+    def _history_out(self, history: History) -> dict[str, object]:
+        """The policy's memory in wall-clock time, so a restarted autoscaler keeps its stabilization windows."""
+        offset = time.time() - self.clock()
+        return {
+            "recommendations": [[at + offset, rec] for at, rec in history.recommendations],
+            "panic_until": history.panic_until + offset if history.panic_until else 0.0,
+            "started_at": None if history.started_at is None else history.started_at + offset,
+        }
+
+    def _restore(self) -> None:
+        """Take back the decisions and policy memory a previous run saved (an autoscaler restart forgets nothing)."""
         if self.state_file is None:
             return
-        status = self.status()
+        try:
+            saved = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(saved, dict):
+            return
+        offset = time.time() - self.clock()
+        for name, state in self.apis.items():
+            entry = saved.get(name)
+            if not isinstance(entry, dict):
+                continue
+            try:
+                history = entry.get("history") or {}
+                for at, rec in history.get("recommendations", []):
+                    state.history.recommendations.append((float(at) - offset, int(rec)))
+                if history.get("panic_until"):
+                    state.history.panic_until = float(history["panic_until"]) - offset
+                if history.get("started_at") is not None:
+                    state.history.started_at = float(history["started_at"]) - offset
+                for change in entry.get("changes", []):
+                    state.changes.append(Change(**change))
+                state.last_reason = str(entry.get("last", ""))
+            except (TypeError, ValueError, AttributeError):
+                LOGGER.warning(
+                    f"{name}: the saved autoscaler state in {self.state_file} is unreadable; starting afresh"
+                )
+                state.history, state.changes = History(), deque(maxlen=KEPT_DECISIONS)
+        LOGGER.info(f"took back the saved decisions and stabilization windows from {self.state_file}")
+
+    def _save(self) -> None:
+        """The last decisions and the policy's memory, for `stack status` and a restart; written when changed."""
+        if self.state_file is None:
+            return
+        status = {
+            name: {**entry, "history": self._history_out(self.apis[name].history)}
+            for name, entry in self.status().items()
+        }
         if status == self.saved:
             return
         try:

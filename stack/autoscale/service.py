@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -31,6 +32,15 @@ DECISIONS_FILE = "decisions.json"
 MANUAL_FILE = "manual.json"
 
 
+@dataclass(frozen=True)
+class Control:
+    """Where the Compose controller writes the gateway's routes and Prometheus' targets."""
+
+    directory: Path
+    network: str
+    replica_port: int
+
+
 def manual_apis(state_dir: Path | None) -> set[str]:
     """APIs `stack scale --force` set by hand; the autoscaler leaves them alone until the next `stack up`."""
     if state_dir is None:
@@ -41,14 +51,14 @@ def manual_apis(state_dir: Path | None) -> set[str]:
         return set()
 
 
-def make_scaler(target: str, project: str, nomad_addr: str | None) -> Scaler:
+def make_scaler(target: str, project: str, nomad_addr: str | None, state_dir: Path | None = None) -> Scaler:
     if target == "compose":
         import docker
 
         from stack.targets.compose.scaler import ComposeScaler
 
         try:
-            return ComposeScaler(project)
+            return ComposeScaler(project, state_dir=state_dir)
         except docker.errors.DockerException as exc:
             raise StackError(f"cannot reach the Docker engine to scale {project}: {exc}") from None
     from stack.targets.nomad.connection import NomadSettings
@@ -64,6 +74,7 @@ async def serve(
     metrics_port: int,
     state_dir: Path | None,
     policy: str = "stack",
+    control: Control | None = None,
 ) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,8 +92,26 @@ async def serve(
         runner = await _start_http(autoscaler, metrics_port)
         names = ", ".join(a.name for a in config.apis) or "none"
         LOGGER.info(f"autoscaling {names} of {config.project} from {prometheus_url}; metrics on :{metrics_port}")
+        tasks = [autoscaler.run(stopping)]
+        if control is not None:
+            from stack.targets.compose.controller import ComposeController
+            from stack.targets.compose.scaler import ComposeScaler
+
+            assert isinstance(scaler, ComposeScaler) and state_dir is not None
+            controller = ComposeController(
+                config.project,
+                control.network,
+                control.replica_port,
+                config.routed,
+                control.directory,
+                state_dir,
+                scaler,
+                autoscaler.registry,
+            )
+            LOGGER.info(f"routing and keeping {len(config.routed)} API(s) of {config.project}")
+            tasks.append(controller.run(stopping))
         try:
-            await autoscaler.run(stopping)
+            await asyncio.gather(*tasks)
         finally:
             await runner.cleanup()
 

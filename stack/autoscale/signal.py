@@ -32,7 +32,9 @@ class PrometheusSignal:
     def __init__(self, url: str, session: aiohttp.ClientSession, scrape_interval: float) -> None:
         self.url = url.rstrip("/")
         self.session = session
-        self.stale_after = max(3 * scrape_interval, 5.0)
+        # A series whose newest sample is older than two scrapes is not being scraped: Prometheus
+        # would carry its last value for 5 minutes (across its own restart, for one), so it counts for nothing.
+        self.stale_after = max(2 * scrape_interval, 2.0)
         self.scrape_interval = scrape_interval
 
     async def read(self, api: str, window: float, short_window: float) -> Signal:
@@ -43,6 +45,9 @@ class PrometheusSignal:
                 return Signal(None, None, "Prometheus has no in-flight series for this API yet")
             if time.time() - newest > self.stale_after:
                 return Signal(None, None, f"in-flight series is stale ({time.time() - newest:.0f}s old)")
+            gap = await self._gap(selector, window)
+            if gap is not None:
+                return Signal(None, None, f"Prometheus has no data for {gap:.0f}s inside the window (was it down?)")
             long = await self._query(self._average_of_total(selector, window))
             # A range shorter than two scrapes may hold no sample at all.
             short_range = max(short_window, 2 * self.scrape_interval)
@@ -53,12 +58,29 @@ class PrometheusSignal:
             return Signal(None, None, "Prometheus returned an empty or NaN result")
         return Signal(long, short)
 
+    def _fresh(self, selector: str) -> str:
+        """Only samples scraped within two intervals of each instant: no value carried across a gap."""
+        return f"({selector} and (time() - timestamp({selector})) <= {self.stale_after:g})"
+
     def _average_of_total(self, selector: str, window: float) -> str:
         # The average of the sum, not the sum of per-replica averages: a replica that
         # joined mid-window would otherwise add its average on top of the load it took
         # over (8 requests in flight read as 10.4 while replicas were being added).
         step = _seconds(self.scrape_interval)
-        return f"avg_over_time(sum({selector})[{_seconds(window)}:{step}])"
+        return f"avg_over_time(sum({self._fresh(selector)})[{_seconds(window)}:{step}])"
+
+    async def _gap(self, selector: str, window: float) -> float | None:
+        """Seconds missing between the window's first and last fresh sample, if more than two scrapes."""
+        total = f"sum({self._fresh(selector)})"
+        step = _seconds(self.scrape_interval)
+        span = f"[{_seconds(window)}:{step}]"
+        first = await self._query(f"min_over_time(timestamp({total}){span})")
+        steps = await self._query(f"count_over_time({total}{span})")
+        if first is None or steps is None:
+            return None
+        step_s = max(round(self.scrape_interval), 1)
+        missing = (time.time() - first) - steps * step_s
+        return missing if missing > 2 * step_s + self.stale_after else None
 
     async def _query(self, query: str) -> float | None:
         async with self.session.get(

@@ -25,6 +25,7 @@ from stack.errors import PlanError
 from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.serving import REPLICA_PORT, replica_config
+from stack.routes import router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
 
@@ -38,6 +39,7 @@ BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by
 # uvloop: the faster event loop the replicas run on where it installs (Linux, macOS).
 RUNTIME_REQUIREMENTS = ["aiohttp>=3.11", "prometheus-client>=0.21", "uvloop>=0.19; sys_platform != 'win32'"]
 AUTOSCALER_STATE_DIR = ".stack/autoscaler"  # decisions for `stack status`, APIs set by hand
+CONTROL_DIR = ".stack/compose/control"  # the controller's routes (Traefik) and targets (Prometheus)
 AUTOSCALER_PORT = 9100
 
 
@@ -123,11 +125,6 @@ def api_version(api: Api, digest: str) -> str:
 
 
 # -- shared per-API values -------------------------------------------------------------
-
-
-def router_rule(endpoint: str) -> str:
-    """Traefik rule for an endpoint: /iris and /iris/..., but not /irisx (a bare PathPrefix would match it)."""
-    return f"Path(`{endpoint}`) || PathPrefix(`{endpoint}/`)" if endpoint != "/" else "PathPrefix(`/`)"
 
 
 def _api_values(loaded: LoadedSpec, api: Api, digest: str, registry: str, drain_in_replica: bool) -> dict[str, Any]:
@@ -254,15 +251,27 @@ def plan_compose(
         apis.append(values)
     network = f"{spec.project}-stack"
     scaling = config_of(loaded, {a["name"]: [s["device_ids"] for s in a["slots"]] for a in apis if a["gpu"]})
-    if scaling.apis:
-        files["autoscaler.Dockerfile"] = env.get_template("compose/autoscaler.Dockerfile.j2").render(
-            header=header, base_image=spec.build.base_image, wheelhouse=spec.build.wheelhouse
-        )
+    # The controller runs in every Compose stack (routes, targets, killed replicas), autoscaled or not.
+    files["autoscaler.Dockerfile"] = env.get_template("compose/autoscaler.Dockerfile.j2").render(
+        header=header, base_image=spec.build.base_image, wheelhouse=spec.build.wheelhouse
+    )
+    control_dir = loaded.root / CONTROL_DIR
     files["compose.yaml"] = env.get_template("compose/compose.yaml.j2").render(
         header=header,
         project=spec.project,
         network=network,
-        gateway=spec.gateway,
+        gateway={
+            "port": spec.gateway.port,
+            "publish": f"{spec.gateway.host}:" if spec.gateway.host else "",
+            "dashboard": spec.gateway.dashboard,
+            "dashboard_port": spec.gateway.dashboard_port,
+            "access_log": spec.gateway.access_log,
+        },
+        control={
+            "directory": os.path.relpath(control_dir, out_dir),
+            "routes": os.path.relpath(control_dir / "routes", out_dir),
+            "targets": os.path.relpath(control_dir / "targets", out_dir),
+        },
         images={**DEFAULT_IMAGES, **(images or {})},
         apis=apis,
         replica_port=REPLICA_PORT,
@@ -275,9 +284,7 @@ def plan_compose(
             "config": scaling.to_json(),
             "state_dir": os.path.relpath(loaded.root / AUTOSCALER_STATE_DIR, out_dir),
             "port": AUTOSCALER_PORT,
-        }
-        if scaling.apis
-        else None,
+        },
     )
     files["prometheus.yml"] = env.get_template("compose/prometheus.yml.j2").render(
         header=header,
@@ -285,7 +292,7 @@ def plan_compose(
         network=network,
         replica_port=REPLICA_PORT,
         scrape_interval=format_duration(spec.prometheus.scrape_interval),
-        autoscaler_port=AUTOSCALER_PORT if scaling.apis else None,
+        autoscaler_port=AUTOSCALER_PORT,
     )
     return Plan("compose", files)
 

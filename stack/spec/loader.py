@@ -8,7 +8,9 @@ node tree; messages come from pydantic, reworded for people.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ class SpecError(StackError):
 class LoadedSpec:
     spec: models.Spec
     path: Path  # the stack.yaml file
+    warnings: list[str] = field(default_factory=list)  # valid, but the user should know (keys in the file)
 
     @property
     def root(self) -> Path:
@@ -91,10 +94,81 @@ def load_spec(path: str | Path = ".") -> LoadedSpec:
     except OSError as exc:
         raise SpecError([Problem(shown, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     data, positions = _parse_yaml(text, shown)
-    problems = _validate(data, positions, shown) + _cross_checks(data, file.resolve().parent, positions, shown)
+    problems, warnings = _resolve_api_keys(data, file.resolve().parent, positions, shown)
+    problems += _validate(data, positions, shown) + _cross_checks(data, file.resolve().parent, positions, shown)
     if problems:
         raise SpecError(sorted(set(problems), key=lambda p: (p.line, p.column, p.field)))
-    return LoadedSpec(models.Spec.model_validate(data), file.resolve())
+    return LoadedSpec(models.Spec.model_validate(data), file.resolve(), warnings)
+
+
+ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _resolve_api_keys(
+    data: Any, root: Path, positions: dict[Path_, tuple[int, int]], shown: str
+) -> tuple[list[Problem], list[str]]:
+    """gateway.api_keys may name environment variables (`${VAR}`, one key or several split by commas)
+    and gateway.api_keys_file a file of keys, one per line: secrets stay out of stack.yaml. The keys
+    are resolved here, so every later layer sees one list."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    gateway = data.get("gateway") if isinstance(data, dict) else None
+    if not isinstance(gateway, dict):
+        return problems, warnings
+
+    def add(path: Path_, message: str) -> None:
+        line, col = _nearest(path, positions)
+        problems.append(Problem(shown, line, col, _dotted(path), message))
+
+    def from_env(value: str, at: Path_) -> list[str] | None:
+        match = ENV_REFERENCE.match(value.strip())
+        if match is None:
+            return None
+        name = match.group(1)
+        if name not in os.environ:
+            add(at, f"environment variable {name} is not set (export it, or use gateway.api_keys_file)")
+            return []
+        return [k.strip() for k in os.environ[name].split(",") if k.strip()]
+
+    keys = gateway.get("api_keys")
+    literal = 0
+    if isinstance(keys, str):
+        resolved = from_env(keys, ("gateway", "api_keys"))
+        if resolved is None:
+            add(("gateway", "api_keys"), "expected a list of keys or ${ENV_VAR}, e.g. api_keys: ${STACK_API_KEYS}")
+        gateway["api_keys"] = resolved or []
+    elif isinstance(keys, list):
+        flat: list[Any] = []
+        for index, key in enumerate(keys):
+            resolved = from_env(key, ("gateway", "api_keys", index)) if isinstance(key, str) else None
+            if resolved is None:
+                literal += 1
+                flat.append(key)
+            else:
+                flat.extend(resolved)
+        gateway["api_keys"] = flat
+    key_file = gateway.pop("api_keys_file", None)
+    if key_file is not None:
+        at: Path_ = ("gateway", "api_keys_file")
+        if not isinstance(key_file, str) or not key_file:
+            add(at, "expected the path of a file with one API key per line")
+        else:
+            path = (root / key_file).resolve()
+            try:
+                lines = path.read_text().splitlines()
+            except OSError as exc:
+                add(at, f"cannot read {path}: {exc.strerror or exc}")
+                lines = []
+            found = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+            if not found and not problems:
+                add(at, f"{path} holds no key (one per line; # starts a comment)")
+            gateway["api_keys"] = [*(gateway.get("api_keys") or []), *found]
+    if literal:
+        warnings.append(
+            f"{shown}: gateway.api_keys holds {literal} key(s) in the file itself; anyone who can read "
+            "stack.yaml (or its repository) has them. Prefer api_keys: ${STACK_API_KEYS} or api_keys_file."
+        )
+    return problems, warnings
 
 
 # -- YAML with positions -----------------------------------------------------
@@ -395,15 +469,15 @@ def _file_checks(predictor: dict[str, Any], root: Path, at: Path_, add: Any) -> 
     requirements = predictor.get("requirements")
     if isinstance(requirements, str) and not (root / requirements).is_file():
         add((*at, "requirements"), f"requirements file {requirements} not found (looked in {root})")
-    for field in ("multi_model_reloading", "models"):
-        models = predictor.get(field)
+    for name in ("multi_model_reloading", "models"):
+        models = predictor.get(name)
         if not isinstance(models, dict):
             continue
-        entries: list[tuple[Path_, Any]] = [((*at, field, key), models.get(key)) for key in ("path", "dir")]
+        entries: list[tuple[Path_, Any]] = [((*at, name, key), models.get(key)) for key in ("path", "dir")]
         paths = models.get("paths")
         for index, item in enumerate(paths if isinstance(paths, list) else []):
             if isinstance(item, dict):
-                entries.append(((*at, field, "paths", index, "path"), item.get("path")))
+                entries.append(((*at, name, "paths", index, "path"), item.get("path")))
         for where, location in entries:
             if isinstance(location, str) and not location.startswith("s3://") and not (root / location).is_dir():
                 add(where, f"model directory {location} not found (looked in {root}); or give an s3:// URL")

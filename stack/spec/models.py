@@ -275,8 +275,17 @@ class Api(Strict):
 
 class Gateway(Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
-    dashboard: bool = False  # Traefik's dashboard on :8081 (read-only, but it shows every route)
-    # Clients must send `Authorization: Bearer <key>` or `X-API-Key: <key>` when set.
+    # The address the gateway listens on. Default: every interface on Compose and Nomad (it is the
+    # stack's front door), 127.0.0.1 for `stack up --local` (a development stack stays on this machine).
+    host: str | None = None
+    # Traefik's dashboard and API, on 127.0.0.1 only (read-only, but it shows every route). Off by default.
+    dashboard: bool = False
+    dashboard_port: Annotated[int, Field(ge=1, le=65535)] = 8081
+    # One line per request in the gateway's log; off by default (it costs CPU on the hot path).
+    access_log: bool = False
+    # Clients must send `Authorization: Bearer <key>` or `X-API-Key: <key>` when set. Keep them out of
+    # stack.yaml: `api_keys: ${STACK_API_KEYS}` (comma-separated) or `api_keys_file: keys.txt` (one per
+    # line). Replicas read them from a 0600 file (a Compose secret), never from their environment.
     api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
 
 

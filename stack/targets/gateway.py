@@ -9,22 +9,56 @@ first requests still got "no available server"), so only a real request counts.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import requests
 
+from stack.status import ApiStatus
+
 
 def readiness_url(gateway_port: int, endpoint: str, host: str = "127.0.0.1") -> str:
-    return f"http://{host}:{gateway_port}{endpoint.rstrip('/')}/readyz"
+    """The API's status route through the gateway (its probes are not reachable there)."""
+    return f"http://{host}:{gateway_port}{endpoint}"
+
+
+def answered_by_replica(response: requests.Response) -> bool:
+    """A ready replica's status answer, or its 401 when the API needs a key: never the gateway's own."""
+    if response.status_code == 401:
+        return True
+    if response.status_code != 200:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("status") == "ready"
 
 
 def wait_until_routed(url: str, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    """True once `url` (an API's /readyz through the gateway) answers 200; False after `timeout`."""
+    """True once `url` (an API's status route through the gateway) is answered by a ready replica."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if answered_by_replica(requests.get(url, timeout=2)):
                 return True
         except requests.RequestException:
             pass
         time.sleep(interval)
     return False
+
+
+def check_routed(status: ApiStatus, gateway_port: int) -> ApiStatus:
+    """`live` only if a request through the gateway reaches a replica; otherwise say the gateway is the problem."""
+    if status.status != "live" or status.ready == 0:
+        return status
+    url = readiness_url(gateway_port, status.endpoint)
+    try:
+        if answered_by_replica(requests.get(url, timeout=2)):
+            return status
+    except requests.RequestException:
+        pass
+    return replace(
+        status,
+        status="error",
+        error=f"{status.ready} replica(s) ready, but a request through the gateway ({url}) does not reach them",
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -26,6 +27,7 @@ from docker.models.containers import Container
 
 from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas
+from stack.targets.compose.desired import Desired, write_desired
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -50,9 +52,10 @@ COPIED_CONFIG = (
 
 
 class ComposeScaler:
-    def __init__(self, project: str, client: docker.DockerClient | None = None) -> None:
+    def __init__(self, project: str, client: docker.DockerClient | None = None, state_dir: Path | None = None) -> None:
         self.project = project
         self.client = client or docker.from_env()
+        self.state_dir = state_dir  # where the controller keeps each API's count (desired.json)
         self.draining: set[str] = set()  # container ids being stopped by a scale-down
         self.lock = threading.Lock()
 
@@ -84,25 +87,30 @@ class ComposeScaler:
             raise RuntimeError(f"API {api.name} has no running replica to copy; run `stack up` first")
         if count > len(alive):
             for _ in range(count - len(alive)):
-                self._add(api, alive)
+                self.add(api.name, api.gpu_slots, alive)
         elif count < len(alive):
             # Replicas that are not serving go first, then the highest-numbered, as Compose does.
             order = sorted(alive, key=lambda c: (_health(c) == "healthy", -_number(c)))
             for container in order[: len(alive) - count]:
                 self._remove_in_background(container, api.stop_timeout)
+        versions = {c.labels.get("stack.version", "") for c in alive}
+        if self.state_dir is not None and len(versions) == 1:
+            # The count the controller keeps from now on (a killed replica is brought back to it).
+            write_desired(self.state_dir, api.name, Desired(versions.pop(), count))
 
-    def _add(self, api: ApiScaling, alive: list[Container]) -> None:
+    def add(self, api: str, gpu_slots: list[list[str]], alive: list[Container]) -> None:
+        """Start one more replica of `api`, a copy of the lowest-numbered one of `alive`."""
         template = min(alive, key=_number)
         service = template.labels[SERVICE_LABEL]
         device_ids = None
-        if api.gpu_slots:
+        if gpu_slots:
             # One service per GPU slot: take the first slot nobody holds.
             taken = {c.labels[SERVICE_LABEL] for c in alive}
             base = re.sub(r"-gpu\d+$", "", service)
-            free = [i for i in range(len(api.gpu_slots)) if f"{base}-gpu{i}" not in taken]
+            free = [i for i in range(len(gpu_slots)) if f"{base}-gpu{i}" not in taken]
             if not free:
-                raise RuntimeError(f"API {api.name}: every GPU slot is taken")
-            service, device_ids = f"{base}-gpu{free[0]}", api.gpu_slots[free[0]]
+                raise RuntimeError(f"API {api}: every GPU slot is taken")
+            service, device_ids = f"{base}-gpu{free[0]}", gpu_slots[free[0]]
         number = self._next_number(service)
         config = _copy_config(template.attrs, service, number, device_ids)
         name = f"{self.project}-{service}-{number}"

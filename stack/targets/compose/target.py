@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.supervisor import port_is_free
+from stack import routes
 from stack.atomic import write_json_atomic
 from stack.autoscale.scaler import Scaler
 from stack.autoscale.service import DECISIONS_FILE, MANUAL_FILE, manual_apis
 from stack.errors import NotRunning, StackError
 from stack.plan.render import (
     AUTOSCALER_STATE_DIR,
+    CONTROL_DIR,
     api_version,
     autoscaler_image,
     control_plane_digest,
@@ -40,8 +42,9 @@ from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
 from stack.targets.base import check_scale, refuse_nomad_autoscaler
+from stack.targets.compose.desired import DESIRED_FILE, Desired, write_desired
 from stack.targets.compose.logs import follow_container_logs
-from stack.targets.gateway import readiness_url, wait_until_routed
+from stack.targets.gateway import check_routed, readiness_url, wait_until_routed
 from stack.targets.rollout import Fleet, next_step
 from stack.traffic import prometheus_traffic
 
@@ -176,13 +179,28 @@ class ComposeTarget:
         for api in self.loaded.spec.apis:
             self._build(api, versions[api.name], plan.files.get(f"{api.name}.Dockerfile", ""), progress)
         self._check_gateway_port()
-        progress("starting Traefik and Prometheus")
-        self._compose("up", "-d", "traefik", "prometheus")
+        self._prepare_control_dir()
+        self._build_controller(plan.files["autoscaler.Dockerfile"], progress)
+        progress("starting Traefik, Prometheus and the controller")
+        # `stack up` hands every API back to the autoscaler.
+        (self.state_dir / MANUAL_FILE).unlink(missing_ok=True)
+        self._compose("up", "-d", "traefik", "prometheus", "autoscaler")
         for api in self.loaded.spec.apis:
             self._roll(api, versions[api.name], progress)
             self._wait_routed(api, progress)
-        self._start_autoscaler(plan.files.get("autoscaler.Dockerfile"), progress)
         return self.status()
+
+    def _prepare_control_dir(self) -> None:
+        """The controller's files exist before anything reads them (Docker would create root-owned dirs)."""
+        control = self.loaded.root / CONTROL_DIR
+        for sub in ("routes", "targets"):
+            (control / sub).mkdir(parents=True, exist_ok=True)
+            (control / sub).chmod(0o755)
+        if not (control / "routes" / routes.ROUTES_FILE).exists():
+            routes.write(control / "routes", routes.render([]))
+        if not (control / "targets" / "replicas.json").exists():
+            write_json_atomic(control / "targets" / "replicas.json", [])
+        self.state_dir.mkdir(parents=True, exist_ok=True)
 
     def _wait_routed(self, api: Api, progress: Progress) -> None:
         """Return only once a request through the gateway reaches the API: `stack up` promises a live URL."""
@@ -190,32 +208,15 @@ class ComposeTarget:
         if not wait_until_routed(url, timeout=30):
             progress(f"{api.name}: warning: the gateway does not reach it yet ({url})")
 
-    def _start_autoscaler(self, dockerfile: str | None, progress: Progress) -> None:
-        """Build and (re)start the autoscaler service; `stack up` hands every API back to it."""
-        (self.state_dir / MANUAL_FILE).unlink(missing_ok=True)
-        if dockerfile is None:  # no API is autoscaled (any more)
-            ids = docker(
-                "ps",
-                "-aq",
-                "--filter",
-                f"label={PROJECT_LABEL}={self.project}",
-                "--filter",
-                "label=stack.role=autoscaler",
-            ).split()
-            if ids:
-                docker("rm", "-f", *ids)
-            return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+    def _build_controller(self, dockerfile: str, progress: Progress) -> None:
+        """The controller/autoscaler image: one per machine, rebuilt when our code changed."""
         image = autoscaler_image()
         code = control_plane_digest()[:16]
-        if build.image_label(image, "stack.code") != code:  # missing, or built from other code
-            spec = self.loaded.spec.build
-            context = build.assemble_autoscaler(
-                self.loaded.root, dockerfile, spec.base_image, spec.wheelhouse, progress
-            )
-            build.build_image(context, image, progress, labels={"stack.code": code})
-        progress("starting the autoscaler")
-        self._compose("up", "-d", "--no-deps", "autoscaler")
+        if build.image_label(image, "stack.code") == code:
+            return
+        spec = self.loaded.spec.build
+        context = build.assemble_autoscaler(self.loaded.root, dockerfile, spec.base_image, spec.wheelhouse, progress)
+        build.build_image(context, image, progress, labels={"stack.code": code})
 
     def _build(self, api: Api, version: str, dockerfile: str, progress: Progress) -> None:
         if api.predictor.image is not None:
@@ -264,6 +265,8 @@ class ComposeTarget:
         deployed = self._deployed()
         if deployed.get(api.name) != version:
             write_json_atomic(self.loaded.root / DEPLOYED_FILE, {**deployed, api.name: version})
+        # While the update runs, the controller keeps no count for this API: the steps below do.
+        write_desired(self.state_dir, api.name, None)
         if old:
             progress(f"{api.name}: rolling update to {version} ({len(old)} old replica(s))")
         surge, unavailable = api.update.resolve(desired)
@@ -295,11 +298,24 @@ class ComposeTarget:
                 docker("stop", "-t", str(int(_stop_timeout(api))), container.id)
                 docker("rm", container.id)
             if step.idle:
+                self._raise_if_torn_down()
                 if time.monotonic() > deadline:
                     raise StackError(f"{line} after {READY_TIMEOUT:.0f}s; see `stack logs {api.name}`")
                 time.sleep(1)
+        write_desired(self.state_dir, api.name, Desired(version, desired))
         if old:
             progress(f"{api.name}: rolling update done")
+
+    def _raise_if_torn_down(self) -> None:
+        """Someone ran `docker compose down` (or removed the gateway) while we wait: stop, do not wait 10 minutes."""
+        gateway = docker(
+            "ps", "-q", "--filter", f"label={PROJECT_LABEL}={self.project}", "--filter", "label=stack.role=gateway"
+        ).split()
+        if not gateway:
+            raise StackError(
+                f"the stack {self.project} was torn down while `stack up` was waiting for it "
+                f"(its gateway is gone); run `stack up {self.loaded.root}` again"
+            )
 
     def _raise_if_failed(self, api: Api, containers: list[Container]) -> None:
         broken = [c for c in containers if c.failed]
@@ -393,7 +409,26 @@ class ComposeTarget:
                     traffic=self._traffic(api.name),
                 )
             )
-        return StackStatus(self.project, "compose", self.loaded.spec.gateway.port, apis)
+        apis = [check_routed(api, self.loaded.spec.gateway.port) for api in apis]
+        notes = self._controller_notes() if containers else []
+        return StackStatus(self.project, "compose", self.loaded.spec.gateway.port, apis, notes)
+
+    def _controller_notes(self) -> list[str]:
+        """Say so when the controller is not running: nothing replaces a killed replica then."""
+        ids = docker(
+            "ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}", "--filter", "label=stack.role=autoscaler"
+        ).split()
+        states = [item["State"] for item in json.loads(docker("inspect", *ids))] if ids else []
+        if any(state["Status"] == "running" for state in states):
+            return []
+        how = "missing"
+        if states:
+            state = states[0]
+            how = f"{state['Status']} (exit code {state.get('ExitCode', 0)}, since {state.get('FinishedAt', '?')[:19]})"
+        return [
+            f"the controller (autoscaler service) is {how}: killed replicas are not replaced, the gateway's routes "
+            f"do not follow the replicas and nothing autoscales; `stack up {self.loaded.root}` starts it again"
+        ]
 
     def _deployed(self) -> dict[str, str]:
         """The version each API was last rolled to by `stack up` (not what the files would build now)."""
@@ -434,8 +469,15 @@ class ComposeTarget:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.state_dir / MANUAL_FILE, sorted(manual_apis(self.state_dir) | {api.name}))
         version = api_version(api, project_digest(self.loaded))
+        # The controller keeps the lower count from the start of a scale-in, the higher one once it is reached.
+        if replicas < self._count(api, version):
+            write_desired(self.state_dir, api.name, Desired(version, replicas))
         self._scale_to(api, version, replicas)
         self._wait(api, version, replicas, progress)
+        write_desired(self.state_dir, api.name, Desired(version, replicas))
+
+    def _count(self, api: Api, version: str) -> int:
+        return sum(1 for c in self.containers() if c.api == api.name and c.version == version and c.state == "running")
 
     def scaler(self) -> Scaler:
         from stack.targets.compose.scaler import ComposeScaler
@@ -448,6 +490,9 @@ class ComposeTarget:
         existed = bool(docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}").split())
         if not (self.plan_dir / "compose.yaml").exists():
             plan_compose(self.loaded, self.plan_dir).write(self.plan_dir)
+        # Nothing is brought back once `down` begins: the controller keeps no count.
+        if (self.state_dir / DESIRED_FILE).exists():
+            write_json_atomic(self.state_dir / DESIRED_FILE, {})
         self._compose("down", "--remove-orphans", *(["--volumes"] if volumes else []), capture=False)
         return existed
 

@@ -14,7 +14,8 @@ import aiohttp
 
 from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas
-from stack.errors import ScalerError
+from stack.errors import ScalerError, StackError
+from stack.targets.local.control import call_async
 
 if TYPE_CHECKING:
     from stack.targets.local.supervisor import Supervisor
@@ -38,8 +39,8 @@ class InProcessScaler:
 
 
 class SupervisorScaler:
-    def __init__(self, control_url: str) -> None:
-        self.control_url = control_url.rstrip("/")
+    def __init__(self, control_socket: str) -> None:
+        self.control_socket = control_socket
 
     async def replicas(self, api: ApiScaling) -> Replicas:
         status = await self._call("GET", "/status")
@@ -51,14 +52,12 @@ class SupervisorScaler:
 
     async def scale(self, api: ApiScaling, count: int, reason: str) -> None:
         body = {"api": api.name, "replicas": count, "reason": reason, "autoscaler": True}
-        await self._call("POST", "/scale", json=body)
+        await self._call("POST", "/scale", body)
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(method, self.control_url + path, timeout=aiohttp.ClientTimeout(total=10), **kwargs) as r,
-        ):
-            body: dict[str, Any] = await r.json()
-            if r.status >= 400:
-                raise ScalerError(str(body.get("error", r.status)))
-            return body
+    async def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        try:
+            return await call_async(self.control_socket, method, path, body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ScalerError(f"the local supervisor does not answer: {exc}") from exc
+        except StackError as exc:
+            raise ScalerError(str(exc)) from exc

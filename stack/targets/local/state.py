@@ -1,16 +1,26 @@
 """Where the local target keeps its state: `.stack/` beside stack.yaml.
 
-The supervisor writes `.stack/local/state.json` (its pid and control port);
-any shell can read it to find the running stack, ask it for status, or stop it.
+The supervisor writes `.stack/local/state.json` (its pid and control socket),
+a pid file and a heartbeat; any shell of its user can find the running stack,
+ask it for status, or stop it. None of these files is trusted alone: the pid
+must be a live supervisor, and a corrupt state file still finds the
+supervisor through its pid file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from stack.errors import NotRunning, StackError
+
+SUPERVISOR_MODULE = "stack.targets.local.supervisor"
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,21 @@ class LocalPaths:
         return self.base / "local" / "state.json"
 
     @property
+    def pid_file(self) -> Path:
+        return self.base / "local" / "supervisor.pid"
+
+    @property
+    def heartbeat(self) -> Path:
+        """Touched by the supervisor every second: when a dead stack was last alive."""
+        return self.base / "local" / "heartbeat"
+
+    @property
+    def control_socket(self) -> Path:
+        """Short, private and per stack: a unix socket path may hold at most 107 bytes."""
+        digest = hashlib.sha256(str(self.state_file.resolve()).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"stack-{os.getuid()}" / f"{digest}.sock"
+
+    @property
     def traefik_dir(self) -> Path:
         return self.base / "local" / "traefik"
 
@@ -44,12 +69,117 @@ class LocalPaths:
         return self.logs / f"{replica_id}.log"
 
 
-def read_state(paths: LocalPaths) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class LocalState:
+    """What the supervisor says about itself in state.json."""
+
+    pid: int
+    control_socket: str  # the control API: a unix socket only its owner may open
+    gateway_port: int
+    prometheus_url: str | None
+    notes: list[str]
+
+
+class StateUnreadable(StackError):
+    """state.json is there but cannot be read; `supervisor_pid` is the live supervisor found without it."""
+
+    def __init__(self, message: str, supervisor_pid: int | None) -> None:
+        super().__init__(message)
+        self.supervisor_pid = supervisor_pid
+
+
+class StackDied(NotRunning):
+    """The stack was running and its supervisor is gone (killed, the machine rebooted)."""
+
+
+def _parse(data: Any) -> LocalState:
+    if not isinstance(data, dict):
+        raise ValueError(f"a {type(data).__name__}, not an object")
+    pid, sock, port = data.get("pid"), data.get("control_socket"), data.get("gateway_port")
+    if type(pid) is not int or not isinstance(sock, str) or type(port) is not int:
+        raise ValueError("pid, control_socket or gateway_port is missing or of the wrong type")
+    prometheus = data.get("prometheus_url")
+    notes = data.get("notes") or []
+    return LocalState(
+        pid,
+        sock,
+        port,
+        prometheus if isinstance(prometheus, str) else None,
+        [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else [],
+    )
+
+
+def read_state(paths: LocalPaths) -> LocalState | None:
+    """The running stack's state; None when none runs. Never trusts the file alone.
+
+    A state file whose supervisor is gone raises StackDied (with when it was last
+    alive); one that cannot be read raises StateUnreadable, naming the supervisor
+    found through its pid file (checked against its command line) if it still runs.
+    """
     try:
-        state = json.loads(paths.state_file.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        text = paths.state_file.read_text()
+    except FileNotFoundError:
+        text = None
+    except OSError as exc:
+        text = f"\0unreadable: {exc}"
+    if text is None:
+        live = supervisor_pid(paths)
+        if live is not None:
+            raise StateUnreadable(
+                f"{paths.state_file} is missing but the stack's supervisor (pid {live}) is running", live
+            )
         return None
-    return state if pid_alive(int(state.get("pid", 0))) else None
+    try:
+        state = _parse(json.loads(text))
+    except ValueError as exc:
+        live = supervisor_pid(paths)
+        running = (
+            f"its supervisor (pid {live}) is still running; `stack down --local` stops it"
+            if live is not None
+            else "no supervisor of this stack is running"
+        )
+        message = f"the local stack's state file {paths.state_file} is unreadable ({exc}); {running}"
+        raise StateUnreadable(message, live) from None
+    if not is_supervisor(state.pid):
+        raise StackDied(
+            f"the local stack died: its supervisor (pid {state.pid}) is gone{last_alive(paths)} and every "
+            "replica, Traefik and Prometheus with it; `stack up --local` starts it again"
+        )
+    return state
+
+
+def supervisor_pid(paths: LocalPaths) -> int | None:
+    """The live supervisor of this stack according to its pid file, or None."""
+    try:
+        pid = int(paths.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if is_supervisor(pid) else None
+
+
+def is_supervisor(pid: int) -> bool:
+    """pid is alive and is this stack's supervisor (not a recycled pid of another process)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid
+    return SUPERVISOR_MODULE.encode() in cmdline
+
+
+def last_alive(paths: LocalPaths) -> str:
+    try:
+        at = paths.heartbeat.stat().st_mtime
+    except OSError:
+        return ""
+    return f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}"
+
+
+def forget(paths: LocalPaths) -> None:
+    """Remove what a dead stack left behind, so the next `up` starts clean."""
+    for path in (paths.state_file, paths.pid_file, paths.heartbeat):
+        path.unlink(missing_ok=True)
 
 
 def pid_alive(pid: int) -> bool:

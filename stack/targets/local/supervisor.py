@@ -35,25 +35,27 @@ from prometheus_client import CollectorRegistry, generate_latest
 from serving.config import CONFIG_ENV
 from serving.runner import STARTUP_ERROR_ENV
 from serving.supervisor import port_is_free
-from stack.atomic import write_json_atomic
+from stack import routes
+from stack.atomic import write_json_atomic, write_text_atomic
 from stack.autoscale.config import config_of
 from stack.autoscale.loop import Autoscaler, SignalSource
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.errors import StackError
-from stack.plan.render import api_version, project_digest, router_rule
+from stack.plan.render import api_version, project_digest
 from stack.plan.serving import replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
 from stack.spec.units import format_duration
 from stack.targets.gateway import readiness_url, wait_until_routed
 from stack.targets.local import traefik
 from stack.targets.local.scaler import InProcessScaler
-from stack.targets.local.state import LocalPaths
+from stack.targets.local.state import LocalPaths, forget
 from stack.targets.rollout import Fleet, next_step
 
 LOGGER = logging.getLogger("stack.targets.local")
 TICK = 0.2  # seconds between reconcile passes
 BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before restarting a replica that keeps failing
 GIVE_UP_AFTER = 5  # consecutive start-up failures before an API is marked failed
+ROUTES_HEADER = "Written by the `stack up --local` supervisor whenever a replica joins or leaves."
 CRASH_WINDOW = 30.0  # a ready replica that dies sooner than this after starting counts toward back-off
 STOP_MARGIN = 5.0
 
@@ -124,6 +126,7 @@ class Supervisor:
         # so `stack up` never returns, nor the autoscaler count a replica, before requests reach it.
         self.serving: dict[str, set[str]] = {}
         self.updating: set[str] = set()
+        self.routes_checked = 0.0  # when the routes file was last compared with what we wrote
         self.prometheus: asyncio.subprocess.Process | None = None
         self.prometheus_url: str | None = None
         self.notes: list[str] = []  # for `stack up` and `stack status`: e.g. a port that moved
@@ -139,10 +142,11 @@ class Supervisor:
         self._write_routes()
         await self._start_traefik()
         await self._start_prometheus()
-        runner = await self._start_control()
+        runners = await self._start_control()
         self._write_state()
         loop = asyncio.get_running_loop()
         autoscaler = loop.create_task(self._autoscale_forever())
+        heartbeat = loop.create_task(self._heartbeat())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
         try:
@@ -152,11 +156,14 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), TICK)
         finally:
+            heartbeat.cancel()
             autoscaler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await autoscaler
             await self._shutdown()
-            await runner.cleanup()
+            for runner in runners:
+                await runner.cleanup()
+            self.paths.control_socket.unlink(missing_ok=True)
             await self.session.close()
 
     def _spawn(self, task: asyncio.Task[None]) -> None:
@@ -168,6 +175,7 @@ class Supervisor:
         if not port_is_free("0.0.0.0", spec.gateway.port):
             raise StackError(f"gateway port {spec.gateway.port} is already in use; set gateway.port in stack.yaml")
         command = traefik.traefik_command(
+            spec.gateway.host or "127.0.0.1",
             spec.gateway.port,
             self.api_port,
             self.metrics_port,
@@ -218,24 +226,47 @@ class Supervisor:
         self.prometheus_url = f"http://127.0.0.1:{port}"
         LOGGER.info(f"Prometheus at {self.prometheus_url}")
 
-    async def _start_control(self) -> web.AppRunner:
+    async def _start_control(self) -> list[web.AppRunner]:
+        """The control API on a unix socket only this user can open; /metrics alone on TCP, for Prometheus."""
         app = web.Application()
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/scale", self._scale)
         app.router.add_post("/reload", self._reload)
         app.router.add_post("/shutdown", self._shutdown_request)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.control_port).start()
-        return runner
+        control = web.AppRunner(app, access_log=None)
+        await control.setup()
+        sock = self.paths.control_socket
+        sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sock.parent.chmod(0o700)
+        sock.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)  # the socket is created 0600, never briefly open to others
+        try:
+            await web.UnixSite(control, str(sock)).start()
+        finally:
+            os.umask(old_umask)
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", self._metrics)
+        metrics = web.AppRunner(metrics_app, access_log=None)
+        await metrics.setup()
+        await web.TCPSite(metrics, "127.0.0.1", self.control_port).start()
+        return [control, metrics]
+
+    async def _heartbeat(self) -> None:
+        """Touch the heartbeat file every second: `stack status` tells when a killed stack died."""
+        while True:
+            with contextlib.suppress(OSError):
+                self.paths.heartbeat.touch()
+            await asyncio.sleep(1.0)
 
     def _write_state(self) -> None:
+        write_text_atomic(self.paths.pid_file, f"{os.getpid()}\n")
         write_json_atomic(
             self.paths.state_file,
             {
                 "pid": os.getpid(),
-                "control_port": self.control_port,
+                "control_socket": str(self.paths.control_socket),
+                "metrics_port": self.control_port,
                 "traefik_api_port": self.api_port,
                 "traefik_metrics_port": self.metrics_port,
                 "gateway_port": self.loaded.spec.gateway.port,
@@ -262,7 +293,7 @@ class Supervisor:
                 await _wait_or_kill(child, time.monotonic() + 10)
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.paths.state_file.unlink(missing_ok=True)
+        forget(self.paths)
 
     # -- spec --------------------------------------------------------------------------
 
@@ -428,9 +459,22 @@ class Supervisor:
     def _router(self, api: Api) -> str:
         return f"{self.loaded.spec.project}-{api.name}"
 
+    def _routes_intact(self) -> bool:
+        """The routes file still says what we wrote (not truncated or edited by hand); checked once a second."""
+        now = time.monotonic()
+        if now - self.routes_checked < 1.0:
+            return True
+        self.routes_checked = now
+        found = routes.read_servers(self.paths.traefik_dir)
+        expected = {self._router(s.spec): sorted(self.routed.get(n, set())) for n, s in self.apis.items()}
+        if found is not None and {k: sorted(v) for k, v in found.items()} == expected:
+            return True
+        LOGGER.warning(f"the gateway's routes file in {self.paths.traefik_dir} is not what we wrote; rewriting it")
+        return False
+
     async def _sync_routes(self) -> None:
         wanted = {name: {r.url for r in s.replicas if r.state == "ready"} for name, s in self.apis.items()}
-        if wanted == self.routed:
+        if wanted == self.routed and self._routes_intact():
             return
         self.routed = wanted
         self._write_routes()
@@ -460,18 +504,11 @@ class Supervisor:
             LOGGER.warning(f"{api.name}: the gateway did not reach its first replica within 10s")
 
     def _write_routes(self) -> None:
-        apis = []
-        for name, state in sorted(self.apis.items()):
-            endpoint = state.spec.endpoint
-            apis.append(
-                {
-                    "router": self._router(state.spec),
-                    "rule": router_rule(endpoint),
-                    "endpoint": endpoint,
-                    "servers": sorted(self.routed.get(name, set())),
-                }
-            )
-        traefik.write_routes(self.paths.traefik_dir, traefik.render_routes(apis))
+        routes_ = [
+            routes.Route(self._router(state.spec), state.spec.endpoint, tuple(sorted(self.routed.get(name, set()))))
+            for name, state in sorted(self.apis.items())
+        ]
+        routes.write(self.paths.traefik_dir, routes.render(routes_, ROUTES_HEADER))
 
     # -- autoscaler -------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,8 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from serving.supervisor import port_is_free
 from stack.autoscale.scaler import Scaler
 from stack.errors import NotRunning, StackError
@@ -20,7 +19,17 @@ from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
 from stack.status import ApiStatus, StackStatus
 from stack.targets.base import refuse_nomad_autoscaler
-from stack.targets.local.state import LocalPaths, pid_alive, read_state
+from stack.targets.gateway import check_routed
+from stack.targets.local import control
+from stack.targets.local.state import (
+    LocalPaths,
+    LocalState,
+    StackDied,
+    StateUnreadable,
+    forget,
+    pid_alive,
+    read_state,
+)
 from stack.traffic import prometheus_traffic
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
@@ -36,26 +45,18 @@ class LocalTarget:
 
     # -- talking to a running supervisor -------------------------------------------
 
-    def state(self) -> dict[str, Any] | None:
+    def state(self) -> LocalState | None:
+        """The running stack's state; raises StackDied or StateUnreadable rather than guess."""
         return read_state(self.paths)
 
-    def _require(self) -> dict[str, Any]:
+    def _require(self) -> LocalState:
         state = self.state()
         if state is None:
             raise NotRunning(f"no local stack is running for {self.loaded.path}; start it with `stack up --local`")
         return state
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        state = self._require()
-        url = f"http://127.0.0.1:{state['control_port']}{path}"
-        try:
-            response = requests.request(method, url, timeout=10, **kwargs)
-        except requests.RequestException as exc:
-            raise StackError(f"the local supervisor (pid {state['pid']}) does not answer: {exc}") from exc
-        body: dict[str, Any] = response.json()
-        if response.status_code >= 400:
-            raise StackError(body.get("error", response.text))
-        return body
+    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        return control.call(self._require().control_socket, method, path, body)
 
     def _raw_status(self) -> dict[str, Any]:
         return self._call("GET", "/status")
@@ -64,7 +65,7 @@ class LocalTarget:
         data = self._raw_status()
         digest = project_digest(self.loaded)
         state = self._require()
-        prometheus = state.get("prometheus_url")
+        prometheus = state.prometheus_url
         apis = []
         for api in StackStatus.from_dict(data).apis:
             try:
@@ -72,12 +73,13 @@ class LocalTarget:
             except KeyError:
                 on_disk = api.version
             traffic = prometheus_traffic(prometheus, api.name) if prometheus else None
-            apis.append(_replace(api, changed=on_disk != api.version, traffic=traffic))
+            checked = check_routed(api, state.gateway_port)
+            apis.append(_replace(checked, changed=on_disk != api.version, traffic=traffic))
         result = StackStatus.from_dict(data)
         return StackStatus(result.project, "local", result.gateway_port, apis, result.notes, result.pid)
 
     def scale(self, api: str, replicas: int, force: bool, progress: Progress) -> None:
-        self._call("POST", "/scale", json={"api": api, "replicas": replicas, "force": force})
+        self._call("POST", "/scale", {"api": api, "replicas": replicas, "force": force})
         progress(f"scaling {api} to {replicas}")
         self.wait_ready(progress)
 
@@ -85,7 +87,18 @@ class LocalTarget:
 
     def up(self, progress: Progress) -> StackStatus:
         refuse_nomad_autoscaler(self.loaded, "local")
-        if self.state() is not None:
+        try:
+            running = self.state()
+        except StackDied as died:
+            progress(f"note: {died}; starting it afresh")
+            forget(self.paths)
+            running = None
+        except StateUnreadable as unreadable:
+            if unreadable.supervisor_pid is not None:
+                raise StackError(f"{unreadable}; then `stack up --local` again") from None
+            forget(self.paths)
+            running = None
+        if running is not None:
             progress("a local stack is running: updating it")
             self._call("POST", "/reload")
         else:
@@ -115,12 +128,18 @@ class LocalTarget:
         log.close()
         progress(f"started the supervisor (pid {proc.pid}); logs in {self.paths.logs}")
         deadline = time.monotonic() + 30
-        while self.state() is None:
+        while not self._started():
             if proc.poll() is not None:
                 raise StackError(f"the supervisor exited at start:\n{_tail(self.paths.logs / 'supervisor.log')}")
             if time.monotonic() > deadline:
                 raise StackError(f"the supervisor did not start within 30s; see {self.paths.logs / 'supervisor.log'}")
             time.sleep(0.1)
+
+    def _started(self) -> bool:
+        try:
+            return self.state() is not None
+        except StateUnreadable:  # its pid file is written just before its state file
+            return False
 
     def wait_ready(self, progress: Progress, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -143,25 +162,44 @@ class LocalTarget:
             time.sleep(0.2)
 
     def down(self, volumes: bool = False, timeout: float = 120) -> bool:
-        state = self.state()
+        try:
+            state = self.state()
+        except StackDied:
+            forget(self.paths)  # nothing of it runs any more (its children die with the supervisor)
+            return False
+        except StateUnreadable as unreadable:
+            if unreadable.supervisor_pid is None:
+                forget(self.paths)
+                return False
+            self._stop(unreadable.supervisor_pid, timeout)  # found through its pid file
+            forget(self.paths)
+            return True
         if state is None:
             return False
         try:
             self._call("POST", "/shutdown")
         except StackError:
-            os.kill(state["pid"], signal.SIGTERM)
+            os.kill(state.pid, signal.SIGTERM)
+        self._stop(state.pid, timeout, signalled=True)
+        return True
+
+    def _stop(self, pid: int, timeout: float, signalled: bool = False) -> None:
+        """SIGTERM (the supervisor drains and stops every child), SIGKILL after `timeout`."""
+        if not signalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while pid_alive(state["pid"]):
+        while pid_alive(pid):
             if time.monotonic() > deadline:
-                os.kill(state["pid"], signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
                 break
             time.sleep(0.1)
-        return True
 
     def scaler(self) -> Scaler:
         from stack.targets.local.scaler import SupervisorScaler
 
-        return SupervisorScaler(f"http://127.0.0.1:{self._require()['control_port']}")
+        return SupervisorScaler(self._require().control_socket)
 
     # -- logs ---------------------------------------------------------------------------
 

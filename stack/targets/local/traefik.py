@@ -7,7 +7,6 @@ is live, so a replica is told to drain only once no new request can reach it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sysconfig
 from pathlib import Path
@@ -35,11 +34,12 @@ def traefik_binary() -> str:
 
 
 def traefik_command(
-    gateway_port: int, api_port: int, metrics_port: int, routes_dir: Path, access_log: Path
+    host: str, gateway_port: int, api_port: int, metrics_port: int, routes_dir: Path, access_log: Path
 ) -> list[str]:
+    bind = f"[{host}]" if ":" in host else host
     return [
         traefik_binary(),
-        f"--entrypoints.{ENTRYPOINT}.address=:{gateway_port}",
+        f"--entrypoints.{ENTRYPOINT}.address={bind}:{gateway_port}",
         f"--entrypoints.traefik.address=127.0.0.1:{api_port}",
         f"--entrypoints.metrics.address=127.0.0.1:{metrics_port}",
         "--api.insecure=true",
@@ -61,19 +61,6 @@ def traefik_command(
 def render_template(name: str, **values: Any) -> str:
     """A template of templates/local/ (the local target's generated configs)."""
     return template_environment().get_template(f"local/{name}").render(**values)
-
-
-def render_routes(apis: list[dict[str, Any]]) -> str:
-    return render_template("traefik-dynamic.yml.j2", apis=apis)
-
-
-def write_routes(routes_dir: Path, text: str) -> None:
-    routes_dir.mkdir(parents=True, exist_ok=True)
-    # Written beside the watched directory, then renamed into it: Traefik only ever
-    # sees one complete file, never half of one or a second copy of the routes.
-    temp = routes_dir.parent / f".{routes_dir.name}-routes.yml.tmp"
-    temp.write_text(text)
-    os.replace(temp, routes_dir / "routes.yml")
 
 
 async def live_servers(session: aiohttp.ClientSession, api_port: int, service: str) -> set[str] | None:

@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "0a54270adc6c"
+    stack_version = "67d95c6a0387"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=0a54270adc6c",
+        "stack.version=67d95c6a0387",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
-        "traefik.http.routers.batching-score.rule=Path(`/score`) || PathPrefix(`/score/`)",
+        "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.batching-score.middlewares=batching-score-strip,batching-score-retry",
         "traefik.http.routers.batching-score.service=batching-score",
         "traefik.http.middlewares.batching-score-strip.stripprefix.prefixes=/score",
@@ -86,7 +86,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:0a54270adc6c"
+        image = "batching-score:67d95c6a0387"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "bf8eabc56494"
+    stack_version = "b5e48b4755f3"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=bf8eabc56494",
+        "stack.version=b5e48b4755f3",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
-        "traefik.http.routers.chat-chat.rule=Path(`/chat`) || PathPrefix(`/chat/`)",
+        "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.chat-chat.middlewares=chat-chat-strip,chat-chat-retry",
         "traefik.http.routers.chat-chat.service=chat-chat",
         "traefik.http.middlewares.chat-chat-strip.stripprefix.prefixes=/chat",
@@ -86,7 +86,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:bf8eabc56494"
+        image = "chat-chat:b5e48b4755f3"
         ports = ["http"]
       }
 

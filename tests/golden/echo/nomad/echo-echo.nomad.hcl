@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "c5b5a5d9c9e2"
+    stack_version = "e835cd1e213e"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=c5b5a5d9c9e2",
+        "stack.version=e835cd1e213e",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
-        "traefik.http.routers.echo-echo.rule=Path(`/echo`) || PathPrefix(`/echo/`)",
+        "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.echo-echo.middlewares=echo-echo-strip,echo-echo-retry",
         "traefik.http.routers.echo-echo.service=echo-echo",
         "traefik.http.middlewares.echo-echo-strip.stripprefix.prefixes=/echo",
@@ -86,7 +86,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:c5b5a5d9c9e2"
+        image = "echo-echo:e835cd1e213e"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "15cd497e6b39"
+    stack_version = "c2d0f22d18ab"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=15cd497e6b39",
+        "stack.version=c2d0f22d18ab",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
-        "traefik.http.routers.embeddings-embed.rule=Path(`/embed`) || PathPrefix(`/embed/`)",
+        "traefik.http.routers.embeddings-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.embeddings-embed.middlewares=embeddings-embed-strip,embeddings-embed-retry",
         "traefik.http.routers.embeddings-embed.service=embeddings-embed",
         "traefik.http.middlewares.embeddings-embed-strip.stripprefix.prefixes=/embed",
@@ -86,7 +86,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:15cd497e6b39"
+        image = "embeddings-embed:c2d0f22d18ab"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "65c844e8d81e"
+    stack_version = "d711da1d629a"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=65c844e8d81e",
+        "stack.version=d711da1d629a",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
-        "traefik.http.routers.gpu-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)",
+        "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.gpu-classify.middlewares=gpu-classify-strip,gpu-classify-retry",
         "traefik.http.routers.gpu-classify.service=gpu-classify",
         "traefik.http.middlewares.gpu-classify-strip.stripprefix.prefixes=/classify",
@@ -86,7 +86,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:65c844e8d81e"
+        image = "gpu-classify:d711da1d629a"
         ports = ["http"]
       }
 

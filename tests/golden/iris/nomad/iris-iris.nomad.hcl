@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "39fec344887a"
+    stack_version = "ccbe7f009051"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=39fec344887a",
+        "stack.version=ccbe7f009051",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
-        "traefik.http.routers.iris-iris.rule=Path(`/iris`) || PathPrefix(`/iris/`)",
+        "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.iris-iris.middlewares=iris-iris-strip,iris-iris-retry",
         "traefik.http.routers.iris-iris.service=iris-iris",
         "traefik.http.middlewares.iris-iris-strip.stripprefix.prefixes=/iris",
@@ -86,7 +86,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:39fec344887a"
+        image = "iris-iris:ccbe7f009051"
         ports = ["http"]
       }
 

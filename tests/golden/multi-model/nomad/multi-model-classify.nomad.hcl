@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "76451fe80861"
+    stack_version = "ac87489ac6c9"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=76451fe80861",
+        "stack.version=ac87489ac6c9",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
-        "traefik.http.routers.multi-model-classify.rule=Path(`/classify`) || PathPrefix(`/classify/`)",
+        "traefik.http.routers.multi-model-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.multi-model-classify.middlewares=multi-model-classify-strip,multi-model-classify-retry",
         "traefik.http.routers.multi-model-classify.service=multi-model-classify",
         "traefik.http.middlewares.multi-model-classify-strip.stripprefix.prefixes=/classify",
@@ -86,7 +86,7 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:76451fe80861"
+        image = "multi-model-classify:ac87489ac6c9"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "ebb4323bcdb3"
+    stack_version = "5b327d646041"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=ebb4323bcdb3",
+        "stack.version=5b327d646041",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
-        "traefik.http.routers.streaming-generate.rule=Path(`/generate`) || PathPrefix(`/generate/`)",
+        "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.streaming-generate.middlewares=streaming-generate-strip,streaming-generate-retry",
         "traefik.http.routers.streaming-generate.service=streaming-generate",
         "traefik.http.middlewares.streaming-generate-strip.stripprefix.prefixes=/generate",
@@ -86,7 +86,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:ebb4323bcdb3"
+        image = "streaming-generate:5b327d646041"
         ports = ["http"]
       }
 

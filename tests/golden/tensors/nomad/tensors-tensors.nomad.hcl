@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "ba44e485ac85"
+    stack_version = "47e87eef1210"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,10 +60,10 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=ba44e485ac85",
+        "stack.version=47e87eef1210",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
-        "traefik.http.routers.tensors-tensors.rule=Path(`/tensors`) || PathPrefix(`/tensors/`)",
+        "traefik.http.routers.tensors-tensors.rule=(Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)",
         "traefik.http.routers.tensors-tensors.middlewares=tensors-tensors-strip,tensors-tensors-retry",
         "traefik.http.routers.tensors-tensors.service=tensors-tensors",
         "traefik.http.middlewares.tensors-tensors-strip.stripprefix.prefixes=/tensors",
@@ -86,7 +86,7 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:ba44e485ac85"
+        image = "tensors-tensors:47e87eef1210"
         ports = ["http"]
       }
 

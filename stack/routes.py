@@ -1,0 +1,104 @@
+"""The gateway's routes as data: Traefik's dynamic configuration, built as dicts.
+
+Every target's Traefik reads its routes from a file (the file provider) that
+this module renders: the local supervisor and the Compose controller rewrite it
+whenever a replica joins or leaves. No gateway needs the Docker socket.
+
+Through the gateway an API exposes only what its clients need: the replica's
+own `/metrics`, `/healthz` and `/readyz` (in any spelling that reaches the same
+handler: `//metrics`, `/metrics/`) answer 404 there, and are reachable only on
+the internal network, where Prometheus and the health checks use them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENTRYPOINT = "web"
+ROUTES_FILE = "routes.yml"
+INTERNAL_PATHS = ("metrics", "healthz", "readyz")
+# A killed replica costs at most its in-flight requests: a request that could not reach
+# a replica (no byte sent) goes to another one; the dial gives up after `dialTimeout`.
+RETRY = {"attempts": 3, "initialInterval": "100ms"}
+
+
+@dataclass(frozen=True)
+class Route:
+    router: str  # Traefik's name for the API's router, service and middlewares
+    endpoint: str  # /iris
+    servers: tuple[str, ...] = ()  # replica URLs that take requests now
+
+
+def router_rule(endpoint: str) -> str:
+    """/iris and /iris/..., not /irisx (a bare PathPrefix would match it); never the replica's internal paths."""
+    prefix = "" if endpoint == "/" else endpoint
+    matches = f"Path(`{endpoint}`) || PathPrefix(`{endpoint}/`)" if prefix else "PathPrefix(`/`)"
+    internal = f"^{re.escape(prefix)}/+({'|'.join(INTERNAL_PATHS)})/*$"
+    return f"({matches}) && !PathRegexp(`{internal}`)"
+
+
+def dynamic_config(routes: list[Route]) -> dict[str, Any]:
+    """Traefik's dynamic configuration for these routes (file provider)."""
+    routers: dict[str, Any] = {}
+    middlewares: dict[str, Any] = {}
+    services: dict[str, Any] = {}
+    for route in routes:
+        name = route.router
+        routers[name] = {
+            "entryPoints": [ENTRYPOINT],
+            "rule": router_rule(route.endpoint),
+            "service": name,
+            "middlewares": [f"{name}-strip", f"{name}-retry"],
+        }
+        middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [route.endpoint]}}
+        middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
+        services[name] = {"loadBalancer": {"servers": [{"url": url} for url in route.servers]}}
+    if not routes:
+        return {}
+    return {"http": {"routers": routers, "middlewares": middlewares, "services": services}}
+
+
+def render(routes: list[Route], header: str = "") -> str:
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return comment + yaml.safe_dump(dynamic_config(routes), sort_keys=True, default_flow_style=False)
+
+
+def write(routes_dir: Path, text: str, mode: int = 0o644) -> bool:
+    """Replace the routes file at once; False when it already says this (Traefik is not woken)."""
+    target = routes_dir / ROUTES_FILE
+    try:
+        if target.read_text() == text:
+            return False
+    except OSError:
+        pass
+    routes_dir.mkdir(parents=True, exist_ok=True)
+    # Written beside the watched directory, then renamed into it: Traefik only ever
+    # sees one complete file, never half of one or a second copy of the routes.
+    temp = routes_dir.parent / f".{routes_dir.name}-{ROUTES_FILE}.{os.getpid()}.tmp"
+    temp.write_text(text)
+    temp.chmod(mode)
+    os.replace(temp, target)
+    return True
+
+
+def read_servers(routes_dir: Path) -> dict[str, list[str]] | None:
+    """The servers each router's service has in the routes file; None when the file is missing or not ours."""
+    try:
+        data = yaml.safe_load((routes_dir / ROUTES_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if data == {} or data is None:
+        return {}
+    try:
+        services = data["http"]["services"]
+        return {
+            name: [server["url"] for server in service["loadBalancer"]["servers"]] for name, service in services.items()
+        }
+    except (KeyError, TypeError):
+        return None

@@ -1,0 +1,192 @@
+"""The Compose stack's controller: the one container that holds the Docker socket.
+
+It runs in the autoscaler service, beside the autoscaler, and keeps three
+things true whatever happens to the containers:
+
+- **Routes.** Traefik reads its routes from a file (no socket in the gateway):
+  every running, healthy replica that is not being stopped, rewritten on the
+  engine's `kill`, `die`, `start` and `health_status` events, so a replica
+  leaves the gateway the moment it is stopped or dies.
+- **Scrape targets.** Prometheus reads its targets from a file (no socket, not
+  root): every running replica with its API, version and name.
+- **Counts.** Each API's count (`desired.json` in the state directory: what
+  `stack up`, `stack scale` and the autoscaler last set) is restored when a
+  replica is killed, stopped or removed behind our back — `docker kill`, an
+  OOM kill, `docker rm -f` — which Docker's restart policy ignores. A dead
+  replica is started again (same name, same number); a removed one is copied
+  from a living one. A deficit must last `CONFIRM` seconds first, so a scale
+  in progress is never doubled; an API in a rolling update (two versions, or
+  no count written) is left to `stack up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.models.containers import Container
+from prometheus_client import CollectorRegistry, Counter
+
+from stack import routes
+from stack.atomic import write_json_atomic
+from stack.autoscale.config import RoutedApi
+from stack.targets.compose.desired import read_desired
+from stack.targets.compose.scaler import ALIVE, PROJECT_LABEL, ComposeScaler
+
+LOGGER = logging.getLogger("stack.controller")
+ROUTES_DIR = "routes"  # under the control directory: Traefik's file provider
+TARGETS_DIR = "targets"  # under the control directory: Prometheus' file_sd
+TICK = 1.0  # seconds between passes when no event wakes the controller
+CONFIRM = 2.0  # seconds a deficit must last before replicas are restored
+EVENTS = ("start", "kill", "die", "stop", "destroy", "health_status")
+HEADER = "Written by the stack's controller (the autoscaler service) whenever a replica joins or leaves."
+
+
+class ComposeController:
+    def __init__(
+        self,
+        project: str,
+        network: str,
+        port: int,
+        apis: list[RoutedApi],
+        control_dir: Path,
+        state_dir: Path,
+        scaler: ComposeScaler,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.project = project
+        self.network = network
+        self.port = port
+        self.apis = apis
+        self.control_dir = control_dir
+        self.state_dir = state_dir
+        self.scaler = scaler
+        self.client = scaler.client
+        self.stopping_ids: set[str] = set()  # containers the engine was told to stop or kill
+        self.short_since: dict[str, float] = {}  # api -> when its deficit was first seen
+        self.wake = asyncio.Event()
+        self.restored = Counter(
+            "stack_controller_replicas_restored",
+            "Replicas started again or copied because one was killed, stopped or removed behind the stack's back.",
+            ["api"],
+            registry=registry,
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._watch_events, args=(loop,), name="docker-events", daemon=True).start()
+        while not stopping.is_set():
+            self.wake.clear()
+            try:
+                await asyncio.to_thread(self.tick)
+            except docker.errors.DockerException as exc:
+                LOGGER.warning(f"cannot read the stack's containers: {exc}")
+            except Exception:
+                LOGGER.exception("controller pass failed; the next one comes anyway")
+            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stopping.wait())]
+            await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _watch_events(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The engine's events for this project wake a pass at once; a lost stream is reopened."""
+        while True:
+            try:
+                filters = {"type": "container", "label": f"{PROJECT_LABEL}={self.project}", "event": list(EVENTS)}
+                for event in self.client.events(decode=True, filters=filters):
+                    if event.get("Action") == "kill" or event.get("status") == "kill":
+                        self.stopping_ids.add(event.get("id", ""))
+                    loop.call_soon_threadsafe(self.wake.set)
+            except Exception as exc:  # the engine restarted, the socket closed: try again
+                LOGGER.warning(f"Docker event stream lost ({exc}); reopening")
+            time.sleep(1)
+
+    # -- one pass, in a worker thread --------------------------------------------------------
+
+    def tick(self) -> None:
+        containers = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
+        live_ids = {c.id for c in containers if c.status in ALIVE}
+        self.stopping_ids &= live_ids  # a dead or removed container needs no more remembering
+        replicas = [c for c in containers if "stack.api" in c.labels]
+        self._write_routes(replicas)
+        self._write_targets(replicas)
+        self._restore(replicas)
+
+    def _address(self, container: Container) -> str | None:
+        networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        address = (networks.get(self.network) or {}).get("IPAddress")
+        return address or None
+
+    def _serving(self, container: Container) -> bool:
+        health = (container.attrs["State"].get("Health") or {}).get("Status", "")
+        return (
+            container.status == "running"
+            and health == "healthy"
+            and container.id not in self.stopping_ids
+            and container.id not in self.scaler.draining
+        )
+
+    def _write_routes(self, replicas: list[Container]) -> None:
+        table = []
+        for api in self.apis:
+            servers = sorted(
+                f"http://{address}:{self.port}"
+                for c in replicas
+                if c.labels["stack.api"] == api.name and self._serving(c) and (address := self._address(c))
+            )
+            table.append(routes.Route(api.router, api.endpoint, tuple(servers)))
+        if routes.write(self.control_dir / ROUTES_DIR, routes.render(table, HEADER)):
+            LOGGER.info("routes: " + "; ".join(f"{r.router} -> {len(r.servers)} replica(s)" for r in table))
+
+    def _write_targets(self, replicas: list[Container]) -> None:
+        targets: list[dict[str, Any]] = []
+        for c in sorted(replicas, key=lambda c: c.name):
+            address = self._address(c)
+            if c.status != "running" or address is None:
+                continue
+            labels = {"api": c.labels["stack.api"], "version": c.labels.get("stack.version", ""), "replica": c.name}
+            targets.append({"targets": [f"{address}:{self.port}"], "labels": labels})
+        path = self.control_dir / TARGETS_DIR / "replicas.json"
+        try:
+            if json.loads(path.read_text()) == targets:
+                return
+        except (OSError, ValueError):
+            pass
+        write_json_atomic(path, targets)  # 0644: Prometheus does not run as root; nothing secret here
+
+    def _restore(self, replicas: list[Container]) -> None:
+        desired = read_desired(self.state_dir)
+        now = time.monotonic()
+        for api in self.apis:
+            want = desired.get(api.name)
+            mine = [c for c in replicas if c.labels["stack.api"] == api.name]
+            alive = [c for c in mine if c.status in ALIVE and c.id not in self.scaler.draining]
+            if want is None or any(c.labels.get("stack.version") != want.version for c in alive):
+                self.short_since.pop(api.name, None)  # not ours to keep now: a rolling update, or `stack down`
+                continue
+            missing = want.replicas - len(alive)
+            if missing <= 0:
+                self.short_since.pop(api.name, None)
+                continue
+            since = self.short_since.setdefault(api.name, now)
+            if now - since < CONFIRM:
+                continue
+            self.short_since.pop(api.name, None)
+            dead = [c for c in mine if c.status in ("exited", "dead") and c.labels.get("stack.version") == want.version]
+            for container in dead[:missing]:
+                LOGGER.info(f"{api.name}: replica {container.name} is {container.status}; starting it again")
+                container.start()
+                self.restored.labels(api.name).inc()
+            for _ in range(missing - len(dead[:missing])):
+                if not alive:
+                    LOGGER.warning(f"{api.name}: no replica left to copy; `stack up` brings it back")
+                    break
+                LOGGER.info(f"{api.name}: {len(alive)}/{want.replicas} replicas; adding one")
+                self.scaler.add(api.name, api.gpu_slots, alive)
+                self.restored.labels(api.name).inc()

@@ -1,0 +1,48 @@
+"""The replica count of each API that the Compose controller keeps.
+
+`desired.json` in the stack's state directory (shared by the host and the
+autoscaler service): `stack up` writes an API's count once its rolling update
+is done (and removes it while one runs), `stack scale` and the autoscaler when
+they change it, `stack down` empties it first so nothing is brought back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack.atomic import write_json_atomic
+
+DESIRED_FILE = "desired.json"  # api -> {"version": ..., "replicas": n}
+
+
+@dataclass(frozen=True)
+class Desired:
+    version: str
+    replicas: int
+
+
+def read_desired(state_dir: Path) -> dict[str, Desired]:
+    """The counts to keep; an unreadable file keeps nothing (and restores nothing) rather than guessing."""
+    try:
+        data = json.loads((state_dir / DESIRED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    found = {}
+    for name, item in data.items():
+        if isinstance(item, dict) and isinstance(item.get("version"), str) and type(item.get("replicas")) is int:
+            found[name] = Desired(item["version"], item["replicas"])
+    return found
+
+
+def write_desired(state_dir: Path, api: str, desired: Desired | None) -> None:
+    """Set (or, with None, stop keeping) one API's count."""
+    current = {name: {"version": d.version, "replicas": d.replicas} for name, d in read_desired(state_dir).items()}
+    if desired is None:
+        current.pop(api, None)
+    else:
+        current[api] = {"version": desired.version, "replicas": desired.replicas}
+    write_json_atomic(state_dir / DESIRED_FILE, current)

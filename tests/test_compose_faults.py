@@ -1,0 +1,128 @@
+"""A Compose stack on a bad day, on the real engine: replicas killed or removed behind its back, its
+controller killed, two commands at once; and what its network-facing containers may do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import EXAMPLES, free_port
+from loadgen import Load
+from stack.atomic import ProjectLock
+from test_compose import STACK, _docker_ready, _prom_port, containers, stack, write_spec
+
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
+    root = tmp_path / "echo"
+    shutil.copytree(EXAMPLES / "echo", root)
+    name = f"fa{int(time.time() * 1000) % 10**8}"
+    port = free_port()
+    write_spec(root, name, port, free_port(), "v1")
+    yield root, name, port
+    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def api_status(root: Path) -> dict:
+    return json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)
+
+
+def wait_ready(root: Path, count: int, gone: set[str], timeout: float = 60) -> dict:
+    """The API's status once `count` replicas are ready and none of `gone` is among them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        api = api_status(root)["apis"][0]
+        names = {r["id"] for r in api["replicas"] if r["state"] == "ready"}
+        if api["ready"] == count and not (names & gone):
+            return api
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not back to {count} ready replicas in {timeout}s: {api}")
+        time.sleep(0.5)
+
+
+def role(name: str, which: str) -> dict:
+    return next(c for c in containers(name) if c["Config"]["Labels"].get("stack.role") == which)
+
+
+def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
+    project: tuple[Path, str, int],
+) -> None:
+    root, name, port = project
+    url = f"http://127.0.0.1:{port}/echo"
+    stack("up", str(root), cwd=root)
+
+    # The socket: only the controller (no published port) mounts it; Prometheus does not run as root.
+    def mounts(c: dict) -> list[str]:
+        return [m["Source"] for m in c["Mounts"]]
+
+    gateway, prometheus, controller = role(name, "gateway"), role(name, "prometheus"), role(name, "autoscaler")
+    assert not any("docker.sock" in m for m in mounts(gateway) + mounts(prometheus))
+    assert any("docker.sock" in m for m in mounts(controller))
+    assert not controller["HostConfig"]["PortBindings"]
+    assert prometheus["Config"]["User"] not in ("", "root", "0")
+    replicas = [c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "echo"]
+    assert all(not any("docker.sock" in m for m in mounts(c)) for c in replicas)
+    # Prometheus scrapes every replica from the controller's file (it discovers nothing itself).
+    query = f"http://127.0.0.1:{_prom_port(root)}/api/v1/query"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        up = requests.get(query, params={"query": 'up{job="predictors",api="echo"} == 1'}, timeout=5).json()
+        if len(up["data"]["result"]) == 2:
+            break
+        time.sleep(0.5)
+    assert {r["metric"]["replica"] for r in up["data"]["result"]} == {c["Name"].lstrip("/") for c in replicas}
+
+    # Through the gateway, the replicas' metrics and probes are not there.
+    for path in ("/metrics", "/healthz", "/readyz", "//metrics"):
+        assert requests.get(url + path, timeout=5).status_code == 404, path
+    assert requests.post(url, json={"a": 1}, timeout=5).status_code == 200
+
+    # `docker kill` (which Docker's restart policy ignores) of a replica under load.
+    victim = replicas[0]["Name"].lstrip("/")
+    with Load(url, concurrency=8, timeout=20) as load:
+        time.sleep(1)
+        subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+        killed_at = time.monotonic()
+        wait_ready(root, 2, set(), timeout=60)
+        back_after = time.monotonic() - killed_at
+        time.sleep(1)
+    assert back_after < 30, back_after
+    # At most what was in flight on the killed replica (8 clients), and no request hung on it.
+    assert load.failures <= 8 and load.codes[200] > 50, load.codes
+    assert load.longest < 10, load.longest
+    running = [
+        c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "echo" and c["State"]["Running"]
+    ]
+    assert len(running) == 2  # started again, or replaced by a copy: the count is what it was
+
+    # `docker rm -f`: the controller copies a living replica.
+    other = replicas[1]["Name"].lstrip("/")
+    subprocess.run(["docker", "rm", "-f", other], check=True, capture_output=True)
+    api = wait_ready(root, 2, {other}, timeout=60)
+    assert len([r for r in api["replicas"] if r["state"] == "ready"]) == 2
+    assert requests.post(url, json={}, timeout=5).status_code == 200
+
+    # The controller itself killed: status says so and how to fix it; `stack up` starts it again.
+    subprocess.run(["docker", "kill", controller["Id"]], check=True, capture_output=True)
+    notes = api_status(root)["notes"]
+    assert any("controller" in n and "stack up" in n for n in notes), notes
+    stack("up", str(root), cwd=root)
+    assert api_status(root)["notes"] == []
+
+    # Two commands at once: the second names the first and changes nothing.
+    with ProjectLock(root, "stack up (compose)"):
+        second = subprocess.run([*STACK, "down", str(root)], cwd=root, capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0 and f"`stack up (compose)` (pid {os.getpid()}" in second.stderr, second.stderr
+    assert requests.post(url, json={}, timeout=5).status_code == 200
