@@ -72,7 +72,7 @@ class Replica:
         # that any worker's /readyz can tell whether all of them are.
         self._ready_dir = ready_dir
         self._workers = workers
-        self._api_keys = [key.encode() for key in config.api_keys]
+        self._api_keys = [key.encode() for key in config.read_api_keys()]
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)

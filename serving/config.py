@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,9 @@ class ServingConfig:
     grace_period: float = 30.0
     # Clients must send one of these as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
     api_keys: list[str] = field(default_factory=list)
+    # More keys, one per line, read at start: a Compose secret or a Nomad template, so keys are
+    # never in the replica's environment (`docker inspect`, /proc/PID/environ) nor in its image.
+    api_keys_file: str | None = None
     # GPUs of the replica; with more than one, worker process i sees only GPU i.
     gpus: int = 0
     log_level: str = "info"
@@ -79,6 +83,17 @@ class ServingConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=2)
+
+    def read_api_keys(self) -> list[str]:
+        """Every key: the inline ones and those of api_keys_file (blank lines and # comments skipped)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file:
+            try:
+                text = Path(self.api_keys_file).read_text()
+            except OSError as exc:
+                raise ValueError(f"cannot read the API keys file {self.api_keys_file}: {exc.strerror or exc}") from None
+            keys += [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+        return keys
 
     def replace(self, **changes: Any) -> ServingConfig:
         return dataclasses.replace(self, **changes)

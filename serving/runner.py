@@ -41,7 +41,12 @@ QUIET_SECONDS = 1.0  # no new request for this long after the drain delay: the r
 async def serve(
     config: ServingConfig, reuse_port: bool = False, ready_dir: Path | None = None, workers: int = 1
 ) -> int:
-    replica = Replica(config, ready_dir=ready_dir, workers=workers)
+    try:
+        replica = Replica(config, ready_dir=ready_dir, workers=workers)
+    except ValueError as exc:  # a configuration the replica cannot start with (an unreadable keys file)
+        LOGGER.error(str(exc))
+        report_startup_error(str(exc))
+        return EXIT_STARTUP_FAILED
     runner = web.AppRunner(
         replica.make_app(), handle_signals=False, access_log=None, shutdown_timeout=config.grace_period
     )

@@ -83,9 +83,16 @@ def validate(path: Path, as_json: bool) -> None:
             click.echo(str(exc), err=True)
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps({"ok": True, "project": loaded.spec.project, "apis": [a.name for a in loaded.spec.apis]}))
+        body = {"ok": True, "project": loaded.spec.project, "apis": [a.name for a in loaded.spec.apis]}
+        click.echo(json.dumps({**body, "warnings": loaded.warnings}))
     else:
+        _warn(loaded.warnings)
         click.echo(f"ok: {loaded.path} (project {loaded.spec.project}, {len(loaded.spec.apis)} API(s))")
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @cli.command()
@@ -147,6 +154,7 @@ def plan(path: Path, output: Path | None, nomad: bool, gpus: int | None, nomad_a
     from stack.plan.render import PlanError, detect_gpus
 
     loaded = load_spec(path)
+    _warn(loaded.warnings)
     nomad = nomad or loaded.spec.target == "nomad"
     registry = registry or loaded.spec.build.registry or ""
     target = "nomad" if nomad else "compose"
@@ -297,6 +305,7 @@ def _progress(line: str) -> None:
 def up(path: Path, target_kind: str | None, gpus: int | None, registry: str | None) -> None:
     """Start the stack, or update it in place (a rolling update) when it runs."""
     target = resolve_target(path, target_kind, gpus, registry)
+    _warn(target.loaded.warnings)
     with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
         status = target.up(_progress)
     port = status.gateway_port

@@ -12,9 +12,16 @@ import requests
 
 class Load:
     def __init__(
-        self, url: str, concurrency: int = 8, payload: Any = None, max_seconds: float = 120, timeout: float = 30
+        self,
+        url: str,
+        concurrency: int = 8,
+        payload: Any = None,
+        max_seconds: float = 120,
+        timeout: float = 30,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.url = url
+        self.headers = headers or {}
         self.timeout = timeout
         self.payload = payload if payload is not None else {"load": True}
         self.codes: collections.Counter[int | str] = collections.Counter()
@@ -43,7 +50,7 @@ class Load:
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             started = time.monotonic()
             try:
-                response = session.post(self.url, json=self.payload, timeout=self.timeout)
+                response = session.post(self.url, json=self.payload, timeout=self.timeout, headers=self.headers)
                 key: int | str = response.status_code
                 body = response.text
             except requests.RequestException as exc:

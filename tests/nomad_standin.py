@@ -57,6 +57,7 @@ class NomadStandIn:
         self.namespaces = set(namespaces)
         self.gpus = gpus
         self.jobs: dict[str, JobState] = {}
+        self.variables: dict[str, dict[str, Any]] = {}  # Nomad Variables by path
         self.fail: dict[str, Failure] = {}  # job id -> how its next deployment fails
         self.requests: list[tuple[str, str, Any]] = []
         self.problems: list[str] = []
@@ -108,6 +109,9 @@ class NomadStandIn:
         r.add_get("/v1/job/{id}/allocations", self.get_allocations)
         r.add_get("/v1/job/{id}/scale", self.scale_status)
         r.add_post("/v1/job/{id}/scale", self.scale)
+        r.add_put("/v1/var/{path:.+}", self.put_variable)
+        r.add_get("/v1/var/{path:.+}", self.get_variable)
+        r.add_delete("/v1/var/{path:.+}", self.delete_variable)
         r.add_get("/v1/nodes", self.nodes)
         r.add_get("/v1/node/{id}", self.node)
         r.add_get("/v1/client/fs/logs/{alloc}", self.logs)
@@ -163,6 +167,31 @@ class NomadStandIn:
         self._deploy(state, previous)
         response = {"EvalID": str(uuid.uuid4()), "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": ""}
         return self._respond(response, "JobRegisterResponse")
+
+    async def put_variable(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        problems = schema_errors(body, "Variable")
+        path = request.match_info["path"]
+        if body.get("Path") != path:
+            problems.append(f"Path {body.get('Path')!r} is not the URL's {path!r}")
+        if not isinstance(body.get("Items"), dict) or not body["Items"]:
+            problems.append("a variable needs at least one item")
+        if problems:
+            self.problems += [f"variable: {p}" for p in problems]
+            return web.Response(status=400, text="; ".join(problems))
+        index = next(self._index)
+        self.variables[path] = {**body, "CreateIndex": index, "ModifyIndex": index}
+        return self._respond(self.variables[path], "Variable")
+
+    async def get_variable(self, request: web.Request) -> web.Response:
+        found = self.variables.get(request.match_info["path"])
+        return (
+            web.Response(status=404, text="variable not found") if found is None else self._respond(found, "Variable")
+        )
+
+    async def delete_variable(self, request: web.Request) -> web.Response:
+        self.variables.pop(request.match_info["path"], None)
+        return web.json_response({})
 
     async def get_job(self, request: web.Request) -> web.Response:
         state = self.jobs.get(request.match_info["id"])

@@ -22,13 +22,23 @@ from test_compose import STACK, _docker_ready, _prom_port, containers, stack, wr
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
 
 
+KEY = "fault-test-key-0123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str, int]]:
     root = tmp_path / "echo"
     shutil.copytree(EXAMPLES / "echo", root)
     name = f"fa{int(time.time() * 1000) % 10**8}"
     port = free_port()
     write_spec(root, name, port, free_port(), "v1")
+    # The API key from the environment, as a production stack.yaml would name it.
+    spec = (root / "stack.yaml").read_text()
+    (root / "stack.yaml").write_text(
+        spec.replace(f"gateway: {{port: {port}}}", f'gateway: {{port: {port}, api_keys: "${{FAULT_KEYS}}"}}')
+    )
+    monkeypatch.setenv("FAULT_KEYS", KEY)
     yield root, name, port
     subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
     for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
@@ -86,12 +96,33 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
 
     # Through the gateway, the replicas' metrics and probes are not there.
     for path in ("/metrics", "/healthz", "/readyz", "//metrics"):
-        assert requests.get(url + path, timeout=5).status_code == 404, path
-    assert requests.post(url, json={"a": 1}, timeout=5).status_code == 200
+        assert requests.get(url + path, headers=AUTH, timeout=5).status_code == 404, path
+    assert requests.post(url, json={"a": 1}, headers=AUTH, timeout=5).status_code == 200
+    assert requests.post(url, json={"a": 1}, timeout=5).status_code == 401
+    # The key is nowhere the Docker API shows (environment, labels, command), nor in the image.
+    for c in replicas:
+        assert KEY not in json.dumps(c["Config"]), c["Name"]
+        image_files = subprocess.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--entrypoint",
+                "sh",
+                c["Config"]["Image"],
+                "-c",
+                "grep -rl " + KEY + " /app || true",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert image_files.stdout.strip() == "", image_files.stdout
+    assert KEY not in (root / ".stack/plan/compose/compose.yaml").read_text()
+    assert ((root / ".stack/plan/compose/api_keys").stat().st_mode & 0o777) == 0o600
 
     # `docker kill` (which Docker's restart policy ignores) of a replica under load.
     victim = replicas[0]["Name"].lstrip("/")
-    with Load(url, concurrency=8, timeout=20) as load:
+    with Load(url, concurrency=8, timeout=20, headers=AUTH) as load:
         time.sleep(1)
         subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
         killed_at = time.monotonic()
@@ -112,7 +143,7 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
     subprocess.run(["docker", "rm", "-f", other], check=True, capture_output=True)
     api = wait_ready(root, 2, {other}, timeout=60)
     assert len([r for r in api["replicas"] if r["state"] == "ready"]) == 2
-    assert requests.post(url, json={}, timeout=5).status_code == 200
+    assert requests.post(url, json={}, headers=AUTH, timeout=5).status_code == 200
 
     # The controller itself killed: status says so and how to fix it; `stack up` starts it again.
     subprocess.run(["docker", "kill", controller["Id"]], check=True, capture_output=True)
@@ -125,4 +156,4 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
     with ProjectLock(root, "stack up (compose)"):
         second = subprocess.run([*STACK, "down", str(root)], cwd=root, capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and f"`stack up (compose)` (pid {os.getpid()}" in second.stderr, second.stderr
-    assert requests.post(url, json={}, timeout=5).status_code == 200
+    assert requests.post(url, json={}, headers=AUTH, timeout=5).status_code == 200

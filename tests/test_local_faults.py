@@ -114,3 +114,20 @@ def test_two_commands_at_once_the_second_names_the_first(project: tuple[Path, in
             assert "is changing this project" in second.stderr
     # Released: the next command runs (nothing was started, so there is nothing to stop).
     assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "nothing was running"
+
+
+def test_api_keys_reach_replicas_as_a_private_file(project: tuple[Path, int], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    root, port = project
+    spec = root / "stack.yaml"
+    keyed = f'gateway: {{port: {port}, api_keys: "${{LOCAL_KEYS}}"}}'
+    spec.write_text(spec.read_text().replace(f"gateway: {{port: {port}}}", keyed))
+    monkeypatch.setenv("LOCAL_KEYS", "local-secret-key-1")
+    stack("up", "--local", str(root), cwd=root)
+    url = f"http://127.0.0.1:{port}/echo"
+    assert requests.post(url, json={}, timeout=5).status_code == 401
+    assert requests.post(url, json={}, headers={"X-API-Key": "local-secret-key-1"}, timeout=5).status_code == 200
+    keys_file = LocalPaths(root).api_keys
+    assert keys_file.read_text() == "local-secret-key-1\n" and stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    for replica in status(root)["apis"][0]["replicas"]:
+        environ = Path(f"/proc/{replica['pid']}/environ").read_bytes()
+        assert b"local-secret-key-1" not in environ  # not in the replica's environment (its config names the file)

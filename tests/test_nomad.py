@@ -115,7 +115,9 @@ def manifest(registry: str, name: str, tag: str) -> requests.Response:
 
 def test_up_status_logs_scale_down(tmp_path: Path, registry: str, nomad: NomadStandIn | None) -> None:
     root, name = tmp_path / "echo", unique("nomad")
-    write_project(root, name, "v1")
+    keys = "gateway:\n  api_keys_file: keys.txt\n"
+    write_project(root, name, "v1", extra=keys)
+    (root / "keys.txt").write_text("nomad-test-key-1\n")
     env = nomad_env(nomad)
     up = stack("up", str(root), "--registry", registry, cwd=root, env=env)  # `target: nomad` in stack.yaml
     assert f"{name}-echo: registering" in up.stderr and "deployment successful, 2/2 healthy" in up.stderr
@@ -131,6 +133,9 @@ def test_up_status_logs_scale_down(tmp_path: Path, registry: str, nomad: NomadSt
         assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == f"{registry}/{name}-echo:{version}"
         assert {f"{name}-traefik", f"{name}-prometheus", f"{name}-autoscaler"} <= set(nomad.jobs)
         assert (root / ".stack/plan/nomad" / f"{name}-echo.json").stat().st_mode & 0o777 == 0o600
+        # The API keys are a Nomad Variable the job renders into its secrets directory, never in the job.
+        assert nomad.variables[f"nomad/jobs/{name}-echo"]["Items"] == {"api_keys": "nomad-test-key-1\n"}
+        assert "nomad-test-key-1" not in json.dumps(job)
 
     # Logs through the client fs API, each line prefixed with its allocation.
     logs = stack("logs", str(root), "echo", cwd=root, env=env).stdout.splitlines()
@@ -146,7 +151,7 @@ def test_up_status_logs_scale_down(tmp_path: Path, registry: str, nomad: NomadSt
         assert not [r for r in nomad.requests[before:] if r[:2] == ("POST", "/v1/jobs")]
 
     # A change is a new version, rolled out by Nomad.
-    write_project(root, name, "v2")
+    write_project(root, name, "v2", extra=keys)
     stack("up", str(root), "--registry", registry, cwd=root, env=env)
     updated = json.loads(stack("status", str(root), "--json", cwd=root, env=env).stdout)["apis"][0]
     assert updated["version"] != version and updated["status"] == "live"
@@ -178,6 +183,7 @@ def test_up_status_logs_scale_down(tmp_path: Path, registry: str, nomad: NomadSt
     assert stack("down", str(root), cwd=root, env=env).stdout.strip() == "nothing was running"
     if nomad is not None:
         assert not [j for j in nomad.jobs if j.startswith(name)]
+        assert not [v for v in nomad.variables if name in v]  # purged with the jobs
 
 
 @pytest.mark.skipif(bool(REAL_NOMAD), reason="injects a failing deployment into the stand-in")

@@ -209,3 +209,40 @@ def test_cli_plan_writes_files(tmp_path: Path) -> None:
         "echo-traefik.json",
         "echo-traefik.nomad.hcl",
     ]
+
+
+def test_api_keys_are_a_secret_file_not_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stack.plan import plan_compose, plan_nomad
+    from stack.spec import load_spec
+
+    shutil.copytree(Path(__file__).parents[1] / "examples" / "echo", tmp_path / "echo")
+    spec = tmp_path / "echo" / "stack.yaml"
+    spec.write_text(spec.read_text().replace("project: echo", "project: echo\ngateway:\n  api_keys: ${PLAN_KEYS}"))
+    monkeypatch.setenv("PLAN_KEYS", "plan-secret-key-1,plan-secret-key-2")
+    loaded = load_spec(tmp_path / "echo")
+    out = tmp_path / "echo" / ".stack/plan/compose"
+    compose_plan = plan_compose(loaded, out)
+    compose_plan.write(out)
+    compose = yaml.safe_load(compose_plan.files["compose.yaml"])
+    assert "plan-secret" not in compose_plan.files["compose.yaml"]
+    assert compose["secrets"] == {"api_keys": {"file": "./api_keys"}}
+    replica = next(s for name, s in compose["services"].items() if name.startswith("echo-"))
+    assert replica["secrets"] == ["api_keys"]
+    config = json.loads(replica["environment"]["STACK_SERVING_CONFIG"])
+    assert config["api_keys"] == [] and config["api_keys_file"] == "/run/secrets/api_keys"
+    assert (out / "api_keys").read_text() == "plan-secret-key-1\nplan-secret-key-2\n"
+    assert (out / "api_keys").stat().st_mode & 0o777 == 0o600
+    assert (out / "compose.yaml").stat().st_mode & 0o777 == 0o644
+
+    nomad = plan_nomad(loaded)
+    assert not any("plan-secret" in text for text in nomad.files.values())
+    task = json.loads(nomad.files["echo-echo.json"])["Job"]["TaskGroups"][0]["Tasks"][0]
+    assert task["Templates"][0]["DestPath"] == "secrets/api_keys"
+    assert 'nomadVar "nomad/jobs/echo-echo"' in task["Templates"][0]["EmbeddedTmpl"]
+    assert json.loads(task["Env"]["STACK_SERVING_CONFIG"])["api_keys_file"] == "/secrets/api_keys"
+    assert schema_errors(json.loads(nomad.files["echo-echo.json"])) == []
+
+    # Keys removed from stack.yaml: no copy of the old ones stays in the plan directory.
+    spec.write_text(spec.read_text().replace("gateway:\n  api_keys: ${PLAN_KEYS}\n", ""))
+    plan_compose(load_spec(tmp_path / "echo"), out).write(out)
+    assert not (out / "api_keys").exists()

@@ -213,3 +213,41 @@ def test_validate_command(tmp_path: Path) -> None:
         [sys.executable, "-m", "stack.cli", "validate", str(tmp_path)], capture_output=True, text=True
     )
     assert good.returncode == 0 and good.stdout.startswith("ok:")
+
+
+def _keys_spec(tmp_path: Path, gateway: str) -> Path:
+    (tmp_path / "predictor.py").write_text(
+        "class Predictor:\n    def predict(self, payload):\n        return payload\n"
+    )
+    (tmp_path / "stack.yaml").write_text(f"project: shop\ngateway:\n{gateway}apis:\n{GOOD_API}")
+    return tmp_path
+
+
+def test_api_keys_from_the_environment_and_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_KEYS", "first-key-123, second-key-456")
+    (tmp_path / "keys.txt").write_text("# rotated 2026-11\nthird-key-789\n\n")
+    loaded = load_spec(_keys_spec(tmp_path, "  api_keys: ${SHOP_KEYS}\n  api_keys_file: keys.txt\n"))
+    assert loaded.spec.gateway.api_keys == ["first-key-123", "second-key-456", "third-key-789"]
+    assert loaded.warnings == []
+    monkeypatch.setenv("ONE_KEY", "only-one-key-1")
+    listed = load_spec(_keys_spec(tmp_path, "  api_keys:\n    - ${ONE_KEY}\n    - literal-key-42\n"))
+    assert listed.spec.gateway.api_keys == ["only-one-key-1", "literal-key-42"]
+    assert len(listed.warnings) == 1 and "1 key(s) in the file itself" in listed.warnings[0]
+
+
+def test_api_keys_that_cannot_be_found_are_spec_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_KEYS", raising=False)
+    with pytest.raises(SpecError) as unset:
+        load_spec(_keys_spec(tmp_path, "  api_keys: ${NOT_SET_KEYS}\n"))
+    assert str(unset.value).endswith(
+        "stack.yaml:3:13: gateway.api_keys: environment variable NOT_SET_KEYS is not set "
+        "(export it, or use gateway.api_keys_file)"
+    ), str(unset.value)
+    with pytest.raises(SpecError, match=r'quote an environment reference: "\$\{VAR\}"'):
+        load_spec(_keys_spec(tmp_path, "  api_keys: [${NOT_SET_KEYS}]\n"))
+    with pytest.raises(SpecError) as missing:
+        load_spec(_keys_spec(tmp_path, "  api_keys_file: nowhere.txt\n"))
+    assert "gateway.api_keys_file: cannot read" in str(missing.value) and "nowhere.txt" in str(missing.value)
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    with pytest.raises(SpecError, match="holds no key"):
+        load_spec(_keys_spec(tmp_path, "  api_keys_file: empty.txt\n"))

@@ -20,11 +20,12 @@ import jinja2
 
 import serving
 from stack import __version__
+from stack.atomic import write_text_atomic
 from stack.autoscale.config import config_of
 from stack.errors import PlanError
 from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.nomad_json import hcl_to_job
-from stack.plan.serving import REPLICA_PORT, replica_config
+from stack.plan.serving import REPLICA_PORT, api_keys_text, replica_config
 from stack.routes import router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
@@ -43,6 +44,18 @@ CONTROL_DIR = ".stack/compose/control"  # the controller's routes (Traefik) and 
 AUTOSCALER_PORT = 9100
 
 
+COMPOSE_KEYS_FILE = "/run/secrets/api_keys"  # a Compose secret (a 0600 file of the plan)
+NOMAD_KEYS_FILE = "/secrets/api_keys"  # rendered by a Nomad template from the job's Nomad Variable
+
+
+def keys_variable(job_id: str) -> str:
+    """The Nomad Variable holding a job's API keys: under nomad/jobs/JOB, which only that job may read."""
+    return f"nomad/jobs/{job_id}"
+
+
+SECRET_FILES = frozenset({"api_keys"})  # plan files only their owner may read
+
+
 @dataclass(frozen=True)
 class Plan:
     target: str
@@ -53,9 +66,11 @@ class Plan:
         written = []
         for name, content in sorted(self.files.items()):
             path = out_dir / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
+            write_text_atomic(path, content, 0o600 if name in SECRET_FILES else 0o644)
             written.append(path)
+        stale = out_dir / "api_keys"
+        if "api_keys" not in self.files:
+            stale.unlink(missing_ok=True)  # keys removed from stack.yaml: no copy is left behind
         return written
 
 
@@ -127,10 +142,14 @@ def api_version(api: Api, digest: str) -> str:
 # -- shared per-API values -------------------------------------------------------------
 
 
-def _api_values(loaded: LoadedSpec, api: Api, digest: str, registry: str, drain_in_replica: bool) -> dict[str, Any]:
+def _api_values(
+    loaded: LoadedSpec, api: Api, digest: str, registry: str, drain_in_replica: bool, keys_file: str
+) -> dict[str, Any]:
     version = api_version(api, digest)
     project = loaded.spec.project
-    config = replica_config(loaded, api, root="/app", drain_delay=None if drain_in_replica else 0.0)
+    config = replica_config(
+        loaded, api, root="/app", drain_delay=None if drain_in_replica else 0.0, keys_file=keys_file
+    )
     predictor = api.predictor
     endpoint = api.endpoint
     rule = router_rule(endpoint)
@@ -233,7 +252,7 @@ def plan_compose(
     apis = []
     files: dict[str, str] = {}
     for api in spec.apis:
-        values = _api_values(loaded, api, digest, registry="", drain_in_replica=True)
+        values = _api_values(loaded, api, digest, registry="", drain_in_replica=True, keys_file=COMPOSE_KEYS_FILE)
         values["limits"] = _limits(api)
         service = service_name(api, values["version"])
         if api.compute.gpu:
@@ -256,7 +275,11 @@ def plan_compose(
         header=header, base_image=spec.build.base_image, wheelhouse=spec.build.wheelhouse
     )
     control_dir = loaded.root / CONTROL_DIR
+    secrets = bool(spec.gateway.api_keys)
+    if secrets:
+        files["api_keys"] = api_keys_text(loaded)
     files["compose.yaml"] = env.get_template("compose/compose.yaml.j2").render(
+        secrets=secrets,
         header=header,
         project=spec.project,
         network=network,
@@ -340,7 +363,8 @@ def plan_nomad(
     for api in spec.apis:
         # On Nomad the drain window is shutdown_delay: Nomad deregisters the
         # service first, so the replica itself need not wait after SIGTERM.
-        values = _api_values(loaded, api, digest, registry, drain_in_replica=False)
+        values = _api_values(loaded, api, digest, registry, drain_in_replica=False, keys_file=NOMAD_KEYS_FILE)
+        values["keys_variable"] = keys_variable(f"{project}-{api.name}") if spec.gateway.api_keys else None
         values["tags"] = _nomad_tags(values, project)
         values["nomad_autoscaler"] = (
             {

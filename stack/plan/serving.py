@@ -12,6 +12,11 @@ from stack.spec.models import Models
 REPLICA_PORT = 8888  # every replica listens here inside its container or allocation
 
 
+def api_keys_text(loaded: LoadedSpec) -> str:
+    """The secret file the replicas read their keys from: one per line."""
+    return "".join(f"{key}\n" for key in loaded.spec.gateway.api_keys)
+
+
 def replica_config(
     loaded: LoadedSpec,
     api: Api,
@@ -20,6 +25,7 @@ def replica_config(
     host: str = "0.0.0.0",
     port: int = REPLICA_PORT,
     drain_delay: float | None = None,
+    keys_file: str | None = None,
 ) -> ServingConfig:
     """`root` is where the project directory is seen by the replica: /app in images, the real path locally."""
     base = PurePosixPath(root) if root is not None else PurePosixPath(loaded.root.as_posix())
@@ -44,7 +50,9 @@ def replica_config(
         else None,
         drain_delay=predictor.drain_delay if drain_delay is None else drain_delay,
         grace_period=predictor.grace_period,
-        api_keys=list(loaded.spec.gateway.api_keys),
+        # With keys_file, the replica reads the keys from there (a secret the target mounts).
+        api_keys=[] if keys_file else list(loaded.spec.gateway.api_keys),
+        api_keys_file=keys_file if keys_file and loaded.spec.gateway.api_keys else None,
         gpus=api.compute.gpu,
         log_format=loaded.spec.log_format,
         predictor_type=predictor.type,

@@ -55,6 +55,7 @@ class LoadedSpec:
     spec: models.Spec
     path: Path  # the stack.yaml file
     warnings: list[str] = field(default_factory=list)  # valid, but the user should know (keys in the file)
+    secret_env: list[str] = field(default_factory=list)  # environment variables that hold API keys
 
     @property
     def root(self) -> Path:
@@ -94,18 +95,19 @@ def load_spec(path: str | Path = ".") -> LoadedSpec:
     except OSError as exc:
         raise SpecError([Problem(shown, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     data, positions = _parse_yaml(text, shown)
-    problems, warnings = _resolve_api_keys(data, file.resolve().parent, positions, shown)
+    secret_env: list[str] = []
+    problems, warnings = _resolve_api_keys(data, file.resolve().parent, positions, shown, secret_env)
     problems += _validate(data, positions, shown) + _cross_checks(data, file.resolve().parent, positions, shown)
     if problems:
         raise SpecError(sorted(set(problems), key=lambda p: (p.line, p.column, p.field)))
-    return LoadedSpec(models.Spec.model_validate(data), file.resolve(), warnings)
+    return LoadedSpec(models.Spec.model_validate(data), file.resolve(), warnings, secret_env)
 
 
 ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 def _resolve_api_keys(
-    data: Any, root: Path, positions: dict[Path_, tuple[int, int]], shown: str
+    data: Any, root: Path, positions: dict[Path_, tuple[int, int]], shown: str, secret_env: list[str]
 ) -> tuple[list[Problem], list[str]]:
     """gateway.api_keys may name environment variables (`${VAR}`, one key or several split by commas)
     and gateway.api_keys_file a file of keys, one per line: secrets stay out of stack.yaml. The keys
@@ -125,6 +127,7 @@ def _resolve_api_keys(
         if match is None:
             return None
         name = match.group(1)
+        secret_env.append(name)
         if name not in os.environ:
             add(at, f"environment variable {name} is not set (export it, or use gateway.api_keys_file)")
             return []
@@ -183,6 +186,9 @@ def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, tuple[int, int]
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         line, column, message = _plain_yaml_error(exc)
+        lines = text.splitlines()
+        if 0 < line <= len(lines) and "${" in lines[line - 1]:
+            message += '; inside [ ] or { }, quote an environment reference: "${VAR}"'
         raise SpecError([Problem(shown, line, column, "", f"YAML syntax error: {message}")]) from None
     finally:
         loader.dispose()

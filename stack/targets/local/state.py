@@ -54,6 +54,11 @@ class LocalPaths:
         return Path(tempfile.gettempdir()) / f"stack-{os.getuid()}" / f"{digest}.sock"
 
     @property
+    def api_keys(self) -> Path:
+        """The replicas read the API keys here (0600), not from their environment."""
+        return self.base / "local" / "api_keys"
+
+    @property
     def traefik_dir(self) -> Path:
         return self.base / "local" / "traefik"
 

@@ -42,7 +42,7 @@ from stack.autoscale.loop import Autoscaler, SignalSource
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.errors import StackError
 from stack.plan.render import api_version, project_digest
-from stack.plan.serving import replica_config
+from stack.plan.serving import api_keys_text, replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
 from stack.spec.units import format_duration
 from stack.targets.gateway import readiness_url, wait_until_routed
@@ -298,6 +298,10 @@ class Supervisor:
     # -- spec --------------------------------------------------------------------------
 
     def _apply_spec(self, loaded: LoadedSpec, digest: str, first: bool = False) -> None:
+        if loaded.spec.gateway.api_keys:
+            write_text_atomic(self.paths.api_keys, api_keys_text(loaded), 0o600)
+        else:
+            self.paths.api_keys.unlink(missing_ok=True)
         for api in loaded.spec.apis:
             version = api_version(api, digest)
             current = self.apis.get(api.name)
@@ -411,7 +415,9 @@ class Supervisor:
         state.counter += 1
         replica_id = f"{state.spec.name}-{state.counter}"
         port = free_port()
-        config = replica_config(self.loaded, state.spec, host="127.0.0.1", port=port, drain_delay=0.0)
+        config = replica_config(
+            self.loaded, state.spec, host="127.0.0.1", port=port, drain_delay=0.0, keys_file=str(self.paths.api_keys)
+        )
         log = self.paths.replica_log(replica_id)
         log.parent.mkdir(parents=True, exist_ok=True)
         error_file = self._error_file(replica_id)
@@ -423,6 +429,8 @@ class Supervisor:
             STARTUP_ERROR_ENV: str(error_file),
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        for name in self.loaded.secret_env:  # the keys' variables: replicas read the keys file instead
+            env.pop(name, None)
         proc = await _start_child([sys.executable, "-m", "serving"], log, env=env, cwd=self.loaded.root)
         state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log))
         # Its exit wakes the reconcile loop at once: a dead replica leaves the router

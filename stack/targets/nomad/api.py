@@ -8,6 +8,7 @@ namespace.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,6 +75,17 @@ class NomadApi:
             lambda: self.client.job.request(job_id, "scale", method="get"), f"read the scale of {job_id}"
         )
         return result or {}
+
+    def put_variable(self, path: str, items: dict[str, str]) -> None:
+        """Create or replace a Nomad Variable (encrypted at rest by Nomad, readable by the job it is under)."""
+        body = {"Path": path, "Items": items}
+        if self.settings.namespace:
+            body["Namespace"] = self.settings.namespace
+        self._call(lambda: self.client.variable.request(path, method="put", json=body), f"write variable {path}")
+
+    def delete_variable(self, path: str) -> None:
+        with contextlib.suppress(_NotFound):
+            self._call(lambda: self.client.variable.request(path, method="delete"), f"delete variable {path}")
 
     def nodes(self) -> list[dict[str, Any]]:
         stubs: list[dict[str, Any]] = self._json(lambda: self.client.nodes.request(method="get"), "list the nodes")

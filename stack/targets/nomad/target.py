@@ -27,8 +27,15 @@ from typing import Any
 from stack.atomic import write_text_atomic
 from stack.autoscale.scaler import Scaler
 from stack.errors import BuildError, StackError, TargetError
-from stack.plan.render import api_version, autoscaler_image, control_plane_digest, plan_nomad, project_digest
-from stack.plan.serving import extra_requirements
+from stack.plan.render import (
+    api_version,
+    autoscaler_image,
+    control_plane_digest,
+    keys_variable,
+    plan_nomad,
+    project_digest,
+)
+from stack.plan.serving import api_keys_text, extra_requirements
 from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus
 from stack.targets import build
@@ -81,6 +88,7 @@ class NomadTarget:
             self._build_and_push(api, api_version(api, digest), plan, progress)
         if f"{self.project}-autoscaler.json" in plan.files:
             self._push_autoscaler(progress)
+        self._write_keys(progress)
         registered: list[str] = []
         for name in sorted(plan.files):
             if not name.endswith(".json"):
@@ -93,6 +101,18 @@ class NomadTarget:
                 self._wait_deployment(api, progress)
         self._hand_back(progress)
         return self.status()
+
+    def _write_keys(self, progress: Progress) -> None:
+        """Each API job reads the API keys from its own Nomad Variable, rendered into its secrets directory."""
+        keys = api_keys_text(self.loaded)
+        for api in self.loaded.spec.apis:
+            path = keys_variable(self.job_id(api.name))
+            if keys:
+                self.api.put_variable(path, {"api_keys": keys})
+            else:
+                self.api.delete_variable(path)
+        if keys:
+            progress(f"API keys written to the Nomad Variables nomad/jobs/{self.project}-*")
 
     def _hand_back(self, progress: Progress) -> None:
         """`stack up` hands every autoscaled API back to the autoscaler (a `stack scale --force` ends here)."""
@@ -381,6 +401,9 @@ class NomadTarget:
             if job.get("Stop") and not volumes:
                 continue
             stopped = self.api.deregister(job_id, purge=volumes) or stopped
+        if volumes:  # purged: the API keys go with the jobs
+            for api in self.loaded.spec.apis:
+                self.api.delete_variable(keys_variable(self.job_id(api.name)))
         return stopped
 
     def scaler(self) -> Scaler:

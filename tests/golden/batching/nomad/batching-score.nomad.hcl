@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "67d95c6a0387"
+    stack_version = "20f6b269c444"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=67d95c6a0387",
+        "stack.version=20f6b269c444",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -86,12 +86,12 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:67d95c6a0387"
+        image = "batching-score:20f6b269c444"
         ports = ["http"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"score\",\"api_keys\":[],\"batching\":{\"batch_interval\":0.01,\"eager\":false,\"max_batch_size\":32,\"max_in_flight\":2},\"body_timeout\":30.0,\"config\":{\"weights\":[0.5,-0.25,1.0]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"score\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.01,\"eager\":false,\"max_batch_size\":32,\"max_in_flight\":2},\"body_timeout\":30.0,\"config\":{\"weights\":[0.5,-0.25,1.0]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.
