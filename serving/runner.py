@@ -26,6 +26,7 @@ from aiohttp import web
 from serving.app import Replica
 from serving.config import ServingConfig
 from serving.loader import StartupError
+from serving.protocol_errors import JsonErrorRunner
 
 LOGGER = logging.getLogger("serving")
 EXIT_STARTUP_FAILED = 3
@@ -47,7 +48,7 @@ async def serve(
         LOGGER.error(str(exc))
         report_startup_error(str(exc))
         return EXIT_STARTUP_FAILED
-    runner = web.AppRunner(
+    runner = JsonErrorRunner(
         replica.make_app(), handle_signals=False, access_log=None, shutdown_timeout=config.grace_period
     )
     await runner.setup()

@@ -23,6 +23,7 @@ import yaml
 ENTRYPOINT = "web"
 ROUTES_FILE = "routes.yml"
 INTERNAL_PATHS = ("metrics", "healthz", "readyz")
+ERRORS = "stack-errors"  # the service answering the gateway's own errors as JSON (stack.gateway_errors)
 # A killed replica costs at most its in-flight requests: a request that could not reach
 # a replica (no byte sent) goes to another one; the dial gives up after `dialTimeout`.
 RETRY = {"attempts": 3, "initialInterval": "100ms"}
@@ -43,8 +44,12 @@ def router_rule(endpoint: str) -> str:
     return f"({matches}) && !PathRegexp(`{internal}`)"
 
 
-def dynamic_config(routes: list[Route]) -> dict[str, Any]:
-    """Traefik's dynamic configuration for these routes (file provider)."""
+def dynamic_config(routes: list[Route], errors_url: str | None = None) -> dict[str, Any]:
+    """Traefik's dynamic configuration for these routes (file provider).
+
+    With `errors_url` (stack.gateway_errors), every answer the gateway makes itself is JSON:
+    a path no API serves, an API with no ready replica, a replica's 502 or 504.
+    """
     routers: dict[str, Any] = {}
     middlewares: dict[str, Any] = {}
     services: dict[str, Any] = {}
@@ -54,19 +59,35 @@ def dynamic_config(routes: list[Route]) -> dict[str, Any]:
             "entryPoints": [ENTRYPOINT],
             "rule": router_rule(route.endpoint),
             "service": name,
-            "middlewares": [f"{name}-strip", f"{name}-retry"],
+            "middlewares": ([ERRORS] if errors_url else []) + [f"{name}-strip", f"{name}-retry"],
         }
         middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [route.endpoint]}}
         middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
-        services[name] = {"loadBalancer": {"servers": [{"url": url} for url in route.servers]}}
-    if not routes:
+        servers = list(route.servers) or ([errors_url] if errors_url else [])
+        services[name] = {"loadBalancer": {"servers": [{"url": url} for url in servers]}}
+    if errors_url:
+        services[ERRORS] = {"loadBalancer": {"servers": [{"url": errors_url}]}}
+        # Only what a replica never sends: its own 4xx/5xx answers (a 503 with Retry-After) pass untouched.
+        middlewares[ERRORS] = {
+            "errors": {"status": ["502", "504"], "service": ERRORS, "query": "/__stack/gateway-error/{status}"}
+        }
+        if not any(route.endpoint == "/" for route in routes):
+            middlewares[f"{ERRORS}-no-route"] = {"addPrefix": {"prefix": "/__stack/no-route"}}
+            routers[f"{ERRORS}-no-route"] = {
+                "entryPoints": [ENTRYPOINT],
+                "rule": "PathPrefix(`/`)",
+                "priority": 1,  # the last resort: any API's router wins
+                "service": ERRORS,
+                "middlewares": [f"{ERRORS}-no-route"],
+            }
+    if not routers:
         return {}
     return {"http": {"routers": routers, "middlewares": middlewares, "services": services}}
 
 
-def render(routes: list[Route], header: str = "") -> str:
+def render(routes: list[Route], header: str = "", errors_url: str | None = None) -> str:
     comment = "".join(f"# {line}\n" for line in header.splitlines())
-    return comment + yaml.safe_dump(dynamic_config(routes), sort_keys=True, default_flow_style=False)
+    return comment + yaml.safe_dump(dynamic_config(routes, errors_url), sort_keys=True, default_flow_style=False)
 
 
 def write(routes_dir: Path, text: str, mode: int = 0o644) -> bool:
@@ -98,7 +119,9 @@ def read_servers(routes_dir: Path) -> dict[str, list[str]] | None:
     try:
         services = data["http"]["services"]
         return {
-            name: [server["url"] for server in service["loadBalancer"]["servers"]] for name, service in services.items()
+            name: [server["url"] for server in service["loadBalancer"]["servers"]]
+            for name, service in services.items()
+            if name != ERRORS
         }
     except (KeyError, TypeError):
         return None

@@ -94,9 +94,10 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
         time.sleep(0.5)
     assert {r["metric"]["replica"] for r in up["data"]["result"]} == {c["Name"].lstrip("/") for c in replicas}
 
-    # Through the gateway, the replicas' metrics and probes are not there.
+    # Through the gateway, the replicas' metrics and probes are not there; the gateway's 404 is JSON.
     for path in ("/metrics", "/healthz", "/readyz", "//metrics"):
-        assert requests.get(url + path, headers=AUTH, timeout=5).status_code == 404, path
+        missing = requests.get(url + path, headers=AUTH, timeout=5)
+        assert missing.status_code == 404 and missing.json()["error"] == "no API is served at this path", path
     assert requests.post(url, json={"a": 1}, headers=AUTH, timeout=5).status_code == 200
     assert requests.post(url, json={"a": 1}, timeout=5).status_code == 401
     # The key is nowhere the Docker API shows (environment, labels, command), nor in the image.

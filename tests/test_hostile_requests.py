@@ -73,3 +73,27 @@ def test_a_slow_body_holds_no_slot_and_times_out_with_408(inproc) -> None:
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"did not arrive within 1s" in answer
+
+
+def test_requests_the_http_parser_refuses_get_json_too(servers) -> None:  # type: ignore[no-untyped-def]
+    server = servers.serving(PREDICTORS / "contract.py")
+    long_query = server.get("/?q=" + "x" * 100_000)
+    assert long_query.status_code == 400 and long_query.headers["Content-Type"].startswith("application/json")
+    assert long_query.json()["error"].startswith("malformed request: ")
+    many = "".join(f"X-H{i}: v\r\n" for i in range(200)).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b" 400 Bad Request") and b"application/json" in head, head
+    assert body.startswith(b'{"error": "malformed request: ')
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        garbage = sock.recv(300)
+        assert b" 400 Bad Request" in garbage.split(b"\r\n")[0] and b"application/json" in garbage, garbage
+    assert server.post(json={"still": "serving"}).status_code == 200

@@ -63,6 +63,11 @@ def test_corrupt_state_truncated_routes_and_who_may_connect(project: tuple[Path,
             probe.settimeout(2)
             assert probe.connect_ex((other, port)) != 0
 
+    # What the gateway answers itself is JSON too: a path no API serves, a replica's internal path.
+    for path in ("/nothing", "/echo/metrics"):
+        missing = requests.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+        assert missing.status_code == 404 and missing.json()["error"] == "no API is served at this path"
+
     # A truncated routes file: the supervisor notices and writes it again; requests keep working.
     routes_file = paths.traefik_dir / "routes.yml"
     routes_file.write_text(routes_file.read_text()[:40])

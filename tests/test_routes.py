@@ -7,6 +7,7 @@ are the gateway's 404.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,15 @@ from stack import routes
 from stack.targets.gateway import answered_by_replica, readiness_url
 from stack.targets.local.traefik import traefik_binary, traefik_command
 
+ERRORS_SERVER = (
+    "import asyncio, sys\n"
+    "from stack.gateway_errors import serve_errors\n"
+    "async def main():\n"
+    "    await serve_errors('127.0.0.1', int(sys.argv[1]))\n"
+    "    await asyncio.Event().wait()\n"
+    "asyncio.run(main())\n"
+)
+
 
 @pytest.fixture
 def gateway(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[str, Server, Path]]:
@@ -28,8 +38,20 @@ def gateway(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[str, Serve
     except Exception as exc:  # StackError naming the extra to install
         pytest.skip(str(exc))
     replica = servers.serving(EXAMPLES / "echo" / "predictor.py", api="echo", api_keys=["sekret-key-1"])
+    errors_port = free_port()
+    servers.start([sys.executable, "-c", ERRORS_SERVER, str(errors_port)], port=errors_port, wait_ready=False)
+    errors_url = f"http://127.0.0.1:{errors_port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(errors_url, timeout=1)
+            break
+        except requests.RequestException:
+            time.sleep(0.05)
     routes_dir = tmp_path / "routes"
-    routes.write(routes_dir, routes.render([routes.Route("t-echo", "/echo", (replica.url,))]))
+    table = [routes.Route("t-echo", "/echo", (replica.url,)), routes.Route("t-gone", "/gone")]
+    table.append(routes.Route("t-broken", "/broken", (f"http://127.0.0.1:{free_port()}",)))  # nothing listens
+    routes.write(routes_dir, routes.render(table, errors_url=errors_url))
     port = free_port()
     command = traefik_command("127.0.0.1", port, free_port(), free_port(), routes_dir, tmp_path / "access.log")
     servers.start(command, port=port, wait_ready=False)
@@ -64,11 +86,24 @@ def test_predictions_pass_and_internal_paths_are_404(gateway: tuple[str, Server,
     assert [replica.get(p).status_code for p in ("/metrics", "/healthz", "/readyz")] == [200, 200, 200]
 
 
+def test_every_answer_of_the_gateway_itself_is_json(gateway: tuple[str, Server, Path]) -> None:
+    url, _, _ = gateway
+    for path, status in (("/nothing/here", 404), ("/echo/metrics", 404), ("/gone", 503), ("/broken", 502)):
+        got = requests.post(url + path, json={}, timeout=10)
+        assert got.status_code == status, (path, got.status_code, got.text[:200])
+        assert got.headers["Content-Type"].startswith("application/json"), (path, got.headers)
+        assert got.json()["error"], path
+    assert requests.get(f"{url}/gone", timeout=5).headers["Retry-After"] == "1"
+    # A replica's own error passes untouched: the gateway rewrites only what it made itself.
+    refused = requests.post(f"{url}/echo", json={}, timeout=5)
+    assert refused.status_code == 401 and refused.json()["error"] == "missing or unknown API key"
+
+
 def test_gateway_readiness_is_a_replica_answer(gateway: tuple[str, Server, Path]) -> None:
     url, _, routes_dir = gateway
     port = int(url.rsplit(":", 1)[1])
     assert answered_by_replica(requests.get(readiness_url(port, "/echo"), timeout=5))  # a 401 from the replica
-    routes.write(routes_dir, routes.render([routes.Route("t-echo", "/echo", ())]))  # no replica left
+    routes.write(routes_dir, routes.render([routes.Route("t-echo", "/echo", ())]))  # no replica, no error service
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and requests.get(f"{url}/echo", timeout=5).status_code != 503:
         time.sleep(0.05)

@@ -30,6 +30,8 @@ from stack.errors import StackError
 LOGGER = logging.getLogger("stack.autoscale")
 DECISIONS_FILE = "decisions.json"
 MANUAL_FILE = "manual.json"
+CONTROLLER_HOST = "autoscaler"  # the Compose service's name: its address on the stack's network
+ERRORS_PORT = 9101  # the gateway's own errors as JSON (stack.gateway_errors), for Traefik only
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,11 @@ async def serve(
         names = ", ".join(a.name for a in config.apis) or "none"
         LOGGER.info(f"autoscaling {names} of {config.project} from {prometheus_url}; metrics on :{metrics_port}")
         tasks = [autoscaler.run(stopping)]
+        errors: web.AppRunner | None = None
         if control is not None:
+            from stack.gateway_errors import serve_errors
+
+            errors = await serve_errors("0.0.0.0", ERRORS_PORT)
             from stack.targets.compose.controller import ComposeController
             from stack.targets.compose.scaler import ComposeScaler
 
@@ -107,6 +113,7 @@ async def serve(
                 state_dir,
                 scaler,
                 autoscaler.registry,
+                f"http://{CONTROLLER_HOST}:{ERRORS_PORT}",
             )
             LOGGER.info(f"routing and keeping {len(config.routed)} API(s) of {config.project}")
             tasks.append(controller.run(stopping))
@@ -114,6 +121,8 @@ async def serve(
             await asyncio.gather(*tasks)
         finally:
             await runner.cleanup()
+            if errors is not None:
+                await errors.cleanup()
 
 
 async def _start_http(autoscaler: Autoscaler, port: int) -> web.AppRunner:

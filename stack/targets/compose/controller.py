@@ -59,7 +59,9 @@ class ComposeController:
         state_dir: Path,
         scaler: ComposeScaler,
         registry: CollectorRegistry | None = None,
+        errors_url: str | None = None,
     ) -> None:
+        self.errors_url = errors_url  # stack.gateway_errors, which this process serves
         self.project = project
         self.network = network
         self.port = port
@@ -141,7 +143,7 @@ class ComposeController:
                 if c.labels["stack.api"] == api.name and self._serving(c) and (address := self._address(c))
             )
             table.append(routes.Route(api.router, api.endpoint, tuple(servers)))
-        if routes.write(self.control_dir / ROUTES_DIR, routes.render(table, HEADER)):
+        if routes.write(self.control_dir / ROUTES_DIR, routes.render(table, HEADER, self.errors_url)):
             LOGGER.info("routes: " + "; ".join(f"{r.router} -> {len(r.servers)} replica(s)" for r in table))
 
     def _write_targets(self, replicas: list[Container]) -> None:

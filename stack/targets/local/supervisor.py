@@ -41,6 +41,7 @@ from stack.autoscale.config import config_of
 from stack.autoscale.loop import Autoscaler, SignalSource
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.errors import StackError
+from stack.gateway_errors import serve_errors
 from stack.plan.render import api_version, project_digest
 from stack.plan.serving import api_keys_text, replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
@@ -127,6 +128,9 @@ class Supervisor:
         self.serving: dict[str, set[str]] = {}
         self.updating: set[str] = set()
         self.routes_checked = 0.0  # when the routes file was last compared with what we wrote
+        self.routes_text = ""  # what we wrote there
+        self.errors_port = free_port()
+        self.errors_url = f"http://127.0.0.1:{self.errors_port}"  # the gateway's own errors, as JSON
         self.prometheus: asyncio.subprocess.Process | None = None
         self.prometheus_url: str | None = None
         self.notes: list[str] = []  # for `stack up` and `stack status`: e.g. a port that moved
@@ -142,7 +146,7 @@ class Supervisor:
         self._write_routes()
         await self._start_traefik()
         await self._start_prometheus()
-        runners = await self._start_control()
+        runners = [await serve_errors("127.0.0.1", self.errors_port), *await self._start_control()]
         self._write_state()
         loop = asyncio.get_running_loop()
         autoscaler = loop.create_task(self._autoscale_forever())
@@ -473,10 +477,11 @@ class Supervisor:
         if now - self.routes_checked < 1.0:
             return True
         self.routes_checked = now
-        found = routes.read_servers(self.paths.traefik_dir)
-        expected = {self._router(s.spec): sorted(self.routed.get(n, set())) for n, s in self.apis.items()}
-        if found is not None and {k: sorted(v) for k, v in found.items()} == expected:
-            return True
+        try:
+            if (self.paths.traefik_dir / routes.ROUTES_FILE).read_text() == self.routes_text:
+                return True
+        except OSError:
+            pass
         LOGGER.warning(f"the gateway's routes file in {self.paths.traefik_dir} is not what we wrote; rewriting it")
         return False
 
@@ -496,7 +501,8 @@ class Supervisor:
                 name: await traefik.live_servers(self.session, self.api_port, self._router(s.spec))
                 for name, s in self.apis.items()
             }
-            if all(current[name] == wanted[name] for name in current):
+            # An API without replicas is routed to the error service (a JSON 503), not to nothing.
+            if all(current[name] == (wanted[name] or {self.errors_url}) for name in current):
                 for name in [n for n in wanted if wanted[n] and not self.serving.get(n)]:
                     await self._wait_gateway_serves(self.apis[name].spec)
                 self.serving.update(wanted)
@@ -516,7 +522,8 @@ class Supervisor:
             routes.Route(self._router(state.spec), state.spec.endpoint, tuple(sorted(self.routed.get(name, set()))))
             for name, state in sorted(self.apis.items())
         ]
-        routes.write(self.paths.traefik_dir, routes.render(routes_, ROUTES_HEADER))
+        self.routes_text = routes.render(routes_, ROUTES_HEADER, self.errors_url)
+        routes.write(self.paths.traefik_dir, self.routes_text)
 
     # -- autoscaler -------------------------------------------------------------------------------
 

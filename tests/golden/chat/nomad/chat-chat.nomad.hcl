@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "c0d9ddfe4fd6"
+    stack_version = "a7915a217986"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=c0d9ddfe4fd6",
+        "stack.version=a7915a217986",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:c0d9ddfe4fd6"
+        image = "chat-chat:a7915a217986"
         ports = ["http"]
       }
 

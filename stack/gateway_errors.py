@@ -1,0 +1,62 @@
+"""The gateway's own errors, in the project's JSON shape.
+
+Traefik answers some requests itself, as text: no API at this path (404), no
+replica ready (503), a replica that broke the connection (502) or timed out
+(504). The routes send those here instead (stack.routes): a tiny aiohttp app
+that the local supervisor and the Compose controller serve beside the gateway.
+
+- `/__stack/gateway-error/{status}`: what Traefik's `errors` middleware asks for
+  on a 502 or 504 from a replica (a replica's own 4xx/5xx JSON passes untouched);
+- `/__stack/no-route/...`: the catch-all router, for paths no API serves;
+- anything else: an API whose replicas are all gone (its service points here).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+PREFIX = "/__stack"
+MESSAGES = {
+    404: "no API is served at this path",
+    502: "the replica failed while answering this request (bad gateway); it is safe to retry if the request is",
+    503: "no replica of this API is ready; try again shortly",
+    504: "the replica did not answer in time (gateway timeout)",
+}
+
+
+def _error(status: int, extra: dict[str, str] | None = None) -> web.Response:
+    message = MESSAGES.get(status, "gateway error")
+    if status == 502:
+        message += " idempotent"
+    return web.json_response({"error": message}, status=status, headers=extra)
+
+
+async def _gateway_error(request: web.Request) -> web.Response:
+    try:
+        status = int(request.match_info["status"])
+    except ValueError:
+        status = 502
+    return _error(status if 400 <= status <= 599 else 502)
+
+
+async def _no_route(request: web.Request) -> web.Response:
+    return _error(404)
+
+
+async def _no_replica(request: web.Request) -> web.Response:
+    return _error(503, {"Retry-After": "1"})
+
+
+def error_app() -> web.Application:
+    app = web.Application()
+    app.router.add_route("*", PREFIX + "/gateway-error/{status}", _gateway_error)
+    app.router.add_route("*", PREFIX + "/no-route{tail:.*}", _no_route)
+    app.router.add_route("*", "/{tail:.*}", _no_replica)
+    return app
+
+
+async def serve_errors(host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(error_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
