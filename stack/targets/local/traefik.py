@@ -40,6 +40,11 @@ def traefik_command(
     return [
         traefik_binary(),
         f"--entrypoints.{ENTRYPOINT}.address={bind}:{gateway_port}",
+        # A client must send a request's headers and body within a minute; idle keep-alives close.
+        f"--entrypoints.{ENTRYPOINT}.transport.respondingTimeouts.readTimeout=60s",
+        f"--entrypoints.{ENTRYPOINT}.transport.respondingTimeouts.idleTimeout=180s",
+        # A replica that vanished costs one short dial; the retry middleware tries another.
+        "--serversTransport.forwardingTimeouts.dialTimeout=2s",
         f"--entrypoints.traefik.address=127.0.0.1:{api_port}",
         f"--entrypoints.metrics.address=127.0.0.1:{metrics_port}",
         "--api.insecure=true",

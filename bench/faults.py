@@ -1,0 +1,261 @@
+"""What a fault costs a user, measured: the README's fault table.
+
+    python bench/faults.py            # Compose (when Docker runs here) and the local target
+    python bench/faults.py --local    # the local target only
+
+One API (the echo example, 3 replicas, not autoscaled, so every replica that
+comes back was brought back by the stack's own repair, not by the autoscaler)
+under 8 clients posting in a loop. Each fault is injected under that load;
+reported: requests that failed (of all sent while the fault played out), the
+slowest request, and the seconds until 3 replicas serve again (from `stack
+status`, which checks through the gateway). Writes the `faults` section of
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from results import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK = [sys.executable, "-m", "stack.cli"]
+CLIENTS = 8
+REPLICAS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STACK, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@dataclass
+class Load:
+    url: str
+    durations: list[float] = field(default_factory=list)
+    failures: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        session = requests.Session()
+        deadline = time.monotonic() + 300  # bounded, whatever happens
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                ok = session.post(self.url, json={"bench": True}, timeout=30).status_code == 200
+            except requests.RequestException:
+                ok = False
+            self.durations.append(time.monotonic() - started)
+            self.failures += not ok
+
+    def __enter__(self) -> Load:
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(CLIENTS)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+
+@dataclass
+class Outcome:
+    target: str
+    fault: str
+    sent: int
+    failed: int
+    longest: float
+    recovered: float | None  # seconds until REPLICAS serve again; None: not within the wait
+    note: str = ""
+
+
+def ready(root: Path, flags: list[str]) -> int:
+    result = stack("status", *flags, "--json", "-p", str(root), cwd=root)
+    if result.returncode != 0:
+        return 0
+    api = json.loads(result.stdout)["apis"][0]
+    return int(api["ready"]) if api["status"] == "live" else 0
+
+
+def inject(
+    target: str, fault: str, root: Path, url: str, flags: list[str], act: Callable[[], str], wait: float = 90
+) -> Outcome:
+    with Load(url) as load:
+        time.sleep(2)
+        note = act()
+        injected = time.monotonic()
+        time.sleep(1)
+        recovered = None
+        while time.monotonic() < injected + wait:
+            if ready(root, flags) == REPLICAS:
+                recovered = time.monotonic() - injected
+                break
+            time.sleep(0.25)
+        time.sleep(2)
+    outcome = Outcome(target, fault, len(load.durations), load.failures, max(load.durations), recovered, note)
+    print(outcome, flush=True)
+    return outcome
+
+
+def project(base: Path, name: str, port: int) -> Path:
+    root = base / name
+    shutil.copytree(ROOT / "examples" / "echo", root, ignore=shutil.ignore_patterns(".stack"))
+    (root / "stack.yaml").write_text(
+        f"project: {name}\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
+        "apis:\n"
+        "  - name: echo\n"
+        "    predictor: {path: predictor.py}\n"
+        f"    autoscaling: {{min_replicas: {REPLICAS}, max_replicas: {REPLICAS}}}\n"
+    )
+    return root
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
+
+
+def replicas_of(name: str) -> list[dict]:  # type: ignore[type-arg]
+    ids = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={name}", "--filter", "label=stack.api")
+    items = json.loads(docker("inspect", *ids.split())) if ids.split() else []
+    return sorted(items, key=lambda c: c["Name"])
+
+
+def compose_faults(base: Path) -> list[Outcome]:
+    name = f"faults{os.getpid()}"
+    port = free_port()
+    root = project(base, name, port)
+    url = f"http://127.0.0.1:{port}/echo"
+    up = stack("up", str(root), cwd=root)
+    if up.returncode != 0:
+        raise SystemExit(f"stack up failed:\n{up.stderr}")
+    results = []
+    try:
+
+        def kill() -> str:
+            docker("kill", replicas_of(name)[0]["Name"].lstrip("/"))
+            return "the controller starts it again"
+
+        def remove() -> str:
+            docker("rm", "-f", replicas_of(name)[0]["Name"].lstrip("/"))
+            return "the controller copies a living replica"
+
+        def crash() -> str:
+            os.kill(replicas_of(name)[0]["State"]["Pid"], signal.SIGKILL)
+            return "Docker's restart policy restarts it"
+
+        def controller() -> str:
+            ids = docker(
+                "ps",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={name}",
+                "--filter",
+                "label=stack.role=autoscaler",
+            )
+            docker("kill", *ids.split())
+            notes = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["notes"]
+            flagged = any("controller" in n for n in notes)
+            return "traffic unaffected; `stack status` flags it" + ("" if flagged else " (NOT flagged)")
+
+        results.append(inject("compose", "`docker kill` a replica", root, url, [], kill))
+        results.append(inject("compose", "`docker rm -f` a replica", root, url, [], remove))
+        results.append(inject("compose", "replica process crashes (kill -9)", root, url, [], crash))
+        results.append(inject("compose", "`docker kill` the controller", root, url, [], controller, wait=5))
+        started = time.monotonic()
+        stack("up", str(root), cwd=root)
+        results[-1].recovered = None
+        results[-1].note += f"; `stack up` restarts it in {time.monotonic() - started:.1f} s"
+    finally:
+        stack("down", "--volumes", str(root), cwd=root)
+        for image in docker("images", "-q", f"{name}-*").split():
+            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    return results
+
+
+def local_faults(base: Path) -> list[Outcome]:
+    port = free_port()
+    root = project(base, f"localfaults{os.getpid()}", port)
+    url = f"http://127.0.0.1:{port}/echo"
+    flags = ["--local"]
+    up = stack("up", "--local", str(root), cwd=root)
+    if up.returncode != 0:
+        raise SystemExit(f"stack up --local failed:\n{up.stderr}")
+    results = []
+    try:
+
+        def crash() -> str:
+            replica = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+            os.kill(replica["replicas"][0]["pid"], signal.SIGKILL)
+            return "the supervisor replaces it"
+
+        def supervisor() -> str:
+            pid = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)["pid"]
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(1)
+            shown = stack("status", "--local", "-p", str(root), cwd=root)
+            return "everything stops (by design); `stack status` says it died" + (
+                "" if "died" in shown.stderr else " (NOT said)"
+            )
+
+        results.append(inject("local", "replica process crashes (kill -9)", root, url, flags, crash))
+        results.append(inject("local", "supervisor killed (kill -9)", root, url, flags, supervisor, wait=3))
+        started = time.monotonic()
+        stack("up", "--local", str(root), cwd=root)
+        results[-1].note += f"; `stack up --local` brings it back in {time.monotonic() - started:.1f} s"
+    finally:
+        stack("down", "--local", str(root), cwd=root)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--local", action="store_true", help="the local target only")
+    args = parser.parse_args()
+    docker_ok = shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if docker_ok and not args.local:
+            outcomes += compose_faults(Path(tmp))
+        outcomes += local_faults(Path(tmp))
+    lines = [
+        "## Faults: what a user sees, and how long until the API is whole again",
+        "",
+        "`python bench/faults.py` — the echo API, 3 replicas (not autoscaled: what comes back was brought back by",
+        f"the stack's repair), {CLIENTS} clients posting in a loop while each fault is injected.",
+        "",
+        "| target | fault | failed requests | slowest request | 3 replicas serving again after | what happens |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for o in outcomes:
+        back = f"{o.recovered:.1f} s" if o.recovered is not None else "—"
+        lines.append(f"| {o.target} | {o.fault} | {o.failed} of {o.sent} | {o.longest:.2f} s | {back} | {o.note} |")
+    write_section("faults", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
