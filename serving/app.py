@@ -58,7 +58,8 @@ class Replica:
         self.draining = False
         self.in_flight = 0
         self.last_request_at = 0.0  # monotonic; draining waits until requests stop arriving
-        self._count_gauges = self.metrics.track_live(lambda: self.in_flight, self._queued)
+        self._started_wall = time.time()
+        self._count_gauges = self.metrics.track_live(lambda: self.in_flight, self._queued, self._last_request_time)
         # With batching, one thread per batch in flight (at least): the next batch is collected and
         # its inputs built while the previous one runs.
         threads = max(config.threads_per_process, config.batching.max_in_flight if config.batching else 0)
@@ -229,10 +230,18 @@ class Replica:
         # far cheaper than uuid4 on the hot path.
         return f"{self._id_prefix}{next(self._id_counter):08x}"
 
+    def _last_request_time(self) -> float:
+        """Unix time of the newest request, or of the start: how long this replica has been idle."""
+        if not self.last_request_at:
+            return self._started_wall
+        return time.time() - (time.monotonic() - self.last_request_at)
+
     async def handle_predict(self, request: web.Request, adapter: Any = None) -> web.StreamResponse:
         request_id = request.headers.get("X-Request-ID") or self._new_request_id()
         start = time.perf_counter()
         self.last_request_at = time.monotonic()
+        if self._count_gauges:  # multiprocess mode: no callback gauges
+            self.metrics.last_request.set(time.time())
         status = 500
         try:
             response = await self._answer(request, request_id, adapter)

@@ -14,6 +14,7 @@ do not linger.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,14 @@ class ApiMetrics:
             buckets=BATCH_BUCKETS,
             registry=into,
         ).labels(api)
+        # How long the API has been idle (scale to zero): the newest request's time, or the start.
+        self.last_request = Gauge(
+            "predictor_last_request_timestamp_seconds",
+            "Unix time of the last prediction request this replica received (its start time before the first).",
+            ["api"],
+            multiprocess_mode="max",
+            registry=into,
+        ).labels(api)
         self.ready = Gauge(
             "predictor_ready",
             "1 when every worker process of the replica has loaded its predictor and is not draining.",
@@ -118,16 +127,20 @@ class ApiMetrics:
         ).labels(api)
         self._by_code: dict[int, Counter] = {}
 
-    def track_live(self, in_flight: Callable[[], float], queued: Callable[[], float]) -> bool:
-        """Read in-flight and queued counts at scrape time when there is one process.
+    def track_live(
+        self, in_flight: Callable[[], float], queued: Callable[[], float], last_request: Callable[[], float]
+    ) -> bool:
+        """Read in-flight and queued counts and the last request's time at scrape time when there is one process.
 
-        Returns True when the caller must keep the gauges itself with inc/dec:
+        Returns True when the caller must keep the gauges itself (inc/dec, set):
         multiprocess mode has no callback gauges, so each worker writes its own.
         """
         if MULTIPROCESS:
+            self.last_request.set(time.time())
             return True
         self.in_flight.set_function(in_flight)
         self.queued.set_function(queued)
+        self.last_request.set_function(last_request)
         return False
 
     def record_prediction(self, monitoring: dict[str, str], result: Any) -> None:

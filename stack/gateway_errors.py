@@ -8,14 +8,23 @@ that the local supervisor and the Compose controller serve beside the gateway.
 - `/__stack/gateway-error/{status}`: what Traefik's `errors` middleware asks for
   on a 502 or 504 from a replica (a replica's own 4xx/5xx JSON passes untouched);
 - `/__stack/no-route/...`: the catch-all router, for paths no API serves;
+- `/__stack/activate/<api>/...`: an API scaled to zero (stack.activator);
 - anything else: an API whose replicas are all gone (its service points here).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
+from stack.routes import ACTIVATE
+
+if TYPE_CHECKING:
+    from stack.activator import Activator
+
 PREFIX = "/__stack"
+MAX_BODY = 1024**3  # a held request's body, forwarded as it came (the replica applies max_body_size)
 MESSAGES = {
     404: "no API is served at this path",
     502: "the replica failed while answering this request (bad gateway); it is safe to retry if the request is",
@@ -47,16 +56,18 @@ async def _no_replica(request: web.Request) -> web.Response:
     return _error(503, {"Retry-After": "1"})
 
 
-def error_app() -> web.Application:
-    app = web.Application()
+def error_app(activator: Activator | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
     app.router.add_route("*", PREFIX + "/gateway-error/{status}", _gateway_error)
+    if activator is not None:
+        app.router.add_route("*", ACTIVATE + "/{api}{tail:(/.*)?}", activator.handle)
     app.router.add_route("*", PREFIX + "/no-route{tail:.*}", _no_route)
     app.router.add_route("*", "/{tail:.*}", _no_replica)
     return app
 
 
-async def serve_errors(host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(error_app(), access_log=None)
+async def serve_errors(host: str, port: int, activator: Activator | None = None) -> web.AppRunner:
+    runner = web.AppRunner(error_app(activator), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

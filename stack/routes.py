@@ -23,6 +23,7 @@ import yaml
 ENTRYPOINT = "web"
 ROUTES_FILE = "routes.yml"
 INTERNAL_PATHS = ("metrics", "healthz", "readyz")
+ACTIVATE = "/__stack/activate"  # the activator's path prefix (stack.gateway_errors)
 ERRORS = "stack-errors"  # the service answering the gateway's own errors as JSON (stack.gateway_errors)
 # A killed replica costs at most its in-flight requests: a request that could not reach
 # a replica (no byte sent) goes to another one; the dial gives up after `dialTimeout`.
@@ -34,6 +35,9 @@ class Route:
     router: str  # Traefik's name for the API's router, service and middlewares
     endpoint: str  # /iris
     servers: tuple[str, ...] = ()  # replica URLs that take requests now
+    # Scaled to zero (min_replicas 0): with no server, requests go to the activator, which wakes a
+    # replica for this API and holds them until it is ready.
+    activate: str | None = None
 
 
 def router_rule(endpoint: str) -> str:
@@ -65,6 +69,9 @@ def dynamic_config(routes: list[Route], errors_url: str | None = None) -> dict[s
         middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
         servers = list(route.servers) or ([errors_url] if errors_url else [])
         services[name] = {"loadBalancer": {"servers": [{"url": url} for url in servers]}}
+        if errors_url and route.activate and not route.servers:
+            middlewares[f"{name}-activate"] = {"addPrefix": {"prefix": f"{ACTIVATE}/{route.activate}"}}
+            routers[name]["middlewares"].append(f"{name}-activate")
     if errors_url:
         services[ERRORS] = {"loadBalancer": {"servers": [{"url": errors_url}]}}
         # Only what a replica never sends: its own 4xx/5xx answers (a 503 with Retry-After) pass untouched.

@@ -129,3 +129,21 @@ def test_simulator_reports_both_policies_on_every_trace() -> None:
         assert 1 <= ours.max_replicas <= 40 and 1 <= cortex.max_replicas <= 40
     # On the slow ramp panic mode never fires and ours costs no more replica-seconds than Cortex's.
     assert by[("ramp", "stack")].replica_seconds <= by[("ramp", "cortex")].replica_seconds
+
+
+def test_scale_to_zero_only_after_idle_timeout_without_requests() -> None:
+    from stack.autoscale.policy import History, Observation, stack_policy
+
+    bounds = Bounds(0, 3, 1.0, window=6, upscale_stabilization=0, downscale_stabilization=0, idle_timeout=30)
+
+    def decide(current: int, in_flight: float | None, idle: float | None) -> tuple[int, str]:
+        decision = stack_policy(Observation(100.0, current, current, in_flight, in_flight, "", idle), History(), bounds)
+        return decision.desired, decision.rule
+
+    assert decide(1, 0.0, 31.0) == (0, "idle")  # idle long enough: zero
+    assert decide(2, 0.0, 31.0) == (0, "idle")
+    assert decide(1, 0.0, 10.0) == (1, "idle")  # not yet: one replica stays
+    assert decide(1, 0.3, 31.0)[0] == 1  # something still in flight
+    assert decide(1, 0.0, None)[0] == 1  # idle time unknown: never zero
+    assert decide(0, None, None) == (0, "no_data")  # at zero: the activator wakes it, not the autoscaler
+    assert decide(1, 4.0, 0.0)[0] > 1  # load still scales up as usual

@@ -251,3 +251,13 @@ def test_api_keys_that_cannot_be_found_are_spec_errors(tmp_path: Path, monkeypat
     (tmp_path / "empty.txt").write_text("# nothing yet\n")
     with pytest.raises(SpecError, match="holds no key"):
         load_spec(_keys_spec(tmp_path, "  api_keys_file: empty.txt\n"))
+
+
+def test_min_replicas_zero_starts_one_and_scales_to_zero_after_idle_timeout(tmp_path: Path) -> None:
+    (tmp_path / "predictor.py").write_text("class Predictor:\n    def predict(self, payload):\n        return 1\n")
+    (tmp_path / "stack.yaml").write_text(
+        f"project: z\napis:\n{GOOD_API}    autoscaling: {{min_replicas: 0, max_replicas: 3, idle_timeout: 2m}}\n"
+    )
+    scaling = load_spec(tmp_path).spec.apis[0].autoscaling
+    assert (scaling.min_replicas, scaling.initial, scaling.idle_timeout) == (0, 1, 120.0)
+    assert load_spec(tmp_path).spec.apis[0].autoscaled

@@ -37,6 +37,7 @@ class RoutedApi:
     router: str  # Traefik's name for its router and service
     endpoint: str
     gpu_slots: list[list[str]] = field(default_factory=list)
+    scale_to_zero: bool = False  # min_replicas 0: the activator wakes it
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ class AutoscalerConfig:
             for a in data["apis"]
         ]
         routed = [
-            RoutedApi(a["name"], a["router"], a["endpoint"], [list(s) for s in a["gpu_slots"]])
+            RoutedApi(
+                a["name"], a["router"], a["endpoint"], [list(s) for s in a["gpu_slots"]], a.get("scale_to_zero", False)
+            )
             for a in data.get("routed", [])
         ]
         return cls(data["project"], data["scrape_interval"], apis, routed)
@@ -83,6 +86,7 @@ def bounds_of(api: Api) -> Bounds:
         max_downscale_factor=spec.max_downscale_factor,
         upscale_tolerance=spec.upscale_tolerance,
         downscale_tolerance=spec.downscale_tolerance,
+        idle_timeout=spec.idle_timeout,
     )
 
 
@@ -100,7 +104,13 @@ def config_of(loaded: LoadedSpec, gpu_slots: dict[str, list[list[str]]] | None =
         if api.autoscaled and api.autoscaling.engine == "stack"
     ]
     routed = [
-        RoutedApi(api.name, f"{spec.project}-{api.name}", api.endpoint, (gpu_slots or {}).get(api.name, []))
+        RoutedApi(
+            api.name,
+            f"{spec.project}-{api.name}",
+            api.endpoint,
+            (gpu_slots or {}).get(api.name, []),
+            api.autoscaling.min_replicas == 0,
+        )
         for api in spec.apis
     ]
     return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed)

@@ -17,7 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -106,6 +106,7 @@ class Autoscaler:
         manual: Callable[[str], bool] = lambda api: False,
         state_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        activity: Callable[[str], float | None] = lambda api: None,
     ) -> None:
         self.scaler = scaler
         self.signal = signal
@@ -115,6 +116,9 @@ class Autoscaler:
         self.manual = manual
         self.state_file = state_file
         self.clock = clock
+        # Unix time of the last request the activator held for an API: a request that woke it counts
+        # before Prometheus has scraped the woken replica.
+        self.activity = activity
         self.apis: dict[str, ApiLoop] = {}
         self.saved: dict[str, dict[str, object]] | None = None  # what the state file holds
         self.configure(config)
@@ -165,6 +169,10 @@ class Autoscaler:
             self._hold(state, f"hold: {replicas.busy}", "busy")
             return
         signal = await self.signal.read(api.name, api.bounds.window, api.bounds.panic_window)
+        held_at = self.activity(api.name)
+        if held_at is not None:
+            since = max(time.time() - held_at, 0.0)
+            signal = replace(signal, idle_for=since if signal.idle_for is None else min(signal.idle_for, since))
         observation = self._observe(now, replicas, signal)
         decision = self.policy(observation, state.history, api.bounds)
         self._record(state, observation, decision)
@@ -200,7 +208,13 @@ class Autoscaler:
         # (4 s at a 1 s scrape interval on the local target: the policy then held
         # the next step up for a replica that was already serving).
         return Observation(
-            now, replicas.current, replicas.ready, signal.in_flight, signal.in_flight_short, signal.missing_reason
+            now,
+            replicas.current,
+            replicas.ready,
+            signal.in_flight,
+            signal.in_flight_short,
+            signal.missing_reason,
+            signal.idle_for,
         )
 
     def _record(self, state: ApiLoop, obs: Observation, decision: Decision) -> None:

@@ -52,6 +52,7 @@ class Bounds:
     max_downscale_factor: float = 0.75
     upscale_tolerance: float = 0.05
     downscale_tolerance: float = 0.05
+    idle_timeout: float = 600.0  # with min_replicas 0: no request for this long scales the API to zero
 
     @property
     def panic_window(self) -> float:
@@ -68,6 +69,7 @@ class Observation:
     in_flight: float | None  # total over replicas, averaged over `window`
     in_flight_short: float | None = None  # the same over the panic window
     missing_reason: str = ""
+    idle_for: float | None = None  # seconds since the API's last request (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,30 @@ def cortex_policy(obs: Observation, history: History, bounds: Bounds) -> Decisio
 
 
 def stack_policy(obs: Observation, history: History, bounds: Bounds) -> Decision:
-    return _stack(obs, history, bounds, STACK_RULES)
+    return _to_zero(obs, bounds, _stack(obs, history, bounds, STACK_RULES))
+
+
+def _to_zero(obs: Observation, bounds: Bounds, decision: Decision) -> Decision:
+    """min_replicas 0: zero only after `idle_timeout` without a request; until then at least one replica.
+
+    Waking from zero is the activator's job (a request arrives, it asks for a replica), so at
+    zero nothing here scales up: no replica means no series, which holds the count.
+    """
+    if bounds.min_replicas > 0 or obs.current == 0:
+        return decision
+    idle = obs.idle_for
+    settled = obs.ready == obs.current  # a replica still starting was just woken (or replaced): not idle
+    if idle is not None and idle >= bounds.idle_timeout and obs.in_flight == 0 and settled:
+        return Decision(
+            0,
+            f"scale to zero: no request for {idle:.0f}s (idle_timeout {bounds.idle_timeout:g}s)",
+            decision.recommendation,
+            "idle",
+        )
+    if decision.desired == 0:
+        left = "unknown" if idle is None else f"{max(bounds.idle_timeout - idle, 0):.0f}s to go"
+        return Decision(1, f"hold: 1 replica until idle for idle_timeout ({left})", decision.recommendation, "idle")
+    return decision
 
 
 STACK_RULES = frozenset({"starting", "draining", "panic"})
@@ -214,4 +239,7 @@ def _panic(obs: Observation, history: History, bounds: Bounds) -> Decision | Non
 
 
 Policy = Callable[[Observation, History, Bounds], Decision]
-POLICIES: dict[str, Policy] = {"cortex": cortex_policy, "stack": stack_policy}
+POLICIES: dict[str, Policy] = {
+    "cortex": lambda obs, history, bounds: _to_zero(obs, bounds, cortex_policy(obs, history, bounds)),
+    "stack": stack_policy,
+}

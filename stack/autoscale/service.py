@@ -97,9 +97,8 @@ async def serve(
         tasks = [autoscaler.run(stopping)]
         errors: web.AppRunner | None = None
         if control is not None:
+            from stack.activator import Activator
             from stack.gateway_errors import serve_errors
-
-            errors = await serve_errors("0.0.0.0", ERRORS_PORT)
             from stack.targets.compose.controller import ComposeController
             from stack.targets.compose.scaler import ComposeScaler
 
@@ -115,6 +114,10 @@ async def serve(
                 autoscaler.registry,
                 f"http://{CONTROLLER_HOST}:{ERRORS_PORT}",
             )
+            # The gateway's own errors and, for APIs scaled to zero, the activator.
+            activator = Activator(controller, registry=autoscaler.registry)
+            autoscaler.activity = activator.last_request.get
+            errors = await serve_errors("0.0.0.0", ERRORS_PORT, activator)
             LOGGER.info(f"routing and keeping {len(config.routed)} API(s) of {config.project}")
             tasks.append(controller.run(stopping))
         try:

@@ -17,6 +17,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 IN_FLIGHT = "predictor_requests_in_flight"
+LAST_REQUEST = "predictor_last_request_timestamp_seconds"
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Signal:
     in_flight: float | None
     in_flight_short: float | None
     missing_reason: str = ""
+    idle_for: float | None = None  # seconds since the API's newest request (or its replicas' start)
 
 
 class PrometheusSignal:
@@ -56,7 +58,11 @@ class PrometheusSignal:
             return Signal(None, None, f"Prometheus query failed: {exc}")
         if long is None:
             return Signal(None, None, "Prometheus returned an empty or NaN result")
-        return Signal(long, short)
+        try:
+            idle = await self._query(f'time() - max({LAST_REQUEST}{{api="{api}"}})')
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            idle = None
+        return Signal(long, short, idle_for=idle)
 
     def _fresh(self, selector: str) -> str:
         """Only samples scraped within two intervals of each instant: no value carried across a gap."""
@@ -103,10 +109,12 @@ class ScrapeSignal:
         self.session = session
         self.keep = keep
         self.samples: dict[str, deque[tuple[float, float]]] = {}
+        self.last_request: dict[str, float] = {}  # api -> unix time of its newest request
 
     async def sample(self, api: str, replica_urls: list[str]) -> str | None:
         """Add one sample of the API's total; returns a reason when it could not."""
         total = 0.0
+        newest: float | None = None
         for url in replica_urls:
             try:
                 async with self.session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=2)) as response:
@@ -117,6 +125,11 @@ class ScrapeSignal:
             if value is None:
                 return f"{url} exports no {IN_FLIGHT} for API {api}"
             total += value
+            last = _in_flight(text, api, LAST_REQUEST)
+            if last is not None:
+                newest = last if newest is None else max(newest, last)
+        if newest is not None:
+            self.last_request[api] = newest
         now = time.monotonic()
         series = self.samples.setdefault(api, deque())
         series.append((now, total))
@@ -133,17 +146,19 @@ class ScrapeSignal:
         short = [v for t, v in series if t >= now - short_window] or long[-1:]
         if not long:
             return Signal(None, None, "no recent samples")
-        return Signal(sum(long) / len(long), sum(short) / len(short))
+        last = self.last_request.get(api)
+        idle = None if last is None else max(time.time() - last, 0.0)
+        return Signal(sum(long) / len(long), sum(short) / len(short), idle_for=idle)
 
 
-def _in_flight(exposition: str, api: str) -> float | None:
-    """The API's in-flight gauge from a replica's exposition (prometheus_client's own parser)."""
+def _in_flight(exposition: str, api: str, name: str = IN_FLIGHT) -> float | None:
+    """The API's gauge `name` from a replica's exposition (prometheus_client's own parser)."""
     try:
         for family in text_string_to_metric_families(exposition):
-            if family.name != IN_FLIGHT:
+            if family.name != name:
                 continue
             for sample in family.samples:
-                if sample.name == IN_FLIGHT and sample.labels.get("api") == api:
+                if sample.name == name and sample.labels.get("api") == api:
                     return float(sample.value)
     except ValueError:
         return None

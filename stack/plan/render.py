@@ -348,6 +348,12 @@ def plan_nomad(
     registry: str = "",
     images: dict[str, str] | None = None,
 ) -> Plan:
+    zero = [a.name for a in loaded.spec.apis if a.autoscaling.min_replicas == 0]
+    if zero:
+        raise PlanError(
+            f"API(s) {', '.join(zero)} set autoscaling.min_replicas: 0; scale to zero needs the activator, which "
+            "the local and Compose targets run and the Nomad target does not yet: set min_replicas: 1 for Nomad"
+        )
     spec = loaded.spec
     env = template_environment()
     digest = project_digest(loaded)

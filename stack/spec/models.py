@@ -18,6 +18,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Memory = Annotated[int, BeforeValidator(parse_memory)]
 Cpu = Annotated[float, BeforeValidator(parse_cpu)]
 PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$|^[a-z]$")]
 NAME_RULE = "lowercase letters, digits and '-', starting with a letter (it names containers, jobs and metrics)"
 
@@ -161,9 +162,12 @@ class Compute(Strict):
 class Autoscaling(Strict):
     """Cortex's defaults, which Cortex tuned on real traffic."""
 
-    min_replicas: PositiveInt = 1
+    # 0: scale to zero after `idle_timeout` without a request; the next request wakes a replica
+    # (the gateway holds it meanwhile) and is answered once it is ready.
+    min_replicas: NonNegativeInt = 1
     max_replicas: PositiveInt = 100
-    init_replicas: PositiveInt | None = None  # default: min_replicas
+    init_replicas: PositiveInt | None = None  # default: min_replicas (at least 1: `stack up` proves the API starts)
+    idle_timeout: Duration = 600.0
     # stack: our autoscaler decides. nomad-autoscaler (Nomad only): the job carries a scaling policy
     # for HashiCorp's Nomad Autoscaler (Prometheus APM, target-value on the same in-flight query).
     engine: Literal["stack", "nomad-autoscaler"] = "stack"
@@ -182,7 +186,7 @@ class Autoscaling(Strict):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas})")
         init = self.init_replicas
-        if init is not None and not self.min_replicas <= init <= self.max_replicas:
+        if init is not None and not max(self.min_replicas, 1) <= init <= self.max_replicas:
             raise ValueError(
                 f"init_replicas ({init}) must lie between min_replicas ({self.min_replicas}) "
                 f"and max_replicas ({self.max_replicas})"
@@ -191,7 +195,7 @@ class Autoscaling(Strict):
 
     @property
     def initial(self) -> int:
-        return self.init_replicas or self.min_replicas
+        return self.init_replicas or max(self.min_replicas, 1)
 
 
 SurgeValue = Annotated[int | str, Field(union_mode="left_to_right")]

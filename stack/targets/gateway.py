@@ -15,6 +15,10 @@ import requests
 
 from stack.status import ApiStatus
 
+# Sent with our own checks through the gateway: the activator answers them without waking an API
+# scaled to zero (a `stack status` must not count as the request that wakes it).
+PROBE_HEADER = "X-Stack-Probe"
+
 
 def readiness_url(gateway_port: int, endpoint: str, host: str = "127.0.0.1") -> str:
     """The API's status route through the gateway (its probes are not reachable there)."""
@@ -39,7 +43,7 @@ def wait_until_routed(url: str, timeout: float = 30.0, interval: float = 0.05) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if answered_by_replica(requests.get(url, timeout=2)):
+            if answered_by_replica(requests.get(url, timeout=2, headers={PROBE_HEADER: "1"})):
                 return True
         except requests.RequestException:
             pass
@@ -53,7 +57,7 @@ def check_routed(status: ApiStatus, gateway_port: int) -> ApiStatus:
         return status
     url = readiness_url(gateway_port, status.endpoint)
     try:
-        if answered_by_replica(requests.get(url, timeout=2)):
+        if answered_by_replica(requests.get(url, timeout=2, headers={PROBE_HEADER: "1"})):
             return status
     except requests.RequestException:
         pass

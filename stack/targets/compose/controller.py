@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import docker
 from docker.models.containers import Container
 from prometheus_client import CollectorRegistry, Counter
@@ -72,7 +73,11 @@ class ComposeController:
         self.client = scaler.client
         self.stopping_ids: set[str] = set()  # containers the engine was told to stop or kill
         self.short_since: dict[str, float] = {}  # api -> when its deficit was first seen
-        self.wake = asyncio.Event()
+        self.wake_up = asyncio.Event()
+        self.ready_urls: dict[str, list[str]] = {}  # api -> serving replicas, as of the last pass
+        self.starting_urls: dict[str, list[str]] = {}  # api -> running replicas, healthy or not yet
+        self.session: aiohttp.ClientSession | None = None
+        self.start_errors: dict[str, str] = {}  # api -> why its replicas cannot start, as of the last pass
         self.restored = Counter(
             "stack_controller_replicas_restored",
             "Replicas started again or copied because one was killed, stopped or removed behind the stack's back.",
@@ -84,14 +89,14 @@ class ComposeController:
         loop = asyncio.get_running_loop()
         threading.Thread(target=self._watch_events, args=(loop,), name="docker-events", daemon=True).start()
         while not stopping.is_set():
-            self.wake.clear()
+            self.wake_up.clear()
             try:
                 await asyncio.to_thread(self.tick)
             except docker.errors.DockerException as exc:
                 LOGGER.warning(f"cannot read the stack's containers: {exc}")
             except Exception:
                 LOGGER.exception("controller pass failed; the next one comes anyway")
-            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stopping.wait())]
+            waiters = [asyncio.ensure_future(self.wake_up.wait()), asyncio.ensure_future(stopping.wait())]
             await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
@@ -104,10 +109,45 @@ class ComposeController:
                 for event in self.client.events(decode=True, filters=filters):
                     if event.get("Action") == "kill" or event.get("status") == "kill":
                         self.stopping_ids.add(event.get("id", ""))
-                    loop.call_soon_threadsafe(self.wake.set)
+                    loop.call_soon_threadsafe(self.wake_up.set)
             except Exception as exc:  # the engine restarted, the socket closed: try again
                 LOGGER.warning(f"Docker event stream lost ({exc}); reopening")
             time.sleep(1)
+
+    # -- waking an API scaled to zero (the activator's Waker) ---------------------------------
+
+    def known(self, api: str) -> bool:
+        return any(a.name == api for a in self.apis)
+
+    async def activate(self, api: str) -> None:
+        routed = next(a for a in self.apis if a.name == api)
+        LOGGER.info(f"{api}: a request woke it from zero")
+        self.start_errors.pop(api, None)  # what the stopped replica looked like is no news
+        await asyncio.to_thread(self.scaler.wake, api, routed.gpu_slots, set(self.stopping_ids))
+        self.wake_up.set()
+
+    async def ready_url(self, api: str) -> str | None:
+        urls = self.ready_urls.get(api)
+        if urls:
+            return urls[0]
+        # Docker checks health every 2 s; a woken replica is asked itself, so a cold start
+        # waits for the model load, not for the next health check.
+        for url in self.starting_urls.get(api, []):
+            try:
+                async with self._probe_session().get(url + "/readyz", timeout=aiohttp.ClientTimeout(total=0.5)) as r:
+                    if r.status == 200:
+                        return url
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+        return None
+
+    def _probe_session(self) -> aiohttp.ClientSession:
+        if self.session is None or self.session.closed:
+            self.session = aiohttp.ClientSession()
+        return self.session
+
+    def start_error(self, api: str) -> str | None:
+        return self.start_errors.get(api)
 
     # -- one pass, in a worker thread --------------------------------------------------------
 
@@ -142,7 +182,32 @@ class ComposeController:
                 for c in replicas
                 if c.labels["stack.api"] == api.name and self._serving(c) and (address := self._address(c))
             )
-            table.append(routes.Route(api.router, api.endpoint, tuple(servers)))
+            self.ready_urls[api.name] = servers
+            self.starting_urls[api.name] = [
+                f"http://{address}:{self.port}"
+                for c in replicas
+                if c.labels["stack.api"] == api.name
+                and c.status == "running"
+                and c.id not in self.stopping_ids
+                and (address := self._address(c))
+            ]
+            failing = [
+                c
+                for c in replicas
+                if c.labels["stack.api"] == api.name
+                and c.id not in self.stopping_ids
+                and (
+                    c.status == "restarting"
+                    or (c.status == "running" and (c.attrs["State"].get("Health") or {}).get("Status") == "unhealthy")
+                )
+            ]
+            if failing:
+                code = failing[0].attrs["State"].get("ExitCode", 0)
+                self.start_errors[api.name] = f"replica {failing[0].name} keeps failing (last exit code {code})"
+            else:
+                self.start_errors.pop(api.name, None)
+            activate = api.name if api.scale_to_zero else None
+            table.append(routes.Route(api.router, api.endpoint, tuple(servers), activate=activate))
         if routes.write(self.control_dir / ROUTES_DIR, routes.render(table, HEADER, self.errors_url)):
             LOGGER.info("routes: " + "; ".join(f"{r.router} -> {len(r.servers)} replica(s)" for r in table))
 

@@ -27,7 +27,7 @@ from docker.models.containers import Container
 
 from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas
-from stack.targets.compose.desired import Desired, write_desired
+from stack.targets.compose.desired import Desired, read_desired, write_desired
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -91,8 +91,11 @@ class ComposeScaler:
         elif count < len(alive):
             # Replicas that are not serving go first, then the highest-numbered, as Compose does.
             order = sorted(alive, key=lambda c: (_health(c) == "healthy", -_number(c)))
-            for container in order[: len(alive) - count]:
-                self._remove_in_background(container, api.stop_timeout)
+            leaving = order[: len(alive) - count]
+            for container in leaving:
+                # To zero, the last one is only stopped: the activator starts it again (a cold start
+                # without creating a container), and it is the copy for any more.
+                self._remove_in_background(container, api.stop_timeout, keep=count == 0 and container is leaving[-1])
         versions = {c.labels.get("stack.version", "") for c in alive}
         if self.state_dir is not None and len(versions) == 1:
             # The count the controller keeps from now on (a killed replica is brought back to it).
@@ -118,20 +121,45 @@ class ComposeScaler:
         self.client.api.start(created["Id"])
         alive.append(self.client.containers.get(created["Id"]))
 
+    def wake(self, api: str, gpu_slots: list[list[str]], stopping: set[str] | None = None) -> None:
+        """One replica for an API scaled to zero: its stopped replica started again (no new container),
+        else a copy of one still draining from the scale-down. `stopping`: containers told to stop."""
+        found = self.client.containers.list(
+            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.api={api}"]}
+        )
+        with self.lock:
+            leaving = self.draining | (stopping or set())
+        if any(c.status in ALIVE and c.id not in leaving for c in found):
+            return
+        wanted = read_desired(self.state_dir).get(api) if self.state_dir else None
+        same = [c for c in found if wanted is None or c.labels.get("stack.version") == wanted.version] or found
+        stopped = [c for c in same if c.status in ("exited", "created")]
+        if stopped:
+            chosen = max(stopped, key=lambda c: c.attrs.get("Created", ""))
+            chosen.start()
+        elif draining := [c for c in same if c.status in ALIVE]:
+            self.add(api, gpu_slots, draining)
+            chosen = draining[0]
+        else:
+            raise RuntimeError(f"API {api} has no container left to start; run `stack up`")
+        if self.state_dir is not None:
+            write_desired(self.state_dir, api, Desired(chosen.labels.get("stack.version", ""), 1))
+
     def _next_number(self, service: str) -> int:
         every = self.client.containers.list(
             all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={service}"]}
         )
         return max((_number(c) for c in every), default=0) + 1
 
-    def _remove_in_background(self, container: Container, timeout: float) -> None:
+    def _remove_in_background(self, container: Container, timeout: float, keep: bool = False) -> None:
         with self.lock:
             self.draining.add(container.id)
 
         def stop() -> None:
             try:
                 container.stop(timeout=int(timeout))
-                container.remove()
+                if not keep:
+                    container.remove()
             except docker.errors.NotFound:
                 pass  # already gone (`stack down`, or removed by hand)
             finally:

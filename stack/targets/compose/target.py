@@ -42,7 +42,7 @@ from stack.spec import Api, LoadedSpec
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
 from stack.targets.base import check_scale, refuse_nomad_autoscaler
-from stack.targets.compose.desired import DESIRED_FILE, Desired, write_desired
+from stack.targets.compose.desired import DESIRED_FILE, Desired, read_desired, write_desired
 from stack.targets.compose.logs import follow_container_logs
 from stack.targets.gateway import check_routed, readiness_url, wait_until_routed
 from stack.targets.rollout import Fleet, next_step
@@ -372,7 +372,9 @@ class ComposeTarget:
             current = [c for c in alive if c.version == version]
             ready = [c for c in alive if c.ready]
             updating = any(c.version != version for c in alive)
-            if any(c.failed for c in current) and not ready:
+            if not alive and self._desired_count(api.name) == 0:
+                state = "scaled to zero"
+            elif any(c.failed for c in current) and not ready:
                 state = "error"
             elif updating:
                 state = "updating"
@@ -429,6 +431,10 @@ class ComposeTarget:
             f"the controller (autoscaler service) is {how}: killed replicas are not replaced, the gateway's routes "
             f"do not follow the replicas and nothing autoscales; `stack up {self.loaded.root}` starts it again"
         ]
+
+    def _desired_count(self, api: str) -> int | None:
+        wanted = read_desired(self.state_dir).get(api)
+        return None if wanted is None else wanted.replicas
 
     def _deployed(self) -> dict[str, str]:
         """The version each API was last rolled to by `stack up` (not what the files would build now)."""

@@ -36,6 +36,7 @@ from serving.config import CONFIG_ENV
 from serving.runner import STARTUP_ERROR_ENV
 from serving.supervisor import port_is_free
 from stack import routes
+from stack.activator import Activator
 from stack.atomic import write_json_atomic, write_text_atomic
 from stack.autoscale.config import config_of
 from stack.autoscale.loop import Autoscaler, SignalSource
@@ -57,6 +58,7 @@ TICK = 0.2  # seconds between reconcile passes
 BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before restarting a replica that keeps failing
 GIVE_UP_AFTER = 5  # consecutive start-up failures before an API is marked failed
 ROUTES_HEADER = "Written by the `stack up --local` supervisor whenever a replica joins or leaves."
+START_TIMEOUT = 600.0  # seconds a request held for an API scaled to zero waits for a replica
 CRASH_WINDOW = 30.0  # a ready replica that dies sooner than this after starting counts toward back-off
 STOP_MARGIN = 5.0
 
@@ -137,6 +139,8 @@ class Supervisor:
         self.tasks: set[asyncio.Task[None]] = set()  # drains and child watchers: kept, awaited at exit
         self.autoscaler: Autoscaler | None = None
         self.registry = CollectorRegistry()  # the autoscaler's metrics, on the control port's /metrics
+        # Requests to an API scaled to zero wait here while a replica starts (at most a start's time).
+        self.activator = Activator(self, timeout=START_TIMEOUT, registry=self.registry)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -146,7 +150,10 @@ class Supervisor:
         self._write_routes()
         await self._start_traefik()
         await self._start_prometheus()
-        runners = [await serve_errors("127.0.0.1", self.errors_port), *await self._start_control()]
+        runners = [
+            await serve_errors("127.0.0.1", self.errors_port, self.activator),
+            *await self._start_control(),
+        ]
         self._write_state()
         loop = asyncio.get_running_loop()
         autoscaler = loop.create_task(self._autoscale_forever())
@@ -167,6 +174,7 @@ class Supervisor:
             await self._shutdown()
             for runner in runners:
                 await runner.cleanup()
+            await self.activator.close()
             self.paths.control_socket.unlink(missing_ok=True)
             await self.session.close()
 
@@ -519,7 +527,12 @@ class Supervisor:
 
     def _write_routes(self) -> None:
         routes_ = [
-            routes.Route(self._router(state.spec), state.spec.endpoint, tuple(sorted(self.routed.get(name, set()))))
+            routes.Route(
+                self._router(state.spec),
+                state.spec.endpoint,
+                tuple(sorted(self.routed.get(name, set()))),
+                activate=name if state.spec.autoscaling.min_replicas == 0 else None,
+            )
             for name, state in sorted(self.apis.items())
         ]
         self.routes_text = routes.render(routes_, ROUTES_HEADER, self.errors_url)
@@ -541,8 +554,31 @@ class Supervisor:
             source,
             registry=self.registry,
             manual=lambda name: name in self.apis and self.apis[name].manual,
+            activity=self.activator.last_request.get,
         )
         await self.autoscaler.run(asyncio.Event())
+
+    # -- waking an API scaled to zero (the activator's Waker) ---------------------------------
+
+    def known(self, api: str) -> bool:
+        return api in self.apis
+
+    async def activate(self, api: str) -> None:
+        state = self.apis[api]
+        if state.desired == 0:
+            state.desired = 1
+            state.failures, state.error, state.retry_at = 0, None, 0.0
+            state.event("a request woke it from zero")
+            self.wake.set()
+
+    async def ready_url(self, api: str) -> str | None:
+        state = self.apis[api]
+        ready = [r for r in state.live() if r.state == "ready" and r.version == state.version]
+        return ready[0].url if ready else None
+
+    def start_error(self, api: str) -> str | None:
+        state = self.apis[api]
+        return state.error if state.failures >= GIVE_UP_AFTER else None
 
     # -- control API ---------------------------------------------------------------------------
 
@@ -557,6 +593,8 @@ class Supervisor:
                 status = "updating"
             elif len(ready) >= state.desired and state.desired > 0:
                 status = "live"
+            elif state.desired == 0:
+                status = "scaled to zero" if not state.replicas else "scaling to zero"
             else:
                 status = "starting"
             apis.append(

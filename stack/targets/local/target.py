@@ -155,7 +155,7 @@ class LocalTarget:
                 api = failed[0]
                 logs = _tail(self.paths.logs / f"{api['name']}-{_last_replica(api)}.log")
                 raise StackError(f"API {api['name']} cannot start: {api['error']}\nlast log lines:\n{logs}")
-            if all(a["status"] == "live" for a in status["apis"]):
+            if all(a["status"] in ("live", "scaled to zero", "scaling to zero") for a in status["apis"]):
                 return
             if time.monotonic() > deadline:
                 raise StackError(f"replicas not ready after {timeout:.0f}s: {line}")

@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "a7915a217986"
+    stack_version = "a8040065822b"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=a7915a217986",
+        "stack.version=a8040065822b",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:a7915a217986"
+        image = "chat-chat:a8040065822b"
         ports = ["http"]
       }
 

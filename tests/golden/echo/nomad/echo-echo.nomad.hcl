@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "0d9579a53b2f"
+    stack_version = "38025a1072a6"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=0d9579a53b2f",
+        "stack.version=38025a1072a6",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:0d9579a53b2f"
+        image = "echo-echo:38025a1072a6"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "bdd88d649b65"
+    stack_version = "e818746c51a9"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=bdd88d649b65",
+        "stack.version=e818746c51a9",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:bdd88d649b65"
+        image = "gpu-classify:e818746c51a9"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "4c3ef80c482e"
+    stack_version = "cb10991d18ef"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=4c3ef80c482e",
+        "stack.version=cb10991d18ef",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:4c3ef80c482e"
+        image = "streaming-generate:cb10991d18ef"
         ports = ["http"]
       }
 

@@ -1,0 +1,123 @@
+"""Scale to zero on the local target: an idle API runs no replica, and the next requests still succeed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from test_local import STACK, stack
+
+from conftest import free_port
+
+PREDICTOR = """\
+import os
+import time
+
+
+class Predictor:
+    def __init__(self, config):
+        if os.path.exists(config["broken_flag"]):
+            raise RuntimeError("the weights are gone")
+        time.sleep(0.5)  # a model load
+
+    def predict(self, payload):
+        return {"echo": payload}
+"""
+
+
+def status(root: Path) -> dict:
+    return json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+
+
+def wait_for(root: Path, state: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        api = status(root)
+        if api["status"] == state:
+            return api
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {state} within {timeout}s: {api}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    if shutil.which("prometheus") is None:
+        pytest.skip("the idle signal comes from Prometheus here (Debian's prometheus package)")
+    root = tmp_path / "zero"
+    root.mkdir()
+    (root / "predictor.py").write_text(PREDICTOR)
+    port = free_port()
+    (root / "stack.yaml").write_text(
+        "project: zero\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
+        "apis:\n"
+        "  - name: echo\n"
+        "    predictor:\n"
+        "      path: predictor.py\n"
+        f"      config: {{broken_flag: {json.dumps(str(root / 'broken'))}}}\n"
+        "    autoscaling:\n"
+        "      min_replicas: 0\n"
+        "      max_replicas: 2\n"
+        "      idle_timeout: 3s\n"
+        "      window: 4s\n"
+        "      downscale_stabilization_period: 2s\n"
+        "      upscale_stabilization_period: 0s\n"
+    )
+    yield root, port
+    subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)
+
+
+def test_idle_api_scales_to_zero_and_wakes_for_requests(project: tuple[Path, int]) -> None:
+    root, port = project
+    url = f"http://127.0.0.1:{port}/echo"
+    stack("up", "--local", str(root), cwd=root)
+    assert status(root)["ready"] == 1  # `stack up` proves the API starts
+    zero = wait_for(root, "scaled to zero")
+    assert zero["replicas"] == [] and zero["desired"] == 0
+
+    # The next request wakes a replica and is answered: its latency is the cold start.
+    started = time.monotonic()
+    first = requests.post(url, json={"n": 1}, timeout=120)
+    cold = time.monotonic() - started
+    assert first.status_code == 200 and first.json() == {"echo": {"n": 1}}, first.text
+    assert cold >= 0.5  # it waited for the model load
+    assert status(root)["status"] == "live"
+    metrics = requests.get(f"http://127.0.0.1:{_metrics_port(root)}/metrics", timeout=5).text
+    assert 'stack_activator_cold_starts_total{api="echo"} 1.0' in metrics
+
+    # 50 concurrent requests at zero: every one answered.
+    wait_for(root, "scaled to zero")
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda i: requests.post(url, json={"i": i}, timeout=120), range(50)))
+    assert [a.status_code for a in answers] == [200] * 50
+    assert sorted(a.json()["echo"]["i"] for a in answers) == list(range(50))
+
+    # By hand: `stack scale echo 0 --force`, then a request wakes it the same way.
+    stack("scale", "--local", "echo", "0", "--force", "-p", str(root), cwd=root)
+    wait_for(root, "scaled to zero", timeout=30)
+    assert requests.post(url, json={}, timeout=120).status_code == 200
+
+
+def test_a_replica_that_cannot_start_answers_held_requests_with_its_error(project: tuple[Path, int]) -> None:
+    root, port = project
+    stack("up", "--local", str(root), cwd=root)
+    wait_for(root, "scaled to zero")
+    (root / "broken").write_text("")
+    failed = requests.post(f"http://127.0.0.1:{port}/echo", json={}, timeout=180)
+    assert failed.status_code == 503, failed.text
+    assert "could not start" in failed.json()["error"] and "the weights are gone" in failed.json()["error"]
+    assert failed.headers["Retry-After"].isdigit()
+    assert status(root)["status"] == "error"
+
+
+def _metrics_port(root: Path) -> int:
+    return int(json.loads((root / ".stack/local/state.json").read_text())["metrics_port"])
