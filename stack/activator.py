@@ -117,7 +117,10 @@ class Activator:
     async def _wake(self, api: str) -> float:
         started = time.monotonic()
         self.cold_starts.labels(api).inc()
-        await self.waker.activate(api)
+        try:
+            await self.waker.activate(api)
+        except Exception as exc:  # the target refused: every held request hears why
+            raise _StartFailed(str(exc)) from exc
         while await self.waker.ready_url(api) is None:
             error = self.waker.start_error(api)
             if error:

@@ -362,6 +362,17 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
     show_status(data, apis, detail=api is not None)
 
 
+def _zero_since(api: ApiStatus) -> str:
+    """For an API scaled to zero: since when, from the autoscaler's decision (or a `stack scale` by hand)."""
+    if api.status != "scaled to zero" or not api.autoscaler:
+        return ""
+    changes = [c for c in api.autoscaler.get("changes", []) if c.get("desired") == 0 and c.get("applied")]
+    if not changes:
+        return ""
+    at = float(changes[-1]["at"])
+    return f" (idle, since {time.strftime('%H:%M:%S', time.localtime(at))}, {_uptime(time.time() - at)} ago)"
+
+
 def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
     from tabulate import tabulate
 
@@ -374,7 +385,7 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
         rows.append(
             [
                 a.name,
-                a.status + (" (files changed since the last `stack up`)" if a.changed else ""),
+                a.status + _zero_since(a) + (" (files changed since the last `stack up`)" if a.changed else ""),
                 f"{a.ready}/{a.desired}",
                 f"http://127.0.0.1:{data.gateway_port}{a.endpoint}",
                 num(traffic.requests_per_second) if traffic else "-",
@@ -509,6 +520,11 @@ def scale(args: tuple[str, ...], path_option: Path | None, force: bool, target_k
 )
 @click.option("--network", help="Compose, with --control-dir: the stack's network (default: PROJECT-stack).")
 @click.option("--replica-port", default=8888, show_default=True, type=int, help="The replicas' port, inside.")
+@click.option(
+    "--activator-port",
+    type=int,
+    help="Nomad: also serve the activator that wakes APIs scaled to zero here (how the planned job runs it).",
+)
 def autoscale(
     path: Path | None,
     target: str,
@@ -520,6 +536,7 @@ def autoscale(
     control_dir: Path | None,
     network: str | None,
     replica_port: int,
+    activator_port: int | None,
 ) -> None:
     """Run the autoscaler: replica counts follow requests in flight, read from Prometheus.
 
@@ -551,7 +568,9 @@ def autoscale(
             raise StackError("--control-dir is for the Compose target, with --state-dir")
         control = service.Control(control_dir, network or f"{config.project}-stack", replica_port)
     scaler = service.make_scaler(target, config.project, nomad_addr, state_dir if target == "compose" else None)
-    asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir, policy, control))
+    if activator_port is not None and target != "nomad":
+        raise StackError("--activator-port is for the Nomad target (Compose serves it with --control-dir)")
+    asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir, policy, control, activator_port))
 
 
 def main() -> None:

@@ -132,3 +132,25 @@ def read_servers(routes_dir: Path) -> dict[str, list[str]] | None:
         }
     except (KeyError, TypeError):
         return None
+
+
+def activator_fallback(routes: list[Route], activator_service: str) -> dict[str, Any]:
+    """Last-resort routers (priority 1) sending APIs scaled to zero to the activator.
+
+    For a gateway whose routes come from elsewhere (Nomad's service catalogue): while an API has
+    instances its own router wins; at zero only this one matches.
+    """
+    routers: dict[str, Any] = {}
+    middlewares: dict[str, Any] = {}
+    for route in routes:
+        name = f"{route.router}-zero"
+        middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [route.endpoint]}}
+        middlewares[f"{name}-activate"] = {"addPrefix": {"prefix": f"{ACTIVATE}/{route.activate}"}}
+        routers[name] = {
+            "entryPoints": [ENTRYPOINT],
+            "rule": router_rule(route.endpoint),
+            "priority": 1,
+            "service": activator_service,
+            "middlewares": [f"{name}-strip", f"{name}-activate"],
+        }
+    return {"http": {"routers": routers, "middlewares": middlewares}} if routers else {}

@@ -58,6 +58,7 @@ class NomadStandIn:
         self.gpus = gpus
         self.jobs: dict[str, JobState] = {}
         self.variables: dict[str, dict[str, Any]] = {}  # Nomad Variables by path
+        self.service_registrations: dict[str, list[dict[str, Any]]] = {}  # what a test says runs where
         self.fail: dict[str, Failure] = {}  # job id -> how its next deployment fails
         self.requests: list[tuple[str, str, Any]] = []
         self.problems: list[str] = []
@@ -109,6 +110,7 @@ class NomadStandIn:
         r.add_get("/v1/job/{id}/allocations", self.get_allocations)
         r.add_get("/v1/job/{id}/scale", self.scale_status)
         r.add_post("/v1/job/{id}/scale", self.scale)
+        r.add_get("/v1/service/{name}", self.get_service)
         r.add_put("/v1/var/{path:.+}", self.put_variable)
         r.add_get("/v1/var/{path:.+}", self.get_variable)
         r.add_delete("/v1/var/{path:.+}", self.delete_variable)
@@ -167,6 +169,12 @@ class NomadStandIn:
         self._deploy(state, previous)
         response = {"EvalID": str(uuid.uuid4()), "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": ""}
         return self._respond(response, "JobRegisterResponse")
+
+    async def get_service(self, request: web.Request) -> web.Response:
+        found = self.service_registrations.get(request.match_info["name"], [])
+        for item in found:
+            self.problems += [f"service registration: {p}" for p in schema_errors(item, "ServiceRegistration")]
+        return web.json_response(found)
 
     async def put_variable(self, request: web.Request) -> web.Response:
         body = await request.json()

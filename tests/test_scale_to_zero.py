@@ -83,6 +83,8 @@ def test_idle_api_scales_to_zero_and_wakes_for_requests(project: tuple[Path, int
     assert status(root)["ready"] == 1  # `stack up` proves the API starts
     zero = wait_for(root, "scaled to zero")
     assert zero["replicas"] == [] and zero["desired"] == 0
+    table = stack("status", "--local", "-p", str(root), cwd=root).stdout
+    assert "scaled to zero (idle, since " in table, table
 
     # The next request wakes a replica and is answered: its latency is the cold start.
     started = time.monotonic()

@@ -77,6 +77,7 @@ async def serve(
     state_dir: Path | None,
     policy: str = "stack",
     control: Control | None = None,
+    activator_port: int | None = None,
 ) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -120,6 +121,17 @@ async def serve(
             errors = await serve_errors("0.0.0.0", ERRORS_PORT, activator)
             LOGGER.info(f"routing and keeping {len(config.routed)} API(s) of {config.project}")
             tasks.append(controller.run(stopping))
+        elif activator_port is not None:
+            from stack.activator import Activator
+            from stack.gateway_errors import serve_errors
+            from stack.targets.nomad.activation import NomadWaker
+            from stack.targets.nomad.scaler import NomadScaler
+
+            assert isinstance(scaler, NomadScaler)
+            activator = Activator(NomadWaker(config, scaler.client), registry=autoscaler.registry)
+            autoscaler.activity = activator.last_request.get
+            errors = await serve_errors("0.0.0.0", activator_port, activator)
+            LOGGER.info(f"activator for APIs scaled to zero on :{activator_port}")
         try:
             await asyncio.gather(*tasks)
         finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 
 import serving
 from stack import __version__
@@ -26,7 +27,7 @@ from stack.errors import PlanError
 from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.serving import REPLICA_PORT, api_keys_text, replica_config
-from stack.routes import router_rule
+from stack.routes import Route, activator_fallback, router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
 
@@ -42,6 +43,7 @@ RUNTIME_REQUIREMENTS = ["aiohttp>=3.11", "prometheus-client>=0.21", "uvloop>=0.1
 AUTOSCALER_STATE_DIR = ".stack/autoscaler"  # decisions for `stack status`, APIs set by hand
 CONTROL_DIR = ".stack/compose/control"  # the controller's routes (Traefik) and targets (Prometheus)
 AUTOSCALER_PORT = 9100
+ERRORS_PORT = 9101  # the activator and the gateway's own errors (stack.gateway_errors)
 
 
 COMPOSE_KEYS_FILE = "/run/secrets/api_keys"  # a Compose secret (a 0600 file of the plan)
@@ -348,12 +350,6 @@ def plan_nomad(
     registry: str = "",
     images: dict[str, str] | None = None,
 ) -> Plan:
-    zero = [a.name for a in loaded.spec.apis if a.autoscaling.min_replicas == 0]
-    if zero:
-        raise PlanError(
-            f"API(s) {', '.join(zero)} set autoscaling.min_replicas: 0; scale to zero needs the activator, which "
-            "the local and Compose targets run and the Nomad target does not yet: set min_replicas: 1 for Nomad"
-        )
     spec = loaded.spec
     env = template_environment()
     digest = project_digest(loaded)
@@ -403,8 +399,12 @@ def plan_nomad(
         scrape_interval=scrape_interval,
     )
     common = {"header": header, "project": project, "nomad_addr": nomad_addr, "images": all_images}
+    zero = [
+        Route(f"{project}-{a.name}", a.endpoint, activate=a.name) for a in spec.apis if a.autoscaling.min_replicas == 0
+    ]
+    fallback = yaml.safe_dump(activator_fallback(zero, f"{project}-activator@nomad"), sort_keys=True) if zero else ""
     files[f"{project}-traefik.nomad.hcl"] = env.get_template("nomad/traefik.nomad.hcl.j2").render(
-        **common, job=job(f"{project}-traefik"), gateway=spec.gateway
+        **common, job=job(f"{project}-traefik"), gateway=spec.gateway, fallback=fallback.rstrip("\n")
     )
     files[f"{project}-prometheus.nomad.hcl"] = env.get_template("nomad/prometheus.nomad.hcl.j2").render(
         **common,
@@ -421,6 +421,7 @@ def plan_nomad(
                 "image": f"{registry}{autoscaler_image()}",
                 "config": scaling.to_json(),
                 "port": AUTOSCALER_PORT,
+                "activator_port": ERRORS_PORT if zero else None,
             },
         )
     # The JSON the Nomad API takes, derived from the HCL above so the two never disagree.

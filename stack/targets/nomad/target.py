@@ -340,6 +340,8 @@ class NomadTarget:
             state = "error"
         elif ready >= desired and desired > 0:
             state = "live"
+        elif desired == 0 and api.autoscaling.min_replicas == 0 and not replicas_running(replicas):
+            state = "scaled to zero"
         else:
             state = "starting" if desired else "stopped"
         error = (deployment or {}).get("StatusDescription") if dep_status == "failed" else None
@@ -408,6 +410,10 @@ class NomadTarget:
 
     def scaler(self) -> Scaler:
         return NomadScaler(self.project, self.api.client)
+
+
+def replicas_running(replicas: list[ReplicaStatus]) -> bool:
+    return any(r.state not in ("complete", "stopped", "failed", "lost") for r in replicas)
 
 
 def _job_digest(job: dict[str, Any]) -> str:
