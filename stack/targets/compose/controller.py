@@ -72,6 +72,7 @@ class ComposeController:
         self.scaler = scaler
         self.client = scaler.client
         self.stopping_ids: set[str] = set()  # containers the engine was told to stop or kill
+        self.ids_lock = threading.Lock()
         self.short_since: dict[str, float] = {}  # api -> when its deficit was first seen
         self.wake_up = asyncio.Event()
         self.ready_urls: dict[str, list[str]] = {}  # api -> serving replicas, as of the last pass
@@ -108,7 +109,8 @@ class ComposeController:
                 filters = {"type": "container", "label": f"{PROJECT_LABEL}={self.project}", "event": list(EVENTS)}
                 for event in self.client.events(decode=True, filters=filters):
                     if event.get("Action") == "kill" or event.get("status") == "kill":
-                        self.stopping_ids.add(event.get("id", ""))
+                        with self.ids_lock:
+                            self.stopping_ids.add(event.get("id", ""))
                     loop.call_soon_threadsafe(self.wake_up.set)
             except Exception as exc:  # the engine restarted, the socket closed: try again
                 LOGGER.warning(f"Docker event stream lost ({exc}); reopening")
@@ -123,7 +125,9 @@ class ComposeController:
         routed = next(a for a in self.apis if a.name == api)
         LOGGER.info(f"{api}: a request woke it from zero")
         self.start_errors.pop(api, None)  # what the stopped replica looked like is no news
-        await asyncio.to_thread(self.scaler.wake, api, routed.gpu_slots, set(self.stopping_ids))
+        with self.ids_lock:
+            stopping = set(self.stopping_ids)
+        await asyncio.to_thread(self.scaler.wake, api, routed.gpu_slots, stopping)
         self.wake_up.set()
 
     async def ready_url(self, api: str) -> str | None:
@@ -154,7 +158,8 @@ class ComposeController:
     def tick(self) -> None:
         containers = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
         live_ids = {c.id for c in containers if c.status in ALIVE}
-        self.stopping_ids &= live_ids  # a dead or removed container needs no more remembering
+        with self.ids_lock:  # the event thread adds to it meanwhile
+            self.stopping_ids &= live_ids  # a dead or removed container needs no more remembering
         replicas = [c for c in containers if "stack.api" in c.labels]
         self._write_routes(replicas)
         self._write_targets(replicas)
