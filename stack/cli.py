@@ -249,8 +249,12 @@ def _pick_api(spec: Any, name: str | None) -> Any:
 # The target is resolved once, here; every command then talks to the Target protocol alone.
 
 
-def resolve_target(path: Path, kind: str | None, gpus: int | None = None, registry: str | None = None) -> Target:
-    return open_target(load_spec(path), kind, gpus=gpus, registry=registry)
+def resolve_target(
+    path: Path, kind: str | None, gpus: int | None = None, registry: str | None = None, secrets: bool = False
+) -> Target:
+    """`secrets`: resolve the API keys' environment variables (only `stack up` needs them: `stack down`
+    or `stack status` work in a shell that does not have them)."""
+    return open_target(load_spec(path, secrets=secrets), kind, gpus=gpus, registry=registry)
 
 
 def _target_flag(func: Any) -> Any:
@@ -304,7 +308,7 @@ def _progress(line: str) -> None:
 @click.option("--registry", help="Nomad: where to push images, HOST:PORT (default: build.registry of stack.yaml).")
 def up(path: Path, target_kind: str | None, gpus: int | None, registry: str | None) -> None:
     """Start the stack, or update it in place (a rolling update) when it runs."""
-    target = resolve_target(path, target_kind, gpus, registry)
+    target = resolve_target(path, target_kind, gpus, registry, secrets=True)
     _warn(target.loaded.warnings)
     with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
         status = target.up(_progress)
@@ -411,6 +415,19 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
         "error",
     ]
     click.echo(tabulate(rows, headers=headers))
+    if data.splitters:
+        click.echo("")
+        split_rows = [
+            [
+                s.name,
+                f"http://127.0.0.1:{data.gateway_port}{s.endpoint}",
+                " ".join(f"{api}={weight}" for api, weight in s.weights.items()),
+                s.mirror or "-",
+                "set by `stack split` until the next `stack up`" if s.overridden else "stack.yaml",
+            ]
+            for s in data.splitters
+        ]
+        click.echo(tabulate(split_rows, headers=["splitter", "endpoint", "weights", "mirror", "weights from"]))
     for note in data.notes:
         click.echo(f"note: {note}")
     if not detail:
@@ -485,6 +502,31 @@ def scale(args: tuple[str, ...], path_option: Path | None, force: bool, target_k
     with ProjectLock(target.loaded.root, f"stack scale {api} {replicas} ({target.name})"):
         target.scale(api, replicas, force, _progress)
     click.echo(f"{api} scaled to {replicas}")
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True)
+@_path_option
+@_target_flag
+def split(args: tuple[str, ...], path_option: Path | None, target_kind: str | None) -> None:
+    """Change a splitter's weights on the running stack: `stack split [PATH] NAME API=W ...`.
+
+    No replica restarts; the weights hold until the next `stack up` re-applies stack.yaml's.
+    """
+    from stack.splits import parse_weights
+
+    rest = list(args)
+    path = path_option
+    if path is None and rest and "=" not in rest[0] and len(rest) > 1 and _is_project(rest[0]):
+        path = Path(rest.pop(0))
+    if len(rest) < 2 or "=" in rest[0]:
+        raise click.UsageError("usage: stack split [PATH] NAME API=WEIGHT [API=WEIGHT ...]")
+    name, weights = rest[0], parse_weights(tuple(rest[1:]))
+    target = resolve_target(path or Path("."), target_kind)
+    with ProjectLock(target.loaded.root, f"stack split {name} ({target.name})"):
+        target.split(name, weights)
+    shown = ", ".join(f"{api}={weight}" for api, weight in weights.items())
+    click.echo(f"{name}: {shown} (until the next `stack up`)")
 
 
 @cli.command()

@@ -40,6 +40,17 @@ class Route:
     activate: str | None = None
 
 
+@dataclass(frozen=True)
+class Split:
+    """A splitter: one endpoint, weighted across APIs' services, optionally mirrored."""
+
+    router: str
+    endpoint: str
+    weights: tuple[tuple[str, int], ...]  # (an API's router/service name, weight)
+    mirror: tuple[str, int] | None = None  # (an API's service, percent of requests copied)
+    sticky_cookie: str | None = None  # the cookie that keeps a client on one API
+
+
 def router_rule(endpoint: str) -> str:
     """/iris and /iris/..., not /irisx (a bare PathPrefix would match it); never the replica's internal paths."""
     prefix = "" if endpoint == "/" else endpoint
@@ -48,7 +59,9 @@ def router_rule(endpoint: str) -> str:
     return f"({matches}) && !PathRegexp(`{internal}`)"
 
 
-def dynamic_config(routes: list[Route], errors_url: str | None = None) -> dict[str, Any]:
+def dynamic_config(
+    routes: list[Route], errors_url: str | None = None, splits: tuple[Split, ...] = ()
+) -> dict[str, Any]:
     """Traefik's dynamic configuration for these routes (file provider).
 
     With `errors_url` (stack.gateway_errors), every answer the gateway makes itself is JSON:
@@ -72,13 +85,33 @@ def dynamic_config(routes: list[Route], errors_url: str | None = None) -> dict[s
         if errors_url and route.activate and not route.servers:
             middlewares[f"{name}-activate"] = {"addPrefix": {"prefix": f"{ACTIVATE}/{route.activate}"}}
             routers[name]["middlewares"].append(f"{name}-activate")
+    for split in splits:
+        name = split.router
+        weighted: dict[str, Any] = {"services": [{"name": svc, "weight": weight} for svc, weight in split.weights]}
+        if split.sticky_cookie:
+            weighted["sticky"] = {"cookie": {"name": split.sticky_cookie, "httpOnly": True}}
+        services[name] = {"weighted": weighted}
+        target = name
+        if split.mirror is not None:
+            target = f"{name}-mirrored"  # copies go to the mirror; clients only see the primary's answers
+            services[target] = {
+                "mirroring": {"service": name, "mirrors": [{"name": split.mirror[0], "percent": split.mirror[1]}]}
+            }
+        routers[name] = {
+            "entryPoints": [ENTRYPOINT],
+            "rule": router_rule(split.endpoint),
+            "service": target,
+            "middlewares": ([ERRORS] if errors_url else []) + [f"{name}-strip", f"{name}-retry"],
+        }
+        middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [split.endpoint]}}
+        middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
     if errors_url:
         services[ERRORS] = {"loadBalancer": {"servers": [{"url": errors_url}]}}
         # Only what a replica never sends: its own 4xx/5xx answers (a 503 with Retry-After) pass untouched.
         middlewares[ERRORS] = {
             "errors": {"status": ["502", "504"], "service": ERRORS, "query": "/__stack/gateway-error/{status}"}
         }
-        if not any(route.endpoint == "/" for route in routes):
+        if not any(route.endpoint == "/" for route in routes) and not any(x.endpoint == "/" for x in splits):
             middlewares[f"{ERRORS}-no-route"] = {"addPrefix": {"prefix": "/__stack/no-route"}}
             routers[f"{ERRORS}-no-route"] = {
                 "entryPoints": [ENTRYPOINT],
@@ -92,9 +125,10 @@ def dynamic_config(routes: list[Route], errors_url: str | None = None) -> dict[s
     return {"http": {"routers": routers, "middlewares": middlewares, "services": services}}
 
 
-def render(routes: list[Route], header: str = "", errors_url: str | None = None) -> str:
+def render(routes: list[Route], header: str = "", errors_url: str | None = None, splits: tuple[Split, ...] = ()) -> str:
     comment = "".join(f"# {line}\n" for line in header.splitlines())
-    return comment + yaml.safe_dump(dynamic_config(routes, errors_url), sort_keys=True, default_flow_style=False)
+    config = dynamic_config(routes, errors_url, splits)
+    return comment + yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
 
 
 def write(routes_dir: Path, text: str, mode: int = 0o644) -> bool:
@@ -128,7 +162,7 @@ def read_servers(routes_dir: Path) -> dict[str, list[str]] | None:
         return {
             name: [server["url"] for server in service["loadBalancer"]["servers"]]
             for name, service in services.items()
-            if name != ERRORS
+            if name != ERRORS and "loadBalancer" in service
         }
     except (KeyError, TypeError):
         return None

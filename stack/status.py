@@ -71,6 +71,15 @@ class ApiStatus:
 
 
 @dataclass(frozen=True)
+class SplitterStatus:
+    name: str
+    endpoint: str
+    weights: dict[str, int]  # API -> weight, as the gateway applies them now
+    overridden: bool = False  # set by `stack split`, until the next `stack up` re-applies stack.yaml
+    mirror: str = ""  # "API (N%)" when shadow traffic is on
+
+
+@dataclass(frozen=True)
 class StackStatus:
     project: str
     target: str
@@ -78,6 +87,7 @@ class StackStatus:
     apis: list[ApiStatus]
     notes: list[str] = field(default_factory=list)  # things the user should know (a moved port, a dead stack)
     pid: int | None = None  # the stack's controller process, where it is one on this machine (local)
+    splitters: list[SplitterStatus] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +97,7 @@ class StackStatus:
             "pid": self.pid,
             "notes": self.notes,
             "apis": [api.to_dict() for api in self.apis],
+            "splitters": [asdict(s) for s in self.splitters],
         }
 
     @classmethod
@@ -106,6 +117,7 @@ class StackStatus:
             apis,
             list(data.get("notes", [])),
             data.get("pid"),
+            [SplitterStatus(**s) for s in data.get("splitters", [])],
         )
 
     def api(self, name: str) -> ApiStatus | None:

@@ -136,3 +136,7 @@ def test_api_keys_reach_replicas_as_a_private_file(project: tuple[Path, int], mo
     for replica in status(root)["apis"][0]["replicas"]:
         environ = Path(f"/proc/{replica['pid']}/environ").read_bytes()
         assert b"local-secret-key-1" not in environ  # not in the replica's environment (its config names the file)
+    # A shell without the keys' variable can still see and stop the stack (only `up` needs the keys).
+    monkeypatch.delenv("LOCAL_KEYS")
+    assert status(root)["apis"][0]["status"] == "live"
+    assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "stopped"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stack.autoscale.policy import Bounds
+from stack.splits import SplitterConfig, splitters_of
 
 if TYPE_CHECKING:
     from stack.spec import Api, LoadedSpec
@@ -46,6 +47,7 @@ class AutoscalerConfig:
     scrape_interval: float
     apis: list[ApiScaling]  # the autoscaled ones
     routed: list[RoutedApi] = field(default_factory=list)  # all of them
+    splitters: list[SplitterConfig] = field(default_factory=list)  # the Compose controller routes them
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -63,7 +65,8 @@ class AutoscalerConfig:
             )
             for a in data.get("routed", [])
         ]
-        return cls(data["project"], data["scrape_interval"], apis, routed)
+        splitters = [SplitterConfig.from_dict(x) for x in data.get("splitters", [])]
+        return cls(data["project"], data["scrape_interval"], apis, routed, splitters)
 
     @classmethod
     def from_env(cls) -> AutoscalerConfig:
@@ -113,4 +116,4 @@ def config_of(loaded: LoadedSpec, gpu_slots: dict[str, list[list[str]]] | None =
         )
         for api in spec.apis
     ]
-    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed)
+    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed, splitters_of(spec))

@@ -109,6 +109,7 @@ async def serve(
                 control.network,
                 control.replica_port,
                 config.routed,
+                config.splitters,
                 control.directory,
                 state_dir,
                 scaler,

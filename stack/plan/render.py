@@ -350,6 +350,11 @@ def plan_nomad(
     registry: str = "",
     images: dict[str, str] | None = None,
 ) -> Plan:
+    if loaded.spec.splitters:
+        raise PlanError(
+            "splitters run on the local and Compose targets; the Nomad target has none yet "
+            "(remove `splitters:` to plan for Nomad)"
+        )
     spec = loaded.spec
     env = template_environment()
     digest = project_digest(loaded)

@@ -75,7 +75,9 @@ def find_spec_file(path: str | Path = ".") -> Path:
     return target / SPEC_FILENAME if target.is_dir() else target
 
 
-def load_spec(path: str | Path = ".") -> LoadedSpec:
+def load_spec(path: str | Path = ".", secrets: bool = True) -> LoadedSpec:
+    """The spec at `path`, validated. `secrets=False`: an API key's unset environment variable is
+    no error (its keys are left out), for commands that never hand keys to replicas."""
     file = find_spec_file(path)
     shown = str(file)
     try:
@@ -96,7 +98,7 @@ def load_spec(path: str | Path = ".") -> LoadedSpec:
         raise SpecError([Problem(shown, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     data, positions = _parse_yaml(text, shown)
     secret_env: list[str] = []
-    problems, warnings = _resolve_api_keys(data, file.resolve().parent, positions, shown, secret_env)
+    problems, warnings = _resolve_api_keys(data, file.resolve().parent, positions, shown, secret_env, secrets)
     problems += _validate(data, positions, shown) + _cross_checks(data, file.resolve().parent, positions, shown)
     if problems:
         raise SpecError(sorted(set(problems), key=lambda p: (p.line, p.column, p.field)))
@@ -107,7 +109,12 @@ ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 def _resolve_api_keys(
-    data: Any, root: Path, positions: dict[Path_, tuple[int, int]], shown: str, secret_env: list[str]
+    data: Any,
+    root: Path,
+    positions: dict[Path_, tuple[int, int]],
+    shown: str,
+    secret_env: list[str],
+    required: bool = True,
 ) -> tuple[list[Problem], list[str]]:
     """gateway.api_keys may name environment variables (`${VAR}`, one key or several split by commas)
     and gateway.api_keys_file a file of keys, one per line: secrets stay out of stack.yaml. The keys
@@ -129,7 +136,8 @@ def _resolve_api_keys(
         name = match.group(1)
         secret_env.append(name)
         if name not in os.environ:
-            add(at, f"environment variable {name} is not set (export it, or use gateway.api_keys_file)")
+            if required:
+                add(at, f"environment variable {name} is not set (export it, or use gateway.api_keys_file)")
             return []
         return [k.strip() for k in os.environ[name].split(",") if k.strip()]
 
@@ -160,10 +168,11 @@ def _resolve_api_keys(
             try:
                 lines = path.read_text().splitlines()
             except OSError as exc:
-                add(at, f"cannot read {path}: {exc.strerror or exc}")
+                if required:
+                    add(at, f"cannot read {path}: {exc.strerror or exc}")
                 lines = []
             found = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-            if not found and not problems:
+            if not found and not problems and required:
                 add(at, f"{path} holds no key (one per line; # starts a comment)")
             gateway["api_keys"] = [*(gateway.get("api_keys") or []), *found]
     if literal:
@@ -448,7 +457,50 @@ def _cross_checks(
         if isinstance(predictor, dict):
             problems += _file_checks(predictor, root, ("apis", index, "predictor"), add)
         _window_check(api, data.get("prometheus"), ("apis", index, "autoscaling", "window"), add)
+    _splitter_checks(data.get("splitters"), names, endpoints, add)
     return problems
+
+
+def _splitter_checks(splitters: Any, names: dict[str, int], endpoints: dict[str, int], add: Any) -> None:
+    """Each splitter's APIs exist, its endpoint is its own; suggestions for misspelt API names."""
+    seen: dict[str, int] = {}
+    for index, splitter in enumerate(splitters if isinstance(splitters, list) else []):
+        if not isinstance(splitter, dict):
+            continue
+        members = splitter.get("apis")
+        for position, item in enumerate(members if isinstance(members, list) else []):
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str) and name not in names:
+                add(("splitters", index, "apis", position, "name"), _unknown_api(name, names))
+        mirror = splitter.get("mirror")
+        if isinstance(mirror, dict) and isinstance(mirror.get("api"), str) and mirror["api"] not in names:
+            add(("splitters", index, "mirror", "api"), _unknown_api(mirror["api"], names))
+        given = splitter.get("networking")
+        networking: dict[str, Any] = given if isinstance(given, dict) else {}
+        name = splitter.get("name")
+        endpoint = networking.get("endpoint") or (f"/{name}" if isinstance(name, str) else None)
+        if isinstance(endpoint, str):
+            endpoint = endpoint.rstrip("/") or "/"
+            where = (
+                ("splitters", index, "networking", "endpoint")
+                if networking.get("endpoint")
+                else ("splitters", index, "name")
+            )
+            if endpoint in endpoints:
+                add(
+                    where,
+                    f"endpoint {endpoint} is already used by apis[{endpoints[endpoint]}]; "
+                    "give the splitter another name or set its networking.endpoint",
+                )
+            elif endpoint in seen:
+                add(where, f"endpoint {endpoint} is already used by splitters[{seen[endpoint]}]")
+            seen.setdefault(endpoint, index)
+
+
+def _unknown_api(name: str, names: dict[str, int]) -> str:
+    close = difflib.get_close_matches(name, list(names), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; the spec has: {', '.join(names)}"
+    return f"no API named {name!r}{hint}"
 
 
 def _window_check(api: dict[str, Any], prometheus: Any, at: Path_, add: Any) -> None:

@@ -313,6 +313,39 @@ class Build(Strict):
     wheelhouse: bool = True
 
 
+class SplitApi(Strict):
+    name: str
+    weight: Annotated[int, Field(ge=0)]  # a share of the splitter's requests, relative to the others
+
+
+class Mirror(Strict):
+    api: str  # gets copies of requests; its answers are discarded
+    percent: Annotated[int, Field(ge=0, le=100)] = 100
+
+
+class Splitter(Strict):
+    """One endpoint, weighted across APIs (Cortex's TrafficSplitter), with optional shadow traffic."""
+
+    name: Name
+    apis: Annotated[list[SplitApi], Field(min_length=1)]
+    mirror: Mirror | None = None
+    sticky: bool = False  # a cookie keeps a client on the API it first got
+    networking: Networking = Networking()
+
+    @property
+    def endpoint(self) -> str:
+        return self.networking.endpoint or f"/{self.name}"
+
+    @model_validator(mode="after")
+    def _weights(self) -> Splitter:
+        if not any(a.weight > 0 for a in self.apis):
+            raise ValueError("at least one API needs a weight above 0")
+        names = [a.name for a in self.apis]
+        if len(set(names)) != len(names):
+            raise ValueError(f"an API is listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        return self
+
+
 class Spec(Strict):
     project: Name
     # Where `stack up` runs the stack unless a flag (--local, --nomad, --compose) says otherwise.
@@ -321,6 +354,7 @@ class Spec(Strict):
     prometheus: Prometheus = Prometheus()
     build: Build = Build()
     apis: Annotated[list[Api], Field(min_length=1)]
+    splitters: list[Splitter] = Field(default_factory=list)
     log_format: Literal["text", "json"] = "text"
 
     def api(self, name: str) -> Api:

@@ -75,3 +75,7 @@ class Target(Protocol):
     def scaler(self) -> Scaler:
         """What the autoscaler drives to change this target's replica counts."""
         ...
+
+    def split(self, splitter: str, weights: dict[str, int]) -> None:
+        """Change a running splitter's weights until the next `up` (no replica restarts)."""
+        ...

@@ -229,7 +229,10 @@ def build_image(context: Path, image: str, progress: Progress, labels: dict[str,
     """`docker build`; when it fails, say which step and the likely fix before the raw log."""
     progress(f"building {image}")
     label_args = [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
-    result = subprocess.run(["docker", "build", "-t", image, *label_args, str(context)], capture_output=True, text=True)
+    # --force-rm: a failed step leaves no stopped container behind.
+    result = subprocess.run(
+        ["docker", "build", "--force-rm", "-t", image, *label_args, str(context)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         output = result.stdout + result.stderr
         raise BuildError(f"building {image} failed at {failure_summary(output)}\n\n{_failing_step(output)}")

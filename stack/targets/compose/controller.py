@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter
 from stack import routes
 from stack.atomic import write_json_atomic
 from stack.autoscale.config import RoutedApi
+from stack.splits import SplitterConfig, applied, read_overrides
 from stack.targets.compose.desired import read_desired
 from stack.targets.compose.scaler import ALIVE, PROJECT_LABEL, ComposeScaler
 
@@ -56,6 +57,7 @@ class ComposeController:
         network: str,
         port: int,
         apis: list[RoutedApi],
+        splitters: list[SplitterConfig],
         control_dir: Path,
         state_dir: Path,
         scaler: ComposeScaler,
@@ -67,6 +69,7 @@ class ComposeController:
         self.network = network
         self.port = port
         self.apis = apis
+        self.splitters = splitters
         self.control_dir = control_dir
         self.state_dir = state_dir
         self.scaler = scaler
@@ -213,7 +216,8 @@ class ComposeController:
                 self.start_errors.pop(api.name, None)
             activate = api.name if api.scale_to_zero else None
             table.append(routes.Route(api.router, api.endpoint, tuple(servers), activate=activate))
-        if routes.write(self.control_dir / ROUTES_DIR, routes.render(table, HEADER, self.errors_url)):
+        splits = applied(self.project, self.splitters, read_overrides(self.state_dir))
+        if routes.write(self.control_dir / ROUTES_DIR, routes.render(table, HEADER, self.errors_url, splits)):
             LOGGER.info("routes: " + "; ".join(f"{r.router} -> {len(r.servers)} replica(s)" for r in table))
 
     def _write_targets(self, replicas: list[Container]) -> None:

@@ -39,6 +39,7 @@ from stack.plan.render import (
 )
 from stack.plan.serving import extra_requirements
 from stack.spec import Api, LoadedSpec
+from stack.splits import change, clear_overrides, read_overrides, splitter_status, splitters_of
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
 from stack.targets.base import check_scale, refuse_nomad_autoscaler
@@ -182,8 +183,9 @@ class ComposeTarget:
         self._prepare_control_dir()
         self._build_controller(plan.files["autoscaler.Dockerfile"], progress)
         progress("starting Traefik, Prometheus and the controller")
-        # `stack up` hands every API back to the autoscaler.
+        # `stack up` hands every API back to the autoscaler, and re-applies stack.yaml's weights.
         (self.state_dir / MANUAL_FILE).unlink(missing_ok=True)
+        clear_overrides(self.state_dir)
         self._compose("up", "-d", "traefik", "prometheus", "autoscaler")
         for api in self.loaded.spec.apis:
             self._roll(api, versions[api.name], progress)
@@ -413,7 +415,13 @@ class ComposeTarget:
             )
         apis = [check_routed(api, self.loaded.spec.gateway.port) for api in apis]
         notes = self._controller_notes() if containers else []
-        return StackStatus(self.project, "compose", self.loaded.spec.gateway.port, apis, notes)
+        splitters = splitter_status(splitters_of(self.loaded.spec), read_overrides(self.state_dir))
+        return StackStatus(self.project, "compose", self.loaded.spec.gateway.port, apis, notes, splitters=splitters)
+
+    def split(self, splitter: str, weights: dict[str, int]) -> None:
+        routes_file = self.loaded.root / CONTROL_DIR / "routes" / "routes.yml"
+        spec = self.loaded.spec
+        change(self.state_dir, routes_file, spec.project, splitters_of(spec), splitter, weights)
 
     def _controller_notes(self) -> list[str]:
         """Say so when the controller is not running: nothing replaces a killed replica then."""

@@ -54,6 +54,11 @@ class LocalPaths:
         return Path(tempfile.gettempdir()) / f"stack-{os.getuid()}" / f"{digest}.sock"
 
     @property
+    def split_overrides(self) -> Path:
+        """Where `stack split` keeps weights until the next `stack up` (splits.json)."""
+        return self.base / "local"
+
+    @property
     def api_keys(self) -> Path:
         """The replicas read the API keys here (0600), not from their environment."""
         return self.base / "local" / "api_keys"

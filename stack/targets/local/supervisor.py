@@ -47,6 +47,7 @@ from stack.plan.render import api_version, project_digest
 from stack.plan.serving import api_keys_text, replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
 from stack.spec.units import format_duration
+from stack.splits import applied, read_overrides, splitters_of
 from stack.targets.gateway import readiness_url, wait_until_routed
 from stack.targets.local import traefik
 from stack.targets.local.scaler import InProcessScaler
@@ -480,17 +481,18 @@ class Supervisor:
         return f"{self.loaded.spec.project}-{api.name}"
 
     def _routes_intact(self) -> bool:
-        """The routes file still says what we wrote (not truncated or edited by hand); checked once a second."""
+        """The routes file says what it should now: not truncated or edited by hand, and with the
+        splitters' current weights (`stack split` changes them); checked once a second."""
         now = time.monotonic()
         if now - self.routes_checked < 1.0:
             return True
         self.routes_checked = now
         try:
-            if (self.paths.traefik_dir / routes.ROUTES_FILE).read_text() == self.routes_text:
+            if (self.paths.traefik_dir / routes.ROUTES_FILE).read_text() == self._render_routes():
                 return True
         except OSError:
             pass
-        LOGGER.warning(f"the gateway's routes file in {self.paths.traefik_dir} is not what we wrote; rewriting it")
+        LOGGER.info(f"rewriting the gateway's routes in {self.paths.traefik_dir}")
         return False
 
     async def _sync_routes(self) -> None:
@@ -525,7 +527,7 @@ class Supervisor:
         if not await asyncio.to_thread(wait_until_routed, url, 10.0):
             LOGGER.warning(f"{api.name}: the gateway did not reach its first replica within 10s")
 
-    def _write_routes(self) -> None:
+    def _write_routes(self, dry_run: bool = False) -> None:
         routes_ = [
             routes.Route(
                 self._router(state.spec),
@@ -535,8 +537,17 @@ class Supervisor:
             )
             for name, state in sorted(self.apis.items())
         ]
-        self.routes_text = routes.render(routes_, ROUTES_HEADER, self.errors_url)
-        routes.write(self.paths.traefik_dir, self.routes_text)
+        self.routes_text = routes.render(routes_, ROUTES_HEADER, self.errors_url, self._splits())
+        if not dry_run:
+            routes.write(self.paths.traefik_dir, self.routes_text)
+
+    def _splits(self) -> tuple[routes.Split, ...]:
+        overrides = read_overrides(self.paths.split_overrides)
+        return applied(self.loaded.spec.project, splitters_of(self.loaded.spec), overrides)
+
+    def _render_routes(self) -> str:
+        self._write_routes(dry_run=True)
+        return self.routes_text
 
     # -- autoscaler -------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from stack.autoscale.scaler import Scaler
 from stack.errors import NotRunning, StackError
 from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
+from stack.splits import change, clear_overrides, read_overrides, splitter_status, splitters_of
 from stack.status import ApiStatus, StackStatus
 from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.gateway import check_routed
@@ -76,7 +77,14 @@ class LocalTarget:
             checked = check_routed(api, state.gateway_port)
             apis.append(_replace(checked, changed=on_disk != api.version, traffic=traffic))
         result = StackStatus.from_dict(data)
-        return StackStatus(result.project, "local", result.gateway_port, apis, result.notes, result.pid)
+        splitters = splitter_status(splitters_of(self.loaded.spec), read_overrides(self.paths.split_overrides))
+        return StackStatus(result.project, "local", result.gateway_port, apis, result.notes, result.pid, splitters)
+
+    def split(self, splitter: str, weights: dict[str, int]) -> None:
+        self._require()
+        routes_file = self.paths.traefik_dir / "routes.yml"
+        spec = self.loaded.spec
+        change(self.paths.split_overrides, routes_file, spec.project, splitters_of(spec), splitter, weights)
 
     def scale(self, api: str, replicas: int, force: bool, progress: Progress) -> None:
         self._call("POST", "/scale", {"api": api, "replicas": replicas, "force": force})
@@ -98,6 +106,7 @@ class LocalTarget:
                 raise StackError(f"{unreadable}; then `stack up --local` again") from None
             forget(self.paths)
             running = None
+        clear_overrides(self.paths.split_overrides)  # `stack up` re-applies stack.yaml's weights
         if running is not None:
             progress("a local stack is running: updating it")
             self._call("POST", "/reload")

@@ -411,6 +411,9 @@ class NomadTarget:
     def scaler(self) -> Scaler:
         return NomadScaler(self.project, self.api.client)
 
+    def split(self, splitter: str, weights: dict[str, int]) -> None:
+        raise TargetError("traffic splitters run on the local and Compose targets; the Nomad target has none yet")
+
 
 def replicas_running(replicas: list[ReplicaStatus]) -> bool:
     return any(r.state not in ("complete", "stopped", "failed", "lost") for r in replicas)

@@ -1,0 +1,174 @@
+"""Traffic splitters as the gateway applies them: the spec's weights, or `stack split`'s.
+
+`stack split NAME API=W ...` changes a running stack's weights without editing
+stack.yaml: it writes `splits.json` in the target's state directory, which the
+local supervisor and the Compose controller re-read every second and apply as
+routes (no replica restarts). The next `stack up` removes it, re-applying the
+file's weights; until then `stack status` says the weights are overridden.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stack.atomic import write_json_atomic
+from stack.errors import StackError
+from stack.routes import Split
+from stack.status import SplitterStatus
+
+OVERRIDES_FILE = "splits.json"
+
+
+@dataclass(frozen=True)
+class SplitterConfig:
+    """A splitter of the spec, as plain data (the Compose controller gets it as JSON)."""
+
+    name: str
+    endpoint: str
+    weights: list[tuple[str, int]]
+    mirror: tuple[str, int] | None = None
+    sticky: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SplitterConfig:
+        mirror = data.get("mirror")
+        return cls(
+            data["name"],
+            data["endpoint"],
+            [(str(a), int(w)) for a, w in data["weights"]],
+            (str(mirror[0]), int(mirror[1])) if mirror else None,
+            bool(data.get("sticky", False)),
+        )
+
+
+def splitters_of(spec: Any) -> list[SplitterConfig]:
+    return [
+        SplitterConfig(
+            s.name,
+            s.endpoint,
+            [(a.name, a.weight) for a in s.apis],
+            (s.mirror.api, s.mirror.percent) if s.mirror else None,
+            s.sticky,
+        )
+        for s in spec.splitters
+    ]
+
+
+def read_overrides(state_dir: Path) -> dict[str, dict[str, int]]:
+    """The weights `stack split` set; an unreadable file overrides nothing."""
+    try:
+        data = json.loads((state_dir / OVERRIDES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    found: dict[str, dict[str, int]] = {}
+    for name, weights in data.items():
+        if isinstance(weights, dict) and all(isinstance(w, int) and w >= 0 for w in weights.values()):
+            found[str(name)] = {str(k): int(v) for k, v in weights.items()}
+    return found
+
+
+def set_override(state_dir: Path, splitters: list[SplitterConfig], name: str, weights: dict[str, int]) -> None:
+    """Check `weights` against the splitter and keep them until the next `stack up`."""
+    splitter = next((s for s in splitters if s.name == name), None)
+    if splitter is None:
+        known = ", ".join(s.name for s in splitters) or "none"
+        raise StackError(f"no splitter named {name!r}; the spec has: {known}")
+    members = {api for api, _ in splitter.weights}
+    unknown = sorted(set(weights) - members)
+    if unknown:
+        raise StackError(f"splitter {name} has no API {', '.join(unknown)}; its APIs: {', '.join(sorted(members))}")
+    current = read_overrides(state_dir)
+    now = current.get(name) or dict(splitter.weights)  # APIs not named keep the weight they have now
+    merged = {api: weights.get(api, now.get(api, weight)) for api, weight in splitter.weights}
+    if not any(merged.values()):
+        raise StackError(f"splitter {name}: at least one API needs a weight above 0")
+    current[name] = merged
+    write_json_atomic(state_dir / OVERRIDES_FILE, current)
+
+
+def clear_overrides(state_dir: Path) -> None:
+    (state_dir / OVERRIDES_FILE).unlink(missing_ok=True)
+
+
+def applied(project: str, splitters: list[SplitterConfig], overrides: dict[str, dict[str, int]]) -> tuple[Split, ...]:
+    """The splits the gateway runs now: each splitter's weights, or their override."""
+    result = []
+    for s in splitters:
+        weights = overrides.get(s.name) or dict(s.weights)
+        result.append(
+            Split(
+                f"{project}-split-{s.name}",
+                s.endpoint,
+                tuple((f"{project}-{api}", weights.get(api, w)) for api, w in s.weights),
+                (f"{project}-{s.mirror[0]}", s.mirror[1]) if s.mirror else None,
+                f"stack_split_{s.name}" if s.sticky else None,
+            )
+        )
+    return tuple(result)
+
+
+def parse_weights(pairs: tuple[str, ...]) -> dict[str, int]:
+    weights: dict[str, int] = {}
+    for pair in pairs:
+        api, sep, value = pair.partition("=")
+        if not sep or not value.isdigit():
+            raise StackError(f"expected API=WEIGHT (a whole number, 0 or more), got {pair!r}")
+        weights[api] = int(value)
+    return weights
+
+
+def splitter_status(splitters: list[SplitterConfig], overrides: dict[str, dict[str, int]]) -> list[SplitterStatus]:
+    return [
+        SplitterStatus(
+            s.name,
+            s.endpoint,
+            dict(overrides.get(s.name) or dict(s.weights)),
+            s.name in overrides,
+            f"{s.mirror[0]} ({s.mirror[1]}%)" if s.mirror else "",
+        )
+        for s in splitters
+    ]
+
+
+def wait_applied(routes_file: Path, split: Split, timeout: float = 10.0) -> bool:
+    """True once the routes file carries `split`'s weights (the gateway picks the file up at once)."""
+    import time
+
+    import yaml
+
+    deadline = time.monotonic() + timeout
+    want = [{"name": svc, "weight": weight} for svc, weight in split.weights]
+    while time.monotonic() < deadline:
+        try:
+            data = yaml.safe_load(routes_file.read_text()) or {}
+            if data["http"]["services"][split.router]["weighted"]["services"] == want:
+                return True
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def change(
+    state_dir: Path,
+    routes_file: Path,
+    project: str,
+    splitters: list[SplitterConfig],
+    name: str,
+    weights: dict[str, int],
+) -> None:
+    """`stack split` on a target whose gateway routes come from `routes_file`."""
+    set_override(state_dir, splitters, name, weights)
+    split = next(
+        s for s in applied(project, splitters, read_overrides(state_dir)) if s.router.endswith(f"-split-{name}")
+    )
+    if not wait_applied(routes_file, split):
+        raise StackError(
+            f"the new weights of {name} are saved but the gateway's routes did not take them within 10s; "
+            "is the stack running? (`stack status`)"
+        )

@@ -1,0 +1,53 @@
+"""Traffic splitters on the real Compose stack: weights and shadow traffic through the controller's routes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_split import shares, write_spec
+
+from conftest import EXAMPLES, free_port
+from loadgen import Load
+from test_compose import STACK, _docker_ready, stack
+
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
+    root = tmp_path / "splits"
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
+    name = f"sp{int(time.time() * 1000) % 10**8}"
+    port = free_port()
+    write_spec(root, port)
+    spec = root / "stack.yaml"
+    prometheus = f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
+    spec.write_text(spec.read_text().replace("project: splits\n", f"project: {name}\n{prometheus}"))
+    yield root, name, port
+    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def test_weights_and_live_reweighting_on_compose(project: tuple[Path, str, int]) -> None:
+    root, _name, port = project
+    url = f"http://127.0.0.1:{port}/iris"
+    stack("up", str(root), cwd=root)
+    seen = shares(url, 2000)
+    assert set(seen) == {"iris-v1", "iris-v2"}
+    assert abs(seen["iris-v1"] / sum(seen.values()) - 0.80) <= 0.03, seen
+
+    with Load(url, concurrency=4) as load:
+        time.sleep(1)
+        stack("split", str(root), "iris", "iris-v1=0", "iris-v2=100", cwd=root)
+        time.sleep(1)
+    assert load.failures == 0 and load.codes[200] > 50, load.codes
+    assert set(shares(url, 200)) == {"iris-v2"}
+    splitter = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["splitters"][0]
+    assert splitter["weights"] == {"iris-v1": 0, "iris-v2": 100} and splitter["overridden"]
