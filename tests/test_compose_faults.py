@@ -131,8 +131,10 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
         back_after = time.monotonic() - killed_at
         time.sleep(1)
     assert back_after < 30, back_after
-    # At most what was in flight on the killed replica (8 clients), and no request hung on it.
-    assert load.failures <= 8 and load.codes[200] > 50, load.codes
+    # Bounded: what was in flight on the killed replica, and what Traefik had already written on
+    # kept-alive connections to it before the routes dropped it (about one more per client at most);
+    # and no request hung on it.
+    assert load.failures <= 2 * 8 and load.codes[200] > 50, load.codes
     assert load.longest < 10, load.longest
     running = [
         c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "echo" and c["State"]["Running"]
