@@ -125,6 +125,8 @@ class Activator:
             error = self.waker.start_error(api)
             if error:
                 raise _StartFailed(error)
+            if time.monotonic() - started > self.timeout:  # nobody waits any more: stop looking
+                raise TimeoutError
             await asyncio.sleep(0.05)
         took = time.monotonic() - started
         self.cold_start_seconds.labels(api).observe(took)

@@ -51,6 +51,11 @@ class Split:
     sticky_cookie: str | None = None  # the cookie that keeps a client on one API
 
 
+def empty_url(route: Route, errors_url: str) -> str:
+    """Where an API's service points while it has no replica."""
+    return f"{errors_url}{ACTIVATE}/{route.activate}" if route.activate else errors_url
+
+
 def router_rule(endpoint: str) -> str:
     """/iris and /iris/..., not /irisx (a bare PathPrefix would match it); never the replica's internal paths."""
     prefix = "" if endpoint == "/" else endpoint
@@ -80,11 +85,13 @@ def dynamic_config(
         }
         middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [route.endpoint]}}
         middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
-        servers = list(route.servers) or ([errors_url] if errors_url else [])
-        services[name] = {"loadBalancer": {"servers": [{"url": url} for url in servers]}}
-        if errors_url and route.activate and not route.servers:
-            middlewares[f"{name}-activate"] = {"addPrefix": {"prefix": f"{ACTIVATE}/{route.activate}"}}
-            routers[name]["middlewares"].append(f"{name}-activate")
+        if route.servers or not errors_url:
+            servers: list[dict[str, Any]] = [{"url": url} for url in route.servers]
+        else:
+            # No replica: the error service, or for an API scaled to zero the activator; the path is
+            # on the service (preservePath), so requests reaching it through a splitter wake it too.
+            servers = [{"url": empty_url(route, errors_url), "preservePath": True}]
+        services[name] = {"loadBalancer": {"servers": servers}}
     for split in splits:
         name = split.router
         weighted: dict[str, Any] = {"services": [{"name": svc, "weight": weight} for svc, weight in split.weights]}

@@ -71,6 +71,10 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         "      window: 4s\n"
         "      downscale_stabilization_period: 2s\n"
         "      upscale_stabilization_period: 0s\n"
+        # A splitter in front of it: a request through the splitter wakes it too.
+        "splitters:\n"
+        "  - name: front\n"
+        "    apis: [{name: echo, weight: 1}]\n"
     )
     yield root, port
     subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)
@@ -102,6 +106,11 @@ def test_idle_api_scales_to_zero_and_wakes_for_requests(project: tuple[Path, int
         answers = list(pool.map(lambda i: requests.post(url, json={"i": i}, timeout=120), range(50)))
     assert [a.status_code for a in answers] == [200] * 50
     assert sorted(a.json()["echo"]["i"] for a in answers) == list(range(50))
+
+    # Through a splitter, the same.
+    wait_for(root, "scaled to zero")
+    through = requests.post(f"http://127.0.0.1:{port}/front", json={"via": "splitter"}, timeout=120)
+    assert through.status_code == 200 and through.json() == {"echo": {"via": "splitter"}}, through.text
 
     # By hand: `stack scale echo 0 --force`, then a request wakes it the same way.
     stack("scale", "--local", "echo", "0", "--force", "-p", str(root), cwd=root)

@@ -76,6 +76,7 @@ class ComposeController:
         self.client = scaler.client
         self.stopping_ids: set[str] = set()  # containers the engine was told to stop or kill
         self.ids_lock = threading.Lock()
+        self.replicas: list[Container] = []  # as of the last pass
         self.short_since: dict[str, float] = {}  # api -> when its deficit was first seen
         self.wake_up = asyncio.Event()
         self.ready_urls: dict[str, list[str]] = {}  # api -> serving replicas, as of the last pass
@@ -111,9 +112,12 @@ class ComposeController:
             try:
                 filters = {"type": "container", "label": f"{PROJECT_LABEL}={self.project}", "event": list(EVENTS)}
                 for event in self.client.events(decode=True, filters=filters):
-                    if event.get("Action") == "kill" or event.get("status") == "kill":
-                        with self.ids_lock:
+                    action = event.get("Action") or event.get("status") or ""
+                    with self.ids_lock:
+                        if action in ("kill", "die"):  # told to stop, or dead: out of the routes now
                             self.stopping_ids.add(event.get("id", ""))
+                        elif action == "start":  # (re)started: routed again once healthy
+                            self.stopping_ids.discard(event.get("id", ""))
                     loop.call_soon_threadsafe(self.wake_up.set)
             except Exception as exc:  # the engine restarted, the socket closed: try again
                 LOGGER.warning(f"Docker event stream lost ({exc}); reopening")
@@ -159,11 +163,16 @@ class ComposeController:
     # -- one pass, in a worker thread --------------------------------------------------------
 
     def tick(self) -> None:
+        if self.replicas:
+            # First the routes from what we knew, less what the engine just reported stopping or dead:
+            # a dead replica leaves the gateway without waiting for the engine to list every container.
+            self._write_routes(self.replicas)
         containers = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
         live_ids = {c.id for c in containers if c.status in ALIVE}
         with self.ids_lock:  # the event thread adds to it meanwhile
             self.stopping_ids &= live_ids  # a dead or removed container needs no more remembering
         replicas = [c for c in containers if "stack.api" in c.labels]
+        self.replicas = replicas
         self._write_routes(replicas)
         self._write_targets(replicas)
         self._restore(replicas)

@@ -512,7 +512,7 @@ class Supervisor:
                 for name, s in self.apis.items()
             }
             # An API without replicas is routed to the error service (a JSON 503), not to nothing.
-            if all(current[name] == (wanted[name] or {self.errors_url}) for name in current):
+            if all(current[name] == (wanted[name] or {self._empty_url(name)}) for name in current):
                 for name in [n for n in wanted if wanted[n] and not self.serving.get(n)]:
                     await self._wait_gateway_serves(self.apis[name].spec)
                 self.serving.update(wanted)
@@ -540,6 +540,10 @@ class Supervisor:
         self.routes_text = routes.render(routes_, ROUTES_HEADER, self.errors_url, self._splits())
         if not dry_run:
             routes.write(self.paths.traefik_dir, self.routes_text)
+
+    def _empty_url(self, name: str) -> str:
+        zero = self.apis[name].spec.autoscaling.min_replicas == 0
+        return routes.empty_url(routes.Route("", "", activate=name if zero else None), self.errors_url)
 
     def _splits(self) -> tuple[routes.Split, ...]:
         overrides = read_overrides(self.paths.split_overrides)
