@@ -19,31 +19,16 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
+from stackrun import ROOT, free_port, stack
 
 from results import write_section
 
-ROOT = Path(__file__).resolve().parents[1]
-STACK = [sys.executable, "-m", "stack.cli"]
 ROUNDS = 5
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def stack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*STACK, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 def status(root: Path, flags: list[str]) -> str:

@@ -19,9 +19,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,24 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from stackrun import ROOT, free_port, stack
 
 from results import write_section
 
-ROOT = Path(__file__).resolve().parents[1]
-STACK = [sys.executable, "-m", "stack.cli"]
 CLIENTS = 8
 REPLICAS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def stack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*STACK, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 @dataclass

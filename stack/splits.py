@@ -10,9 +10,12 @@ file's weights; until then `stack status` says the weights are overridden.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from stack.atomic import write_json_atomic
 from stack.errors import StackError
@@ -137,10 +140,6 @@ def splitter_status(splitters: list[SplitterConfig], overrides: dict[str, dict[s
 
 def wait_applied(routes_file: Path, split: Split, timeout: float = 10.0) -> bool:
     """True once the routes file carries `split`'s weights (the gateway picks the file up at once)."""
-    import time
-
-    import yaml
-
     deadline = time.monotonic() + timeout
     want = [{"name": svc, "weight": weight} for svc, weight in split.weights]
     while time.monotonic() < deadline:

@@ -131,7 +131,6 @@ class Supervisor:
         self.serving: dict[str, set[str]] = {}
         self.updating: set[str] = set()
         self.routes_checked = 0.0  # when the routes file was last compared with what we wrote
-        self.routes_text = ""  # what we wrote there
         self.errors_port = free_port()
         self.errors_url = f"http://127.0.0.1:{self.errors_port}"  # the gateway's own errors, as JSON
         self.prometheus: asyncio.subprocess.Process | None = None
@@ -527,7 +526,11 @@ class Supervisor:
         if not await asyncio.to_thread(wait_until_routed, url, 10.0):
             LOGGER.warning(f"{api.name}: the gateway did not reach its first replica within 10s")
 
-    def _write_routes(self, dry_run: bool = False) -> None:
+    def _write_routes(self) -> None:
+        routes.write(self.paths.traefik_dir, self._render_routes())
+
+    def _render_routes(self) -> str:
+        """The routes file as it should read now: the routed replicas and the splitters' weights."""
         routes_ = [
             routes.Route(
                 self._router(state.spec),
@@ -537,9 +540,7 @@ class Supervisor:
             )
             for name, state in sorted(self.apis.items())
         ]
-        self.routes_text = routes.render(routes_, ROUTES_HEADER, self.errors_url, self._splits())
-        if not dry_run:
-            routes.write(self.paths.traefik_dir, self.routes_text)
+        return routes.render(routes_, ROUTES_HEADER, self.errors_url, self._splits())
 
     def _empty_url(self, name: str) -> str:
         zero = self.apis[name].spec.autoscaling.min_replicas == 0
@@ -548,10 +549,6 @@ class Supervisor:
     def _splits(self) -> tuple[routes.Split, ...]:
         overrides = read_overrides(self.paths.split_overrides)
         return applied(self.loaded.spec.project, splitters_of(self.loaded.spec), overrides)
-
-    def _render_routes(self) -> str:
-        self._write_routes(dry_run=True)
-        return self.routes_text
 
     # -- autoscaler -------------------------------------------------------------------------------
 
