@@ -604,14 +604,14 @@ def autoscale(
             raise StackError(str(exc)) from None
     if prometheus_url is None:
         raise StackError("--prometheus is needed without a stack.yaml")
+    if activator_port is not None and target != "nomad":
+        raise StackError("--activator-port is for the Nomad target (Compose serves it with --control-dir)")
     control = None
     if control_dir is not None:
         if target != "compose" or state_dir is None:
             raise StackError("--control-dir is for the Compose target, with --state-dir")
         control = service.Control(control_dir, network or f"{config.project}-stack", replica_port)
     scaler = service.make_scaler(target, config.project, nomad_addr, state_dir if target == "compose" else None)
-    if activator_port is not None and target != "nomad":
-        raise StackError("--activator-port is for the Nomad target (Compose serves it with --control-dir)")
     asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir, policy, control, activator_port))
 
 
