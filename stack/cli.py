@@ -19,7 +19,7 @@ from stack import __version__
 from stack.atomic import ProjectLock
 from stack.errors import StackError
 from stack.spec import SpecError, load_spec
-from stack.status import ApiStatus, StackStatus
+from stack.status import ApiStatus, CanaryStatus, SplitterStatus, StackStatus
 from stack.targets import open_target
 
 if TYPE_CHECKING:
@@ -279,6 +279,28 @@ def _path_option(func: Any) -> Any:
     )(func)
 
 
+def _weights_from(splitter: SplitterStatus) -> str:
+    if splitter.overridden:
+        return "set by `stack split` until the next `stack up`"
+    if splitter.canary is not None and splitter.canary.phase != "stopped":
+        return f"canary {splitter.canary.api} ({splitter.canary.phase})"
+    return "stack.yaml"
+
+
+def _canary_text(splitter: str, canary: CanaryStatus, shown: int = 8) -> str:
+    steps = " ".join(f"{p}%" for p in canary.steps)
+    head = f"canary {canary.api} (splitter {splitter}): {canary.phase} at {canary.weight}% [steps {steps}]"
+    if canary.phase == "progressing":
+        left = max(canary.step_started + canary.interval - time.time(), 0.0)
+        head += f", judged in {left:.0f}s"
+    lines = [head]
+    for d in canary.decisions[-shown:]:
+        when = time.strftime("%H:%M:%S", time.localtime(d["at"]))
+        repeat = f" (x{d['count']})" if d.get("count", 1) > 1 else ""
+        lines.append(f"  {when}  {d['action']:<8} {d['weight']:>3}%  {d['reason']}{repeat}")
+    return "\n".join(lines)
+
+
 def _split(path_option: Path | None, args: tuple[str, ...], names: int, usage: str) -> tuple[Path, list[str]]:
     """(project path, the remaining arguments): the path may come first, or with -p."""
     rest = list(args)
@@ -422,12 +444,17 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
                 s.name,
                 f"http://127.0.0.1:{data.gateway_port}{s.endpoint}",
                 " ".join(f"{api}={weight}" for api, weight in s.weights.items()),
+                " ".join(f"{api}={share * 100:.1f}%" for api, share in s.observed.items()) if s.observed else "-",
                 s.mirror or "-",
-                "set by `stack split` until the next `stack up`" if s.overridden else "stack.yaml",
+                _weights_from(s),
             ]
             for s in data.splitters
         ]
-        click.echo(tabulate(split_rows, headers=["splitter", "endpoint", "weights", "mirror", "weights from"]))
+        headers = ["splitter", "endpoint", "weights", "observed (1m)", "mirror", "weights from"]
+        click.echo(tabulate(split_rows, headers=headers))
+        for s in data.splitters:
+            if s.canary is not None:
+                click.echo("\n" + _canary_text(s.name, s.canary))
     for note in data.notes:
         click.echo(f"note: {note}")
     if not detail:

@@ -12,6 +12,7 @@ the internal network, where Prometheus and the health checks use them.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class Split:
     weights: tuple[tuple[str, int], ...]  # (an API's router/service name, weight)
     mirror: tuple[str, int] | None = None  # (an API's service, percent of requests copied)
     sticky_cookie: str | None = None  # the cookie that keeps a client on one API
+
+
+def member_service(split_router: str, service: str) -> str:
+    """The name of an API's service as a member of a splitter."""
+    return f"{split_router}--{service}"
 
 
 def empty_url(route: Route, errors_url: str) -> str:
@@ -94,7 +100,14 @@ def dynamic_config(
         services[name] = {"loadBalancer": {"servers": servers}}
     for split in splits:
         name = split.router
-        weighted: dict[str, Any] = {"services": [{"name": svc, "weight": weight} for svc, weight in split.weights]}
+        # Each API gets its own copy of its service under the splitter, so the gateway's per-service
+        # metrics count what the splitter sent it apart from the API's own endpoint's requests.
+        members = []
+        for svc, weight in split.weights:
+            member = member_service(split.router, svc)
+            services[member] = copy.deepcopy(services.get(svc) or {"loadBalancer": {"servers": []}})
+            members.append({"name": member, "weight": weight})
+        weighted: dict[str, Any] = {"services": members}
         if split.sticky_cookie:
             weighted["sticky"] = {"cookie": {"name": split.sticky_cookie, "httpOnly": True}}
         services[name] = {"weighted": weighted}

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from stack.atomic import write_json_atomic
+from stack.canary import STOPPED, CanaryConfig, canary_of, read_state, weights_at
 from stack.errors import StackError
-from stack.routes import Split
-from stack.status import SplitterStatus
+from stack.routes import Split, member_service
+from stack.status import CanaryStatus, SplitterStatus
 
 OVERRIDES_FILE = "splits.json"
 
@@ -34,20 +35,24 @@ class SplitterConfig:
     weights: list[tuple[str, int]]
     mirror: tuple[str, int] | None = None
     sticky: bool = False
+    canary: CanaryConfig | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SplitterConfig:
         mirror = data.get("mirror")
+        canary = data.get("canary")
         return cls(
             data["name"],
             data["endpoint"],
             [(str(a), int(w)) for a, w in data["weights"]],
             (str(mirror[0]), int(mirror[1])) if mirror else None,
             bool(data.get("sticky", False)),
+            CanaryConfig.from_dict(canary) if canary else None,
         )
 
 
-def splitters_of(spec: Any) -> list[SplitterConfig]:
+def splitters_of(spec: Any, versions: dict[str, str] | None = None) -> list[SplitterConfig]:
+    """The spec's splitters; `versions` (API -> version) ties each canary to the version it rolls out."""
     return [
         SplitterConfig(
             s.name,
@@ -55,6 +60,7 @@ def splitters_of(spec: Any) -> list[SplitterConfig]:
             [(a.name, a.weight) for a in s.apis],
             (s.mirror.api, s.mirror.percent) if s.mirror else None,
             s.sticky,
+            canary_of(s.canary, (versions or {}).get(s.canary.api, "")) if s.canary else None,
         )
         for s in spec.splitters
     ]
@@ -98,14 +104,19 @@ def clear_overrides(state_dir: Path) -> None:
     (state_dir / OVERRIDES_FILE).unlink(missing_ok=True)
 
 
-def applied(project: str, splitters: list[SplitterConfig], overrides: dict[str, dict[str, int]]) -> tuple[Split, ...]:
-    """The splits the gateway runs now: each splitter's weights, or their override."""
+def applied(
+    project: str,
+    splitters: list[SplitterConfig],
+    overrides: dict[str, dict[str, int]],
+    canaries: dict[str, dict[str, int]] | None = None,
+) -> tuple[Split, ...]:
+    """The splits the gateway runs now: weights set by `stack split`, else a canary's, else stack.yaml's."""
     result = []
     for s in splitters:
-        weights = overrides.get(s.name) or dict(s.weights)
+        weights = overrides.get(s.name) or (canaries or {}).get(s.name) or dict(s.weights)
         result.append(
             Split(
-                f"{project}-split-{s.name}",
+                split_router(project, s.name),
                 s.endpoint,
                 tuple((f"{project}-{api}", weights.get(api, w)) for api, w in s.weights),
                 (f"{project}-{s.mirror[0]}", s.mirror[1]) if s.mirror else None,
@@ -113,6 +124,16 @@ def applied(project: str, splitters: list[SplitterConfig], overrides: dict[str, 
             )
         )
     return tuple(result)
+
+
+def split_router(project: str, splitter: str) -> str:
+    return f"{project}-split-{splitter}"
+
+
+def member_services(project: str, splitter: SplitterConfig) -> dict[str, str]:
+    """API -> the gateway's service for it inside this splitter (its requests are counted apart)."""
+    router = split_router(project, splitter.name)
+    return {api: member_service(router, f"{project}-{api}") for api, _ in splitter.weights}
 
 
 def parse_weights(pairs: tuple[str, ...]) -> dict[str, int]:
@@ -125,23 +146,46 @@ def parse_weights(pairs: tuple[str, ...]) -> dict[str, int]:
     return weights
 
 
-def splitter_status(splitters: list[SplitterConfig], overrides: dict[str, dict[str, int]]) -> list[SplitterStatus]:
-    return [
-        SplitterStatus(
-            s.name,
-            s.endpoint,
-            dict(overrides.get(s.name) or dict(s.weights)),
-            s.name in overrides,
-            f"{s.mirror[0]} ({s.mirror[1]}%)" if s.mirror else "",
+def splitter_status(splitters: list[SplitterConfig], state_dir: Path) -> list[SplitterStatus]:
+    """Each splitter as the gateway runs it: weights and where they come from, its canary, observed shares."""
+    overrides = read_overrides(state_dir)
+    canaries, observed = read_state(state_dir)
+    result = []
+    for s in splitters:
+        state = canaries.get(s.name)
+        canary = None
+        weights = dict(s.weights)
+        if s.canary is not None and state is not None:
+            canary = CanaryStatus(
+                state.api,
+                state.phase,
+                state.weight(s.canary),
+                list(s.canary.steps),
+                state.step_started,
+                s.canary.interval,
+                [asdict(d) for d in state.decisions],
+            )
+            if state.phase != STOPPED:
+                weights = weights_at(s.weights, s.canary.api, state.weight(s.canary))
+        seen = observed.get(s.name) or {}
+        result.append(
+            SplitterStatus(
+                s.name,
+                s.endpoint,
+                dict(overrides.get(s.name) or weights),
+                s.name in overrides,
+                f"{s.mirror[0]} ({s.mirror[1]}%)" if s.mirror else "",
+                canary,
+                seen.get("shares") if isinstance(seen.get("shares"), dict) else None,
+            )
         )
-        for s in splitters
-    ]
+    return result
 
 
 def wait_applied(routes_file: Path, split: Split, timeout: float = 10.0) -> bool:
     """True once the routes file carries `split`'s weights (the gateway picks the file up at once)."""
     deadline = time.monotonic() + timeout
-    want = [{"name": svc, "weight": weight} for svc, weight in split.weights]
+    want = [{"name": member_service(split.router, svc), "weight": weight} for svc, weight in split.weights]
     while time.monotonic() < deadline:
         try:
             data = yaml.safe_load(routes_file.read_text()) or {}

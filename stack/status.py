@@ -71,12 +71,30 @@ class ApiStatus:
 
 
 @dataclass(frozen=True)
+class CanaryStatus:
+    api: str
+    phase: str  # progressing | promoted | rolled back | stopped
+    weight: int  # percent of the splitter's requests
+    steps: list[int]
+    step_started: float  # unix time
+    interval: float
+    decisions: list[dict[str, Any]]  # stack.canary.Decision, newest last
+
+
+@dataclass(frozen=True)
 class SplitterStatus:
     name: str
     endpoint: str
     weights: dict[str, int]  # API -> weight, as the gateway applies them now
     overridden: bool = False  # set by `stack split`, until the next `stack up` re-applies stack.yaml
     mirror: str = ""  # "API (N%)" when shadow traffic is on
+    canary: CanaryStatus | None = None
+    observed: dict[str, float] | None = None  # API -> share of the splitter's requests over the last minute
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SplitterStatus:
+        canary = data.get("canary")
+        return cls(**{**data, "canary": CanaryStatus(**canary) if canary else None})
 
 
 @dataclass(frozen=True)
@@ -117,7 +135,7 @@ class StackStatus:
             apis,
             list(data.get("notes", [])),
             data.get("pid"),
-            [SplitterStatus(**s) for s in data.get("splitters", [])],
+            [SplitterStatus.from_dict(s) for s in data.get("splitters", [])],
         )
 
     def api(self, name: str) -> ApiStatus | None:

@@ -8,8 +8,9 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -98,6 +99,16 @@ def test_weights_mirror_and_live_reweighting(project: tuple[Path, int]) -> None:
 
     table = stack("status", "--local", "-p", str(root), cwd=root).stdout
     assert "iris-v1=80 iris-v2=20" in table and "stack.yaml" in table
+    # `stack status` shows the share each API got over the last minute (the gateway's counters).
+    observed = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)
+        observed = status["splitters"][0]["observed"]
+        if observed and abs(observed["iris-v1"] - 0.80) <= 0.03:
+            break
+        time.sleep(1)
+    assert observed and abs(observed["iris-v1"] - 0.80) <= 0.03 and set(observed) == {"iris-v1", "iris-v2"}, observed
 
     # `stack split` under load: no failed request, and afterwards every request goes to v2.
     with Load(url, concurrency=4) as load:
@@ -108,6 +119,7 @@ def test_weights_mirror_and_live_reweighting(project: tuple[Path, int]) -> None:
     assert load.failures == 0 and load.codes[200] > 50, load.codes
     assert set(shares(url, 200)) == {"iris-v2"}
     status = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)
+    assert status["splitters"][0].pop("observed")
     assert status["splitters"] == [
         {
             "name": "iris",
@@ -115,6 +127,7 @@ def test_weights_mirror_and_live_reweighting(project: tuple[Path, int]) -> None:
             "weights": {"iris-v1": 0, "iris-v2": 100},
             "overridden": True,
             "mirror": "iris-v3 (50%)",
+            "canary": None,
         }
     ]
 
@@ -173,3 +186,121 @@ def test_nomad_says_it_has_no_splitters_yet(tmp_path: Path) -> None:
         timeout=60,
     )
     assert wrong.returncode == 1 and "--activator-port is for the Nomad target" in wrong.stderr
+
+
+FLAKY = '''\
+"""Answers like the echo example, but every Nth request fails (a 500)."""
+
+import itertools
+import threading
+
+
+class Predictor:
+    def __init__(self, config):
+        self.greeting = config["greeting"]
+        self.every = int(config.get("fail_every", 0))
+        self.calls = itertools.count(1)
+        self.lock = threading.Lock()
+
+    def predict(self, payload):
+        with self.lock:
+            call = next(self.calls)
+        if self.every and call % self.every == 0:
+            raise RuntimeError(f"request {call} fails on purpose")
+        return {"greeting": self.greeting}
+'''
+
+CANARY_API = """\
+  - name: {name}
+    predictor:
+      path: flaky.py
+      config: {{greeting: {name}, fail_every: {every}}}
+    autoscaling: {{min_replicas: 1, max_replicas: 1}}
+"""
+
+ROLLOUT = """\
+  - name: {name}
+    apis: [{{name: stable, weight: 100}}, {{name: {canary}, weight: 0}}]
+    canary: {{api: {canary}, steps: [10, 50, 100], interval: 4s, min_requests: 20}}
+"""
+
+
+def write_canary_project(root: Path, project: str, port: int, extra: str = "") -> None:
+    """`stable` behind two splitters: one rolls out `good`, the other `bad`, which fails 1 request in 10."""
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
+    (root / "flaky.py").write_text(FLAKY)
+    apis = "".join(CANARY_API.format(name=n, every=e) for n, e in (("stable", 0), ("good", 0), ("bad", 10)))
+    (root / "stack.yaml").write_text(
+        f"project: {project}\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{scrape_interval: 1s{extra}}}\n"
+        "apis:\n" + apis + "splitters:\n"
+        f"{ROLLOUT.format(name='good-rollout', canary='good')}"
+        f"{ROLLOUT.format(name='bad-rollout', canary='bad')}"
+    )
+
+
+def watch_canaries(status: Callable[[], dict[str, Any]], port: int) -> dict[str, dict[str, Any]]:
+    """Load both splitters until both canaries are decided (at most two minutes); their splitters' status."""
+    good, bad = (f"http://127.0.0.1:{port}/{n}-rollout" for n in ("good", "bad"))
+    splitters: dict[str, dict[str, Any]] = {}
+    with Load(good, concurrency=3) as load_good, Load(bad, concurrency=3):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            splitters = {s["name"]: s for s in status()["splitters"]}
+            phases = {name: (s["canary"] or {}).get("phase") for name, s in splitters.items()}
+            if phases == {"good-rollout": "promoted", "bad-rollout": "rolled back"}:
+                break
+            time.sleep(0.5)
+    # Through the healthy rollout no request failed, at any step.
+    assert load_good.failures == 0 and load_good.codes[200] > 100, load_good.codes
+    return splitters
+
+
+def check_decided(splitters: dict[str, dict[str, Any]]) -> None:
+    good, bad = splitters["good-rollout"], splitters["bad-rollout"]
+    assert good["canary"]["phase"] == "promoted", good
+    assert good["weights"] == {"stable": 0, "good": 100}
+    advanced = [d for d in good["canary"]["decisions"] if d["action"] in ("advance", "promote")]
+    assert [d["weight"] for d in advanced] == [50, 100] and all(d["error_rate"] == 0 for d in advanced)
+    assert bad["canary"]["phase"] == "rolled back", bad
+    assert bad["weights"] == {"stable": 100, "bad": 0}
+    actions = [d["action"] for d in bad["canary"]["decisions"]]
+    # Rolled back at its first judgement on enough requests: it never left its first step.
+    assert "advance" not in actions and actions[-1] == "rollback", actions
+    rollback = bad["canary"]["decisions"][-1]
+    assert 0.05 <= rollback["error_rate"] <= 0.15 and rollback["requests"] >= 20, rollback
+    assert "> max_error_rate 1%" in rollback["reason"]
+
+
+def test_canaries_promote_a_healthy_version_and_roll_back_a_failing_one(tmp_path: Path) -> None:
+    root = tmp_path / "canaries"
+    port = free_port()
+    write_canary_project(root, "canaries", port)
+    try:
+        stack("up", "--local", str(root), cwd=root)
+
+        def status() -> dict[str, Any]:
+            return json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)
+
+        splitters = watch_canaries(status, port)
+        check_decided(splitters)
+        # After the rollback every request of that splitter goes to the baseline again.
+        assert set(shares(f"http://127.0.0.1:{port}/bad-rollout", 100)) == {"stable"}
+        observed = splitters["bad-rollout"]["observed"]
+        assert observed and abs(sum(observed.values()) - 1) < 0.01 and observed["bad"] < 0.5, observed
+        table = stack("status", "--local", "-p", str(root), cwd=root).stdout
+        assert "canary bad (splitter bad-rollout): rolled back at 0%" in table
+        assert "canary good (splitter good-rollout): promoted at 100%" in table
+        # The decisions are metrics too (the supervisor's own /metrics, which Prometheus scrapes).
+        state = json.loads((root / ".stack" / "local" / "state.json").read_text())
+        metrics = requests.get(f"http://127.0.0.1:{state['metrics_port']}/metrics", timeout=5).text
+        assert 'stack_canary_phase{api="bad",phase="rolled back",splitter="bad-rollout"} 1.0' in metrics
+        assert 'stack_canary_weight_percent{api="good",splitter="good-rollout"} 100.0' in metrics
+        assert 'stack_canary_decisions_total{action="rollback",api="bad",splitter="bad-rollout"} 1.0' in metrics
+        # Running `stack up` again with nothing changed decides nothing again.
+        stack("up", "--local", str(root), cwd=root)
+        again = {s["name"]: s["canary"]["phase"] for s in status()["splitters"]}
+        assert again == {"good-rollout": "promoted", "bad-rollout": "rolled back"}
+    finally:
+        subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)

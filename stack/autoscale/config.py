@@ -93,8 +93,13 @@ def bounds_of(api: Api) -> Bounds:
     )
 
 
-def config_of(loaded: LoadedSpec, gpu_slots: dict[str, list[list[str]]] | None = None) -> AutoscalerConfig:
-    """The autoscaled APIs of a spec (an API with min == max has nothing to decide)."""
+def config_of(
+    loaded: LoadedSpec,
+    gpu_slots: dict[str, list[list[str]]] | None = None,
+    versions: dict[str, str] | None = None,
+) -> AutoscalerConfig:
+    """The autoscaled APIs of a spec (an API with min == max has nothing to decide); `versions`
+    (API -> version) ties each splitter's canary to the version it rolls out."""
     spec = loaded.spec
     apis = [
         ApiScaling(
@@ -116,4 +121,4 @@ def config_of(loaded: LoadedSpec, gpu_slots: dict[str, list[list[str]]] | None =
         )
         for api in spec.apis
     ]
-    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed, splitters_of(spec))
+    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed, splitters_of(spec, versions))

@@ -99,7 +99,9 @@ async def serve(
         errors: web.AppRunner | None = None
         if control is not None:
             from stack.activator import Activator
+            from stack.canary import CanaryRunner, PrometheusSource
             from stack.gateway_errors import serve_errors
+            from stack.splits import member_services, read_overrides
             from stack.targets.compose.controller import ComposeController
             from stack.targets.compose.scaler import ComposeScaler
 
@@ -118,6 +120,16 @@ async def serve(
             )
             # The gateway's own errors and, for APIs scaled to zero, the activator.
             activator = Activator(controller, registry=autoscaler.registry)
+            canary = CanaryRunner(
+                config.splitters,
+                state_dir,
+                PrometheusSource(prometheus_url, session),
+                registry=autoscaler.registry,
+                overridden=lambda: set(read_overrides(state_dir)),
+                services=lambda splitter: member_services(config.project, splitter),
+            )
+            controller.canary_weights = canary.weights
+            tasks.append(canary.run(stopping))
             autoscaler.activity = activator.last_request.get
             errors = await serve_errors("0.0.0.0", ERRORS_PORT, activator)
             LOGGER.info(f"routing and keeping {len(config.routed)} API(s) of {config.project}")

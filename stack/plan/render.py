@@ -271,7 +271,11 @@ def plan_compose(
             values["build"] = None
         apis.append(values)
     network = f"{spec.project}-stack"
-    scaling = config_of(loaded, {a["name"]: [s["device_ids"] for s in a["slots"]] for a in apis if a["gpu"]})
+    scaling = config_of(
+        loaded,
+        {a["name"]: [s["device_ids"] for s in a["slots"]] for a in apis if a["gpu"]},
+        {a["name"]: a["version"] for a in apis},
+    )
     # The controller runs in every Compose stack (routes, targets, killed replicas), autoscaled or not.
     files["autoscaler.Dockerfile"] = env.get_template("compose/autoscaler.Dockerfile.j2").render(
         header=header, base_image=spec.build.base_image, wheelhouse=spec.build.wheelhouse

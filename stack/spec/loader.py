@@ -458,6 +458,10 @@ def _cross_checks(
             problems += _file_checks(predictor, root, ("apis", index, "predictor"), add)
         _window_check(api, data.get("prometheus"), ("apis", index, "autoscaling", "window"), add)
     _splitter_checks(data.get("splitters"), names, endpoints, add)
+    splitters = data.get("splitters")
+    for index, splitter in enumerate(splitters if isinstance(splitters, list) else []):
+        if isinstance(splitter, dict) and isinstance(splitter.get("canary"), dict):
+            _interval_check(splitter["canary"], data.get("prometheus"), ("splitters", index, "canary", "interval"), add)
     return problems
 
 
@@ -472,6 +476,16 @@ def _splitter_checks(splitters: Any, names: dict[str, int], endpoints: dict[str,
             name = item.get("name") if isinstance(item, dict) else None
             if isinstance(name, str) and name not in names:
                 add(("splitters", index, "apis", position, "name"), _unknown_api(name, names))
+        canary = splitter.get("canary")
+        if isinstance(canary, dict) and isinstance(canary.get("api"), str):
+            listed = [i.get("name") for i in (members if isinstance(members, list) else []) if isinstance(i, dict)]
+            if canary["api"] not in listed:
+                close = difflib.get_close_matches(canary["api"], [n for n in listed if isinstance(n, str)], n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "add it to the splitter's apis"
+                add(
+                    ("splitters", index, "canary", "api"),
+                    f"the canary {canary['api']!r} is not one of this splitter's APIs; {hint}",
+                )
         mirror = splitter.get("mirror")
         if isinstance(mirror, dict) and isinstance(mirror.get("api"), str) and mirror["api"] not in names:
             add(("splitters", index, "mirror", "api"), _unknown_api(mirror["api"], names))
@@ -501,6 +515,22 @@ def _unknown_api(name: str, names: dict[str, int]) -> str:
     close = difflib.get_close_matches(name, list(names), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; the spec has: {', '.join(names)}"
     return f"no API named {name!r}{hint}"
+
+
+def _interval_check(canary: dict[str, Any], prometheus: Any, at: Path_, add: Any) -> None:
+    """A canary's step is judged on the counters' change over it: it must span at least two scrapes."""
+    raw_scrape = prometheus.get("scrape_interval", 5.0) if isinstance(prometheus, dict) else 5.0
+    try:
+        interval = parse_duration(canary.get("interval", 60.0))
+        scrape = parse_duration(raw_scrape)
+    except (TypeError, ValueError):
+        return
+    if interval < 2 * scrape:
+        add(
+            at,
+            f"interval {format_duration(interval)} holds fewer than two scrapes (prometheus.scrape_interval is "
+            f"{format_duration(scrape)}); make it at least {format_duration(2 * scrape)} or scrape more often",
+        )
 
 
 def _window_check(api: dict[str, Any], prometheus: Any, at: Path_, add: Any) -> None:

@@ -7,16 +7,18 @@ predictor exist?) live in `stack.spec.loader`.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from stack.spec.units import parse_cpu, parse_duration, parse_memory
+from stack.spec.units import parse_cpu, parse_duration, parse_fraction, parse_memory
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Memory = Annotated[int, BeforeValidator(parse_memory)]
 Cpu = Annotated[float, BeforeValidator(parse_cpu)]
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$|^[a-z]$")]
@@ -323,6 +325,35 @@ class Mirror(Strict):
     percent: Annotated[int, Field(ge=0, le=100)] = 100
 
 
+class Canary(Strict):
+    """Progressive delivery (Flagger's canary analysis): the canary API's share of the splitter
+    rises step by step while its own metrics stay within bounds, and drops to 0 at the first breach."""
+
+    api: str  # the canary: one of the splitter's APIs; the others are the baseline
+    steps: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1)] = [5, 25, 50, 100]
+    interval: Duration = 60.0  # time at each step; its metrics decide the next one
+    max_error_rate: Fraction = 0.01  # the canary's 5xx share over an interval, above which it is rolled back
+    # canary p99 / baseline p99 over the interval; null: latency is not checked.
+    max_latency_ratio: Annotated[float, Field(gt=0)] | None = 1.5
+    # p99s below this count as this: a few milliseconds of scheduling jitter on a fast API is not a regression.
+    latency_floor: Duration = 0.05
+    min_requests: NonNegativeInt = 50  # per interval, or the step is held (not judged on too little data)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"steps must rise, like [5, 25, 50, 100], got {steps}")
+        return steps
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("interval must be at least 1s")
+        return value
+
+
 class Splitter(Strict):
     """One endpoint, weighted across APIs (Cortex's TrafficSplitter), with optional shadow traffic."""
 
@@ -331,6 +362,7 @@ class Splitter(Strict):
     mirror: Mirror | None = None
     sticky: bool = False  # a cookie keeps a client on the API it first got
     networking: Networking = Networking()
+    canary: Canary | None = None  # automated rollout of one of the APIs
 
     @property
     def endpoint(self) -> str:
@@ -343,6 +375,8 @@ class Splitter(Strict):
         names = [a.name for a in self.apis]
         if len(set(names)) != len(names):
             raise ValueError(f"an API is listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        if self.canary is not None and len(self.apis) < 2:
+            raise ValueError("a canary needs a baseline: list another API in the splitter beside it")
         return self
 
 

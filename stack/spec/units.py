@@ -74,6 +74,22 @@ def parse_cpu(value: Any) -> float:
         raise ValueError(f"expected a CPU amount like 0.5, 2 or 500m, got {value!r}") from None
 
 
+def parse_fraction(value: Any) -> float:
+    """A share as a fraction of 1: `1%`, `0.5%`, or a number from 0 to 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a percentage like 1% or 0.5%, got a boolean")
+    if isinstance(value, (int, float)):
+        if not 0 <= value <= 1:
+            raise ValueError(
+                f"expected a percentage like 1% (or a fraction from 0 to 1), got {value!r}: write {value}%"
+            )
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", str(value))
+    if not match or float(match.group(1)) > 100:
+        raise ValueError(f"expected a percentage from 0% to 100% like 1% or 0.5%, got {value!r}")
+    return float(match.group(1)) / 100
+
+
 def format_duration(seconds: float) -> str:
     """Go/Compose style: 1m30s, 500ms."""
     if seconds < 1 and seconds != 0:

@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ class ComposeController:
         self.ready_urls: dict[str, list[str]] = {}  # api -> serving replicas, as of the last pass
         self.starting_urls: dict[str, list[str]] = {}  # api -> running replicas, healthy or not yet
         self.session: aiohttp.ClientSession | None = None
+        # Splitter -> API weights a running canary sets (stack.canary.CanaryRunner.weights).
+        self.canary_weights: Callable[[], dict[str, dict[str, int]]] = dict
         self.start_errors: dict[str, str] = {}  # api -> why its replicas cannot start, as of the last pass
         self.restored = Counter(
             "stack_controller_replicas_restored",
@@ -225,7 +228,7 @@ class ComposeController:
                 self.start_errors.pop(api.name, None)
             activate = api.name if api.scale_to_zero else None
             table.append(routes.Route(api.router, api.endpoint, tuple(servers), activate=activate))
-        splits = applied(self.project, self.splitters, read_overrides(self.state_dir))
+        splits = applied(self.project, self.splitters, read_overrides(self.state_dir), self.canary_weights())
         if routes.write(self.control_dir / ROUTES_DIR, routes.render(table, HEADER, self.errors_url, splits)):
             LOGGER.info("routes: " + "; ".join(f"{r.router} -> {len(r.servers)} replica(s)" for r in table))
 

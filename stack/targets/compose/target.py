@@ -24,6 +24,7 @@ from stack import routes
 from stack.atomic import write_json_atomic
 from stack.autoscale.scaler import Scaler
 from stack.autoscale.service import DECISIONS_FILE, MANUAL_FILE, manual_apis
+from stack.canary import STATE_FILE as CANARY_FILE
 from stack.errors import NotRunning, StackError
 from stack.plan.render import (
     AUTOSCALER_STATE_DIR,
@@ -39,7 +40,7 @@ from stack.plan.render import (
 )
 from stack.plan.serving import extra_requirements
 from stack.spec import Api, LoadedSpec
-from stack.splits import change, clear_overrides, read_overrides, splitter_status, splitters_of
+from stack.splits import change, clear_overrides, splitter_status, splitters_of
 from stack.status import ApiStatus, ReplicaStatus, StackStatus, Traffic
 from stack.targets import build
 from stack.targets.base import check_scale, refuse_nomad_autoscaler
@@ -415,7 +416,7 @@ class ComposeTarget:
             )
         apis = [check_routed(api, self.loaded.spec.gateway.port) for api in apis]
         notes = self._controller_notes() if containers else []
-        splitters = splitter_status(splitters_of(self.loaded.spec), read_overrides(self.state_dir))
+        splitters = splitter_status(splitters_of(self.loaded.spec), self.state_dir)
         return StackStatus(self.project, "compose", self.loaded.spec.gateway.port, apis, notes, splitters=splitters)
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
@@ -508,6 +509,7 @@ class ComposeTarget:
         if (self.state_dir / DESIRED_FILE).exists():
             write_json_atomic(self.state_dir / DESIRED_FILE, {})
         self._compose("down", "--remove-orphans", *(["--volumes"] if volumes else []), capture=False)
+        (self.state_dir / CANARY_FILE).unlink(missing_ok=True)  # brought up again, canaries start over
         return existed
 
 

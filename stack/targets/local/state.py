@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stack.canary import STATE_FILE as CANARY_FILE
 from stack.errors import NotRunning, StackError
 
 SUPERVISOR_MODULE = "stack.targets.local.supervisor"
@@ -188,7 +189,9 @@ def last_alive(paths: LocalPaths) -> str:
 
 def forget(paths: LocalPaths) -> None:
     """Remove what a dead stack left behind, so the next `up` starts clean."""
-    for path in (paths.state_file, paths.pid_file, paths.heartbeat):
+    # A stack brought up again is a new deployment: its canaries start over.
+    canaries = paths.split_overrides / CANARY_FILE
+    for path in (paths.state_file, paths.pid_file, paths.heartbeat, canaries):
         path.unlink(missing_ok=True)
 
 

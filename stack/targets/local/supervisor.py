@@ -41,13 +41,14 @@ from stack.atomic import write_json_atomic, write_text_atomic
 from stack.autoscale.config import config_of
 from stack.autoscale.loop import Autoscaler, SignalSource
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
+from stack.canary import CanaryRunner, PrometheusSource, ScrapeSource, Source
 from stack.errors import StackError
 from stack.gateway_errors import serve_errors
 from stack.plan.render import api_version, project_digest
 from stack.plan.serving import api_keys_text, replica_config
 from stack.spec import Api, LoadedSpec, SpecError, load_spec
 from stack.spec.units import format_duration
-from stack.splits import applied, read_overrides, splitters_of
+from stack.splits import SplitterConfig, applied, member_services, read_overrides, splitters_of
 from stack.targets.gateway import readiness_url, wait_until_routed
 from stack.targets.local import traefik
 from stack.targets.local.scaler import InProcessScaler
@@ -141,6 +142,7 @@ class Supervisor:
         self.registry = CollectorRegistry()  # the autoscaler's metrics, on the control port's /metrics
         # Requests to an API scaled to zero wait here while a replica starts (at most a start's time).
         self.activator = Activator(self, timeout=START_TIMEOUT, registry=self.registry)
+        self.canary: CanaryRunner | None = None  # the splitters' canaries, once Prometheus is known
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -155,9 +157,11 @@ class Supervisor:
             *await self._start_control(),
         ]
         self._write_state()
+        self.canary = self._canary_runner()
         loop = asyncio.get_running_loop()
         autoscaler = loop.create_task(self._autoscale_forever())
         heartbeat = loop.create_task(self._heartbeat())
+        canaries = loop.create_task(self.canary.run(self.stopping))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
         try:
@@ -169,6 +173,7 @@ class Supervisor:
         finally:
             heartbeat.cancel()
             autoscaler.cancel()
+            canaries.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await autoscaler
             await self._shutdown()
@@ -548,7 +553,35 @@ class Supervisor:
 
     def _splits(self) -> tuple[routes.Split, ...]:
         overrides = read_overrides(self.paths.split_overrides)
-        return applied(self.loaded.spec.project, splitters_of(self.loaded.spec), overrides)
+        canaries = self.canary.weights() if self.canary else {}
+        return applied(self.loaded.spec.project, splitters_of(self.loaded.spec), overrides, canaries)
+
+    # -- canaries -------------------------------------------------------------------------------
+
+    def _splitters(self) -> list[SplitterConfig]:
+        """The spec's splitters, each canary tied to the version of its API that runs now."""
+        return splitters_of(self.loaded.spec, {name: state.version for name, state in self.apis.items()})
+
+    def _canary_runner(self) -> CanaryRunner:
+        assert self.session is not None
+        source: Source = (
+            PrometheusSource(self.prometheus_url, self.session)
+            if self.prometheus_url
+            else ScrapeSource(
+                self.session,
+                lambda api: [r.url for r in self.apis[api].live() if r.state == "ready"] if api in self.apis else [],
+                f"http://127.0.0.1:{self.metrics_port}/metrics",
+            )
+        )
+        project = self.loaded.spec.project
+        return CanaryRunner(
+            self._splitters(),
+            self.paths.split_overrides,
+            source,
+            registry=self.registry,
+            overridden=lambda: set(read_overrides(self.paths.split_overrides)),
+            services=lambda splitter: member_services(project, splitter),
+        )
 
     # -- autoscaler -------------------------------------------------------------------------------
 
@@ -688,6 +721,8 @@ class Supervisor:
         self._apply_spec(loaded, await asyncio.to_thread(project_digest, loaded))
         if self.autoscaler is not None:
             self.autoscaler.configure(config_of(loaded))
+        if self.canary is not None:
+            self.canary.configure(self._splitters())
         return web.json_response({"ok": True})
 
     def _stop(self) -> None:

@@ -17,7 +17,7 @@ from stack.autoscale.scaler import Scaler
 from stack.errors import NotRunning, StackError
 from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
-from stack.splits import change, clear_overrides, read_overrides, splitter_status, splitters_of
+from stack.splits import change, clear_overrides, splitter_status, splitters_of
 from stack.status import ApiStatus, StackStatus
 from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.gateway import check_routed
@@ -77,7 +77,7 @@ class LocalTarget:
             checked = check_routed(api, state.gateway_port)
             apis.append(_replace(checked, changed=on_disk != api.version, traffic=traffic))
         result = StackStatus.from_dict(data)
-        splitters = splitter_status(splitters_of(self.loaded.spec), read_overrides(self.paths.split_overrides))
+        splitters = splitter_status(splitters_of(self.loaded.spec), self.paths.split_overrides)
         return StackStatus(result.project, "local", result.gateway_port, apis, result.notes, result.pid, splitters)
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
