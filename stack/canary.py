@@ -486,7 +486,7 @@ class CanaryRunner:
     def __init__(
         self,
         splitters: list[SplitterConfig],
-        state_dir: Path,
+        store: Store | Path,
         source: Source,
         *,
         registry: CollectorRegistry | None = None,
@@ -495,14 +495,14 @@ class CanaryRunner:
         on_change: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.state_dir = state_dir
+        self.store = FileStore(store / STATE_FILE) if isinstance(store, Path) else store
         self.source = source
         self.metrics = Metrics(registry)
         self.overridden = overridden  # splitters whose weights `stack split` set
         self.services = services  # API -> the gateway's service for it in a splitter (observed shares)
         self.on_change = on_change  # a gateway not fed from weights() (Nomad's) is sent them
         self.clock = clock
-        self.states: dict[str, CanaryState] = _load(state_dir / STATE_FILE)
+        self.states: dict[str, CanaryState] = parse_states(self.store.load(), str(self.store))
         self.marks: dict[str, Counters] = {}  # splitter -> the counters when its current step started
         self.gateway_history: deque[tuple[float, dict[str, float]]] = deque()
         self.observed: dict[str, dict[str, Any]] = {}
@@ -547,14 +547,14 @@ class CanaryRunner:
 
     async def tick(self) -> None:
         before = self.weights()
-        overridden = self.overridden()
+        overridden = await asyncio.to_thread(self.overridden)
         for s in self.splitters:
             state = self.states.get(s.name)
             if s.canary is not None and state is not None:
                 await self._step(s, s.canary, state, s.name in overridden)
                 self._export(s, self.states[s.name])
         await self._observe()
-        self._save()
+        await asyncio.to_thread(self._save)
         if self.weights() != before and self.on_change is not None:
             await self.on_change()
 
@@ -644,38 +644,55 @@ class CanaryRunner:
         if data == self.saved:
             return
         try:
-            write_json_atomic(self.state_dir / STATE_FILE, data)
+            self.store.save(data)
             self.saved = json.loads(json.dumps(data))
-        except OSError as exc:
-            LOGGER.warning(f"cannot write {self.state_dir / STATE_FILE}: {exc}")
+        except Exception as exc:  # a full disk, an unreachable cluster: the next tick tries again
+            LOGGER.warning(f"cannot save the canaries to {self.store}: {exc}")
 
 
-def _load(path: Path) -> dict[str, CanaryState]:
-    """The saved canaries; an unreadable file (or entry) is a fresh start, said once."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        LOGGER.warning(f"{path} is unreadable ({exc}); canaries start afresh")
-        return {}
+class Store(Protocol):
+    """Where the canaries' state lives between runs, and where `stack status` reads it."""
+
+    def load(self) -> Any: ...
+
+    def save(self, data: dict[str, Any]) -> None: ...
+
+
+class FileStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def load(self) -> Any:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            LOGGER.warning(f"{self.path} is unreadable ({exc}); canaries start afresh")
+            return None
+
+    def save(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self.path, data)
+
+
+def parse_states(data: Any, where: str = "the saved state") -> dict[str, CanaryState]:
+    """The saved canaries; an unreadable entry is a fresh start, said once."""
     states = {}
-    for name, entry in (data.get("canaries") or {}).items() if isinstance(data, dict) else ():
+    canaries = data.get("canaries") if isinstance(data, dict) else None
+    for name, entry in canaries.items() if isinstance(canaries, dict) else ():
         try:
             states[str(name)] = CanaryState.from_dict(entry)
         except (TypeError, ValueError) as exc:
-            LOGGER.warning(f"{path}: the canary of {name} is unreadable ({exc}); it starts afresh")
+            LOGGER.warning(f"{where}: the canary of {name} is unreadable ({exc}); it starts afresh")
     return states
 
 
-def read_state(state_dir: Path) -> tuple[dict[str, CanaryState], dict[str, dict[str, Any]]]:
-    """For `stack status`: the canaries and the observed shares the runner saved."""
-    try:
-        data = json.loads((state_dir / STATE_FILE).read_text())
-        observed = data.get("observed") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}, {}
-    return _load(state_dir / STATE_FILE), observed if isinstance(observed, dict) else {}
+def parse_observed(data: Any) -> dict[str, dict[str, Any]]:
+    observed = data.get("observed") if isinstance(data, dict) else None
+    return {str(k): v for k, v in observed.items() if isinstance(v, dict)} if isinstance(observed, dict) else {}
 
 
 def _label(value: str) -> str:

@@ -639,7 +639,11 @@ def autoscale(
             raise StackError("--control-dir is for the Compose target, with --state-dir")
         control = service.Control(control_dir, network or f"{config.project}-stack", replica_port)
     scaler = service.make_scaler(target, config.project, nomad_addr, state_dir if target == "compose" else None)
-    asyncio.run(service.serve(config, scaler, prometheus_url, metrics_port, state_dir, policy, control, activator_port))
+    asyncio.run(
+        service.serve(
+            config, scaler, prometheus_url, metrics_port, state_dir, policy, control, activator_port, nomad_addr
+        )
+    )
 
 
 def main() -> None:

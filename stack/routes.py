@@ -99,32 +99,13 @@ def dynamic_config(
             servers = [{"url": empty_url(route, errors_url), "preservePath": True}]
         services[name] = {"loadBalancer": {"servers": servers}}
     for split in splits:
-        name = split.router
         # Each API gets its own copy of its service under the splitter, so the gateway's per-service
         # metrics count what the splitter sent it apart from the API's own endpoint's requests.
-        members = []
-        for svc, weight in split.weights:
-            member = member_service(split.router, svc)
-            services[member] = copy.deepcopy(services.get(svc) or {"loadBalancer": {"servers": []}})
-            members.append({"name": member, "weight": weight})
-        weighted: dict[str, Any] = {"services": members}
-        if split.sticky_cookie:
-            weighted["sticky"] = {"cookie": {"name": split.sticky_cookie, "httpOnly": True}}
-        services[name] = {"weighted": weighted}
-        target = name
-        if split.mirror is not None:
-            target = f"{name}-mirrored"  # copies go to the mirror; clients only see the primary's answers
-            services[target] = {
-                "mirroring": {"service": name, "mirrors": [{"name": split.mirror[0], "percent": split.mirror[1]}]}
-            }
-        routers[name] = {
-            "entryPoints": [ENTRYPOINT],
-            "rule": router_rule(split.endpoint),
-            "service": target,
-            "middlewares": ([ERRORS] if errors_url else []) + [f"{name}-strip", f"{name}-retry"],
-        }
-        middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [split.endpoint]}}
-        middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
+        for svc, _ in split.weights:
+            services[member_service(split.router, svc)] = copy.deepcopy(
+                services.get(svc) or {"loadBalancer": {"servers": []}}
+            )
+        _add_split(split, routers, middlewares, services, ([ERRORS] if errors_url else []), provider="")
     if errors_url:
         services[ERRORS] = {"loadBalancer": {"servers": [{"url": errors_url}]}}
         # Only what a replica never sends: its own 4xx/5xx answers (a 503 with Retry-After) pass untouched.
@@ -143,6 +124,55 @@ def dynamic_config(
     if not routers:
         return {}
     return {"http": {"routers": routers, "middlewares": middlewares, "services": services}}
+
+
+def _add_split(
+    split: Split,
+    routers: dict[str, Any],
+    middlewares: dict[str, Any],
+    services: dict[str, Any],
+    first: list[str],
+    provider: str,
+) -> None:
+    """A splitter's router, weighted (and mirroring) service and middlewares; its members are
+    `member_service` names, here or (`provider`: "@nomad") in another provider."""
+    name = split.router
+    members = [{"name": member_service(name, svc) + provider, "weight": weight} for svc, weight in split.weights]
+    weighted: dict[str, Any] = {"services": members}
+    if split.sticky_cookie:
+        weighted["sticky"] = {"cookie": {"name": split.sticky_cookie, "httpOnly": True}}
+    services[name] = {"weighted": weighted}
+    target = name
+    if split.mirror is not None:
+        target = f"{name}-mirrored"  # copies go to the mirror; clients only see the primary's answers
+        services[target] = {
+            "mirroring": {
+                "service": name,
+                "mirrors": [{"name": split.mirror[0] + provider, "percent": split.mirror[1]}],
+            }
+        }
+    routers[name] = {
+        "entryPoints": [ENTRYPOINT],
+        "rule": router_rule(split.endpoint),
+        "service": target,
+        "middlewares": [*first, f"{name}-strip", f"{name}-retry"],
+    }
+    middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [split.endpoint]}}
+    middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
+
+
+def provider_splits(splits: tuple[Split, ...], provider: str) -> dict[str, Any]:
+    """Splitters over services another provider defines (Nomad's catalogue: `provider` is "nomad").
+
+    Each API's job declares a service per splitter it is in (`member_service`), so the gateway
+    counts a splitter's requests per API apart from the API's own endpoint.
+    """
+    routers: dict[str, Any] = {}
+    middlewares: dict[str, Any] = {}
+    services: dict[str, Any] = {}
+    for split in splits:
+        _add_split(split, routers, middlewares, services, [], provider=f"@{provider}")
+    return {"http": {"routers": routers, "middlewares": middlewares, "services": services}} if routers else {}
 
 
 def render(routes: list[Route], header: str = "", errors_url: str | None = None, splits: tuple[Split, ...] = ()) -> str:

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from stack.atomic import write_json_atomic
-from stack.canary import STOPPED, CanaryConfig, canary_of, read_state, weights_at
+from stack.canary import STATE_FILE as CANARY_FILE
+from stack.canary import STOPPED, CanaryConfig, FileStore, canary_of, parse_observed, parse_states, weights_at
 from stack.errors import StackError
 from stack.routes import Split, member_service
 from stack.status import CanaryStatus, SplitterStatus
@@ -69,9 +70,12 @@ def splitters_of(spec: Any, versions: dict[str, str] | None = None) -> list[Spli
 def read_overrides(state_dir: Path) -> dict[str, dict[str, int]]:
     """The weights `stack split` set; an unreadable file overrides nothing."""
     try:
-        data = json.loads((state_dir / OVERRIDES_FILE).read_text())
+        return parse_overrides(json.loads((state_dir / OVERRIDES_FILE).read_text()))
     except (OSError, ValueError):
         return {}
+
+
+def parse_overrides(data: Any) -> dict[str, dict[str, int]]:
     if not isinstance(data, dict):
         return {}
     found: dict[str, dict[str, int]] = {}
@@ -81,8 +85,10 @@ def read_overrides(state_dir: Path) -> dict[str, dict[str, int]]:
     return found
 
 
-def set_override(state_dir: Path, splitters: list[SplitterConfig], name: str, weights: dict[str, int]) -> None:
-    """Check `weights` against the splitter and keep them until the next `stack up`."""
+def with_override(
+    current: dict[str, dict[str, int]], splitters: list[SplitterConfig], name: str, weights: dict[str, int]
+) -> dict[str, dict[str, int]]:
+    """`current` overrides plus `weights` for splitter `name`, checked against it."""
     splitter = next((s for s in splitters if s.name == name), None)
     if splitter is None:
         known = ", ".join(s.name for s in splitters) or "none"
@@ -91,13 +97,16 @@ def set_override(state_dir: Path, splitters: list[SplitterConfig], name: str, we
     unknown = sorted(set(weights) - members)
     if unknown:
         raise StackError(f"splitter {name} has no API {', '.join(unknown)}; its APIs: {', '.join(sorted(members))}")
-    current = read_overrides(state_dir)
     now = current.get(name) or dict(splitter.weights)  # APIs not named keep the weight they have now
     merged = {api: weights.get(api, now.get(api, weight)) for api, weight in splitter.weights}
     if not any(merged.values()):
         raise StackError(f"splitter {name}: at least one API needs a weight above 0")
-    current[name] = merged
-    write_json_atomic(state_dir / OVERRIDES_FILE, current)
+    return {**current, name: merged}
+
+
+def set_override(state_dir: Path, splitters: list[SplitterConfig], name: str, weights: dict[str, int]) -> None:
+    """Check `weights` against the splitter and keep them until the next `stack up`."""
+    write_json_atomic(state_dir / OVERRIDES_FILE, with_override(read_overrides(state_dir), splitters, name, weights))
 
 
 def clear_overrides(state_dir: Path) -> None:
@@ -147,9 +156,15 @@ def parse_weights(pairs: tuple[str, ...]) -> dict[str, int]:
 
 
 def splitter_status(splitters: list[SplitterConfig], state_dir: Path) -> list[SplitterStatus]:
+    """`stack status` of the splitters whose state lives in files (the local and Compose targets)."""
+    return status_of(splitters, read_overrides(state_dir), FileStore(state_dir / CANARY_FILE).load())
+
+
+def status_of(
+    splitters: list[SplitterConfig], overrides: dict[str, dict[str, int]], saved: Any
+) -> list[SplitterStatus]:
     """Each splitter as the gateway runs it: weights and where they come from, its canary, observed shares."""
-    overrides = read_overrides(state_dir)
-    canaries, observed = read_state(state_dir)
+    canaries, observed = parse_states(saved), parse_observed(saved)
     result = []
     for s in splitters:
         state = canaries.get(s.name)

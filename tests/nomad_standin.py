@@ -110,6 +110,7 @@ class NomadStandIn:
         r.add_get("/v1/job/{id}/allocations", self.get_allocations)
         r.add_get("/v1/job/{id}/scale", self.scale_status)
         r.add_post("/v1/job/{id}/scale", self.scale)
+        r.add_get("/v1/services", self.list_services)
         r.add_get("/v1/service/{name}", self.get_service)
         r.add_put("/v1/var/{path:.+}", self.put_variable)
         r.add_get("/v1/var/{path:.+}", self.get_variable)
@@ -169,6 +170,15 @@ class NomadStandIn:
         self._deploy(state, previous)
         response = {"EvalID": str(uuid.uuid4()), "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": ""}
         return self._respond(response, "JobRegisterResponse")
+
+    async def list_services(self, request: web.Request) -> web.Response:
+        """The catalogue as Traefik's Nomad provider lists it (the OpenAPI file has no schema for it)."""
+        by_namespace: dict[str, list[dict[str, Any]]] = {}
+        for name, items in sorted(self.service_registrations.items()):
+            for namespace in sorted({item.get("Namespace", "default") for item in items}):
+                tags = sorted({tag for item in items for tag in item.get("Tags") or []})
+                by_namespace.setdefault(namespace, []).append({"ServiceName": name, "Tags": tags})
+        return web.json_response([{"Namespace": ns, "Services": svcs} for ns, svcs in by_namespace.items()])
 
     async def get_service(self, request: web.Request) -> web.Response:
         found = self.service_registrations.get(request.match_info["name"], [])

@@ -8,9 +8,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_split import shares, write_spec
+import requests
+from test_split import check_decided, shares, watch_canaries, write_canary_project, write_spec
 
 from conftest import EXAMPLES, free_port
 from loadgen import Load
@@ -51,3 +53,33 @@ def test_weights_and_live_reweighting_on_compose(project: tuple[Path, str, int])
     assert set(shares(url, 200)) == {"iris-v2"}
     splitter = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["splitters"][0]
     assert splitter["weights"] == {"iris-v1": 0, "iris-v2": 100} and splitter["overridden"]
+
+
+def test_canaries_on_compose(tmp_path: Path) -> None:
+    root = tmp_path / "canaries"
+    name = f"cn{int(time.time() * 1000) % 10**8}"
+    port, prometheus = free_port(), free_port()
+    write_canary_project(root, name, port, extra=f", port: {prometheus}")
+    try:
+        stack("up", str(root), cwd=root)
+
+        def status() -> dict[str, Any]:
+            return json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)
+
+        check_decided(watch_canaries(status, port))
+        assert set(shares(f"http://127.0.0.1:{port}/bad-rollout", 100)) == {"stable"}
+        # The controller's canary metrics reach Prometheus.
+        query = 'stack_canary_phase{splitter="bad-rollout",phase="rolled back"}'
+        deadline = time.monotonic() + 30
+        found: list[Any] = []
+        while time.monotonic() < deadline and not found:
+            answer = requests.get(f"http://127.0.0.1:{prometheus}/api/v1/query", params={"query": query}, timeout=5)
+            found = [r for r in answer.json()["data"]["result"] if r["value"][1] == "1"]
+            time.sleep(1)
+        assert found, query
+    finally:
+        subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+        for image in subprocess.run(
+            ["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True
+        ).stdout.split():
+            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)

@@ -169,16 +169,10 @@ def test_splitter_mistakes_are_spec_errors(tmp_path: Path) -> None:
         load_spec(root)
 
 
-def test_nomad_says_it_has_no_splitters_yet(tmp_path: Path) -> None:
-    from stack.plan import plan_nomad
-    from stack.plan.render import PlanError
-    from stack.spec import load_spec
-
+def test_the_activator_port_is_for_nomad_only(tmp_path: Path) -> None:
     root = tmp_path / "splits"
     shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     write_spec(root, 8080)
-    with pytest.raises(PlanError, match="splitters run on the local and Compose targets"):
-        plan_nomad(load_spec(root))
     wrong = subprocess.run(
         [*STACK, "autoscale", str(root), "--target", "compose", "--activator-port", "9101"],
         capture_output=True,

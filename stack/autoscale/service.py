@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from stack.autoscale.config import AutoscalerConfig
 from stack.autoscale.loop import Autoscaler
@@ -78,6 +78,7 @@ async def serve(
     policy: str = "stack",
     control: Control | None = None,
     activator_port: int | None = None,
+    nomad_addr: str | None = None,
 ) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -145,12 +146,51 @@ async def serve(
             autoscaler.activity = activator.last_request.get
             errors = await serve_errors("0.0.0.0", activator_port, activator)
             LOGGER.info(f"activator for APIs scaled to zero on :{activator_port}")
+        if control is None and config.splitters:
+            from stack.targets.nomad.scaler import NomadScaler
+
+            if isinstance(scaler, NomadScaler):  # Compose runs them in the controller (above)
+                registry = autoscaler.registry
+                tasks.append(_nomad_canaries(config, session, prometheus_url, nomad_addr, registry, stopping))
         try:
             await asyncio.gather(*tasks)
         finally:
             await runner.cleanup()
             if errors is not None:
                 await errors.cleanup()
+
+
+async def _nomad_canaries(
+    config: AutoscalerConfig,
+    session: aiohttp.ClientSession,
+    prometheus_url: str,
+    nomad_addr: str | None,
+    registry: CollectorRegistry,
+    stopping: asyncio.Event,
+) -> None:
+    """On Nomad the splitters' canaries and observed shares run here; weights go to the gateway's variable."""
+    from stack.canary import CanaryRunner, PrometheusSource
+    from stack.splits import member_services
+    from stack.targets.nomad.api import NomadApi
+    from stack.targets.nomad.connection import NomadSettings
+    from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits
+
+    splits = NomadSplits(NomadApi(NomadSettings.from_env(nomad_addr)), config.project)
+    runner = CanaryRunner(
+        config.splitters,
+        NomadCanaryStore(splits),
+        PrometheusSource(prometheus_url, session),
+        registry=registry,
+        overridden=lambda: set(splits.overrides()),
+        services=lambda splitter: member_services(config.project, splitter),
+    )
+
+    async def push() -> None:
+        await asyncio.to_thread(splits.write_routes, config.splitters, runner.weights())
+
+    runner.on_change = push
+    await push()  # a canary that starts (a new version) sets its first step now
+    await runner.run(stopping)
 
 
 async def _start_http(autoscaler: Autoscaler, port: int) -> web.AppRunner:

@@ -27,9 +27,11 @@ from stack.errors import PlanError
 from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.serving import REPLICA_PORT, api_keys_text, replica_config
-from stack.routes import Route, activator_fallback, router_rule
+from stack.routes import Route, activator_fallback, member_service, router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
+from stack.splits import split_router, splitters_of
+from stack.targets.nomad.splits import routes_variable, routes_yaml
 
 DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.42"}
 # Docker health probe: fast enough that a ready replica joins Traefik within seconds,
@@ -354,11 +356,6 @@ def plan_nomad(
     registry: str = "",
     images: dict[str, str] | None = None,
 ) -> Plan:
-    if loaded.spec.splitters:
-        raise PlanError(
-            "splitters run on the local and Compose targets; the Nomad target has none yet "
-            "(remove `splitters:` to plan for Nomad)"
-        )
     spec = loaded.spec
     env = template_environment()
     digest = project_digest(loaded)
@@ -376,7 +373,12 @@ def plan_nomad(
         # service first, so the replica itself need not wait after SIGTERM.
         values = _api_values(loaded, api, digest, registry, drain_in_replica=False, keys_file=NOMAD_KEYS_FILE)
         values["keys_variable"] = keys_variable(f"{project}-{api.name}") if spec.gateway.api_keys else None
-        values["tags"] = _nomad_tags(values, project)
+        members = [
+            member_service(split_router(project, x.name), values["router"])
+            for x in spec.splitters
+            if any(a.name == api.name for a in x.apis)
+        ]
+        values["tags"] = _nomad_tags(values, project, members)
         values["nomad_autoscaler"] = (
             {
                 "query": f'sum(predictor_requests_in_flight{{api="{api.name}"}})',
@@ -412,8 +414,17 @@ def plan_nomad(
         Route(f"{project}-{a.name}", a.endpoint, activate=a.name) for a in spec.apis if a.autoscaling.min_replicas == 0
     ]
     fallback = yaml.safe_dump(activator_fallback(zero, f"{project}-activator@nomad"), sort_keys=True) if zero else ""
+    versions = {api.name: api_version(api, digest) for api in spec.apis}
+    splitters = splitters_of(spec, versions)
+    if splitters:
+        # What `stack up --nomad` writes into the gateway's variable (the spec's weights).
+        files[f"{project}-routes.yml"] = routes_yaml(project, splitters, {}, {})
     files[f"{project}-traefik.nomad.hcl"] = env.get_template("nomad/traefik.nomad.hcl.j2").render(
-        **common, job=job(f"{project}-traefik"), gateway=spec.gateway, fallback=fallback.rstrip("\n")
+        **common,
+        job=job(f"{project}-traefik"),
+        gateway=spec.gateway,
+        fallback=fallback.rstrip("\n"),
+        splits_variable=routes_variable(project) if splitters else None,
     )
     files[f"{project}-prometheus.nomad.hcl"] = env.get_template("nomad/prometheus.nomad.hcl.j2").render(
         **common,
@@ -421,8 +432,9 @@ def plan_nomad(
         prometheus={"port": spec.prometheus.port, "retention": format_duration(spec.prometheus.retention)},
         prometheus_config=prometheus_config.rstrip("\n"),
     )
-    scaling = config_of(loaded)
-    if scaling.apis:
+    scaling = config_of(loaded, versions=versions)
+    # The autoscaler job also runs the splitters' canaries and measures their observed shares.
+    if scaling.apis or scaling.splitters:
         files[f"{project}-autoscaler.nomad.hcl"] = env.get_template("nomad/autoscaler.nomad.hcl.j2").render(
             **common,
             job=job(f"{project}-autoscaler"),
@@ -441,8 +453,10 @@ def plan_nomad(
     return Plan("nomad", files)
 
 
-def _nomad_tags(values: dict[str, Any], project: str) -> list[str]:
+def _nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> list[str]:
+    """Traefik's routes for an API, from its Nomad service's tags; `members`: its services in splitters."""
     router = values["router"]
+    health = (("path", "/readyz"), ("interval", NOMAD_HEALTH["interval"]), ("timeout", NOMAD_HEALTH["timeout"]))
     return [
         f"stack.project={project}",
         f"stack.api={values['name']}",
@@ -455,8 +469,11 @@ def _nomad_tags(values: dict[str, Any], project: str) -> list[str]:
         f"traefik.http.middlewares.{router}-strip.stripprefix.prefixes={values['endpoint']}",
         f"traefik.http.middlewares.{router}-retry.retry.attempts=3",
         f"traefik.http.middlewares.{router}-retry.retry.initialinterval=100ms",
-        # Traefik's Nomad provider does not see Nomad's check status: probe readiness itself.
-        f"traefik.http.services.{router}.loadbalancer.healthcheck.path=/readyz",
-        f"traefik.http.services.{router}.loadbalancer.healthcheck.interval={NOMAD_HEALTH['interval']}",
-        f"traefik.http.services.{router}.loadbalancer.healthcheck.timeout={NOMAD_HEALTH['timeout']}",
+        # Traefik's Nomad provider does not see Nomad's check status: probe readiness itself. The same
+        # replicas are a service under each splitter the API is in: the gateway counts those requests apart.
+        *(
+            f"traefik.http.services.{service}.loadbalancer.healthcheck.{key}={value}"
+            for service in (router, *members)
+            for key, value in health
+        ),
     ]

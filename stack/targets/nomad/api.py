@@ -83,6 +83,15 @@ class NomadApi:
             body["Namespace"] = self.settings.namespace
         self._call(lambda: self.client.variable.request(path, method="put", json=body), f"write variable {path}")
 
+    def get_variable(self, path: str) -> dict[str, str] | None:
+        """A Nomad Variable's items; None when there is none."""
+        try:
+            body = self._json(lambda: self.client.variable.request(path, method="get"), f"read variable {path}")
+        except _NotFound:
+            return None
+        items = (body or {}).get("Items")
+        return {str(k): str(v) for k, v in items.items()} if isinstance(items, dict) else None
+
     def delete_variable(self, path: str) -> None:
         with contextlib.suppress(_NotFound):
             self._call(lambda: self.client.variable.request(path, method="delete"), f"delete variable {path}")

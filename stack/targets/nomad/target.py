@@ -37,12 +37,14 @@ from stack.plan.render import (
 )
 from stack.plan.serving import api_keys_text, extra_requirements
 from stack.spec import Api, LoadedSpec
-from stack.status import ApiStatus, ReplicaStatus, StackStatus
+from stack.splits import splitters_of, status_of, with_override
+from stack.status import ApiStatus, ReplicaStatus, SplitterStatus, StackStatus
 from stack.targets import build
 from stack.targets.base import check_scale
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
+from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/nomad"
@@ -89,6 +91,7 @@ class NomadTarget:
         if f"{self.project}-autoscaler.json" in plan.files:
             self._push_autoscaler(progress)
         self._write_keys(progress)
+        self._write_splits(digest, progress)
         registered: list[str] = []
         for name in sorted(plan.files):
             if not name.endswith(".json"):
@@ -113,6 +116,19 @@ class NomadTarget:
                 self.api.delete_variable(path)
         if keys:
             progress(f"API keys written to the Nomad Variables nomad/jobs/{self.project}-*")
+
+    def _write_splits(self, digest: str, progress: Progress) -> None:
+        """The gateway's splitter routes, in the variable its job renders: the spec's weights (`stack split`'s
+        end here), or a canary's while the same version of its API rolls out."""
+        splits = NomadSplits(self.api, self.project)
+        versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
+        splitters = splitters_of(self.loaded.spec, versions)
+        if not splitters:
+            splits.forget()
+            return
+        splits.api.delete_variable(overrides_variable(self.project))
+        splits.write_routes(splitters, splits.canary_weights(splitters))
+        progress(f"splitter routes written to the Nomad Variable {routes_variable(self.project)}")
 
     def _hand_back(self, progress: Progress) -> None:
         """`stack up` hands every autoscaled API back to the autoscaler (a `stack scale --force` ends here)."""
@@ -295,7 +311,11 @@ class NomadTarget:
             f"Nomad at {self.settings.address}"
             + (f", namespace {self.settings.namespace}" if self.settings.namespace else "")
         ]
-        return StackStatus(self.project, "nomad", self.loaded.spec.gateway.port, apis, notes)
+        splitters: list[SplitterStatus] = []
+        if self.loaded.spec.splitters:
+            splits = NomadSplits(self.api, self.project)
+            splitters = status_of(splitters_of(self.loaded.spec), splits.overrides(), splits.saved_canaries())
+        return StackStatus(self.project, "nomad", self.loaded.spec.gateway.port, apis, notes, splitters=splitters)
 
     def _api_status(self, api: Api) -> ApiStatus:
         job_id = self.job_id(api.name)
@@ -403,16 +423,29 @@ class NomadTarget:
             if job.get("Stop") and not volumes:
                 continue
             stopped = self.api.deregister(job_id, purge=volumes) or stopped
-        if volumes:  # purged: the API keys go with the jobs
+        if volumes:  # purged: the API keys, the splitters' routes and the canaries go with the jobs
             for api in self.loaded.spec.apis:
                 self.api.delete_variable(keys_variable(self.job_id(api.name)))
+            NomadSplits(self.api, self.project).forget()
         return stopped
 
     def scaler(self) -> Scaler:
         return NomadScaler(self.project, self.api.client)
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
-        raise TargetError("traffic splitters run on the local and Compose targets; the Nomad target has none yet")
+        """Weights set by hand, until the next `stack up --nomad`: into the gateway's variable (Nomad
+        re-renders Traefik's routes from it within seconds, no restart)."""
+        self.api.check()
+        splits = NomadSplits(self.api, self.project)
+        if self.api.get_variable(routes_variable(self.project)) is None:
+            raise TargetError(f"the gateway of {self.project} has no splitter routes yet; run `stack up --nomad`")
+        splitters = splitters_of(self.loaded.spec)
+        splits.set_overrides(with_override(splits.overrides(), splitters, splitter, weights))
+        splits.write_routes(splitters, splits.canary_weights(splitters_of(self.loaded.spec, self._versions())))
+
+    def _versions(self) -> dict[str, str]:
+        digest = project_digest(self.loaded)
+        return {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
 
 
 def replicas_running(replicas: list[ReplicaStatus]) -> bool:
