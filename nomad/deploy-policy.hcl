@@ -6,7 +6,13 @@
 namespace "default" {
   capabilities = ["submit-job", "read-job", "list-jobs", "scale-job", "read-job-scaling", "read-logs", "dispatch-job"]
 
-  # `stack up --nomad` stores nothing in variables; the autoscaler's token is put there by hand.
+  # `stack up --nomad` writes each API job's keys, the gateway's splitter routes and `stack split`'s
+  # weights to variables under nomad/jobs/<project>-*; `stack status` reads the canaries' there.
+  variables {
+    path "nomad/jobs/*" {
+      capabilities = ["read", "write", "destroy", "list"]
+    }
+  }
 }
 
 node {
