@@ -112,7 +112,10 @@ def test_prometheus_configs_pass_promtool(rendered, name: str, tmp_path: Path) -
 def test_nomad_jobs_parse_and_validate_against_the_api_schema(rendered, name: str) -> None:
     _, files = rendered[name]
     hcl_files = [f for f in files if f.endswith(".nomad.hcl")]
-    assert len(hcl_files) == 4  # the API, Traefik, Prometheus, the autoscaler
+    apis = [
+        f for f in hcl_files if not f.endswith(("-traefik.nomad.hcl", "-prometheus.nomad.hcl", "-autoscaler.nomad.hcl"))
+    ]
+    assert len(hcl_files) == len(apis) + 3 and apis  # the APIs, Traefik, Prometheus, the autoscaler
     for relative in hcl_files:
         hcl2.loads(files[relative])  # the reference parser accepts it
         request = json.loads(files[relative.removesuffix(".nomad.hcl") + ".json"])
