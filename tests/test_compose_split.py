@@ -44,6 +44,15 @@ def test_weights_and_live_reweighting_on_compose(project: tuple[Path, str, int])
     seen = shares(url, 2000)
     assert set(seen) == {"iris-v1", "iris-v2"}
     assert abs(seen["iris-v1"] / sum(seen.values()) - 0.80) <= 0.03, seen
+    # `stack status` shows the share each API got over the last minute (the gateway's counters).
+    observed = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        observed = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["splitters"][0]["observed"]
+        if observed and abs(observed["iris-v1"] - 0.80) <= 0.03:
+            break
+        time.sleep(1)
+    assert observed and abs(observed["iris-v1"] - 0.80) <= 0.03, observed
 
     with Load(url, concurrency=4) as load:
         time.sleep(1)
