@@ -493,6 +493,7 @@ class CanaryRunner:
         overridden: Callable[[], set[str]] = set,
         services: Callable[[SplitterConfig], dict[str, str]] | None = None,
         on_change: Callable[[], Awaitable[None]] | None = None,
+        busy: Callable[[str], str | None] = lambda api: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = FileStore(store / STATE_FILE) if isinstance(store, Path) else store
@@ -501,6 +502,7 @@ class CanaryRunner:
         self.overridden = overridden  # splitters whose weights `stack split` set
         self.services = services  # API -> the gateway's service for it in a splitter (observed shares)
         self.on_change = on_change  # a gateway not fed from weights() (Nomad's) is sent them
+        self.busy = busy  # why an API cannot be judged now (its new version is still rolling out)
         self.clock = clock
         self.states: dict[str, CanaryState] = parse_states(self.store.load(), str(self.store))
         self.marks: dict[str, Counters] = {}  # splitter -> the counters when its current step started
@@ -572,6 +574,15 @@ class CanaryRunner:
             return
         apis = [api for api, _ in s.weights]
         baseline = [api for api in apis if api != canary.api]
+        rolling = self.busy(canary.api)
+        if rolling:
+            # Old and new replicas both answer: the step is judged on the new version alone, once it is out.
+            self.marks.pop(s.name, None)
+            state.step_started = now
+            reason = f"hold: {rolling}; the step starts after it"
+            if state.decisions[-1].reason != reason:
+                state.record(Decision(now, "hold", state.weight(canary), reason))
+            return
         mark = self.marks.get(s.name)
         if mark is None:
             taken = await self.source.counters(apis)

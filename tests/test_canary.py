@@ -255,3 +255,31 @@ def test_an_unreadable_state_file_starts_afresh(tmp_path: Path) -> None:
     assert json.loads((tmp_path / STATE_FILE).read_text())["canaries"]["iris"]["phase"] == PROGRESSING
     (tmp_path / STATE_FILE).write_text(json.dumps({"canaries": {"iris": {"phase": "sideways"}}}))
     assert CanaryRunner([splitter()], tmp_path, FakeSource(), clock=Clock()).states["iris"].phase == PROGRESSING
+
+
+def test_a_canary_is_not_judged_while_its_new_version_rolls_out(tmp_path: Path) -> None:
+    source, clock = FakeSource(), Clock()
+    rolling = {"v2"}
+
+    def busy(api: str) -> str | None:
+        return f"{api} is rolling out its new version" if api in rolling else None
+
+    runner = CanaryRunner([splitter()], tmp_path, source, clock=clock, busy=busy)
+
+    async def run() -> None:
+        for _ in range(3):  # old replicas still answer, with errors: none of it counts
+            await runner.tick()
+            source.serve("v2", 0, 50)
+            clock.now += 10
+        await runner.tick()
+        rolling.clear()
+        await runner.tick()  # out: the step starts now, on the new version's counters
+        source.serve("v1", 300)
+        source.serve("v2", 40)
+        clock.now += 10
+        await runner.tick()
+
+    asyncio.run(run())
+    state = runner.states["iris"]
+    assert [d.action for d in state.decisions] == ["start", "hold", "advance"], state.decisions
+    assert "v2 is rolling out its new version" in state.decisions[1].reason and state.decisions[1].count == 1

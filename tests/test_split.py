@@ -296,5 +296,21 @@ def test_canaries_promote_a_healthy_version_and_roll_back_a_failing_one(tmp_path
         stack("up", "--local", str(root), cwd=root)
         again = {s["name"]: s["canary"]["phase"] for s in status()["splitters"]}
         assert again == {"good-rollout": "promoted", "bad-rollout": "rolled back"}
+        # A new version of the promoted API is a new canary: this one fails, and goes back to 0%.
+        spec = root / "stack.yaml"
+        spec.write_text(spec.read_text().replace("{greeting: good, fail_every: 0}", "{greeting: good, fail_every: 10}"))
+        stack("up", "--local", str(root), cwd=root)
+        url = f"http://127.0.0.1:{port}/good-rollout"
+        with Load(url, concurrency=3):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                canary = next(s for s in status()["splitters"] if s["name"] == "good-rollout")["canary"]
+                if canary["phase"] != "progressing":
+                    break
+                time.sleep(0.5)
+        assert canary["phase"] == "rolled back", canary
+        since = [d["action"] for d in canary["decisions"]]
+        since = since[len(since) - since[::-1].index("start") :]
+        assert "advance" not in since and since[-1] == "rollback", canary["decisions"]
     finally:
         subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)

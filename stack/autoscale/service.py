@@ -128,6 +128,7 @@ async def serve(
                 registry=autoscaler.registry,
                 overridden=lambda: set(read_overrides(state_dir)),
                 services=lambda splitter: member_services(config.project, splitter),
+                busy=controller.rolling_out,
             )
             controller.canary_weights = canary.weights
             tasks.append(canary.run(stopping))

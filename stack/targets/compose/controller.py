@@ -180,6 +180,15 @@ class ComposeController:
         self._write_targets(replicas)
         self._restore(replicas)
 
+    def rolling_out(self, api: str) -> str | None:
+        """Why a canary cannot be judged now: replicas of more than one version are running."""
+        versions = {
+            c.labels.get("stack.version", "")
+            for c in self.replicas
+            if c.labels.get("stack.api") == api and c.status == "running"
+        }
+        return f"{api} is rolling out its new version ({len(versions)} versions running)" if len(versions) > 1 else None
+
     def _address(self, container: Container) -> str | None:
         networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
         address = (networks.get(self.network) or {}).get("IPAddress")

@@ -581,6 +581,7 @@ class Supervisor:
             registry=self.registry,
             overridden=lambda: set(read_overrides(self.paths.split_overrides)),
             services=lambda splitter: member_services(project, splitter),
+            busy=lambda api: f"{api} is rolling out its new version" if api in self.updating else None,
         )
 
     # -- autoscaler -------------------------------------------------------------------------------
