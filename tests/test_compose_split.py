@@ -53,6 +53,16 @@ def test_weights_and_live_reweighting_on_compose(project: tuple[Path, str, int])
             break
         time.sleep(1)
     assert observed and abs(observed["iris-v1"] - 0.80) <= 0.03, observed
+    # The mirror got copies of about half of them (its own counters, as `stack status` reads them).
+    mirrored = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        apis = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"]
+        mirrored = next(a for a in apis if a["name"] == "iris-v3").get("2xx") or 0
+        if mirrored >= 0.3 * 2000:
+            break
+        time.sleep(1)
+    assert 0.3 * 2000 <= mirrored <= 0.7 * 2000, mirrored
 
     with Load(url, concurrency=4) as load:
         time.sleep(1)
