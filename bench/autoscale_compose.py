@@ -32,6 +32,7 @@ from pathlib import Path
 import requests
 
 from results import write_section
+from stack.plan.render import CONTROL_DIR
 
 # One request at a time per replica: queueing shows in the latency, as with a real model.
 PREDICTOR = """import socket
@@ -166,8 +167,25 @@ def main() -> None:
         subprocess.run(["docker", "stop", autoscaler_container(project)], check=True, capture_output=True)
         for policy in ("cortex", "stack"):
             log = open(root / f"autoscale-{policy}.log", "w")  # noqa: SIM115 (closed below)
+            # The service is also the stack's controller (routes, targets): on the host, it is both too.
             host = subprocess.Popen(
-                [*STACK, "autoscale", str(root), "--policy", policy, "--metrics-port", str(free_port())],
+                [
+                    *STACK,
+                    "autoscale",
+                    str(root),
+                    "--target",
+                    "compose",
+                    "--policy",
+                    policy,
+                    "--metrics-port",
+                    str(free_port()),
+                    "--state-dir",
+                    str(root / ".stack" / "autoscaler"),
+                    "--control-dir",
+                    str(root / CONTROL_DIR),
+                    "--network",
+                    f"{project}-stack",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

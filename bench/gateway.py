@@ -1,15 +1,19 @@
-"""Compose target benchmark: the gateway hop, and cold start.
+"""Compose target benchmark: the gateway hop per core count, and cold start.
 
-    python bench/gateway.py [--duration 10]
+    python bench/gateway.py [--duration 8]
 
 Brings up examples/echo with `stack up` (one replica, offline wheelhouse build),
-then in the same run:
-- W0 JSON echo at 32 connections through Traefik (`/echo` on the gateway) and
-  directly to the replica (its container address on the stack network), one
-  after the other with `wrk`; the difference is the gateway hop.
-- Cold start: `stack down`, then `stack up` with the image already built, timed
-  to the first successful prediction through the gateway.
-Writes the `gateway` section of bench/RESULTS.md.
+then in the same run, for the stack's containers pinned to 1 core (Traefik and
+the replica share CPU 0; wrk on CPU 1) and to 2 cores (CPUs 0-1, shared with
+wrk), W0 JSON echo with `wrk` at 32 and at 1 connection(s), three ways:
+- through the published port (127.0.0.1:PORT, what a client on the host uses:
+  Docker's userland proxy, then Traefik, then the replica),
+- through Traefik's own address on the stack network (the Traefik hop alone),
+- directly to the replica's address.
+At equal CPU (1 core) the Traefik hop's cost is its CPU next to the replica's.
+Then cold start: `stack down`, `stack up` with the image built, timed to the
+first successful prediction through the gateway. Writes the `gateway` section
+of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 from pathlib import Path
 
 import requests
-from runtime import PAYLOAD, _latency, free_port
+from runtime import LOAD_CPU, PAYLOAD, _latency, free_port
 
 from results import write_section
 
@@ -49,47 +53,65 @@ def main() -> None:
     )
     try:
         subprocess.run([*STACK, "up", str(root)], check=True, capture_output=True)
-        replica = _replica_address()
-        results = {}
-        for connections in (32, 1):
-            results[connections] = (
-                run_wrk(f"http://127.0.0.1:{port}/echo", connections, args.duration),
-                run_wrk(f"http://{replica}:8888/", connections, args.duration),
-            )
+        replica, replica_ip = _container("label=stack.api=echo")
+        traefik, traefik_ip = _container("label=stack.role=gateway")
+        proxies = _docker_proxies(port)
+        paths = {
+            "published port (docker-proxy, Traefik)": f"http://127.0.0.1:{port}/echo",
+            "Traefik's address": f"http://{traefik_ip}:{port}/echo",
+            "direct to the replica": f"http://{replica_ip}:8888/",
+        }
+        results: dict[tuple[int, int], dict[str, tuple[float, float, float]]] = {}
+        for cores, cpus in ((1, "0"), (2, "0,1")):
+            for container in (replica, traefik):
+                subprocess.run(["docker", "update", "--cpuset-cpus", cpus, container], check=True, capture_output=True)
+            for pid in proxies:
+                subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True)
+            for connections in (32, 1):
+                results[(cores, connections)] = {
+                    name: run_wrk(url, connections, args.duration, LOAD_CPU) for name, url in paths.items()
+                }
+                print(cores, connections, results[(cores, connections)], flush=True)
         subprocess.run([*STACK, "down", str(root)], check=True, capture_output=True)
         cold = cold_start(root, port)
     finally:
         subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{results}\ncold start: {cold:.1f}s")
-    write_section("gateway", render(results, cold, args.duration))
+    print(f"cold start: {cold:.1f}s")
+    write_section("gateway", render(results, cold, args.duration, bool(proxies)))
 
 
-def _replica_address() -> str:
+def _container(label: str) -> tuple[str, str]:
+    """(id, address on the stack network) of the benchmark stack's container with this label."""
     ids = subprocess.run(
-        [
-            "docker",
-            "ps",
-            "-q",
-            "--filter",
-            "label=stack.api=echo",
-            "--filter",
-            "label=com.docker.compose.project=benchgw",
-        ],
+        ["docker", "ps", "-q", "--filter", label, "--filter", "label=com.docker.compose.project=benchgw"],
         capture_output=True,
         text=True,
     ).stdout.split()
     info = json.loads(subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True).stdout)[0]
-    return info["NetworkSettings"]["Networks"]["benchgw-stack"]["IPAddress"]
+    return ids[0], info["NetworkSettings"]["Networks"]["benchgw-stack"]["IPAddress"]
 
 
-def run_wrk(url: str, connections: int, duration: int) -> tuple[float, float, float]:
+def _docker_proxies(port: int) -> list[int]:
+    """Docker's userland proxy processes for the published port (none with `userland-proxy: false`)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"docker-proxy") and str(port).encode() in args:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def run_wrk(url: str, connections: int, duration: int, cpu: str) -> tuple[float, float, float]:
     """(req/s, p50 ms, p99 ms) of wrk posting the W0 payload to url, after a 2 s warm-up."""
     script = Path(tempfile.mkdtemp()) / "post.lua"
     script.write_text(
         f'wrk.method = "POST"\nwrk.body = {json.dumps(PAYLOAD)}\nwrk.headers["Content-Type"] = "application/json"\n'
     )
-    base = ["wrk", "-t1", f"-c{connections}", "-s", str(script), url]
+    base = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", "-s", str(script), url]
     subprocess.run([*base, "-d2s"], capture_output=True)
     time.sleep(1)
     out = subprocess.run([*base, f"-d{duration}s", "--latency"], capture_output=True, text=True).stdout
@@ -113,29 +135,36 @@ def cold_start(root: Path, port: int) -> float:
 
 
 def render(
-    results: dict[int, tuple[tuple[float, float, float], tuple[float, float, float]]], cold: float, duration: int
+    results: dict[tuple[int, int], dict[str, tuple[float, float, float]]], cold: float, duration: int, proxied: bool
 ) -> str:
     lines = [
         "## Compose target: the gateway hop and cold start",
         "",
         f"`python bench/gateway.py --duration {duration}` — examples/echo, one replica, `stack up` on the local "
-        "Docker engine; `wrk` through Traefik and then straight to the replica's container address, same run, "
-        "at 32 connections (W0, saturating the 2 cores that Traefik, the replica and wrk share) and at 1 "
-        "connection (the hop's own latency, no queueing).",
+        "Docker engine; W0 with `wrk` three ways in one run: through the published port (Docker's userland "
+        "proxy, then Traefik), through Traefik's own address on the stack network, and straight to the replica. "
+        "The stack's containers (and the proxy) pinned to 1 core (CPU 0; `wrk` alone on CPU 1: equal CPU for "
+        "the serving side) and to 2 cores (CPUs 0-1, shared with `wrk`).",
         "",
-        "| connections | path | req/s | p50 ms | p99 ms |",
-        "|---:|---|---:|---:|---:|",
+        "| cores | connections | path | req/s | × direct | p50 ms | p99 ms |",
+        "|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for connections, (gateway, direct) in results.items():
-        lines.append(f"| {connections} | through Traefik | {gateway[0]:,.0f} | {gateway[1]:.2f} | {gateway[2]:.2f} |")
-        lines.append(
-            f"| {connections} | direct to the replica | {direct[0]:,.0f} | {direct[1]:.2f} | {direct[2]:.2f} |"
-        )
+    for (cores, connections), paths in results.items():
+        direct = paths["direct to the replica"]
+        for name, (rps, p50, p99) in paths.items():
+            lines.append(
+                f"| {cores} | {connections} | {name} | {rps:,.0f} | {rps / direct[0]:.2f} | {p50:.2f} | {p99:.2f} |"
+            )
     lines.append("")
-    for connections, (gateway, direct) in results.items():
+    for (cores, connections), paths in results.items():
+        direct, hop = paths["direct to the replica"], paths["Traefik's address"]
         lines.append(
-            f"- {connections} connection(s): the gateway hop adds **{gateway[1] - direct[1]:.2f} ms at p50** "
-            f"and **{gateway[2] - direct[2]:.2f} ms at p99** (throughput ×{gateway[0] / direct[0]:.2f})."
+            f"- {cores} core(s), {connections} connection(s): the Traefik hop adds **{hop[1] - direct[1]:.2f} ms "
+            f"at p50** and {hop[2] - direct[2]:.2f} ms at p99; throughput ×{hop[0] / direct[0]:.2f} of direct."
+        )
+    if not proxied:
+        lines.append(
+            "- The engine runs without the userland proxy (`userland-proxy: false`): the published port is NAT."
         )
     lines += [
         "",

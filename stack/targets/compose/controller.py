@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ LOGGER = logging.getLogger("stack.controller")
 ROUTES_DIR = "routes"  # under the control directory: Traefik's file provider
 TARGETS_DIR = "targets"  # under the control directory: Prometheus' file_sd
 TICK = 1.0  # seconds between passes when no event wakes the controller
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # replicas are never behind a proxy
+STARTING_TICK = 0.25  # while a replica starts: it is routed within this of answering /readyz
 CONFIRM = 2.0  # seconds a deficit must last before replicas are restored
 EVENTS = ("start", "kill", "die", "stop", "destroy", "health_status")
 HEADER = "Written by the stack's controller (the autoscaler service) whenever a replica joins or leaves."
@@ -83,6 +86,8 @@ class ComposeController:
         self.ready_urls: dict[str, list[str]] = {}  # api -> serving replicas, as of the last pass
         self.starting_urls: dict[str, list[str]] = {}  # api -> running replicas, healthy or not yet
         self.session: aiohttp.ClientSession | None = None
+        self.ready_early: set[str] = set()  # starting containers whose /readyz already answers 200
+        self.starting = False  # a replica is starting: pass more often
         # Splitter -> API weights a running canary sets (stack.canary.CanaryRunner.weights).
         self.canary_weights: Callable[[], dict[str, dict[str, int]]] = dict
         self.start_errors: dict[str, str] = {}  # api -> why its replicas cannot start, as of the last pass
@@ -105,7 +110,8 @@ class ComposeController:
             except Exception:
                 LOGGER.exception("controller pass failed; the next one comes anyway")
             waiters = [asyncio.ensure_future(self.wake_up.wait()), asyncio.ensure_future(stopping.wait())]
-            await asyncio.wait(waiters, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
+            timeout = STARTING_TICK if self.starting else TICK
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
 
@@ -176,6 +182,7 @@ class ComposeController:
             self.stopping_ids &= live_ids  # a dead or removed container needs no more remembering
         replicas = [c for c in containers if "stack.api" in c.labels]
         self.replicas = replicas
+        self._probe_starting(replicas)
         self._write_routes(replicas)
         self._write_targets(replicas)
         self._restore(replicas)
@@ -195,13 +202,30 @@ class ComposeController:
         return address or None
 
     def _serving(self, container: Container) -> bool:
-        health = (container.attrs["State"].get("Health") or {}).get("Status", "")
-        return (
-            container.status == "running"
-            and health == "healthy"
-            and container.id not in self.stopping_ids
-            and container.id not in self.scaler.draining
-        )
+        if container.status != "running" or container.id in self.stopping_ids or container.id in self.scaler.draining:
+            return False
+        health = _health(container)
+        # Docker's first health check comes 2 s after the start, then every 2 s: a new replica
+        # that answers the same probe (/readyz) sooner is routed as soon as it does.
+        return health == "healthy" or (health == "starting" and container.id in self.ready_early)
+
+    def _probe_starting(self, replicas: list[Container]) -> None:
+        """Ask each starting replica's /readyz directly (from the controller's worker thread)."""
+        ready, starting = set(), False
+        for c in replicas:
+            if c.status != "running" or _health(c) != "starting" or c.id in self.stopping_ids:
+                continue
+            starting = True
+            address = self._address(c)
+            if address is None:
+                continue
+            try:
+                with DIRECT.open(f"http://{address}:{self.port}/readyz", timeout=0.5) as answer:
+                    if answer.status == 200:
+                        ready.add(c.id)
+            except (OSError, ValueError):
+                continue
+        self.ready_early, self.starting = ready, starting
 
     def _write_routes(self, replicas: list[Container]) -> None:
         table = []
@@ -225,10 +249,7 @@ class ComposeController:
                 for c in replicas
                 if c.labels["stack.api"] == api.name
                 and c.id not in self.stopping_ids
-                and (
-                    c.status == "restarting"
-                    or (c.status == "running" and (c.attrs["State"].get("Health") or {}).get("Status") == "unhealthy")
-                )
+                and (c.status == "restarting" or (c.status == "running" and _health(c) == "unhealthy"))
             ]
             if failing:
                 code = failing[0].attrs["State"].get("ExitCode", 0)
@@ -287,3 +308,7 @@ class ComposeController:
                 LOGGER.info(f"{api.name}: {len(alive)}/{want.replicas} replicas; adding one")
                 self.scaler.add(api.name, api.gpu_slots, alive)
                 self.restored.labels(api.name).inc()
+
+
+def _health(container: Container) -> str:
+    return str((container.attrs["State"].get("Health") or {}).get("Status", ""))
