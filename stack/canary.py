@@ -574,7 +574,7 @@ class CanaryRunner:
             return
         apis = [api for api, _ in s.weights]
         baseline = [api for api in apis if api != canary.api]
-        rolling = self.busy(canary.api)
+        rolling = await asyncio.to_thread(self.busy, canary.api)
         if rolling:
             # Old and new replicas both answer: the step is judged on the new version alone, once it is out.
             self.marks.pop(s.name, None)

@@ -33,7 +33,7 @@ from stack.splits import member_services, splitters_of
 from stack.targets.local.traefik import traefik_binary
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
-from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits, routes_variable
+from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits, rolling_out, routes_variable
 from stack.targets.nomad.target import NomadTarget
 
 SPEC = """\
@@ -247,6 +247,27 @@ def test_a_canary_on_nomad_keeps_its_state_and_weights_in_variables(tmp_path: Pa
         # A restarted autoscaler job takes the state back from the variable.
         again = CanaryRunner(splitters, NomadCanaryStore(splits), StubSource())
         assert again.states["iris"].phase == ROLLED_BACK
+        assert standin.problems == []
+    finally:
+        standin.stop()
+
+
+def test_a_canary_waits_for_the_nomad_deployment_of_its_new_version(tmp_path: Path) -> None:
+    loaded = load_spec(project(tmp_path))
+    standin = NomadStandIn().start()
+    try:
+        plan = plan_nomad(loaded, nomad_addr=standin.address)
+        api = NomadApi(NomadSettings.from_env(standin.address))
+        assert rolling_out(api, "ns-v2") is None  # no job, no deployment: nothing holds the canary
+        api.register(json.loads(plan.files["ns-v2.json"])["Job"])
+        reason = rolling_out(api, "ns-v2")
+        assert reason is not None and "ns-v2 is rolling out its new version" in reason
+        # The stand-in moves the deployment on at each read: it ends, and the canary may be judged.
+        for _ in range(50):
+            if rolling_out(api, "ns-v2") is None:
+                break
+        assert rolling_out(api, "ns-v2") is None
+        assert (api.deployment("ns-v2") or {}).get("Status") == "successful"
         assert standin.problems == []
     finally:
         standin.stop()

@@ -174,9 +174,10 @@ async def _nomad_canaries(
     from stack.splits import member_services
     from stack.targets.nomad.api import NomadApi
     from stack.targets.nomad.connection import NomadSettings
-    from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits
+    from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits, rolling_out
 
-    splits = NomadSplits(NomadApi(NomadSettings.from_env(nomad_addr)), config.project)
+    nomad = NomadApi(NomadSettings.from_env(nomad_addr))
+    splits = NomadSplits(nomad, config.project)
     runner = CanaryRunner(
         config.splitters,
         NomadCanaryStore(splits),
@@ -184,6 +185,7 @@ async def _nomad_canaries(
         registry=registry,
         overridden=lambda: set(splits.overrides()),
         services=lambda splitter: member_services(config.project, splitter),
+        busy=lambda api: rolling_out(nomad, f"{config.project}-{api}"),
     )
 
     async def push() -> None:

@@ -104,3 +104,14 @@ class NomadCanaryStore:
 
     def save(self, data: dict[str, Any]) -> None:
         self.splits.api.put_variable(canary_variable(self.splits.project), {"state": json.dumps(data, sort_keys=True)})
+
+
+def rolling_out(api: NomadApi, job_id: str) -> str | None:
+    """Why a canary cannot be judged now: a Nomad deployment of its job is still replacing allocations."""
+    try:
+        deployment = api.deployment(job_id)
+    except Exception:  # an unreachable cluster: the counters still tell, judge on them
+        return None
+    if deployment and deployment.get("Status") == "running":
+        return f"{job_id} is rolling out its new version (Nomad deployment {str(deployment.get('ID', ''))[:8]} running)"
+    return None
