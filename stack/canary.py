@@ -4,7 +4,8 @@ A splitter with `canary:` starts its canary at the first step when `stack up`
 deploys a new version of the canary API (or a new `canary:` block). At the end
 of each step's interval the canary's own metrics over that interval decide:
 
-- fewer than `min_requests` requests (or no data at all): hold, the step starts over;
+- fewer than `min_requests` requests (or no data at all): hold, the step starts over
+  (and no step runs while the canary's new version is still replacing the old one);
 - 5xx share above `max_error_rate`, or p99 above `max_latency_ratio` x the
   baseline's: roll back (the canary's weight drops to 0) and stop;
 - otherwise advance to the next step; reaching the last step promotes it.
@@ -13,10 +14,13 @@ The other APIs of the splitter are the baseline; they share what the canary
 does not get in proportion to their weights in stack.yaml. `stack split` on a
 splitter stops its canary (weights set by hand win) until the next `stack up`.
 
-The runner lives in whatever already runs beside the gateway (the local
-supervisor, the Compose controller, Nomad's autoscaler job); it keeps its state
-in `canary.json`, which `stack status` reads, and exports its decisions as
-Prometheus metrics.
+The numbers are the change of the replicas' own counters (requests by status
+code, the latency histogram) between the step's first and last snapshot, from
+Prometheus or, without it, from the replicas themselves. The runner lives in
+whatever already runs beside the gateway (the local supervisor, the Compose
+controller, Nomad's autoscaler job); it keeps its state in `canary.json` (on
+Nomad a variable), which `stack status` reads, with each API's observed share
+of its splitters, and exports its decisions as Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -704,10 +708,6 @@ def parse_states(data: Any, where: str = "the saved state") -> dict[str, CanaryS
 def parse_observed(data: Any) -> dict[str, dict[str, Any]]:
     observed = data.get("observed") if isinstance(data, dict) else None
     return {str(k): v for k, v in observed.items() if isinstance(v, dict)} if isinstance(observed, dict) else {}
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _regex(value: str) -> str:

@@ -518,18 +518,19 @@ def _unknown_api(name: str, names: dict[str, int]) -> str:
 
 
 def _interval_check(canary: dict[str, Any], prometheus: Any, at: Path_, add: Any) -> None:
-    """A canary's step is judged on the counters' change over it: it must span at least two scrapes."""
+    """A canary's step is judged on the counters' change over it: it must span at least one scrape."""
     raw_scrape = prometheus.get("scrape_interval", 5.0) if isinstance(prometheus, dict) else 5.0
     try:
         interval = parse_duration(canary.get("interval", 60.0))
         scrape = parse_duration(raw_scrape)
     except (TypeError, ValueError):
         return
-    if interval < 2 * scrape:
+    if interval < scrape:
         add(
             at,
-            f"interval {format_duration(interval)} holds fewer than two scrapes (prometheus.scrape_interval is "
-            f"{format_duration(scrape)}); make it at least {format_duration(2 * scrape)} or scrape more often",
+            f"interval {format_duration(interval)} is shorter than one scrape (prometheus.scrape_interval is "
+            f"{format_duration(scrape)}): a step would end before its numbers do; make it at least "
+            f"{format_duration(scrape)} or scrape more often",
         )
 
 
