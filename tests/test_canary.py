@@ -27,6 +27,7 @@ from stack.canary import (
 )
 from stack.splits import SplitterConfig, applied, splitter_status
 
+ECHO = "class Predictor:\n    def predict(self, payload):\n        return payload\n"
 CONFIG = CanaryConfig("v2", (5, 25, 50, 100), 60.0, 0.01, 1.5, 0.05, 50, "rev1")
 
 
@@ -283,3 +284,56 @@ def test_a_canary_is_not_judged_while_its_new_version_rolls_out(tmp_path: Path) 
     state = runner.states["iris"]
     assert [d.action for d in state.decisions] == ["start", "hold", "advance"], state.decisions
     assert "v2 is rolling out its new version" in state.decisions[1].reason and state.decisions[1].count == 1
+
+
+@pytest.mark.parametrize(
+    ("canary", "message"),
+    [
+        ("{api: v3}", "splitters[0].canary.api: the canary 'v3' is not one of this splitter's APIs"),
+        ("{api: v2, steps: [50, 10]}", "splitters[0].canary.steps: steps must rise, like [5, 25, 50, 100]"),
+        ("{api: v2, steps: [0, 100]}", "splitters[0].canary.steps[0]"),
+        ("{api: v2, max_error_rate: 5}", "max_error_rate: expected a percentage like 1% (or a fraction from 0 to 1)"),
+        ("{api: v2, max_error_rate: '150%'}", "expected a percentage from 0% to 100%"),
+        ("{api: v2, interval: 2s}", "interval 2s is shorter than one scrape (prometheus.scrape_interval is 5s)"),
+        ("{api: v2, min_request: 3}", "unknown field `min_request` — did you mean `min_requests`?"),
+    ],
+)
+def test_canary_mistakes_are_spec_errors_with_their_place(tmp_path: Path, canary: str, message: str) -> None:
+    from stack.spec import SpecError, load_spec
+
+    (tmp_path / "predictor.py").write_text(
+        "class Predictor:\n    def predict(self, payload):\n        return payload\n"
+    )
+    (tmp_path / "stack.yaml").write_text(
+        "project: c\napis:\n"
+        "  - {name: v1, predictor: {path: predictor.py}}\n"
+        "  - {name: v2, predictor: {path: predictor.py}}\n"
+        "splitters:\n"
+        "  - name: s\n"
+        "    apis: [{name: v1, weight: 100}, {name: v2, weight: 0}]\n"
+        f"    canary: {canary}\n"
+    )
+    with pytest.raises(SpecError) as problem:
+        load_spec(tmp_path)
+    assert message in str(problem.value) and "stack.yaml:8:" in str(problem.value), str(problem.value)
+
+
+def test_a_canary_block_reads_its_units(tmp_path: Path) -> None:
+    from stack.spec import load_spec
+
+    (tmp_path / "predictor.py").write_text(
+        "class Predictor:\n    def predict(self, payload):\n        return payload\n"
+    )
+    (tmp_path / "stack.yaml").write_text(
+        "project: c\napis:\n"
+        "  - {name: v1, predictor: {path: predictor.py}}\n"
+        "  - {name: v2, predictor: {path: predictor.py}}\n"
+        "splitters:\n"
+        "  - name: s\n"
+        "    apis: [{name: v1, weight: 100}, {name: v2, weight: 0}]\n"
+        "    canary: {api: v2, interval: 1m30s, max_error_rate: 0.5%, max_latency_ratio: null}\n"
+    )
+    canary = load_spec(tmp_path).spec.splitters[0].canary
+    assert canary is not None
+    assert (canary.interval, canary.max_error_rate, canary.max_latency_ratio) == (90.0, 0.005, None)
+    assert canary.steps == [5, 25, 50, 100] and canary.min_requests == 50
