@@ -338,9 +338,13 @@ def up(path: Path, target_kind: str | None, gpus: int | None, registry: str | No
     click.echo(f"\nStack {status.project} is live.")
     for api in status.apis:
         click.echo(f"  {api.name:<16} http://127.0.0.1:{port}{api.endpoint}")
+    for splitter in status.splitters:
+        weights = " ".join(f"{api}={weight}" for api, weight in splitter.weights.items())
+        canary = f"; canary {splitter.canary.api}: {splitter.canary.phase}" if splitter.canary else ""
+        click.echo(f"  {splitter.name:<16} http://127.0.0.1:{port}{splitter.endpoint}  (splitter: {weights}{canary})")
     for note in status.notes:
         click.echo(f"note: {note}", err=True)
-    first = status.apis[0]
+    first = status.splitters[0] if status.splitters else status.apis[0]
     sample = target.loaded.root / "sample.json"
     data = f"@{sample}" if sample.is_file() else "'{}'"
     click.echo(
