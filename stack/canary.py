@@ -616,7 +616,7 @@ class CanaryRunner:
     async def _observe(self) -> None:
         """Each API's share of what its splitter sent over the last minute, from the gateway's counters."""
         now = self.clock()
-        if self.services is None or now - self.observed_at < OBSERVE_EVERY:
+        if self.services is None or not self.splitters or now - self.observed_at < OBSERVE_EVERY:
             return
         self.observed_at = now
         names = {s.name: self.services(s) for s in self.splitters}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,44 @@ PREDICTORS = Path(__file__).resolve().parent / "predictors"
 EXAMPLES = ROOT / "examples"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_PORTS = random.Random()
+_GIVEN: set[int] = set()  # never the same port twice in one run, even if its first user has not bound it yet
+
+
 def free_port() -> int:
+    """A port no one listens on, below the kernel's ephemeral range: a port the OS hands out as
+    the source of some outgoing connection meanwhile would turn a later bind (docker-proxy's,
+    a replica's) into "address already in use"."""
+    below, above = (max(_EPHEMERAL[0] - 12000, 1024), _EPHEMERAL[0]), (_EPHEMERAL[1] + 1, 65536)
+    low, high = below if below[1] - below[0] >= 2000 else above
+    for _ in range(200 if high - low >= 2000 else 0):
+        port = _PORTS.randrange(low, high)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        with socket.socket() as sock:  # and on every address (a published port binds 0.0.0.0)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 @dataclass
