@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack.atomic import write_json_atomic
+from stack.autoscale.signal import query_vector
 from stack.spec.units import format_duration
 
 if TYPE_CHECKING:
@@ -373,18 +374,7 @@ class PrometheusSource:
         return {m.get("service", "").split("@")[0]: v for m, v in rows}
 
     async def _query(self, query: str) -> list[tuple[dict[str, str], float]]:
-        async with self.session.get(
-            f"{self.url}/api/v1/query", params={"query": query}, timeout=aiohttp.ClientTimeout(total=5)
-        ) as response:
-            body = await response.json()
-        if body.get("status") != "success":
-            raise ValueError(body.get("error", "query failed"))
-        rows = []
-        for row in body["data"]["result"]:
-            value = float(row["value"][1])
-            if not math.isnan(value):
-                rows.append((row["metric"], value))
-        return rows
+        return await query_vector(self.session, self.url, query)
 
 
 class ScrapeSource:

@@ -286,6 +286,19 @@ def test_a_canary_is_not_judged_while_its_new_version_rolls_out(tmp_path: Path) 
     assert "v2 is rolling out its new version" in state.decisions[1].reason and state.decisions[1].count == 1
 
 
+def write_canary_spec(root: Path, canary: str) -> None:
+    (root / "predictor.py").write_text(ECHO)
+    (root / "stack.yaml").write_text(
+        "project: c\napis:\n"
+        "  - {name: v1, predictor: {path: predictor.py}}\n"
+        "  - {name: v2, predictor: {path: predictor.py}}\n"
+        "splitters:\n"
+        "  - name: s\n"
+        "    apis: [{name: v1, weight: 100}, {name: v2, weight: 0}]\n"
+        f"    canary: {canary}\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("canary", "message"),
     [
@@ -301,18 +314,7 @@ def test_a_canary_is_not_judged_while_its_new_version_rolls_out(tmp_path: Path) 
 def test_canary_mistakes_are_spec_errors_with_their_place(tmp_path: Path, canary: str, message: str) -> None:
     from stack.spec import SpecError, load_spec
 
-    (tmp_path / "predictor.py").write_text(
-        "class Predictor:\n    def predict(self, payload):\n        return payload\n"
-    )
-    (tmp_path / "stack.yaml").write_text(
-        "project: c\napis:\n"
-        "  - {name: v1, predictor: {path: predictor.py}}\n"
-        "  - {name: v2, predictor: {path: predictor.py}}\n"
-        "splitters:\n"
-        "  - name: s\n"
-        "    apis: [{name: v1, weight: 100}, {name: v2, weight: 0}]\n"
-        f"    canary: {canary}\n"
-    )
+    write_canary_spec(tmp_path, canary)
     with pytest.raises(SpecError) as problem:
         load_spec(tmp_path)
     assert message in str(problem.value) and "stack.yaml:8:" in str(problem.value), str(problem.value)
@@ -321,18 +323,7 @@ def test_canary_mistakes_are_spec_errors_with_their_place(tmp_path: Path, canary
 def test_a_canary_block_reads_its_units(tmp_path: Path) -> None:
     from stack.spec import load_spec
 
-    (tmp_path / "predictor.py").write_text(
-        "class Predictor:\n    def predict(self, payload):\n        return payload\n"
-    )
-    (tmp_path / "stack.yaml").write_text(
-        "project: c\napis:\n"
-        "  - {name: v1, predictor: {path: predictor.py}}\n"
-        "  - {name: v2, predictor: {path: predictor.py}}\n"
-        "splitters:\n"
-        "  - name: s\n"
-        "    apis: [{name: v1, weight: 100}, {name: v2, weight: 0}]\n"
-        "    canary: {api: v2, interval: 1m30s, max_error_rate: 0.5%, max_latency_ratio: null}\n"
-    )
+    write_canary_spec(tmp_path, "{api: v2, interval: 1m30s, max_error_rate: 0.5%, max_latency_ratio: null}")
     canary = load_spec(tmp_path).spec.splitters[0].canary
     assert canary is not None
     assert (canary.interval, canary.max_error_rate, canary.max_latency_ratio) == (90.0, 0.005, None)

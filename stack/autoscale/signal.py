@@ -89,17 +89,24 @@ class PrometheusSignal:
         return missing if missing > 2 * step_s + self.stale_after else None
 
     async def _query(self, query: str) -> float | None:
-        async with self.session.get(
-            f"{self.url}/api/v1/query", params={"query": query}, timeout=aiohttp.ClientTimeout(total=5)
-        ) as response:
-            body = await response.json()
-        if body.get("status") != "success":
-            raise ValueError(body.get("error", "query failed"))
-        result = body["data"]["result"]
-        if not result:
-            return None
-        value = float(result[0]["value"][1])  # a string, possibly "NaN"
-        return None if math.isnan(value) else value
+        rows = await query_vector(self.session, self.url, query)
+        return rows[0][1] if rows else None
+
+
+async def query_vector(session: aiohttp.ClientSession, url: str, query: str) -> list[tuple[dict[str, str], float]]:
+    """An instant query's series (labels, value), NaN ones left out (Prometheus sends values as strings)."""
+    async with session.get(
+        f"{url}/api/v1/query", params={"query": query}, timeout=aiohttp.ClientTimeout(total=5)
+    ) as response:
+        body = await response.json()
+    if body.get("status") != "success":
+        raise ValueError(body.get("error", "query failed"))
+    rows = []
+    for row in body["data"]["result"]:
+        value = float(row["value"][1])
+        if not math.isnan(value):
+            rows.append((row["metric"], value))
+    return rows
 
 
 class ScrapeSignal:
