@@ -271,3 +271,15 @@ def test_a_canary_waits_for_the_nomad_deployment_of_its_new_version(tmp_path: Pa
         assert standin.problems == []
     finally:
         standin.stop()
+
+
+def test_stack_split_before_stack_up_says_to_run_it(tmp_path: Path) -> None:
+    loaded = load_spec(project(tmp_path))
+    standin = NomadStandIn().start()
+    try:
+        target = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address))
+        with pytest.raises(StackError, match=r"the gateway of ns has no splitter routes yet; run `stack up --nomad`"):
+            target.split("iris", {"v1": 0, "v2": 100})
+        assert standin.variables == {}  # nothing was written
+    finally:
+        standin.stop()
