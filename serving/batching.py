@@ -1,22 +1,26 @@
-"""Server-side batching on an asyncio queue with futures.
+"""Server-side batching: requests wait in a queue, batches go to `predict`.
 
-Requests wait in a queue; a collector takes up to `max_batch_size` of them,
-waiting at most `batch_interval` after the first one for the batch to fill,
-and hands the list to `predict`. Up to `max_in_flight` batches run at once
-(two by default): the next batch is gathered, and its inputs built, while the
-previous one runs, and a batch still short when its interval ends keeps
-growing until a running batch finishes — under load every batch is full. Each request has its own future, so a batch
-that fails (an exception, or a result list of the wrong length) fails only its
-own requests, and a request whose client left or whose timeout passed is
-dropped before its batch runs.
+A batch is sent when it is full (`max_batch_size`), when its oldest request
+has waited `batch_interval`, or at once when `eager` and no batch is running.
+Up to `max_in_flight` batches run at once (two by default): the next batch's
+inputs are built while the previous one runs, and a batch that is due while
+every slot is busy keeps growing until a running batch finishes, so under
+load every batch is full and the model never waits for one.
+
+There is no collector task: whether a batch is due is decided by plain
+callbacks when requests arrive (once per event-loop turn, so a burst that
+arrives together is batched together), when the oldest request's interval
+ends (one timer), and when a batch finishes. Each request has its own
+future, so a batch that fails (an exception, or a result list of the wrong
+length) fails only its own requests, and a request whose client left or
+whose timeout passed is dropped before its batch is formed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from serving.metrics import ApiMetrics
@@ -28,11 +32,15 @@ class BatchMismatch(Exception):
     pass
 
 
-@dataclass
 class _Item:
-    payload: Any
-    future: asyncio.Future[Any]
-    is_gone: Callable[[], bool] = field(default=lambda: False)
+    # Compared by identity (no dataclass __eq__: comparing two requests must never compare payloads).
+    __slots__ = ("arrived", "future", "is_gone", "payload")
+
+    def __init__(self, payload: Any, future: asyncio.Future[Any], is_gone: Callable[[], bool], arrived: float) -> None:
+        self.payload = payload
+        self.future = future
+        self.is_gone = is_gone
+        self.arrived = arrived
 
 
 class Batcher:
@@ -52,87 +60,101 @@ class Batcher:
         self._interval = batch_interval
         self._parallel = max(parallel, 1)  # batches running at once
         self._busy = 0  # batches running now
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._wake = asyncio.Event()  # a request arrived, or a batch finished
+        self._pending: deque[_Item] = deque()
         self._metrics = metrics
         self._count_queued = count_queued  # keep the queued gauge by hand (multiprocess mode)
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the oldest request's interval ends
+        self._check_soon = False  # a dispatch check is scheduled for this loop turn's end
         self._running: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._collect_forever())
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._pending:  # nobody will run them: their requests end as cancelled
+            self._pending.popleft().future.cancel()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def submit(self, payload: Any, is_gone: Callable[[], bool]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(payload, future, is_gone))
+    def submit(self, payload: Any, is_gone: Callable[[], bool]) -> asyncio.Future[Any]:
+        """Queue one request; the future is its result (cancel it to withdraw the request)."""
+        loop = self._loop
+        assert loop is not None, "Batcher.start() first"
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_Item(payload, future, is_gone, loop.time()))
         if self._count_queued:
             self._metrics.queued.inc()
-        self._wake.set()
-        return await future
-
-    async def _collect_forever(self) -> None:
-        while True:
-            batch = await self._collect()
-            self._busy += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _collect(self) -> list[_Item]:
-        """The next batch: full, or whatever came within `batch_interval` of its first request.
-
-        It is gathered while earlier batches run, and dispatched as soon as a slot is free: a
-        batch that is not full when its interval ends keeps taking requests until a running
-        batch finishes, so under load batches are full and the model never waits for one.
-        """
-        loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        deadline = loop.time() + self._interval
-        while True:
-            while len(batch) < self._max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            slot_free = self._busy < self._parallel
-            if slot_free and (len(batch) >= self._max or loop.time() >= deadline or (self._eager and not self._busy)):
-                break
-            self._wake.clear()
-            if len(batch) < self._max and not self._queue.empty():
-                continue  # arrived between the drain and the clear
-            # Wait for a request (while the batch can grow) or a finished batch (once the interval is out).
-            timeout = max(deadline - loop.time(), 0.0) if slot_free else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-        if self._count_queued:
-            self._metrics.queued.dec(len(batch))
-        return batch
+        if not self._check_soon:
+            # After the other requests that arrived in this turn of the loop have queued too.
+            self._check_soon = True
+            loop.call_soon(self._check)
+        return future
 
     def waiting(self) -> int:
-        return self._queue.qsize()
+        return len(self._pending)
+
+    def _check(self) -> None:
+        self._check_soon = False
+        self._dispatch()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Send every batch that is due while a slot is free; else arm the timer for the next one."""
+        loop = self._loop
+        assert loop is not None
+        pending = self._pending
+        while pending and self._busy < self._parallel:
+            if len(pending) < self._max and not (self._eager and not self._busy):
+                due = pending[0].arrived + self._interval
+                if loop.time() < due:
+                    if self._timer is None or self._timer.when() > due:
+                        if self._timer is not None:
+                            self._timer.cancel()
+                        self._timer = loop.call_at(due, self._on_timer)
+                    return
+            batch = self._take()
+            if batch:
+                self._busy += 1
+                task = loop.create_task(self._run(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    def _take(self) -> list[_Item]:
+        """Up to max_batch_size live requests from the front; withdrawn ones are dropped on the way."""
+        pending, batch, taken = self._pending, [], 0
+        while pending and len(batch) < self._max:
+            item = pending.popleft()
+            taken += 1
+            if item.future.done():  # timed out (cancelled) while it waited
+                continue
+            if item.is_gone():
+                item.future.cancel()
+                continue
+            batch.append(item)
+        if self._count_queued:
+            self._metrics.queued.dec(taken)
+        return batch
 
     async def _run(self, batch: list[_Item]) -> None:
         try:
-            live = [item for item in batch if not item.future.done() and not item.is_gone()]
-            for item in batch:
-                if item not in live and not item.future.done():
-                    item.future.cancel()
-            if not live:
-                return
-            self._metrics.batch_size.observe(len(live))
+            self._metrics.batch_size.observe(len(batch))
             try:
-                results = _as_list(await self._run_batch([item.payload for item in live]), len(live))
+                results = _as_list(await self._run_batch([item.payload for item in batch]), len(batch))
             except BaseException as exc:
-                for item in live:
+                for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
                 return
-            for item, result in zip(live, results, strict=True):
+            for item, result in zip(batch, results, strict=True):
                 if item.future.done():
                     continue
                 # An exception in the result list fails that request alone (e.g. HTTPError(422, ...)).
@@ -142,7 +164,7 @@ class Batcher:
                     item.future.set_result(result)
         finally:
             self._busy -= 1
-            self._wake.set()
+            self._dispatch()
 
 
 def _as_list(results: Any, expected: int) -> list[Any] | tuple[Any, ...]:

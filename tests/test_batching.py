@@ -141,3 +141,38 @@ def test_two_batches_run_at_once_by_default(inproc) -> None:
         assert one.instance.started == 1
         one.instance.release.set()
         assert all(f.result().status_code == 200 for f in futures)
+
+
+def test_eager_sends_to_an_idle_model_at_once_and_what_waited_as_one_batch(inproc) -> None:
+    # batch_interval is never waited out: with `eager`, an idle model takes what has arrived.
+    server = inproc(
+        PREDICTORS / "gated.py",
+        predictor_class="BatchPredictor",
+        batching={"max_batch_size": 8, "batch_interval": FULL, "max_in_flight": 1, "eager": True},
+    )
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(server.post, json={"n": 0})
+        wait_for(lambda: server.instance.started == 1, "the lone request inside predict at once")
+        rest = [pool.submit(server.post, json={"n": i}) for i in (1, 2, 3)]
+        wait_for(lambda: server.replica.in_flight == 4, "three requests waiting for the busy model")
+        server.instance.release.set()
+        assert all(f.result().status_code == 200 for f in [first, *rest])
+    assert [len(call) for call in server.instance.calls] == [1, 3]
+    assert sorted(p["n"] for p in server.instance.calls[1]) == [1, 2, 3]
+
+
+def test_requests_that_wait_for_a_busy_slot_go_as_one_batch(inproc) -> None:
+    # The interval runs out while the only slot is busy: the batch keeps growing, then goes whole.
+    server = inproc(
+        PREDICTORS / "gated.py",
+        predictor_class="BatchPredictor",
+        batching={"max_batch_size": 8, "batch_interval": 0.001, "max_in_flight": 1},
+    )
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        first = pool.submit(server.post, json={"n": 0})
+        wait_for(lambda: server.instance.started == 1, "the first batch inside predict")
+        rest = [pool.submit(server.post, json={"n": i}) for i in range(1, 6)]
+        wait_for(lambda: server.replica.in_flight == 6, "five requests waiting for the slot")
+        server.instance.release.set()
+        assert all(f.result().status_code == 200 for f in [first, *rest])
+    assert [len(call) for call in server.instance.calls] == [1, 5]
