@@ -4,9 +4,16 @@
 
 Each server is pinned to CPU 0 and wrk to CPU 1 (`taskset`), one at a time.
 W0: JSON echo at 32 connections — bare aiohttp (the ceiling), ours with async
-and sync predict, FastAPI + uvicorn, LitServe. W3: a predictor costing
-20 ms + 0.2 ms per item at 64 connections, batching (32, 10 ms) against off.
-Also the resident memory of an echo replica. Results go to bench/RESULTS.md.
+and sync predict, FastAPI + uvicorn, LitServe — in interleaved rounds; each
+round's ratio to bare aiohttp is taken in that round, and the median ratio is
+reported (this machine's throughput drifts by ±20% between runs; a ratio of
+back-to-back runs drifts far less). W3: a predictor costing 20 ms + 0.2 ms per
+item at 64 connections, batching (32, 10 ms) against off. W4: a simulated
+accelerator (one batch at a time, 2 ms + 0.025 ms an item, the GIL released,
+as the GPU benchmark's model on an H200) with the GPU benchmark's payloads:
+the model alone, ours and LitServe with batching off and 32 / 5 ms — how much
+of the model's own throughput the server keeps, on one core. Also the
+resident memory of an echo replica. Results go to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from results import write_section
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 PAYLOAD = json.dumps({"inputs": [1.5, 2.5, 3.5], "text": "a predictor is just a class", "n": 7})
+TOKENS = json.dumps({"ids": [(i * 7919) % 30522 for i in range(128)]})  # W4: the GPU benchmark's payload
 SERVER_CPU, LOAD_CPU = "0", "1"
 
 
@@ -170,10 +178,17 @@ def _latency(out: str, quantile: str) -> float:
 
 
 def measure(
-    name: str, command: list[str], duration: int, connections: int, path: str = "/", body: str = PAYLOAD
+    name: str,
+    command: list[str],
+    duration: int,
+    connections: int,
+    path: str = "/",
+    body: str = PAYLOAD,
+    port: int | None = None,
 ) -> Result:
-    port = int(command.pop()) if command[-1].isdigit() else None
-    assert port is not None
+    """Start the server, load it, stop it. The port is `port`, else the command's last argument."""
+    if port is None:
+        port = int(command.pop())
     proc = start(command, port, path, body)
     try:
         rps, p50, p99, errors = wrk(port, path, connections, duration, body)
@@ -186,6 +201,25 @@ def measure(
 def median(results: list[Result]) -> Result:
     ranked = sorted(results, key=lambda r: r.rps)
     return ranked[len(ranked) // 2]
+
+
+def median_ratio(results: list[Result], ceilings: list[Result]) -> float:
+    """The median over rounds of this server's req/s over the ceiling's in the same round."""
+    ratios = sorted(r.rps / c.rps for r, c in zip(results, ceilings, strict=True))
+    return ratios[len(ratios) // 2]
+
+
+def model_alone_w4(seconds: float = 3.0) -> float:
+    """Items/s of W4's predictor called on 32 payloads in a loop: the ceiling no server can pass."""
+    sys.path.insert(0, str(HERE / "predictors"))
+    from device_sim import Predictor
+
+    predictor, payloads = Predictor({}), [json.loads(TOKENS) for _ in range(32)]
+    start, items = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        predictor.predict(payloads)
+        items += len(payloads)
+    return items / (time.perf_counter() - start)
 
 
 def replica_rss_mb() -> float:
@@ -207,7 +241,7 @@ def _server_pid(proc: subprocess.Popen[bytes]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="W0 rounds, interleaved; the median is reported")
+    parser.add_argument("--rounds", type=int, default=5, help="W0 rounds, interleaved; medians are reported")
     args = parser.parse_args()
     d = args.duration
 
@@ -225,6 +259,8 @@ def main() -> None:
             port = free_port()
             rounds[name].append(measure(name, [*build(port), str(port)], d, 32, path=path))
     w0 = [median(results) for results in rounds.values()]
+    ceilings = rounds[servers[0][0]]
+    ratios = [median_ratio(results, ceilings) for results in rounds.values()]
 
     print("W3: 20 ms + 0.2 ms/item predictor, 64 connections")
     w3 = []
@@ -247,19 +283,47 @@ def main() -> None:
             64,
         )
     )
+
+    print("W4: simulated accelerator, 64 connections")
+    alone = model_alone_w4()
+    print(f"{'model alone: predict() on 32 payloads':<34} {alone:>9.0f} items/s", flush=True)
+    w4 = []
+    batched = {"max_batch_size": 32, "batch_interval": 0.005}
+    for name, extra in (
+        ("ours, batching off", {}),
+        ("ours, batching 32 / 5 ms", {"batching": batched}),
+        ("ours, batching 32 / 5 ms, eager", {"batching": {**batched, "eager": True}}),
+    ):
+        port = free_port()
+        command = ours("device_sim.py", port, max_concurrency=1024, **extra)
+        w4.append(measure(name, command, d, 64, body=TOKENS, port=port))
+    for name, batch in (("LitServe, batching off", "1"), ("LitServe, batching 32 / 5 ms", "32")):
+        port = free_port()
+        command = [PY, str(HERE / "peers/litserve_sim.py"), str(port), batch, "0.005"]
+        w4.append(measure(name, command, d, 64, path="/predict", body=TOKENS, port=port))
+
     rss = replica_rss_mb()
     print(f"echo replica RSS after load: {rss:.1f} MB")
-    write_section("runtime", render(w0, w3, rss, d, args.rounds))
+    write_section("runtime", render(w0, ratios, w3, alone, w4, rss, d, args.rounds))
 
 
-def render(w0: list[Result], w3: list[Result], rss: float, duration: int, rounds: int) -> str:
-    ceiling = w0[0].rps
+def render(
+    w0: list[Result],
+    ratios: list[float],
+    w3: list[Result],
+    alone: float,
+    w4: list[Result],
+    rss: float,
+    duration: int,
+    rounds: int,
+) -> str:
     lines = [
         "## Predictor runtime (issue: serving/)",
         "",
         f"`python bench/runtime.py --duration {duration} --rounds {rounds}` — server pinned to CPU 0, `wrk` on CPU 1, "
         f"one server at a time, 2 s warm-up then a {duration} s run; W0 runs the servers in {rounds} interleaved "
-        "rounds and reports each one's median round. Request logging is off in every server (ours: log level "
+        "rounds and reports each one's median req/s and its median ratio to bare aiohttp in the same round. "
+        "Request logging is off in every server (ours: log level "
         "warning; with per-request info logs ours costs about 15 µs more per request).",
         "",
         "### W0: JSON echo, 32 connections",
@@ -267,10 +331,8 @@ def render(w0: list[Result], w3: list[Result], rss: float, duration: int, rounds
         "| server | req/s | × bare aiohttp | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for r in w0:
-        lines.append(
-            f"| {r.name} | {r.rps:,.0f} | {r.rps / ceiling:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
-        )
+    for r, ratio in zip(w0, ratios, strict=True):
+        lines.append(f"| {r.name} | {r.rps:,.0f} | {ratio:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
     off, on = w3
     lines += [
         "",
@@ -282,6 +344,23 @@ def render(w0: list[Result], w3: list[Result], rss: float, duration: int, rounds
         f"| {on.name} | {on.rps:,.1f} | {on.p50_ms:.1f} | {on.p99_ms:.1f} | {on.errors} |",
         "",
         f"Batching gives **{on.rps / off.rps:.1f}×** the throughput of batching off.",
+        "",
+        "### W4: simulated accelerator (one batch at a time, 2 ms + 0.025 ms an item), 64 connections",
+        "",
+        "| what | req/s | × model alone | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| model alone: predict() on 32 payloads (the ceiling) | {alone:,.0f} | 1.00 | | | |",
+    ]
+    for r in w4:
+        lines.append(
+            f"| {r.name} | {r.rps:,.0f} | {r.rps / alone:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+        )
+    ours_on, lit_on = w4[1], w4[4]
+    lines += [
+        "",
+        f"Ours with batching keeps **{ours_on.rps / alone:.2f}×** of the model's own throughput "
+        f"({lit_on.rps / alone:.2f}× LitServe with the same batching); the server has one core, as the "
+        "event loop has on a GPU machine.",
         "",
         "### Replica memory",
         "",

@@ -265,8 +265,7 @@ class Replica:
             return response
         finally:
             elapsed = time.perf_counter() - start
-            self.metrics.count(status)
-            self.metrics.duration.observe(elapsed)
+            self.metrics.answered(status, elapsed)
             self._mean_duration += (elapsed - self._mean_duration) * 0.05
             if self._log_requests:
                 LOGGER.info(

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -28,6 +29,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 # `_created` series double every counter's cardinality and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]
@@ -39,6 +42,44 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+REQUESTS_HELP = "Prediction requests answered, by HTTP status code."
+DURATION_HELP = "Time from receiving a prediction request to the end of its response."
+
+
+class _Answered:
+    """Requests answered (by status code) and their latency histogram, as plain numbers.
+
+    Only the event loop's thread updates them (no lock) and the registry reads them at scrape
+    time, on the same thread. prometheus_client's Counter and Histogram take a lock per update:
+    measured, that cost a fast replica about 9% of its requests per second.
+    """
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.by_code: dict[int, int] = {}
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def record(self, code: int, seconds: float) -> None:
+        by_code = self.by_code
+        by_code[code] = by_code.get(code, 0) + 1
+        self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # `le` is inclusive, as bisect_left
+        self.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("predictor_requests", REQUESTS_HELP, labels=["api", "code"])
+        for code, count in sorted(self.by_code.items()):
+            requests.add_metric([self.api, str(code)], count)
+        yield requests
+        cumulative, total = [], 0
+        for bound, count in zip([*map(floatToGoString, DURATION_BUCKETS), "+Inf"], self.buckets, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        duration = HistogramMetricFamily("predictor_request_duration_seconds", DURATION_HELP, labels=["api"])
+        duration.add_metric([self.api], cumulative, sum_value=self.sum)
+        yield duration
+
+
 class ApiMetrics:
     """The metrics of one API, bound to their label once so the hot path skips label lookups."""
 
@@ -48,16 +89,15 @@ class ApiMetrics:
         # In multiprocess mode values live in per-process files that the collector reads;
         # the metric objects then belong to no registry.
         into = None if MULTIPROCESS else self.registry
-        self._requests = Counter(
-            "predictor_requests", "Prediction requests answered, by HTTP status code.", ["api", "code"], registry=into
-        )
-        self.duration = Histogram(
-            "predictor_request_duration_seconds",
-            "Time from receiving a prediction request to the end of its response.",
-            ["api"],
-            buckets=DURATION_BUCKETS,
-            registry=into,
-        ).labels(api)
+        self._answered: _Answered | None = None
+        if MULTIPROCESS:
+            self._requests = Counter("predictor_requests", REQUESTS_HELP, ["api", "code"], registry=None)
+            self._duration = Histogram(
+                "predictor_request_duration_seconds", DURATION_HELP, ["api"], buckets=DURATION_BUCKETS, registry=None
+            ).labels(api)
+        else:
+            self._answered = _Answered(api)
+            self.registry.register(self._answered)  # type: ignore[arg-type,unused-ignore]
         self.in_flight = Gauge(
             "predictor_requests_in_flight",
             "Prediction requests executing or queued in this replica.",
@@ -154,11 +194,16 @@ class ApiMetrics:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             self.predicted_value.observe(float(value))
 
-    def count(self, code: int) -> None:
+    def answered(self, code: int, seconds: float) -> None:
+        """One prediction request answered with `code` after `seconds` (on the event loop's thread)."""
+        if self._answered is not None:
+            self._answered.record(code, seconds)
+            return
         child = self._by_code.get(code)
         if child is None:
             child = self._by_code[code] = self._requests.labels(self.api, str(code))
         child.inc()
+        self._duration.observe(seconds)
 
     def exposition(self) -> bytes:
         if MULTIPROCESS:

@@ -131,6 +131,19 @@ def test_logs_are_prefixed_by_replica(project: tuple[Path, int]) -> None:
     requests.post(f"http://127.0.0.1:{port}/echo", json={}, headers={"X-Request-ID": "find-me"}, timeout=5)
     logs = stack("logs", "--local", "echo", "-p", str(root), cwd=root).stdout
     assert any(line.startswith("echo-") and "request_id=find-me" in line for line in logs.splitlines()), logs
+    # The gateway writes no line per request unless gateway.access_log asks for it (it costs CPU).
+    access_log = root / ".stack/logs/traefik-access.log"
+    assert not access_log.exists()
+    stack("down", "--local", str(root), cwd=root)
+    spec = root / "stack.yaml"
+    gateway = f"gateway: {{port: {port}}}"
+    spec.write_text(spec.read_text().replace(gateway, f"gateway: {{port: {port}, access_log: true}}"))
+    stack("up", "--local", str(root), cwd=root)
+    requests.post(f"http://127.0.0.1:{port}/echo", json={}, timeout=5)
+    deadline = time.monotonic() + 10  # Traefik writes its access log asynchronously
+    while time.monotonic() < deadline and "POST /echo" not in (access_log.read_text() if access_log.exists() else ""):
+        time.sleep(0.1)
+    assert "POST /echo" in access_log.read_text()
 
 
 def test_failing_predictor_shows_its_error(project: tuple[Path, int]) -> None:

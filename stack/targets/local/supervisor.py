@@ -197,7 +197,7 @@ class Supervisor:
             self.api_port,
             self.metrics_port,
             self.paths.traefik_dir,
-            self.paths.logs / "traefik-access.log",
+            self.paths.logs / "traefik-access.log" if spec.gateway.access_log else None,
         )
         self.traefik = await _start_child(command, self.paths.logs / "traefik.log")
 

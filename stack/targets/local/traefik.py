@@ -34,8 +34,9 @@ def traefik_binary() -> str:
 
 
 def traefik_command(
-    host: str, gateway_port: int, api_port: int, metrics_port: int, routes_dir: Path, access_log: Path
+    host: str, gateway_port: int, api_port: int, metrics_port: int, routes_dir: Path, access_log: Path | None
 ) -> list[str]:
+    """`access_log`: the file of one line per request (gateway.access_log), or None for none."""
     bind = f"[{host}]" if ":" in host else host
     return [
         traefik_binary(),
@@ -57,9 +58,8 @@ def traefik_command(
         "--providers.providersThrottleDuration=100ms",
         "--metrics.prometheus=true",
         "--metrics.prometheus.entryPoint=metrics",
-        "--accesslog=true",
-        f"--accesslog.filepath={access_log}",
         "--log.level=INFO",
+        *(["--accesslog=true", f"--accesslog.filepath={access_log}"] if access_log is not None else []),
     ]
 
 
