@@ -51,7 +51,7 @@ job "echo-traefik" {
           "--providers.nomad.watch=true",
           "--providers.nomad.endpoint.address=http://127.0.0.1:4646",
           "--providers.nomad.constraints=Tag(`stack.project=echo`)",
-          "--accesslog=true",
+          "--accesslog=false",
           "--metrics.prometheus=true",
           "--metrics.prometheus.entryPoint=metrics",
           "--ping=true",

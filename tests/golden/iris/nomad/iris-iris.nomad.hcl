@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "e39704dd0575"
+    stack_version = "a73a5506f47e"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=e39704dd0575",
+        "stack.version=a73a5506f47e",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:e39704dd0575"
+        image = "iris-iris:a73a5506f47e"
         ports = ["http"]
       }
 

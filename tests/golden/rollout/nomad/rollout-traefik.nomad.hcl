@@ -53,7 +53,7 @@ job "rollout-traefik" {
           "--providers.nomad.constraints=Tag(`stack.project=rollout`)",
           "--providers.file.directory=/local/routes",
           "--providers.file.watch=true",
-          "--accesslog=true",
+          "--accesslog=false",
           "--metrics.prometheus=true",
           "--metrics.prometheus.entryPoint=metrics",
           "--ping=true",
