@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +211,27 @@ def median_ratio(results: list[Result], ceilings: list[Result]) -> float:
     return ratios[len(ratios) // 2]
 
 
+def paired(build: Callable[[int], list[str]], duration: int, rounds: int) -> float:
+    """Bare aiohttp and another server on the server CPU at once, each loaded by its own wrk (32
+    connections) on the load CPU: the ratio of their req/s is the inverse ratio of their CPU cost
+    per request, and both live through the same disturbances of the machine. The median over rounds."""
+    ratios = []
+    for _ in range(rounds):
+        bare_port, port = free_port(), free_port()
+        bare = start([PY, str(HERE / "peers/bare_aiohttp.py"), str(bare_port)], bare_port)
+        try:
+            other = start(build(port), port)
+            try:
+                with ThreadPoolExecutor(2) as pool:
+                    ceiling, rps = pool.map(lambda p: wrk(p, "/", 32, duration)[0], (bare_port, port))
+            finally:
+                stop(other)
+        finally:
+            stop(bare)
+        ratios.append(rps / ceiling)
+    return sorted(ratios)[len(ratios) // 2]
+
+
 def model_alone_w4(seconds: float = 3.0) -> float:
     """Items/s of W4's predictor called on 32 payloads in a loop: the ceiling no server can pass."""
     sys.path.insert(0, str(HERE / "predictors"))
@@ -261,6 +284,11 @@ def main() -> None:
     w0 = [median(results) for results in rounds.values()]
     ceilings = rounds[servers[0][0]]
     ratios = [median_ratio(results, ceilings) for results in rounds.values()]
+    print("W0 at once: each of ours beside bare aiohttp on the server CPU")
+    together = {}
+    for name, build, _ in servers[:3]:  # bare aiohttp beside itself: the method's own error
+        together[name] = paired(build, d, args.rounds)
+        print(f"{name:<34} {together[name]:.2f}x bare aiohttp's req/s, both at once", flush=True)
 
     print("W3: 20 ms + 0.2 ms/item predictor, 64 connections")
     w3 = []
@@ -304,12 +332,13 @@ def main() -> None:
 
     rss = replica_rss_mb()
     print(f"echo replica RSS after load: {rss:.1f} MB")
-    write_section("runtime", render(w0, ratios, w3, alone, w4, rss, d, args.rounds))
+    write_section("runtime", render(w0, ratios, together, w3, alone, w4, rss, d, args.rounds))
 
 
 def render(
     w0: list[Result],
     ratios: list[float],
+    together: dict[str, float],
     w3: list[Result],
     alone: float,
     w4: list[Result],
@@ -328,11 +357,21 @@ def render(
         "",
         "### W0: JSON echo, 32 connections",
         "",
-        "| server | req/s | × bare aiohttp | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | req/s | × bare aiohttp | × bare aiohttp, both at once | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r, ratio in zip(w0, ratios, strict=True):
-        lines.append(f"| {r.name} | {r.rps:,.0f} | {ratio:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+        at_once = f"{together[r.name]:.2f}" if r.name in together else ""
+        lines.append(
+            f"| {r.name} | {r.rps:,.0f} | {ratio:.2f} | {at_once} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+        )
+    lines += [
+        "",
+        "*Both at once*: the server and bare aiohttp share CPU 0 at the same time, each loaded by its own "
+        "`wrk` on CPU 1, so the ratio of their req/s is the inverse ratio of their CPU per request and both "
+        f"live through the same disturbances (median of {rounds} rounds; bare aiohttp beside itself gives the "
+        "method's own error). One server at a time, this machine's throughput drifts by ±20% from run to run.",
+    ]
     off, on = w3
     lines += [
         "",

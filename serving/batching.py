@@ -128,7 +128,8 @@ class Batcher:
 
     def _take(self) -> list[_Item]:
         """Up to max_batch_size live requests from the front; withdrawn ones are dropped on the way."""
-        pending, batch, taken = self._pending, [], 0
+        pending, taken = self._pending, 0
+        batch: list[_Item] = []
         while pending and len(batch) < self._max:
             item = pending.popleft()
             taken += 1

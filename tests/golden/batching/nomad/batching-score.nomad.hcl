@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "876da23e40cf"
+    stack_version = "e296a6c6e199"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=876da23e40cf",
+        "stack.version=e296a6c6e199",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:876da23e40cf"
+        image = "batching-score:e296a6c6e199"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "b5a3f282da2d"
+    stack_version = "e3c4c1405c99"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=b5a3f282da2d",
+        "stack.version=e3c4c1405c99",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
         "traefik.http.routers.tensors-tensors.rule=(Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:b5a3f282da2d"
+        image = "tensors-tensors:e3c4c1405c99"
         ports = ["http"]
       }
 
