@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "3340c5de8e8a"
+    stack_version = "646370cda0ad"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=3340c5de8e8a",
+        "stack.version=646370cda0ad",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:3340c5de8e8a"
+        image = "embeddings-embed:646370cda0ad"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "b9ea18539ffe"
+    stack_version = "a1f3b546de14"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=b9ea18539ffe",
+        "stack.version=a1f3b546de14",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:b9ea18539ffe"
+        image = "gpu-classify:a1f3b546de14"
         ports = ["http"]
       }
 

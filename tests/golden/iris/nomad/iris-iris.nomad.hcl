@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "16357afebf60"
+    stack_version = "c35b7f8a63cf"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=16357afebf60",
+        "stack.version=c35b7f8a63cf",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:16357afebf60"
+        image = "iris-iris:c35b7f8a63cf"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "e3c4c1405c99"
+    stack_version = "065296e31511"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=e3c4c1405c99",
+        "stack.version=065296e31511",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
         "traefik.http.routers.tensors-tensors.rule=(Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:e3c4c1405c99"
+        image = "tensors-tensors:065296e31511"
         ports = ["http"]
       }
 
