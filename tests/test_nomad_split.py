@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,13 @@ def project(tmp_path: Path, extra: str = "") -> Path:
     shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     (root / "stack.yaml").write_text(SPEC + extra)
     return root
+
+
+@pytest.fixture
+def standin() -> Iterator[NomadStandIn]:
+    started = NomadStandIn().start()
+    yield started
+    started.stop()
 
 
 def test_the_plan_renders_the_splitters_for_the_gateway(tmp_path: Path) -> None:
@@ -120,61 +128,59 @@ def until(check: Any, what: str, seconds: float = 30) -> None:
     raise AssertionError(what)
 
 
-def test_traefik_splits_nomads_catalogue_and_stack_split_reweights_it(tmp_path: Path, servers: ServerFactory) -> None:
+def test_traefik_splits_nomads_catalogue_and_stack_split_reweights_it(
+    tmp_path: Path, servers: ServerFactory, standin: NomadStandIn
+) -> None:
     try:
         traefik_binary()
     except Exception as exc:
         pytest.skip(str(exc))
     loaded = load_spec(project(tmp_path))
-    standin = NomadStandIn().start()
-    try:
-        plan = plan_nomad(loaded, nomad_addr=standin.address)
-        replicas: dict[str, Server] = {}
-        for name in ("v1", "v2"):
-            replicas[name] = servers.serving(EXAMPLES / "echo" / "predictor.py", api=name, config={"greeting": name})
-            job = json.loads(plan.files[f"ns-{name}.json"])["Job"]
-            standin.service_registrations[f"ns-{name}"] = [
-                {
-                    "ID": f"_nomad-task-{name}",
-                    "ServiceName": f"ns-{name}",
-                    "Namespace": "default",
-                    "JobID": f"ns-{name}",
-                    "AllocID": f"alloc-{name}",
-                    "NodeID": "node-1",
-                    "Datacenter": "dc1",
-                    "Tags": job["TaskGroups"][0]["Services"][0]["Tags"],
-                    "Address": "127.0.0.1",
-                    "Port": replicas[name].port,
-                }
-            ]
-        api = NomadApi(NomadSettings.from_env(standin.address))
-        splits = NomadSplits(api, "ns")
-        splits.write_routes(splitters_of(loaded.spec))  # what `stack up --nomad` writes
-        routes_dir = tmp_path / "routes"
-        render_variable(api, routes_dir)
-        url = start_gateway(plan, standin, routes_dir, servers) + "/iris"
+    plan = plan_nomad(loaded, nomad_addr=standin.address)
+    replicas: dict[str, Server] = {}
+    for name in ("v1", "v2"):
+        replicas[name] = servers.serving(EXAMPLES / "echo" / "predictor.py", api=name, config={"greeting": name})
+        job = json.loads(plan.files[f"ns-{name}.json"])["Job"]
+        standin.service_registrations[f"ns-{name}"] = [
+            {
+                "ID": f"_nomad-task-{name}",
+                "ServiceName": f"ns-{name}",
+                "Namespace": "default",
+                "JobID": f"ns-{name}",
+                "AllocID": f"alloc-{name}",
+                "NodeID": "node-1",
+                "Datacenter": "dc1",
+                "Tags": job["TaskGroups"][0]["Services"][0]["Tags"],
+                "Address": "127.0.0.1",
+                "Port": replicas[name].port,
+            }
+        ]
+    api = NomadApi(NomadSettings.from_env(standin.address))
+    splits = NomadSplits(api, "ns")
+    splits.write_routes(splitters_of(loaded.spec))  # what `stack up --nomad` writes
+    routes_dir = tmp_path / "routes"
+    render_variable(api, routes_dir)
+    url = start_gateway(plan, standin, routes_dir, servers) + "/iris"
 
-        def routed() -> bool:
-            try:
-                return requests.post(url, json={}, timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
+    def routed() -> bool:
+        try:
+            return requests.post(url, json={}, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
 
-        until(routed, "Traefik never routed the splitter")
-        seen = greetings(url, 1000)
-        assert abs(seen["v1"] / 1000 - 0.80) <= 0.03, seen
+    until(routed, "Traefik never routed the splitter")
+    seen = greetings(url, 1000)
+    assert abs(seen["v1"] / 1000 - 0.80) <= 0.03, seen
 
-        target = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address))
-        target.split("iris", {"v1": 0, "v2": 100})
-        render_variable(api, routes_dir)
-        until(lambda: set(greetings(url, 20)) == {"v2"}, "the new weights never reached the gateway")
-        splitter = target.status().splitters[0]
-        assert splitter.weights == {"v1": 0, "v2": 100} and splitter.overridden
-        with pytest.raises(StackError, match="splitter iris has no API v3"):
-            target.split("iris", {"v3": 1})
-        assert standin.problems == []
-    finally:
-        standin.stop()
+    target = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address))
+    target.split("iris", {"v1": 0, "v2": 100})
+    render_variable(api, routes_dir)
+    until(lambda: set(greetings(url, 20)) == {"v2"}, "the new weights never reached the gateway")
+    splitter = target.status().splitters[0]
+    assert splitter.weights == {"v1": 0, "v2": 100} and splitter.overridden
+    with pytest.raises(StackError, match="splitter iris has no API v3"):
+        target.split("iris", {"v3": 1})
+    assert standin.problems == []
 
 
 class StubSource:
@@ -200,86 +206,74 @@ class StubSource:
         return {services[0]: 10.0 * self.served, services[1]: 1.0 * self.served}
 
 
-def test_a_canary_on_nomad_keeps_its_state_and_weights_in_variables(tmp_path: Path) -> None:
+def test_a_canary_on_nomad_keeps_its_state_and_weights_in_variables(tmp_path: Path, standin: NomadStandIn) -> None:
     canary = "    canary: {api: v2, steps: [10, 50, 100], interval: 10s, min_requests: 20}\n"
     loaded = load_spec(project(tmp_path, canary))
-    standin = NomadStandIn().start()
-    try:
-        api = NomadApi(NomadSettings.from_env(standin.address))
-        splits = NomadSplits(api, "ns")
-        splitters = splitters_of(loaded.spec, {"v1": "a", "v2": "b"})
-        clock = [1000.0]
-        runner = CanaryRunner(
-            splitters,
-            NomadCanaryStore(splits),
-            StubSource(),
-            overridden=lambda: set(splits.overrides()),
-            services=lambda s: member_services("ns", s),
-            clock=lambda: clock[0],
-        )
+    api = NomadApi(NomadSettings.from_env(standin.address))
+    splits = NomadSplits(api, "ns")
+    splitters = splitters_of(loaded.spec, {"v1": "a", "v2": "b"})
+    clock = [1000.0]
+    runner = CanaryRunner(
+        splitters,
+        NomadCanaryStore(splits),
+        StubSource(),
+        overridden=lambda: set(splits.overrides()),
+        services=lambda s: member_services("ns", s),
+        clock=lambda: clock[0],
+    )
 
-        async def push() -> None:
-            await asyncio.to_thread(splits.write_routes, splitters, runner.weights())
+    async def push() -> None:
+        await asyncio.to_thread(splits.write_routes, splitters, runner.weights())
 
-        runner.on_change = push
+    runner.on_change = push
 
-        def weights() -> list[dict[str, Any]]:
-            routes = yaml.safe_load((api.get_variable(routes_variable("ns")) or {})["routes"])
-            return routes["http"]["services"]["ns-split-iris"]["weighted"]["services"]
+    def weights() -> list[dict[str, Any]]:
+        routes = yaml.safe_load((api.get_variable(routes_variable("ns")) or {})["routes"])
+        return routes["http"]["services"]["ns-split-iris"]["weighted"]["services"]
 
-        async def scenario() -> None:
-            await push()
-            assert [m["weight"] for m in weights()] == [90, 10]  # the canary's first step
-            await runner.tick()
-            clock[0] += 10
-            await runner.tick()
+    async def scenario() -> None:
+        await push()
+        assert [m["weight"] for m in weights()] == [90, 10]  # the canary's first step
+        await runner.tick()
+        clock[0] += 10
+        await runner.tick()
 
-        asyncio.run(scenario())
-        assert runner.states["iris"].phase == ROLLED_BACK
-        assert [m["weight"] for m in weights()] == [100, 0]
-        # `stack status --nomad` reads the canary and the observed shares from the variables.
-        status = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address)).status()
-        splitter = status.splitters[0]
-        assert splitter.canary is not None and splitter.canary.phase == ROLLED_BACK
-        assert splitter.weights == {"v1": 100, "v2": 0}
-        assert "error rate 10% > max_error_rate 1%" in splitter.canary.decisions[-1]["reason"]
-        assert splitter.observed == {"v1": 0.9091, "v2": 0.0909}
-        # A restarted autoscaler job takes the state back from the variable.
-        again = CanaryRunner(splitters, NomadCanaryStore(splits), StubSource())
-        assert again.states["iris"].phase == ROLLED_BACK
-        assert standin.problems == []
-    finally:
-        standin.stop()
+    asyncio.run(scenario())
+    assert runner.states["iris"].phase == ROLLED_BACK
+    assert [m["weight"] for m in weights()] == [100, 0]
+    # `stack status --nomad` reads the canary and the observed shares from the variables.
+    status = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address)).status()
+    splitter = status.splitters[0]
+    assert splitter.canary is not None and splitter.canary.phase == ROLLED_BACK
+    assert splitter.weights == {"v1": 100, "v2": 0}
+    assert "error rate 10% > max_error_rate 1%" in splitter.canary.decisions[-1]["reason"]
+    assert splitter.observed == {"v1": 0.9091, "v2": 0.0909}
+    # A restarted autoscaler job takes the state back from the variable.
+    again = CanaryRunner(splitters, NomadCanaryStore(splits), StubSource())
+    assert again.states["iris"].phase == ROLLED_BACK
+    assert standin.problems == []
 
 
-def test_a_canary_waits_for_the_nomad_deployment_of_its_new_version(tmp_path: Path) -> None:
+def test_a_canary_waits_for_the_nomad_deployment_of_its_new_version(tmp_path: Path, standin: NomadStandIn) -> None:
     loaded = load_spec(project(tmp_path))
-    standin = NomadStandIn().start()
-    try:
-        plan = plan_nomad(loaded, nomad_addr=standin.address)
-        api = NomadApi(NomadSettings.from_env(standin.address))
-        assert rolling_out(api, "ns-v2") is None  # no job, no deployment: nothing holds the canary
-        api.register(json.loads(plan.files["ns-v2.json"])["Job"])
-        reason = rolling_out(api, "ns-v2")
-        assert reason is not None and "ns-v2 is rolling out its new version" in reason
-        # The stand-in moves the deployment on at each read: it ends, and the canary may be judged.
-        for _ in range(50):
-            if rolling_out(api, "ns-v2") is None:
-                break
-        assert rolling_out(api, "ns-v2") is None
-        assert (api.deployment("ns-v2") or {}).get("Status") == "successful"
-        assert standin.problems == []
-    finally:
-        standin.stop()
+    plan = plan_nomad(loaded, nomad_addr=standin.address)
+    api = NomadApi(NomadSettings.from_env(standin.address))
+    assert rolling_out(api, "ns-v2") is None  # no job, no deployment: nothing holds the canary
+    api.register(json.loads(plan.files["ns-v2.json"])["Job"])
+    reason = rolling_out(api, "ns-v2")
+    assert reason is not None and "ns-v2 is rolling out its new version" in reason
+    # The stand-in moves the deployment on at each read: it ends, and the canary may be judged.
+    for _ in range(50):
+        if rolling_out(api, "ns-v2") is None:
+            break
+    assert rolling_out(api, "ns-v2") is None
+    assert (api.deployment("ns-v2") or {}).get("Status") == "successful"
+    assert standin.problems == []
 
 
-def test_stack_split_before_stack_up_says_to_run_it(tmp_path: Path) -> None:
+def test_stack_split_before_stack_up_says_to_run_it(tmp_path: Path, standin: NomadStandIn) -> None:
     loaded = load_spec(project(tmp_path))
-    standin = NomadStandIn().start()
-    try:
-        target = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address))
-        with pytest.raises(StackError, match=r"the gateway of ns has no splitter routes yet; run `stack up --nomad`"):
-            target.split("iris", {"v1": 0, "v2": 100})
-        assert standin.variables == {}  # nothing was written
-    finally:
-        standin.stop()
+    target = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address))
+    with pytest.raises(StackError, match=r"the gateway of ns has no splitter routes yet; run `stack up --nomad`"):
+        target.split("iris", {"v1": 0, "v2": 100})
+    assert standin.variables == {}  # nothing was written
