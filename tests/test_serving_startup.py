@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -96,9 +97,33 @@ def test_healthz_answers_while_loading_and_readyz_waits(servers: ServerFactory, 
     assert server.get("/readyz").json() == {"status": "loading"}
     loading = server.post(json={})
     assert loading.status_code == 503 and loading.json()["error"] == "the predictor is still loading"
+    # The container health probe (`python -m serving.probe`) says the same.
+    assert _probe(server.url + "/readyz").returncode == 1
     (tmp_path / "release").touch()
     wait_for(lambda: server.get("/readyz").status_code == 200, "/readyz after the load")
     assert server.post(json={}).json() == 1
+    assert _probe(server.url + "/readyz").returncode == 0
+
+
+def _probe(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "serving.probe", url], capture_output=True, text=True, timeout=30)
+
+
+def test_the_health_probe_stays_light() -> None:
+    """Docker runs the probe inside the replica's CPU limit while the replica serves: it must not
+    import the runtime (aiohttp alone took most of a second there under load, and timed-out probes
+    took healthy replicas out of the gateway)."""
+    imports = "import runpy, sys; runpy.run_module('serving.probe', run_name='probe'); print(*sys.modules)"
+    modules = subprocess.run(
+        [sys.executable, "-c", imports],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert modules.returncode == 0, modules.stderr
+    assert not [m for m in modules.stdout.split() if m.split(".")[0] in ("aiohttp", "prometheus_client", "yarl")]
+    refused = _probe(f"http://127.0.0.1:{free_port()}/readyz")
+    assert refused.returncode == 1 and "probe http://127.0.0.1:" in refused.stderr
 
 
 def test_sigterm_while_loading_exits_at_once(servers: ServerFactory, tmp_path) -> None:
@@ -120,8 +145,6 @@ def _get(url: str) -> requests.Response | None:
 
 
 def test_cli_module_needs_a_predictor() -> None:
-    import subprocess
-
     result = subprocess.run(
         [sys.executable, "-m", "serving", "--port", str(free_port())],
         capture_output=True,

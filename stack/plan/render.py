@@ -34,9 +34,11 @@ from stack.splits import split_router, splitters_of
 from stack.targets.nomad.splits import routes_variable, routes_yaml
 
 DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.42"}
-# Docker health probe: fast enough that a ready replica joins Traefik within seconds,
-# with a start period long enough for a slow model load.
-HEALTH = {"interval": "2s", "timeout": "2s", "retries": 2, "start_period": "10m"}
+# Docker health probe: a ready replica joins the gateway within seconds (the controller also asks
+# a starting replica itself); a serving one leaves only after three probes in a row failed, since the
+# probe runs inside the replica's CPU limit and a replica busy at that limit is slow, not broken
+# (two 2 s probes in a row did time out there under load). Start period: long enough for a slow model load.
+HEALTH = {"interval": "2s", "timeout": "3s", "retries": 3, "start_period": "10m"}
 NOMAD_HEALTH = {"interval": "3s", "timeout": "2s"}
 STOP_MARGIN = 5.0  # seconds beyond drain + grace before the engine kills a replica
 BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by `stack up`
