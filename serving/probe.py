@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     url = urlsplit(argv[0] if argv else "http://127.0.0.1:8888/readyz")
     connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=TIMEOUT)
     try:
-        connection.request("GET", url.path or "/")
+        connection.request("GET", (url.path or "/") + (f"?{url.query}" if url.query else ""))
         status = connection.getresponse().status
     except (OSError, http.client.HTTPException) as exc:
         print(f"probe {url.geturl()}: {exc}", file=sys.stderr)
