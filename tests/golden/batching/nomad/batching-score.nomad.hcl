@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "b7bdda134220"
+    stack_version = "4b677ce3648c"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=b7bdda134220",
+        "stack.version=4b677ce3648c",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:b7bdda134220"
+        image = "batching-score:4b677ce3648c"
         ports = ["http"]
       }
 

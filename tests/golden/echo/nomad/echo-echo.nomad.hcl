@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "fd3626258c13"
+    stack_version = "1ab2bea3a8ac"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=fd3626258c13",
+        "stack.version=1ab2bea3a8ac",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:fd3626258c13"
+        image = "echo-echo:1ab2bea3a8ac"
         ports = ["http"]
       }
 
