@@ -98,7 +98,8 @@ def test_healthz_answers_while_loading_and_readyz_waits(servers: ServerFactory, 
     loading = server.post(json={})
     assert loading.status_code == 503 and loading.json()["error"] == "the predictor is still loading"
     # The container health probe (`python -m serving.probe`) says the same.
-    assert _probe(server.url + "/readyz").returncode == 1
+    loading_probe = _probe(server.url + "/readyz")
+    assert loading_probe.returncode == 1 and f"probe {server.url}/readyz: answered 503" in loading_probe.stderr
     (tmp_path / "release").touch()
     wait_for(lambda: server.get("/readyz").status_code == 200, "/readyz after the load")
     assert server.post(json={}).json() == 1
