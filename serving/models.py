@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.errors import HTTPError
+from serving.errors import ModelError, ModelInputInvalid, ModelLoadFailed, ModelNotFound
 
 LOGGER = logging.getLogger("serving.models")
 LATEST = "latest"
@@ -156,10 +156,10 @@ class ModelStore:
             versions = self._available.get(name)
             if versions is None:
                 available = ", ".join(sorted(self._available)) or "none"
-                raise HTTPError(404, f"model {name!r} not found; available: {available}")
+                raise ModelNotFound(f"model {name!r} not found; available: {available}")
             if version != LATEST and version not in versions:
                 listed = ", ".join(sorted((v for v in versions if v != LATEST), key=int)) or LATEST
-                raise HTTPError(404, f"model {name!r} has no version {version}; versions: {listed}")
+                raise ModelNotFound(f"model {name!r} has no version {version}; versions: {listed}")
             if key in self._memory:
                 self._memory.move_to_end(key)
                 self._count("hit")
@@ -181,7 +181,7 @@ class ModelStore:
         with self._lock:
             if len(self._available) == 1:
                 return next(iter(self._available))
-        raise HTTPError(400, f"name the model: several are served ({', '.join(sorted(self._available))})")
+        raise ModelInputInvalid(f"name the model: several are served ({', '.join(sorted(self._available))})")
 
     def _load_async(self, key: tuple[str, str]) -> None:
         with self._lock:
@@ -203,11 +203,11 @@ class ModelStore:
                 location = versions.get(concrete or "", "")
             path = self._local(name, concrete or LATEST, location)
             model = self.loader(str(path))
-        except HTTPError as exc:
+        except ModelError as exc:
             future.set_exception(exc)
         except Exception as exc:
             LOGGER.error(f"model {name} version {version} failed to load", exc_info=exc)
-            future.set_exception(HTTPError(500, f"model {name!r} version {version} failed to load: {exc}"))
+            future.set_exception(ModelLoadFailed(f"model {name!r} version {version} failed to load: {exc}"))
         else:
             with self._lock:
                 self._memory[key] = model
@@ -237,7 +237,7 @@ class ModelStore:
     def _local(self, name: str, version: str, location: str) -> Path:
         if not location.startswith("s3://"):
             if not Path(location).is_dir():
-                raise HTTPError(404, f"model {name!r} version {version} is gone from {location}")
+                raise ModelNotFound(f"model {name!r} version {version} is gone from {location}")
             return Path(location)
         key = (name, version)
         with self._lock:
@@ -307,7 +307,7 @@ class ONNXClient:
             feed = {inputs[0].name: model_input}
         else:
             names = ", ".join(i.name for i in inputs)
-            raise HTTPError(400, f"the model takes several inputs ({names}): pass a dict by input name")
+            raise ModelInputInvalid(f"the model takes several inputs ({names}): pass a dict by input name")
         return session.run(None, feed)
 
 

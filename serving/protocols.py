@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from serving.codec import dumps
-from serving.errors import HTTPError
+from serving.errors import Failure, HTTPError
 from serving.streaming import RunInThread, is_stream, iterate
 
 # -- OpenAI ---------------------------------------------------------------------------------
@@ -41,18 +41,14 @@ class OpenAIError(HTTPError):
         self.param = param
 
 
-def openai_error(exc: HTTPError, request_id: str) -> web.Response:
-    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+def openai_error(failure: Failure, request_id: str) -> web.Response:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    kind = "invalid_request_error" if failure.status < 500 else "server_error"
     body = {
-        "error": {
-            "message": exc.message,
-            "type": kind,
-            "param": getattr(exc, "param", None),
-            "code": None,
-        },
+        "error": {"message": failure.message, "type": kind, "param": failure.param, "code": None},
         "request_id": request_id,
     }
-    return web.json_response(body, status=exc.status, headers={"X-Request-ID": request_id, **exc.headers})
+    return web.json_response(body, status=failure.status, headers={"X-Request-ID": request_id, **failure.headers})
 
 
 class OpenAIAdapter:
@@ -213,8 +209,9 @@ V2_TYPES = {
 }
 
 
-def v2_error(exc: HTTPError, request_id: str) -> web.Response:
-    return web.json_response({"error": exc.message}, status=exc.status, headers={"X-Request-ID": request_id})
+def v2_error(failure: Failure, request_id: str) -> web.Response:
+    """The Open Inference Protocol's error shape: {"error": "..."}."""
+    return web.json_response({"error": failure.message}, status=failure.status, headers={"X-Request-ID": request_id})
 
 
 class V2Adapter:

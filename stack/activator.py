@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
 from stack.routes import ACTIVATE as PREFIX  # what the routes put in front of the path
-from stack.targets.gateway import PROBE_HEADER
+from stack.routes import PROBE_HEADER
 
 MAX_HELD = 1000
 HOP_BY_HOP = {

@@ -27,28 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import math
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.parser import text_string_to_metric_families
 
 from stack.atomic import write_json_atomic
-from stack.autoscale.signal import query_vector
+from stack.canary_sources import Counters, Measurement, NoData, Source, delta, measure
 from stack.spec.units import format_duration
-
-if TYPE_CHECKING:
-    from stack.splits import SplitterConfig
+from stack.splits import CanaryConfig, SplitterConfig, read_overrides, weights_at
+from stack.status import CanaryStatus, SplitterStatus
 
 LOGGER = logging.getLogger("stack.canary")
 STATE_FILE = "canary.json"
@@ -57,47 +52,30 @@ OBSERVED_WINDOW = 60.0  # `stack status` shows each API's share of a splitter's 
 OBSERVE_EVERY = 5.0
 TICK = 1.0
 
-PROGRESSING, PROMOTED, ROLLED_BACK, STOPPED = "progressing", "promoted", "rolled back", "stopped"
-PHASES = (PROGRESSING, PROMOTED, ROLLED_BACK, STOPPED)
+
+class CanaryPhase(StrEnum):
+    PROGRESSING = "progressing"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled back"
+    STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
-class CanaryConfig:
-    """A splitter's `canary:` block as plain data (the Compose controller gets it as JSON)."""
-
-    api: str
-    steps: tuple[int, ...] = (5, 25, 50, 100)
-    interval: float = 60.0
-    max_error_rate: float = 0.01
-    max_latency_ratio: float | None = 1.5
-    latency_floor: float = 0.05
-    min_requests: int = 50
-    revision: str = ""  # the canary API's version and this block: a new one starts a new canary
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CanaryConfig:
-        return cls(**{**data, "steps": tuple(int(s) for s in data["steps"])})
+class CanaryAction(StrEnum):
+    START = "start"
+    ADVANCE = "advance"
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+    PROMOTE = "promote"
+    STOP = "stop"
 
 
-def canary_of(block: Any, version: str) -> CanaryConfig:
-    """The spec's canary block (stack.spec.models.Canary) for a canary API at `version`."""
-    settings = block.model_dump()
-    revision = hashlib.sha256(f"{json.dumps(settings, sort_keys=True)}\0{version}".encode()).hexdigest()[:12]
-    return CanaryConfig(**{**settings, "steps": tuple(settings["steps"]), "revision": revision})
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """The canary's metrics over one interval (Prometheus' view of the replicas' own counters)."""
-
-    requests: float
-    errors: float
-    canary_p99: float | None
-    baseline_p99: float | None
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
+PROGRESSING, PROMOTED, ROLLED_BACK, STOPPED = (
+    CanaryPhase.PROGRESSING,
+    CanaryPhase.PROMOTED,
+    CanaryPhase.ROLLED_BACK,
+    CanaryPhase.STOPPED,
+)
+PHASES = tuple(CanaryPhase)
 
 
 @dataclass
@@ -105,13 +83,20 @@ class Decision:
     """One judgement, with its numbers, as `stack status` shows it."""
 
     at: float  # unix time
-    action: str  # start | advance | hold | rollback | promote | stop
+    action: CanaryAction
     weight: int  # the canary's percent of the splitter after this decision
-    reason: str
+    reason: str  # for people: the rule and its numbers
     requests: float | None = None
     error_rate: float | None = None
     latency_ratio: float | None = None
     count: int = 1  # the same hold, repeated
+    # Which rule decided (a short fixed word: no_data, min_requests, no_latency, rolling_out, error_rate,
+    # latency, healthy, ...): the same hold for the same rule is counted, not listed again.
+    rule: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        return cls(**{**data, "action": CanaryAction(data["action"])})
 
 
 @dataclass
@@ -119,7 +104,7 @@ class CanaryState:
     splitter: str
     api: str
     revision: str
-    phase: str
+    phase: CanaryPhase
     step: int  # index into the steps
     step_started: float  # unix time
     decisions: list[Decision] = field(default_factory=list)
@@ -133,10 +118,8 @@ class CanaryState:
         last = self.decisions[-1] if self.decisions else None
         if (
             last is not None
-            and decision.action == "hold"
-            and last.action == "hold"
-            and last.weight == decision.weight
-            and re.sub(r"[\d.]+", "#", last.reason) == re.sub(r"[\d.]+", "#", decision.reason)
+            and decision.action == CanaryAction.HOLD == last.action
+            and (last.weight, last.rule) == (decision.weight, decision.rule)
         ):
             decision.count = last.count + 1
             self.decisions[-1] = decision
@@ -149,11 +132,11 @@ class CanaryState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CanaryState:
         values = dict(data)
-        values["decisions"] = [Decision(**d) for d in data.get("decisions", [])]
-        state = cls(**values)
-        if state.phase not in PHASES or not isinstance(state.step, int):
-            raise ValueError(f"unknown canary phase {state.phase!r}")
-        return state
+        values["decisions"] = [Decision.from_dict(d) for d in data.get("decisions", [])]
+        if values.get("phase") not in PHASES or not isinstance(values.get("step"), int):
+            raise ValueError(f"unknown canary phase {values.get('phase')!r}")
+        values["phase"] = CanaryPhase(values["phase"])
+        return cls(**values)
 
 
 def start(splitter: str, config: CanaryConfig, now: float, why: str = "") -> CanaryState:
@@ -162,7 +145,7 @@ def start(splitter: str, config: CanaryConfig, now: float, why: str = "") -> Can
     if len(config.steps) == 1:  # one step is a plain switch: there is no further step to earn
         state.phase = PROMOTED
         reason = f"{config.api} gets {config.steps[0]}% at once (one step)"
-    state.record(Decision(now, "start", config.steps[0], reason))
+    state.record(Decision(now, CanaryAction.START, config.steps[0], reason, rule="start"))
     return state
 
 
@@ -170,52 +153,44 @@ def due(config: CanaryConfig, state: CanaryState, now: float) -> bool:
     return state.phase == PROGRESSING and now - state.step_started >= config.interval
 
 
-def judge(config: CanaryConfig, state: CanaryState, measured: Measurement | str, now: float) -> Decision:
+def judge(config: CanaryConfig, state: CanaryState, measured: Measurement | NoData, now: float) -> Decision:
     """Decide the step whose interval just ended, and move `state` on (a pure function of its inputs)."""
     weight = state.weight(config)
-    if isinstance(measured, str):
-        state.step_started = now
-        decision = Decision(now, "hold", weight, f"hold: no data ({measured}); the step starts over")
-        state.record(decision)
-        return decision
-    requests, rate = round(measured.requests, 1), round(measured.error_rate, 5)
-    if measured.requests < config.min_requests:
+    hold = CanaryAction.HOLD
+    if isinstance(measured, NoData):
         state.step_started = now
         decision = Decision(
-            now,
-            "hold",
-            weight,
-            f"hold: {measured.requests:.0f} requests < min_requests {config.min_requests}; the step starts over",
-            requests=requests,
-            error_rate=rate,
+            now, hold, weight, f"hold: no data ({measured.reason}); the step starts over", rule="no_data"
         )
         state.record(decision)
         return decision
+    numbers: dict[str, Any] = {"requests": round(measured.requests, 1), "error_rate": round(measured.error_rate, 5)}
+    if measured.requests < config.min_requests:
+        state.step_started = now
+        reason = f"hold: {measured.requests:.0f} requests < min_requests {config.min_requests}; the step starts over"
+        decision = Decision(now, hold, weight, reason, rule="min_requests", **numbers)
+        state.record(decision)
+        return decision
     ratio = _latency_ratio(config, measured)
+    numbers["latency_ratio"] = ratio
     if measured.error_rate > config.max_error_rate:
         state.phase = ROLLED_BACK
         reason = (
             f"rollback: error rate {_percent(measured.error_rate)} > max_error_rate {_percent(config.max_error_rate)} "
             f"({measured.errors:.0f} of {measured.requests:.0f} requests at {weight}%)"
         )
-        decision = Decision(now, "rollback", 0, reason, latency_ratio=ratio, requests=requests, error_rate=rate)
+        decision = Decision(now, CanaryAction.ROLLBACK, 0, reason, rule="error_rate", **numbers)
     elif config.max_latency_ratio is not None and ratio is None:
         state.step_started = now
-        decision = Decision(
-            now,
-            "hold",
-            weight,
-            "hold: no p99 latency for the canary or its baseline",
-            requests=requests,
-            error_rate=rate,
-        )
+        reason = "hold: no p99 latency for the canary or its baseline"
+        decision = Decision(now, hold, weight, reason, rule="no_latency", **{**numbers, "latency_ratio": None})
     elif config.max_latency_ratio is not None and ratio is not None and ratio > config.max_latency_ratio:
         state.phase = ROLLED_BACK
         reason = (
             f"rollback: p99 {_ms(measured.canary_p99)} is {ratio:.2f}x the baseline's {_ms(measured.baseline_p99)} "
             f"> max_latency_ratio {config.max_latency_ratio:g} (at {weight}%)"
         )
-        decision = Decision(now, "rollback", 0, reason, latency_ratio=ratio, requests=requests, error_rate=rate)
+        decision = Decision(now, CanaryAction.ROLLBACK, 0, reason, rule="latency", **numbers)
     else:
         state.step += 1
         state.step_started = now
@@ -225,25 +200,11 @@ def judge(config: CanaryConfig, state: CanaryState, measured: Measurement | str,
         if state.step >= len(config.steps) - 1:
             state.step = len(config.steps) - 1
             state.phase = PROMOTED
-            decision = Decision(
-                now,
-                "promote",
-                state.weight(config),
-                f"promoted to {state.weight(config)}%: {within}",
-                latency_ratio=ratio,
-                requests=requests,
-                error_rate=rate,
-            )
+            reason = f"promoted to {state.weight(config)}%: {within}"
+            decision = Decision(now, CanaryAction.PROMOTE, state.weight(config), reason, rule="healthy", **numbers)
         else:
-            decision = Decision(
-                now,
-                "advance",
-                state.weight(config),
-                f"advance {weight}% -> {state.weight(config)}%: {within}",
-                latency_ratio=ratio,
-                requests=requests,
-                error_rate=rate,
-            )
+            reason = f"advance {weight}% -> {state.weight(config)}%: {within}"
+            decision = Decision(now, CanaryAction.ADVANCE, state.weight(config), reason, rule="healthy", **numbers)
     state.record(decision)
     return decision
 
@@ -253,191 +214,6 @@ def _latency_ratio(config: CanaryConfig, measured: Measurement) -> float | None:
         return None
     floor = config.latency_floor
     return round(max(measured.canary_p99, floor) / max(measured.baseline_p99, floor), 3)
-
-
-def weights_at(members: list[tuple[str, int]], canary: str, percent: int) -> dict[str, int]:
-    """The splitter's weights with `percent` for the canary; the baseline shares the rest as in stack.yaml."""
-    others = [(api, weight) for api, weight in members if api != canary]
-    total = sum(weight for _, weight in others)
-    shares = [(api, weight if total else 1) for api, weight in others]
-    total = sum(weight for _, weight in shares)
-    rest = 100 - percent
-    exact = [(api, rest * weight / total) for api, weight in shares]
-    result = {api: math.floor(value) for api, value in exact}
-    # Largest remainder: the baseline's whole numbers add up to exactly 100 - percent.
-    for api, _ in sorted(exact, key=lambda item: item[1] - math.floor(item[1]), reverse=True)[
-        : rest - sum(result.values())
-    ]:
-        result[api] += 1
-    return {api: percent if api == canary else result[api] for api, _ in members}
-
-
-# -- where the numbers come from --------------------------------------------------------------------
-
-REQUESTS = "predictor_requests_total"
-BUCKETS = "predictor_request_duration_seconds_bucket"
-GATEWAY_REQUESTS = "traefik_service_requests_total"
-
-
-@dataclass(frozen=True)
-class Counters:
-    """Cumulative counters at one moment, per series: a step's numbers are the change between two."""
-
-    requests: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (api, instance, code)
-    buckets: dict[tuple[str, str, float], float] = field(default_factory=dict)  # (api, instance, le)
-
-
-def _delta(start: dict[Any, float], end: dict[Any, float]) -> dict[Any, float]:
-    """Per series: a series born since `start` counts from 0; one that went down (a restart) from 0 again."""
-    result = {}
-    for key, value in end.items():
-        before = start.get(key, 0.0)
-        result[key] = value - before if value >= before else value
-    return result
-
-
-def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus' histogram_quantile over cumulative bucket counts (upper bound -> count)."""
-    bounds = sorted(buckets)
-    if not bounds or bounds[-1] != math.inf:
-        return None
-    total = buckets[math.inf]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if bound == math.inf:
-                return lower  # the rank lies past the highest finite bucket: its upper bound
-            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
-        lower, below = bound, count
-    return lower
-
-
-def measure(start: Counters, end: Counters, canary: str, baseline: list[str]) -> Measurement:
-    """The canary's requests, 5xx and p99, and the baseline's p99, between two snapshots."""
-    requests = _delta(start.requests, end.requests)
-    total = sum(v for (api, _, _), v in requests.items() if api == canary)
-    errors = sum(v for (api, _, code), v in requests.items() if api == canary and code.startswith("5"))
-    buckets = _delta(start.buckets, end.buckets)
-    # p99, or with fewer than 100 requests the quantile that leaves out the slowest one: the p99
-    # of 50 requests is their slowest, one scheduling hiccup.
-    q = min(0.99, 1 - 1 / total) if total >= 2 else 0.99
-
-    def latency(apis: set[str]) -> float | None:
-        by_bound: dict[float, float] = {}
-        for (api, _, bound), value in buckets.items():
-            if api in apis:
-                by_bound[bound] = by_bound.get(bound, 0.0) + value
-        return quantile(q, by_bound)
-
-    return Measurement(total, errors, latency({canary}), latency(set(baseline)))
-
-
-class Source(Protocol):
-    async def counters(self, apis: list[str]) -> Counters | str:
-        """The replicas' request and latency counters for these APIs now; a reason when there are none."""
-        ...
-
-    async def gateway(self, services: list[str]) -> dict[str, float] | str:
-        """Requests the gateway has sent to each of these services so far."""
-        ...
-
-
-class PrometheusSource:
-    """Instant queries: Prometheus' newest scrape of every replica and of the gateway."""
-
-    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
-        self.url = url.rstrip("/")
-        self.session = session
-
-    async def counters(self, apis: list[str]) -> Counters | str:
-        selector = f'{{api=~"{"|".join(_regex(api) for api in apis)}"}}'
-        try:
-            requests = await self._query(REQUESTS + selector)
-            buckets = await self._query(BUCKETS + selector)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-            return f"Prometheus query failed: {exc}"
-        return Counters(
-            {(m.get("api", ""), m.get("instance", ""), m.get("code", "")): v for m, v in requests},
-            {(m.get("api", ""), m.get("instance", ""), float(m.get("le", "nan"))): v for m, v in buckets},
-        )
-
-    async def gateway(self, services: list[str]) -> dict[str, float] | str:
-        names = "|".join(_regex(s) for s in services)
-        try:
-            rows = await self._query(f'sum by (service) ({GATEWAY_REQUESTS}{{service=~"({names})@.+"}})')
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-            return f"Prometheus query failed: {exc}"
-        return {m.get("service", "").split("@")[0]: v for m, v in rows}
-
-    async def _query(self, query: str) -> list[tuple[dict[str, str], float]]:
-        return await query_vector(self.session, self.url, query)
-
-
-class ScrapeSource:
-    """Without Prometheus (a local stack on a machine without it): read the replicas and Traefik directly."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        replicas: Callable[[str], list[str]],
-        gateway_metrics: str | None = None,
-    ) -> None:
-        self.session = session
-        self.replicas = replicas  # API -> its serving replicas' base URLs
-        self.gateway_metrics = gateway_metrics
-
-    async def counters(self, apis: list[str]) -> Counters | str:
-        counters = Counters()
-        for api in apis:
-            for url in self.replicas(api):
-                try:
-                    text = await self._get(f"{url}/metrics")
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    return f"cannot scrape {url}: {exc}"
-                for name, labels, value in _samples(text):
-                    if labels.get("api") != api:
-                        continue
-                    if name == REQUESTS:
-                        counters.requests[(api, url, labels.get("code", ""))] = value
-                    elif name == BUCKETS:
-                        counters.buckets[(api, url, float(labels.get("le", "nan")))] = value
-        return counters
-
-    async def gateway(self, services: list[str]) -> dict[str, float] | str:
-        if self.gateway_metrics is None:
-            return "no gateway metrics"
-        try:
-            text = await self._get(self.gateway_metrics)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"cannot scrape the gateway: {exc}"
-        totals: dict[str, float] = {}
-        for name, labels, value in _samples(text):
-            service = labels.get("service", "").split("@")[0]
-            if name == GATEWAY_REQUESTS and service in services:
-                totals[service] = totals.get(service, 0.0) + value
-        return totals
-
-    async def _get(self, url: str) -> str:
-        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
-            return await response.text()
-
-
-def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    try:
-        return [
-            (sample.name, sample.labels, float(sample.value))
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        ]
-    except ValueError:
-        return []
-
-
-# -- the runner ---------------------------------------------------------------------------------------
 
 
 class Metrics:
@@ -559,7 +335,8 @@ class CanaryRunner:
         now = self.clock()
         if overridden and state.phase == PROGRESSING:
             state.phase = STOPPED
-            self._decide(s, state, Decision(now, "stop", state.weight(canary), "stopped: weights set by `stack split`"))
+            stop = Decision(now, CanaryAction.STOP, state.weight(canary), "stopped: weights set by `stack split`")
+            self._decide(s, state, replace(stop, rule="set_by_hand"))
         elif not overridden and state.phase == STOPPED:
             # `stack up` dropped the hand-set weights: the canary starts over.
             state = self.states[s.name] = start(s.name, canary, now, f"weights set by hand no more: {canary.steps[0]}%")
@@ -576,7 +353,7 @@ class CanaryRunner:
             state.step_started = now
             reason = f"hold: {rolling}; the step starts after it"
             if state.decisions[-1].reason != reason:
-                state.record(Decision(now, "hold", state.weight(canary), reason))
+                state.record(Decision(now, CanaryAction.HOLD, state.weight(canary), reason, rule="rolling_out"))
             return
         mark = self.marks.get(s.name)
         if mark is None:
@@ -601,7 +378,7 @@ class CanaryRunner:
         if decision is not state.decisions[-1]:
             state.record(decision)
         self._count(s, decision)
-        if decision.action != "hold":
+        if decision.action != CanaryAction.HOLD:
             LOGGER.info(f"splitter {s.name}: canary {state.api}: {decision.reason}")
 
     async def _observe(self) -> None:
@@ -612,14 +389,14 @@ class CanaryRunner:
         self.observed_at = now
         names = {s.name: self.services(s) for s in self.splitters}
         totals = await self.source.gateway(sorted({svc for m in names.values() for svc in m.values()}))
-        if isinstance(totals, str):
-            self.observed = {name: {"at": now, "shares": None, "error": totals} for name in names}
+        if isinstance(totals, NoData):
+            self.observed = {name: {"at": now, "shares": None, "error": totals.reason} for name in names}
             return
         self.gateway_history.append((now, totals))
         while len(self.gateway_history) > 1 and self.gateway_history[1][0] <= now - OBSERVED_WINDOW:
             self.gateway_history.popleft()
         oldest = self.gateway_history[0][1]
-        sent = _delta(oldest, totals)
+        sent = delta(oldest, totals)
         for name, members in names.items():
             counts = {api: sent.get(service, 0.0) for api, service in members.items()}
             total = sum(counts.values())
@@ -701,13 +478,54 @@ def parse_observed(data: Any) -> dict[str, dict[str, Any]]:
     return {str(k): v for k, v in observed.items() if isinstance(v, dict)} if isinstance(observed, dict) else {}
 
 
-def _regex(value: str) -> str:
-    return "".join(f"\\\\{c}" if not c.isalnum() and c not in "_-" else c for c in value)
-
-
 def _percent(value: float) -> str:
     return f"{value * 100:.2f}%".replace(".00%", "%")
 
 
 def _ms(value: float | None) -> str:
     return "none" if value is None else f"{value * 1000:.1f}ms"
+
+
+# -- what `stack status` shows of the splitters --------------------------------------------------
+
+
+def splitter_status(splitters: list[SplitterConfig], state_dir: Path) -> list[SplitterStatus]:
+    """`stack status` of the splitters whose state lives in files (the local and Compose targets)."""
+    return status_of(splitters, read_overrides(state_dir), FileStore(state_dir / STATE_FILE).load())
+
+
+def status_of(
+    splitters: list[SplitterConfig], overrides: dict[str, dict[str, int]], saved: Any
+) -> list[SplitterStatus]:
+    """Each splitter as the gateway runs it: weights and where they come from, its canary, observed shares."""
+    canaries, observed = parse_states(saved), parse_observed(saved)
+    result = []
+    for s in splitters:
+        state = canaries.get(s.name)
+        canary = None
+        weights = dict(s.weights)
+        if s.canary is not None and state is not None:
+            canary = CanaryStatus(
+                state.api,
+                state.phase,
+                state.weight(s.canary),
+                list(s.canary.steps),
+                state.step_started,
+                s.canary.interval,
+                [asdict(d) for d in state.decisions],
+            )
+            if state.phase != STOPPED:
+                weights = weights_at(s.weights, s.canary.api, state.weight(s.canary))
+        seen = observed.get(s.name) or {}
+        result.append(
+            SplitterStatus(
+                s.name,
+                s.endpoint,
+                dict(overrides.get(s.name) or weights),
+                s.name in overrides,
+                f"{s.mirror[0]} ({s.mirror[1]}%)" if s.mirror else "",
+                canary,
+                seen.get("shares") if isinstance(seen.get("shares"), dict) else None,
+            )
+        )
+    return result

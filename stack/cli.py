@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +17,8 @@ import click
 from stack import __version__
 from stack.atomic import ProjectLock
 from stack.errors import StackError
+from stack.show import show_status
 from stack.spec import SpecError, load_spec
-from stack.status import ApiStatus, CanaryStatus, SplitterStatus, StackStatus
 from stack.targets import open_target
 
 if TYPE_CHECKING:
@@ -235,10 +234,7 @@ def serve(
 
 def _pick_api(spec: Any, name: str | None) -> Any:
     if name:
-        try:
-            return spec.api(name)
-        except KeyError as exc:
-            raise StackError(str(exc.args[0])) from exc
+        return spec.api(name)
     if len(spec.apis) > 1:
         names = ", ".join(a.name for a in spec.apis)
         raise StackError(f"stack.yaml has {len(spec.apis)} APIs ({names}); choose one with --api NAME")
@@ -277,28 +273,6 @@ def _path_option(func: Any) -> Any:
         type=click.Path(path_type=Path),
         help="The project: a directory with stack.yaml, or a spec file (also accepted as the first argument).",
     )(func)
-
-
-def _weights_from(splitter: SplitterStatus) -> str:
-    if splitter.overridden:
-        return "set by `stack split` until the next `stack up`"
-    if splitter.canary is not None and splitter.canary.phase != "stopped":
-        return f"canary {splitter.canary.api} ({splitter.canary.phase})"
-    return "stack.yaml"
-
-
-def _canary_text(splitter: str, canary: CanaryStatus, shown: int = 8) -> str:
-    steps = " ".join(f"{p}%" for p in canary.steps)
-    head = f"canary {canary.api} (splitter {splitter}): {canary.phase} at {canary.weight}% [steps {steps}]"
-    if canary.phase == "progressing":
-        left = max(canary.step_started + canary.interval - time.time(), 0.0)
-        head += f", judged in {left:.0f}s"
-    lines = [head]
-    for d in canary.decisions[-shown:]:
-        when = time.strftime("%H:%M:%S", time.localtime(d["at"]))
-        repeat = f" (x{d['count']})" if d.get("count", 1) > 1 else ""
-        lines.append(f"  {when}  {d['action']:<8} {d['weight']:>3}%  {d['reason']}{repeat}")
-    return "\n".join(lines)
 
 
 def _split(path_option: Path | None, args: tuple[str, ...], names: int, usage: str) -> tuple[Path, list[str]]:
@@ -380,8 +354,8 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
     path, rest = _split(path_option, args, 1, "stack status [PATH] [API]")
     api = rest[0] if rest else None
     target = resolve_target(path, target_kind)
-    if api is not None and api not in {a.name for a in target.loaded.spec.apis}:
-        raise StackError(f"no API named {api!r}; the spec has: {', '.join(a.name for a in target.loaded.spec.apis)}")
+    if api is not None:
+        target.loaded.spec.api(api)  # UnknownApi names the ones it has
     data = target.status()
     apis = [a for a in data.apis if api is None or a.name == api]
     if as_json:
@@ -390,110 +364,6 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
         click.echo(json.dumps(document, indent=2))
         return
     show_status(data, apis, detail=api is not None)
-
-
-def _zero_since(api: ApiStatus) -> str:
-    """For an API scaled to zero: since when, from the autoscaler's decision (or a `stack scale` by hand)."""
-    if api.status != "scaled to zero" or not api.autoscaler:
-        return ""
-    changes = [c for c in api.autoscaler.get("changes", []) if c.get("desired") == 0 and c.get("applied")]
-    if not changes:
-        return ""
-    at = float(changes[-1]["at"])
-    return f" (idle, since {time.strftime('%H:%M:%S', time.localtime(at))}, {_uptime(time.time() - at)} ago)"
-
-
-def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
-    from tabulate import tabulate
-
-    def num(value: float | None) -> str:
-        return "-" if value is None else f"{value:g}"
-
-    rows = []
-    for a in apis:
-        traffic = a.traffic
-        rows.append(
-            [
-                a.name,
-                a.status + _zero_since(a) + (" (files changed since the last `stack up`)" if a.changed else ""),
-                f"{a.ready}/{a.desired}",
-                f"http://127.0.0.1:{data.gateway_port}{a.endpoint}",
-                num(traffic.requests_per_second) if traffic else "-",
-                num(traffic.p50_ms) if traffic else "-",
-                num(traffic.p99_ms) if traffic else "-",
-                *((traffic.counts.get(k, "-") if traffic else "-") for k in ("2xx", "4xx", "5xx")),
-                a.restarts,
-                a.error or "",
-            ]
-        )
-    headers = [
-        "api",
-        "status",
-        "ready",
-        "endpoint",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "2xx",
-        "4xx",
-        "5xx",
-        "restarts",
-        "error",
-    ]
-    click.echo(tabulate(rows, headers=headers))
-    if data.splitters:
-        click.echo("")
-        split_rows = [
-            [
-                s.name,
-                f"http://127.0.0.1:{data.gateway_port}{s.endpoint}",
-                " ".join(f"{api}={weight}" for api, weight in s.weights.items()),
-                " ".join(f"{api}={share * 100:.1f}%" for api, share in s.observed.items()) if s.observed else "-",
-                s.mirror or "-",
-                _weights_from(s),
-            ]
-            for s in data.splitters
-        ]
-        headers = ["splitter", "endpoint", "weights", "observed (1m)", "mirror", "weights from"]
-        click.echo(tabulate(split_rows, headers=headers))
-        for s in data.splitters:
-            if s.canary is not None:
-                click.echo("\n" + _canary_text(s.name, s.canary))
-    for note in data.notes:
-        click.echo(f"note: {note}")
-    if not detail:
-        return
-    api = apis[0]
-    replicas = [
-        [r.id, r.state, r.health or "-", r.version, r.pid or "-", r.port or "-", _uptime(r.uptime_s)]
-        for r in api.replicas
-    ]
-    click.echo("\n" + tabulate(replicas, headers=["replica", "state", "health", "version", "pid", "port", "up"]))
-    if api.events:
-        click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in api.events))
-    _show_decisions(api)
-
-
-def _uptime(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.0f}s"
-
-
-def _show_decisions(api: ApiStatus) -> None:
-    """The autoscaler's recent changes of this API's count, and what it thinks now."""
-    if not api.autoscaled:
-        click.echo("\nautoscaler: off (min_replicas == max_replicas, or set by hand with `stack scale --force`)")
-        return
-    scaler = api.autoscaler
-    if not scaler:
-        click.echo("\nautoscaler: no decision yet")
-        return
-    click.echo(f"\nautoscaler: {scaler.get('last') or 'no decision yet'}")
-    for change in scaler.get("changes", []):
-        at = time.strftime("%H:%M:%S", time.localtime(change["at"]))
-        note = "" if change["applied"] else f" (not applied yet: {change['error']})"
-        if change.get("attempts", 1) > 1:
-            note += f" ({change['attempts']} attempts)"
-        click.echo(f"  {at} {change['current']} -> {change['desired']} [{change['rule']}] {change['reason']}{note}")
 
 
 @cli.command()
@@ -588,8 +458,8 @@ def split(args: tuple[str, ...], path_option: Path | None, target_kind: str | No
 @click.option(
     "--control-dir",
     type=click.Path(path_type=Path),
-    help="Compose: also be the stack's controller, writing the gateway's routes and Prometheus' targets "
-    "here and restoring killed replicas (how the planned autoscaler service runs).",
+    help="Compose: where the controller writes the gateway's routes and Prometheus' targets "
+    "(default with PATH: PATH/.stack/compose/control).",
 )
 @click.option("--network", help="Compose, with --control-dir: the stack's network (default: PROJECT-stack).")
 @click.option("--replica-port", default=8888, show_default=True, type=int, help="The replicas' port, inside.")
@@ -611,22 +481,27 @@ def autoscale(
     replica_port: int,
     activator_port: int | None,
 ) -> None:
-    """Run the autoscaler: replica counts follow requests in flight, read from Prometheus.
+    """Run a stack's controller: the autoscaler (counts follow requests in flight, read from Prometheus),
+    the canaries, the activator and, on Compose, the routes and the replicas' upkeep.
 
     With PATH, the bounds come from its stack.yaml; without, from $STACK_AUTOSCALER_CONFIG
-    (how the planned autoscaler service and job run it). The local target runs it in-process.
+    (how the planned autoscaler service and job run it). The local target runs it in its supervisor.
     """
     import asyncio
     import logging
 
-    from stack.autoscale import service
     from stack.autoscale.config import AutoscalerConfig, config_of
+    from stack.autoscale.policy import POLICIES
+    from stack.control.runtime import ControlSettings, run_control
+    from stack.plan.render import CONTROL_DIR
+    from stack.targets import open_control
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     if path is not None:
         loaded = load_spec(path)
         config = config_of(loaded)
         state_dir = state_dir or loaded.root / ".stack" / "autoscaler"
+        control_dir = control_dir or loaded.root / CONTROL_DIR
         prometheus_url = prometheus_url or f"http://127.0.0.1:{loaded.spec.prometheus.port}"
     else:
         try:
@@ -637,17 +512,20 @@ def autoscale(
         raise StackError("--prometheus is needed without a stack.yaml")
     if activator_port is not None and target != "nomad":
         raise StackError("--activator-port is for the Nomad target (Compose serves it with --control-dir)")
-    control = None
-    if control_dir is not None:
-        if target != "compose" or state_dir is None:
-            raise StackError("--control-dir is for the Compose target, with --state-dir")
-        control = service.Control(control_dir, network or f"{config.project}-stack", replica_port)
-    scaler = service.make_scaler(target, config.project, nomad_addr, state_dir if target == "compose" else None)
-    asyncio.run(
-        service.serve(
-            config, scaler, prometheus_url, metrics_port, state_dir, policy, control, activator_port, nomad_addr
-        )
+    if target == "compose" and (control_dir is None or state_dir is None):
+        raise StackError("the Compose controller needs --control-dir and --state-dir (or a stack.yaml)")
+    settings = ControlSettings(
+        config=config,
+        prometheus_url=prometheus_url,
+        metrics_port=metrics_port,
+        state_dir=state_dir if target == "compose" else None,
+        control_dir=control_dir,
+        network=network or f"{config.project}-stack",
+        replica_port=replica_port,
+        activator_port=activator_port,
+        nomad_addr=nomad_addr,
     )
+    asyncio.run(run_control(open_control(target, settings), POLICIES[policy]))
 
 
 def main() -> None:

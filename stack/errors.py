@@ -2,6 +2,7 @@
 
     StackError                 the message is for people: the CLI prints it, no traceback
     ├── SpecError              stack.yaml is wrong (stack.spec: every problem with file:line:col)
+    ├── UnknownApi             a command named an API the spec does not have (lists the ones it has)
     ├── PlanError              a valid spec that cannot be planned for this target (too few GPUs)
     ├── TargetError            a target cannot do what was asked
     │   ├── BuildError         an image build or its wheelhouse failed
@@ -18,6 +19,15 @@ from __future__ import annotations
 
 class StackError(Exception):
     """An error the user can act on; `str()` is the whole message."""
+
+
+class UnknownApi(StackError):
+    """A command or a request named an API the spec does not have."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no API named {name!r}; the spec has: {', '.join(known) or 'none'}")
+        self.name = name
+        self.known = known
 
 
 class PlanError(StackError):

@@ -25,6 +25,9 @@ ENTRYPOINT = "web"
 ROUTES_FILE = "routes.yml"
 INTERNAL_PATHS = ("metrics", "healthz", "readyz")
 ACTIVATE = "/__stack/activate"  # the activator's path prefix (stack.gateway_errors)
+# Sent with our own checks through the gateway: the activator answers them without waking an API
+# scaled to zero (a `stack status` must not count as the request that wakes it).
+PROBE_HEADER = "X-Stack-Probe"
 ERRORS = "stack-errors"  # the service answering the gateway's own errors as JSON (stack.gateway_errors)
 # A killed replica costs at most its in-flight requests: a request that could not reach
 # a replica (no byte sent) goes to another one; the dial gives up after `dialTimeout`.

@@ -9,22 +9,46 @@ file's weights; until then `stack status` says the weights are overridden.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from stack.atomic import write_json_atomic
-from stack.canary import STATE_FILE as CANARY_FILE
-from stack.canary import STOPPED, CanaryConfig, FileStore, canary_of, parse_observed, parse_states, weights_at
 from stack.errors import StackError
 from stack.routes import Split, member_service
-from stack.status import CanaryStatus, SplitterStatus
 
 OVERRIDES_FILE = "splits.json"
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """A splitter's `canary:` block as plain data (the Compose controller gets it as JSON)."""
+
+    api: str
+    steps: tuple[int, ...] = (5, 25, 50, 100)
+    interval: float = 60.0
+    max_error_rate: float = 0.01
+    max_latency_ratio: float | None = 1.5
+    latency_floor: float = 0.05
+    min_requests: int = 50
+    revision: str = ""  # the canary API's version and this block: a new one starts a new canary
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CanaryConfig:
+        return cls(**{**data, "steps": tuple(int(s) for s in data["steps"])})
+
+
+def canary_of(block: Any, version: str) -> CanaryConfig:
+    """The spec's canary block (stack.spec.models.Canary) for a canary API at `version`."""
+    settings = block.model_dump()
+    revision = hashlib.sha256(f"{json.dumps(settings, sort_keys=True)}\0{version}".encode()).hexdigest()[:12]
+    return CanaryConfig(**{**settings, "steps": tuple(settings["steps"]), "revision": revision})
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,26 @@ class SplitterConfig:
         )
 
 
+def weights_at(members: list[tuple[str, int]], canary: str, percent: int) -> dict[str, int]:
+    """The splitter's weights with `percent` for the canary; the baseline shares the rest as in stack.yaml."""
+    others = [(api, weight) for api, weight in members if api != canary]
+    total = sum(weight for _, weight in others)
+    shares = [(api, weight if total else 1) for api, weight in others]
+    total = sum(weight for _, weight in shares)
+    rest = 100 - percent
+    exact = [(api, rest * weight / total) for api, weight in shares]
+    result = {api: math.floor(value) for api, value in exact}
+    # Largest remainder: the baseline's whole numbers add up to exactly 100 - percent.
+    for api, _ in sorted(exact, key=lambda item: item[1] - math.floor(item[1]), reverse=True)[
+        : rest - sum(result.values())
+    ]:
+        result[api] += 1
+    return {api: percent if api == canary else result[api] for api, _ in members}
+
+
+# -- the runner ---------------------------------------------------------------------------------------
+
+
 def splitters_of(spec: Any, versions: dict[str, str] | None = None) -> list[SplitterConfig]:
     """The spec's splitters; `versions` (API -> version) ties each canary to the version it rolls out."""
     return [
@@ -73,6 +117,16 @@ def read_overrides(state_dir: Path) -> dict[str, dict[str, int]]:
         return parse_overrides(json.loads((state_dir / OVERRIDES_FILE).read_text()))
     except (OSError, ValueError):
         return {}
+
+
+class FileSplits:
+    """The weights `stack split` set, in `splits.json` of a state directory (local and Compose)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def overrides(self) -> dict[str, dict[str, int]]:
+        return read_overrides(self.state_dir)
 
 
 def parse_overrides(data: Any) -> dict[str, dict[str, int]]:
@@ -153,48 +207,6 @@ def parse_weights(pairs: tuple[str, ...]) -> dict[str, int]:
             raise StackError(f"expected API=WEIGHT (a whole number, 0 or more), got {pair!r}")
         weights[api] = int(value)
     return weights
-
-
-def splitter_status(splitters: list[SplitterConfig], state_dir: Path) -> list[SplitterStatus]:
-    """`stack status` of the splitters whose state lives in files (the local and Compose targets)."""
-    return status_of(splitters, read_overrides(state_dir), FileStore(state_dir / CANARY_FILE).load())
-
-
-def status_of(
-    splitters: list[SplitterConfig], overrides: dict[str, dict[str, int]], saved: Any
-) -> list[SplitterStatus]:
-    """Each splitter as the gateway runs it: weights and where they come from, its canary, observed shares."""
-    canaries, observed = parse_states(saved), parse_observed(saved)
-    result = []
-    for s in splitters:
-        state = canaries.get(s.name)
-        canary = None
-        weights = dict(s.weights)
-        if s.canary is not None and state is not None:
-            canary = CanaryStatus(
-                state.api,
-                state.phase,
-                state.weight(s.canary),
-                list(s.canary.steps),
-                state.step_started,
-                s.canary.interval,
-                [asdict(d) for d in state.decisions],
-            )
-            if state.phase != STOPPED:
-                weights = weights_at(s.weights, s.canary.api, state.weight(s.canary))
-        seen = observed.get(s.name) or {}
-        result.append(
-            SplitterStatus(
-                s.name,
-                s.endpoint,
-                dict(overrides.get(s.name) or weights),
-                s.name in overrides,
-                f"{s.mirror[0]} ({s.mirror[1]}%)" if s.mirror else "",
-                canary,
-                seen.get("shares") if isinstance(seen.get("shares"), dict) else None,
-            )
-        )
-    return result
 
 
 def wait_applied(routes_file: Path, split: Split, timeout: float = 10.0) -> bool:

@@ -4,19 +4,76 @@ Fields mean the same everywhere: `desired` is the count the target is
 converging to, `ready` the replicas the gateway sends requests to, `version`
 what is deployed (not what the files on disk would build: `changed` says
 those differ, i.e. files changed since the last `stack up`).
-`to_dict` is the `--json` document.
+`to_dict` is the `--json` document; `from_dict` reads it back (the local
+supervisor sends it over its socket).
+
+An API's phase is one pure function of what a target observed (`api_phase`),
+the same on every target; replica states are one enum.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
+
+
+class ApiPhase(StrEnum):
+    """An API's state as `stack status` names it (the JSON carries the value)."""
+
+    LIVE = "live"  # every replica asked for is ready
+    STARTING = "starting"  # replicas asked for are not all ready yet
+    UPDATING = "updating"  # a rolling update to a new version is under way
+    ERROR = "error"  # its replicas keep failing and none serves
+    STOPPED = "stopped"  # not deployed (or torn down)
+    SCALED_TO_ZERO = "scaled to zero"  # no replica asked for and none left
+    SCALING_TO_ZERO = "scaling to zero"  # no replica asked for, some still draining
+
+    @property
+    def settled(self) -> bool:
+        """`stack up` and `stack scale` may return: nothing more is coming up."""
+        return self in (ApiPhase.LIVE, ApiPhase.SCALED_TO_ZERO, ApiPhase.SCALING_TO_ZERO)
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"  # running, not ready yet (loading its model)
+    READY = "ready"  # the gateway sends it requests
+    DRAINING = "draining"  # leaving: out of the gateway, finishing what it has
+    FAILED = "failed"  # crashed, unhealthy or restarting
+    EXITED = "exited"  # stopped (kept for a restart: an API at zero) or completed
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a target saw of one API, counted: the input of `api_phase`."""
+
+    desired: int  # replicas asked for
+    ready: int  # replicas the gateway sends requests to
+    alive: int = 0  # replicas running or starting, of any version, draining ones included
+    failing: bool = False  # replicas of the deployed version keep failing
+    updating: bool = False  # a rolling update is under way
+    deployed: bool = True  # the API runs at all (a registered job, containers, a supervisor's API)
+
+
+def api_phase(seen: Observed) -> ApiPhase:
+    """The one ladder from observed replicas to an API's phase."""
+    if not seen.deployed:
+        return ApiPhase.STOPPED
+    if seen.failing and seen.ready == 0:
+        return ApiPhase.ERROR
+    if seen.updating:
+        return ApiPhase.UPDATING
+    if seen.desired == 0:
+        return ApiPhase.SCALED_TO_ZERO if seen.alive == 0 else ApiPhase.SCALING_TO_ZERO
+    if seen.ready >= seen.desired:
+        return ApiPhase.LIVE
+    return ApiPhase.STARTING
 
 
 @dataclass(frozen=True)
 class ReplicaStatus:
     id: str  # the name `stack logs` prefixes its lines with
-    state: str  # starting | ready | draining | failed | exited | ...
+    state: ReplicaState
     version: str
     health: str = ""  # the target's own health word (Docker's health, Nomad's), when it has one
     pid: int | None = None
@@ -41,7 +98,7 @@ class Traffic:
 @dataclass(frozen=True)
 class ApiStatus:
     name: str
-    status: str  # live | starting | updating | error | stopped
+    status: ApiPhase
     ready: int
     desired: int
     endpoint: str
@@ -56,6 +113,7 @@ class ApiStatus:
     events: list[str] = field(default_factory=list)
     replicas: list[ReplicaStatus] = field(default_factory=list)
     traffic: Traffic | None = None
+    error_replica: str = ""  # the replica whose failure `error` is (its log says more), where known
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,9 +180,12 @@ class StackStatus:
     def from_dict(cls, data: dict[str, Any]) -> StackStatus:
         apis = []
         for api in data.get("apis", []):
-            values = {k: v for k, v in api.items() if k in ApiStatus.__dataclass_fields__}
+            values = {k: v for k, v in api.items() if k in _names(ApiStatus) and k != "traffic"}
+            values["status"] = ApiPhase(api["status"])
             values["replicas"] = [
-                ReplicaStatus(**{k: v for k, v in r.items() if k in ReplicaStatus.__dataclass_fields__})
+                ReplicaStatus(
+                    **{**{k: v for k, v in r.items() if k in _names(ReplicaStatus)}, "state": ReplicaState(r["state"])}
+                )
                 for r in api.get("replicas", [])
             ]
             apis.append(ApiStatus(**values))
@@ -140,3 +201,7 @@ class StackStatus:
 
     def api(self, name: str) -> ApiStatus | None:
         return next((a for a in self.apis if a.name == name), None)
+
+
+def _names(kind: type) -> set[str]:
+    return {f.name for f in fields(kind)}

@@ -10,17 +10,17 @@ first requests after `stack up` show up as soon as they are scraped (an
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import requests
 
+from stack import prometheus
 from stack.status import Traffic
 
 COUNT_WINDOW = "1h"
 
 
 def prometheus_traffic(prometheus_url: str, api: str, timeout: float = 3.0) -> Traffic:
-    url = f"{prometheus_url.rstrip('/')}/api/v1/query"
+    url = prometheus_url
     selector = f'api="{api}"'
     by_le = f"sum by (le) (rate(predictor_request_duration_seconds_bucket{{{selector}}}[1m]))"
     try:
@@ -29,26 +29,18 @@ def prometheus_traffic(prometheus_url: str, api: str, timeout: float = 3.0) -> T
         p99 = _scalar(url, f"1000 * histogram_quantile(0.99, {by_le})", timeout)
         counts = {"2xx": 0, "4xx": 0, "5xx": 0}
         query = f"sum by (code) (last_over_time(predictor_requests_total{{{selector}}}[{COUNT_WINDOW}]))"
-        for item in _query(url, query, timeout):
-            key = f"{item['metric'].get('code', '0')[:1]}xx"
+        for labels, value in prometheus.query(url, query, timeout):
+            key = f"{labels.get('code', '0')[:1]}xx"
             if key in counts:
-                counts[key] += round(float(item["value"][1]))
+                counts[key] += round(value)
     except (requests.RequestException, KeyError, ValueError, TypeError):
         return Traffic(error="Prometheus not reachable")
     return Traffic(_rounded(rate), _rounded(p50), _rounded(p99), counts)
 
 
-def _query(url: str, query: str, timeout: float) -> list[dict[str, Any]]:
-    body = requests.get(url, params={"query": query}, timeout=timeout).json()
-    if body.get("status") != "success":
-        raise ValueError(body.get("error", "query failed"))
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
 def _scalar(url: str, query: str, timeout: float) -> float | None:
-    result = _query(url, query, timeout)
-    return float(result[0]["value"][1]) if result else None
+    rows = prometheus.query(url, query, timeout)
+    return rows[0][1] if rows else None
 
 
 def _rounded(value: float | None) -> float | None:

@@ -15,17 +15,13 @@ from stack.canary import (
     ROLLED_BACK,
     STATE_FILE,
     STOPPED,
-    CanaryConfig,
     CanaryRunner,
-    Counters,
-    Measurement,
     judge,
-    measure,
-    quantile,
+    splitter_status,
     start,
-    weights_at,
 )
-from stack.splits import SplitterConfig, applied, splitter_status
+from stack.canary_sources import Counters, Measurement, NoData, measure, quantile
+from stack.splits import CanaryConfig, SplitterConfig, applied, weights_at
 
 ECHO = "class Predictor:\n    def predict(self, payload):\n        return payload\n"
 CONFIG = CanaryConfig("v2", (5, 25, 50, 100), 60.0, 0.01, 1.5, 0.05, 50, "rev1")
@@ -73,7 +69,7 @@ def test_too_little_data_holds_the_step_and_starts_it_over() -> None:
     assert "12 requests < min_requests 50" in first.reason
     judge(CONFIG, state, Measurement(3, 0, 0.01, 0.01), 120.0)
     assert state.decisions[-1].count == 2 and len(state.decisions) == 2  # the same hold, counted
-    missing = judge(CONFIG, state, "Prometheus query failed: refused", 180.0)
+    missing = judge(CONFIG, state, NoData("Prometheus query failed: refused"), 180.0)
     assert missing.action == "hold" and "no data (Prometheus query failed: refused)" in missing.reason
     no_latency = judge(CONFIG, state, Measurement(100, 0, None, 0.01), 240.0)
     assert no_latency.action == "hold" and state.phase == PROGRESSING
@@ -138,15 +134,15 @@ class FakeSource:
             key2 = (api, "r", bound)
             self.buckets[key2] = self.buckets.get(key2, 0) + (ok + errors if seconds <= bound else 0)
 
-    async def counters(self, apis: list[str]) -> Counters | str:
+    async def counters(self, apis: list[str]) -> Counters | NoData:
         if self.down:
-            return "Prometheus query failed: connection refused"
+            return NoData("Prometheus query failed: connection refused")
         return Counters(
             {k: v for k, v in self.requests.items() if k[0] in apis},
             {k: v for k, v in self.buckets.items() if k[0] in apis},
         )
 
-    async def gateway(self, services: list[str]) -> dict[str, float] | str:
+    async def gateway(self, services: list[str]) -> dict[str, float] | NoData:
         return {s: self.sent.get(s, 0.0) for s in services}
 
 

@@ -16,9 +16,11 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
 import yaml
@@ -26,11 +28,15 @@ from nomad_standin import NomadStandIn
 
 from conftest import EXAMPLES, Server, ServerFactory, free_port
 from nomad_schema import schema_errors
-from stack.canary import ROLLED_BACK, CanaryRunner, Counters
+from stack.autoscale.config import config_of
+from stack.canary import ROLLED_BACK, CanaryRunner
+from stack.canary_sources import Counters, NoData
+from stack.control.runtime import ControlPlane, ControlSettings
 from stack.errors import StackError
 from stack.plan import plan_nomad
 from stack.spec import load_spec
-from stack.splits import member_services, splitters_of
+from stack.splits import splitters_of
+from stack.targets import open_control
 from stack.targets.local.traefik import traefik_binary
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
@@ -189,7 +195,7 @@ class StubSource:
     def __init__(self) -> None:
         self.served = 0
 
-    async def counters(self, apis: list[str]) -> Counters | str:
+    async def counters(self, apis: list[str]) -> Counters | NoData:
         self.served += 100
         n = self.served
         requests: dict[tuple[str, str, str], float] = {
@@ -202,44 +208,40 @@ class StubSource:
             buckets[("v2", "r", bound)], buckets[("v1", "r", bound)] = float(n), 9.0 * n
         return Counters(requests, buckets)
 
-    async def gateway(self, services: list[str]) -> dict[str, float] | str:
+    async def gateway(self, services: list[str]) -> dict[str, float] | NoData:
         return {services[0]: 10.0 * self.served, services[1]: 1.0 * self.served}
 
 
 def test_a_canary_on_nomad_keeps_its_state_and_weights_in_variables(tmp_path: Path, standin: NomadStandIn) -> None:
+    """The autoscaler job's control plane, built from the Nomad adapters (the metrics stubbed as
+    Prometheus would report them): its canary writes the weights into the gateway's variable."""
     canary = "    canary: {api: v2, steps: [10, 50, 100], interval: 10s, min_requests: 20}\n"
     loaded = load_spec(project(tmp_path, canary))
     api = NomadApi(NomadSettings.from_env(standin.address))
-    splits = NomadSplits(api, "ns")
-    splitters = splitters_of(loaded.spec, {"v1": "a", "v2": "b"})
-    clock = [1000.0]
-    runner = CanaryRunner(
-        splitters,
-        NomadCanaryStore(splits),
-        StubSource(),
-        overridden=lambda: set(splits.overrides()),
-        services=lambda s: member_services("ns", s),
-        clock=lambda: clock[0],
-    )
-
-    async def push() -> None:
-        await asyncio.to_thread(splits.write_routes, splitters, runner.weights())
-
-    runner.on_change = push
+    config = config_of(loaded, versions={"v1": "a", "v2": "b"})
+    settings = ControlSettings(config=config, prometheus_url="http://127.0.0.1:9", nomad_addr=standin.address)
 
     def weights() -> list[dict[str, Any]]:
         routes = yaml.safe_load((api.get_variable(routes_variable("ns")) or {})["routes"])
         return routes["http"]["services"]["ns-split-iris"]["weighted"]["services"]
 
     async def scenario() -> None:
-        await push()
-        assert [m["weight"] for m in weights()] == [90, 10]  # the canary's first step
-        await runner.tick()
-        clock[0] += 10
-        await runner.tick()
+        async with aiohttp.ClientSession() as session, open_control("nomad", settings)(session) as adapters:
+            plane = ControlPlane(replace(adapters, metrics=StubSource()))
+            clock = [time.time()]
+            plane.canary.clock = lambda: clock[0]
+            stopping = asyncio.Event()
+            fleet = asyncio.ensure_future(plane.adapters.fleet.run(plane, stopping))
+            await asyncio.sleep(0.5)  # the fleet publishes the canary's first step as it starts
+            assert [m["weight"] for m in weights()] == [90, 10]
+            await plane.canary.tick()
+            clock[0] += 10
+            await plane.canary.tick()
+            stopping.set()
+            await fleet
+            assert plane.canary.states["iris"].phase == ROLLED_BACK
 
     asyncio.run(scenario())
-    assert runner.states["iris"].phase == ROLLED_BACK
     assert [m["weight"] for m in weights()] == [100, 0]
     # `stack status --nomad` reads the canary and the observed shares from the variables.
     status = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address)).status()
@@ -249,7 +251,7 @@ def test_a_canary_on_nomad_keeps_its_state_and_weights_in_variables(tmp_path: Pa
     assert "error rate 10% > max_error_rate 1%" in splitter.canary.decisions[-1]["reason"]
     assert splitter.observed == {"v1": 0.9091, "v2": 0.0909}
     # A restarted autoscaler job takes the state back from the variable.
-    again = CanaryRunner(splitters, NomadCanaryStore(splits), StubSource())
+    again = CanaryRunner(config.splitters, NomadCanaryStore(NomadSplits(api, "ns")), StubSource())
     assert again.states["iris"].phase == ROLLED_BACK
     assert standin.problems == []
 

@@ -43,16 +43,17 @@ def test_retry_after_is_the_backlog_over_recent_throughput() -> None:
     from serving.config import ServingConfig
 
     replica = Replica(ServingConfig(predictor_path="unused.py", api="retry"))
+    path = replica.predictions  # the predict path keeps the numbers Retry-After comes from
     now = time.monotonic()
-    replica._started = now - 20
-    replica._completions.extend([now - 5 + i for i in range(5)])  # 5 done in the last 10 s: 0.5/s
-    replica.in_flight = 4
+    path._started = now - 20
+    path._completions.extend([now - 5 + i for i in range(5)])  # 5 done in the last 10 s: 0.5/s
+    path.in_flight = 4
     assert replica.retry_after() == 8  # 4 waiting / 0.5 per second
-    replica.in_flight = 1000
+    path.in_flight = 1000
     assert replica.retry_after() == 60  # never more than a minute
-    replica._completions.clear()
-    replica._mean_duration = 2.0
-    replica.in_flight = 3
+    path._completions.clear()
+    path._mean_duration = 2.0
+    path.in_flight = 3
     assert replica.retry_after() == 6  # no recent completions: in flight x mean duration / threads
 
 

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stack.atomic import write_json_atomic
 from stack.autoscale.config import ApiScaling, AutoscalerConfig
-from stack.autoscale.policy import Decision, History, Observation, Policy, stack_policy
+from stack.autoscale.policy import Decision, History, Observation, Policy, ScaleAction, stack_policy
 from stack.autoscale.scaler import Replicas, Scaler, ScalerBusy
 from stack.autoscale.signal import Signal
 
@@ -45,7 +45,7 @@ class Change:
     at: float  # unix time
     current: int
     desired: int
-    rule: str
+    rule: str  # which rule of the policy decided (stack.autoscale.policy.Decision.rule)
     reason: str
     applied: bool = True
     error: str = ""  # why the last attempt failed, while not applied
@@ -60,7 +60,7 @@ class ApiLoop:
     history: History = field(default_factory=History)
     changes: deque[Change] = field(default_factory=lambda: deque(maxlen=KEPT_DECISIONS))
     last_reason: str = ""  # the latest decision's reason, whole
-    last_logged: str = ""  # the rule of the last hold logged: a hold is logged once, not every tick
+    last_logged: str = ""  # the rule of the last hold logged: a hold is logged once per rule, not every tick
     failures: int = 0
     retry_at: float = 0.0
 
@@ -219,7 +219,7 @@ class Autoscaler:
 
     def _record(self, state: ApiLoop, obs: Observation, decision: Decision) -> None:
         api = state.spec.name
-        direction = "up" if decision.desired > obs.current else "down" if decision.desired < obs.current else "hold"
+        direction = ScaleAction.of(obs.current, decision.desired)
         self.metrics.decisions.labels(api, direction, decision.rule).inc()
         self.metrics.desired.labels(api).set(decision.desired)
         self.metrics.ready.labels(api).set(obs.ready)
@@ -228,19 +228,19 @@ class Autoscaler:
             f"in-flight {_num(obs.in_flight)} (short {_num(obs.in_flight_short)}), "
             f"ready {obs.ready}, starting {obs.current - obs.ready}, target {state.spec.bounds.target:g}/replica"
         )
-        if direction != "hold":
+        if direction != ScaleAction.HOLD:
             change = f"scale {direction} {obs.current} -> {decision.desired}"
             LOGGER.info(f"{api}: {change} [{decision.rule}] {inputs}: {decision.reason}")
-        elif _rule_text(decision.reason) != state.last_logged:
+        elif decision.rule != state.last_logged:
             LOGGER.info(f"{api}: {obs.current} replicas [{decision.rule}] {inputs}: {decision.reason}")
-        state.last_logged = "" if direction != "hold" else _rule_text(decision.reason)
+        state.last_logged = "" if direction != ScaleAction.HOLD else decision.rule
         state.last_reason = decision.reason
 
     def _hold(self, state: ApiLoop, reason: str, rule: str) -> None:
-        self.metrics.decisions.labels(state.spec.name, "hold", rule).inc()
-        if reason != state.last_logged:
+        self.metrics.decisions.labels(state.spec.name, ScaleAction.HOLD, rule).inc()
+        if rule != state.last_logged:
             LOGGER.info(f"{state.spec.name}: {reason}")
-        state.last_reason = state.last_logged = reason
+        state.last_reason, state.last_logged = reason, rule
 
     def _failed(self, state: ApiLoop, message: str) -> None:
         state.failures += 1
@@ -317,7 +317,3 @@ class Autoscaler:
 
 def _num(value: float | None) -> str:
     return "none" if value is None else f"{value:.2f}"
-
-
-def _rule_text(reason: str) -> str:
-    return reason.split(" (")[0]

@@ -34,6 +34,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 PANIC_THRESHOLD = 2.0  # short-window load / ready capacity that starts a panic (Knative's default 200 %)
 
@@ -70,6 +71,16 @@ class Observation:
     in_flight_short: float | None = None  # the same over the panic window
     missing_reason: str = ""
     idle_for: float | None = None  # seconds since the API's last request (None: unknown)
+
+
+class ScaleAction(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    HOLD = "hold"
+
+    @classmethod
+    def of(cls, current: int, desired: int) -> ScaleAction:
+        return cls.UP if desired > current else cls.DOWN if desired < current else cls.HOLD
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ unreachable server or a stale series must hold the count, not shrink it.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+
+from stack.prometheus import query_vector
 
 IN_FLIGHT = "predictor_requests_in_flight"
 LAST_REQUEST = "predictor_last_request_timestamp_seconds"
@@ -91,22 +92,6 @@ class PrometheusSignal:
     async def _query(self, query: str) -> float | None:
         rows = await query_vector(self.session, self.url, query)
         return rows[0][1] if rows else None
-
-
-async def query_vector(session: aiohttp.ClientSession, url: str, query: str) -> list[tuple[dict[str, str], float]]:
-    """An instant query's series (labels, value), NaN ones left out (Prometheus sends values as strings)."""
-    async with session.get(
-        f"{url}/api/v1/query", params={"query": query}, timeout=aiohttp.ClientTimeout(total=5)
-    ) as response:
-        body = await response.json()
-    if body.get("status") != "success":
-        raise ValueError(body.get("error", "query failed"))
-    rows = []
-    for row in body["data"]["result"]:
-        value = float(row["value"][1])
-        if not math.isnan(value):
-            rows.append((row["metric"], value))
-    return rows
 
 
 class ScrapeSignal:

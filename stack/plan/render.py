@@ -26,12 +26,12 @@ from stack.autoscale.config import config_of
 from stack.errors import PlanError
 from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.nomad_json import hcl_to_job
+from stack.plan.nomad_routes import routes_variable, routes_yaml
 from stack.plan.serving import REPLICA_PORT, api_keys_text, replica_config
 from stack.routes import Route, activator_fallback, member_service, router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
 from stack.splits import split_router, splitters_of
-from stack.targets.nomad.splits import routes_variable, routes_yaml
 
 DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.42"}
 # Docker health probe: a ready replica joins the gateway within seconds (the controller also asks
@@ -281,9 +281,7 @@ def plan_compose(
         {a["name"]: a["version"] for a in apis},
     )
     # The controller runs in every Compose stack (routes, targets, killed replicas), autoscaled or not.
-    files["autoscaler.Dockerfile"] = env.get_template("compose/autoscaler.Dockerfile.j2").render(
-        header=header, base_image=spec.build.base_image, wheelhouse=spec.build.wheelhouse
-    )
+    files["autoscaler.Dockerfile"] = autoscaler_dockerfile(loaded, env)
     control_dir = loaded.root / CONTROL_DIR
     secrets = bool(spec.gateway.api_keys)
     if secrets:
@@ -334,6 +332,21 @@ def autoscaler_image() -> str:
     # The same code for every project, so one image per machine; tagged by release so
     # plans stay stable, and `stack up` rebuilds it when the code's digest changed.
     return f"stack-autoscaler:{__version__}"
+
+
+def autoscaler_dockerfile(loaded: LoadedSpec, env: jinja2.Environment | None = None) -> str:
+    """The controller/autoscaler image's Dockerfile (every target's controller runs that image)."""
+    build = loaded.spec.build
+    return (
+        (env or template_environment())
+        .get_template("compose/autoscaler.Dockerfile.j2")
+        .render(header=_header(loaded), base_image=build.base_image, wheelhouse=build.wheelhouse)
+    )
+
+
+def api_dockerfile(loaded: LoadedSpec, api: Api, env: jinja2.Environment | None = None) -> str:
+    """The Dockerfile of an API's image, the same for every target that builds one."""
+    return _dockerfile(env or template_environment(), loaded, api, _header(loaded))
 
 
 def _dockerfile(env: jinja2.Environment, loaded: LoadedSpec, api: Api, header: str) -> str:

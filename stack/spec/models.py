@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from stack.errors import UnknownApi
 from stack.spec.units import parse_cpu, parse_duration, parse_fraction, parse_memory
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -395,4 +396,4 @@ class Spec(Strict):
         for api in self.apis:
             if api.name == name:
                 return api
-        raise KeyError(f"no API named {name!r}; the spec has: {', '.join(a.name for a in self.apis)}")
+        raise UnknownApi(name, [a.name for a in self.apis])

@@ -4,7 +4,9 @@
     compose/  one box with Docker Compose
     nomad/    a Nomad cluster, through its HTTP API
 
-`open_target` is the only place that chooses between them.
+`open_target` is the only place that chooses between them for the CLI, and
+`open_control` the only place that chooses a target's adapters for the stack's
+controller (stack.control.runtime: the same runtime on every target).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 from stack.errors import StackError
 
 if TYPE_CHECKING:
+    from stack.control.runtime import ControlSettings, OpenAdapters
     from stack.spec import LoadedSpec
     from stack.targets.base import Target
 
@@ -38,3 +41,22 @@ def open_target(
 
         return NomadTarget(loaded, registry=registry)
     raise StackError(f"unknown target {chosen!r}; choose one of {', '.join(KINDS)}")
+
+
+def open_control(kind: str, settings: ControlSettings) -> OpenAdapters:
+    """The adapters a target's controller runs the control plane with (opened inside its event loop)."""
+    from functools import partial
+
+    if kind == "local":
+        from stack.targets.local.supervisor import local_adapters
+
+        return partial(local_adapters, settings)
+    if kind == "compose":
+        from stack.targets.compose.adapters import compose_adapters
+
+        return partial(compose_adapters, settings)
+    if kind == "nomad":
+        from stack.targets.nomad.adapters import nomad_adapters
+
+        return partial(nomad_adapters, settings)
+    raise StackError(f"unknown target {kind!r}; choose one of {', '.join(KINDS)}")

@@ -27,15 +27,13 @@ def refuse_nomad_autoscaler(loaded: LoadedSpec, target: str) -> None:
         )
 
 
-def check_scale(loaded: LoadedSpec, api_name: str, replicas: int, force: bool, up: str) -> Api:
+def check_scale(loaded: LoadedSpec, api_name: str, replicas: int, force: bool, up: str, manual: bool = False) -> Api:
     """`stack scale`'s rules on every target: an autoscaled API needs --force (taking it from the
-    autoscaler until the next `up`), and without --force the count stays within min..max."""
-    try:
-        api = loaded.spec.api(api_name)
-    except KeyError as exc:
-        raise StackError(str(exc.args[0])) from None
+    autoscaler until the next `up`; `manual`: it was taken so already), and without --force the
+    count stays within min..max."""
+    api = loaded.spec.api(api_name)
     bounds = api.autoscaling
-    if api.autoscaled and not force:
+    if api.autoscaled and not force and not manual:
         raise StackError(
             f"the autoscaler owns {api.name} (min_replicas {bounds.min_replicas} != max_replicas "
             f"{bounds.max_replicas}); add --force to take it over until the next `{up}`"

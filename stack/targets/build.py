@@ -26,7 +26,15 @@ import serving
 import stack
 from stack.errors import BuildError
 from stack.files import ProjectFiles, package_files
-from stack.plan.render import RUNTIME_REQUIREMENTS, build_context, control_plane_requirements
+from stack.plan.render import (
+    RUNTIME_REQUIREMENTS,
+    autoscaler_dockerfile,
+    autoscaler_image,
+    build_context,
+    control_plane_digest,
+    control_plane_requirements,
+)
+from stack.spec import LoadedSpec
 
 Progress = Callable[[str], None]
 WHEELHOUSE_CACHE = ".stack/wheelhouse"
@@ -305,3 +313,17 @@ def _failing_step(output: str) -> str:
 
 def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def controller_image(loaded: LoadedSpec, progress: Progress) -> str:
+    """The controller/autoscaler image (the same code for every project: one per machine), rebuilt
+    only when this release's code changed; its name."""
+    image = autoscaler_image()
+    code = control_plane_digest()[:16]
+    if image_label(image, "stack.code") != code:
+        spec = loaded.spec.build
+        context = assemble_autoscaler(
+            loaded.root, autoscaler_dockerfile(loaded), spec.base_image, spec.wheelhouse, progress
+        )
+        build_image(context, image, progress, labels={"stack.code": code})
+    return image

@@ -13,11 +13,8 @@ from dataclasses import replace
 
 import requests
 
-from stack.status import ApiStatus
-
-# Sent with our own checks through the gateway: the activator answers them without waking an API
-# scaled to zero (a `stack status` must not count as the request that wakes it).
-PROBE_HEADER = "X-Stack-Probe"
+from stack.routes import PROBE_HEADER
+from stack.status import ApiPhase, ApiStatus
 
 
 def readiness_url(gateway_port: int, endpoint: str, host: str = "127.0.0.1") -> str:
@@ -53,7 +50,7 @@ def wait_until_routed(url: str, timeout: float = 30.0, interval: float = 0.05) -
 
 def check_routed(status: ApiStatus, gateway_port: int) -> ApiStatus:
     """`live` only if a request through the gateway reaches a replica; otherwise say the gateway is the problem."""
-    if status.status != "live" or status.ready == 0:
+    if status.status != ApiPhase.LIVE or status.ready == 0:
         return status
     url = readiness_url(gateway_port, status.endpoint)
     try:
@@ -63,6 +60,6 @@ def check_routed(status: ApiStatus, gateway_port: int) -> ApiStatus:
         pass
     return replace(
         status,
-        status="error",
+        status=ApiPhase.ERROR,
         error=f"{status.ready} replica(s) ready, but a request through the gateway ({url}) does not reach them",
     )

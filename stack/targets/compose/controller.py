@@ -1,7 +1,8 @@
-"""The Compose stack's controller: the one container that holds the Docker socket.
+"""The Compose stack's fleet: the one container that holds the Docker socket keeps the replicas.
 
-It runs in the autoscaler service, beside the autoscaler, and keeps three
-things true whatever happens to the containers:
+It runs in the autoscaler service as the fleet of the stack's control plane
+(stack.control.runtime: the autoscaler, canaries and activator beside it), and
+keeps three things true whatever happens to the containers:
 
 - **Routes.** Traefik reads its routes from a file (no socket in the gateway):
   every running, healthy replica that is not being stopped, rewritten on the
@@ -27,31 +28,27 @@ import logging
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import docker
 from docker.models.containers import Container
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 
-from stack import routes
 from stack.atomic import write_json_atomic
 from stack.autoscale.config import RoutedApi
-from stack.splits import SplitterConfig, applied, read_overrides
-from stack.targets.compose.desired import read_desired
+from stack.control.runtime import ControlPlane
+from stack.targets.compose.desired import manual_apis, read_desired
 from stack.targets.compose.scaler import ALIVE, PROJECT_LABEL, ComposeScaler
 
 LOGGER = logging.getLogger("stack.controller")
-ROUTES_DIR = "routes"  # under the control directory: Traefik's file provider
 TARGETS_DIR = "targets"  # under the control directory: Prometheus' file_sd
 TICK = 1.0  # seconds between passes when no event wakes the controller
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # replicas are never behind a proxy
 STARTING_TICK = 0.25  # while a replica starts: it is routed within this of answering /readyz
 CONFIRM = 2.0  # seconds a deficit must last before replicas are restored
 EVENTS = ("start", "kill", "die", "stop", "destroy", "health_status")
-HEADER = "Written by the stack's controller (the autoscaler service) whenever a replica joins or leaves."
 
 
 class ComposeController:
@@ -61,19 +58,14 @@ class ComposeController:
         network: str,
         port: int,
         apis: list[RoutedApi],
-        splitters: list[SplitterConfig],
         control_dir: Path,
         state_dir: Path,
         scaler: ComposeScaler,
-        registry: CollectorRegistry | None = None,
-        errors_url: str | None = None,
     ) -> None:
-        self.errors_url = errors_url  # stack.gateway_errors, which this process serves
         self.project = project
         self.network = network
         self.port = port
         self.apis = apis
-        self.splitters = splitters
         self.control_dir = control_dir
         self.state_dir = state_dir
         self.scaler = scaler
@@ -88,17 +80,23 @@ class ComposeController:
         self.session: aiohttp.ClientSession | None = None
         self.ready_early: set[str] = set()  # starting containers whose /readyz already answers 200
         self.starting = False  # a replica is starting: pass more often
-        # Splitter -> API weights a running canary sets (stack.canary.CanaryRunner.weights).
-        self.canary_weights: Callable[[], dict[str, dict[str, int]]] = dict
         self.start_errors: dict[str, str] = {}  # api -> why its replicas cannot start, as of the last pass
+        self.plane: ControlPlane | None = None  # the control plane this fleet runs in (its routes, its metrics)
+        self.restored: Counter | None = None
+
+    # -- the Fleet of the control plane ------------------------------------------------------------
+
+    def manual(self, api: str) -> bool:
+        return api in manual_apis(self.state_dir)
+
+    async def run(self, plane: ControlPlane, stopping: asyncio.Event) -> None:
+        self.plane = plane
         self.restored = Counter(
             "stack_controller_replicas_restored",
             "Replicas started again or copied because one was killed, stopped or removed behind the stack's back.",
             ["api"],
-            registry=registry,
+            registry=plane.registry,
         )
-
-    async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         threading.Thread(target=self._watch_events, args=(loop,), name="docker-events", daemon=True).start()
         while not stopping.is_set():
@@ -228,7 +226,8 @@ class ComposeController:
         self.ready_early, self.starting = ready, starting
 
     def _write_routes(self, replicas: list[Container]) -> None:
-        table = []
+        assert self.plane is not None
+        table: dict[str, list[str]] = {}
         for api in self.apis:
             servers = sorted(
                 f"http://{address}:{self.port}"
@@ -256,11 +255,9 @@ class ComposeController:
                 self.start_errors[api.name] = f"replica {failing[0].name} keeps failing (last exit code {code})"
             else:
                 self.start_errors.pop(api.name, None)
-            activate = api.name if api.scale_to_zero else None
-            table.append(routes.Route(api.router, api.endpoint, tuple(servers), activate=activate))
-        splits = applied(self.project, self.splitters, read_overrides(self.state_dir), self.canary_weights())
-        if routes.write(self.control_dir / ROUTES_DIR, routes.render(table, HEADER, self.errors_url, splits)):
-            LOGGER.info("routes: " + "; ".join(f"{r.router} -> {len(r.servers)} replica(s)" for r in table))
+            table[api.name] = servers
+        if self.plane.routes.publish(table):
+            LOGGER.info("routes: " + "; ".join(f"{api} -> {len(urls)} replica(s)" for api, urls in table.items()))
 
     def _write_targets(self, replicas: list[Container]) -> None:
         targets: list[dict[str, Any]] = []
@@ -300,14 +297,18 @@ class ComposeController:
             for container in dead[:missing]:
                 LOGGER.info(f"{api.name}: replica {container.name} is {container.status}; starting it again")
                 container.start()
-                self.restored.labels(api.name).inc()
+                self._count_restored(api.name)
             for _ in range(missing - len(dead[:missing])):
                 if not alive:
                     LOGGER.warning(f"{api.name}: no replica left to copy; `stack up` brings it back")
                     break
                 LOGGER.info(f"{api.name}: {len(alive)}/{want.replicas} replicas; adding one")
                 self.scaler.add(api.name, api.gpu_slots, alive)
-                self.restored.labels(api.name).inc()
+                self._count_restored(api.name)
+
+    def _count_restored(self, api: str) -> None:
+        if self.restored is not None:
+            self.restored.labels(api).inc()
 
 
 def _health(container: Container) -> str:

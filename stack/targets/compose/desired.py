@@ -1,9 +1,11 @@
-"""The replica count of each API that the Compose controller keeps.
+"""What the Compose stack's state directory holds, shared by the host and the controller.
 
-`desired.json` in the stack's state directory (shared by the host and the
-autoscaler service): `stack up` writes an API's count once its rolling update
-is done (and removes it while one runs), `stack scale` and the autoscaler when
-they change it, `stack down` empties it first so nothing is brought back.
+`desired.json`: the replica count of each API that the controller keeps.
+`stack up` writes an API's count once its rolling update is done (and removes
+it while one runs), `stack scale` and the autoscaler when they change it,
+`stack down` empties it first so nothing is brought back.
+`manual.json`: the APIs `stack scale --force` took from the autoscaler.
+`decisions.json`: the autoscaler's last decisions, which `stack status` shows.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from stack.atomic import write_json_atomic
 
 DESIRED_FILE = "desired.json"  # api -> {"version": ..., "replicas": n}
+MANUAL_FILE = "manual.json"
+DECISIONS_FILE = "decisions.json"
 
 
 @dataclass(frozen=True)
@@ -46,3 +50,11 @@ def write_desired(state_dir: Path, api: str, desired: Desired | None) -> None:
     else:
         current[api] = {"version": desired.version, "replicas": desired.replicas}
     write_json_atomic(state_dir / DESIRED_FILE, current)
+
+
+def manual_apis(state_dir: Path) -> set[str]:
+    """APIs `stack scale --force` set by hand; the autoscaler leaves them alone until the next `stack up`."""
+    try:
+        return set(json.loads((state_dir / MANUAL_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()

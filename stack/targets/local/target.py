@@ -9,16 +9,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from serving.supervisor import port_is_free
 from stack.autoscale.scaler import Scaler
+from stack.canary import splitter_status
 from stack.errors import NotRunning, StackError
 from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
-from stack.splits import change, clear_overrides, splitter_status, splitters_of
-from stack.status import ApiStatus, StackStatus
+from stack.splits import change, clear_overrides, splitters_of
+from stack.status import ApiPhase, StackStatus
 from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.gateway import check_routed
 from stack.targets.local import control
@@ -59,26 +61,23 @@ class LocalTarget:
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         return control.call(self._require().control_socket, method, path, body)
 
-    def _raw_status(self) -> dict[str, Any]:
-        return self._call("GET", "/status")
+    def _supervisor_status(self) -> StackStatus:
+        """What the supervisor reports: its StackStatus, sent whole over the control socket."""
+        return StackStatus.from_dict(self._call("GET", "/status"))
 
     def status(self) -> StackStatus:
-        data = self._raw_status()
+        reported = self._supervisor_status()
         digest = project_digest(self.loaded)
         state = self._require()
         prometheus = state.prometheus_url
+        versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
         apis = []
-        for api in StackStatus.from_dict(data).apis:
-            try:
-                on_disk = api_version(self.loaded.spec.api(api.name), digest)
-            except KeyError:
-                on_disk = api.version
+        for api in reported.apis:
             traffic = prometheus_traffic(prometheus, api.name) if prometheus else None
             checked = check_routed(api, state.gateway_port)
-            apis.append(_replace(checked, changed=on_disk != api.version, traffic=traffic))
-        result = StackStatus.from_dict(data)
+            apis.append(replace(checked, changed=versions.get(api.name, api.version) != api.version, traffic=traffic))
         splitters = splitter_status(splitters_of(self.loaded.spec), self.paths.split_overrides)
-        return StackStatus(result.project, "local", result.gateway_port, apis, result.notes, result.pid, splitters)
+        return replace(reported, apis=apis, splitters=splitters)
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         self._require()
@@ -154,17 +153,17 @@ class LocalTarget:
         deadline = time.monotonic() + timeout
         last = ""
         while True:
-            status = self._raw_status()
-            line = ", ".join(f"{a['name']} {a['ready']}/{a['desired']} {a['status']}" for a in status["apis"])
+            status = self._supervisor_status()
+            line = ", ".join(f"{a.name} {a.ready}/{a.desired} {a.status}" for a in status.apis)
             if line != last:
                 progress(line)
                 last = line
-            failed = [a for a in status["apis"] if a["status"] == "error"]
+            failed = [a for a in status.apis if a.status == ApiPhase.ERROR]
             if failed:
                 api = failed[0]
-                logs = _tail(self.paths.logs / f"{api['name']}-{_last_replica(api)}.log")
-                raise StackError(f"API {api['name']} cannot start: {api['error']}\nlast log lines:\n{logs}")
-            if all(a["status"] in ("live", "scaled to zero", "scaling to zero") for a in status["apis"]):
+                logs = _tail(self.paths.replica_log(api.error_replica or f"{api.name}-1"))
+                raise StackError(f"API {api.name} cannot start: {api.error}\nlast log lines:\n{logs}")
+            if all(a.status.settled for a in status.apis):
                 return
             if time.monotonic() > deadline:
                 raise StackError(f"replicas not ready after {timeout:.0f}s: {line}")
@@ -219,9 +218,7 @@ class LocalTarget:
         )
 
     def logs(self, api: str, follow: bool) -> Iterator[str]:
-        names = [a.name for a in self.loaded.spec.apis]
-        if api not in names:
-            raise StackError(f"no API named {api!r}; the spec has: {', '.join(names)}")
+        self.loaded.spec.api(api)  # UnknownApi names the ones it has
         if not self.log_files(api):
             raise NotRunning(f"API {api!r} has no replica logs under {self.paths.logs}; is the stack up?")
         offsets: dict[Path, int] = {}
@@ -235,17 +232,6 @@ class LocalTarget:
             if not follow:
                 return
             time.sleep(0.3)
-
-
-def _replace(api: ApiStatus, **changes: Any) -> ApiStatus:
-    from dataclasses import replace
-
-    return replace(api, **changes)
-
-
-def _last_replica(api: dict[str, Any]) -> str:
-    events = [e for e in api.get("events", []) if "started replica" in e]
-    return events[-1].split("started replica ", 1)[1].split()[0].rsplit("-", 1)[1] if events else "1"
 
 
 def _tail(path: Path, lines: int = 15) -> str:

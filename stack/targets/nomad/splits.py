@@ -15,35 +15,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from stack.canary import STOPPED, parse_states, weights_at
-from stack.routes import provider_splits
-from stack.splits import SplitterConfig, applied, parse_overrides
+from stack.canary import STOPPED, parse_states
+from stack.plan.nomad_routes import ROUTES_ITEM, canary_variable, overrides_variable, routes_variable, routes_yaml
+from stack.splits import SplitterConfig, parse_overrides, weights_at
 
 if TYPE_CHECKING:
     from stack.targets.nomad.api import NomadApi
-
-ROUTES_ITEM = "routes"
-HEADER = "# The gateway's splitters (stack.targets.nomad.splits): written by `stack up`, `stack split` and canaries.\n"
-
-
-def routes_variable(project: str) -> str:
-    """Readable by the Traefik job itself (a variable under its own job path)."""
-    return f"nomad/jobs/{project}-traefik"
-
-
-def overrides_variable(project: str) -> str:
-    return f"nomad/jobs/{project}-traefik/overrides"
-
-
-def canary_variable(project: str) -> str:
-    return f"nomad/jobs/{project}-autoscaler/canary"
-
-
-def routes_yaml(project: str, splitters: list[SplitterConfig], overrides: Any, canaries: Any) -> str:
-    splits = applied(project, splitters, overrides, canaries)
-    return HEADER + yaml.safe_dump(provider_splits(splits, "nomad"), sort_keys=True, default_flow_style=False)
 
 
 class NomadSplits:
@@ -82,7 +59,10 @@ class NomadSplits:
         if not splitters:
             self.api.delete_variable(routes_variable(self.project))
             return
-        text = routes_yaml(self.project, splitters, self.overrides(), canaries or {})
+        self.write_yaml(routes_yaml(self.project, splitters, self.overrides(), canaries or {}))
+
+    def write_yaml(self, text: str) -> None:
+        """The gateway's splitter routes (stack.plan.nomad_routes.splits_yaml) into its variable."""
         self.api.put_variable(routes_variable(self.project), {ROUTES_ITEM: text})
 
     def forget(self) -> None:

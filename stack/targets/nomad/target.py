@@ -19,32 +19,32 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from stack.atomic import write_text_atomic
 from stack.autoscale.scaler import Scaler
-from stack.errors import BuildError, StackError, TargetError
+from stack.canary import status_of
+from stack.errors import StackError, TargetError
 from stack.plan.render import (
     api_version,
-    autoscaler_image,
-    control_plane_digest,
     keys_variable,
     plan_nomad,
     project_digest,
 )
-from stack.plan.serving import api_keys_text, extra_requirements
+from stack.plan.serving import api_keys_text
 from stack.spec import Api, LoadedSpec
-from stack.splits import splitters_of, status_of, with_override
-from stack.status import ApiStatus, ReplicaStatus, SplitterStatus, StackStatus
-from stack.targets import build
+from stack.splits import splitters_of, with_override
+from stack.status import SplitterStatus, StackStatus
 from stack.targets.base import check_scale
+from stack.targets.logs import merge_streams
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.images import ImagePusher
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
 from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
+from stack.targets.nomad.status import api_status
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/nomad"
@@ -86,10 +86,11 @@ class NomadTarget:
         for name, content in plan.files.items():  # the plan holds the serving config: owner-only
             write_text_atomic(plan_dir / name, content, mode=0o600)
         digest = project_digest(self.loaded)
+        pusher = ImagePusher(self.loaded, self.registry)
         for api in needs_build:
-            self._build_and_push(api, api_version(api, digest), plan, progress)
+            pusher.api(api, api_version(api, digest), progress)
         if f"{self.project}-autoscaler.json" in plan.files:
-            self._push_autoscaler(progress)
+            pusher.controller(progress)
         self._write_keys(progress)
         self._write_splits(digest, progress)
         registered: list[str] = []
@@ -164,65 +165,6 @@ class NomadTarget:
                 f"API(s) {names} ask for {wanted} NVIDIA GPU(s) per replica, but no ready Nomad client offers "
                 f"{'any' if best == 0 else f'more than {best}'}: install the NVIDIA device plugin on the GPU "
                 "nodes (nomad/client-gpu.hcl) and check `nomad node status -verbose`. Nothing was registered."
-            )
-
-    def _build_and_push(self, api: Api, version: str, plan: Any, progress: Progress) -> None:
-        from stack.plan.render import project_files, service_name
-
-        image = f"{self.registry}/{self.project}-{api.name}:{version}"
-        if not build.image_exists(image):
-            context = build.assemble(
-                project_files(self.loaded),
-                service_name(api, version),
-                plan.files.get(f"{api.name}.Dockerfile") or self._dockerfile(api),
-                self.loaded.requirements_file(api),
-                self.loaded.spec.build.base_image,
-                self.loaded.spec.build.wheelhouse,
-                progress,
-                extra=extra_requirements(api),
-            )
-            build.build_image(context, image, progress)
-        self._push(image, progress)
-
-    def _dockerfile(self, api: Api) -> str:
-        from stack.plan.render import _dockerfile, _header, template_environment
-
-        return _dockerfile(template_environment(), self.loaded, api, _header(self.loaded))
-
-    def _push_autoscaler(self, progress: Progress) -> None:
-        from stack.plan.render import template_environment
-
-        local = autoscaler_image()
-        code = control_plane_digest()[:16]
-        if build.image_label(local, "stack.code") != code:
-            dockerfile = (
-                template_environment()
-                .get_template("compose/autoscaler.Dockerfile.j2")
-                .render(
-                    header="# The autoscaler image.",
-                    base_image=self.loaded.spec.build.base_image,
-                    wheelhouse=self.loaded.spec.build.wheelhouse,
-                )
-            )
-            spec = self.loaded.spec.build
-            context = build.assemble_autoscaler(
-                self.loaded.root, dockerfile, spec.base_image, spec.wheelhouse, progress
-            )
-            build.build_image(context, local, progress, labels={"stack.code": code})
-        remote = f"{self.registry}/{local}"
-        _docker("tag", local, remote)
-        self._push(remote, progress)
-
-    def _push(self, image: str, progress: Progress) -> None:
-        progress(f"pushing {image}")
-        result = subprocess.run(["docker", "push", image], capture_output=True, text=True)
-        if result.returncode != 0:
-            output = (result.stderr or result.stdout).strip().splitlines()
-            raise BuildError(
-                f"pushing {image} to {self.registry} failed: {output[-1] if output else 'no output'}. Check that "
-                f"the registry runs and this machine may push to it (`docker push {image}`; a registry without "
-                "TLS must be listed in the engine's insecure-registries, 127.0.0.1 always is). Nothing was "
-                "registered with Nomad."
             )
 
     def _register(self, job: dict[str, Any], progress: Progress) -> bool:
@@ -306,7 +248,8 @@ class NomadTarget:
     # -- status, logs, scale, down ------------------------------------------------------------
 
     def status(self) -> StackStatus:
-        apis = [self._api_status(api) for api in self.loaded.spec.apis]
+        digest = project_digest(self.loaded)
+        apis = [api_status(self.api, api, self.job_id(api.name), digest) for api in self.loaded.spec.apis]
         notes = [
             f"Nomad at {self.settings.address}"
             + (f", namespace {self.settings.namespace}" if self.settings.namespace else "")
@@ -317,81 +260,13 @@ class NomadTarget:
             splitters = status_of(splitters_of(self.loaded.spec), splits.overrides(), splits.saved_canaries())
         return StackStatus(self.project, "nomad", self.loaded.spec.gateway.port, apis, notes, splitters=splitters)
 
-    def _api_status(self, api: Api) -> ApiStatus:
-        job_id = self.job_id(api.name)
-        job = self.api.job(job_id)
-        base = dict(
-            name=api.name,
-            endpoint=api.endpoint,
-            autoscaled=api.autoscaled,
-            min_replicas=api.autoscaling.min_replicas,
-            max_replicas=api.autoscaling.max_replicas,
-        )
-        if job is None or job.get("Stop"):
-            return ApiStatus(status="stopped", ready=0, desired=0, version="", **base)  # type: ignore[arg-type]
-        version = (job.get("Meta") or {}).get("stack_version", "")
-        desired = next((g.get("Count", 0) for g in job.get("TaskGroups") or [] if g["Name"] == GROUP), 0)
-        allocations = [a for a in self.api.allocations(job_id) if a.get("DesiredStatus") == "run"]
-        deployment = self.api.deployment(job_id)
-        replicas = []
-        ready = 0
-        for alloc in sorted(allocations, key=lambda a: a.get("CreateIndex", 0)):
-            healthy = bool((alloc.get("DeploymentStatus") or {}).get("Healthy"))
-            running = alloc.get("ClientStatus") == "running"
-            ready += healthy and running
-            states = (alloc.get("TaskStates") or {}).values()
-            events = [e for s in states for e in s.get("Events") or []]
-            replicas.append(
-                ReplicaStatus(
-                    id=alloc["ID"][:8],
-                    state="ready" if healthy and running else alloc.get("ClientStatus", ""),
-                    version=version if alloc.get("JobVersion") == job.get("Version") else f"v{alloc.get('JobVersion')}",
-                    health="healthy" if healthy else "unhealthy" if healthy is False and running else "",
-                    node=alloc.get("NodeName", ""),
-                    restarts=sum(int(s.get("Restarts") or 0) for s in states),
-                    last_event=(events[-1].get("DisplayMessage") or events[-1].get("Type", "")) if events else "",
-                )
-            )
-        dep_status = (deployment or {}).get("Status", "")
-        failed = [r for r in replicas if r.state == "failed"]
-        if dep_status == "running":
-            state = "updating"
-        elif dep_status == "failed" and ready == 0:
-            state = "error"
-        elif ready >= desired and desired > 0:
-            state = "live"
-        elif desired == 0 and api.autoscaling.min_replicas == 0 and not replicas_running(replicas):
-            state = "scaled to zero"
-        else:
-            state = "starting" if desired else "stopped"
-        error = (deployment or {}).get("StatusDescription") if dep_status == "failed" else None
-        on_disk = api_version(api, project_digest(self.loaded))
-        return ApiStatus(
-            status=state,
-            ready=ready,
-            desired=desired,
-            version=version,
-            changed=bool(version) and version != on_disk,
-            error=error or (f"allocation {failed[0].id} failed: {failed[0].last_event}" if failed else None),
-            restarts=sum(r.restarts for r in replicas),
-            replicas=replicas,
-            events=[f"deployment {dep_status}: {(deployment or {}).get('StatusDescription', '')}"]
-            if deployment
-            else [],
-            **base,  # type: ignore[arg-type]
-        )
-
     def logs(self, api: str, follow: bool) -> Iterator[str]:
-        names = [a.name for a in self.loaded.spec.apis]
-        if api not in names:
-            raise StackError(f"no API named {api!r}; the spec has: {', '.join(names)}")
+        self.loaded.spec.api(api)  # UnknownApi names the ones it has
         allocations = [a for a in self.api.allocations(self.job_id(api)) if a.get("ClientStatus") == "running"]
         if not allocations:
             raise TargetError(f"API {api!r} has no running allocation; is the stack up? (`stack status --nomad`)")
         if follow and len(allocations) > 1:
             # One stream per allocation, merged as lines arrive.
-            from stack.targets.compose.logs import merge_streams
-
             streams: dict[str, Iterable[str]] = {
                 str(a["ID"])[:8]: self.api.logs(a["ID"], TASK, "stderr", follow=True) for a in allocations
             }
@@ -402,11 +277,14 @@ class NomadTarget:
                 yield f"{alloc['ID'][:8]} | {line}"
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
-        api = check_scale(self.loaded, api_name, replicas, force, "stack up --nomad")
-        if self.api.job(self.job_id(api.name)) is None:
-            raise TargetError(f"Nomad has no job {self.job_id(api.name)}; run `stack up --nomad` first")
+        self.loaded.spec.api(api_name)  # UnknownApi names the ones it has
+        if self.api.job(self.job_id(api_name)) is None:
+            raise TargetError(f"Nomad has no job {self.job_id(api_name)}; run `stack up --nomad` first")
+        group = (self.api.scale_status(self.job_id(api_name)).get("TaskGroups") or {}).get(GROUP) or {}
+        manual = latest_source(group) == MANUAL_SOURCE
+        api = check_scale(self.loaded, api_name, replicas, force, "stack up --nomad", manual=manual)
         # The source tells the autoscaler this count was set by hand (it holds until the next `up`).
-        meta = {"source": MANUAL_SOURCE if force else "stack scale"}
+        meta = {"source": MANUAL_SOURCE if force or manual else "stack scale"}
         self.api.scale(self.job_id(api.name), GROUP, replicas, f"stack scale {api.name} {replicas}", meta)
         progress(f"{api.name}: asked Nomad for {replicas} allocation(s)")
 
@@ -448,10 +326,6 @@ class NomadTarget:
         return {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
 
 
-def replicas_running(replicas: list[ReplicaStatus]) -> bool:
-    return any(r.state not in ("complete", "stopped", "failed", "lost") for r in replicas)
-
-
 def _job_digest(job: dict[str, Any]) -> str:
     """What the job is, without the counts (the autoscaler changes them) and our own digest."""
     body = copy.deepcopy(job)
@@ -463,9 +337,3 @@ def _job_digest(job: dict[str, Any]) -> str:
 
 def _unhealthy(alloc: dict[str, Any]) -> bool:
     return (alloc.get("DeploymentStatus") or {}).get("Healthy") is False
-
-
-def _docker(*args: str) -> None:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BuildError(f"`docker {' '.join(args)}` failed: {(result.stderr or result.stdout).strip()}")

@@ -1,0 +1,343 @@
+"""The predict path of one replica: admission, the payload, predict (batched, timed, streamed), the answer.
+
+Everything a prediction request touches lives here, and nothing else does:
+this is the hot path (bench/runtime.py's W0 measures it against a bare aiohttp
+handler). Errors become answers through one table (serving.failures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from serving.batching import Batcher
+from serving.codec import QueryParams, encode, encode_any, error_response, read_payload
+from serving.config import ServingConfig
+from serving.errors import HTTPError
+from serving.failures import PredictTimeout, failure_of
+from serving.loader import LoadedPredictor
+from serving.metrics import ApiMetrics
+from serving.openapi import payload_validator
+from serving.pool import ClientGone, PredictPool
+from serving.protocols import openai_error, v2_error
+from serving.streaming import StreamFailed, is_stream, stream
+
+LOGGER = logging.getLogger("serving")
+CLIENT_GONE = 499  # nginx's code for "client closed the request"; only ever logged and counted
+THROUGHPUT_WINDOW = 10.0  # seconds of completions that Retry-After is computed from
+
+
+class Predictions:
+    """Answers `POST /` (and the protocols' predict routes) for one replica."""
+
+    def __init__(self, config: ServingConfig, metrics: ApiMetrics, pool: PredictPool, count_gauges: bool) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._pool = pool
+        self._count_gauges = count_gauges  # multiprocess mode: the gauges are counted here, not read at scrape
+        self.predictor: LoadedPredictor | None = None
+        self.in_flight = 0
+        self.last_request_at = 0.0  # monotonic; draining waits until requests stop arriving
+        self._batcher: Batcher | None = None
+        self._completions: deque[float] = deque(maxlen=4096)
+        self._mean_duration = 0.0
+        self._started = time.monotonic()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._api_keys = [key.encode() for key in config.read_api_keys()]
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._id_counter = itertools.count(1)
+        self._log_requests = LOGGER.isEnabledFor(logging.INFO)
+        self._max_body_size = config.max_body_size
+        self._timeout = config.timeout
+        self._call: Callable[[Any, Any, Any], Any] = _not_loaded  # predict, bound by bind()
+        self._wants_query = True  # predict or post_predict takes query_params
+        self._direct = False  # an async predict with nothing around it: awaited in _answer itself
+        self._validate: Callable[[Any], Any] | None = None  # from predict's payload annotation
+
+    def bind(self, predictor: LoadedPredictor) -> None:
+        """The predictor is loaded: requests go to it from now on."""
+        handler = predictor.predict
+        self._call = handler.predict_caller()
+        self._wants_query = handler.takes_all or "query_params" in handler.params or predictor.post_predict is not None
+        self._direct = (
+            handler.is_async and not handler.is_async_gen and self.config.batching is None and self._timeout is None
+        )
+        self._validate = payload_validator(predictor) if self.config.protocol == "default" else None
+        batching = self.config.batching
+        if batching is not None:
+            self._batcher = Batcher(
+                self._run_batch,
+                batching.max_batch_size,
+                batching.batch_interval,
+                max(batching.max_in_flight, 1),
+                self.metrics,
+                count_queued=self._count_gauges,
+                eager=batching.eager,
+            )
+            self._batcher.start()
+        self.predictor = predictor
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._batcher:
+            await self._batcher.stop()
+
+    def queued(self) -> int:
+        return self._pool.queued() + (self._batcher.waiting() if self._batcher else 0)
+
+    def authorized(self, request: web.Request) -> bool:
+        """No keys configured, or `X-API-Key: KEY` / `Authorization: Bearer KEY` (scheme in any case) carries one."""
+        if not self._api_keys:
+            return True
+        candidates = []
+        if "X-API-Key" in request.headers:
+            candidates.append(request.headers["X-API-Key"].strip())
+        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            candidates.append(token.strip())
+        for given in candidates:
+            try:
+                raw = given.encode()
+            except UnicodeError:  # bytes no key can hold: not a match, never a 500
+                continue
+            # Compare with every key in constant time, so timing reveals nothing about them.
+            if any(hmac.compare_digest(raw, key) for key in self._api_keys):
+                return True
+        return False
+
+    def _new_request_id(self) -> str:
+        # A per-process random prefix and a counter: unique across replicas, and
+        # far cheaper than uuid4 on the hot path.
+        return f"{self._id_prefix}{next(self._id_counter):08x}"
+
+    async def handle_predict(self, request: web.Request, adapter: Any = None) -> web.StreamResponse:
+        request_id = request.headers.get("X-Request-ID") or self._new_request_id()
+        start = time.perf_counter()
+        self.last_request_at = time.monotonic()
+        if self._count_gauges:  # multiprocess mode: no callback gauges
+            self.metrics.last_request.set(time.time())
+        status = 500
+        try:
+            response = await self._answer(request, request_id, adapter)
+            status = response.status
+            return response
+        except StreamFailed as exc:
+            LOGGER.error(
+                "stream failed after the response started", exc_info=exc.cause, extra={"request_id": request_id}
+            )
+            if request.transport is not None:
+                request.transport.close()  # a chunked body without its last chunk reads as failed
+            raise
+        except ClientGone:
+            status = CLIENT_GONE
+            return web.Response(status=CLIENT_GONE)
+        except Exception as exc:
+            response = self._error(exc, request_id, adapter)
+            status = response.status
+            return response
+        finally:
+            elapsed = time.perf_counter() - start
+            self.metrics.answered(status, elapsed)
+            self._mean_duration += (elapsed - self._mean_duration) * 0.05
+            if self._log_requests:
+                LOGGER.info(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "path": request.path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "request_id": request_id,
+                    },
+                )
+
+    # -- prediction ----------------------------------------------------------
+
+    async def _answer(self, request: web.Request, request_id: str, adapter: Any = None) -> web.StreamResponse:
+        if self._api_keys and not self.authorized(request):
+            return error_response(401, "missing or unknown API key", request_id, {"WWW-Authenticate": "Bearer"})
+        predictor = self.predictor
+        if predictor is None:
+            return error_response(503, "the predictor is still loading", request_id, {"Retry-After": "1"})
+        # The body first, within body_timeout: a client trickling its body holds no slot of
+        # max_concurrency meanwhile (a slow-body flood cannot turn everyone else away). A body
+        # that arrived with its headers (most) is read without arming a timer.
+        reading = (
+            adapter.payload(request, self._max_body_size)
+            if adapter is not None
+            else read_payload(request, self._max_body_size)
+        )
+        if request.content.is_eof():
+            payload = await reading
+        else:
+            try:
+                async with asyncio.timeout(self.config.body_timeout):
+                    payload = await reading
+            except TimeoutError:
+                # The rest of the body is not worth waiting for: answer, then close the connection.
+                message = f"the request body did not arrive within {self.config.body_timeout:g}s"
+                raise HTTPError(408, message, {"Connection": "close"}) from None
+        if self.in_flight >= self.config.max_concurrency:
+            return error_response(
+                503,
+                f"replica is at max_concurrency ({self.config.max_concurrency} requests); retry later",
+                request_id,
+                {"Retry-After": str(self.retry_after())},
+            )
+        self.in_flight += 1
+        if self._count_gauges:
+            self.metrics.in_flight.inc()
+        try:
+            if self._validate is not None:
+                payload = self._validate(payload)
+            query = None
+            if self._wants_query:
+                query = QueryParams(request.query) if request.query_string else QueryParams(())
+            if self._direct:
+                await asyncio.sleep(0)  # as in _predict
+                result = await self._call(payload, query, request.headers)
+            else:
+                work = self._predict(request, predictor, payload, query)
+                result = await (work if self._timeout is None else self._with_timeout(work))
+            headers = {"X-Request-ID": request_id}
+            response: web.StreamResponse
+            if adapter is not None:
+                response = await adapter.respond(request, payload, result, headers, self._pool.run)
+            elif type(result) is not dict and is_stream(result):
+                response = await stream(request, result, self._pool.run, headers)
+            else:
+                response = encode(result, headers) if type(result) is dict else await encode_any(result, headers)
+                if self.config.monitoring is not None and response.status < 400:
+                    self.metrics.record_prediction(self.config.monitoring, result)
+            if predictor.post_predict is not None:
+                await self._send_then_post_predict(request, response, result, predictor, payload, query)
+            return response
+        finally:
+            self.in_flight -= 1
+            if self._count_gauges:
+                self.metrics.in_flight.dec()
+            self._completions.append(time.monotonic())
+
+    async def _with_timeout(self, work: Any) -> Any:
+        deadline = asyncio.timeout(self.config.timeout)
+        try:
+            async with deadline:
+                return await work
+        except TimeoutError as exc:
+            if deadline.expired():  # ours, not a TimeoutError the predictor raised
+                raise PredictTimeout(self.config.timeout or 0.0) from exc
+            raise
+
+    async def _predict(
+        self, request: web.Request, predictor: LoadedPredictor, payload: Any, query: dict[str, str] | None
+    ) -> Any:
+        handler = predictor.predict
+        call = self._call
+        if self._batcher is None:
+            if handler.is_async_gen:
+                return call(payload, query, request.headers)
+            if handler.is_async:
+                # One turn of the loop before an async predict: the loop then takes the requests of
+                # every ready connection before it answers any. Measured (bench/runtime.py, W0 both at
+                # once), CPU per request falls by about a tenth; a lone request waits one turn (µs).
+                await asyncio.sleep(0)
+                return await call(payload, query, request.headers)
+
+        def is_gone() -> bool:
+            return request.transport is None or request.transport.is_closing()
+
+        if self._batcher is not None:
+            return await self._batcher.submit((payload, query, request.headers), is_gone)
+        # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
+        if self._count_gauges:
+            self.metrics.queued.inc()
+        return await self._pool.run(functools.partial(call, payload, query, request.headers), is_gone)
+
+    async def _run_batch(self, items: list[tuple[Any, dict[str, str], Any]]) -> Any:
+        assert self.predictor is not None
+        handler = self.predictor.predict
+        call = functools.partial(
+            handler.call,
+            payload=[item[0] for item in items],
+            query_params=[item[1] for item in items],
+            headers=[item[2] for item in items],
+        )
+        if handler.is_async:
+            return await call()
+        return await self._pool.run(call)
+
+    async def _send_then_post_predict(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        result: Any,
+        predictor: LoadedPredictor,
+        payload: Any,
+        query: dict[str, str] | None,
+    ) -> None:
+        if not response.prepared:
+            await response.prepare(request)
+            await response.write_eof()
+        assert predictor.post_predict is not None
+        handler = predictor.post_predict
+        # As in Cortex, `response` is what predict returned; the HTTP status is `status_code`.
+        call = functools.partial(
+            handler.call,
+            response=result,
+            status_code=response.status,
+            payload=payload,
+            query_params=query,
+            headers=request.headers,
+        )
+        task = asyncio.get_running_loop().create_task(self._post_predict(call, handler.is_async))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _post_predict(self, call: Callable[[], Any], is_async: bool) -> None:
+        try:
+            if is_async:
+                await call()
+            else:
+                await self._pool.run(call)
+        except Exception:
+            LOGGER.exception("post_predict failed")
+
+    # -- errors and back-pressure -------------------------------------------
+
+    def _error(self, exc: Exception, request_id: str, adapter: Any = None) -> web.Response:
+        failure = failure_of(exc)
+        if failure.logged:
+            LOGGER.error("predict failed", exc_info=exc, extra={"request_id": request_id})
+        if adapter is None:
+            return error_response(failure.status, failure.message, request_id, failure.headers)
+        # The protocol's own error body (OpenAI's {"error": {...}}, v2's {"error": "..."}).
+        return openai_error(failure, request_id) if self.config.protocol == "openai" else v2_error(failure, request_id)
+
+    def retry_after(self) -> int:
+        """Seconds until this replica likely has room: the backlog over recent throughput."""
+        now = time.monotonic()
+        window = min(THROUGHPUT_WINDOW, now - self._started)
+        done = sum(1 for t in self._completions if now - t <= window)
+        if done and window > 0:
+            seconds = self.in_flight / (done / window)
+        elif self._mean_duration > 0:
+            seconds = self.in_flight * self._mean_duration / self.config.threads_per_process
+        else:
+            seconds = 1.0  # nothing finished yet: no evidence for a longer wait
+        return max(1, min(60, math.ceil(seconds)))
+
+
+def _not_loaded(payload: Any, query: Any, headers: Any) -> Any:
+    raise RuntimeError("predict called before the predictor was loaded")

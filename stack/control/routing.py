@@ -1,0 +1,112 @@
+"""The gateway's routes as the control plane keeps them: data in, one sink out.
+
+`GatewayRoutes` holds what the routes are made of — each API's serving
+replicas (the fleet reports them), the splitters with the weights that apply
+now (`stack split`'s, else a canary's, else stack.yaml's) — and hands the
+whole table to the target's `RouteSink` whenever any of it changes. The sink
+decides how the gateway learns it: Traefik's file provider on the local and
+Compose targets, a Nomad Variable that Traefik's job renders on Nomad (whose
+service catalogue carries the replicas themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from stack import routes
+from stack.autoscale.config import AutoscalerConfig, RoutedApi
+from stack.routes import Route, Split
+from stack.splits import applied
+
+Weights = dict[str, dict[str, int]]  # splitter -> API -> weight
+OVERRIDES_EVERY = 1.0  # seconds between reads of the weights `stack split` set
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """Everything the gateway routes: one route per API, one split per splitter."""
+
+    routes: tuple[Route, ...]
+    splits: tuple[Split, ...]
+
+
+class RouteSink(Protocol):
+    def write(self, table: RouteTable) -> bool:
+        """Make the gateway route `table` (blocking I/O is fine); True when that changed anything."""
+        ...
+
+
+class FileRouteSink:
+    """Traefik's file provider: the routes file in `directory`, rewritten whole (local and Compose).
+
+    The file is compared on every write, so one truncated or edited by hand is put right at the next.
+    """
+
+    def __init__(self, directory: Path, header: str, errors_url: str) -> None:
+        self.directory = directory
+        self.header = header
+        self.errors_url = errors_url  # stack.gateway_errors: the gateway's own answers, and the activator
+
+    def write(self, table: RouteTable) -> bool:
+        text = routes.render(list(table.routes), self.header, self.errors_url, table.splits)
+        return routes.write(self.directory, text)
+
+    def empty_url(self, route: Route) -> str:
+        """Where an API's service points while it has no replica."""
+        return routes.empty_url(route, self.errors_url)
+
+
+class GatewayRoutes:
+    """The routes of one stack, published to its sink when they change (thread-safe: the Compose
+    controller publishes from a worker thread while a canary's change arrives on the event loop)."""
+
+    def __init__(
+        self,
+        config: AutoscalerConfig,
+        sink: RouteSink,
+        overrides: Callable[[], Weights],
+        canaries: Callable[[], Weights],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.overrides = overrides  # weights set by `stack split`, until the next `stack up`
+        self.canaries = canaries  # weights the splitters' canaries set now
+        self.clock = clock
+        self.servers: dict[str, tuple[str, ...]] = {}  # API -> serving replicas, as last published
+        self._lock = threading.Lock()
+        self._overrides: Weights = {}
+        self._overrides_at = -OVERRIDES_EVERY
+        self.configure(config)
+
+    def configure(self, config: AutoscalerConfig) -> None:
+        """A `stack up` changed the APIs or splitters."""
+        self.config = config
+        self.apis: dict[str, RoutedApi] = {api.name: api for api in config.routed}
+
+    def route(self, api: RoutedApi, servers: Collection[str] = ()) -> Route:
+        return Route(api.router, api.endpoint, tuple(sorted(servers)), activate=api.name if api.scale_to_zero else None)
+
+    def table(self, servers: Mapping[str, Collection[str]]) -> RouteTable:
+        now = self.clock()
+        if now - self._overrides_at >= OVERRIDES_EVERY:
+            self._overrides, self._overrides_at = self.overrides(), now
+        table = tuple(self.route(api, servers.get(name, ())) for name, api in sorted(self.apis.items()))
+        splits = applied(self.config.project, self.config.splitters, self._overrides, self.canaries())
+        return RouteTable(table, splits)
+
+    def publish(self, servers: Mapping[str, Collection[str]]) -> bool:
+        """Route these replicas (API -> base URLs); True when the gateway's routes changed."""
+        with self._lock:
+            self.servers = {name: tuple(sorted(urls)) for name, urls in servers.items()}
+            return self.sink.write(self.table(self.servers))
+
+    async def refresh(self) -> None:
+        """Publish again with the replicas last published (a canary or `stack split` changed a weight)."""
+        self._overrides_at = -OVERRIDES_EVERY
+        await asyncio.to_thread(self.publish, dict(self.servers))

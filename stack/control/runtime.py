@@ -1,0 +1,216 @@
+"""The control-plane runtime: one composition of the stack's controller, the same on every target.
+
+Every running stack has one controller — the local supervisor, the Compose
+controller (the autoscaler service), the Nomad autoscaler job — and every one
+of them is a `ControlPlane` built from its target's `Adapters`:
+
+    fleet      keeps the replicas (reconcile: a killed one is replaced) and says
+               which serve; it publishes them to the gateway's routes
+    scaler     changes an API's count for the autoscaler
+    waker      starts a replica of an API scaled to zero for the activator
+    signal     requests in flight per API, for the autoscaler
+    metrics    the replicas' and the gateway's counters, for the canaries
+    canaries   where the canaries keep their state;  splits: the weights `stack split` set
+    routes     where the gateway's routes go (a file, a Nomad Variable)
+
+The runtime itself is target-blind: the autoscaler, the canary runner, the
+activator with the gateway's own JSON errors, the routes as data and the
+controller's HTTP endpoint (/metrics, /status, /healthz) are composed here
+once. A target contributes adapters only; `stack.targets.open_control` picks
+them, as `open_target` picks a target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from stack.activator import Activator, Waker
+from stack.autoscale.config import AutoscalerConfig
+from stack.autoscale.loop import Autoscaler, SignalSource
+from stack.autoscale.policy import Policy, stack_policy
+from stack.autoscale.scaler import Scaler
+from stack.canary import CanaryRunner, Store
+from stack.canary_sources import Source
+from stack.control.routing import GatewayRoutes, RouteSink, Weights
+from stack.errors import StackError
+from stack.gateway_errors import serve_errors
+from stack.splits import member_services
+
+LOGGER = logging.getLogger("stack.control")
+Address = tuple[str, int]
+
+
+class Fleet(Protocol):
+    """What keeps one target's replicas: the local processes, the Compose containers (on Nomad, Nomad)."""
+
+    async def run(self, plane: ControlPlane, stopping: asyncio.Event) -> None:
+        """Keep the replicas until `stopping`; publish the serving ones to `plane.routes`."""
+        ...
+
+    def manual(self, api: str) -> bool:
+        """`stack scale --force` took the API: the autoscaler leaves it alone until the next `stack up`."""
+        ...
+
+    def rolling_out(self, api: str) -> str | None:
+        """Why the API's canary cannot be judged now (its new version is still replacing the old), or None.
+        Called from a worker thread: it may block."""
+        ...
+
+
+class SplitStore(Protocol):
+    def overrides(self) -> Weights:
+        """The weights `stack split` set, until the next `stack up` (blocking I/O is fine)."""
+        ...
+
+
+@dataclass
+class Adapters:
+    """What one target contributes to its control plane; everything else is the same everywhere."""
+
+    config: AutoscalerConfig
+    fleet: Fleet
+    scaler: Scaler
+    waker: Waker
+    signal: SignalSource
+    metrics: Source
+    canaries: Store
+    splits: SplitStore
+    routes: RouteSink
+    decisions: Path | None = None  # the autoscaler's decisions, for `stack status` and a restart
+    listen: Address | None = None  # the controller's /metrics, /status and /healthz
+    errors: Address | None = None  # the gateway's own JSON errors and the activator (stack.gateway_errors)
+    start_timeout: float = 600.0  # how long a request held for an API scaled to zero waits
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """How a stack's controller was asked to run (`stack autoscale`'s flags, the local supervisor's spec);
+    each target's adapters read what they need."""
+
+    config: AutoscalerConfig | None = None  # None: the target reads it (the local supervisor, from its spec)
+    prometheus_url: str | None = None
+    metrics_port: int = 9100  # the controller's /metrics, /status, /healthz
+    state_dir: Path | None = None  # decisions, counts, canaries, weights set by hand (shared with the host)
+    control_dir: Path | None = None  # Compose: where the gateway's routes and Prometheus' targets are written
+    network: str | None = None  # Compose: the stack's network
+    replica_port: int = 8888
+    activator_port: int | None = None  # Nomad: where the activator listens for APIs scaled to zero
+    nomad_addr: str | None = None
+    spec_file: Path | None = None  # local: the supervisor's stack.yaml
+
+
+OpenAdapters = Callable[[aiohttp.ClientSession], AbstractAsyncContextManager[Adapters]]
+
+
+class ControlPlane:
+    def __init__(self, adapters: Adapters, policy: Policy = stack_policy) -> None:
+        self.adapters = adapters
+        config = adapters.config
+        self.registry = CollectorRegistry()  # the controller's own metrics, on its /metrics
+        self.activator = Activator(adapters.waker, timeout=adapters.start_timeout, registry=self.registry)
+        self.canary = CanaryRunner(
+            config.splitters,
+            adapters.canaries,
+            adapters.metrics,
+            registry=self.registry,
+            overridden=lambda: set(adapters.splits.overrides()),
+            services=lambda splitter: member_services(self.config.project, splitter),
+            busy=adapters.fleet.rolling_out,
+        )
+        self.routes = GatewayRoutes(config, adapters.routes, adapters.splits.overrides, self.canary.weights)
+        self.canary.on_change = self.routes.refresh
+        self.autoscaler = Autoscaler(
+            config,
+            adapters.scaler,
+            adapters.signal,
+            policy=policy,
+            registry=self.registry,
+            manual=adapters.fleet.manual,
+            state_file=adapters.decisions,
+            activity=self.activator.last_request.get,
+        )
+        self.config = config
+
+    def configure(self, config: AutoscalerConfig) -> None:
+        """A `stack up` changed the spec: new bounds, APIs and splitters, histories kept."""
+        self.config = config
+        self.autoscaler.configure(config)
+        self.canary.configure(config.splitters)
+        self.routes.configure(config)
+
+    def status(self) -> dict[str, dict[str, object]]:
+        """The autoscaler's last decisions per API, as `stack status` shows them."""
+        return self.autoscaler.status()
+
+    def metrics_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        runners: list[web.AppRunner] = []
+        try:
+            if self.adapters.listen is not None:
+                runners.append(await _serve(self._app(), self.adapters.listen, "the controller's metrics"))
+            if self.adapters.errors is not None:
+                host, port = self.adapters.errors
+                runners.append(await serve_errors(host, port, self.activator))
+            names = ", ".join(a.name for a in self.config.routed) or "none"
+            LOGGER.info(f"controlling {names} of {self.config.project}")
+            await asyncio.gather(
+                self.adapters.fleet.run(self, stopping),
+                self.autoscaler.run(stopping),
+                self.canary.run(stopping),
+            )
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+            await self.activator.close()
+
+    def _app(self) -> web.Application:
+        async def metrics(request: web.Request) -> web.Response:
+            response = web.Response(body=self.metrics_text())
+            response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+            return response
+
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response(self.status())
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/status", status)
+        app.router.add_get("/healthz", healthz)
+        return app
+
+
+async def _serve(app: web.Application, address: Address, what: str) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, *address).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StackError(f"{what} port {address[1]} is already in use ({exc.strerror}); pass --metrics-port") from None
+    return runner
+
+
+async def run_control(open_adapters: OpenAdapters, policy: Policy = stack_policy) -> None:
+    """Run a stack's controller until SIGTERM or SIGINT (or its fleet stops it)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    async with aiohttp.ClientSession() as session, open_adapters(session) as adapters:
+        await ControlPlane(adapters, policy).run(stopping)

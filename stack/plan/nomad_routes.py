@@ -1,0 +1,42 @@
+"""Where a Nomad stack keeps its gateway's splitter routes: Nomad Variables, named here for the plan
+(the Traefik job's template reads them) and for everything that writes them.
+
+Traefik's job renders the variable `nomad/jobs/<project>-traefik` (item `routes`,
+Traefik's dynamic configuration as YAML) into its file provider's directory;
+Nomad re-renders it when the variable changes and Traefik applies it without a
+restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from stack.routes import Split, provider_splits
+from stack.splits import SplitterConfig, applied
+
+ROUTES_ITEM = "routes"
+HEADER = "# The gateway's splitters (stack.targets.nomad.splits): written by `stack up`, `stack split` and canaries.\n"
+
+
+def routes_variable(project: str) -> str:
+    """Readable by the Traefik job itself (a variable under its own job path)."""
+    return f"nomad/jobs/{project}-traefik"
+
+
+def overrides_variable(project: str) -> str:
+    return f"nomad/jobs/{project}-traefik/overrides"
+
+
+def canary_variable(project: str) -> str:
+    return f"nomad/jobs/{project}-autoscaler/canary"
+
+
+def routes_yaml(project: str, splitters: list[SplitterConfig], overrides: Any, canaries: Any) -> str:
+    return splits_yaml(applied(project, splitters, overrides, canaries))
+
+
+def splits_yaml(splits: tuple[Split, ...]) -> str:
+    """The variable's routes: the splitters over the services Nomad's catalogue gives Traefik."""
+    return HEADER + yaml.safe_dump(provider_splits(splits, "nomad"), sort_keys=True, default_flow_style=False)

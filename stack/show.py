@@ -1,0 +1,136 @@
+"""How the CLI prints a `StackStatus` for people: the APIs' table, the splitters, the canaries, and
+with one API its replicas, events and the autoscaler's decisions. (`--json` prints `to_dict()`.)"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from stack.status import ApiPhase, ApiStatus, CanaryStatus, SplitterStatus, StackStatus
+
+
+def _weights_from(splitter: SplitterStatus) -> str:
+    if splitter.overridden:
+        return "set by `stack split` until the next `stack up`"
+    if splitter.canary is not None and splitter.canary.phase != "stopped":
+        return f"canary {splitter.canary.api} ({splitter.canary.phase})"
+    return "stack.yaml"
+
+
+def _canary_text(splitter: str, canary: CanaryStatus, shown: int = 8) -> str:
+    steps = " ".join(f"{p}%" for p in canary.steps)
+    head = f"canary {canary.api} (splitter {splitter}): {canary.phase} at {canary.weight}% [steps {steps}]"
+    if canary.phase == "progressing":
+        left = max(canary.step_started + canary.interval - time.time(), 0.0)
+        head += f", judged in {left:.0f}s"
+    lines = [head]
+    for d in canary.decisions[-shown:]:
+        when = time.strftime("%H:%M:%S", time.localtime(d["at"]))
+        repeat = f" (x{d['count']})" if d.get("count", 1) > 1 else ""
+        lines.append(f"  {when}  {d['action']:<8} {d['weight']:>3}%  {d['reason']}{repeat}")
+    return "\n".join(lines)
+
+
+def _zero_since(api: ApiStatus) -> str:
+    """For an API scaled to zero: since when, from the autoscaler's decision (or a `stack scale` by hand)."""
+    if api.status != ApiPhase.SCALED_TO_ZERO or not api.autoscaler:
+        return ""
+    changes = [c for c in api.autoscaler.get("changes", []) if c.get("desired") == 0 and c.get("applied")]
+    if not changes:
+        return ""
+    at = float(changes[-1]["at"])
+    return f" (idle, since {time.strftime('%H:%M:%S', time.localtime(at))}, {_uptime(time.time() - at)} ago)"
+
+
+def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
+    from tabulate import tabulate
+
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    rows = []
+    for a in apis:
+        traffic = a.traffic
+        rows.append(
+            [
+                a.name,
+                a.status + _zero_since(a) + (" (files changed since the last `stack up`)" if a.changed else ""),
+                f"{a.ready}/{a.desired}",
+                f"http://127.0.0.1:{data.gateway_port}{a.endpoint}",
+                num(traffic.requests_per_second) if traffic else "-",
+                num(traffic.p50_ms) if traffic else "-",
+                num(traffic.p99_ms) if traffic else "-",
+                *((traffic.counts.get(k, "-") if traffic else "-") for k in ("2xx", "4xx", "5xx")),
+                a.restarts,
+                a.error or "",
+            ]
+        )
+    headers = [
+        "api",
+        "status",
+        "ready",
+        "endpoint",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "2xx",
+        "4xx",
+        "5xx",
+        "restarts",
+        "error",
+    ]
+    click.echo(tabulate(rows, headers=headers))
+    if data.splitters:
+        click.echo("")
+        split_rows = [
+            [
+                s.name,
+                f"http://127.0.0.1:{data.gateway_port}{s.endpoint}",
+                " ".join(f"{api}={weight}" for api, weight in s.weights.items()),
+                " ".join(f"{api}={share * 100:.1f}%" for api, share in s.observed.items()) if s.observed else "-",
+                s.mirror or "-",
+                _weights_from(s),
+            ]
+            for s in data.splitters
+        ]
+        headers = ["splitter", "endpoint", "weights", "observed (1m)", "mirror", "weights from"]
+        click.echo(tabulate(split_rows, headers=headers))
+        for s in data.splitters:
+            if s.canary is not None:
+                click.echo("\n" + _canary_text(s.name, s.canary))
+    for note in data.notes:
+        click.echo(f"note: {note}")
+    if not detail:
+        return
+    api = apis[0]
+    replicas = [
+        [r.id, r.state, r.health or "-", r.version, r.pid or "-", r.port or "-", _uptime(r.uptime_s)]
+        for r in api.replicas
+    ]
+    click.echo("\n" + tabulate(replicas, headers=["replica", "state", "health", "version", "pid", "port", "up"]))
+    if api.events:
+        click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in api.events))
+    _show_decisions(api)
+
+
+def _uptime(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}s"
+
+
+def _show_decisions(api: ApiStatus) -> None:
+    """The autoscaler's recent changes of this API's count, and what it thinks now."""
+    if not api.autoscaled:
+        click.echo("\nautoscaler: off (min_replicas == max_replicas, or set by hand with `stack scale --force`)")
+        return
+    scaler = api.autoscaler
+    if not scaler:
+        click.echo("\nautoscaler: no decision yet")
+        return
+    click.echo(f"\nautoscaler: {scaler.get('last') or 'no decision yet'}")
+    for change in scaler.get("changes", []):
+        at = time.strftime("%H:%M:%S", time.localtime(change["at"]))
+        note = "" if change["applied"] else f" (not applied yet: {change['error']})"
+        if change.get("attempts", 1) > 1:
+            note += f" ({change['attempts']} attempts)"
+        click.echo(f"  {at} {change['current']} -> {change['desired']} [{change['rule']}] {change['reason']}{note}")

@@ -1,0 +1,67 @@
+"""The Compose target's adapters for the control plane (stack.control.runtime).
+
+The controller runs in the stack's autoscaler service, the one container with
+the engine's socket: the fleet is `ComposeController` (routes, Prometheus
+targets, killed replicas brought back, APIs at zero woken), the scaler copies
+and stops containers with Compose's own labels, everything else is read from
+Prometheus and kept in the state directory shared with the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import docker
+
+from stack.autoscale.signal import PrometheusSignal
+from stack.canary import STATE_FILE, FileStore
+from stack.canary_sources import PrometheusSource
+from stack.control.routing import FileRouteSink
+from stack.control.runtime import Adapters, ControlSettings
+from stack.errors import StackError
+from stack.plan.render import ERRORS_PORT
+from stack.splits import FileSplits
+from stack.targets.compose.controller import ComposeController
+from stack.targets.compose.desired import DECISIONS_FILE
+from stack.targets.compose.scaler import ComposeScaler
+
+CONTROLLER_HOST = "autoscaler"  # the Compose service's name: its address on the stack's network
+ROUTES_DIR = "routes"  # under the control directory: Traefik's file provider
+HEADER = "Written by the stack's controller (the autoscaler service) whenever a replica joins or leaves."
+
+
+@contextlib.asynccontextmanager
+async def compose_adapters(settings: ControlSettings, session: aiohttp.ClientSession) -> AsyncIterator[Adapters]:
+    config, prometheus = settings.config, settings.prometheus_url
+    state_dir, control_dir = settings.state_dir, settings.control_dir
+    if config is None or prometheus is None or state_dir is None or control_dir is None:
+        raise StackError("the Compose controller needs its config, Prometheus' URL, --state-dir and --control-dir")
+    try:
+        scaler = ComposeScaler(config.project, state_dir=state_dir)
+    except docker.errors.DockerException as exc:
+        raise StackError(f"cannot reach the Docker engine to scale {config.project}: {exc}") from None
+    controller = ComposeController(
+        config.project,
+        settings.network or f"{config.project}-stack",
+        settings.replica_port,
+        config.routed,
+        control_dir,
+        state_dir,
+        scaler,
+    )
+    yield Adapters(
+        config,
+        fleet=controller,
+        scaler=scaler,
+        waker=controller,
+        signal=PrometheusSignal(prometheus, session, config.scrape_interval),
+        metrics=PrometheusSource(prometheus, session),
+        canaries=FileStore(state_dir / STATE_FILE),
+        splits=FileSplits(state_dir),
+        routes=FileRouteSink(control_dir / ROUTES_DIR, HEADER, f"http://{CONTROLLER_HOST}:{ERRORS_PORT}"),
+        decisions=state_dir / DECISIONS_FILE,
+        listen=("0.0.0.0", settings.metrics_port),
+        errors=("0.0.0.0", ERRORS_PORT),
+    )

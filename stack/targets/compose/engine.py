@@ -1,0 +1,210 @@
+"""The Compose project of a stack as the engine sees it: its containers, `docker compose` on its plan,
+and the checks `stack up` makes on the way (engine reachable, a free gateway port, a failing replica)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.supervisor import port_is_free
+from stack.errors import StackError
+from stack.plan.render import service_name
+from stack.spec import Api, LoadedSpec
+from stack.status import ReplicaState
+from stack.targets.docker import NO_DOCKER, docker
+
+Progress = Callable[[str], None]
+READY_TIMEOUT = 600.0
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    service: str
+    api: str
+    version: str
+    state: str  # running, exited, restarting, created, ...
+    health: str  # healthy, unhealthy, starting, or "" without a health check
+    exit_code: int
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running" and self.health == "healthy"
+
+    @property
+    def failed(self) -> bool:
+        return self.state in ("exited", "dead") or self.state == "restarting" or self.health == "unhealthy"
+
+    @property
+    def replica_state(self) -> ReplicaState:
+        if self.ready:
+            return ReplicaState.READY
+        if self.state in ("exited", "dead", "removing"):
+            return ReplicaState.EXITED
+        if self.state == "restarting" or self.health == "unhealthy":
+            return ReplicaState.FAILED
+        return ReplicaState.STARTING  # created, or running and not healthy yet
+
+
+class ComposeProject:
+    def __init__(self, loaded: LoadedSpec, plan_dir: Path) -> None:
+        self.loaded = loaded
+        self.project = loaded.spec.project
+        self.plan_dir = plan_dir
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        if shutil.which("docker") is None:
+            raise StackError(NO_DOCKER)
+        info = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True)
+        if info.returncode != 0:
+            raise StackError(
+                "the Docker engine is not reachable: "
+                f"{(info.stderr or info.stdout).strip().splitlines()[-1] if (info.stderr or info.stdout) else ''}. "
+                "Start it (`sudo systemctl start docker`), check that you may use /var/run/docker.sock, "
+                "or use `stack up --local`."
+            )
+        if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+            raise StackError(
+                "Docker Compose v2 is missing: install the docker-compose-plugin package "
+                "(`docker compose version` must work), or use `stack up --local`."
+            )
+        gpu_apis = [a.name for a in self.loaded.spec.apis if a.compute.gpu]
+        if gpu_apis and "nvidia" not in info.stdout:
+            raise StackError(
+                f"API(s) {', '.join(gpu_apis)} ask for GPUs but Docker has no NVIDIA runtime: install the NVIDIA "
+                "Container Toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker` "
+                "(see compose/README.md)."
+            )
+
+    # -- containers ----------------------------------------------------------------------------
+
+    def containers(self) -> list[Container]:
+        ids = docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}").split()
+        if not ids:
+            return []
+        found = []
+        for item in json.loads(docker("inspect", *ids)):
+            labels = item["Config"]["Labels"] or {}
+            if "stack.api" not in labels:
+                continue
+            health = (item["State"].get("Health") or {}).get("Status", "")
+            found.append(
+                Container(
+                    item["Id"][:12],
+                    item["Name"].lstrip("/"),
+                    labels.get(SERVICE_LABEL, ""),
+                    labels["stack.api"],
+                    labels.get("stack.version", ""),
+                    item["State"]["Status"],
+                    health,
+                    item["State"].get("ExitCode", 0),
+                )
+            )
+        return sorted(found, key=lambda c: c.name)
+
+    def compose(self, *args: str, capture: bool = True, timeout: float | None = None) -> str:
+        return docker(
+            "compose",
+            "-p",
+            self.project,
+            "-f",
+            str(self.plan_dir / "compose.yaml"),
+            *args,
+            capture=capture,
+            timeout=timeout,
+        )
+
+    def check_gateway_port(self) -> None:
+        port = self.loaded.spec.gateway.port
+        ours = docker(
+            "ps", "-q", "--filter", f"label={PROJECT_LABEL}={self.project}", "--filter", "label=stack.role=gateway"
+        ).split()
+        if not ours and not port_is_free("0.0.0.0", port):  # our own Traefik holding it is fine
+            raise StackError(
+                f"gateway port {port} is already in use; stop what uses it "
+                f"(`ss -ltnp 'sport = :{port}'`) or set gateway.port in stack.yaml"
+            )
+
+    def services(self, api: Api, version: str) -> list[str]:
+        base = service_name(api, version)
+        if not api.compute.gpu:
+            return [base]
+        return [f"{base}-gpu{slot}" for slot in range(api.autoscaling.max_replicas)]
+
+    def raise_if_torn_down(self) -> None:
+        """Someone ran `docker compose down` (or removed the gateway) while we wait: stop, do not wait 10 minutes."""
+        gateway = docker(
+            "ps", "-q", "--filter", f"label={PROJECT_LABEL}={self.project}", "--filter", "label=stack.role=gateway"
+        ).split()
+        if not gateway:
+            raise StackError(
+                f"the stack {self.project} was torn down while `stack up` was waiting for it "
+                f"(its gateway is gone); run `stack up {self.loaded.root}` again"
+            )
+
+    def raise_if_failed(self, api: Api, containers: list[Container]) -> None:
+        broken = [c for c in containers if c.failed]
+        if not broken:
+            return
+        c = broken[0]
+        logs = subprocess.run(["docker", "logs", "--tail", "20", c.id], capture_output=True, text=True)
+        raise StackError(
+            f"replica {c.name} of API {api.name} failed to start "
+            f"(state {c.state}, exit code {c.exit_code}); its last log lines:\n{(logs.stdout + logs.stderr).strip()}"
+        )
+
+    def scale_to(self, api: Api, version: str, count: int) -> None:
+        services = self.services(api, version)
+        scales = (
+            [f"{s}={count}" for s in services]
+            if len(services) == 1
+            else [f"{s}={1 if i < count else 0}" for i, s in enumerate(services)]
+        )
+        args = [arg for scale in scales for arg in ("--scale", scale)]
+        self.compose("up", "-d", "--no-recreate", *args, *services)
+
+    def wait(self, api: Api, version: str, count: int, progress: Progress) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        last = ""
+        while True:
+            mine = [c for c in self.containers() if c.api == api.name and c.version == version]
+            ready = [c for c in mine if c.ready]
+            line = f"{api.name}: {len(ready)}/{count} replicas ready"
+            if line != last:
+                progress(line)
+                last = line
+            if len(ready) >= count:
+                return
+            self.raise_if_failed(api, mine)
+            if time.monotonic() > deadline:
+                raise StackError(f"{line} after {READY_TIMEOUT:.0f}s; see `stack logs {api.name}`")
+            time.sleep(1)
+
+    # -- status, logs, scale, down -----------------------------------------------------------------
+
+    def controller_notes(self) -> list[str]:
+        """Say so when the controller is not running: nothing replaces a killed replica then."""
+        ids = docker(
+            "ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}", "--filter", "label=stack.role=autoscaler"
+        ).split()
+        states = [item["State"] for item in json.loads(docker("inspect", *ids))] if ids else []
+        if any(state["Status"] == "running" for state in states):
+            return []
+        how = "missing"
+        if states:
+            state = states[0]
+            how = f"{state['Status']} (exit code {state.get('ExitCode', 0)}, since {state.get('FinishedAt', '?')[:19]})"
+        return [
+            f"the controller (autoscaler service) is {how}: killed replicas are not replaced, the gateway's routes "
+            f"do not follow the replicas and nothing autoscales; `stack up {self.loaded.root}` starts it again"
+        ]

@@ -1,0 +1,370 @@
+"""The local target's fleet: every API's replica processes, reconciled five times a second.
+
+Each API has a desired count; a pass reaps exited replicas (a start-up failure
+backs off, a crash is replaced), asks starting ones for /readyz, and takes one
+rolling-update step (stack.targets.rollout) toward the desired count of the
+current version. A replica joins the gateway only once ready and leaves it
+(confirmed through Traefik's API) before it is sent SIGTERM.
+
+The fleet is also what the control plane's autoscaler scales (`Scaler`) and
+what its activator wakes (`Waker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from serving.config import CONFIG_ENV
+from serving.runner import STARTUP_ERROR_ENV
+from stack.atomic import write_text_atomic
+from stack.autoscale.config import ApiScaling
+from stack.autoscale.scaler import Replicas
+from stack.control.routing import FileRouteSink
+from stack.plan.render import api_version
+from stack.plan.serving import api_keys_text, replica_config
+from stack.spec import Api, LoadedSpec
+from stack.status import ReplicaState
+from stack.targets.local.children import LocalServices, free_port, start_child, wait_or_kill
+from stack.targets.local.router import LocalRouter
+from stack.targets.local.state import LocalPaths
+from stack.targets.rollout import Fleet, next_step
+
+LOGGER = logging.getLogger("stack.targets.local")
+TICK = 0.2  # seconds between reconcile passes
+BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before restarting a replica that keeps failing
+GIVE_UP_AFTER = 5  # consecutive start-up failures before an API is marked failed
+CRASH_WINDOW = 30.0  # a ready replica that dies sooner than this after starting counts toward back-off
+STOP_MARGIN = 5.0
+STARTING, READY, DRAINING = ReplicaState.STARTING, ReplicaState.READY, ReplicaState.DRAINING
+
+
+@dataclass
+class Replica:
+    id: str
+    api: str
+    version: str
+    port: int
+    proc: asyncio.subprocess.Process
+    log: Path
+    state: ReplicaState = STARTING
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class ApiState:
+    spec: Api
+    version: str
+    desired: int
+    replicas: list[Replica] = field(default_factory=list)
+    restarts: int = 0
+    failures: int = 0  # consecutive start-up failures
+    crash_streak: int = 0  # ready replicas that crashed soon after starting, in a row
+    retry_at: float = 0.0
+    error: str | None = None
+    error_replica: str = ""  # the replica whose failure `error` is
+    counter: int = 0
+    events: list[str] = field(default_factory=list)
+    manual: bool = False  # `stack scale --force` took the API from the autoscaler until the next `stack up`
+
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state != DRAINING]
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state == READY]
+
+    def serving(self, routed: set[str]) -> list[Replica]:
+        """Ready replicas that Traefik confirmed it sends requests to."""
+        return [r for r in self.ready() if r.url in routed]
+
+    def event(self, message: str) -> None:
+        LOGGER.info(f"{self.spec.name}: {message}")
+        self.events = [*self.events[-19:], f"{time.strftime('%H:%M:%S')} {message}"]
+
+    def clear_failures(self) -> None:
+        self.failures, self.error, self.retry_at = 0, None, 0.0
+
+
+class LocalFleet:
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        paths: LocalPaths,
+        services: LocalServices,
+        session: aiohttp.ClientSession,
+        routes: FileRouteSink,
+    ) -> None:
+        self.loaded = loaded
+        self.paths = paths
+        self.services = services
+        self.session = session
+        self.router = LocalRouter(services, session, routes, self.routable)
+        self.apis: dict[str, ApiState] = {}
+        self.updating: set[str] = set()  # APIs in a rolling update
+        self.wake = asyncio.Event()  # set when a child exits or a count changes: reconcile now
+        self.tasks: set[asyncio.Task[None]] = set()  # drains and child watchers: kept, awaited at exit
+
+    def routable(self) -> dict[str, set[str]]:
+        """API -> the URLs of its ready replicas: what the gateway should route now."""
+        return {name: {r.url for r in s.ready()} for name, s in self.apis.items()}
+
+    def ready_urls(self, api: str) -> list[str]:
+        return [r.url for r in self.apis[api].ready()] if api in self.apis else []
+
+    def versions(self) -> dict[str, str]:
+        return {name: state.version for name, state in self.apis.items()}
+
+    # -- the spec -----------------------------------------------------------------------------
+
+    def apply_spec(self, loaded: LoadedSpec, digest: str, first: bool = False) -> None:
+        if loaded.spec.gateway.api_keys:
+            write_text_atomic(self.paths.api_keys, api_keys_text(loaded), 0o600)
+        else:
+            self.paths.api_keys.unlink(missing_ok=True)
+        for api in loaded.spec.apis:
+            version = api_version(api, digest)
+            current = self.apis.get(api.name)
+            if current is None:
+                self.apis[api.name] = ApiState(api, version, api.autoscaling.initial)
+                if not first:
+                    self.apis[api.name].event("added")
+                continue
+            if current.version != version:
+                current.event(f"rolling update to version {version}")
+                current.clear_failures()
+                self.updating.add(api.name)
+            current.spec, current.version = api, version
+            current.manual = False  # `stack up` hands the API back to the autoscaler
+            current.desired = min(max(current.desired, api.autoscaling.min_replicas), api.autoscaling.max_replicas)
+        for name in [n for n in self.apis if n not in {a.name for a in loaded.spec.apis}]:
+            self.apis[name].desired = 0
+            self.apis[name].event("removed from stack.yaml; draining")
+        self.loaded = loaded
+        self.wake.set()
+
+    # -- the reconcile loop ---------------------------------------------------------------------
+
+    async def reconcile(self, stopping: asyncio.Event) -> None:
+        try:
+            while not stopping.is_set():
+                self.wake.clear()
+                await self._tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), TICK)
+        finally:
+            await self._shutdown()
+
+    async def _tick(self) -> None:
+        for state in list(self.apis.values()):
+            self._reap(state)
+            await self._probe(state)
+            await self._step(state)
+        await self.router.sync()
+        spec_names = {a.name for a in self.loaded.spec.apis}
+        for name in [n for n, s in self.apis.items() if s.desired == 0 and not s.replicas and n not in spec_names]:
+            del self.apis[name]
+
+    def _reap(self, state: ApiState) -> None:
+        for replica in list(state.replicas):
+            code = replica.proc.returncode
+            if code is None:
+                continue
+            state.replicas.remove(replica)
+            if replica.state == DRAINING:
+                continue
+            if replica.state == STARTING:
+                state.failures += 1
+                state.error_replica = replica.id
+                state.error = (
+                    _startup_error(self._error_file(replica.id))
+                    or f"replica {replica.id} exited with code {code} while starting"
+                )
+                delay = BACKOFF[min(state.failures - 1, len(BACKOFF) - 1)]
+                state.retry_at = time.monotonic() + delay
+                state.event(f"replica {replica.id} failed to start (exit {code}): {state.error}; retry in {delay}s")
+            else:
+                state.restarts += 1
+                # A replica that keeps crashing soon after it started is replaced with back-off.
+                uptime = time.monotonic() - replica.started
+                state.crash_streak = state.crash_streak + 1 if uptime < CRASH_WINDOW else 1
+                delay = BACKOFF[min(state.crash_streak - 2, len(BACKOFF) - 1)] if state.crash_streak > 1 else 0
+                state.retry_at = time.monotonic() + delay
+                wait = f" in {delay}s (crashed {state.crash_streak} times in a row)" if delay else ""
+                state.event(f"replica {replica.id} exited with code {code}; replacing it{wait}")
+
+    async def _probe(self, state: ApiState) -> None:
+        for replica in [r for r in state.replicas if r.state == STARTING]:
+            try:
+                async with self.session.get(
+                    replica.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)
+                ) as response:
+                    ready = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ready = False
+            if ready:
+                replica.state = READY
+                state.failures, state.error = 0, None
+                state.event(f"replica {replica.id} ready after {time.monotonic() - replica.started:.1f}s")
+
+    async def _step(self, state: ApiState) -> None:
+        live = state.live()
+        new = [r for r in live if r.version == state.version]
+        old = [r for r in live if r.version != state.version]
+        surge, unavailable = state.spec.update.resolve(max(state.desired, 1))
+        can_start = time.monotonic() >= state.retry_at and state.failures < GIVE_UP_AFTER
+        if state.failures >= GIVE_UP_AFTER and not any(r.state == STARTING for r in new):
+            state.error = state.error or "replicas keep failing to start"
+        fleet = Fleet(
+            new_ready=sum(r.state == READY for r in new),
+            new_starting=sum(r.state == STARTING for r in new),
+            old_ready=sum(r.state == READY for r in old),
+            old_starting=sum(r.state == STARTING for r in old),
+        )
+        step = next_step(fleet, state.desired, surge, unavailable)
+        for _ in range(step.start if can_start else 0):
+            await self._start_replica(state)
+        # Old versions: not-ready ones first, ready ones only while enough others serve.
+        retiring = [r for r in old if r.state != READY][: step.stop_old_starting]
+        retiring += [r for r in old if r.state == READY][: step.stop_old_ready]
+        for replica in retiring:
+            self._drain(state, replica, "replaced by the new version")
+        # Scale down: still-starting replicas first, then the newest.
+        for replica in sorted(new, key=lambda r: (r.state == READY, -r.started))[: step.stop_new]:
+            self._drain(state, replica, "scaled down")
+        if step.done and state.spec.name in self.updating:
+            self.updating.discard(state.spec.name)
+            state.event("rolling update done")
+
+    def _error_file(self, replica_id: str) -> Path:
+        return self.paths.logs / f"{replica_id}.error.json"
+
+    async def _start_replica(self, state: ApiState) -> None:
+        state.counter += 1
+        replica_id = f"{state.spec.name}-{state.counter}"
+        port = free_port()
+        config = replica_config(
+            self.loaded, state.spec, host="127.0.0.1", port=port, drain_delay=0.0, keys_file=str(self.paths.api_keys)
+        )
+        log = self.paths.replica_log(replica_id)
+        error_file = self._error_file(replica_id)
+        error_file.unlink(missing_ok=True)
+        env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json()}
+        env[STARTUP_ERROR_ENV] = str(error_file)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        for name in self.loaded.secret_env:  # the keys' variables: replicas read the keys file instead
+            env.pop(name, None)
+        proc = await start_child([sys.executable, "-m", "serving"], log, env=env, cwd=self.loaded.root)
+        state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log))
+        # Its exit wakes the reconcile loop at once: a dead replica leaves the router
+        # within milliseconds instead of at the next tick.
+        self._spawn(self._watch(proc))
+        state.event(f"started replica {replica_id} (version {state.version}, port {port})")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        self.wake.set()
+
+    def _drain(self, state: ApiState, replica: Replica, why: str) -> None:
+        was_routed = replica.state == READY
+        replica.state = DRAINING
+        state.event(f"draining replica {replica.id}: {why}")
+        # Out of the router first; SIGTERM only once Traefik confirms it is gone.
+        self._spawn(self._terminate_when_unrouted(replica, was_routed))
+
+    async def _terminate_when_unrouted(self, replica: Replica, was_routed: bool) -> None:
+        if was_routed:
+            await self.router.wait_unrouted(replica.api, replica.url)
+        if replica.proc.returncode is None:
+            replica.proc.send_signal(signal.SIGTERM)
+
+    async def _shutdown(self) -> None:
+        LOGGER.info("shutting down")
+        every = [r for a in self.apis.values() for r in a.replicas]
+        for replica in every:
+            if replica.proc.returncode is None:
+                replica.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + max(
+            (a.spec.predictor.grace_period + STOP_MARGIN for a in self.apis.values()), default=10
+        )
+        await asyncio.gather(*(wait_or_kill(r.proc, deadline) for r in every))
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # -- what the control plane drives: its Scaler, its Waker, and the Fleet's questions ---------
+
+    def manual(self, api: str) -> bool:
+        return api in self.apis and self.apis[api].manual
+
+    def rolling_out(self, api: str) -> str | None:
+        return f"{api} is rolling out its new version" if api in self.updating else None
+
+    def set_desired(self, api: str, count: int, why: str, by_hand: bool = False) -> None:
+        state = self.apis[api]
+        state.desired = count
+        state.manual = state.manual or by_hand
+        state.failures, state.retry_at = 0, 0.0
+        state.event(why)
+        self.wake.set()
+
+    async def replicas(self, api: ApiScaling) -> Replicas:
+        state = self.apis[api.name]
+        ready = state.serving(self.router.serving_urls(api.name))
+        busy = "rolling update in progress" if api.name in self.updating else ""
+        return Replicas(state.desired, len(ready), busy)
+
+    async def scale(self, api: ApiScaling, count: int, reason: str) -> None:
+        state = self.apis[api.name]
+        bounds = state.spec.autoscaling
+        wanted = min(max(count, bounds.min_replicas), bounds.max_replicas)
+        self.set_desired(api.name, wanted, f"autoscaler: {state.desired} -> {wanted}: {reason}")
+
+    def known(self, api: str) -> bool:
+        return api in self.apis
+
+    async def activate(self, api: str) -> None:
+        state = self.apis[api]
+        if state.desired == 0:
+            state.desired = 1
+            state.clear_failures()
+            state.event("a request woke it from zero")
+            self.wake.set()
+
+    async def ready_url(self, api: str) -> str | None:
+        state = self.apis[api]
+        ready = [r for r in state.ready() if r.version == state.version]
+        return ready[0].url if ready else None
+
+    def start_error(self, api: str) -> str | None:
+        state = self.apis[api]
+        return state.error if state.failures >= GIVE_UP_AFTER else None
+
+
+def _startup_error(error_file: Path) -> str | None:
+    """The reason a replica wrote for not starting (serving.runner.report_startup_error)."""
+    try:
+        data = json.loads(error_file.read_text())
+    except (OSError, ValueError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, str) else None
