@@ -140,7 +140,7 @@ def test_values_carried_across_a_prometheus_restart_are_no_data(tmp_path: Path, 
         "--web.listen-address=127.0.0.1:{port}",
     ]
     url = f"http://127.0.0.1:{port}"
-    window = 15.0
+    window = 8.0
     first = servers.start(command, port=port, wait_ready=False)
     with Load(replica.url + "/", concurrency=4, max_seconds=60):
         busy = wait_for_signal(url, lambda s: s.in_flight is not None and s.in_flight > 3.0)

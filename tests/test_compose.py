@@ -6,13 +6,13 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from cli import stack
 
 from conftest import EXAMPLES, free_port
 from loadgen import Load
@@ -31,14 +31,6 @@ def _docker_ready() -> str | None:
 
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
-STACK = [sys.executable, "-m", "stack.cli"]
-
-
-def stack(*args: str, cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*STACK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"stack {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def write_spec(root: Path, project: str, port: int, prom_port: int, greeting: str) -> None:
@@ -76,12 +68,12 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     port = free_port()
     write_spec(root, name, port, free_port(), "v1")
     yield root, name, port
-    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    stack("down", "--volumes", str(root), cwd=root, check=False)
     for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
-def test_up_update_status_kill_down(project: tuple[Path, str, int]) -> None:
+def test_up_scale_update_status_kill_down(project: tuple[Path, str, int]) -> None:
     root, name, port = project
     url = f"http://127.0.0.1:{port}/echo"
     up = stack("up", str(root), cwd=root)
@@ -98,6 +90,20 @@ def test_up_update_status_kill_down(project: tuple[Path, str, int]) -> None:
     again = stack("up", str(root), cwd=root)
     assert "is up to date" in again.stderr and "rolling update" not in again.stderr
     assert {c["Id"] for c in containers(name)} >= {c["Id"] for c in replicas}
+
+    # `stack scale`: refused while autoscaled, taken with --force; `stack logs` names each replica.
+    refused = stack("scale", "echo", "3", "-p", str(root), cwd=root, check=False)
+    assert refused.returncode == 1 and "the autoscaler owns echo" in refused.stderr
+    stack("scale", "echo", "3", "--force", "-p", str(root), cwd=root)
+    api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+    assert (api["ready"], api["desired"]) == (3, 3) and api["autoscaled"] is False, api
+    logs = stack("logs", "echo", "-p", str(root), cwd=root).stdout
+    assert "ready: api echo" in logs
+    ids = {r["id"] for r in api["replicas"]}
+    prefixes = {line.split(" | ", 1)[0].strip() for line in logs.splitlines() if " | " in line}
+    assert prefixes == ids, (prefixes, ids)
+    unknown = stack("logs", str(root), "nope", cwd=root, check=False)
+    assert unknown.returncode == 1 and "no API named 'nope'" in unknown.stderr
 
     # Change the predictor's config and `stack up` under load: a rolling update with no failed request.
     write_spec(root, name, port, _prom_port(root), "v2")
@@ -116,7 +122,8 @@ def test_up_update_status_kill_down(project: tuple[Path, str, int]) -> None:
             break
         requests.post(url, json={}, timeout=10)
         time.sleep(1)
-    assert api["status"] == "live" and (api["ready"], api["desired"]) == (2, 2), api
+    # The update kept the count set by hand (3) and handed the API back to the autoscaler.
+    assert api["status"] == "live" and (api["ready"], api["desired"]) == (3, 3) and api["autoscaled"], api
     assert api["2xx"] > 0 and api["requests_per_second"] > 0 and api["p99_ms"] is not None, api
     table = stack("status", "-p", str(root), cwd=root).stdout
     assert "req/s" in table and "live" in table
@@ -130,17 +137,18 @@ def test_up_update_status_kill_down(project: tuple[Path, str, int]) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
-            if api["ready"] == 2 and time.monotonic() > deadline - 55:
+            if api["ready"] == 3 and time.monotonic() > deadline - 55:
                 break
             time.sleep(1)
-    assert api["ready"] == 2, api
+    assert api["ready"] == 3, api
     # Lost: what was in flight on the crashed replica, and what Traefik sent it before the engine
     # reported the death; requests in flight can hang until the client's timeout, because the
     # container's network goes with it. Each of the 4 clients can lose at most about one of each.
     assert load.failures <= 8 and load.codes[200] > 50, load.codes
 
-    stack("down", "--volumes", str(root), cwd=root)
+    assert stack("down", "--volumes", str(root), cwd=root).stdout.strip() == "stopped"
     assert containers(name) == []
+    assert stack("down", str(root), cwd=root).stdout.strip() == "nothing was running"
     networks = subprocess.run(
         ["docker", "network", "ls", "-q", "--filter", f"name={name}-stack"], capture_output=True, text=True
     ).stdout.split()
@@ -173,26 +181,6 @@ def test_gateway_port_in_use(project: tuple[Path, str, int]) -> None:
         result = stack("up", str(root), cwd=root, check=False)
     assert result.returncode == 1
     assert f"gateway port {port} is already in use" in result.stderr
-
-
-def test_scale_refused_while_autoscaled(project: tuple[Path, str, int]) -> None:
-    root, _name, _port = project
-    stack("up", str(root), cwd=root)
-    refused = stack("scale", "echo", "3", "-p", str(root), cwd=root, check=False)
-    assert refused.returncode == 1 and "the autoscaler owns echo" in refused.stderr
-    stack("scale", "echo", "3", "--force", "-p", str(root), cwd=root)
-    api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
-    assert (api["ready"], api["desired"]) == (3, 3)
-    logs = stack("logs", "echo", "-p", str(root), cwd=root).stdout
-    assert "ready: api echo" in logs
-    # Each line names its replica as `stack status` does.
-    replicas = {r["id"] for r in api["replicas"]}
-    prefixes = {line.split(" | ", 1)[0].strip() for line in logs.splitlines() if " | " in line}
-    assert prefixes == replicas, (prefixes, replicas)
-    unknown = stack("logs", str(root), "nope", cwd=root, check=False)
-    assert unknown.returncode == 1 and "no API named 'nope'" in unknown.stderr
-    assert stack("down", str(root), cwd=root).stdout.strip() == "stopped"
-    assert stack("down", str(root), cwd=root).stdout.strip() == "nothing was running"
 
 
 def test_gpu_api_without_nvidia_runtime(project: tuple[Path, str, int]) -> None:

@@ -22,7 +22,7 @@ import requests
 
 from conftest import PREDICTORS, free_port
 from loadgen import Load
-from test_compose import STACK, containers, pytestmark, stack  # noqa: F401  (pytestmark: skip without Docker)
+from test_compose import containers, pytestmark, stack  # noqa: F401  (pytestmark: skip without Docker)
 
 
 @pytest.fixture
@@ -39,19 +39,21 @@ def slow_project(tmp_path: Path) -> Iterator[tuple[Path, str, int, int]]:
         "build: {wheelhouse: true}\n"
         "apis:\n"
         "  - name: slow\n"
-        # The default drain_delay (5 s): Traefik only drops a stopping replica once Docker's
-        # health check has failed twice (2 s apart); shorter, an idle replica could exit first.
-        "    predictor: {path: predictor.py, grace_period: 5s}\n"
+        # A short drain: the controller takes a stopping replica out of the routes on the engine's
+        # kill event, before the replica stops listening.
+        "    predictor: {path: predictor.py, grace_period: 5s, drain_delay: 1s}\n"
         "    autoscaling:\n"
         "      min_replicas: 1\n"
         "      max_replicas: 6\n"
         "      target_replica_concurrency: 1\n"
-        "      window: 4s\n"
+        "      window: 3s\n"
+        "      max_upscale_factor: 4\n"
+        "      max_downscale_factor: 0.25\n"
         "      upscale_stabilization_period: 0s\n"
-        "      downscale_stabilization_period: 10s\n"
+        "      downscale_stabilization_period: 5s\n"
     )
     yield root, name, port, prom_port
-    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    stack("down", "--volumes", str(root), cwd=root, check=False)
     for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
@@ -75,6 +77,19 @@ def wait_for(check, timeout: float, what: str) -> None:  # type: ignore[no-untyp
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def last_decision(root: Path) -> str:
+    """The autoscaler's latest reason for the API, as `stack status slow` shows it (its decisions file)."""
+    try:
+        return str(json.loads((root / ".stack/autoscaler/decisions.json").read_text())["slow"]["last"])
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def desired_count(root: Path) -> int:
+    """The count the controller keeps for the API (what the autoscaler last set)."""
+    return int(json.loads((root / ".stack/autoscaler/desired.json").read_text())["slow"]["replicas"])
 
 
 def autoscaler_logs(name: str) -> str:
@@ -141,12 +156,13 @@ def test_load_grows_the_api_and_idle_shrinks_it(slow_project: tuple[Path, str, i
         time.sleep(2)
     assert load.total > 100 and load.failures == 0, load.codes
 
-    # Prometheus stops: no data, so no scale-down, however long the idle lasts.
-    held = len(replicas(name))
+    # Prometheus stops: no data, so no scale-down, however long the idle lasts. The count is read once
+    # the autoscaler holds on "no data" (before, a decision taken on the last data may still apply).
     subprocess.run(["docker", "stop", prometheus], capture_output=True, check=True)
-    time.sleep(20)  # window 4 s + downscale stabilization 10 s + several ticks
-    assert len(replicas(name)) == held
-    assert "hold: no data (Prometheus query failed" in autoscaler_logs(name)
+    wait_for(lambda: "hold: no data" in last_decision(root), 60, "the autoscaler to hold on no data")
+    held = desired_count(root)
+    time.sleep(10)  # window 3 s + downscale stabilization 5 s + ticks: idle long enough to shrink, with data
+    assert desired_count(root) == held and "hold: no data (Prometheus query failed" in last_decision(root)
 
     # Prometheus is back and the API is idle: down to min_replicas after the stabilization period.
     subprocess.run(["docker", "start", prometheus], capture_output=True, check=True)
@@ -178,9 +194,9 @@ def test_scale_force_takes_the_api_from_the_autoscaler(slow_project: tuple[Path,
     root, name, _port, _prom = slow_project
     stack("up", str(root), cwd=root)
     stack("scale", "slow", "3", "--force", "-p", str(root), cwd=root)
-    time.sleep(20)  # idle: the autoscaler would shrink it to 1 after the stabilization period
+    # Idle: the autoscaler would shrink it to 1 after the stabilization period; it holds instead.
+    wait_for(lambda: "set by hand with `stack scale --force`" in last_decision(root), 30, "the autoscaler to hold")
     assert len(replicas(name)) == 3
-    assert "set by hand with `stack scale --force`" in autoscaler_logs(name)
     status = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
     assert status["autoscaled"] is False
     # The next `stack up` hands it back.

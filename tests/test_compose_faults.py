@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from cli import STACK
 
 from conftest import EXAMPLES, free_port
 from loadgen import Load
 from stack.atomic import ProjectLock
-from test_compose import STACK, _docker_ready, _prom_port, containers, stack, write_spec
+from test_compose import _docker_ready, _prom_port, containers, stack, write_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
 
@@ -40,7 +41,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[P
     )
     monkeypatch.setenv("FAULT_KEYS", KEY)
     yield root, name, port
-    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    stack("down", "--volumes", str(root), cwd=root, check=False)
     for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 

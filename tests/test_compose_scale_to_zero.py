@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from conftest import EXAMPLES, free_port
-from test_compose import STACK, _docker_ready, containers, stack
+from test_compose import _docker_ready, containers, stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
 
@@ -41,7 +41,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
         "      upscale_stabilization_period: 0s\n"
     )
     yield root, name, port
-    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    stack("down", "--volumes", str(root), cwd=root, check=False)
     for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 

@@ -16,7 +16,7 @@ from test_split import check_decided, shares, watch_canaries, write_canary_proje
 
 from conftest import EXAMPLES, free_port
 from loadgen import Load
-from test_compose import STACK, _docker_ready, stack
+from test_compose import _docker_ready, stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
 
@@ -32,7 +32,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     prometheus = f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
     spec.write_text(spec.read_text().replace("project: splits\n", f"project: {name}\n{prometheus}"))
     yield root, name, port
-    subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+    stack("down", "--volumes", str(root), cwd=root, check=False)
     for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
@@ -97,7 +97,7 @@ def test_canaries_on_compose(tmp_path: Path) -> None:
             time.sleep(1)
         assert found, query
     finally:
-        subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True, timeout=300)
+        stack("down", "--volumes", str(root), cwd=root, check=False)
         for image in subprocess.run(
             ["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True
         ).stdout.split():

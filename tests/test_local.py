@@ -7,27 +7,17 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from cli import stack
 
 from conftest import EXAMPLES, PREDICTORS, free_port
 from loadgen import Load
 from stack.targets.local.state import pid_alive
-
-STACK = [sys.executable, "-m", "stack.cli"]
-
-
-def stack(*args: str, cwd: Path, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*STACK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"stack {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def status(project: Path) -> dict:
@@ -56,7 +46,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     port = free_port()
     write_spec(root, port)
     yield root, port
-    subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)
+    stack("down", "--local", str(root), cwd=root, check=False)
 
 
 def listening(port: int) -> bool:
@@ -199,9 +189,11 @@ def test_autoscaling_follows_a_load_step(tmp_path: Path, with_prometheus: bool) 
         "      min_replicas: 1\n"
         "      max_replicas: 6\n"
         "      target_replica_concurrency: 1\n"
-        "      window: 4s\n"
+        "      window: 2s\n"
+        "      max_upscale_factor: 4\n"
+        "      max_downscale_factor: 0.25\n"
         "      upscale_stabilization_period: 0s\n"
-        "      downscale_stabilization_period: 6s\n"
+        "      downscale_stabilization_period: 3s\n"
     )
     try:
         stack("up", "--local", str(root), cwd=root)
@@ -229,10 +221,16 @@ def test_autoscaling_follows_a_load_step(tmp_path: Path, with_prometheus: bool) 
         if with_prometheus:  # the autoscaler's own metrics are scraped too
             url = json.loads((root / ".stack/local/state.json").read_text())["prometheus_url"]
             query = 'sum(stack_autoscaler_decisions_total{api="slow",direction="down"})'
-            result = requests.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+            deadline = time.monotonic() + 30  # the next scrapes of the supervisor's /metrics
+            while time.monotonic() < deadline:
+                answer = requests.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()
+                result = answer["data"]["result"]
+                if result and float(result[0]["value"][1]) >= 1:
+                    break
+                time.sleep(0.5)
             assert result and float(result[0]["value"][1]) >= 1, result
     finally:
-        subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)
+        stack("down", "--local", str(root), cwd=root, check=False)
 
 
 def test_spec_file_paths_status_counts_and_notes(project: tuple[Path, int]) -> None:

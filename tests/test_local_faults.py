@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import requests
-from test_local import STACK, listening, project, stack, status
+from cli import STACK
+from test_local import listening, project, stack, status
 
 from stack.atomic import ProjectLock
 from stack.targets.local.state import LocalPaths, pid_alive

@@ -17,13 +17,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from cli import Ran
+from cli import stack as run_stack
 from nomad_standin import Failure, NomadStandIn
 
 from conftest import EXAMPLES, free_port
@@ -31,17 +32,11 @@ from test_compose import _docker_ready
 
 REAL_NOMAD = os.environ.get("NOMAD_ADDR")
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
-STACK = [sys.executable, "-m", "stack.cli"]
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def stack(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*STACK, *args], cwd=cwd, capture_output=True, text=True, timeout=900, env={**os.environ, **env}
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"stack {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
+def stack(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> Ran:
+    return run_stack(*args, cwd=cwd, env=env, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import requests
-from test_local import STACK, stack
+from cli import STACK
+from test_local import stack
 
 from conftest import EXAMPLES, free_port
 from loadgen import Load
@@ -48,7 +49,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     port = free_port()
     write_spec(root, port)
     yield root, port
-    subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)
+    stack("down", "--local", str(root), cwd=root, check=False)
 
 
 def shares(url: str, count: int, clients: int = 4) -> collections.Counter[str]:
@@ -313,4 +314,4 @@ def test_canaries_promote_a_healthy_version_and_roll_back_a_failing_one(tmp_path
         since = since[len(since) - since[::-1].index("start") :]
         assert "advance" not in since and since[-1] == "rollback", canary["decisions"]
     finally:
-        subprocess.run([*STACK, "down", "--local", str(root)], capture_output=True, timeout=120)
+        stack("down", "--local", str(root), cwd=root, check=False)

@@ -323,7 +323,7 @@ class LocalFleet:
         state = self.apis[api]
         state.desired = count
         state.manual = state.manual or by_hand
-        state.failures, state.retry_at = 0, 0.0
+        state.clear_failures()  # a new count is a fresh attempt: its replicas start without back-off
         state.event(why)
         self.wake.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -36,6 +37,14 @@ from stack.targets.local.state import (
 from stack.traffic import prometheus_traffic
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
+_SUPERVISORS: list[subprocess.Popen[bytes]] = []  # started by this process (several, in a test run)
+
+
+@atexit.register
+def _reap() -> None:
+    """Collect the supervisors this process started that have exited since (a `stack down` in the same process)."""
+    for proc in _SUPERVISORS:
+        proc.poll()
 Progress = Callable[[str], None]
 
 
@@ -134,6 +143,7 @@ class LocalTarget:
             start_new_session=True,
         )
         log.close()
+        _SUPERVISORS.append(proc)  # it outlives this command: Python must not warn that it is still running
         progress(f"started the supervisor (pid {proc.pid}); logs in {self.paths.logs}")
         deadline = time.monotonic() + 30
         while not self._started():
