@@ -26,8 +26,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def scraped(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[Server, str]]:
+def start_scraped(tmp_path: Path, servers: ServerFactory) -> tuple[Server, str]:
+    """A replica, and a real Prometheus scraping it every second (ready to answer queries)."""
     replica = servers.serving(PREDICTORS / "quarter_second.py", api="slow")
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -56,7 +56,21 @@ def scraped(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[Server, st
             time.sleep(0.2)
     else:
         raise AssertionError(prometheus.logs())
-    yield replica, url
+    return replica, url
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    """One replica and Prometheus for the tests that only read them."""
+    factory = ServerFactory(tmp_path_factory.mktemp("scraped"))
+    yield start_scraped(factory.tmp_path, factory)
+    factory.close()
+
+
+@pytest.fixture
+def scraped(tmp_path: Path, servers: ServerFactory) -> tuple[Server, str]:
+    """Their own replica and Prometheus, for a test that stops one."""
+    return start_scraped(tmp_path, servers)
 
 
 def read(url: str, api: str = "slow", window: float = 3.0) -> Signal:
@@ -76,8 +90,8 @@ def wait_for_signal(url: str, check, timeout: float = 30) -> Signal:  # type: ig
     return signal
 
 
-def test_in_flight_under_load_and_idle(scraped: tuple[Server, str]) -> None:
-    replica, url = scraped
+def test_in_flight_under_load_and_idle(shared: tuple[Server, str]) -> None:
+    replica, url = shared
     idle = wait_for_signal(url, lambda s: s.in_flight is not None)
     assert idle.in_flight == 0.0  # a real zero: the series exists and says so
     with Load(replica.url + "/", concurrency=4, max_seconds=60):
@@ -85,8 +99,8 @@ def test_in_flight_under_load_and_idle(scraped: tuple[Server, str]) -> None:
     assert busy.in_flight is not None and 3.5 < busy.in_flight <= 4.0, busy
 
 
-def test_an_api_without_series_is_missing_data_not_zero(scraped: tuple[Server, str]) -> None:
-    _, url = scraped
+def test_an_api_without_series_is_missing_data_not_zero(shared: tuple[Server, str]) -> None:
+    _, url = shared
     wait_for_signal(url, lambda s: s.in_flight is not None)
     signal = read(url, api="nosuchapi")
     assert signal.in_flight is None and "no in-flight series" in signal.missing_reason
@@ -106,8 +120,8 @@ def test_a_replica_gone_is_missing_data(scraped: tuple[Server, str]) -> None:
     assert gone.in_flight is None and gone.missing_reason, gone
 
 
-def test_nan_is_missing_data(scraped: tuple[Server, str]) -> None:
-    _, url = scraped
+def test_nan_is_missing_data(shared: tuple[Server, str]) -> None:
+    _, url = shared
 
     async def go() -> float | None:
         async with aiohttp.ClientSession() as session:
@@ -140,7 +154,7 @@ def test_values_carried_across_a_prometheus_restart_are_no_data(tmp_path: Path, 
         "--web.listen-address=127.0.0.1:{port}",
     ]
     url = f"http://127.0.0.1:{port}"
-    window = 8.0
+    window = 15.0
     first = servers.start(command, port=port, wait_ready=False)
     with Load(replica.url + "/", concurrency=4, max_seconds=60):
         busy = wait_for_signal(url, lambda s: s.in_flight is not None and s.in_flight > 3.0)

@@ -37,3 +37,10 @@ def test_ruff() -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     style = run(ruff, "format", "--check", "--no-cache", ".")
     assert style.returncode == 0, style.stdout + style.stderr
+
+
+def test_imports_point_down_and_nothing_is_too_big() -> None:
+    """serving < spec < plan < shared modules < targets < cli, no cycle, no target importing another,
+    no isinstance on a target's classes outside it, classes <= 300 and modules <= 600 lines."""
+    result = run(sys.executable, str(ROOT / "tests" / "structure_check.py"), str(ROOT))
+    assert result.returncode == 0 and "structure: 0 problems" in result.stdout, result.stdout + result.stderr

@@ -68,6 +68,17 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     port = free_port()
     write_spec(root, name, port, free_port(), "v1")
     yield root, name, port
+    remove_project(root, name)
+
+
+def remove_project(root: Path, name: str) -> None:
+    """After a test: its containers killed (no drain: nobody is waiting for them), then `stack down
+    --volumes` for the network and volumes, then its images."""
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={name}"], capture_output=True, text=True
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
     stack("down", "--volumes", str(root), cwd=root, check=False)
     for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)

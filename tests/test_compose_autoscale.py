@@ -22,7 +22,7 @@ import requests
 
 from conftest import PREDICTORS, free_port
 from loadgen import Load
-from test_compose import containers, pytestmark, stack  # noqa: F401  (pytestmark: skip without Docker)
+from test_compose import containers, pytestmark, remove_project, stack  # noqa: F401  (pytestmark: skip without Docker)
 
 
 @pytest.fixture
@@ -53,9 +53,7 @@ def slow_project(tmp_path: Path) -> Iterator[tuple[Path, str, int, int]]:
         "      downscale_stabilization_period: 5s\n"
     )
     yield root, name, port, prom_port
-    stack("down", "--volumes", str(root), cwd=root, check=False)
-    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    remove_project(root, name)
 
 
 def replicas(name: str) -> list[dict]:
@@ -131,7 +129,7 @@ def compose_ps(root: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def test_load_grows_the_api_and_idle_shrinks_it(slow_project: tuple[Path, str, int, int]) -> None:
+def test_load_grows_the_api_idle_shrinks_it_and_scale_force_takes_it(slow_project: tuple[Path, str, int, int]) -> None:
     root, name, port, prom_port = slow_project
     url = f"http://127.0.0.1:{port}/slow"
     stack("up", str(root), cwd=root)
@@ -185,20 +183,16 @@ def test_load_grows_the_api_and_idle_shrinks_it(slow_project: tuple[Path, str, i
 
     wait_for(decisions_up, 30, "the autoscaler's metrics in Prometheus")
 
-    # `stack down` removes every replica, the added ones too.
-    stack("down", str(root), cwd=root)
-    assert containers(name) == []
-
-
-def test_scale_force_takes_the_api_from_the_autoscaler(slow_project: tuple[Path, str, int, int]) -> None:
-    root, name, _port, _prom = slow_project
-    stack("up", str(root), cwd=root)
+    # `stack scale --force` takes the API from the autoscaler: idle, it would shrink it to 1 after the
+    # stabilization period; it holds instead, until the next `stack up` hands it back.
     stack("scale", "slow", "3", "--force", "-p", str(root), cwd=root)
-    # Idle: the autoscaler would shrink it to 1 after the stabilization period; it holds instead.
     wait_for(lambda: "set by hand with `stack scale --force`" in last_decision(root), 30, "the autoscaler to hold")
     assert len(replicas(name)) == 3
     status = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
     assert status["autoscaled"] is False
-    # The next `stack up` hands it back.
     stack("up", str(root), cwd=root)
     wait_for(lambda: len(replicas(name)) == 1, 90, "the autoscaler to take the API back and shrink it")
+
+    # `stack down` removes every replica, the added ones too.
+    stack("down", str(root), cwd=root)
+    assert containers(name) == []

@@ -18,7 +18,7 @@ from cli import STACK
 from conftest import EXAMPLES, free_port
 from loadgen import Load
 from stack.atomic import ProjectLock
-from test_compose import _docker_ready, _prom_port, containers, stack, write_spec
+from test_compose import _docker_ready, _prom_port, containers, remove_project, stack, write_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
 
@@ -41,9 +41,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[P
     )
     monkeypatch.setenv("FAULT_KEYS", KEY)
     yield root, name, port
-    stack("down", "--volumes", str(root), cwd=root, check=False)
-    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    remove_project(root, name)
 
 
 def api_status(root: Path) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from conftest import EXAMPLES, free_port
-from test_compose import _docker_ready, containers, stack
+from test_compose import _docker_ready, containers, remove_project, stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
 
@@ -31,19 +30,18 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
         f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
         "apis:\n"
         "  - name: echo\n"
-        "    predictor: {path: predictor.py}\n"
+        # A short drain: the controller takes a stopping replica out of the routes on its kill event.
+        "    predictor: {path: predictor.py, drain_delay: 1s}\n"
         "    autoscaling:\n"
         "      min_replicas: 0\n"
         "      max_replicas: 2\n"
-        "      idle_timeout: 5s\n"
+        "      idle_timeout: 3s\n"
         "      window: 4s\n"
         "      downscale_stabilization_period: 2s\n"
         "      upscale_stabilization_period: 0s\n"
     )
     yield root, name, port
-    stack("down", "--volumes", str(root), cwd=root, check=False)
-    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    remove_project(root, name)
 
 
 def api_status(root: Path) -> dict:
@@ -58,7 +56,7 @@ def wait_for(root: Path, state: str, timeout: float = 120) -> dict:
             return api
         if time.monotonic() > deadline:
             raise AssertionError(f"not {state} within {timeout}s: {api}")
-        time.sleep(1)
+        time.sleep(0.5)
 
 
 def running(name: str) -> list[dict]:

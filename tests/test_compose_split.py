@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from test_split import check_decided, shares, watch_canaries, write_canary_proje
 
 from conftest import EXAMPLES, free_port
 from loadgen import Load
-from test_compose import _docker_ready, stack
+from test_compose import _docker_ready, remove_project, stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None, reason=str(_docker_ready()))]
 
@@ -32,9 +31,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     prometheus = f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
     spec.write_text(spec.read_text().replace("project: splits\n", f"project: {name}\n{prometheus}"))
     yield root, name, port
-    stack("down", "--volumes", str(root), cwd=root, check=False)
-    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    remove_project(root, name)
 
 
 def test_weights_and_live_reweighting_on_compose(project: tuple[Path, str, int]) -> None:
@@ -97,8 +94,4 @@ def test_canaries_on_compose(tmp_path: Path) -> None:
             time.sleep(1)
         assert found, query
     finally:
-        stack("down", "--volumes", str(root), cwd=root, check=False)
-        for image in subprocess.run(
-            ["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True
-        ).stdout.split():
-            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+        remove_project(root, name)

@@ -216,7 +216,7 @@ CANARY_API = """\
 ROLLOUT = """\
   - name: {name}
     apis: [{{name: stable, weight: 100}}, {{name: {canary}, weight: 0}}]
-    canary: {{api: {canary}, steps: [10, 50, 100], interval: 4s, min_requests: 20}}
+    canary: {{api: {canary}, steps: [10, 50, 100], interval: 2s, min_requests: 20}}
 """
 
 

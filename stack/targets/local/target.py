@@ -45,6 +45,8 @@ def _reap() -> None:
     """Collect the supervisors this process started that have exited since (a `stack down` in the same process)."""
     for proc in _SUPERVISORS:
         proc.poll()
+
+
 Progress = Callable[[str], None]
 
 
