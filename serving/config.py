@@ -53,8 +53,9 @@ class ServingConfig:
     # More keys, one per line, read at start: a Compose secret or a Nomad template, so keys are
     # never in the replica's environment (`docker inspect`, /proc/PID/environ) nor in its image.
     api_keys_file: str | None = None
-    # GPUs of the replica; with more than one, worker process i sees only GPU i.
-    gpus: int = 0
+    # GPUs of the replica (a fraction of one when it shares a GPU); with more than one, worker process i
+    # sees only GPU i.
+    gpus: float = 0
     log_level: str = "info"
     log_format: str = "text"  # or "json"
     predictor_type: str = "python"  # python | onnx (onnx_client, onnxruntime)

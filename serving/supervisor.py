@@ -100,7 +100,8 @@ class Supervisor:
 
     def _free_gpu(self, fallback: int) -> int:
         taken = {self.gpu_of[pid] for pid in self.workers if pid in self.gpu_of}
-        return next((gpu for gpu in range(self.config.gpus) if gpu not in taken), fallback % self.config.gpus)
+        count = int(self.config.gpus)
+        return next((gpu for gpu in range(count) if gpu not in taken), fallback % count)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True

@@ -32,6 +32,15 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 _EPHEMERAL = _ephemeral_range()
+
+
+def _worker() -> tuple[int, int]:
+    """(this pytest-xdist worker's number, how many there are); (0, 1) without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return (int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0), max(count, 1)
+
+
 _PORTS = random.Random()
 _GIVEN: set[int] = set()  # never the same port twice in one run, even if its first user has not bound it yet
 
@@ -42,6 +51,10 @@ def free_port() -> int:
     a replica's) into "address already in use"."""
     below, above = (max(_EPHEMERAL[0] - 12000, 1024), _EPHEMERAL[0]), (_EPHEMERAL[1] + 1, 65536)
     low, high = below if below[1] - below[0] >= 2000 else above
+    # Each xdist worker draws from its own share of the range: two workers never pick the same port.
+    worker, workers = _worker()
+    share = (high - low) // workers
+    low, high = low + worker * share, low + (worker + 1) * share
     for _ in range(200 if high - low >= 2000 else 0):
         port = _PORTS.randrange(low, high)
         if port in _GIVEN:
@@ -231,3 +244,11 @@ def require_binary(name: str) -> str:
         }.get(name, "its package")
         pytest.skip(f"{name} is not on PATH: install {how}")
     return found
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that need the Docker engine run one after another, on one worker (`--dist loadgroup`):
+    the engine is one shared machine-wide resource; everything else is spread over the other workers."""
+    for item in items:
+        if item.get_closest_marker("docker") is not None:
+            item.add_marker(pytest.mark.xdist_group("docker"))

@@ -89,7 +89,7 @@ def test_up_scale_update_status_kill_down(project: tuple[Path, str, int]) -> Non
     url = f"http://127.0.0.1:{port}/echo"
     up = stack("up", str(root), cwd=root)
     assert f"http://127.0.0.1:{port}/echo" in up.stdout
-    assert "resolving wheels for the image's Python 3.11 (x86_64) on this host" in up.stderr
+    assert "wheels for the image's Python 3.11 (x86_64)" in up.stderr  # resolved now, or by an earlier build
     assert f"building {name}-echo:" in up.stderr
     assert requests.post(url, json={"a": 1}, timeout=10).json() == {"greeting": "v1", "payload": {"a": 1}, "query": {}}
 

@@ -282,6 +282,11 @@ def test_canaries_promote_a_healthy_version_and_roll_back_a_failing_one(tmp_path
         check_decided(splitters)
         # After the rollback every request of that splitter goes to the baseline again.
         assert set(shares(f"http://127.0.0.1:{port}/bad-rollout", 100)) == {"stable"}
+        # The shares each API got, from the gateway's counters (sampled every few seconds).
+        deadline = time.monotonic() + 30
+        while not splitters["bad-rollout"]["observed"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            splitters = {s["name"]: s for s in status()["splitters"]}
         observed = splitters["bad-rollout"]["observed"]
         assert observed and abs(sum(observed.values()) - 1) < 0.01 and observed["bad"] < 0.5, observed
         table = stack("status", "--local", "-p", str(root), cwd=root).stdout

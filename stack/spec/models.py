@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from stack.errors import UnknownApi
-from stack.spec.units import parse_cpu, parse_duration, parse_fraction, parse_memory
+from stack.spec.units import parse_cpu, parse_duration, parse_fraction, parse_gpu, parse_memory
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Memory = Annotated[int, BeforeValidator(parse_memory)]
 Cpu = Annotated[float, BeforeValidator(parse_cpu)]
 Fraction = Annotated[float, BeforeValidator(parse_fraction)]
+GpuShare = Annotated[float, BeforeValidator(parse_gpu)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$|^[a-z]$")]
@@ -159,7 +160,18 @@ class Predictor(Strict):
 class Compute(Strict):
     cpu: Cpu | None = None  # null: no limit
     mem: Memory | None = None  # null: no limit
-    gpu: Annotated[int, Field(ge=0)] = 0
+    # NVIDIA GPUs per replica: whole GPUs (1, 2), or a fraction of one below 1 (0.25: four replicas
+    # share a GPU). `stack plan` places every replica slot on one of the host's GPUs; 0: no GPU.
+    gpu: GpuShare = 0
+    # The GPU memory one replica needs (20Gi): the replicas placed on a GPU fit in its memory.
+    # null: only `gpu` is counted.
+    gpu_mem: Memory | None = None
+
+    @model_validator(mode="after")
+    def _memory_needs_a_gpu(self) -> Compute:
+        if self.gpu_mem is not None and not self.gpu:
+            raise ValueError("gpu_mem is the GPU memory of a replica that has a GPU: set compute.gpu too")
+        return self
 
 
 class Autoscaling(Strict):
@@ -235,6 +247,10 @@ def _of(value: int | str, replicas: int, up: bool) -> int:
 
 class Networking(Strict):
     endpoint: str | None = None  # default: /<api name>
+    # How the gateway picks a replica: p2c (two at random, the one with fewer requests in flight: a
+    # long request does not hold up short ones behind it), wrr (round robin), leasttime (the fastest
+    # to answer, weighed by requests in flight).
+    load_balancer: Literal["p2c", "wrr", "leasttime"] = "p2c"
 
     @field_validator("endpoint")
     @classmethod
@@ -271,10 +287,10 @@ class Api(Strict):
     @model_validator(mode="after")
     def _gpu_and_processes(self) -> Api:
         gpus, processes = self.compute.gpu, self.predictor.processes_per_replica
-        # With several GPUs each worker process gets one of them; one GPU is shared by all.
+        # With several GPUs each worker process gets one of them; one GPU (or a share) is shared by all.
         if gpus > 1 and processes != gpus:
             raise ValueError(
-                f"compute.gpu is {gpus} but predictor.processes_per_replica is {processes}: with more than one GPU "
+                f"compute.gpu is {gpus:g} but predictor.processes_per_replica is {processes}: with more than one GPU "
                 "per replica each process gets one GPU, so set processes_per_replica to the GPU count"
             )
         return self

@@ -3,6 +3,7 @@
 Durations: `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
 Memory: `512Mi`, `2Gi` (powers of 1024), `500M`, `2G` (powers of 1000), or bytes.
 CPU: `0.5`, `2`, or millicores `500m`.
+GPUs: a fraction of one GPU below 1 (`0.25`), or whole GPUs (`1`, `2`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,33 @@ def parse_fraction(value: Any) -> float:
     if not match or float(match.group(1)) > 100:
         raise ValueError(f"expected a percentage from 0% to 100% like 1% or 0.5%, got {value!r}")
     return float(match.group(1)) / 100
+
+
+def parse_gpu(value: Any) -> float:
+    """GPUs per replica: a fraction of one GPU (0 < gpu < 1, several replicas share it) or whole GPUs."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number of GPUs like 1, 2 or a fraction of one like 0.25, got {value!r}")
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value:g}")
+    if value >= 1 and value != int(value):
+        raise ValueError(
+            f"{value:g} is neither a fraction of one GPU (0 < gpu < 1) nor whole GPUs: "
+            f"use {int(value)} or {int(value) + 1}, or a fraction like 0.5 to share one GPU"
+        )
+    return float(value)
+
+
+def format_memory(size: int) -> str:
+    """The shortest exact way to write a size: 20Gi, 512Mi, 80000M, or bytes."""
+    for unit, factor in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    for unit, factor in (("T", 1000**4), ("G", 1000**3), ("M", 1000**2), ("K", 1000)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    if size >= 1024**3:
+        return f"{size / 1024**3:.1f}Gi"
+    return f"{size / 1024**2:.0f}Mi"
 
 
 def format_duration(seconds: float) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,16 @@ from stack.plan.render import (
 from stack.spec import LoadedSpec
 
 Progress = Callable[[str], None]
-WHEELHOUSE_CACHE = ".stack/wheelhouse"
+CACHE_ENV = "STACK_CACHE_DIR"  # where this machine's wheelhouses live; default ~/.cache/stack (XDG_CACHE_HOME)
+
+
+def cache_dir() -> Path:
+    """This user's cache on this machine: wheelhouses and base-image facts, shared by every project
+    (keyed by interpreter, platform and requirements, so one project never sees another's wheels)."""
+    given = os.environ.get(CACHE_ENV)
+    if given:
+        return Path(given)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stack"
 
 
 @dataclass(frozen=True)
@@ -184,15 +194,17 @@ def _copy_package(source: Path, target: Path) -> None:
 def _wheelhouse(
     context: Path, root: Path, base_image: str, packages: list[str], requirements: Path, progress: Progress
 ) -> None:
-    """Wheels for the image's interpreter, cached by (requirements, interpreter, platform)."""
-    cache_root = root / WHEELHOUSE_CACHE
+    """Wheels for the image's interpreter, cached on this machine by (requirements, interpreter, platform)."""
+    cache_root = cache_dir() / "wheelhouse"
     python = image_python(base_image, cache_root)
     wanted = "\n".join([python.key(), *packages, requirements.read_text()])
     key = hashlib.sha256(wanted.encode()).hexdigest()[:16]
     cache = cache_root / key
-    if not cache.is_dir():
+    if cache.is_dir():
+        progress(f"wheels for the image's Python {python.version} ({python.machine}): resolved before, in {cache}")
+    else:
         progress(f"resolving wheels for the image's Python {python.version} ({python.machine}) on this host")
-        partial = cache.with_name(key + ".partial")
+        partial = cache.with_name(f"{key}.{os.getpid()}.partial")  # two builds at once each write their own
         shutil.rmtree(partial, ignore_errors=True)
         command = [
             sys.executable,
@@ -213,7 +225,10 @@ def _wheelhouse(
         if result.returncode != 0:
             output = result.stderr or result.stdout
             raise BuildError(f"resolving the wheelhouse failed: {_wheelhouse_hint(output, python)}\n{_tail(output)}")
-        partial.rename(cache)
+        try:
+            partial.rename(cache)
+        except OSError:  # another build resolved the same wheels meanwhile: theirs are as good
+            shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(cache, context / "wheelhouse")
 
 
