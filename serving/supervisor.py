@@ -27,6 +27,7 @@ from serving.config import CONFIG_ENV, ServingConfig
 LOGGER = logging.getLogger("serving")
 WORKERS_ENV = "STACK_SERVING_WORKERS"
 READY_DIR_ENV = "STACK_SERVING_READY_DIR"
+WORKER_GPU_ENV = "STACK_SERVING_WORKER_GPU"  # which of the replica's GPUs a worker process has
 POLL_SECONDS = 0.2
 
 
@@ -91,12 +92,17 @@ class Supervisor:
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
         }
         if self.config.gpus > 1:
-            # Inside a container the visible GPUs are renumbered from 0.
-            env["CUDA_VISIBLE_DEVICES"] = str(self._free_gpu(index))
+            # Worker i gets one GPU of the replica's: the i-th of CUDA_VISIBLE_DEVICES where the target
+            # set it (the local target pins a replica to its GPUs by UUID), else i (inside a container
+            # the visible GPUs are renumbered from 0).
+            gpu = self._free_gpu(index)
+            visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            env["CUDA_VISIBLE_DEVICES"] = visible[gpu] if gpu < len(visible) else str(gpu)
+            env[WORKER_GPU_ENV] = str(gpu)
         proc = subprocess.Popen([sys.executable, "-m", "serving", "--worker"], env=env, preexec_fn=die_with_parent)
         self.workers[proc.pid] = proc
-        if "CUDA_VISIBLE_DEVICES" in env and self.config.gpus > 1:
-            self.gpu_of[proc.pid] = int(env["CUDA_VISIBLE_DEVICES"])
+        if WORKER_GPU_ENV in env:
+            self.gpu_of[proc.pid] = int(env[WORKER_GPU_ENV])
 
     def _free_gpu(self, fallback: int) -> int:
         taken = {self.gpu_of[pid] for pid in self.workers if pid in self.gpu_of}

@@ -141,16 +141,20 @@ def import_(source: Path, output: Path | None, project: str | None, force: bool)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help=f"Output directory (default: {PLAN_DIR}/TARGET).")
 @click.option("--nomad", is_flag=True, help="Render Nomad jobs instead of a Compose project (also `target: nomad`).")
 @click.option("--gpus", type=int, help="GPUs on the Docker host (default: ask nvidia-smi).")
+@click.option("--gpu-mem", help="The memory of each of those GPUs, e.g. 80Gi (default: nvidia-smi's answer).")
 @click.option(
     "--nomad-addr",
     default=lambda: os.environ.get("NOMAD_ADDR", "http://127.0.0.1:4646"),
     show_default="$NOMAD_ADDR or http://127.0.0.1:4646",
 )
 @click.option("--registry", default="", help="Image registry prefix for Nomad jobs, e.g. registry.local:5000.")
-def plan(path: Path, output: Path | None, nomad: bool, gpus: int | None, nomad_addr: str, registry: str) -> None:
-    """Render the files a target runs: Compose (default) or Nomad jobs."""
+def plan(
+    path: Path, output: Path | None, nomad: bool, gpus: int | None, gpu_mem: str | None, nomad_addr: str, registry: str
+) -> None:
+    """Render the files a target runs: Compose (default) or Nomad jobs; print where each GPU API's
+    replica slots go."""
     from stack.plan import plan_compose, plan_nomad
-    from stack.plan.render import PlanError, detect_gpus
+    from stack.plan.gpus import host_gpus
 
     loaded = load_spec(path)
     _warn(loaded.warnings)
@@ -158,15 +162,30 @@ def plan(path: Path, output: Path | None, nomad: bool, gpus: int | None, nomad_a
     registry = registry or loaded.spec.build.registry or ""
     target = "nomad" if nomad else "compose"
     out_dir = output or loaded.root / PLAN_DIR / target
-    try:
-        if nomad:
-            result = plan_nomad(loaded, nomad_addr=nomad_addr, registry=registry)
-        else:
-            result = plan_compose(loaded, out_dir, host_gpus=gpus if gpus is not None else detect_gpus())
-    except PlanError as exc:
-        raise StackError(str(exc)) from exc
+    if nomad:
+        result = plan_nomad(loaded, nomad_addr=nomad_addr, registry=registry)
+    else:
+        result = plan_compose(loaded, out_dir, host_gpus=host_gpus(gpus, _memory_flag(gpu_mem)))
     for written in result.write(out_dir):
         click.echo(f"wrote {_shown(written)}")
+    if result.placement.slots:
+        click.echo("\nGPU placement (GPU: replica slots):")
+        for line in result.placement.lines():
+            click.echo(f"  {line}")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+def _memory_flag(value: str | None) -> int | None:
+    """--gpu-mem's size, or a usage error naming the flag."""
+    if value is None:
+        return None
+    from stack.spec.units import parse_memory
+
+    try:
+        return parse_memory(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--gpu-mem") from None
 
 
 def _shown(path: Path) -> str:
@@ -246,11 +265,16 @@ def _pick_api(spec: Any, name: str | None) -> Any:
 
 
 def resolve_target(
-    path: Path, kind: str | None, gpus: int | None = None, registry: str | None = None, secrets: bool = False
+    path: Path,
+    kind: str | None,
+    gpus: int | None = None,
+    registry: str | None = None,
+    secrets: bool = False,
+    gpu_mem: int | None = None,
 ) -> Target:
     """`secrets`: resolve the API keys' environment variables (only `stack up` needs them: `stack down`
     or `stack status` work in a shell that does not have them)."""
-    return open_target(load_spec(path, secrets=secrets), kind, gpus=gpus, registry=registry)
+    return open_target(load_spec(path, secrets=secrets), kind, gpus=gpus, gpu_mem=gpu_mem, registry=registry)
 
 
 def _target_flag(func: Any) -> Any:
@@ -300,11 +324,12 @@ def _progress(line: str) -> None:
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @_target_flag
-@click.option("--gpus", type=int, help="Compose: GPUs on this host (default: ask nvidia-smi).")
+@click.option("--gpus", type=int, help="GPUs on this host (default: ask nvidia-smi).")
+@click.option("--gpu-mem", help="The memory of each of those GPUs, e.g. 80Gi (default: nvidia-smi's answer).")
 @click.option("--registry", help="Nomad: where to push images, HOST:PORT (default: build.registry of stack.yaml).")
-def up(path: Path, target_kind: str | None, gpus: int | None, registry: str | None) -> None:
+def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | None, registry: str | None) -> None:
     """Start the stack, or update it in place (a rolling update) when it runs."""
-    target = resolve_target(path, target_kind, gpus, registry, secrets=True)
+    target = resolve_target(path, target_kind, gpus, registry, secrets=True, gpu_mem=_memory_flag(gpu_mem))
     _warn(target.loaded.warnings)
     with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
         status = target.up(_progress)

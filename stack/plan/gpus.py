@@ -16,11 +16,15 @@ as the slots need and says so.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
+from stack.atomic import write_json_atomic
 from stack.errors import PlanError
 from stack.spec import Api
 from stack.spec.units import format_memory
@@ -139,6 +143,41 @@ class Placement:
             names = ", ".join(f"{s.name} ({_share(s.share)})" for s in slots) or "free"
             out.append(f"{gpu.describe()}: {names}  [{used}]")
         return out
+
+
+def placement_to_dict(placement: Placement) -> dict[str, Any]:
+    return {
+        "gpus": [asdict(g) for g in placement.gpus],
+        "slots": [{**asdict(s), "share": float(s.share), "gpus": list(s.gpus)} for s in placement.slots],
+        "assumed": placement.assumed,
+    }
+
+
+def placement_from_dict(data: Any) -> Placement:
+    """What `write_placement` wrote; an unreadable document is an empty placement."""
+    try:
+        gpus = tuple(Gpu(**g) for g in data["gpus"])
+        slots = tuple(
+            Slot(
+                s["api"], int(s["number"]), tuple(s["gpus"]), Fraction(s["share"]).limit_denominator(1000), s["memory"]
+            )
+            for s in data["slots"]
+        )
+        return Placement(gpus, slots, bool(data.get("assumed")))
+    except (KeyError, TypeError, ValueError):
+        return Placement((), ())
+
+
+def write_placement(path: Path, placement: Placement) -> None:
+    """Where `stack up` placed the slots, for `stack status` (and the local supervisor)."""
+    write_json_atomic(path, placement_to_dict(placement))
+
+
+def read_placement(path: Path) -> Placement:
+    try:
+        return placement_from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return Placement((), ())
 
 
 def place(apis: list[Api], gpus: list[Gpu] | None) -> Placement:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
@@ -23,8 +21,8 @@ import serving
 from stack import __version__
 from stack.atomic import write_text_atomic
 from stack.autoscale.config import config_of
-from stack.errors import PlanError
 from stack.files import ProjectFiles, package_files, tree_digest
+from stack.plan.gpus import Gpu, Placement, place
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.nomad_routes import routes_variable, routes_yaml
 from stack.plan.serving import REPLICA_PORT, api_keys_text, replica_config
@@ -66,6 +64,8 @@ SECRET_FILES = frozenset({"api_keys"})  # plan files only their owner may read
 class Plan:
     target: str
     files: dict[str, str] = field(default_factory=dict)
+    placement: Placement = field(default_factory=lambda: Placement((), ()))  # GPU API slots on the GPUs
+    notes: tuple[str, ...] = ()  # for the user: what the plan assumed, what a target does differently
 
     def write(self, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,19 +183,6 @@ def _api_values(
 # -- Compose -------------------------------------------------------------------------
 
 
-def detect_gpus() -> int | None:
-    """GPUs on this host per nvidia-smi, or None when it cannot tell."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return len(out.stdout.split()) if out.returncode == 0 else None
-
-
 def build_context(root: Path, image_name: str) -> Path:
     """The directory `stack up` assembles for one image: project copy, runtime, wheelhouse, Dockerfile."""
     return root / BUILD_DIR / image_name
@@ -204,33 +191,6 @@ def build_context(root: Path, image_name: str) -> Path:
 def service_name(api: Api, version: str) -> str:
     # One Compose service per version: a rolling update runs both behind one Traefik service.
     return f"{api.name}-{version}"
-
-
-def _gpu_slots(api: Api, service: str, host_gpus: int | None) -> list[dict[str, Any]]:
-    """Replica slots of a GPU API, each pinned to its own GPUs.
-
-    Docker's `count: N` always means GPUs 0..N-1, so N replicas asking for one
-    GPU each would all share GPU 0. Instead each replica slot is a Compose
-    service with its own `device_ids`; the slots share one Traefik service, and
-    scaling turns slots on (replicas 1) or off (replicas 0).
-    """
-    per_replica = api.compute.gpu
-    wanted = api.autoscaling.max_replicas
-    available = host_gpus if host_gpus is not None else wanted * per_replica
-    slots = available // per_replica
-    if slots < wanted:
-        raise PlanError(
-            f"API {api.name}: max_replicas is {wanted} with {per_replica} GPU(s) each, but this host has "
-            f"{available} GPU(s), room for {slots} replica(s); lower autoscaling.max_replicas or pass --gpus"
-        )
-    return [
-        {
-            "service": f"{service}-gpu{slot}",
-            "replicas": 1 if slot < api.autoscaling.initial else 0,
-            "device_ids": [str(slot * per_replica + i) for i in range(per_replica)],
-        }
-        for slot in range(wanted)
-    ]
 
 
 def _limits(api: Api) -> list[tuple[str, Any]]:
@@ -243,15 +203,24 @@ def _limits(api: Api) -> list[tuple[str, Any]]:
     return limits
 
 
+def gpus_of(host_gpus: int | list[Gpu] | None) -> list[Gpu] | None:
+    """`host_gpus` as GPUs: a count (`--gpus N`), the GPUs themselves, or None (unknown)."""
+    if isinstance(host_gpus, int):
+        return [Gpu(i) for i in range(host_gpus)]
+    return host_gpus
+
+
 def plan_compose(
     loaded: LoadedSpec,
     out_dir: Path,
     *,
-    host_gpus: int | None = None,
+    host_gpus: int | list[Gpu] | None = None,
     images: dict[str, str] | None = None,
 ) -> Plan:
+    """`host_gpus`: the host's GPUs (stack.plan.gpus.host_gpus), or their count; None: unknown."""
     spec = loaded.spec
     out_dir = out_dir.resolve()
+    placement = place(spec.apis, gpus_of(host_gpus))
     env = template_environment()
     digest = project_digest(loaded, exclude=out_dir)
     header = _header(loaded)
@@ -262,7 +231,16 @@ def plan_compose(
         values["limits"] = _limits(api)
         service = service_name(api, values["version"])
         if api.compute.gpu:
-            values["slots"] = _gpu_slots(api, service, host_gpus)
+            # One Compose service per replica slot, pinned to its GPU(s): Docker's `count: N` always means
+            # GPUs 0..N-1. The slots share one Traefik service; scaling turns slots on (1) or off (0).
+            values["slots"] = [
+                {
+                    "service": f"{service}-gpu{slot.number}",
+                    "replicas": 1 if slot.number < api.autoscaling.initial else 0,
+                    "device_ids": placement.device_ids(slot),
+                }
+                for slot in placement.of(api.name)
+            ]
         else:
             values["slots"] = [{"service": service, "replicas": api.autoscaling.initial, "device_ids": []}]
         if api.predictor.image is None:
@@ -275,11 +253,7 @@ def plan_compose(
             values["build"] = None
         apis.append(values)
     network = f"{spec.project}-stack"
-    scaling = config_of(
-        loaded,
-        {a["name"]: [s["device_ids"] for s in a["slots"]] for a in apis if a["gpu"]},
-        {a["name"]: a["version"] for a in apis},
-    )
+    scaling = config_of(loaded, placement.slot_devices(), {a["name"]: a["version"] for a in apis})
     # The controller runs in every Compose stack (routes, targets, killed replicas), autoscaled or not.
     files["autoscaler.Dockerfile"] = autoscaler_dockerfile(loaded, env)
     control_dir = loaded.root / CONTROL_DIR
@@ -325,7 +299,7 @@ def plan_compose(
         scrape_interval=format_duration(spec.prometheus.scrape_interval),
         autoscaler_port=AUTOSCALER_PORT,
     )
-    return Plan("compose", files)
+    return Plan("compose", files, placement, placement.warnings)
 
 
 def autoscaler_image() -> str:

@@ -24,18 +24,24 @@ KINDS = ("compose", "local", "nomad")
 
 
 def open_target(
-    loaded: LoadedSpec, kind: str | None, *, gpus: int | None = None, registry: str | None = None
+    loaded: LoadedSpec,
+    kind: str | None,
+    *,
+    gpus: int | None = None,
+    gpu_mem: int | None = None,
+    registry: str | None = None,
 ) -> Target:
-    """The target named by a flag, else by `target:` in stack.yaml, else Compose."""
+    """The target named by a flag, else by `target:` in stack.yaml, else Compose. `gpus`/`gpu_mem`:
+    the host's GPUs as `--gpus N --gpu-mem SIZE` gave them (None: ask nvidia-smi when planning)."""
     chosen = kind or loaded.spec.target or "compose"
     if chosen == "local":
         from stack.targets.local.target import LocalTarget
 
-        return LocalTarget(loaded)
+        return LocalTarget(loaded, host_gpus=gpus, gpu_mem=gpu_mem)
     if chosen == "compose":
         from stack.targets.compose.target import ComposeTarget
 
-        return ComposeTarget(loaded, host_gpus=gpus)
+        return ComposeTarget(loaded, host_gpus=gpus, gpu_mem=gpu_mem)
     if chosen == "nomad":
         from stack.targets.nomad.target import NomadTarget
 

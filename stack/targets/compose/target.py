@@ -22,11 +22,11 @@ from stack.autoscale.scaler import Scaler
 from stack.canary import STATE_FILE as CANARY_FILE
 from stack.canary import splitter_status
 from stack.errors import NotRunning, StackError
+from stack.plan.gpus import host_gpus, write_placement
 from stack.plan.render import (
     AUTOSCALER_STATE_DIR,
     CONTROL_DIR,
     api_version,
-    detect_gpus,
     plan_compose,
     project_digest,
     project_files,
@@ -57,15 +57,17 @@ from stack.traffic import prometheus_traffic
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/compose"
 DEPLOYED_FILE = ".stack/compose/deployed.json"  # API -> the version `stack up` last rolled it to
+PLACEMENT_FILE = ".stack/compose/placement.json"  # where `stack up` placed the GPU APIs' slots
 READY_TIMEOUT = 600.0
 
 
 class ComposeTarget:
     name = "compose"
 
-    def __init__(self, loaded: LoadedSpec, host_gpus: int | None = None) -> None:
+    def __init__(self, loaded: LoadedSpec, host_gpus: int | None = None, gpu_mem: int | None = None) -> None:
         self.loaded = loaded
         self.host_gpus = host_gpus  # None: ask nvidia-smi when planning
+        self.gpu_mem = gpu_mem
         self.project = loaded.spec.project
         self.plan_dir = loaded.root / PLAN_DIR
         self.state_dir = loaded.root / AUTOSCALER_STATE_DIR
@@ -76,9 +78,13 @@ class ComposeTarget:
     def up(self, progress: Progress) -> StackStatus:
         refuse_nomad_autoscaler(self.loaded, "compose")
         self.engine.preflight()
-        host_gpus = self.host_gpus if self.host_gpus is not None else detect_gpus()
-        plan = plan_compose(self.loaded, self.plan_dir, host_gpus=host_gpus)
+        plan = plan_compose(self.loaded, self.plan_dir, host_gpus=host_gpus(self.host_gpus, self.gpu_mem))
         plan.write(self.plan_dir)
+        write_placement(self.loaded.root / PLACEMENT_FILE, plan.placement)
+        for line in plan.placement.lines():
+            progress(f"GPU placement: {line}")
+        for note in plan.notes:
+            progress(f"note: {note}")
         digest = project_digest(self.loaded)
         versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
         for api in self.loaded.spec.apis:
