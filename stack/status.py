@@ -82,6 +82,8 @@ class ReplicaStatus:
     uptime_s: float | None = None
     restarts: int = 0
     last_event: str = ""
+    gpu: str = ""  # the GPU(s) it is pinned to (UUIDs where known), for a GPU API
+    gpu_memory_bytes: int | None = None  # its own process's GPU memory (NVML), where known
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,11 @@ class ApiStatus:
     replicas: list[ReplicaStatus] = field(default_factory=list)
     traffic: Traffic | None = None
     error_replica: str = ""  # the replica whose failure `error` is (its log says more), where known
+    gpu_slots: int = 0  # a GPU API's placed replica slots: the most replicas it can have on this host
+
+    @property
+    def at_gpu_capacity(self) -> bool:
+        return 0 < self.gpu_slots <= self.desired
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -185,7 +185,7 @@ def test_too_few_gpus_is_a_plan_error(tmp_path: Path) -> None:
     from stack.spec import load_spec
 
     shutil.copytree(Path(__file__).parents[1] / "examples" / "gpu", tmp_path / "gpu")
-    with pytest.raises(PlanError, match="max_replicas is 2 with 1 GPU\\(s\\) each, but this host has 1 GPU\\(s\\)"):
+    with pytest.raises(PlanError, match=r"the GPUs cannot hold every replica slot: classify \(1 slot\(s\) left over\)"):
         plan_compose(load_spec(tmp_path / "gpu"), tmp_path / "out", host_gpus=1)
 
 

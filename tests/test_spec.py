@@ -80,8 +80,27 @@ CASES = [
         f"project: demo\ngateway:\n  port: eighty\napis:\n{GOOD_API}    compute:\n      gpu: -1\n      mem: lots\n",
         [
             "stack.yaml:3:9: gateway.port: input should be a valid integer, got 'eighty'",
-            "stack.yaml:9:12: apis[0].compute.gpu: input should be greater than or equal to 0",
+            "stack.yaml:9:12: apis[0].compute.gpu: must not be negative, got -1",
             "stack.yaml:10:12: apis[0].compute.mem: expected a memory size like 512Mi, 2Gi or 500M, got 'lots'",
+        ],
+    ),
+    (
+        "gpu neither a fraction nor whole",
+        f"project: demo\napis:\n{GOOD_API}    compute: {{gpu: 1.5}}\n",
+        [
+            "stack.yaml:6:20: apis[0].compute.gpu: 1.5 is neither a fraction of one GPU (0 < gpu < 1) nor whole "
+            "GPUs: use 1 or 2, or a fraction like 0.5 to share one GPU"
+        ],
+    ),
+    (
+        "gpu memory without a unit, or without a gpu",
+        f"project: demo\napis:\n{GOOD_API}    compute: {{gpu: 0.5, gpu_mem: 20}}\n"
+        f"  - name: other\n    predictor: {{path: predictor.py}}\n    compute: {{gpu_mem: 20Gi}}\n",
+        [
+            "stack.yaml:6:34: apis[0].compute.gpu_mem: 20 has no unit: write it with one of Ki, Mi, Gi, Ti "
+            "(1024-based) or K, M, G, T (1000-based), e.g. 20Mi",
+            "stack.yaml:9:14: apis[1].compute: gpu_mem is the GPU memory of a replica that has a GPU: set "
+            "compute.gpu too",
         ],
     ),
     (

@@ -21,6 +21,7 @@ import serving
 from stack import __version__
 from stack.atomic import write_text_atomic
 from stack.autoscale.config import config_of
+from stack.errors import PlanError as PlanError  # re-exported: planning fails with it
 from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.gpus import Gpu, Placement, place
 from stack.plan.nomad_json import hcl_to_job

@@ -20,6 +20,7 @@ from aiohttp import web
 from stack.autoscale.config import config_of
 from stack.control.runtime import ControlPlane
 from stack.errors import StackError, UnknownApi
+from stack.plan.gpus import read_placement
 from stack.plan.render import project_digest
 from stack.spec import SpecError, load_spec
 from stack.status import ApiStatus, Observed, ReplicaStatus, StackStatus, api_phase
@@ -93,9 +94,11 @@ class ControlApi:
                     pid=r.proc.pid,
                     port=r.port,
                     uptime_s=round(now - r.started, 1),
+                    gpu=r.gpu,
                 )
                 for r in state.replicas
             ],
+            gpu_slots=len(state.slots),
         )
 
     async def _status(self, request: web.Request) -> web.Response:
@@ -131,8 +134,9 @@ class ControlApi:
             loaded = await asyncio.to_thread(load_spec, fleet.loaded.path)
         except SpecError as exc:
             return _error(exc, 400)
-        fleet.apply_spec(loaded, await asyncio.to_thread(project_digest, loaded))
-        self.plane.configure(config_of(loaded, versions=fleet.versions()))
+        slots = read_placement(fleet.paths.placement).slot_devices()  # `stack up` placed them anew
+        fleet.apply_spec(loaded, await asyncio.to_thread(project_digest, loaded), slots=slots)
+        self.plane.configure(config_of(loaded, slots, versions=fleet.versions()))
         return web.json_response({"ok": True})
 
     async def _shutdown(self, request: web.Request) -> web.Response:

@@ -61,6 +61,8 @@ class Replica:
     log: Path
     state: ReplicaState = STARTING
     started: float = field(default_factory=time.monotonic)
+    slot: int | None = None  # a GPU API's replica slot (stack.plan.gpus): the GPU(s) it is pinned to
+    gpu: str = ""  # those GPUs, as CUDA_VISIBLE_DEVICES names them
 
     @property
     def url(self) -> str:
@@ -82,6 +84,12 @@ class ApiState:
     counter: int = 0
     events: list[str] = field(default_factory=list)
     manual: bool = False  # `stack scale --force` took the API from the autoscaler until the next `stack up`
+    slots: list[list[str]] = field(default_factory=list)  # a GPU API's slots: each one's GPU ids
+
+    def free_slot(self) -> int | None:
+        """The lowest GPU slot no replica of the current version holds (None: all held, or no GPU)."""
+        held = {r.slot for r in self.live() if r.version == self.version}
+        return next((n for n in range(len(self.slots)) if n not in held), None)
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.state != DRAINING]
@@ -132,7 +140,10 @@ class LocalFleet:
 
     # -- the spec -----------------------------------------------------------------------------
 
-    def apply_spec(self, loaded: LoadedSpec, digest: str, first: bool = False) -> None:
+    def apply_spec(
+        self, loaded: LoadedSpec, digest: str, first: bool = False, slots: dict[str, list[list[str]]] | None = None
+    ) -> None:
+        """`slots`: each GPU API's replica slots, as `stack up` placed them on this host's GPUs."""
         if loaded.spec.gateway.api_keys:
             write_text_atomic(self.paths.api_keys, api_keys_text(loaded), 0o600)
         else:
@@ -141,10 +152,13 @@ class LocalFleet:
             version = api_version(api, digest)
             current = self.apis.get(api.name)
             if current is None:
-                self.apis[api.name] = ApiState(api, version, api.autoscaling.initial)
+                self.apis[api.name] = ApiState(
+                    api, version, api.autoscaling.initial, slots=(slots or {}).get(api.name, [])
+                )
                 if not first:
                     self.apis[api.name].event("added")
                 continue
+            current.slots = (slots or {}).get(api.name, [])
             if current.version != version:
                 current.event(f"rolling update to version {version}")
                 current.clear_failures()
@@ -255,6 +269,10 @@ class LocalFleet:
         return self.paths.logs / f"{replica_id}.error.json"
 
     async def _start_replica(self, state: ApiState) -> None:
+        slot = state.free_slot()
+        if state.slots and slot is None:
+            state.event(f"every GPU slot ({len(state.slots)}) holds a replica: no more start")
+            return
         state.counter += 1
         replica_id = f"{state.spec.name}-{state.counter}"
         port = free_port()
@@ -266,15 +284,19 @@ class LocalFleet:
         error_file.unlink(missing_ok=True)
         env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json()}
         env[STARTUP_ERROR_ENV] = str(error_file)
+        gpu = ",".join(state.slots[slot]) if slot is not None else ""
+        if gpu:
+            env["CUDA_VISIBLE_DEVICES"] = gpu  # its slot's GPU(s), by UUID where nvidia-smi gave one
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         for name in self.loaded.secret_env:  # the keys' variables: replicas read the keys file instead
             env.pop(name, None)
         proc = await start_child([sys.executable, "-m", "serving"], log, env=env, cwd=self.loaded.root)
-        state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log))
+        state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log, slot=slot, gpu=gpu))
         # Its exit wakes the reconcile loop at once: a dead replica leaves the router
         # within milliseconds instead of at the next tick.
         self._spawn(self._watch(proc))
-        state.event(f"started replica {replica_id} (version {state.version}, port {port})")
+        on = f", GPU {gpu}" if gpu else ""
+        state.event(f"started replica {replica_id} (version {state.version}, port {port}{on})")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

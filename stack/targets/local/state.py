@@ -60,6 +60,11 @@ class LocalPaths:
         return self.base / "local"
 
     @property
+    def placement(self) -> Path:
+        """Where `stack up --local` placed the GPU APIs' replica slots (stack.plan.gpus)."""
+        return self.base / "local" / "placement.json"
+
+    @property
     def api_keys(self) -> Path:
         """The replicas read the API keys here (0600), not from their environment."""
         return self.base / "local" / "api_keys"

@@ -29,6 +29,7 @@ from stack.canary_sources import PrometheusSource, ScrapeSource
 from stack.control.routing import FileRouteSink, GatewayRoutes
 from stack.control.runtime import Adapters, ControlPlane, ControlSettings, run_control
 from stack.errors import StackError
+from stack.plan.gpus import read_placement
 from stack.plan.render import project_digest
 from stack.spec import load_spec
 from stack.splits import FileSplits
@@ -127,8 +128,10 @@ async def local_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
     services = LocalServices(loaded, paths)
     routes = FileRouteSink(paths.traefik_dir, ROUTES_HEADER, services.errors_url)
     fleet = LocalFleet(loaded, paths, services, session, routes)
-    fleet.apply_spec(loaded, await asyncio.to_thread(project_digest, loaded), first=True)
-    config = config_of(loaded, versions=fleet.versions())
+    placement = read_placement(paths.placement)
+    slots = placement.slot_devices()
+    fleet.apply_spec(loaded, await asyncio.to_thread(project_digest, loaded), first=True, slots=slots)
+    config = config_of(loaded, slots, versions=fleet.versions())
     splits = FileSplits(paths.split_overrides)
     # The routes file is there before Traefik starts: it serves the APIs' JSON 503 until replicas are ready.
     GatewayRoutes(config, routes, splits.overrides, dict).publish({})

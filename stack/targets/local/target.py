@@ -18,6 +18,7 @@ from serving.supervisor import port_is_free
 from stack.autoscale.scaler import Scaler
 from stack.canary import splitter_status
 from stack.errors import NotRunning, StackError
+from stack.plan.gpus import host_gpus, place, write_placement
 from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
 from stack.splits import change, clear_overrides, splitters_of
@@ -53,9 +54,11 @@ Progress = Callable[[str], None]
 class LocalTarget:
     name = "local"
 
-    def __init__(self, loaded: LoadedSpec) -> None:
+    def __init__(self, loaded: LoadedSpec, host_gpus: int | None = None, gpu_mem: int | None = None) -> None:
         self.loaded = loaded
         self.paths = LocalPaths(loaded.root, loaded.path.name)
+        self.host_gpus = host_gpus  # None: ask nvidia-smi
+        self.gpu_mem = gpu_mem
 
     # -- talking to a running supervisor -------------------------------------------
 
@@ -105,6 +108,14 @@ class LocalTarget:
 
     def up(self, progress: Progress) -> StackStatus:
         refuse_nomad_autoscaler(self.loaded, "local")
+        # The GPU APIs' slots are placed before anything starts (an over-commit stops here); the
+        # supervisor pins each replica to its slot's GPU from this file.
+        placement = place(self.loaded.spec.apis, host_gpus(self.host_gpus, self.gpu_mem))
+        write_placement(self.paths.placement, placement)
+        for line in placement.lines() if placement.slots else []:
+            progress(f"GPU placement: {line}")
+        for note in placement.warnings:
+            progress(f"note: {note}")
         try:
             running = self.state()
         except StackDied as died:

@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "dba7a9a3db71"
+    stack_version = "dedcb5a88b6f"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=dba7a9a3db71",
+        "stack.version=dedcb5a88b6f",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:dba7a9a3db71"
+        image = "batching-score:dedcb5a88b6f"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "5862c6ebf4ea"
+    stack_version = "816d184afea6"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=5862c6ebf4ea",
+        "stack.version=816d184afea6",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:5862c6ebf4ea"
+        image = "chat-chat:816d184afea6"
         ports = ["http"]
       }
 

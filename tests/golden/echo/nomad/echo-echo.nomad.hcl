@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "296cb1df4828"
+    stack_version = "30f3bfba181d"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=296cb1df4828",
+        "stack.version=30f3bfba181d",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:296cb1df4828"
+        image = "echo-echo:30f3bfba181d"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "3cf187d5f41a"
+    stack_version = "8e3412bc96ef"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=3cf187d5f41a",
+        "stack.version=8e3412bc96ef",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:3cf187d5f41a"
+        image = "gpu-classify:8e3412bc96ef"
         ports = ["http"]
       }
 
@@ -104,7 +104,7 @@ job "gpu-classify" {
         memory = 4096
 
         device "nvidia/gpu" {
-          count = 1
+          count = 1.0
         }
       }
     }

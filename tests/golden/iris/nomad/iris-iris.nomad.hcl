@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "a3f11162c88c"
+    stack_version = "c915808c00b7"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=a3f11162c88c",
+        "stack.version=c915808c00b7",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:a3f11162c88c"
+        image = "iris-iris:c915808c00b7"
         ports = ["http"]
       }
 

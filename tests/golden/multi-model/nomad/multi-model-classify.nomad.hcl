@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "3d0d493518ff"
+    stack_version = "47d3308f7d1c"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=3d0d493518ff",
+        "stack.version=47d3308f7d1c",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
         "traefik.http.routers.multi-model-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:3d0d493518ff"
+        image = "multi-model-classify:47d3308f7d1c"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "rollout-echo-v1" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v1"
-    stack_version = "f8b4d7284305"
+    stack_version = "ca8ae1225cc5"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v1" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v1",
-        "stack.version=f8b4d7284305",
+        "stack.version=ca8ae1225cc5",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v1.entrypoints=web",
         "traefik.http.routers.rollout-echo-v1.rule=(Path(`/echo-v1`) || PathPrefix(`/echo-v1/`)) && !PathRegexp(`^/echo\\-v1/+(metrics|healthz|readyz)/*$`)",
@@ -89,7 +89,7 @@ job "rollout-echo-v1" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v1:f8b4d7284305"
+        image = "rollout-echo-v1:ca8ae1225cc5"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "rollout-echo-v2" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v2"
-    stack_version = "79f3b104a293"
+    stack_version = "97bf14d31c97"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v2" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v2",
-        "stack.version=79f3b104a293",
+        "stack.version=97bf14d31c97",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v2.entrypoints=web",
         "traefik.http.routers.rollout-echo-v2.rule=(Path(`/echo-v2`) || PathPrefix(`/echo-v2/`)) && !PathRegexp(`^/echo\\-v2/+(metrics|healthz|readyz)/*$`)",
@@ -89,7 +89,7 @@ job "rollout-echo-v2" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v2:79f3b104a293"
+        image = "rollout-echo-v2:97bf14d31c97"
         ports = ["http"]
       }
 

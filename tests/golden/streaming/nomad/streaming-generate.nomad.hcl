@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "b4af50edab27"
+    stack_version = "508e3452a147"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=b4af50edab27",
+        "stack.version=508e3452a147",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
@@ -86,7 +86,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:b4af50edab27"
+        image = "streaming-generate:508e3452a147"
         ports = ["http"]
       }
 
