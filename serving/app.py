@@ -50,6 +50,8 @@ class Replica:
         threads = max(config.threads_per_process, config.batching.max_in_flight if config.batching else 0)
         self._pool = PredictPool(threads, on_start=self.metrics.queued.dec if self._count_gauges else None)
         self.predictions = Predictions(config, self.metrics, self._pool, self._count_gauges)
+        if config.gpus:
+            self.metrics.watch_gpus()  # utilization and memory of its GPU(s), where NVML answers
         # With several worker processes, each marks itself ready with a file so
         # that any worker's /readyz can tell whether all of them are.
         self._ready_dir = ready_dir

@@ -32,6 +32,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from serving.gpu import GpuMetrics
+
 # `_created` series double every counter's cardinality and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]
 
@@ -166,6 +168,17 @@ class ApiMetrics:
             registry=into,
         ).labels(api)
         self._by_code: dict[int, Counter] = {}
+        self._gpus: GpuMetrics | None = None
+
+    def watch_gpus(self, metrics: GpuMetrics | None = None) -> bool:
+        """Export the replica's GPUs (NVML) at every scrape; False when NVML sees none."""
+        gpus = metrics or GpuMetrics(self.api)
+        if not gpus.available:
+            return False
+        self._gpus = gpus
+        if not MULTIPROCESS:
+            self.registry.register(gpus)  # type: ignore[arg-type,unused-ignore]
+        return True
 
     def track_live(
         self, in_flight: Callable[[], float], queued: Callable[[], float], last_request: Callable[[], float]
@@ -209,6 +222,8 @@ class ApiMetrics:
         if MULTIPROCESS:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call,unused-ignore]
+            if self._gpus is not None:  # read live by the worker that answers the scrape
+                registry.register(self._gpus)  # type: ignore[arg-type,unused-ignore]
             return generate_latest(registry)
         return generate_latest(self.registry)
 

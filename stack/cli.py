@@ -81,12 +81,36 @@ def validate(path: Path, as_json: bool) -> None:
         else:
             click.echo(str(exc), err=True)
         sys.exit(1)
+    placed = _placement_problem(loaded)
+    if placed is not None:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "problems": [{"file": str(loaded.path), "message": placed}]}, indent=2))
+        else:
+            click.echo(f"{loaded.path}: {placed}", err=True)
+        sys.exit(1)
     if as_json:
         body = {"ok": True, "project": loaded.spec.project, "apis": [a.name for a in loaded.spec.apis]}
         click.echo(json.dumps({**body, "warnings": loaded.warnings}))
     else:
         _warn(loaded.warnings)
         click.echo(f"ok: {loaded.path} (project {loaded.spec.project}, {len(loaded.spec.apis)} API(s))")
+
+
+def _placement_problem(loaded: Any) -> str | None:
+    """Where this machine's GPUs can be seen (nvidia-smi): whether the GPU APIs' slots fit them."""
+    from stack.errors import PlanError
+    from stack.plan.gpus import detect_gpus, place
+
+    if not any(api.compute.gpu for api in loaded.spec.apis):
+        return None
+    found = detect_gpus()
+    if found is None:
+        return None
+    try:
+        place(loaded.spec.apis, found)
+    except PlanError as exc:
+        return str(exc)
+    return None
 
 
 def _warn(warnings: list[str]) -> None:

@@ -42,6 +42,7 @@ class Route:
     # Scaled to zero (min_replicas 0): with no server, requests go to the activator, which wakes a
     # replica for this API and holds them until it is ready.
     activate: str | None = None
+    strategy: str = "p2c"  # how Traefik picks a replica (networking.load_balancer): p2c, wrr, leasttime
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def dynamic_config(
             # No replica: the error service, or for an API scaled to zero the activator; the path is
             # on the service (preservePath), so requests reaching it through a splitter wake it too.
             servers = [{"url": empty_url(route, errors_url), "preservePath": True}]
-        services[name] = {"loadBalancer": {"servers": servers}}
+        services[name] = {"loadBalancer": {"servers": servers, "strategy": route.strategy}}
     for split in splits:
         # Each API gets its own copy of its service under the splitter, so the gateway's per-service
         # metrics count what the splitter sent it apart from the API's own endpoint's requests.

@@ -246,6 +246,7 @@ def require_binary(name: str) -> str:
     return found
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tests that need the Docker engine run one after another, on one worker (`--dist loadgroup`):
     the engine is one shared machine-wide resource; everything else is spread over the other workers."""

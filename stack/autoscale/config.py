@@ -39,6 +39,7 @@ class RoutedApi:
     endpoint: str
     gpu_slots: list[list[str]] = field(default_factory=list)
     scale_to_zero: bool = False  # min_replicas 0: the activator wakes it
+    load_balancer: str = "p2c"  # networking.load_balancer: how the gateway picks a replica
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,12 @@ class AutoscalerConfig:
         ]
         routed = [
             RoutedApi(
-                a["name"], a["router"], a["endpoint"], [list(s) for s in a["gpu_slots"]], a.get("scale_to_zero", False)
+                a["name"],
+                a["router"],
+                a["endpoint"],
+                [list(s) for s in a["gpu_slots"]],
+                a.get("scale_to_zero", False),
+                a.get("load_balancer", "p2c"),
             )
             for a in data.get("routed", [])
         ]
@@ -76,12 +82,13 @@ class AutoscalerConfig:
         return cls.from_json(text)
 
 
-def bounds_of(api: Api) -> Bounds:
+def bounds_of(api: Api, per_unit: int = 1) -> Bounds:
+    """`per_unit`: replicas per scaled unit (a Nomad allocation running several replica processes)."""
     spec = api.autoscaling
     return Bounds(
-        min_replicas=spec.min_replicas,
-        max_replicas=spec.max_replicas,
-        target=api.target_concurrency,
+        min_replicas=-(-spec.min_replicas // per_unit),
+        max_replicas=-(-spec.max_replicas // per_unit),
+        target=api.target_concurrency * per_unit,
         window=spec.window,
         upscale_stabilization=spec.upscale_stabilization_period,
         downscale_stabilization=spec.downscale_stabilization_period,
@@ -97,6 +104,7 @@ def config_of(
     loaded: LoadedSpec,
     gpu_slots: dict[str, list[list[str]]] | None = None,
     versions: dict[str, str] | None = None,
+    per_unit: dict[str, int] | None = None,
 ) -> AutoscalerConfig:
     """The autoscaled APIs of a spec (an API with min == max has nothing to decide); `versions`
     (API -> version) ties each splitter's canary to the version it rolls out."""
@@ -104,7 +112,7 @@ def config_of(
     apis = [
         ApiScaling(
             api.name,
-            bounds_of(api),
+            bounds_of(api, (per_unit or {}).get(api.name, 1)),
             (gpu_slots or {}).get(api.name, []),
             api.predictor.drain_delay + api.predictor.grace_period + 5,
         )
@@ -118,6 +126,7 @@ def config_of(
             api.endpoint,
             (gpu_slots or {}).get(api.name, []),
             api.autoscaling.min_replicas == 0,
+            api.networking.load_balancer,
         )
         for api in spec.apis
     ]

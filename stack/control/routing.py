@@ -90,7 +90,8 @@ class GatewayRoutes:
         self.apis: dict[str, RoutedApi] = {api.name: api for api in config.routed}
 
     def route(self, api: RoutedApi, servers: Collection[str] = ()) -> Route:
-        return Route(api.router, api.endpoint, tuple(sorted(servers)), activate=api.name if api.scale_to_zero else None)
+        activate = api.name if api.scale_to_zero else None
+        return Route(api.router, api.endpoint, tuple(sorted(servers)), activate=activate, strategy=api.load_balancer)
 
     def table(self, servers: Mapping[str, Collection[str]]) -> RouteTable:
         now = self.clock()

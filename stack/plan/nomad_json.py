@@ -185,7 +185,21 @@ def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def _resources(body: dict[str, Any]) -> dict[str, Any]:
     resources: dict[str, Any] = {"CPU": body["cpu"], "MemoryMB": body["memory"]}
-    devices = [{"Name": name, "Count": device.get("count", 1)} for name, device in _labelled(body.get("device", []))]
+    devices = []
+    for name, device in _labelled(body.get("device", [])):
+        requested: dict[str, Any] = {"Name": name, "Count": device.get("count", 1)}
+        constraints = [_constraint(c) for c in device.get("constraint", [])]
+        if constraints:
+            requested["Constraints"] = constraints
+        devices.append(requested)
     if devices:
         resources["Devices"] = devices
     return resources
+
+
+def _constraint(block: dict[str, Any]) -> dict[str, str]:
+    return {
+        "LTarget": block.get("attribute", ""),
+        "Operand": block.get("operator", "="),
+        "RTarget": block.get("value", ""),
+    }

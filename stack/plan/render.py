@@ -175,6 +175,7 @@ def _api_values(
         "max_replicas": api.autoscaling.max_replicas,
         "init_replicas": api.autoscaling.initial,
         "gpu": api.compute.gpu,
+        "load_balancer": api.networking.load_balancer,
         "drain_delay": format_duration(predictor.drain_delay),
         "stop_grace_period": format_duration(predictor.drain_delay + predictor.grace_period + STOP_MARGIN),
         "kill_timeout": format_duration(predictor.grace_period + STOP_MARGIN),
@@ -354,6 +355,7 @@ def plan_nomad(
     registry = f"{registry.rstrip('/')}/" if registry else ""
     all_images = {**DEFAULT_IMAGES, **(images or {})}
     files: dict[str, str] = {}
+    notes: list[str] = []
 
     def job(job_id: str) -> dict[str, Any]:
         return {"id": job_id, "datacenters": list(datacenters)}
@@ -381,6 +383,17 @@ def plan_nomad(
         )
         values["cpu_mhz"] = int((api.compute.cpu or 1.0) * 1000)
         values["memory_mb"] = (api.compute.mem or 1024**3) // 1024**2
+        share = nomad_gpu(api)
+        values["gpu"], values["gpu_memory_mib"] = share.devices, share.memory_mib
+        if share.replicas > 1:
+            # Nomad hands out whole devices: one allocation holds one GPU and runs `replicas` replica
+            # processes on it; counts are in allocations.
+            config = json.loads(values["serving_json"])
+            config["processes_per_replica"] *= share.replicas
+            values["serving_json"] = json.dumps(config, sort_keys=True, separators=(",", ":"))
+            for key in ("init_replicas", "min_replicas", "max_replicas"):
+                values[key] = -(-values[key] // share.replicas)
+            notes.append(share.note(api))
         surge, _unavailable = api.update.resolve(api.autoscaling.initial)
         job_values = job(f"{project}-{api.name}")
         job_values["update"] = {
@@ -422,7 +435,8 @@ def plan_nomad(
         prometheus={"port": spec.prometheus.port, "retention": format_duration(spec.prometheus.retention)},
         prometheus_config=prometheus_config.rstrip("\n"),
     )
-    scaling = config_of(loaded, versions=versions)
+    per_allocation = {api.name: nomad_gpu(api).replicas for api in spec.apis}
+    scaling = config_of(loaded, versions=versions, per_unit=per_allocation)
     # The autoscaler job also runs the splitters' canaries and measures their observed shares.
     if scaling.apis or scaling.splitters:
         files[f"{project}-autoscaler.nomad.hcl"] = env.get_template("nomad/autoscaler.nomad.hcl.j2").render(
@@ -440,7 +454,35 @@ def plan_nomad(
         files[name.removesuffix(".nomad.hcl") + ".json"] = (
             json.dumps({"Job": hcl_to_job(files[name])}, indent=2, sort_keys=True) + "\n"
         )
-    return Plan("nomad", files)
+    return Plan("nomad", files, notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class NomadGpu:
+    """An API's GPUs as Nomad's device plugin hands them out: whole devices per allocation."""
+
+    devices: int  # nvidia/gpu devices per allocation
+    replicas: int = 1  # replica processes per allocation (a fractional `gpu`: they share its device)
+    memory_mib: int | None = None  # the device must have at least this much memory
+
+    def note(self, api: Api) -> str:
+        allocations = -(-api.autoscaling.max_replicas // self.replicas)
+        return (
+            f"API {api.name}: compute.gpu {api.compute.gpu:g} on Nomad: Nomad schedules whole devices, so each "
+            f"allocation holds one GPU (a whole GPU, or a MIG instance where the node's device plugin offers "
+            f"them) and runs {self.replicas} replica processes on it; counts move in allocations of "
+            f"{self.replicas} (max_replicas {api.autoscaling.max_replicas}: up to {allocations} allocation(s))"
+        )
+
+
+def nomad_gpu(api: Api) -> NomadGpu:
+    gpu, memory = api.compute.gpu, api.compute.gpu_mem
+    if not gpu:
+        return NomadGpu(0)
+    if gpu >= 1:
+        return NomadGpu(int(gpu), 1, -(-memory // 1024**2) if memory else None)
+    replicas = max(int(1 / gpu + 1e-9), 1)
+    return NomadGpu(1, replicas, -(-(memory * replicas) // 1024**2) if memory else None)
 
 
 def _nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> list[str]:
@@ -462,8 +504,8 @@ def _nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> lis
         # Traefik's Nomad provider does not see Nomad's check status: probe readiness itself. The same
         # replicas are a service under each splitter the API is in: the gateway counts those requests apart.
         *(
-            f"traefik.http.services.{service}.loadbalancer.healthcheck.{key}={value}"
+            f"traefik.http.services.{service}.loadbalancer.{key}={value}"
             for service in (router, *members)
-            for key, value in health
+            for key, value in (*(("healthcheck." + k, v) for k, v in health), ("strategy", values["load_balancer"]))
         ),
     ]

@@ -79,6 +79,8 @@ def _models(models: Models | None) -> dict[str, Any] | None:
 def extra_requirements(api: Api) -> list[str]:
     """What the replica image needs beyond the runtime for this API's predictor type and models."""
     extra = []
+    if api.compute.gpu:
+        extra.append("nvidia-ml-py")  # the replica's GPU metrics (serving.gpu): NVML, from the driver
     if api.predictor.protocol == "v2":
         extra.append("numpy")  # tensors arrive as numpy arrays
     if api.predictor.type == "onnx":

@@ -30,6 +30,7 @@ from stack.errors import StackError, TargetError
 from stack.plan.render import (
     api_version,
     keys_variable,
+    nomad_gpu,
     plan_nomad,
     project_digest,
 )
@@ -147,7 +148,7 @@ class NomadTarget:
 
     def _check_gpus(self) -> None:
         """Before registering a GPU job: is there a client with that many NVIDIA GPUs at all?"""
-        wanted = max((a.compute.gpu for a in self.loaded.spec.apis), default=0)
+        wanted = max((nomad_gpu(a).devices for a in self.loaded.spec.apis), default=0)
         if not wanted:
             return
         best = 0

@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "dedcb5a88b6f"
+    stack_version = "c82f808f16d1"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=dedcb5a88b6f",
+        "stack.version=c82f808f16d1",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "batching-score" {
         "traefik.http.services.batching-score.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.batching-score.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.batching-score.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.batching-score.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:dedcb5a88b6f"
+        image = "batching-score:c82f808f16d1"
         ports = ["http"]
       }
 

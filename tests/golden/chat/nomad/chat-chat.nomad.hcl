@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "816d184afea6"
+    stack_version = "3f7611659fff"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=816d184afea6",
+        "stack.version=3f7611659fff",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "chat-chat" {
         "traefik.http.services.chat-chat.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.chat-chat.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.chat-chat.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.chat-chat.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:816d184afea6"
+        image = "chat-chat:3f7611659fff"
         ports = ["http"]
       }
 

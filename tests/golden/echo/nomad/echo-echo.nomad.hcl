@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "30f3bfba181d"
+    stack_version = "32efd81062db"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=30f3bfba181d",
+        "stack.version=32efd81062db",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "echo-echo" {
         "traefik.http.services.echo-echo.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.echo-echo.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.echo-echo.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.echo-echo.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:30f3bfba181d"
+        image = "echo-echo:32efd81062db"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "ae987ad33a4c"
+    stack_version = "35e896a61097"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=ae987ad33a4c",
+        "stack.version=35e896a61097",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "embeddings-embed" {
         "traefik.http.services.embeddings-embed.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.embeddings-embed.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.embeddings-embed.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.embeddings-embed.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:ae987ad33a4c"
+        image = "embeddings-embed:35e896a61097"
         ports = ["http"]
       }
 

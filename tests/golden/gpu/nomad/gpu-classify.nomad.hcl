@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "8e3412bc96ef"
+    stack_version = "611e15242288"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=8e3412bc96ef",
+        "stack.version=611e15242288",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "gpu-classify" {
         "traefik.http.services.gpu-classify.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.gpu-classify.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.gpu-classify.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.gpu-classify.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:8e3412bc96ef"
+        image = "gpu-classify:611e15242288"
         ports = ["http"]
       }
 
@@ -104,7 +105,7 @@ job "gpu-classify" {
         memory = 4096
 
         device "nvidia/gpu" {
-          count = 1.0
+          count = 1
         }
       }
     }

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "c915808c00b7"
+    stack_version = "dfc3974bd4b3"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=c915808c00b7",
+        "stack.version=dfc3974bd4b3",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "iris-iris" {
         "traefik.http.services.iris-iris.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.iris-iris.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.iris-iris.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.iris-iris.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:c915808c00b7"
+        image = "iris-iris:dfc3974bd4b3"
         ports = ["http"]
       }
 

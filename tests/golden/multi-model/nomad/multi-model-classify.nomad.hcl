@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "47d3308f7d1c"
+    stack_version = "a14eb0143210"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=47d3308f7d1c",
+        "stack.version=a14eb0143210",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
         "traefik.http.routers.multi-model-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "multi-model-classify" {
         "traefik.http.services.multi-model-classify.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.multi-model-classify.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.multi-model-classify.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.multi-model-classify.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:47d3308f7d1c"
+        image = "multi-model-classify:a14eb0143210"
         ports = ["http"]
       }
 

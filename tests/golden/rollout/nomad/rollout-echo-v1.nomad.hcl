@@ -7,7 +7,7 @@ job "rollout-echo-v1" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v1"
-    stack_version = "ca8ae1225cc5"
+    stack_version = "9d5289fba359"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v1" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v1",
-        "stack.version=ca8ae1225cc5",
+        "stack.version=9d5289fba359",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v1.entrypoints=web",
         "traefik.http.routers.rollout-echo-v1.rule=(Path(`/echo-v1`) || PathPrefix(`/echo-v1/`)) && !PathRegexp(`^/echo\\-v1/+(metrics|healthz|readyz)/*$`)",
@@ -72,9 +72,11 @@ job "rollout-echo-v1" {
         "traefik.http.services.rollout-echo-v1.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.rollout-echo-v1.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.rollout-echo-v1.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.rollout-echo-v1.loadbalancer.strategy=p2c",
         "traefik.http.services.rollout-split-echo--rollout-echo-v1.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.rollout-split-echo--rollout-echo-v1.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.rollout-split-echo--rollout-echo-v1.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.rollout-split-echo--rollout-echo-v1.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -89,7 +91,7 @@ job "rollout-echo-v1" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v1:ca8ae1225cc5"
+        image = "rollout-echo-v1:9d5289fba359"
         ports = ["http"]
       }
 

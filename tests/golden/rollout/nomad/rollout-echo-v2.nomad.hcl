@@ -7,7 +7,7 @@ job "rollout-echo-v2" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v2"
-    stack_version = "97bf14d31c97"
+    stack_version = "a486b3e876c7"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v2" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v2",
-        "stack.version=97bf14d31c97",
+        "stack.version=a486b3e876c7",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v2.entrypoints=web",
         "traefik.http.routers.rollout-echo-v2.rule=(Path(`/echo-v2`) || PathPrefix(`/echo-v2/`)) && !PathRegexp(`^/echo\\-v2/+(metrics|healthz|readyz)/*$`)",
@@ -72,9 +72,11 @@ job "rollout-echo-v2" {
         "traefik.http.services.rollout-echo-v2.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.rollout-echo-v2.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.rollout-echo-v2.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.rollout-echo-v2.loadbalancer.strategy=p2c",
         "traefik.http.services.rollout-split-echo--rollout-echo-v2.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.rollout-split-echo--rollout-echo-v2.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.rollout-split-echo--rollout-echo-v2.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.rollout-split-echo--rollout-echo-v2.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -89,7 +91,7 @@ job "rollout-echo-v2" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v2:97bf14d31c97"
+        image = "rollout-echo-v2:a486b3e876c7"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "508e3452a147"
+    stack_version = "fe19be4d8910"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=508e3452a147",
+        "stack.version=fe19be4d8910",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "streaming-generate" {
         "traefik.http.services.streaming-generate.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.streaming-generate.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.streaming-generate.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.streaming-generate.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:508e3452a147"
+        image = "streaming-generate:fe19be4d8910"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "652d49848d6e"
+    stack_version = "737bbfeff5d2"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=652d49848d6e",
+        "stack.version=737bbfeff5d2",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
         "traefik.http.routers.tensors-tensors.rule=(Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)",
@@ -72,6 +72,7 @@ job "tensors-tensors" {
         "traefik.http.services.tensors-tensors.loadbalancer.healthcheck.path=/readyz",
         "traefik.http.services.tensors-tensors.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.tensors-tensors.loadbalancer.healthcheck.timeout=2s",
+        "traefik.http.services.tensors-tensors.loadbalancer.strategy=p2c",
       ]
 
       check {
@@ -86,7 +87,7 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:652d49848d6e"
+        image = "tensors-tensors:737bbfeff5d2"
         ports = ["http"]
       }
 
