@@ -121,3 +121,19 @@ def test_gpu_example_says_which_device(servers: ServerFactory, tmp_path: Path) -
     assert body["device"] == expected
     assert body["cuda_available"] is torch.cuda.is_available()
     assert abs(sum(body["scores"]) - 1) < 1e-4
+
+
+def test_gpu_sharing_example_places_two_models_on_one_gpu(servers: ServerFactory, tmp_path: Path) -> None:
+    from cli import stack
+
+    project = example("gpu-sharing", tmp_path)
+    planned = stack("plan", str(project), "--gpus", "1", "--gpu-mem", "80Gi", cwd=project)
+    assert "GPU 0 (80Gi): embed#0 (0.25), embed#1 (0.25), rank#0 (0.5)  [1 of 1, 48Gi of 80Gi]" in planned.stdout
+    spec = project / "stack.yaml"
+    spec.write_text(spec.read_text().replace("max_replicas: 2", "max_replicas: 3"))
+    refused = stack("plan", str(project), "--gpus", "1", "--gpu-mem", "80Gi", cwd=project, check=False)
+    assert refused.returncode == 1 and "embed (1 slot(s) left over) do not fit" in refused.stderr
+    needs("torch")
+    server = servers.stack_serve(project, "--api", "rank", timeout=300)
+    body = server.post(json={"vector": [0.5] * 8}).json()
+    assert body["device"] in ("cpu", "cuda") and abs(sum(body["scores"]) - 1) < 1e-4

@@ -159,7 +159,7 @@ def test_an_onnx_or_s3_api_gets_its_packages_in_the_image(tmp_path: Path) -> Non
         "  - name: b\n    predictor: {path: predictor.py, multi_model_reloading: {dir: models}}\n"
     )
     a, b = load_spec(root).spec.apis
-    assert extra_requirements(a) == ["onnxruntime-gpu", "boto3"] and extra_requirements(b) == []
+    assert extra_requirements(a) == ["nvidia-ml-py", "onnxruntime-gpu", "boto3"] and extra_requirements(b) == []
     context = assemble(
         ProjectFiles(root, root / "stack.yaml"),
         "a",
