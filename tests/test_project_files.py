@@ -171,4 +171,4 @@ def test_an_onnx_or_s3_api_gets_its_packages_in_the_image(tmp_path: Path) -> Non
         extra=extra_requirements(a),
     )
     # boto3 is already pinned by the project: kept as the project wrote it, not added twice.
-    assert (context / "requirements.txt").read_text() == "numpy==2.0.0\nboto3>=1.30\nonnxruntime-gpu\n"
+    assert (context / "requirements.txt").read_text() == "numpy==2.0.0\nboto3>=1.30\nnvidia-ml-py\nonnxruntime-gpu\n"
