@@ -239,3 +239,29 @@ def test_an_unreadable_saved_state_starts_afresh(tmp_path) -> None:  # type: ign
     assert not autoscaler.apis["a"].history.recommendations and not autoscaler.apis["a"].changes
     state.write_text("{trunc")
     assert Autoscaler(config, Target(a=1), Load(a=1.0), state_file=state).apis["a"].changes.maxlen
+
+
+def test_a_gpu_api_at_its_slots_says_it_is_at_gpu_capacity() -> None:
+    target = Target(vision=2)
+    bounded = Bounds(min_replicas=1, max_replicas=2, target=1.0, window=6, upscale_stabilization=0)
+    config = AutoscalerConfig("shop", 1.0, [ApiScaling("vision", bounded, gpu_slots=[["GPU-a"], ["GPU-b"]])])
+    autoscaler = Autoscaler(config, target, Load(vision=9.0), clock=lambda: 1000.0)
+    asyncio.run(autoscaler.tick())
+    assert target.scale_calls == []  # never a slot that has no place
+    assert autoscaler.status()["vision"]["last"].endswith("; at GPU capacity (2/2 slots)")
+
+
+def test_gpu_utilization_grows_an_api_whose_queue_looks_fine() -> None:
+    class Busy(Load):
+        async def read(self, api: str, window: float, short_window: float) -> Signal:
+            return Signal(1.0, 1.0, gpu_utilization=0.9)  # one request in flight, the GPU 90% busy
+
+    bounds = Bounds(min_replicas=1, max_replicas=8, target=4.0, window=6, upscale_stabilization=0)
+    gpu_bound = Bounds(**{**bounds.__dict__, "target_gpu_utilization": 0.6})
+    for given, expected in ((bounds, []), (gpu_bound, [("vision", 3)])):
+        target = Target(vision=2)
+        config = AutoscalerConfig("shop", 1.0, [ApiScaling("vision", given)])
+        autoscaler = Autoscaler(config, target, Busy(), clock=lambda: 1000.0)
+        asyncio.run(autoscaler.tick())
+        assert target.scale_calls == expected  # 2 replicas x 90% / 60% = 3
+    assert "GPU utilization 90%, target 60%" in autoscaler.status()["vision"]["last"]

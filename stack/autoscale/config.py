@@ -97,6 +97,7 @@ def bounds_of(api: Api, per_unit: int = 1) -> Bounds:
         upscale_tolerance=spec.upscale_tolerance,
         downscale_tolerance=spec.downscale_tolerance,
         idle_timeout=spec.idle_timeout,
+        target_gpu_utilization=spec.target_gpu_utilization / 100 if spec.target_gpu_utilization else None,
     )
 
 

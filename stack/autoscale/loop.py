@@ -175,6 +175,11 @@ class Autoscaler:
             signal = replace(signal, idle_for=since if signal.idle_for is None else min(signal.idle_for, since))
         observation = self._observe(now, replicas, signal)
         decision = self.policy(observation, state.history, api.bounds)
+        slots = len(api.gpu_slots)
+        demand = math.ceil(signal.in_flight / api.bounds.target) if signal.in_flight else 0
+        if slots and decision.desired >= slots and demand > slots:
+            # A GPU API has as many replicas as its placed slots at most: say so rather than ask for more.
+            decision = replace(decision, reason=f"{decision.reason}; at GPU capacity ({slots}/{slots} slots)")
         self._record(state, observation, decision)
         if decision.desired == replicas.current:
             return
@@ -215,6 +220,7 @@ class Autoscaler:
             signal.in_flight_short,
             signal.missing_reason,
             signal.idle_for,
+            signal.gpu_utilization,
         )
 
     def _record(self, state: ApiLoop, obs: Observation, decision: Decision) -> None:

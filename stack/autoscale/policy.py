@@ -54,6 +54,7 @@ class Bounds:
     upscale_tolerance: float = 0.05
     downscale_tolerance: float = 0.05
     idle_timeout: float = 600.0  # with min_replicas 0: no request for this long scales the API to zero
+    target_gpu_utilization: float | None = None  # 0..1: also scale on the replicas' GPU utilization
 
     @property
     def panic_window(self) -> float:
@@ -71,6 +72,7 @@ class Observation:
     in_flight_short: float | None = None  # the same over the panic window
     missing_reason: str = ""
     idle_for: float | None = None  # seconds since the API's last request (None: unknown)
+    gpu_utilization: float | None = None  # 0..1, the replicas' GPUs averaged over `window` (None: unknown)
 
 
 class ScaleAction(StrEnum):
@@ -131,6 +133,13 @@ def cortex_policy(obs: Observation, history: History, bounds: Bounds) -> Decisio
     if history.started_at is None:
         history.started_at = obs.now
     raw = obs.in_flight / bounds.target
+    signal = f"in-flight {obs.in_flight:.2f}, target {bounds.target:g}/replica"
+    if bounds.target_gpu_utilization and obs.gpu_utilization is not None and current > 0:
+        # As Kubernetes' HPA does for utilization: the replicas that would bring it to the target.
+        by_gpu = current * obs.gpu_utilization / bounds.target_gpu_utilization
+        if by_gpu > raw:
+            raw = by_gpu
+            signal = f"GPU utilization {obs.gpu_utilization:.0%}, target {bounds.target_gpu_utilization:.0%}"
     recommendation = _step(raw, current, bounds)
     history.add(obs.now, recommendation, max(bounds.upscale_stabilization, bounds.downscale_stabilization))
     age = obs.now - history.started_at
@@ -158,9 +167,7 @@ def cortex_policy(obs: Observation, history: History, bounds: Bounds) -> Decisio
             reason, rule = "hold: at max_replicas", "min_max"
         else:
             reason, rule = "hold: within tolerance", "tolerance"
-    return Decision(
-        desired, f"{reason} (in-flight {obs.in_flight:.2f}, target {bounds.target:g}/replica)", recommendation, rule
-    )
+    return Decision(desired, f"{reason} ({signal})", recommendation, rule)
 
 
 def stack_policy(obs: Observation, history: History, bounds: Bounds) -> Decision:

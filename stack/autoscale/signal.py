@@ -19,6 +19,7 @@ from stack.prometheus import query_vector
 
 IN_FLIGHT = "predictor_requests_in_flight"
 LAST_REQUEST = "predictor_last_request_timestamp_seconds"
+GPU_UTILIZATION = "predictor_gpu_utilization_ratio"
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Signal:
     in_flight_short: float | None
     missing_reason: str = ""
     idle_for: float | None = None  # seconds since the API's newest request (or its replicas' start)
+    gpu_utilization: float | None = None  # the API's GPUs, 0..1, averaged over the window (None: no GPU data)
 
 
 class PrometheusSignal:
@@ -61,9 +63,10 @@ class PrometheusSignal:
             return Signal(None, None, "Prometheus returned an empty or NaN result")
         try:
             idle = await self._query(f'time() - max({LAST_REQUEST}{{api="{api}"}})')
+            gpu = await self._query(f'avg(avg_over_time({GPU_UTILIZATION}{{api="{api}"}}[{_seconds(window)}]))')
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            idle = None
-        return Signal(long, short, idle_for=idle)
+            idle = gpu = None
+        return Signal(long, short, idle_for=idle, gpu_utilization=gpu)
 
     def _fresh(self, selector: str) -> str:
         """Only samples scraped within two intervals of each instant: no value carried across a gap."""

@@ -195,6 +195,9 @@ class Autoscaling(Strict):
     max_downscale_factor: Annotated[float, Field(gt=0, lt=1)] = 0.75
     upscale_tolerance: Annotated[float, Field(ge=0)] = 0.05
     downscale_tolerance: Annotated[float, Field(ge=0)] = 0.05
+    # A GPU API also grows when its replicas' GPU utilization (percent, averaged over `window`) is above
+    # this, beside requests in flight; null: in flight alone decides.
+    target_gpu_utilization: Annotated[float, Field(gt=0, le=100)] | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -286,6 +289,8 @@ class Api(Strict):
 
     @model_validator(mode="after")
     def _gpu_and_processes(self) -> Api:
+        if self.autoscaling.target_gpu_utilization is not None and not self.compute.gpu:
+            raise ValueError("autoscaling.target_gpu_utilization needs a GPU: set compute.gpu")
         gpus, processes = self.compute.gpu, self.predictor.processes_per_replica
         # With several GPUs each worker process gets one of them; one GPU (or a share) is shared by all.
         if gpus > 1 and processes != gpus:
