@@ -7,6 +7,7 @@ import time
 
 import click
 
+from stack.spec.units import format_memory
 from stack.status import ApiPhase, ApiStatus, CanaryStatus, SplitterStatus, StackStatus
 
 
@@ -55,7 +56,10 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
         rows.append(
             [
                 a.name,
-                a.status + _zero_since(a) + (" (files changed since the last `stack up`)" if a.changed else ""),
+                a.status
+                + _zero_since(a)
+                + (f", at GPU capacity ({a.desired}/{a.gpu_slots} slots)" if a.at_gpu_capacity else "")
+                + (" (files changed since the last `stack up`)" if a.changed else ""),
                 f"{a.ready}/{a.desired}",
                 f"http://127.0.0.1:{data.gateway_port}{a.endpoint}",
                 num(traffic.requests_per_second) if traffic else "-",
@@ -99,6 +103,19 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
         for s in data.splitters:
             if s.canary is not None:
                 click.echo("\n" + _canary_text(s.name, s.canary))
+    if data.gpus:
+        gpu_rows = [
+            [
+                f"{g.index} {g.uuid}".strip(),
+                g.name or "-",
+                ", ".join(g.slots) or "free",
+                f"{g.share:g} of 1",
+                "-" if g.utilization is None else f"{g.utilization:.0%}",
+                f"{_size(g.memory_used_bytes)} of {_size(g.memory_total_bytes)}",
+            ]
+            for g in data.gpus
+        ]
+        click.echo("\n" + tabulate(gpu_rows, headers=["gpu", "name", "slots", "placed", "utilization", "memory"]))
     for note in data.notes:
         click.echo(f"note: {note}")
     if not detail:
@@ -106,9 +123,11 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
     api = apis[0]
     replicas = [
         [r.id, r.state, r.health or "-", r.version, r.pid or "-", r.port or "-", _uptime(r.uptime_s)]
+        + ([r.gpu or "-", _size(r.gpu_memory_bytes)] if api.gpu_slots else [])
         for r in api.replicas
     ]
-    click.echo("\n" + tabulate(replicas, headers=["replica", "state", "health", "version", "pid", "port", "up"]))
+    headers = ["replica", "state", "health", "version", "pid", "port", "up"]
+    click.echo("\n" + tabulate(replicas, headers=headers + (["gpu", "gpu memory"] if api.gpu_slots else [])))
     if api.events:
         click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in api.events))
     _show_decisions(api)
@@ -134,3 +153,7 @@ def _show_decisions(api: ApiStatus) -> None:
         if change.get("attempts", 1) > 1:
             note += f" ({change['attempts']} attempts)"
         click.echo(f"  {at} {change['current']} -> {change['desired']} [{change['rule']}] {change['reason']}{note}")
+
+
+def _size(value: int | None) -> str:
+    return "-" if value is None else format_memory(value)

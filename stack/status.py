@@ -163,6 +163,20 @@ class SplitterStatus:
 
 
 @dataclass(frozen=True)
+class GpuStatus:
+    """One GPU of the host: the replica slots placed on it and, from the replicas' NVML metrics, its use."""
+
+    index: int
+    uuid: str = ""
+    name: str = ""
+    memory_total_bytes: int | None = None
+    slots: list[str] = field(default_factory=list)  # "api#n", as `stack plan` prints them
+    share: float = 0.0  # of the GPU, the placed slots together
+    utilization: float | None = None  # 0..1, now
+    memory_used_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class StackStatus:
     project: str
     target: str
@@ -171,6 +185,7 @@ class StackStatus:
     notes: list[str] = field(default_factory=list)  # things the user should know (a moved port, a dead stack)
     pid: int | None = None  # the stack's controller process, where it is one on this machine (local)
     splitters: list[SplitterStatus] = field(default_factory=list)
+    gpus: list[GpuStatus] = field(default_factory=list)  # the GPUs the stack's slots are placed on
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,6 +196,7 @@ class StackStatus:
             "notes": self.notes,
             "apis": [api.to_dict() for api in self.apis],
             "splitters": [asdict(s) for s in self.splitters],
+            "gpus": [asdict(g) for g in self.gpus],
         }
 
     @classmethod
@@ -204,6 +220,7 @@ class StackStatus:
             list(data.get("notes", [])),
             data.get("pid"),
             [SplitterStatus.from_dict(s) for s in data.get("splitters", [])],
+            [GpuStatus(**{k: v for k, v in g.items() if k in _names(GpuStatus)}) for g in data.get("gpus", [])],
         )
 
     def api(self, name: str) -> ApiStatus | None:

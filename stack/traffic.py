@@ -14,7 +14,8 @@ import math
 import requests
 
 from stack import prometheus
-from stack.status import Traffic
+from stack.plan.gpus import Placement
+from stack.status import GpuStatus, Traffic
 
 COUNT_WINDOW = "1h"
 
@@ -45,3 +46,50 @@ def _scalar(url: str, query: str, timeout: float) -> float | None:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else round(value, 2)
+
+
+def gpu_status(placement: Placement, prometheus_url: str | None, timeout: float = 3.0) -> list[GpuStatus]:
+    """The GPUs the slots are placed on, with their use now (where Prometheus has the replicas' NVML metrics)."""
+    if not placement.slots:
+        return []
+    usage: dict[str, dict[str, float]] = {}
+    if prometheus_url:
+        try:
+            for name in ("predictor_gpu_utilization_ratio", "predictor_gpu_memory_used_bytes"):
+                for labels, value in prometheus.query(prometheus_url, f"max by (gpu) ({name})", timeout):
+                    usage.setdefault(labels.get("gpu", ""), {})[name] = value
+        except (requests.RequestException, ValueError):
+            usage = {}
+    result = []
+    for gpu in placement.gpus:
+        slots = placement.on(gpu.index)
+        seen = usage.get(gpu.uuid or str(gpu.index), {})
+        used = seen.get("predictor_gpu_memory_used_bytes")
+        result.append(
+            GpuStatus(
+                gpu.index,
+                gpu.uuid,
+                gpu.name,
+                gpu.memory,
+                [s.name for s in slots],
+                round(float(sum(s.share for s in slots)), 4),
+                seen.get("predictor_gpu_utilization_ratio"),
+                None if used is None else int(used),
+            )
+        )
+    return result
+
+
+def replica_gpu_memory(prometheus_url: str, api: str, timeout: float = 3.0) -> dict[str, int]:
+    """Each replica's own GPU memory, by its `replica` label and by `instance` (host:port)."""
+    query = f'sum by (instance, replica) (predictor_gpu_process_memory_bytes{{api="{api}"}})'
+    try:
+        rows = prometheus.query(prometheus_url, query, timeout)
+    except (requests.RequestException, ValueError):
+        return {}
+    found: dict[str, int] = {}
+    for labels, value in rows:
+        for key in (labels.get("replica"), labels.get("instance")):
+            if key:
+                found[key] = int(value)
+    return found

@@ -216,6 +216,11 @@ def test_local_replicas_are_pinned_to_their_slots_gpu(tmp_path: Path, fake_smi: 
         status = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
         assert sorted(r["gpu"] for r in status["replicas"]) == [H100, H100_2]
         assert status["gpu_slots"] == 2
+        table = stack("status", "--local", "-p", str(root), cwd=root).stdout
+        assert "live, at GPU capacity (2/2 slots)" in table, table
+        assert f"0 {H100}" in table and "where#0" in table and "0.5 of 1" in table, table
+        detail = stack("status", "--local", "where", "-p", str(root), cwd=root).stdout
+        assert "gpu memory" in detail and H100_2 in detail, detail
     finally:
         stack("down", "--local", str(root), cwd=root, check=False)
 

@@ -12,6 +12,7 @@ what the autoscaler or `stack scale` set.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,7 +23,7 @@ from stack.autoscale.scaler import Scaler
 from stack.canary import STATE_FILE as CANARY_FILE
 from stack.canary import splitter_status
 from stack.errors import NotRunning, StackError
-from stack.plan.gpus import host_gpus, write_placement
+from stack.plan.gpus import Placement, Slot, host_gpus, read_placement, write_placement
 from stack.plan.render import (
     AUTOSCALER_STATE_DIR,
     CONTROL_DIR,
@@ -52,7 +53,7 @@ from stack.targets.docker import docker
 from stack.targets.gateway import check_routed, readiness_url, wait_until_routed
 from stack.targets.logs import follow_container_logs
 from stack.targets.rollout import Fleet, next_step
-from stack.traffic import prometheus_traffic
+from stack.traffic import gpu_status, prometheus_traffic, replica_gpu_memory
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/compose"
@@ -197,6 +198,8 @@ class ComposeTarget:
         decisions = self._decisions()
         manual = manual_apis(self.state_dir)
         deployed = self._deployed()
+        placement = read_placement(self.loaded.root / PLACEMENT_FILE)
+        prometheus = f"http://127.0.0.1:{self.loaded.spec.prometheus.port}"
         apis = []
         for api in self.loaded.spec.apis:
             mine = [c for c in containers if c.api == api.name]
@@ -208,6 +211,8 @@ class ComposeTarget:
             updating = any(c.version != version for c in alive)
             failed = [c for c in current if c.failed]
             desired = max(len(current), len(alive) - len(current)) if updating else len(current)
+            slots = placement.of(api.name)
+            memory = replica_gpu_memory(prometheus, api.name) if slots else {}
             seen = Observed(
                 desired=desired,
                 ready=len(ready),
@@ -233,16 +238,26 @@ class ComposeTarget:
                     min_replicas=api.autoscaling.min_replicas,
                     max_replicas=api.autoscaling.max_replicas,
                     replicas=[
-                        ReplicaStatus(id=c.name, state=c.replica_state, version=c.version, health=c.health)
+                        ReplicaStatus(
+                            id=c.name,
+                            state=c.replica_state,
+                            version=c.version,
+                            health=c.health,
+                            gpu=_slot_gpu(c.service, slots, placement),
+                            gpu_memory_bytes=memory.get(c.name),
+                        )
                         for c in mine
                     ],
                     traffic=self._traffic(api.name),
+                    gpu_slots=len(slots),
                 )
             )
         apis = [check_routed(api, self.loaded.spec.gateway.port) for api in apis]
         notes = self.engine.controller_notes() if containers else []
         splitters = splitter_status(splitters_of(self.loaded.spec), self.state_dir)
-        return StackStatus(self.project, "compose", self.loaded.spec.gateway.port, apis, notes, splitters=splitters)
+        gpus = gpu_status(placement, prometheus)
+        port = self.loaded.spec.gateway.port
+        return StackStatus(self.project, "compose", port, apis, notes, splitters=splitters, gpus=gpus)
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         routes_file = self.loaded.root / CONTROL_DIR / "routes" / "routes.yml"
@@ -321,6 +336,13 @@ class ComposeTarget:
         self.engine.compose("down", "--remove-orphans", *(["--volumes"] if volumes else []), capture=False)
         (self.state_dir / CANARY_FILE).unlink(missing_ok=True)  # brought up again, canaries start over
         return existed
+
+
+def _slot_gpu(service: str, slots: list[Slot], placement: Placement) -> str:
+    """The GPU(s) of the slot a replica's Compose service (`<api>-<version>-gpu<N>`) stands for."""
+    match = re.search(r"-gpu(\d+)$", service)
+    slot = next((s for s in slots if match and s.number == int(match.group(1))), None)
+    return ",".join(placement.device_ids(slot)) if slot is not None else ""
 
 
 def _stop_timeout(api: Api) -> float:

@@ -18,7 +18,7 @@ from serving.supervisor import port_is_free
 from stack.autoscale.scaler import Scaler
 from stack.canary import splitter_status
 from stack.errors import NotRunning, StackError
-from stack.plan.gpus import host_gpus, place, write_placement
+from stack.plan.gpus import host_gpus, place, read_placement, write_placement
 from stack.plan.render import api_version, project_digest
 from stack.spec import LoadedSpec
 from stack.splits import change, clear_overrides, splitters_of
@@ -35,7 +35,7 @@ from stack.targets.local.state import (
     pid_alive,
     read_state,
 )
-from stack.traffic import prometheus_traffic
+from stack.traffic import gpu_status, prometheus_traffic, replica_gpu_memory
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
 _SUPERVISORS: list[subprocess.Popen[bytes]] = []  # started by this process (several, in a test run)
@@ -85,13 +85,18 @@ class LocalTarget:
         state = self._require()
         prometheus = state.prometheus_url
         versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
+        placement = read_placement(self.paths.placement)
         apis = []
         for api in reported.apis:
             traffic = prometheus_traffic(prometheus, api.name) if prometheus else None
             checked = check_routed(api, state.gateway_port)
+            if api.gpu_slots and prometheus:
+                memory = replica_gpu_memory(prometheus, api.name)
+                replicas = [replace(r, gpu_memory_bytes=memory.get(f"127.0.0.1:{r.port}")) for r in checked.replicas]
+                checked = replace(checked, replicas=replicas)
             apis.append(replace(checked, changed=versions.get(api.name, api.version) != api.version, traffic=traffic))
         splitters = splitter_status(splitters_of(self.loaded.spec), self.paths.split_overrides)
-        return replace(reported, apis=apis, splitters=splitters)
+        return replace(reported, apis=apis, splitters=splitters, gpus=gpu_status(placement, prometheus))
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         self._require()

@@ -7,7 +7,7 @@ job "gpu-sharing-rank" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "rank"
-    stack_version = "6f1049d32079"
+    stack_version = "ee7ba170e1d5"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-rank" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=rank",
-        "stack.version=6f1049d32079",
+        "stack.version=ee7ba170e1d5",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-rank.entrypoints=web",
         "traefik.http.routers.gpu-sharing-rank.rule=(Path(`/rank`) || PathPrefix(`/rank/`)) && !PathRegexp(`^/rank/+(metrics|healthz|readyz)/*$`)",
@@ -87,7 +87,7 @@ job "gpu-sharing-rank" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-rank:6f1049d32079"
+        image = "gpu-sharing-rank:ee7ba170e1d5"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "dfc3974bd4b3"
+    stack_version = "121edf7b7a4c"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=dfc3974bd4b3",
+        "stack.version=121edf7b7a4c",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -87,7 +87,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:dfc3974bd4b3"
+        image = "iris-iris:121edf7b7a4c"
         ports = ["http"]
       }
 
