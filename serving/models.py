@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import ModelError, ModelInputInvalid, ModelLoadFailed, ModelNotFound
+from serving.model_cache import ModelCache
 
 LOGGER = logging.getLogger("serving.models")
 LATEST = "latest"
@@ -52,6 +53,9 @@ class ModelsConfig:
     cache_size: int | None = None  # models in memory; None: all
     disk_cache_size: int | None = None  # model versions on local disk (from S3); None: all
     poll_interval: float = 2.0  # seconds between listings of the sources (live reloading)
+    # Where S3 models are downloaded (predictor.model_cache, mounted into every replica of the host):
+    # shared by them, so a version is downloaded once per host. None: this replica's own temporary one.
+    cache_dir: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelsConfig:
@@ -70,8 +74,9 @@ class ModelStore:
         self._memory: OrderedDict[tuple[str, str], Any] = OrderedDict()  # LRU, newest last
         self._loading: dict[tuple[str, str], Future[Any]] = {}
         self._available: dict[str, dict[str, str]] = {}  # name -> version -> location
-        self._disk: OrderedDict[tuple[str, str], Path] = OrderedDict()
-        self._cache_dir = Path(tempfile.mkdtemp(prefix="stack-models-"))
+        self._own_cache = config.cache_dir is None
+        self._cache_dir = Path(config.cache_dir) if config.cache_dir else Path(tempfile.mkdtemp(prefix="stack-models-"))
+        self._disk_cache = ModelCache(self._cache_dir, _list_objects, _download_object, config.disk_cache_size)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.refresh()
@@ -133,7 +138,8 @@ class ModelStore:
 
     def close(self) -> None:
         self._stop.set()
-        shutil.rmtree(self._cache_dir, ignore_errors=True)
+        if self._own_cache:  # a shared cache outlives this replica: the next one finds its models there
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
 
     # -- getting a model -----------------------------------------------------------------------
 
@@ -239,20 +245,9 @@ class ModelStore:
             if not Path(location).is_dir():
                 raise ModelNotFound(f"model {name!r} version {version} is gone from {location}")
             return Path(location)
-        key = (name, version)
-        with self._lock:
-            if key in self._disk and self._disk[key].is_dir():
-                self._disk.move_to_end(key)
-                return self._disk[key]
-        target = self._cache_dir / name / version
-        _download(location, target)
-        with self._lock:
-            self._disk[key] = target
-            limit = self.config.disk_cache_size
-            while limit is not None and len(self._disk) > limit:
-                _, old_path = self._disk.popitem(last=False)
-                shutil.rmtree(old_path, ignore_errors=True)
-        return target
+        fetched = self._disk_cache.fetch(location)
+        self._count("download" if fetched.downloaded else "disk_hit")
+        return fetched.path
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
@@ -337,25 +332,21 @@ def _list_dirs(location: str) -> list[str]:
     return sorted(names)
 
 
-def _download(location: str, target: Path) -> None:
+def _list_objects(location: str) -> dict[str, tuple[int, str]]:
+    """A version's objects under its S3 prefix: relative path -> (size, ETag)."""
     bucket, prefix = _split_s3(location)
-    client = _s3()
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    count = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    found: dict[str, tuple[int, str]] = {}
+    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             relative = item["Key"][len(prefix) :]
-            if not relative or relative.endswith("/"):
-                continue
-            destination = partial / relative
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, item["Key"], str(destination))
-            count += 1
-    if count == 0:
-        raise FileNotFoundError(f"{location} holds no files")
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+            if relative and not relative.endswith("/"):
+                found[relative] = (int(item["Size"]), str(item.get("ETag", "")).strip('"'))
+    return found
+
+
+def _download_object(location: str, relative: str, destination: Path) -> None:
+    bucket, prefix = _split_s3(location)
+    _s3().download_file(bucket, prefix + relative, str(destination))
 
 
 def _split_s3(location: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.gpus import Gpu, Placement, place
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.nomad_routes import routes_variable, routes_yaml
-from stack.plan.serving import REPLICA_PORT, api_keys_text, replica_config
+from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache, replica_config
 from stack.routes import Route, activator_fallback, member_service, router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
@@ -50,6 +50,7 @@ ERRORS_PORT = 9101  # the activator and the gateway's own errors (stack.gateway_
 
 
 COMPOSE_KEYS_FILE = "/run/secrets/api_keys"  # a Compose secret (a 0600 file of the plan)
+MODEL_CACHE = "/model-cache"  # where a replica finds the host's shared model cache
 NOMAD_KEYS_FILE = "/secrets/api_keys"  # rendered by a Nomad template from the job's Nomad Variable
 
 
@@ -150,12 +151,23 @@ def api_version(api: Api, digest: str) -> str:
 
 
 def _api_values(
-    loaded: LoadedSpec, api: Api, digest: str, registry: str, drain_in_replica: bool, keys_file: str
+    loaded: LoadedSpec,
+    api: Api,
+    digest: str,
+    registry: str,
+    drain_in_replica: bool,
+    keys_file: str,
+    model_cache: str | None = None,
 ) -> dict[str, Any]:
     version = api_version(api, digest)
     project = loaded.spec.project
     config = replica_config(
-        loaded, api, root="/app", drain_delay=None if drain_in_replica else 0.0, keys_file=keys_file
+        loaded,
+        api,
+        root="/app",
+        drain_delay=None if drain_in_replica else 0.0,
+        keys_file=keys_file,
+        model_cache=model_cache,
     )
     predictor = api.predictor
     endpoint = api.endpoint
@@ -229,7 +241,18 @@ def plan_compose(
     apis = []
     files: dict[str, str] = {}
     for api in spec.apis:
-        values = _api_values(loaded, api, digest, registry="", drain_in_replica=True, keys_file=COMPOSE_KEYS_FILE)
+        cached = needs_model_cache(api)
+        values = _api_values(
+            loaded,
+            api,
+            digest,
+            registry="",
+            drain_in_replica=True,
+            keys_file=COMPOSE_KEYS_FILE,
+            model_cache=MODEL_CACHE if cached else None,
+        )
+        # S3 models are downloaded once per host, into a volume (or host directory) every replica mounts.
+        values["model_cache"] = _compose_model_cache(loaded, api, out_dir) if cached else None
         values["limits"] = _limits(api)
         service = service_name(api, values["version"])
         if api.compute.gpu:
@@ -281,6 +304,7 @@ def plan_compose(
         },
         images={**DEFAULT_IMAGES, **(images or {})},
         apis=apis,
+        model_volumes=sorted({a["model_cache"] for a in apis if a["model_cache"] and "/" not in a["model_cache"]}),
         replica_port=REPLICA_PORT,
         health=HEALTH,
         prometheus={"port": spec.prometheus.port, "retention": format_duration(spec.prometheus.retention)},
@@ -302,6 +326,15 @@ def plan_compose(
         autoscaler_port=AUTOSCALER_PORT,
     )
     return Plan("compose", files, placement, placement.warnings)
+
+
+def _compose_model_cache(loaded: LoadedSpec, api: Api, out_dir: Path) -> str:
+    """What a replica mounts at MODEL_CACHE: a named volume, or a host directory (relative to the plan)."""
+    given = api.predictor.model_cache or "model-cache"
+    if "/" not in given:
+        return given  # a volume of the project
+    path = Path(given)
+    return str(path) if path.is_absolute() else os.path.relpath(loaded.root / path, out_dir)
 
 
 def autoscaler_image() -> str:

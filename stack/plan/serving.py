@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from serving.config import BatchingConfig, ServingConfig
@@ -26,7 +26,9 @@ def replica_config(
     port: int = REPLICA_PORT,
     drain_delay: float | None = None,
     keys_file: str | None = None,
+    model_cache: str | None = None,
 ) -> ServingConfig:
+    """`model_cache`: where this replica finds the host's shared model cache (a path it sees), if any."""
     """`root` is where the project directory is seen by the replica: /app in images, the real path locally."""
     base = PurePosixPath(root) if root is not None else PurePosixPath(loaded.root.as_posix())
     predictor = api.predictor
@@ -57,16 +59,32 @@ def replica_config(
         log_format=loaded.spec.log_format,
         predictor_type=predictor.type,
         protocol=predictor.protocol,
-        models=_models(predictor.models or predictor.multi_model_reloading),
+        models=_models(predictor.models or predictor.multi_model_reloading, model_cache),
         project_root=str(base),
         monitoring=api.monitoring.model_dump() if api.monitoring else None,
     )
 
 
-def _models(models: Models | None) -> dict[str, Any] | None:
+def needs_model_cache(api: Api) -> bool:
+    """Its models come (at least partly) from S3: they are downloaded, into the host's model cache."""
+    models = api.predictor.models or api.predictor.multi_model_reloading
+    return models is not None and any(location.startswith("s3://") for location in models.locations())
+
+
+def host_model_cache(loaded: LoadedSpec, api: Api) -> Path:
+    """The local target's model cache directory for an API: predictor.model_cache, or the stack's own."""
+    given = api.predictor.model_cache
+    if given is None:
+        return loaded.root / ".stack" / "model-cache"
+    path = Path(given)
+    return path if path.is_absolute() else loaded.root / path
+
+
+def _models(models: Models | None, cache_dir: str | None) -> dict[str, Any] | None:
     if models is None:
         return None
     return {
+        "cache_dir": cache_dir,
         "path": models.path,
         "paths": [{"name": p.name, "path": p.path} for p in models.paths or []],
         "dir": models.dir,

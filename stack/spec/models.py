@@ -105,6 +105,17 @@ class Predictor(Strict):
     grace_period: Duration = 30.0  # then let in-flight requests finish
     multi_model_reloading: Models | None = None  # python: models for python_client (load_model)
     models: Models | None = None  # onnx: models for onnx_client
+    # Where models from S3 are downloaded, shared by every replica on a host (and kept across restarts):
+    # a directory (absolute, or relative to stack.yaml) or, on Compose, a volume name (no `/`).
+    # null: the stack's own (local: .stack/model-cache/; Compose: the volume `model-cache`).
+    model_cache: str | None = None
+
+    @field_validator("model_cache")
+    @classmethod
+    def _cache_place(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or ":" in value):
+            raise ValueError(f"expected a directory or a volume name (no ':'), got {value!r}")
+        return value
 
     @field_validator("type", mode="before")
     @classmethod

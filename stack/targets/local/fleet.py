@@ -34,7 +34,7 @@ from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas
 from stack.control.routing import FileRouteSink
 from stack.plan.render import api_version
-from stack.plan.serving import api_keys_text, replica_config
+from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config
 from stack.spec import Api, LoadedSpec
 from stack.status import ReplicaState
 from stack.targets.local.children import LocalServices, free_port, start_child, wait_or_kill
@@ -276,8 +276,15 @@ class LocalFleet:
         state.counter += 1
         replica_id = f"{state.spec.name}-{state.counter}"
         port = free_port()
+        cache = host_model_cache(self.loaded, state.spec) if needs_model_cache(state.spec) else None
         config = replica_config(
-            self.loaded, state.spec, host="127.0.0.1", port=port, drain_delay=0.0, keys_file=str(self.paths.api_keys)
+            self.loaded,
+            state.spec,
+            host="127.0.0.1",
+            port=port,
+            drain_delay=0.0,
+            keys_file=str(self.paths.api_keys),
+            model_cache=str(cache) if cache else None,  # one download per host, shared by every replica
         )
         log = self.paths.replica_log(replica_id)
         error_file = self._error_file(replica_id)

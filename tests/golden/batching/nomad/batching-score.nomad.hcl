@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "4c88c06dc6c8"
+    stack_version = "3d609faf7452"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=4c88c06dc6c8",
+        "stack.version=3d609faf7452",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -87,7 +87,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:4c88c06dc6c8"
+        image = "batching-score:3d609faf7452"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "332b0bf71526"
+    stack_version = "4f0283212cd8"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=332b0bf71526",
+        "stack.version=4f0283212cd8",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -87,7 +87,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:332b0bf71526"
+        image = "chat-chat:4f0283212cd8"
         ports = ["http"]
       }
 

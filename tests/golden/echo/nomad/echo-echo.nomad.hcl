@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "54a7b7bf9d1f"
+    stack_version = "2c592f14b392"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=54a7b7bf9d1f",
+        "stack.version=2c592f14b392",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -87,7 +87,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:54a7b7bf9d1f"
+        image = "echo-echo:2c592f14b392"
         ports = ["http"]
       }
 

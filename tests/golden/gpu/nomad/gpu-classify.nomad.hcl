@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "906b6eec1333"
+    stack_version = "8f0109ba83f2"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=906b6eec1333",
+        "stack.version=8f0109ba83f2",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -87,7 +87,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:906b6eec1333"
+        image = "gpu-classify:8f0109ba83f2"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "121edf7b7a4c"
+    stack_version = "afe96d3a8a52"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=121edf7b7a4c",
+        "stack.version=afe96d3a8a52",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -87,7 +87,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:121edf7b7a4c"
+        image = "iris-iris:afe96d3a8a52"
         ports = ["http"]
       }
 

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "2a68586b1f8b"
+    stack_version = "ff12483117cf"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=2a68586b1f8b",
+        "stack.version=ff12483117cf",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
@@ -87,7 +87,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:2a68586b1f8b"
+        image = "streaming-generate:ff12483117cf"
         ports = ["http"]
       }
 
