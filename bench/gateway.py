@@ -56,14 +56,17 @@ def main() -> None:
         replica, replica_ip = _container("label=stack.api=echo")
         traefik, traefik_ip = _container("label=stack.role=gateway")
         proxies = _docker_proxies(port)
+        host_port = free_port()
+        host_gateway = _host_network_gateway(root, traefik, host_port)
         paths = {
             "published port (docker-proxy, Traefik)": f"http://127.0.0.1:{port}/echo",
+            "gateway on the host network (Traefik, no proxy)": f"http://127.0.0.1:{host_port}/echo",
             "Traefik's address": f"http://{traefik_ip}:{port}/echo",
             "direct to the replica": f"http://{replica_ip}:8888/",
         }
         results: dict[tuple[int, int], dict[str, tuple[float, float, float]]] = {}
         for cores, cpus in ((1, "0"), (2, "0,1")):
-            for container in (replica, traefik):
+            for container in (replica, traefik, host_gateway):
                 subprocess.run(["docker", "update", "--cpuset-cpus", cpus, container], check=True, capture_output=True)
             for pid in proxies:
                 subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True)
@@ -75,10 +78,12 @@ def main() -> None:
         subprocess.run([*STACK, "down", str(root)], check=True, capture_output=True)
         cold = cold_start(root, port)
     finally:
+        subprocess.run(["docker", "rm", "-f", "benchgw-host-gateway"], capture_output=True)
         subprocess.run([*STACK, "down", "--volumes", str(root)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     print(f"cold start: {cold:.1f}s")
-    write_section("gateway", render(results, cold, args.duration, bool(proxies)))
+    # The daemon's `userland-proxy: false` (NAT instead of docker-proxy) is a section of its own.
+    write_section("gateway" if proxies else "gateway-nat", render(results, cold, args.duration, bool(proxies)))
 
 
 def _container(label: str) -> tuple[str, str]:
@@ -90,6 +95,30 @@ def _container(label: str) -> tuple[str, str]:
     ).stdout.split()
     info = json.loads(subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True).stdout)[0]
     return ids[0], info["NetworkSettings"]["Networks"]["benchgw-stack"]["IPAddress"]
+
+
+def _host_network_gateway(root: Path, traefik: str, port: int) -> str:
+    """A second Traefik beside the stack's, in the host's network namespace (no published port, so no
+    userland proxy), with the stack's own flags and routes file; its container id."""
+    info = json.loads(subprocess.run(["docker", "inspect", traefik], capture_output=True, text=True).stdout)[0]
+    flags = [
+        f"--entrypoints.web.address=127.0.0.1:{port}" if a.startswith("--entrypoints.web.address=") else a
+        for a in info["Args"]
+        if not a.startswith(("--entrypoints.metrics", "--metrics", "--ping"))
+    ]
+    routes = root / ".stack/compose/control/routes"
+    command = ["docker", "run", "-d", "--name", "benchgw-host-gateway", "--network", "host"]
+    command += ["-v", f"{routes}:/routes:ro", info["Config"]["Image"], *flags]
+    container = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(f"http://127.0.0.1:{port}/echo", json={}, timeout=1).status_code == 200:
+                return container
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the host-network gateway did not route within 30 s")
 
 
 def _docker_proxies(port: int) -> list[int]:
@@ -138,11 +167,14 @@ def render(
     results: dict[tuple[int, int], dict[str, tuple[float, float, float]]], cold: float, duration: int, proxied: bool
 ) -> str:
     lines = [
-        "## Compose target: the gateway hop and cold start",
+        "## Compose target: the gateway hop and cold start"
+        + ("" if proxied else " — the daemon with `userland-proxy: false`"),
         "",
         f"`python bench/gateway.py --duration {duration}` — examples/echo, one replica, `stack up` on the local "
-        "Docker engine; W0 with `wrk` three ways in one run: through the published port (Docker's userland "
-        "proxy, then Traefik), through Traefik's own address on the stack network, and straight to the replica. "
+        "Docker engine; W0 with `wrk` four ways in one run: through the published port (Docker's userland "
+        "proxy — or, with the daemon's `userland-proxy: false`, NAT — then Traefik), through a second Traefik "
+        "with the stack's flags and routes on the host network (no published port), through Traefik's own "
+        "address on the stack network, and straight to the replica. "
         "The stack's containers (and the proxy) pinned to 1 core (CPU 0; `wrk` alone on CPU 1: equal CPU for "
         "the serving side) and to 2 cores (CPUs 0-1, shared with `wrk`).",
         "",

@@ -91,6 +91,8 @@ def test_up_scale_update_status_kill_down(project: tuple[Path, str, int]) -> Non
     assert f"http://127.0.0.1:{port}/echo" in up.stdout
     assert "wheels for the image's Python 3.11 (x86_64)" in up.stderr  # resolved now, or by an earlier build
     assert f"building {name}-echo:" in up.stderr
+    # This engine runs Docker's userland proxy (docker-offline's default): `stack up` says what it costs.
+    assert "the engine's userland proxy carries the gateway's port" in up.stderr
     assert requests.post(url, json={"a": 1}, timeout=10).json() == {"greeting": "v1", "payload": {"a": 1}, "query": {}}
 
     replicas = [c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "echo"]

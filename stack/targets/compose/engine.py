@@ -208,3 +208,17 @@ class ComposeProject:
             f"the controller (autoscaler service) is {how}: killed replicas are not replaced, the gateway's routes "
             f"do not follow the replicas and nothing autoscales; `stack up {self.loaded.root}` starts it again"
         ]
+
+
+def userland_proxy(port: int) -> bool:
+    """Whether the engine's userland proxy (a docker-proxy process) forwards this published port."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"docker-proxy") and b"-host-port" in args:
+            at = args.index(b"-host-port")
+            if at + 1 < len(args) and args[at + 1] == str(port).encode():
+                return True
+    return False

@@ -48,7 +48,7 @@ from stack.targets.compose.desired import (
     read_desired,
     write_desired,
 )
-from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject
+from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, userland_proxy
 from stack.targets.docker import docker
 from stack.targets.gateway import check_routed, readiness_url, wait_until_routed
 from stack.targets.logs import follow_container_logs
@@ -101,6 +101,12 @@ class ComposeTarget:
         for api in self.loaded.spec.apis:
             self._roll(api, versions[api.name], progress)
             self._wait_routed(api, progress)
+        if userland_proxy(self.loaded.spec.gateway.port):
+            progress(
+                "note: the engine's userland proxy carries the gateway's port, one more hop per request: "
+                '"userland-proxy": false in /etc/docker/daemon.json (compose/daemon.json) forwards it with NAT '
+                "instead (about 1.4x the gateway's requests per second, bench/RESULTS.md)"
+            )
         return self.status()
 
     def _prepare_control_dir(self) -> None:
