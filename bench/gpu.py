@@ -1,6 +1,7 @@
 """GPU batching benchmark: the model alone, our server and LitServe, side by side in one run.
 
     python bench/gpu.py [--duration 10] [--connections 64] [--out FILE]
+    python bench/gpu.py --sharing [--duration 10] [--connections 64]
 
 The model is a BERT-base-sized encoder with random fp16 weights
 (bench/predictors/bert_gpu.py), 128 tokens per request. Measured, in order:
@@ -13,6 +14,11 @@ The model is a BERT-base-sized encoder with random fp16 weights
 - LitServe: batching off and 32 / 5 ms, one worker.
 
 Load: `hey` (or `wrk`) with `--connections` clients posting the same JSON body.
+`--sharing`: four replicas with `compute.gpu: 0.25` on one GPU (`stack up
+--local`, placed by the plan, each pinned with CUDA_VISIBLE_DEVICES), each
+answering from `cuda` with its own memory (torch.cuda.memory_allocated), then
+the same model's throughput through the gateway: four quarter-GPU replicas
+against one replica with the whole GPU (section `gpu-sharing`).
 Without CUDA it prints "no GPU" and exits 0: a GPU run is a deliberate act.
 Results are written to bench/RESULTS.md (section `gpu`), or to --out.
 """
@@ -196,6 +202,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, help="write the markdown here instead of bench/RESULTS.md")
+    parser.add_argument("--sharing", action="store_true", help="four replicas of a quarter GPU each, on one GPU")
     args = parser.parse_args()
     try:
         import torch
@@ -204,6 +211,9 @@ def main() -> None:
         return
     if not torch.cuda.is_available():
         print("no GPU: CUDA is not available on this machine; run bench/gpu.py where one is")
+        return
+    if args.sharing:
+        sharing(args.duration, args.connections)
         return
     forward_row, predict_row, device = model_alone(args.duration)
     print(f"{forward_row.name}: {forward_row.rps:,.0f} items/s; {predict_row.name}: {predict_row.rps:,.0f} items/s")
@@ -237,6 +247,85 @@ def main() -> None:
         from results import write_section
 
         write_section("gpu", text, machine=f"a lent GPU machine ({device}, 16 CPU cores)")
+    print(text)
+
+
+SHARING = """\
+import os
+
+import torch
+from bert_gpu import Predictor as Bert
+
+
+class Predictor(Bert):
+    def predict(self, payload):
+        if isinstance(payload, dict) and payload.get("where"):
+            return {
+                "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                "pid": os.getpid(),
+                "device": torch.cuda.get_device_name(0),
+                "memory_allocated": torch.cuda.memory_allocated(),
+            }
+        return super().predict(payload)
+"""
+
+
+def sharing(duration: int, connections: int) -> None:
+    """Four quarter-GPU replicas on one GPU, through the local target, against one whole-GPU replica."""
+    import tempfile
+
+    import requests
+
+    work = Path(tempfile.mkdtemp(prefix="bench-gpu-sharing-"))
+    shutil.copy(HERE / "predictors" / "bert_gpu.py", work / "bert_gpu.py")
+    (work / "predictor.py").write_text(SHARING)
+    body = json.dumps({"ids": [(i * 7919) % 30522 for i in range(128)]})
+    body_file = work / "body.json"
+    body_file.write_text(body)
+    rows, replicas = [], []
+    for label, gpu, count in (("4 replicas x gpu 0.25, one GPU", 0.25, 4), ("1 replica x gpu 1", 1, 1)):
+        port = free_port()
+        batching = "{max_batch_size: 32, batch_interval: 5ms}"
+        (work / "stack.yaml").write_text(
+            f"project: gpu-sharing-bench\ngateway: {{port: {port}}}\nprometheus: {{enabled: false}}\napis:\n"
+            f"  - name: bert\n    predictor: {{path: predictor.py, batching: {batching}}}\n"
+            f"    compute: {{gpu: {gpu}}}\n    autoscaling: {{min_replicas: {count}, max_replicas: {count}}}\n"
+        )
+        stack = [PY, "-m", "stack.cli"]
+        up = subprocess.run([*stack, "up", "--local", str(work), "--gpus", "1"], capture_output=True, text=True)
+        if up.returncode != 0:
+            raise SystemExit(up.stderr)
+        try:
+            url = f"http://127.0.0.1:{port}/bert"
+            seen = {}
+            for _ in range(40 * count):
+                answer = requests.post(url, json={"where": True}, timeout=30).json()
+                seen[answer["pid"]] = answer
+            if gpu < 1:
+                replicas = sorted(seen.values(), key=lambda a: a["pid"])
+            rps, p50, p99, errors = load(url, body_file, duration, connections)
+            rows.append(Row(label, rps, p50, p99, errors))
+        finally:
+            subprocess.run([*stack, "down", "--local", str(work)], capture_output=True)
+    lines = [
+        "## GPU sharing: four replicas of a quarter GPU on one GPU",
+        "",
+        f"`python bench/gpu.py --sharing --duration {duration} --connections {connections}` — `stack up --local "
+        '--gpus 1`, the BERT-sized encoder with batching 32 / 5 ms; each replica answers `{"where": true}` from '
+        "its own process on `cuda`, pinned by the plan's placement.",
+        "",
+        "| replica pid | CUDA_VISIBLE_DEVICES | device | torch memory allocated |",
+        "|---:|---|---|---:|",
+        *(f"| {r['pid']} | {r['gpu']} | {r['device']} | {r['memory_allocated'] / 2**20:,.0f} MiB |" for r in replicas),
+        "",
+        "| replicas | req/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| {r.name} | {r.rps:,.0f} | {r.p50_ms or 0:.1f} | {r.p99_ms or 0:.1f} | {r.errors} |" for r in rows),
+    ]
+    from results import write_section
+
+    text = "\n".join(lines)
+    write_section("gpu-sharing", text, machine="a GPU machine")
     print(text)
 
 
