@@ -44,6 +44,33 @@ DEFAULT_IGNORE = (
     "node_modules/",
     ".DS_Store",
 )
+# What looks like a secret stays out of images and versions too (a line `!name` in .stackignore takes
+# one back in, and `stack up` then warns); the API keys file (gateway.api_keys_file) always stays out.
+SECRET_IGNORE = (
+    ".env",
+    ".env.*",
+    "*.env",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.keytab",
+    "secrets*",
+    "credentials",
+    "credentials.*",
+    ".aws/",
+    ".ssh/",
+    ".docker/config.json",
+    ".netrc",
+    ".pypirc",
+    ".npmrc",
+    ".htpasswd",
+    "id_rsa*",
+    "id_ed25519*",
+    "id_ecdsa*",
+)
+SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "apikey", "api_key", "private")
+PRIVATE_KEY = b"PRIVATE KEY-----"
 CACHE_FILE = ".stack/cache/file-hashes.json"
 _CHUNK = 1 << 20
 
@@ -55,9 +82,10 @@ class ProjectFiles:
     root: Path
     spec_file: Path | None = None  # stack.yaml: never copied, never hashed as a file
     exclude: tuple[Path, ...] = ()  # more directories to leave out (a plan written inside the project)
+    secrets: tuple[Path, ...] = ()  # files that never go in, whatever .stackignore says (the API keys file)
 
     def _spec(self) -> pathspec.GitIgnoreSpec:
-        lines = list(DEFAULT_IGNORE)
+        lines = [*DEFAULT_IGNORE, *SECRET_IGNORE]
         ignore = self.root / IGNORE_FILE
         if ignore.is_file():
             lines += ignore.read_text(errors="replace").splitlines()
@@ -68,6 +96,7 @@ class ProjectFiles:
         spec = self._spec()
         spec_file = self.spec_file.resolve() if self.spec_file else None
         excluded = {p.resolve() for p in self.exclude}
+        secrets = {p.resolve() for p in self.secrets}
         found: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             here = Path(dirpath)
@@ -93,12 +122,32 @@ class ProjectFiles:
                     continue
                 if spec_file is not None and full.resolve() == spec_file:
                     continue
+                if secrets and full.resolve() in secrets:
+                    continue
                 found.append(rel_path)
         return iter(sorted(found, key=lambda p: p.as_posix()))
+
+    def suspicious(self) -> list[Path]:
+        """Included files that look like secrets: a secret's name, or a private key inside."""
+        found = []
+        for relative in self:
+            name = relative.name.lower()
+            if any(word in name for word in SECRET_WORDS) or _holds_private_key(self.root / relative):
+                found.append(relative)
+        return found
 
     def digest(self, cache_root: Path | None = None) -> str:
         """sha256 over (path, content hash) of every included file."""
         return tree_digest(self.root, list(self), cache_root if cache_root is not None else self.root)
+
+
+def _holds_private_key(path: Path) -> bool:
+    try:
+        if path.stat().st_size > 64 * 1024:
+            return False
+        return PRIVATE_KEY in path.read_bytes()
+    except OSError:
+        return False
 
 
 def tree_digest(root: Path, files: list[Path], cache_root: Path | None) -> str:

@@ -40,6 +40,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[P
         spec.replace(f"gateway: {{port: {port}}}", f'gateway: {{port: {port}, api_keys: "${{FAULT_KEYS}}"}}')
     )
     monkeypatch.setenv("FAULT_KEYS", KEY)
+    # Secrets beside stack.yaml, as projects have them: none may reach an image.
+    (root / ".env").write_text(f"KEY={KEY}\n")
+    (root / "secrets.txt").write_text(KEY + "\n")
+    (root / "certs").mkdir()
+    (root / "certs" / "gateway.key").write_text(KEY + "\n")
     yield root, name, port
     remove_project(root, name)
 
@@ -117,6 +122,12 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
             text=True,
         )
         assert image_files.stdout.strip() == "", image_files.stdout
+        listed = subprocess.run(
+            ["docker", "run", "--rm", "--entrypoint", "sh", c["Config"]["Image"], "-c", "cd /app && find . -type f"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert "./predictor.py" in listed and not {"./.env", "./secrets.txt", "./certs/gateway.key"} & set(listed)
     assert KEY not in (root / ".stack/plan/compose/compose.yaml").read_text()
     assert ((root / ".stack/plan/compose/api_keys").stat().st_mode & 0o777) == 0o600
 

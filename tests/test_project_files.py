@@ -172,3 +172,30 @@ def test_an_onnx_or_s3_api_gets_its_packages_in_the_image(tmp_path: Path) -> Non
     )
     # boto3 is already pinned by the project: kept as the project wrote it, not added twice.
     assert (context / "requirements.txt").read_text() == "numpy==2.0.0\nboto3>=1.30\nnvidia-ml-py\nonnxruntime-gpu\n"
+
+
+def test_secrets_stay_out_of_images_and_one_that_would_go_in_is_named(tmp_path: Path) -> None:
+    from stack.plan.render import project_files
+    from stack.targets.build import warn_secrets
+
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "predictor.py").write_text("class Predictor:\n    def predict(self):\n        return 1\n")
+    (root / "keys.txt").write_text("a-key-of-sixteen\n")
+    (root / "stack.yaml").write_text(
+        "project: app\ngateway: {api_keys_file: keys.txt}\napis:\n  - name: a\n    predictor: {path: predictor.py}\n"
+    )
+    for name in (".env", ".env.prod", "secrets.txt", "certs/gateway.pem", "certs/gateway.key", ".aws/credentials"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("hush\n")
+    (root / "db_password.txt").write_text("hush\n")  # a secret's name the defaults do not know
+    (root / "weights.bin").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")  # a private key inside
+    (root / ".stackignore").write_text("!keys.txt\n")  # the keys file stays out even when asked in
+    files = project_files(load_spec(root))
+    assert [p.as_posix() for p in files] == [".stackignore", "db_password.txt", "predictor.py", "weights.bin"]
+    said: list[str] = []
+    warn_secrets(files, said.append)
+    assert len(said) == 2 and "db_password.txt looks like a secret" in said[0] and "weights.bin" in said[1]
+    assert ".stackignore" in said[0]
+    (root / ".stackignore").write_text("!.env\n")  # taken back in on purpose: in, and said
+    assert ".env" in [p.as_posix() for p in project_files(load_spec(root))]

@@ -112,7 +112,7 @@ def _header(loaded: LoadedSpec, comment: str = "#") -> str:
 
 def project_files(loaded: LoadedSpec, exclude: Path | None = None) -> ProjectFiles:
     """The project's files that go into its images (`.stackignore` and the defaults decide)."""
-    return ProjectFiles(loaded.root, loaded.path, (exclude,) if exclude is not None else ())
+    return ProjectFiles(loaded.root, loaded.path, (exclude,) if exclude is not None else (), tuple(loaded.secret_files))
 
 
 def project_digest(loaded: LoadedSpec, exclude: Path | None = None) -> str:

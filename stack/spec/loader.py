@@ -56,6 +56,7 @@ class LoadedSpec:
     path: Path  # the stack.yaml file
     warnings: list[str] = field(default_factory=list)  # valid, but the user should know (keys in the file)
     secret_env: list[str] = field(default_factory=list)  # environment variables that hold API keys
+    secret_files: list[Path] = field(default_factory=list)  # files that hold them (never in an image)
 
     @property
     def root(self) -> Path:
@@ -98,11 +99,19 @@ def load_spec(path: str | Path = ".", secrets: bool = True) -> LoadedSpec:
         raise SpecError([Problem(shown, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     data, positions = _parse_yaml(text, shown)
     secret_env: list[str] = []
+    secret_files = _secret_files(data, file.resolve().parent)
     problems, warnings = _resolve_api_keys(data, file.resolve().parent, positions, shown, secret_env, secrets)
     problems += _validate(data, positions, shown) + _cross_checks(data, file.resolve().parent, positions, shown)
     if problems:
         raise SpecError(sorted(set(problems), key=lambda p: (p.line, p.column, p.field)))
-    return LoadedSpec(models.Spec.model_validate(data), file.resolve(), warnings, secret_env)
+    return LoadedSpec(models.Spec.model_validate(data), file.resolve(), warnings, secret_env, secret_files)
+
+
+def _secret_files(data: Any, root: Path) -> list[Path]:
+    """gateway.api_keys_file, read before the keys are resolved (they replace it)."""
+    gateway = data.get("gateway") if isinstance(data, dict) else None
+    key_file = gateway.get("api_keys_file") if isinstance(gateway, dict) else None
+    return [(root / key_file).resolve()] if isinstance(key_file, str) and key_file else []
 
 
 ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")

@@ -330,6 +330,15 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def warn_secrets(files: ProjectFiles, progress: Progress) -> None:
+    """Say so when a file that looks like a secret would be copied into the images."""
+    for relative in files.suspicious():
+        progress(
+            f"warning: {relative} looks like a secret and would be copied into the images; if it is one, add it to "
+            f"{files.root / '.stackignore'} (images are pushed to registries and readable by anyone who pulls them)"
+        )
+
+
 def controller_image(loaded: LoadedSpec, progress: Progress) -> str:
     """The controller/autoscaler image (the same code for every project: one per machine), rebuilt
     only when this release's code changed; its name."""

@@ -88,6 +88,7 @@ class ComposeTarget:
             progress(f"note: {note}")
         digest = project_digest(self.loaded)
         versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
+        build.warn_secrets(project_files(self.loaded), progress)
         for api in self.loaded.spec.apis:
             self._build(api, versions[api.name], plan.files.get(f"{api.name}.Dockerfile", ""), progress)
         self.engine.check_gateway_port()

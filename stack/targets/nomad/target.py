@@ -33,11 +33,13 @@ from stack.plan.render import (
     nomad_gpu,
     plan_nomad,
     project_digest,
+    project_files,
 )
 from stack.plan.serving import api_keys_text
 from stack.spec import Api, LoadedSpec
 from stack.splits import splitters_of, with_override
 from stack.status import SplitterStatus, StackStatus
+from stack.targets import build
 from stack.targets.base import check_scale
 from stack.targets.logs import merge_streams
 from stack.targets.nomad.api import NomadApi
@@ -87,6 +89,7 @@ class NomadTarget:
         for name, content in plan.files.items():  # the plan holds the serving config: owner-only
             write_text_atomic(plan_dir / name, content, mode=0o600)
         digest = project_digest(self.loaded)
+        build.warn_secrets(project_files(self.loaded), progress)
         pusher = ImagePusher(self.loaded, self.registry)
         for api in needs_build:
             pusher.api(api, api_version(api, digest), progress)
