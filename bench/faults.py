@@ -3,18 +3,20 @@
     python bench/faults.py            # Compose (when Docker runs here) and the local target
     python bench/faults.py --local    # the local target only
 
-One API (the echo example, 3 replicas, not autoscaled, so every replica that
-comes back was brought back by the stack's own repair, not by the autoscaler)
-under 8 clients posting in a loop. Each fault is injected under that load;
-reported: requests that failed (of all sent while the fault played out), the
-slowest request, and the seconds until 3 replicas serve again (from `stack
-status`, which checks through the gateway). Writes the `faults` section of
-bench/RESULTS.md.
+One API (an echo predictor, 3 replicas, not autoscaled, so every replica that
+comes back was brought back by the stack's own repair, not by the autoscaler;
+`compute.mem: 256Mi`) under 8 clients posting in a loop. Each fault is injected
+under that load; reported: requests that failed (of all sent while the fault
+played out), the slowest request, and the seconds until the stack is whole
+again: 3 replicas serve (from `stack status`, which checks through the gateway)
+and every component it lists (gateway, Prometheus, controller) runs. Writes the
+`faults` section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -78,12 +80,19 @@ class Outcome:
     note: str = ""
 
 
-def ready(root: Path, flags: list[str]) -> int:
+def shown(root: Path, flags: list[str]) -> dict | None:  # type: ignore[type-arg]
     result = stack("status", *flags, "--json", "-p", str(root), cwd=root)
-    if result.returncode != 0:
-        return 0
-    api = json.loads(result.stdout)["apis"][0]
-    return int(api["ready"]) if api["status"] == "live" else 0
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def whole(root: Path, flags: list[str]) -> bool:
+    """3 replicas serve through the gateway and every component of the stack runs."""
+    status = shown(root, flags)
+    if status is None:
+        return False
+    api = status["apis"][0]
+    running = all(c["running"] for c in status.get("components", []))
+    return api["status"] == "live" and int(api["ready"]) == REPLICAS and running
 
 
 def inject(
@@ -91,12 +100,12 @@ def inject(
 ) -> Outcome:
     with Load(url) as load:
         time.sleep(2)
-        note = act()
         injected = time.monotonic()
+        note = act()
         time.sleep(1)
         recovered = None
         while time.monotonic() < injected + wait:
-            if ready(root, flags) == REPLICAS:
+            if whole(root, flags):
                 recovered = time.monotonic() - injected
                 break
             time.sleep(0.25)
@@ -108,7 +117,8 @@ def inject(
 
 def project(base: Path, name: str, port: int) -> Path:
     root = base / name
-    shutil.copytree(ROOT / "examples" / "echo", root, ignore=shutil.ignore_patterns(".stack"))
+    root.mkdir()
+    shutil.copy(ROOT / "bench" / "predictors" / "leak_on_demand.py", root / "predictor.py")
     (root / "stack.yaml").write_text(
         f"project: {name}\n"
         f"gateway: {{port: {port}}}\n"
@@ -116,9 +126,16 @@ def project(base: Path, name: str, port: int) -> Path:
         "apis:\n"
         "  - name: echo\n"
         "    predictor: {path: predictor.py}\n"
+        "    compute: {mem: 256Mi}\n"
         f"    autoscaling: {{min_replicas: {REPLICAS}, max_replicas: {REPLICAS}}}\n"
     )
     return root
+
+
+def out_of_memory(url: str) -> None:
+    """One request that makes the replica it reaches keep 400 MB: over its 256Mi."""
+    with contextlib.suppress(requests.RequestException):
+        requests.post(url, json={"leak_mb": 400}, timeout=30)
 
 
 def docker(*args: str) -> str:
@@ -154,16 +171,26 @@ def compose_faults(base: Path) -> list[Outcome]:
             os.kill(replicas_of(name)[0]["State"]["Pid"], signal.SIGKILL)
             return "Docker's restart policy restarts it"
 
+        def role(which: str) -> list[str]:
+            labels = [f"label=com.docker.compose.project={name}", f"label=stack.role={which}"]
+            return docker("ps", "-q", "--filter", labels[0], "--filter", labels[1]).split()
+
+        def gateway() -> str:
+            docker("kill", *role("gateway"))
+            return "the controller starts it again"
+
+        def prometheus() -> str:
+            docker("kill", *role("prometheus"))
+            return "the controller starts it again; the autoscaler holds meanwhile"
+
+        def oom() -> str:
+            out_of_memory(url)
+            status = shown(root, [])
+            error = status["apis"][0]["error"] if status else ""
+            return f"Docker restarts it; `stack status` counts the restart and shows `{error}`"
+
         def controller() -> str:
-            ids = docker(
-                "ps",
-                "-q",
-                "--filter",
-                f"label=com.docker.compose.project={name}",
-                "--filter",
-                "label=stack.role=autoscaler",
-            )
-            docker("kill", *ids.split())
+            docker("kill", *role("autoscaler"))
             notes = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["notes"]
             flagged = any("controller" in n for n in notes)
             return "traffic unaffected; `stack status` flags it" + ("" if flagged else " (NOT flagged)")
@@ -171,6 +198,9 @@ def compose_faults(base: Path) -> list[Outcome]:
         results.append(inject("compose", "`docker kill` a replica", root, url, [], kill))
         results.append(inject("compose", "`docker rm -f` a replica", root, url, [], remove))
         results.append(inject("compose", "replica process crashes (kill -9)", root, url, [], crash))
+        results.append(inject("compose", "`docker kill` the gateway", root, url, [], gateway))
+        results.append(inject("compose", "`docker kill` Prometheus", root, url, [], prometheus))
+        results.append(inject("compose", "a replica over `compute.mem` (kernel OOM kill)", root, url, [], oom))
         results.append(inject("compose", "`docker kill` the controller", root, url, [], controller, wait=5))
         started = time.monotonic()
         stack("up", str(root), cwd=root)
@@ -192,29 +222,78 @@ def local_faults(base: Path) -> list[Outcome]:
     if up.returncode != 0:
         raise SystemExit(f"stack up --local failed:\n{up.stderr}")
     results = []
+    other_port = free_port()
+    other_root = project(base, f"localother{os.getpid()}", other_port)
     try:
 
+        def status() -> dict:  # type: ignore[type-arg]
+            return json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)
+
         def crash() -> str:
-            replica = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
-            os.kill(replica["replicas"][0]["pid"], signal.SIGKILL)
+            os.kill(status()["apis"][0]["replicas"][0]["pid"], signal.SIGKILL)
             return "the supervisor replaces it"
 
+        def component(which: str) -> int:
+            found = next(c for c in status()["components"] if c["name"] == which)
+            return int(found["detail"].rsplit("pid ", 1)[1])
+
+        def gateway() -> str:
+            os.kill(component("gateway"), signal.SIGKILL)
+            return "the supervisor starts it again (same port, same routes)"
+
+        def prometheus() -> str:
+            os.kill(component("prometheus"), signal.SIGKILL)
+            return "the supervisor starts it again; the autoscaler holds meanwhile"
+
+        def oom() -> str:
+            out_of_memory(url)
+            error = status()["apis"][0]["error"]
+            return f"the supervisor's watchdog kills and replaces it; `stack status` shows `{error}`"
+
+        def lost_state() -> str:
+            shutil.rmtree(root / ".stack" / "local")
+            return "the supervisor rewrites its state and routes; `up` and `down` find it"
+
         def supervisor() -> str:
-            pid = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)["pid"]
+            pid = status()["pid"]
             os.kill(pid, signal.SIGKILL)
             time.sleep(1)
-            shown = stack("status", "--local", "-p", str(root), cwd=root)
+            said = stack("status", "--local", "-p", str(root), cwd=root)
             return "everything stops (by design); `stack status` says it died" + (
-                "" if "died" in shown.stderr else " (NOT said)"
+                "" if "died" in said.stderr else " (NOT said)"
             )
 
         results.append(inject("local", "replica process crashes (kill -9)", root, url, flags, crash))
+        results.append(inject("local", "the gateway (Traefik) killed", root, url, flags, gateway))
+        results.append(inject("local", "Prometheus killed", root, url, flags, prometheus))
+        results.append(inject("local", "a replica over `compute.mem` (watchdog)", root, url, flags, oom))
+        results.append(inject("local", "`rm -rf .stack/local` (lost state)", root, url, flags, lost_state))
+
+        # Pid reuse: this stack's state names another project's supervisor (a reboot handed its pid on).
+        # `stack down` of this project stops this one only; the load runs on the other.
+        other_up = stack("up", "--local", str(other_root), cwd=other_root)
+        if other_up.returncode != 0:
+            raise SystemExit(f"stack up --local failed:\n{other_up.stderr}")
+        other_url = f"http://127.0.0.1:{other_port}/echo"
+
+        def pid_reuse() -> str:
+            state_file = root / ".stack" / "local" / "state.json"
+            state = json.loads(state_file.read_text())
+            theirs = json.loads((other_root / ".stack" / "local" / "state.json").read_text())["pid"]
+            state_file.write_text(json.dumps({**state, "pid": theirs}))
+            said = stack("down", "--local", str(root), cwd=root).stdout.strip()
+            return f"`stack down` of this project: `{said}`, the other stack serves on"
+
+        reuse = "state naming another stack's supervisor (pid reuse)"
+        results.append(inject("local", reuse, other_root, other_url, flags, pid_reuse))
+        stack("up", "--local", str(root), cwd=root)
         results.append(inject("local", "supervisor killed (kill -9)", root, url, flags, supervisor, wait=3))
         started = time.monotonic()
         stack("up", "--local", str(root), cwd=root)
         results[-1].note += f"; `stack up --local` brings it back in {time.monotonic() - started:.1f} s"
     finally:
         stack("down", "--local", str(root), cwd=root)
+        stack("down", "--local", str(other_root), cwd=other_root)
     return results
 
 
@@ -231,10 +310,11 @@ def main() -> None:
     lines = [
         "## Faults: what a user sees, and how long until the API is whole again",
         "",
-        "`python bench/faults.py` — the echo API, 3 replicas (not autoscaled: what comes back was brought back by",
-        f"the stack's repair), {CLIENTS} clients posting in a loop while each fault is injected.",
+        "`python bench/faults.py` — an echo API, 3 replicas (not autoscaled: what comes back was brought back by",
+        f"the stack's repair), `compute.mem: 256Mi`, {CLIENTS} clients posting in a loop while each fault is injected.",
+        "Whole again: 3 replicas serve through the gateway and every component `stack status` lists runs.",
         "",
-        "| target | fault | failed requests | slowest request | 3 replicas serving again after | what happens |",
+        "| target | fault | failed requests | slowest request | whole again after | what happens |",
         "|---|---|---:|---:|---:|---|",
     ]
     for o in outcomes:

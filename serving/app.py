@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from serving.openapi import openapi_document
 from serving.pool import PredictPool
 from serving.predict import Predictions
 from serving.protocols import OpenAIAdapter, V2Adapter, openai_models, v2_routes
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LOGGER = logging.getLogger("serving")
 REPLICA_KEY: web.AppKey[Replica] = web.AppKey("replica")
@@ -113,7 +116,8 @@ class Replica:
         # Cortex's in-cluster route: through the gateway /API/predict reaches it too.
         app.router.add_post("/predict", self.handle_predict)
         self._protocol_routes(app)
-        app.router.add_get("/openapi.json", self.handle_openapi)
+        openapi = self.handle_openapi if self.config.public_openapi else self._keyed(self.handle_openapi)
+        app.router.add_get("/openapi.json", openapi)
         app.router.add_get("/", self.handle_status)
         app.router.add_route("*", "/", _method_not_allowed)
         app.router.add_get("/healthz", self.handle_health)
@@ -121,6 +125,18 @@ class Replica:
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_route("*", "/{tail:.*}", _not_found)
         return app
+
+    def _keyed(self, handler: Handler) -> Handler:
+        """`handler` behind the API keys, as the prediction routes are (a 401 without one)."""
+
+        async def keyed(request: web.Request) -> web.StreamResponse:
+            if not self.predictions.authorized(request):
+                return error_response(
+                    401, "missing or unknown API key", _request_id(request), {"WWW-Authenticate": "Bearer"}
+                )
+            return await handler(request)
+
+        return keyed
 
     async def handle_status(self, request: web.Request) -> web.Response:
         if not self.predictions.authorized(request):
@@ -154,7 +170,7 @@ class Replica:
 
             app.router.add_post("/v1/chat/completions", chat_route)
             app.router.add_post("/v1/completions", completion_route)
-            app.router.add_get("/v1/models", openai_models(self.config.api, time.time()))
+            app.router.add_get("/v1/models", self._keyed(openai_models(self.config.api, time.time())))
         elif protocol == "v2":
             v2 = V2Adapter(self.config.api)
 
@@ -162,7 +178,8 @@ class Replica:
                 return await self.handle_predict(request, v2)
 
             for method, path, handler in v2_routes(self.config.api, self.is_ready):
-                app.router.add_route(method, path, handler)
+                # The health routes answer anyone, as the replica's own probes do; the metadata needs a key.
+                app.router.add_route(method, path, handler if path.startswith("/v2/health/") else self._keyed(handler))
             app.router.add_post("/v2/models/{name}/infer", infer)
             app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer)
 

@@ -79,6 +79,13 @@ async def read_payload(request: web.Request, max_body_size: int) -> Any:
     length = request.content_length
     if length is not None and length > max_body_size:
         raise _too_large(length, max_body_size)
+    try:
+        return await _read_payload(request, max_body_size)
+    except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit: counted by aiohttp as it came
+        raise HTTPError(413, f"request body exceeds max_body_size of {max_body_size} bytes") from None
+
+
+async def _read_payload(request: web.Request, max_body_size: int) -> Any:
     content_type = request.content_type
     if not request.body_exists:
         return None

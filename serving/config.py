@@ -53,6 +53,8 @@ class ServingConfig:
     # More keys, one per line, read at start: a Compose secret or a Nomad template, so keys are
     # never in the replica's environment (`docker inspect`, /proc/PID/environ) nor in its image.
     api_keys_file: str | None = None
+    # GET /openapi.json without a key even when keys are set (gateway.public_openapi).
+    public_openapi: bool = False
     # GPUs of the replica (a fraction of one when it shares a GPU); with more than one, worker process i
     # sees only GPU i.
     gpus: float = 0

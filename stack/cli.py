@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -353,10 +354,17 @@ def _progress(line: str) -> None:
 @click.option("--registry", help="Nomad: where to push images, HOST:PORT (default: build.registry of stack.yaml).")
 def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | None, registry: str | None) -> None:
     """Start the stack, or update it in place (a rolling update) when it runs."""
-    target = resolve_target(path, target_kind, gpus, registry, secrets=True, gpu_mem=_memory_flag(gpu_mem))
-    _warn(target.loaded.warnings)
-    with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
-        status = target.up(_progress)
+    target: Target | None = None
+    try:
+        target = resolve_target(path, target_kind, gpus, registry, secrets=True, gpu_mem=_memory_flag(gpu_mem))
+        _warn(target.loaded.warnings)
+        with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
+            status = target.up(_progress)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut this line short
+        left = target.left_running() if target is not None else "nothing was started"
+        click.echo(f"\ninterrupted: {left}", err=True)
+        sys.exit(130)
     port = status.gateway_port
     click.echo(f"\nStack {status.project} is live.")
     for api in status.apis:

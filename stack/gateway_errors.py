@@ -7,6 +7,8 @@ that the local supervisor and the Compose controller serve beside the gateway.
 
 - `/__stack/gateway-error/{status}`: what Traefik's `errors` middleware asks for
   on a 502 or 504 from a replica (a replica's own 4xx/5xx JSON passes untouched);
+- `/__stack/too-large/{limit}`: a request declaring a body over the API's max_body_size (413,
+  the replica's own words: the gateway refuses it before reading the body);
 - `/__stack/no-route/...`: the catch-all router, for paths no API serves;
 - `/__stack/activate/<api>/...`: an API scaled to zero (stack.activator);
 - anything else: an API whose replicas are all gone (its service points here).
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from stack.routes import ACTIVATE
+from stack.routes import ACTIVATE, TOO_LARGE
 
 if TYPE_CHECKING:
     from stack.activator import Activator
@@ -48,6 +50,13 @@ async def _gateway_error(request: web.Request) -> web.Response:
     return _error(status if 400 <= status <= 599 else 502)
 
 
+async def _too_large(request: web.Request) -> web.Response:
+    limit = request.match_info["limit"]
+    length = request.headers.get("Content-Length", "")
+    size = f"of {length} bytes " if length.isdigit() else ""
+    return web.json_response({"error": f"request body {size}exceeds max_body_size of {limit} bytes"}, status=413)
+
+
 async def _no_route(request: web.Request) -> web.Response:
     return _error(404)
 
@@ -59,6 +68,7 @@ async def _no_replica(request: web.Request) -> web.Response:
 def error_app(activator: Activator | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_route("*", PREFIX + "/gateway-error/{status}", _gateway_error)
+    app.router.add_route("*", TOO_LARGE + "/{limit:[0-9]+}", _too_large)
     if activator is not None:
         app.router.add_route("*", ACTIVATE + "/{api}{tail:(/.*)?}", activator.handle)
     app.router.add_route("*", PREFIX + "/no-route{tail:.*}", _no_route)

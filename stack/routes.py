@@ -28,6 +28,7 @@ ACTIVATE = "/__stack/activate"  # the activator's path prefix (stack.gateway_err
 # Sent with our own checks through the gateway: the activator answers them without waking an API
 # scaled to zero (a `stack status` must not count as the request that wakes it).
 PROBE_HEADER = "X-Stack-Probe"
+TOO_LARGE = "/__stack/too-large"  # the errors service's 413 for a declared body over max_body_size
 ERRORS = "stack-errors"  # the service answering the gateway's own errors as JSON (stack.gateway_errors)
 # A killed replica costs at most its in-flight requests: a request that could not reach
 # a replica (no byte sent) goes to another one; the dial gives up after `dialTimeout`.
@@ -43,6 +44,9 @@ class Route:
     # replica for this API and holds them until it is ready.
     activate: str | None = None
     strategy: str = "p2c"  # how Traefik picks a replica (networking.load_balancer): p2c, wrr, leasttime
+    # predictor.max_body_size: a request declaring a longer body is answered 413 by the gateway at once
+    # (a replica's own answer would wait on Traefik until the client sent more or timed out).
+    max_body: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,50 @@ def router_rule(endpoint: str) -> str:
     return f"({matches}) && !PathRegexp(`{internal}`)"
 
 
+def over_regex(limit: int) -> str:
+    """A regular expression matching the decimal integers above `limit` (leading zeros allowed)."""
+    digits = str(limit)
+    width = len(digits)
+    longer = f"[1-9][0-9]{{{width},}}"
+    same = []
+    for i, digit in enumerate(digits):
+        if digit == "9":
+            continue
+        rest = width - i - 1
+        higher = "9" if digit == "8" else f"[{int(digit) + 1}-9]"
+        same.append(digits[:i] + higher + (f"[0-9]{{{rest}}}" if rest else ""))
+    return f"^0*({'|'.join([longer, *same])})$"
+
+
+def too_large_rule(endpoint: str, limit: int) -> str:
+    """The API's requests that declare a body over `limit` bytes (Content-Length)."""
+    return f"({router_rule(endpoint)}) && HeaderRegexp(`Content-Length`, `{over_regex(limit)}`)"
+
+
+def _too_large(
+    name: str, endpoint: str, limit: int, routers: dict[str, Any], middlewares: dict[str, Any], json: bool
+) -> None:
+    """A router that answers requests declaring a body over `limit` with a 413 without reading it.
+
+    Traefik's `buffering` middleware rejects on the declared length at once; it only sees these
+    requests (it also buffers responses, which would hold back a streamed answer). Its text 413
+    becomes the replica's JSON one through the errors service. The priority puts it just above its
+    API's router (Traefik's default priority is the rule's length) and below any longer endpoint's.
+    """
+    routers[f"{name}-too-large"] = {
+        "entryPoints": [ENTRYPOINT],
+        "rule": too_large_rule(endpoint, limit),
+        "priority": len(router_rule(endpoint)) + 1,
+        "service": name,
+        "middlewares": ([f"{name}-too-large-json"] if json else []) + [f"{name}-body-limit"],
+    }
+    middlewares[f"{name}-body-limit"] = {"buffering": {"maxRequestBodyBytes": limit}}
+    if json:
+        middlewares[f"{name}-too-large-json"] = {
+            "errors": {"status": ["413"], "service": ERRORS, "query": f"{TOO_LARGE}/{limit}"}
+        }
+
+
 def dynamic_config(
     routes: list[Route], errors_url: str | None = None, splits: tuple[Split, ...] = ()
 ) -> dict[str, Any]:
@@ -102,6 +150,9 @@ def dynamic_config(
             # on the service (preservePath), so requests reaching it through a splitter wake it too.
             servers = [{"url": empty_url(route, errors_url), "preservePath": True}]
         services[name] = {"loadBalancer": {"servers": servers, "strategy": route.strategy}}
+        if route.max_body is not None:
+            _too_large(name, route.endpoint, route.max_body, routers, middlewares, json=errors_url is not None)
+    limits = {route.router: route.max_body for route in routes}
     for split in splits:
         # Each API gets its own copy of its service under the splitter, so the gateway's per-service
         # metrics count what the splitter sent it apart from the API's own endpoint's requests.
@@ -110,6 +161,10 @@ def dynamic_config(
                 services.get(svc) or {"loadBalancer": {"servers": []}}
             )
         _add_split(split, routers, middlewares, services, ([ERRORS] if errors_url else []), provider="")
+        members = [limits.get(svc) for svc, _ in split.weights]
+        if members and None not in members:  # over every member's limit: none of them would take it
+            limit = max(m for m in members if m is not None)
+            _too_large(split.router, split.endpoint, limit, routers, middlewares, json=errors_url is not None)
     if errors_url:
         services[ERRORS] = {"loadBalancer": {"servers": [{"url": errors_url}]}}
         # Only what a replica never sends: its own 4xx/5xx answers (a 503 with Retry-After) pass untouched.

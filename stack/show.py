@@ -116,6 +116,8 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
             for g in data.gpus
         ]
         click.echo("\n" + tabulate(gpu_rows, headers=["gpu", "name", "slots", "placed", "utilization", "memory"]))
+    for component in data.missing():
+        click.echo(f"not running: the {component.name} ({component.detail}): {component.problem}")
     for note in data.notes:
         click.echo(f"note: {note}")
     if not detail:

@@ -177,6 +177,17 @@ class GpuStatus:
 
 
 @dataclass(frozen=True)
+class ComponentStatus:
+    """A process or container of the stack beside the replicas: the gateway, Prometheus, the controller."""
+
+    name: str  # gateway | prometheus | controller
+    running: bool
+    detail: str = ""  # what it is here: "Traefik, pid 123", a container's name
+    problem: str = ""  # why it is not running and what to do, when it is not
+    restarts: int = 0  # times the stack started it again
+
+
+@dataclass(frozen=True)
 class StackStatus:
     project: str
     target: str
@@ -186,6 +197,7 @@ class StackStatus:
     pid: int | None = None  # the stack's controller process, where it is one on this machine (local)
     splitters: list[SplitterStatus] = field(default_factory=list)
     gpus: list[GpuStatus] = field(default_factory=list)  # the GPUs the stack's slots are placed on
+    components: list[ComponentStatus] = field(default_factory=list)  # gateway, Prometheus, controller
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +209,7 @@ class StackStatus:
             "apis": [api.to_dict() for api in self.apis],
             "splitters": [asdict(s) for s in self.splitters],
             "gpus": [asdict(g) for g in self.gpus],
+            "components": [asdict(c) for c in self.components],
         }
 
     @classmethod
@@ -221,7 +234,15 @@ class StackStatus:
             data.get("pid"),
             [SplitterStatus.from_dict(s) for s in data.get("splitters", [])],
             [GpuStatus(**{k: v for k, v in g.items() if k in _names(GpuStatus)}) for g in data.get("gpus", [])],
+            [
+                ComponentStatus(**{k: v for k, v in c.items() if k in _names(ComponentStatus)})
+                for c in data.get("components", [])
+            ],
         )
+
+    def missing(self) -> list[ComponentStatus]:
+        """The stack's components that are not running now."""
+        return [c for c in self.components if not c.running]
 
     def api(self, name: str) -> ApiStatus | None:
         return next((a for a in self.apis if a.name == name), None)

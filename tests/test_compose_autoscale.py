@@ -129,6 +129,11 @@ def compose_ps(root: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def _running(container: str) -> bool:
+    out = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", container], capture_output=True, text=True)
+    return out.stdout.strip() == "true"
+
+
 def test_load_grows_the_api_idle_shrinks_it_and_scale_force_takes_it(slow_project: tuple[Path, str, int, int]) -> None:
     root, name, port, prom_port = slow_project
     url = f"http://127.0.0.1:{port}/slow"
@@ -154,16 +159,23 @@ def test_load_grows_the_api_idle_shrinks_it_and_scale_force_takes_it(slow_projec
         time.sleep(2)
     assert load.total > 100 and load.failures == 0, load.codes
 
-    # Prometheus stops: no data, so no scale-down, however long the idle lasts. The count is read once
-    # the autoscaler holds on "no data" (before, a decision taken on the last data may still apply).
+    # Prometheus stopped: the controller starts it again (within 10 s) and counts the restart.
     subprocess.run(["docker", "stop", prometheus], capture_output=True, check=True)
-    wait_for(lambda: "hold: no data" in last_decision(root), 60, "the autoscaler to hold on no data")
-    held = desired_count(root)
-    time.sleep(10)  # window 3 s + downscale stabilization 5 s + ticks: idle long enough to shrink, with data
-    assert desired_count(root) == held and "hold: no data (Prometheus query failed" in last_decision(root)
+    wait_for(lambda: _running(prometheus), 10, "the controller to start Prometheus again")
+    shown = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)
+    assert next(c for c in shown["components"] if c["name"] == "prometheus")["restarts"] >= 1
 
-    # Prometheus is back and the API is idle: down to min_replicas after the stabilization period.
-    subprocess.run(["docker", "start", prometheus], capture_output=True, check=True)
+    # Prometheus hangs: no data, so no scale-down, however long the idle lasts. The count is read once
+    # the autoscaler holds on "no data" (before, a decision taken on the last data may still apply).
+    subprocess.run(["docker", "pause", prometheus], capture_output=True, check=True)
+    try:
+        wait_for(lambda: "hold: no data" in last_decision(root), 60, "the autoscaler to hold on no data")
+        held = desired_count(root)
+        time.sleep(10)  # window 3 s + downscale stabilization 5 s + ticks: idle long enough to shrink, with data
+        assert desired_count(root) == held and "hold: no data (Prometheus query failed" in last_decision(root)
+    finally:
+        # Prometheus answers again and the API is idle: down to min_replicas after the stabilization period.
+        subprocess.run(["docker", "unpause", prometheus], capture_output=True, check=True)
     wait_for(lambda: len(replicas(name)) == 1, 120, "the count to return to min_replicas")
     assert requests.post(url, json={}, timeout=10).json() == {"ok": True}
 

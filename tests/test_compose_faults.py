@@ -3,9 +3,11 @@ controller killed, two commands at once; and what its network-facing containers 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import pytest
 import requests
 from cli import STACK
 
-from conftest import EXAMPLES, free_port
+from conftest import EXAMPLES, PREDICTORS, free_port
 from loadgen import Load
 from stack.atomic import ProjectLock
 from test_compose import _docker_ready, _prom_port, containers, remove_project, stack, write_spec
@@ -64,6 +66,13 @@ def wait_ready(root: Path, count: int, gone: set[str], timeout: float = 60) -> d
         if time.monotonic() > deadline:
             raise AssertionError(f"not back to {count} ready replicas in {timeout}s: {api}")
         time.sleep(0.5)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.post(url, json={}, headers=AUTH, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def role(name: str, which: str) -> dict:
@@ -129,6 +138,21 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
         ).stdout.split()
         assert "./predictor.py" in listed and not {"./.env", "./secrets.txt", "./certs/gateway.key"} & set(listed)
     assert KEY not in (root / ".stack/plan/compose/compose.yaml").read_text()
+    # Replicas run as the image's unprivileged user, without capabilities, and still read the keys.
+    for c in replicas:
+        assert c["Config"]["User"] == "10001:10001" and c["HostConfig"]["CapDrop"] == ["ALL"], c["Name"]
+        who = subprocess.run(["docker", "exec", c["Id"], "id", "-u"], capture_output=True, text=True, check=True)
+        assert who.stdout.strip() == "10001"
+    # The API's description needs a key too; an oversize declared body is refused at once, in JSON.
+    assert requests.get(url + "/openapi.json", timeout=5).status_code == 401
+    assert requests.get(url + "/openapi.json", headers=AUTH, timeout=5).json()["openapi"].startswith("3.")
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(
+            f"POST /echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 2000000000\r\n\r\n{".encode()
+        )
+        answer = sock.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413") and "exceeds max_body_size" in answer, answer
     assert ((root / ".stack/plan/compose/api_keys").stat().st_mode & 0o777) == 0o600
 
     # `docker kill` (which Docker's restart policy ignores) of a replica under load.
@@ -151,6 +175,20 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
     ]
     assert len(running) == 2  # started again, or replaced by a copy: the count is what it was
 
+    # The gateway killed under load: the controller starts it again within 10 s, and status counts it.
+    with Load(url, concurrency=4, timeout=20, headers=AUTH) as load:
+        time.sleep(1)
+        subprocess.run(["docker", "kill", gateway["Id"]], check=True, capture_output=True)
+        killed_at = time.monotonic()
+        while not _answers(url) and time.monotonic() - killed_at < 30:
+            time.sleep(0.2)
+        back_after = time.monotonic() - killed_at
+        time.sleep(1)
+    assert back_after < 10, back_after
+    assert load.codes[200] > 10, load.codes
+    shown = api_status(root)
+    assert next(c for c in shown["components"] if c["name"] == "gateway")["restarts"] >= 1, shown["components"]
+
     # `docker rm -f`: the controller copies a living replica.
     other = replicas[1]["Name"].lstrip("/")
     subprocess.run(["docker", "rm", "-f", other], check=True, capture_output=True)
@@ -170,3 +208,47 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
         second = subprocess.run([*STACK, "down", str(root)], cwd=root, capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and f"`stack up (compose)` (pid {os.getpid()}" in second.stderr, second.stderr
     assert requests.post(url, json={}, headers=AUTH, timeout=5).status_code == 200
+
+
+def test_an_oom_kill_is_counted_and_shown(tmp_path: Path) -> None:
+    root = tmp_path / "leaky"
+    root.mkdir()
+    shutil.copy(PREDICTORS / "leaky.py", root / "predictor.py")
+    name = f"oo{int(time.time() * 1000) % 10**8}"
+    port = free_port()
+    (root / "stack.yaml").write_text(
+        f"project: {name}\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{port: {free_port()}}}\n"
+        "apis:\n"
+        "  - name: leaky\n"
+        "    predictor: {path: predictor.py, config: {leak_mb: 60}}\n"
+        "    compute: {mem: 256Mi}\n"
+        "    autoscaling: {min_replicas: 1, max_replicas: 1}\n"
+    )
+    try:
+        stack("up", str(root), cwd=root)
+        url = f"http://127.0.0.1:{port}/leaky"
+        replica = next(c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "leaky")
+        for _ in range(12):  # bounded: 60 MB a request passes 256 MiB within five
+            with contextlib.suppress(requests.RequestException):
+                requests.post(url, json={}, timeout=10)
+            if _inspect(replica["Id"])["RestartCount"] >= 1 or _inspect(replica["Id"])["OOMKilled"]:
+                break
+        deadline = time.monotonic() + 60
+        while True:
+            api = api_status(root)["apis"][0]
+            if api["restarts"] >= 1 and api["error"] and api["status"] == "live":
+                break
+            assert time.monotonic() < deadline, api
+            time.sleep(0.5)
+        assert api["error"] == "killed: out of memory (limit 256Mi)", api
+        assert requests.post(url, json={}, timeout=10).json() == {"held_mb": 60}  # a fresh process again
+    finally:
+        remove_project(root, name)
+
+
+def _inspect(container: str) -> dict:
+    out = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True).stdout
+    state = json.loads(out)[0]
+    return {"RestartCount": state["RestartCount"], "OOMKilled": state["State"]["OOMKilled"]}

@@ -13,7 +13,7 @@ import pytest
 import requests
 from inprocess import InProcessReplica, wait_for
 
-from conftest import PREDICTORS
+from conftest import EXAMPLES, PREDICTORS
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,30 @@ def test_api_keys(inproc) -> None:
     assert server.post(json={}, headers={"Authorization": "Bearer secret-key-1"}).status_code == 200
     assert server.post(json={}, headers={"X-API-Key": "secret-key-1"}).status_code == 200
     assert server.post(json={}, headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def test_the_api_description_and_model_listings_need_a_key_too(inproc) -> None:
+    keyed = {"X-API-Key": "secret-key-1"}
+    server = inproc(PREDICTORS / "cortex_style.py", api_keys=["secret-key-1"])
+    denied = server.get("/openapi.json")
+    assert denied.status_code == 401 and denied.json()["error"] == "missing or unknown API key"
+    assert server.get("/openapi.json", headers=keyed).json()["openapi"].startswith("3.")
+    # The probes answer without one (the gateway never routes them).
+    assert server.get("/healthz").status_code == 200 and server.get("/readyz").status_code == 200
+    published = inproc(PREDICTORS / "cortex_style.py", api_keys=["secret-key-1"], public_openapi=True)
+    assert published.get("/openapi.json").status_code == 200
+    assert published.post(json={}).status_code == 401
+    # The protocols' listings likewise: OpenAI's /v1/models, Open Inference's model metadata.
+    chat = inproc(
+        EXAMPLES / "chat" / "predictor.py",
+        api="chat",
+        protocol="openai",
+        api_keys=["secret-key-1"],
+        config={"token_delay": 0},
+    )
+    assert chat.get("/v1/models").status_code == 401
+    assert chat.get("/v1/models", headers=keyed).json()["data"]
+    v2 = inproc(PREDICTORS / "cortex_style.py", api_keys=["secret-key-1"], protocol="v2")
+    assert v2.get(f"/v2/models/{v2.config.api}").status_code == 401
+    assert v2.get(f"/v2/models/{v2.config.api}", headers=keyed).status_code == 200
+    assert v2.get("/v2/health/ready").status_code == 200

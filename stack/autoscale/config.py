@@ -40,6 +40,7 @@ class RoutedApi:
     gpu_slots: list[list[str]] = field(default_factory=list)
     scale_to_zero: bool = False  # min_replicas 0: the activator wakes it
     load_balancer: str = "p2c"  # networking.load_balancer: how the gateway picks a replica
+    max_body_size: int | None = None  # predictor.max_body_size: the gateway answers a longer declared body 413
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class AutoscalerConfig:
                 [list(s) for s in a["gpu_slots"]],
                 a.get("scale_to_zero", False),
                 a.get("load_balancer", "p2c"),
+                a.get("max_body_size"),
             )
             for a in data.get("routed", [])
         ]
@@ -128,6 +130,7 @@ def config_of(
             (gpu_slots or {}).get(api.name, []),
             api.autoscaling.min_replicas == 0,
             api.networking.load_balancer,
+            api.predictor.max_body_size,
         )
         for api in spec.apis
     ]

@@ -91,7 +91,14 @@ class GatewayRoutes:
 
     def route(self, api: RoutedApi, servers: Collection[str] = ()) -> Route:
         activate = api.name if api.scale_to_zero else None
-        return Route(api.router, api.endpoint, tuple(sorted(servers)), activate=activate, strategy=api.load_balancer)
+        return Route(
+            api.router,
+            api.endpoint,
+            tuple(sorted(servers)),
+            activate=activate,
+            strategy=api.load_balancer,
+            max_body=api.max_body_size,
+        )
 
     def table(self, servers: Mapping[str, Collection[str]]) -> RouteTable:
         now = self.clock()

@@ -177,6 +177,9 @@ def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:
                 "LeftDelim": template.get("left_delimiter", "{{"),
                 "RightDelim": template.get("right_delimiter", "}}"),
                 "Envvars": template.get("env", False),
+                **({"Perms": template["perms"]} if "perms" in template else {}),
+                **({"Uid": template["uid"]} if "uid" in template else {}),
+                **({"Gid": template["gid"]} if "gid" in template else {}),
             }
             for template in body["template"]
         ]

@@ -27,8 +27,8 @@ from stack.plan.gpus import Gpu, Placement, place
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.nomad_routes import routes_variable, routes_yaml
 from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache, replica_config
-from stack.routes import Route, activator_fallback, member_service, router_rule
-from stack.spec import Api, LoadedSpec
+from stack.routes import Route, activator_fallback, member_service, router_rule, too_large_rule
+from stack.spec import Api, LoadedSpec, Spec
 from stack.spec.units import format_duration
 from stack.splits import split_router, splitters_of
 
@@ -60,6 +60,7 @@ def keys_variable(job_id: str) -> str:
 
 
 SECRET_FILES = frozenset({"api_keys"})  # plan files only their owner may read
+REPLICA_USER = 10001  # the unprivileged uid and gid replicas run as in their images
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class Plan:
         for name, content in sorted(self.files.items()):
             path = out_dir / name
             write_text_atomic(path, content, 0o600 if name in SECRET_FILES else 0o644)
+            if name in SECRET_FILES and os.geteuid() == 0:
+                # Compose mounts the file as it is: its owner in the replica is the replica's user.
+                os.chown(path, REPLICA_USER, REPLICA_USER)
             written.append(path)
         stale = out_dir / "api_keys"
         if "api_keys" not in self.files:
@@ -108,6 +112,16 @@ def _header(loaded: LoadedSpec, comment: str = "#") -> str:
 
 
 # -- versions ------------------------------------------------------------------------
+
+
+def gateway_read_timeout(spec: Spec) -> str:
+    """Traefik's readTimeout: a second past the longest `body_timeout` of the stack's APIs.
+
+    Traefik holds a replica's early answer (a 408 for a stalled body) until its read of the client's
+    body returns, so the gateway must give up reading just after the replica did, not a minute later.
+    """
+    longest = max((api.predictor.body_timeout for api in spec.apis), default=30.0)
+    return format_duration(longest + 1)
 
 
 def project_files(loaded: LoadedSpec, exclude: Path | None = None) -> ProjectFiles:
@@ -188,6 +202,7 @@ def _api_values(
         "init_replicas": api.autoscaling.initial,
         "gpu": api.compute.gpu,
         "load_balancer": api.networking.load_balancer,
+        "max_body_size": predictor.max_body_size,
         "drain_delay": format_duration(predictor.drain_delay),
         "stop_grace_period": format_duration(predictor.drain_delay + predictor.grace_period + STOP_MARGIN),
         "kill_timeout": format_duration(predictor.grace_period + STOP_MARGIN),
@@ -287,6 +302,7 @@ def plan_compose(
         files["api_keys"] = api_keys_text(loaded)
     files["compose.yaml"] = env.get_template("compose/compose.yaml.j2").render(
         secrets=secrets,
+        secrets_owner=_secrets_owner(),
         header=header,
         project=spec.project,
         network=network,
@@ -296,6 +312,7 @@ def plan_compose(
             "dashboard": spec.gateway.dashboard,
             "dashboard_port": spec.gateway.dashboard_port,
             "access_log": spec.gateway.access_log,
+            "read_timeout": gateway_read_timeout(spec),
         },
         control={
             "directory": os.path.relpath(control_dir, out_dir),
@@ -366,7 +383,16 @@ def _dockerfile(env: jinja2.Environment, loaded: LoadedSpec, api: Api, header: s
         requirements=loaded.requirements_file(api) is not None,
         runtime_requirements=[json.dumps(r) for r in RUNTIME_REQUIREMENTS],
         replica_port=REPLICA_PORT,
+        replica_user=REPLICA_USER,
     )
+
+
+def _secrets_owner() -> str | None:
+    """Who a Compose replica runs as to read the keys file: the image's user where `stack up` runs as
+    root (which hands the file to it), else the user that runs it (who owns the file) in the image's group."""
+    if os.geteuid() == 0:
+        return None
+    return f"{os.geteuid()}:{REPLICA_USER}"
 
 
 # -- Nomad ---------------------------------------------------------------------------
@@ -436,7 +462,13 @@ def plan_nomad(
             "progress_deadline": "20m",
         }
         files[f"{project}-{api.name}.nomad.hcl"] = env.get_template("nomad/api.nomad.hcl.j2").render(
-            header=header, project=project, job=job_values, api=values, replica_port=REPLICA_PORT, health=NOMAD_HEALTH
+            header=header,
+            project=project,
+            job=job_values,
+            api=values,
+            replica_port=REPLICA_PORT,
+            replica_user=REPLICA_USER,
+            health=NOMAD_HEALTH,
         )
     scrape_interval = format_duration(spec.prometheus.scrape_interval)
     prometheus_config = env.get_template("nomad/prometheus.yml.j2").render(
@@ -459,6 +491,7 @@ def plan_nomad(
         **common,
         job=job(f"{project}-traefik"),
         gateway=spec.gateway,
+        read_timeout=gateway_read_timeout(spec),
         fallback=fallback.rstrip("\n"),
         splits_variable=routes_variable(project) if splitters else None,
     )
@@ -541,4 +574,12 @@ def _nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> lis
             for service in (router, *members)
             for key, value in (*(("healthcheck." + k, v) for k, v in health), ("strategy", values["load_balancer"]))
         ),
+        # A declared body over max_body_size: a 413 from the gateway at once (stack.routes._too_large; on
+        # Nomad in Traefik's words, there being no error service beside every gateway).
+        f"traefik.http.routers.{router}-too-large.entrypoints=web",
+        f"traefik.http.routers.{router}-too-large.rule={too_large_rule(values['endpoint'], values['max_body_size'])}",
+        f"traefik.http.routers.{router}-too-large.priority={len(values['rule']) + 1}",
+        f"traefik.http.routers.{router}-too-large.middlewares={router}-body-limit",
+        f"traefik.http.routers.{router}-too-large.service={router}",
+        f"traefik.http.middlewares.{router}-body-limit.buffering.maxrequestbodybytes={values['max_body_size']}",
     ]

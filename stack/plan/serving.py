@@ -55,6 +55,7 @@ def replica_config(
         # With keys_file, the replica reads the keys from there (a secret the target mounts).
         api_keys=[] if keys_file else list(loaded.spec.gateway.api_keys),
         api_keys_file=keys_file if keys_file and loaded.spec.gateway.api_keys else None,
+        public_openapi=loaded.spec.gateway.public_openapi,
         gpus=int(api.compute.gpu) if api.compute.gpu == int(api.compute.gpu) else api.compute.gpu,
         log_format=loaded.spec.log_format,
         predictor_type=predictor.type,

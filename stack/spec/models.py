@@ -326,6 +326,9 @@ class Gateway(Strict):
     # stack.yaml: `api_keys: ${STACK_API_KEYS}` (comma-separated) or `api_keys_file: keys.txt` (one per
     # line). Replicas read them from a 0600 file (a Compose secret), never from their environment.
     api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
+    # With api_keys, GET /API/openapi.json answers only with a key, like the prediction routes (it
+    # describes what the API takes). true publishes it to every client.
+    public_openapi: bool = False
 
 
 class Prometheus(Strict):

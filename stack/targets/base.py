@@ -70,6 +70,10 @@ class Target(Protocol):
         """Stop and remove everything; False when nothing was running."""
         ...
 
+    def left_running(self) -> str:
+        """After a `stack up` interrupted part-way (Ctrl-C): what of the stack runs on, and how to stop it."""
+        ...
+
     def scaler(self) -> Scaler:
         """What the autoscaler drives to change this target's replica counts."""
         ...

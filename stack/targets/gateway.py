@@ -48,8 +48,9 @@ def wait_until_routed(url: str, timeout: float = 30.0, interval: float = 0.05) -
     return False
 
 
-def check_routed(status: ApiStatus, gateway_port: int) -> ApiStatus:
-    """`live` only if a request through the gateway reaches a replica; otherwise say the gateway is the problem."""
+def check_routed(status: ApiStatus, gateway_port: int, gateway_down: str = "") -> ApiStatus:
+    """`live` only if a request through the gateway reaches a replica; otherwise say the gateway is the
+    problem (`gateway_down`: what the target knows of a gateway that is not running, and the fix)."""
     if status.status != ApiPhase.LIVE or status.ready == 0:
         return status
     url = readiness_url(gateway_port, status.endpoint)
@@ -61,5 +62,6 @@ def check_routed(status: ApiStatus, gateway_port: int) -> ApiStatus:
     return replace(
         status,
         status=ApiPhase.ERROR,
-        error=f"{status.ready} replica(s) ready, but a request through the gateway ({url}) does not reach them",
+        error=f"{status.ready} replica(s) ready, but a request through the gateway ({url}) does not reach them"
+        + (f": the gateway is not running ({gateway_down})" if gateway_down else ""),
     )

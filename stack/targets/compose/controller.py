@@ -10,6 +10,9 @@ keeps three things true whatever happens to the containers:
   leaves the gateway the moment it is stopped or dies.
 - **Scrape targets.** Prometheus reads its targets from a file (no socket, not
   root): every running replica with its API, version and name.
+- **The stack's own containers.** The gateway and Prometheus, killed or stopped
+  behind the stack's back (which Docker's restart policy ignores), are started
+  again within seconds while the stack is up (`desired.json` holds a count).
 - **Counts.** Each API's count (`desired.json` in the state directory: what
   `stack up`, `stack scale` and the autoscaler last set) is restored when a
   replica is killed, stopped or removed behind our back — `docker kill`, an
@@ -17,7 +20,8 @@ keeps three things true whatever happens to the containers:
   replica is started again (same name, same number); a removed one is copied
   from a living one. A deficit must last `CONFIRM` seconds first, so a scale
   in progress is never doubled; an API in a rolling update (two versions, or
-  no count written) is left to `stack up`.
+  no count written) is left to `stack up`. An OOM kill is recorded with the
+  container's memory limit (`kills.json`), for `stack status`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import logging
 import threading
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,8 @@ from prometheus_client import Counter
 from stack.atomic import write_json_atomic
 from stack.autoscale.config import RoutedApi
 from stack.control.runtime import ControlPlane
-from stack.targets.compose.desired import manual_apis, read_desired
+from stack.spec.units import format_memory
+from stack.targets.compose.desired import Kill, count_restart, manual_apis, read_desired, record_kill
 from stack.targets.compose.scaler import ALIVE, PROJECT_LABEL, ComposeScaler
 
 LOGGER = logging.getLogger("stack.controller")
@@ -48,7 +54,8 @@ TICK = 1.0  # seconds between passes when no event wakes the controller
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # replicas are never behind a proxy
 STARTING_TICK = 0.25  # while a replica starts: it is routed within this of answering /readyz
 CONFIRM = 2.0  # seconds a deficit must last before replicas are restored
-EVENTS = ("start", "kill", "die", "stop", "destroy", "health_status")
+EVENTS = ("start", "kill", "die", "stop", "destroy", "health_status", "oom")
+KEPT_ROLES = ("gateway", "prometheus")  # the stack's containers the controller starts again (not itself)
 
 
 class ComposeController:
@@ -120,6 +127,8 @@ class ComposeController:
                 filters = {"type": "container", "label": f"{PROJECT_LABEL}={self.project}", "event": list(EVENTS)}
                 for event in self.client.events(decode=True, filters=filters):
                     action = event.get("Action") or event.get("status") or ""
+                    if action == "oom":
+                        self._record_oom(event.get("id", ""))
                     with self.ids_lock:
                         if action in ("kill", "die"):  # told to stop, or dead: out of the routes now
                             self.stopping_ids.add(event.get("id", ""))
@@ -129,6 +138,16 @@ class ComposeController:
             except Exception as exc:  # the engine restarted, the socket closed: try again
                 LOGGER.warning(f"Docker event stream lost ({exc}); reopening")
             time.sleep(1)
+
+    def _record_oom(self, container_id: str) -> None:
+        try:
+            container = self.client.containers.get(container_id)
+        except docker.errors.DockerException:
+            return
+        limit = int((container.attrs.get("HostConfig") or {}).get("Memory") or 0)
+        reason = f"killed: out of memory (limit {format_memory(limit)})" if limit else "killed: out of memory"
+        LOGGER.warning(f"{container.name}: {reason}")
+        record_kill(self.state_dir, container.name, Kill(reason, time.time()))
 
     # -- waking an API scaled to zero (the activator's Waker) ---------------------------------
 
@@ -184,6 +203,26 @@ class ComposeController:
         self._write_routes(replicas)
         self._write_targets(replicas)
         self._restore(replicas)
+        self._keep_roles(containers)
+
+    def _keep_roles(self, containers: list[Container]) -> None:
+        """Start the gateway or Prometheus again when it was killed or stopped (not during `stack down`,
+        which empties desired.json first; not in the instant a `stack up` recreates it)."""
+        if not read_desired(self.state_dir):
+            return
+        for container in containers:
+            role = container.labels.get("stack.role", "")
+            if role not in KEPT_ROLES or container.status not in ("exited", "dead"):
+                continue
+            if time.time() - _finished_at(container) < CONFIRM:
+                continue
+            LOGGER.warning(f"the stack's {role} ({container.name}) is {container.status}; starting it again")
+            try:
+                container.start()
+            except docker.errors.DockerException as exc:
+                LOGGER.warning(f"cannot start {container.name} again: {exc}")
+                continue
+            count_restart(self.state_dir, container.name)
 
     def rolling_out(self, api: str) -> str | None:
         """Why a canary cannot be judged now: replicas of more than one version are running."""
@@ -297,6 +336,7 @@ class ComposeController:
             for container in dead[:missing]:
                 LOGGER.info(f"{api.name}: replica {container.name} is {container.status}; starting it again")
                 container.start()
+                count_restart(self.state_dir, container.name)
                 self._count_restored(api.name)
             for _ in range(missing - len(dead[:missing])):
                 if not alive:
@@ -309,6 +349,16 @@ class ComposeController:
     def _count_restored(self, api: str) -> None:
         if self.restored is not None:
             self.restored.labels(api).inc()
+
+
+def _finished_at(container: Container) -> float:
+    """When the container last stopped (unix time; 0 when Docker does not say)."""
+    text = str(container.attrs["State"].get("FinishedAt") or "")
+    try:  # 2026-12-03T10:37:24.123456789Z: Python reads microseconds at most
+        head = text.rstrip("Z").partition(".")[0]
+        return datetime.fromisoformat(head + "+00:00").timestamp() if head and not head.startswith("0001") else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _health(container: Container) -> str:

@@ -34,6 +34,9 @@ class Container:
     state: str  # running, exited, restarting, created, ...
     health: str  # healthy, unhealthy, starting, or "" without a health check
     exit_code: int
+    role: str = ""  # gateway, prometheus, autoscaler (the controller); "" for a replica
+    restarts: int = 0  # Docker's RestartCount: times its restart policy started it again
+    finished_at: str = ""  # when it last stopped (Docker's State.FinishedAt)
 
     @property
     def ready(self) -> bool:
@@ -95,7 +98,7 @@ class ComposeProject:
         found = []
         for item in json.loads(docker("inspect", *ids)):
             labels = item["Config"]["Labels"] or {}
-            if "stack.api" not in labels:
+            if "stack.api" not in labels and "stack.role" not in labels:
                 continue
             health = (item["State"].get("Health") or {}).get("Status", "")
             found.append(
@@ -103,11 +106,14 @@ class ComposeProject:
                     item["Id"][:12],
                     item["Name"].lstrip("/"),
                     labels.get(SERVICE_LABEL, ""),
-                    labels["stack.api"],
+                    labels.get("stack.api", ""),
                     labels.get("stack.version", ""),
                     item["State"]["Status"],
                     health,
                     item["State"].get("ExitCode", 0),
+                    labels.get("stack.role", ""),
+                    int(item.get("RestartCount") or 0),
+                    str(item["State"].get("FinishedAt") or ""),
                 )
             )
         return sorted(found, key=lambda c: c.name)

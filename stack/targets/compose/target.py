@@ -39,13 +39,18 @@ from stack.splits import change, clear_overrides, splitters_of
 from stack.status import ApiStatus, Observed, ReplicaStatus, StackStatus, Traffic, api_phase
 from stack.targets import build
 from stack.targets.base import check_scale, refuse_nomad_autoscaler
+from stack.targets.compose.components import components, last_kill, left_running, restarts
 from stack.targets.compose.desired import (
     DECISIONS_FILE,
     DESIRED_FILE,
+    KILLS_FILE,
     MANUAL_FILE,
+    RESTARTS_FILE,
     Desired,
     manual_apis,
     read_desired,
+    read_kills,
+    read_restarts,
     write_desired,
 )
 from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, userland_proxy
@@ -207,6 +212,7 @@ class ComposeTarget:
         deployed = self._deployed()
         placement = read_placement(self.loaded.root / PLACEMENT_FILE)
         prometheus = f"http://127.0.0.1:{self.loaded.spec.prometheus.port}"
+        restarted, kills = read_restarts(self.state_dir), read_kills(self.state_dir)
         apis = []
         for api in self.loaded.spec.apis:
             mine = [c for c in containers if c.api == api.name]
@@ -239,7 +245,8 @@ class ComposeTarget:
                     changed=bool(version) and version != api_version(api, digest),
                     error=f"replica {failed[0].name} is {failed[0].state} (exit code {failed[0].exit_code})"
                     if failed
-                    else None,
+                    else last_kill(mine, kills),
+                    restarts=sum(restarts(c, restarted) for c in mine),
                     autoscaled=api.autoscaled and api.name not in manual,
                     autoscaler=decisions.get(api.name),
                     min_replicas=api.autoscaling.min_replicas,
@@ -252,6 +259,8 @@ class ComposeTarget:
                             health=c.health,
                             gpu=_slot_gpu(c.service, slots, placement),
                             gpu_memory_bytes=memory.get(c.name),
+                            restarts=restarts(c, restarted),
+                            last_event=kills[c.name].reason if c.name in kills else "",
                         )
                         for c in mine
                     ],
@@ -259,12 +268,14 @@ class ComposeTarget:
                     gpu_slots=len(slots),
                 )
             )
-        apis = [check_routed(api, self.loaded.spec.gateway.port) for api in apis]
+        kept = components(containers, restarted) if containers else []
+        down = next((f"{c.detail}: {c.problem}" for c in kept if c.name == "gateway" and not c.running), "")
+        apis = [check_routed(api, self.loaded.spec.gateway.port, down) for api in apis]
         notes = self.engine.controller_notes() if containers else []
         splitters = splitter_status(splitters_of(self.loaded.spec), self.state_dir)
         gpus = gpu_status(placement, prometheus)
         port = self.loaded.spec.gateway.port
-        return StackStatus(self.project, "compose", port, apis, notes, splitters=splitters, gpus=gpus)
+        return StackStatus(self.project, "compose", port, apis, notes, splitters=splitters, gpus=gpus, components=kept)
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         routes_file = self.loaded.root / CONTROL_DIR / "routes" / "routes.yml"
@@ -341,8 +352,12 @@ class ComposeTarget:
         if (self.state_dir / DESIRED_FILE).exists():
             write_json_atomic(self.state_dir / DESIRED_FILE, {})
         self.engine.compose("down", "--remove-orphans", *(["--volumes"] if volumes else []), capture=False)
-        (self.state_dir / CANARY_FILE).unlink(missing_ok=True)  # brought up again, canaries start over
+        for name in (CANARY_FILE, RESTARTS_FILE, KILLS_FILE):  # brought up again, it starts over
+            (self.state_dir / name).unlink(missing_ok=True)
         return existed
+
+    def left_running(self) -> str:
+        return left_running(self.project, self.loaded.root)
 
 
 def _slot_gpu(service: str, slots: list[Slot], placement: Placement) -> str:

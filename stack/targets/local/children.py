@@ -15,14 +15,17 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.supervisor import port_is_free
 from stack.atomic import write_json_atomic
 from stack.errors import StackError
+from stack.plan.render import gateway_read_timeout
 from stack.spec import LoadedSpec
 from stack.spec.units import format_duration
+from stack.status import ComponentStatus
 from stack.targets.local import traefik
 from stack.targets.local.state import LocalPaths
 
@@ -47,6 +50,13 @@ async def start_child(
         )
 
 
+def _exited(child: asyncio.subprocess.Process | None) -> str:
+    if child is None or child.returncode is None:
+        return ""
+    code = child.returncode
+    return f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+
+
 async def wait_or_kill(proc: asyncio.subprocess.Process, deadline: float) -> None:
     try:
         await asyncio.wait_for(proc.wait(), max(deadline - time.monotonic(), 0.1))
@@ -67,7 +77,12 @@ def write_targets(path: Path, project: str, routed: dict[str, set[str]]) -> None
 
 @dataclass
 class LocalServices:
-    """The processes beside the replicas, and the ports the supervisor chose for them (all on 127.0.0.1)."""
+    """The processes beside the replicas, and the ports the supervisor chose for them (all on 127.0.0.1).
+
+    `keep` (once a second) starts again what died — Traefik, Prometheus — and Traefik also when
+    its routes directory was removed (its file watcher dies with it) or its command changed (a
+    `stack up` that changed the gateway's port, read timeout or access log).
+    """
 
     loaded: LoadedSpec
     paths: LocalPaths
@@ -79,6 +94,12 @@ class LocalServices:
     prometheus: asyncio.subprocess.Process | None = None
     prometheus_url: str | None = None
     notes: list[str] = field(default_factory=list)  # for `stack up` and `stack status`: e.g. a port that moved
+    restarts: dict[str, int] = field(default_factory=dict)  # gateway / prometheus -> times started again
+    problems: dict[str, str] = field(default_factory=dict)  # gateway / prometheus -> why it is not running
+    # Told the new URL when Prometheus had to start again on another port (the control plane's readers).
+    on_prometheus_moved: list[Callable[[str], None]] = field(default_factory=list)
+    _traefik_command: list[str] = field(default_factory=list)
+    _watched: dict[Path, int] = field(default_factory=dict)  # directory -> its inode when its child started
 
     @property
     def errors_url(self) -> str:
@@ -98,19 +119,89 @@ class LocalServices:
                 child.terminate()
                 await wait_or_kill(child, time.monotonic() + 10)
 
-    async def _start_traefik(self) -> None:
+    async def keep(self, routed: dict[str, set[str]]) -> None:
+        """Start again a gateway or Prometheus that exited, or whose directory was removed; `routed`:
+        the replicas Prometheus should scrape."""
+        traefik_why = _exited(self.traefik) or self._moved(self.paths.traefik_dir)
+        if not traefik_why and self.traefik is not None and self._command() != self._traefik_command:
+            traefik_why = "its configuration changed"
+        if traefik_why:
+            await self._restart("gateway", self.traefik, traefik_why, self._start_traefik)
+        if self.prometheus is not None or "prometheus" in self.problems:
+            why = _exited(self.prometheus) or self._moved(self.paths.prometheus_dir)
+            if why:
+                await self._restart("prometheus", self.prometheus, why, self._start_prometheus)
+                if self.prometheus is not None:
+                    write_targets(self.targets_file, self.loaded.spec.project, routed)
+
+    async def _restart(
+        self,
+        name: str,
+        child: asyncio.subprocess.Process | None,
+        why: str,
+        start: Callable[[], Awaitable[None]],
+    ) -> None:
+        if child is not None and child.returncode is None:
+            child.terminate()
+            await wait_or_kill(child, time.monotonic() + 10)
+        LOGGER.warning(f"the stack's {name} ({why}): starting it again")
+        try:
+            await start()
+        except (StackError, OSError) as exc:
+            self.problems[name] = f"{why}, and it cannot start again: {exc}"
+            return
+        self.problems.pop(name, None)
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+
+    def _moved(self, directory: Path) -> str:
+        try:
+            inode = directory.stat().st_ino
+        except OSError:
+            inode = -1
+        if directory in self._watched and self._watched[directory] != inode:
+            return f"{directory} was removed"
+        return ""
+
+    def _watch(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._watched[directory] = directory.stat().st_ino
+
+    def _command(self) -> list[str]:
         gateway = self.loaded.spec.gateway
-        if not port_is_free("0.0.0.0", gateway.port):
-            raise StackError(f"gateway port {gateway.port} is already in use; set gateway.port in stack.yaml")
-        command = traefik.traefik_command(
+        return traefik.traefik_command(
             gateway.host or "127.0.0.1",
             gateway.port,
             self.api_port,
             self.metrics_port,
             self.paths.traefik_dir,
             self.paths.logs / "traefik-access.log" if gateway.access_log else None,
+            gateway_read_timeout(self.loaded.spec),
         )
-        self.traefik = await start_child(command, self.paths.logs / "traefik.log")
+
+    def components(self) -> list[ComponentStatus]:
+        """The gateway and Prometheus, as `stack status` shows them."""
+        shown = [("gateway", "Traefik", self.traefik)]
+        if self.prometheus is not None or "prometheus" in self.problems:
+            shown.append(("prometheus", "Prometheus", self.prometheus))
+        return [
+            ComponentStatus(
+                name=name,
+                running=child is not None and child.returncode is None and name not in self.problems,
+                detail=f"{label}, pid {child.pid}" if child is not None else label,
+                problem=self.problems.get(name)
+                or (f"{_exited(child)}; the supervisor starts it again within a second" if _exited(child) else ""),
+                restarts=self.restarts.get(name, 0),
+            )
+            for name, label, child in shown
+        ]
+
+    async def _start_traefik(self) -> None:
+        gateway = self.loaded.spec.gateway
+        if not port_is_free("0.0.0.0", gateway.port):
+            raise StackError(f"gateway port {gateway.port} is already in use; set gateway.port in stack.yaml")
+        self._watch(self.paths.traefik_dir)
+        self._traefik_command = self._command()
+        self.traefik = await start_child(self._traefik_command, self.paths.logs / "traefik.log")
 
     async def _start_prometheus(self) -> None:
         spec = self.loaded.spec.prometheus
@@ -121,17 +212,19 @@ class LocalServices:
                 "disabled" if not spec.enabled else "not on PATH",
             )
             return
-        port = spec.port
-        if not port_is_free("127.0.0.1", spec.port):
+        # Started again: on its old port, unless something else took it (two stacks starting at once).
+        wanted = int(self.prometheus_url.rsplit(":", 1)[1]) if self.prometheus_url is not None else spec.port
+        port = wanted
+        if not port_is_free("127.0.0.1", wanted):
             port = free_port()
             note = (
-                f"Prometheus port {spec.port} is in use: this stack's Prometheus listens on 127.0.0.1:{port} "
+                f"Prometheus port {wanted} is in use: this stack's Prometheus listens on 127.0.0.1:{port} "
                 "instead (set prometheus.port in stack.yaml to choose one)"
             )
             LOGGER.warning(note)
-            self.notes.append(note)
+            self.notes[:] = [n for n in self.notes if not n.startswith("Prometheus port ")] + [note]
         directory = self.paths.prometheus_dir
-        directory.mkdir(parents=True, exist_ok=True)
+        self._watch(directory)
         write_targets(self.targets_file, self.loaded.spec.project, {})
         config = directory / "prometheus.yml"
         config.write_text(
@@ -151,5 +244,8 @@ class LocalServices:
             "--storage.tsdb.retention.time=1d",
         ]
         self.prometheus = await start_child(command, self.paths.logs / "prometheus.log")
+        moved = self.prometheus_url is not None and not self.prometheus_url.endswith(f":{port}")
         self.prometheus_url = f"http://127.0.0.1:{port}"
         LOGGER.info(f"Prometheus at {self.prometheus_url}")
+        for follow in self.on_prometheus_moved if moved else []:
+            follow(self.prometheus_url)

@@ -58,7 +58,15 @@ class ControlApi:
         fleet = self.fleet
         apis = [self._api_status(name, state) for name, state in sorted(fleet.apis.items())]
         gateway = fleet.loaded.spec.gateway.port
-        return StackStatus(fleet.loaded.spec.project, "local", gateway, apis, self.notes, os.getpid())
+        return StackStatus(
+            fleet.loaded.spec.project,
+            "local",
+            gateway,
+            apis,
+            self.notes,
+            os.getpid(),
+            components=fleet.services.components(),
+        )
 
     def _api_status(self, name: str, state: ApiState) -> ApiStatus:
         ready = state.serving(self.fleet.router.serving_urls(name))
@@ -66,7 +74,7 @@ class ControlApi:
             desired=state.desired,
             ready=len(ready),
             alive=len(state.replicas),
-            failing=bool(state.error),
+            failing=state.failed_slot is not None,
             updating=name in self.fleet.updating,
         )
         now = time.monotonic()

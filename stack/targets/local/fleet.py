@@ -1,7 +1,9 @@
 """The local target's fleet: every API's replica processes, reconciled five times a second.
 
 Each API has a desired count; a pass reaps exited replicas (a start-up failure
-backs off, a crash is replaced), asks starting ones for /readyz, and takes one
+backs off, a crash is replaced: each replica slot keeps its own count and back-off,
+capped at 30 s and retried for good; a slot failing three times in a row puts the
+API in `error`), asks starting ones for /readyz, and takes one
 rolling-update step (stack.targets.rollout) toward the desired count of the
 current version. A replica joins the gateway only once ready and leaves it
 (confirmed through Traefik's API) before it is sent SIGTERM.
@@ -20,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,9 @@ from stack.control.routing import FileRouteSink
 from stack.plan.render import api_version
 from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config
 from stack.spec import Api, LoadedSpec
+from stack.spec.units import format_memory
 from stack.status import ReplicaState
+from stack.targets.local import memory
 from stack.targets.local.children import LocalServices, free_port, start_child, wait_or_kill
 from stack.targets.local.router import LocalRouter
 from stack.targets.local.state import LocalPaths
@@ -44,8 +48,9 @@ from stack.targets.rollout import Fleet, next_step
 
 LOGGER = logging.getLogger("stack.targets.local")
 TICK = 0.2  # seconds between reconcile passes
-BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before restarting a replica that keeps failing
-GIVE_UP_AFTER = 5  # consecutive start-up failures before an API is marked failed
+BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before a slot's next try after failures in a row (30 s for good)
+ERROR_AFTER = 3  # a slot's start-up failures in a row that put its API in `error` (it keeps retrying)
+MEMORY_EVERY = 0.5  # seconds between reads of the replicas' resident memory (compute.mem)
 CRASH_WINDOW = 30.0  # a ready replica that dies sooner than this after starting counts toward back-off
 STOP_MARGIN = 5.0
 STARTING, READY, DRAINING = ReplicaState.STARTING, ReplicaState.READY, ReplicaState.DRAINING
@@ -61,12 +66,28 @@ class Replica:
     log: Path
     state: ReplicaState = STARTING
     started: float = field(default_factory=time.monotonic)
-    slot: int | None = None  # a GPU API's replica slot (stack.plan.gpus): the GPU(s) it is pinned to
+    slot: int = 0  # its replica slot: for a GPU API the GPU(s) it is pinned to (stack.plan.gpus)
     gpu: str = ""  # those GPUs, as CUDA_VISIBLE_DEVICES names them
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class SlotHealth:
+    """One replica slot's recent failures: its own count and back-off, not its API's."""
+
+    failures: int = 0  # start-up failures in a row
+    crashes: int = 0  # ready replicas that died soon after starting, in a row
+    retry_at: float = 0.0  # monotonic time of its next try
+    error: str = ""  # why its last replica failed to start
+    replica: str = ""  # that replica
+
+    def back_off(self, count: int) -> float:
+        delay = BACKOFF[min(count - 1, len(BACKOFF) - 1)]
+        self.retry_at = time.monotonic() + delay
+        return delay
 
 
 @dataclass
@@ -76,20 +97,43 @@ class ApiState:
     desired: int
     replicas: list[Replica] = field(default_factory=list)
     restarts: int = 0
-    failures: int = 0  # consecutive start-up failures
-    crash_streak: int = 0  # ready replicas that crashed soon after starting, in a row
-    retry_at: float = 0.0
-    error: str | None = None
-    error_replica: str = ""  # the replica whose failure `error` is
+    health: dict[int, SlotHealth] = field(default_factory=dict)  # slot -> its failures
+    last_kill: str = ""  # why the supervisor last killed one of its replicas (memory), for `stack status`
     counter: int = 0
     events: list[str] = field(default_factory=list)
     manual: bool = False  # `stack scale --force` took the API from the autoscaler until the next `stack up`
     slots: list[list[str]] = field(default_factory=list)  # a GPU API's slots: each one's GPU ids
 
-    def free_slot(self) -> int | None:
-        """The lowest GPU slot no replica of the current version holds (None: all held, or no GPU)."""
+    def free_slots(self) -> list[int]:
+        """Slots no replica of the current version holds: a GPU API's placed ones, else as many as needed."""
         held = {r.slot for r in self.live() if r.version == self.version}
-        return next((n for n in range(len(self.slots)) if n not in held), None)
+        count = len(self.slots) if self.slots else max(self.desired, 1)  # a new version's replicas: desired at most
+        return [n for n in range(count) if n not in held]
+
+    def next_slot(self) -> int | None:
+        """The lowest free slot whose back-off is over."""
+        now = time.monotonic()
+        return next((n for n in self.free_slots() if self.slot(n).retry_at <= now), None)
+
+    def slot(self, number: int) -> SlotHealth:
+        return self.health.setdefault(number, SlotHealth())
+
+    @property
+    def failed_slot(self) -> SlotHealth | None:
+        """A slot that failed ERROR_AFTER times in a row: the API is in `error` while nothing serves."""
+        return next((h for _, h in sorted(self.health.items()) if h.failures >= ERROR_AFTER), None)
+
+    @property
+    def error(self) -> str | None:
+        failed = self.failed_slot
+        if failed is not None:
+            return failed.error
+        return self.last_kill or None
+
+    @property
+    def error_replica(self) -> str:
+        failed = self.failed_slot
+        return failed.replica if failed is not None else ""
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.state != DRAINING]
@@ -106,7 +150,7 @@ class ApiState:
         self.events = [*self.events[-19:], f"{time.strftime('%H:%M:%S')} {message}"]
 
     def clear_failures(self) -> None:
-        self.failures, self.error, self.retry_at = 0, None, 0.0
+        self.health.clear()
 
 
 class LocalFleet:
@@ -127,6 +171,8 @@ class LocalFleet:
         self.updating: set[str] = set()  # APIs in a rolling update
         self.wake = asyncio.Event()  # set when a child exits or a count changes: reconcile now
         self.tasks: set[asyncio.Task[None]] = set()  # drains and child watchers: kept, awaited at exit
+        self.killed: dict[str, str] = {}  # replica -> why the supervisor killed it (over compute.mem)
+        self.memory_checked = 0.0
 
     def routable(self) -> dict[str, set[str]]:
         """API -> the URLs of its ready replicas: what the gateway should route now."""
@@ -144,10 +190,8 @@ class LocalFleet:
         self, loaded: LoadedSpec, digest: str, first: bool = False, slots: dict[str, list[list[str]]] | None = None
     ) -> None:
         """`slots`: each GPU API's replica slots, as `stack up` placed them on this host's GPUs."""
-        if loaded.spec.gateway.api_keys:
-            write_text_atomic(self.paths.api_keys, api_keys_text(loaded), 0o600)
-        else:
-            self.paths.api_keys.unlink(missing_ok=True)
+        self.loaded = self.services.loaded = loaded
+        self.write_keys()
         for api in loaded.spec.apis:
             version = api_version(api, digest)
             current = self.apis.get(api.name)
@@ -169,8 +213,15 @@ class LocalFleet:
         for name in [n for n in self.apis if n not in {a.name for a in loaded.spec.apis}]:
             self.apis[name].desired = 0
             self.apis[name].event("removed from stack.yaml; draining")
-        self.loaded = loaded
         self.wake.set()
+
+    def write_keys(self, only_if_missing: bool = False) -> None:
+        """The API keys file the replicas read (0600); `only_if_missing`: put back a removed one."""
+        if not self.loaded.spec.gateway.api_keys:
+            self.paths.api_keys.unlink(missing_ok=True)
+        elif not (only_if_missing and self.paths.api_keys.exists()):
+            self.paths.api_keys.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.paths.api_keys, api_keys_text(self.loaded), 0o600)
 
     # -- the reconcile loop ---------------------------------------------------------------------
 
@@ -185,6 +236,10 @@ class LocalFleet:
             await self._shutdown()
 
     async def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self.memory_checked >= MEMORY_EVERY:
+            self.memory_checked = now
+            _enforce_memory(self.apis.values(), self.killed)
         for state in list(self.apis.values()):
             self._reap(state)
             await self._probe(state)
@@ -202,25 +257,32 @@ class LocalFleet:
             state.replicas.remove(replica)
             if replica.state == DRAINING:
                 continue
+            slot = state.slot(replica.slot)
             if replica.state == STARTING:
-                state.failures += 1
-                state.error_replica = replica.id
-                state.error = (
-                    _startup_error(self._error_file(replica.id))
+                slot.failures += 1
+                slot.replica = replica.id
+                slot.error = (
+                    self.killed.pop(replica.id, "")
+                    or _startup_error(self._error_file(replica.id))
                     or f"replica {replica.id} exited with code {code} while starting"
                 )
-                delay = BACKOFF[min(state.failures - 1, len(BACKOFF) - 1)]
-                state.retry_at = time.monotonic() + delay
-                state.event(f"replica {replica.id} failed to start (exit {code}): {state.error}; retry in {delay}s")
+                delay = slot.back_off(slot.failures)
+                state.event(
+                    f"replica {replica.id} failed to start (exit {code}, {slot.failures} in a row in its slot): "
+                    f"{slot.error}; retry in {delay}s, at {_clock(delay)}"
+                )
             else:
                 state.restarts += 1
                 # A replica that keeps crashing soon after it started is replaced with back-off.
                 uptime = time.monotonic() - replica.started
-                state.crash_streak = state.crash_streak + 1 if uptime < CRASH_WINDOW else 1
-                delay = BACKOFF[min(state.crash_streak - 2, len(BACKOFF) - 1)] if state.crash_streak > 1 else 0
-                state.retry_at = time.monotonic() + delay
-                wait = f" in {delay}s (crashed {state.crash_streak} times in a row)" if delay else ""
-                state.event(f"replica {replica.id} exited with code {code}; replacing it{wait}")
+                slot.crashes = slot.crashes + 1 if uptime < CRASH_WINDOW else 1
+                delay = slot.back_off(slot.crashes - 1) if slot.crashes > 1 else 0
+                if not delay:
+                    slot.retry_at = 0.0
+                wait = f" in {delay}s, at {_clock(delay)} (crashed {slot.crashes} times in a row)" if delay else ""
+                killed = self.killed.pop(replica.id, "")
+                how = killed or f"exited with code {code}"
+                state.event(f"replica {replica.id} {how}; replacing it{wait}")
 
     async def _probe(self, state: ApiState) -> None:
         for replica in [r for r in state.replicas if r.state == STARTING]:
@@ -233,7 +295,8 @@ class LocalFleet:
                 ready = False
             if ready:
                 replica.state = READY
-                state.failures, state.error = 0, None
+                slot = state.slot(replica.slot)
+                slot.failures, slot.error = 0, ""
                 state.event(f"replica {replica.id} ready after {time.monotonic() - replica.started:.1f}s")
 
     async def _step(self, state: ApiState) -> None:
@@ -241,9 +304,6 @@ class LocalFleet:
         new = [r for r in live if r.version == state.version]
         old = [r for r in live if r.version != state.version]
         surge, unavailable = state.spec.update.resolve(max(state.desired, 1))
-        can_start = time.monotonic() >= state.retry_at and state.failures < GIVE_UP_AFTER
-        if state.failures >= GIVE_UP_AFTER and not any(r.state == STARTING for r in new):
-            state.error = state.error or "replicas keep failing to start"
         fleet = Fleet(
             new_ready=sum(r.state == READY for r in new),
             new_starting=sum(r.state == STARTING for r in new),
@@ -251,8 +311,14 @@ class LocalFleet:
             old_starting=sum(r.state == STARTING for r in old),
         )
         step = next_step(fleet, state.desired, surge, unavailable)
-        for _ in range(step.start if can_start else 0):
-            await self._start_replica(state)
+        for _ in range(step.start):
+            if state.slots and not state.free_slots():
+                state.event(f"every GPU slot ({len(state.slots)}) holds a replica: no more start")
+                break
+            slot = state.next_slot()
+            if slot is None:  # the free slots are backing off
+                break
+            await self._start_replica(state, slot)
         # Old versions: not-ready ones first, ready ones only while enough others serve.
         retiring = [r for r in old if r.state != READY][: step.stop_old_starting]
         retiring += [r for r in old if r.state == READY][: step.stop_old_ready]
@@ -268,11 +334,7 @@ class LocalFleet:
     def _error_file(self, replica_id: str) -> Path:
         return self.paths.logs / f"{replica_id}.error.json"
 
-    async def _start_replica(self, state: ApiState) -> None:
-        slot = state.free_slot()
-        if state.slots and slot is None:
-            state.event(f"every GPU slot ({len(state.slots)}) holds a replica: no more start")
-            return
+    async def _start_replica(self, state: ApiState, slot: int) -> None:
         state.counter += 1
         replica_id = f"{state.spec.name}-{state.counter}"
         port = free_port()
@@ -291,7 +353,7 @@ class LocalFleet:
         error_file.unlink(missing_ok=True)
         env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json()}
         env[STARTUP_ERROR_ENV] = str(error_file)
-        gpu = ",".join(state.slots[slot]) if slot is not None else ""
+        gpu = ",".join(state.slots[slot]) if state.slots else ""
         if gpu:
             env["CUDA_VISIBLE_DEVICES"] = gpu  # its slot's GPU(s), by UUID where nvidia-smi gave one
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -385,8 +447,31 @@ class LocalFleet:
         return ready[0].url if ready else None
 
     def start_error(self, api: str) -> str | None:
-        state = self.apis[api]
-        return state.error if state.failures >= GIVE_UP_AFTER else None
+        failed = self.apis[api].failed_slot
+        return failed.error if failed is not None else None
+
+
+def _enforce_memory(apis: Iterable[ApiState], killed: dict[str, str]) -> None:
+    """Kill a replica whose processes hold more than its compute.mem (stack.targets.local.memory)."""
+    for state in apis:
+        limit = state.spec.compute.mem
+        for replica in state.replicas if limit else []:
+            if replica.state == DRAINING or replica.proc.returncode is not None or replica.id in killed:
+                continue
+            pids = memory.process_tree(replica.proc.pid)
+            used = memory.resident_bytes(pids)
+            if limit is None or used <= limit:
+                continue
+            # The API's error says what Compose says of a kernel OOM kill; the event has the detail.
+            state.last_kill = f"killed: out of memory (limit {format_memory(limit)})"
+            why = f"killed: out of memory (limit {format_memory(limit)}, resident {format_memory(used)})"
+            killed[replica.id] = why
+            LOGGER.warning(f"{state.spec.name}: replica {replica.id} {why} at {time.strftime('%H:%M:%S')}")
+            memory.kill_tree(pids)
+
+
+def _clock(delay: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
 
 
 def _startup_error(error_file: Path) -> str | None:

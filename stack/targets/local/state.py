@@ -3,8 +3,10 @@
 The supervisor writes `.stack/local/state.json` (its pid and control socket),
 a pid file and a heartbeat; any shell of its user can find the running stack,
 ask it for status, or stop it. None of these files is trusted alone: the pid
-must be a live supervisor, and a corrupt state file still finds the
-supervisor through its pid file.
+must be a live supervisor *of this spec file* (its command line names it: a
+recycled pid, or another project's supervisor, is never taken for it). With its
+state file lost or corrupt, the supervisor is found through its pid file, else
+among the user's processes, and it rewrites both files within a second.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class LocalPaths:
         if self.spec_name == "stack.yaml":
             return self.root / ".stack"
         return self.root / ".stack" / f"spec-{Path(self.spec_name).stem}"
+
+    @property
+    def spec_file(self) -> Path:
+        """The spec file the supervisor was started with (its command line names it)."""
+        return (self.root / self.spec_name).resolve()
 
     @property
     def state_file(self) -> Path:
@@ -125,13 +132,29 @@ def _parse(data: Any) -> LocalState:
     )
 
 
-def read_state(paths: LocalPaths) -> LocalState | None:
+REPAIR_WAIT = 3.0  # seconds to wait for a running supervisor to rewrite a lost or corrupt state file
+
+
+def read_state(paths: LocalPaths, repair_wait: float = REPAIR_WAIT) -> LocalState | None:
     """The running stack's state; None when none runs. Never trusts the file alone.
 
-    A state file whose supervisor is gone raises StackDied (with when it was last
-    alive); one that cannot be read raises StateUnreadable, naming the supervisor
-    found through its pid file (checked against its command line) if it still runs.
+    A state file whose supervisor is gone (or whose pid is now another process, another
+    project's supervisor included) raises StackDied, with when it was last alive, unless this
+    stack's supervisor runs under another pid; a lost or unreadable one is given `repair_wait`
+    seconds to be rewritten by this stack's supervisor (found through its pid file or its command
+    line), then raises StateUnreadable naming it.
     """
+    deadline = time.monotonic() + repair_wait
+    while True:
+        try:
+            return _read_state(paths)
+        except StateUnreadable as unreadable:
+            if unreadable.supervisor_pid is None or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
+
+
+def _read_state(paths: LocalPaths) -> LocalState | None:
     try:
         text = paths.state_file.read_text()
     except FileNotFoundError:
@@ -156,32 +179,74 @@ def read_state(paths: LocalPaths) -> LocalState | None:
         )
         message = f"the local stack's state file {paths.state_file} is unreadable ({exc}); {running}"
         raise StateUnreadable(message, live) from None
-    if not is_supervisor(state.pid):
+    if not is_supervisor(state.pid, paths.spec_file):
+        live = supervisor_pid(paths)
+        if live is not None:
+            raise StateUnreadable(
+                f"{paths.state_file} names pid {state.pid}, which is not this stack's supervisor; that is pid {live}",
+                live,
+            )
+        gone = "is gone" if not pid_alive(state.pid) else "is gone (that pid is another process now)"
         raise StackDied(
-            f"the local stack died: its supervisor (pid {state.pid}) is gone{last_alive(paths)} and every "
+            f"the local stack died: its supervisor (pid {state.pid}) {gone}{last_alive(paths)} and every "
             "replica, Traefik and Prometheus with it; `stack up --local` starts it again"
         )
     return state
 
 
 def supervisor_pid(paths: LocalPaths) -> int | None:
-    """The live supervisor of this stack according to its pid file, or None."""
+    """This stack's live supervisor: the pid file's, else the one whose command line names its spec file."""
     try:
         pid = int(paths.pid_file.read_text().strip())
     except (OSError, ValueError):
+        pid = 0
+    if pid and is_supervisor(pid, paths.spec_file):
+        return pid
+    return find_supervisor(paths.spec_file)
+
+
+def _cmdline(pid: int) -> list[bytes] | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
         return None
-    return pid if is_supervisor(pid) else None
 
 
-def is_supervisor(pid: int) -> bool:
-    """pid is alive and is this stack's supervisor (not a recycled pid of another process)."""
+def is_supervisor(pid: int, spec_file: Path) -> bool:
+    """pid is alive and is the supervisor of `spec_file` (not a recycled pid, not another stack's)."""
     if not pid_alive(pid):
         return False
+    cmdline = _cmdline(pid)
+    if cmdline is None:
+        return not Path("/proc/self").exists()  # no /proc at all: trust the pid
+    return _runs(cmdline, spec_file)
+
+
+def _runs(cmdline: list[bytes], spec_file: Path) -> bool:
+    if SUPERVISOR_MODULE.encode() not in cmdline:
+        return False
+    after = cmdline[cmdline.index(SUPERVISOR_MODULE.encode()) + 1 :]
+    return bool(after) and os.fsencode(spec_file) == after[0]
+
+
+def find_supervisor(spec_file: Path) -> int | None:
+    """This user's running supervisor of `spec_file`, found by its command line (state files lost)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        entries = os.listdir("/proc")
     except OSError:
-        return True  # no /proc: trust the pid
-    return SUPERVISOR_MODULE.encode() in cmdline
+        return None
+    for name in entries:
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        cmdline = _cmdline(int(name))
+        if cmdline and _runs(cmdline, spec_file) and pid_alive(int(name)):
+            return int(name)
+    return None
 
 
 def last_alive(paths: LocalPaths) -> str:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -78,30 +79,53 @@ class Supervisor:
         self.fleet.wake.set()
 
     async def _heartbeat(self) -> None:
-        """Touch the heartbeat file every second: `stack status` tells when a killed stack died."""
-        while True:
+        """Every second: touch the heartbeat file (`stack status` tells when a killed stack died), put
+        back a lost or corrupt state or pid file, and start again a gateway or Prometheus that died."""
+        while not self.stopping.is_set():
             with contextlib.suppress(OSError):
+                self.paths.heartbeat.parent.mkdir(parents=True, exist_ok=True)
                 self.paths.heartbeat.touch()
+                self._repair_state()
+                self.fleet.write_keys(only_if_missing=True)
+            try:
+                await self.services.keep(self.fleet.router.routed)
+            except Exception:  # the next second tries again; the reason is in the log
+                LOGGER.exception("could not start the stack's gateway or Prometheus again")
             await asyncio.sleep(1.0)
 
-    def _write_state(self) -> None:
+    def _state(self) -> dict[str, object]:
         services = self.services
+        return {
+            "pid": os.getpid(),
+            "control_socket": str(self.paths.control_socket),
+            "metrics_port": services.control_port,
+            "traefik_api_port": services.api_port,
+            "traefik_metrics_port": services.metrics_port,
+            "gateway_port": services.loaded.spec.gateway.port,
+            "project": services.loaded.spec.project,
+            "spec_file": str(services.loaded.path),
+            "prometheus_url": services.prometheus_url,
+            "notes": services.notes,
+        }
+
+    def _repair_state(self) -> None:
+        """Rewrite the pid and state files when they no longer say this (truncated, removed, another pid)."""
+        try:
+            pid_ok = self.paths.pid_file.read_text().strip() == str(os.getpid())
+        except OSError:
+            pid_ok = False
+        try:
+            state_ok = json.loads(self.paths.state_file.read_text()) == self._state()
+        except (OSError, ValueError):
+            state_ok = False
+        if not (pid_ok and state_ok):
+            LOGGER.info("state files lost or changed behind the supervisor's back: writing them again")
+            self._write_state()
+
+    def _write_state(self) -> None:
+        self.paths.state_file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.paths.pid_file, f"{os.getpid()}\n")
-        write_json_atomic(
-            self.paths.state_file,
-            {
-                "pid": os.getpid(),
-                "control_socket": str(self.paths.control_socket),
-                "metrics_port": services.control_port,
-                "traefik_api_port": services.api_port,
-                "traefik_metrics_port": services.metrics_port,
-                "gateway_port": services.loaded.spec.gateway.port,
-                "project": services.loaded.spec.project,
-                "spec_file": str(services.loaded.path),
-                "prometheus_url": services.prometheus_url,
-                "notes": services.notes,
-            },
-        )
+        write_json_atomic(self.paths.state_file, self._state())
 
 
 class _ScrapeSignal:
@@ -142,6 +166,7 @@ async def local_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
                 services.prometheus_url, session, loaded.spec.prometheus.scrape_interval
             )
             metrics: PrometheusSource | ScrapeSource = PrometheusSource(services.prometheus_url, session)
+            services.on_prometheus_moved += [_follow(signal_source), _follow(metrics)]
         else:
             signal_source = _ScrapeSignal(ScrapeSignal(session, keep=600.0), fleet)
             metrics = ScrapeSource(session, fleet.ready_urls, f"http://127.0.0.1:{services.metrics_port}/metrics")
@@ -162,6 +187,15 @@ async def local_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
     finally:
         await services.stop()
         forget(paths)
+
+
+def _follow(reader: PrometheusSignal | PrometheusSource | _ScrapeSignal | ScrapeSource) -> Callable[[str], None]:
+    """Point a reader of Prometheus at its new address."""
+
+    def follow(url: str) -> None:
+        reader.url = url  # type: ignore[union-attr]
+
+    return follow
 
 
 def main(argv: list[str] | None = None) -> None:

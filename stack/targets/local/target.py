@@ -26,11 +26,13 @@ from stack.status import ApiPhase, StackStatus
 from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.gateway import check_routed
 from stack.targets.local import control
+from stack.targets.local.fleet import BACKOFF, ERROR_AFTER
 from stack.targets.local.state import (
     LocalPaths,
     LocalState,
     StackDied,
     StateUnreadable,
+    find_supervisor,
     forget,
     pid_alive,
     read_state,
@@ -87,9 +89,10 @@ class LocalTarget:
         versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
         placement = read_placement(self.paths.placement)
         apis = []
+        down = next((f"{c.detail}: {c.problem}" for c in reported.missing() if c.name == "gateway"), "")
         for api in reported.apis:
             traffic = prometheus_traffic(prometheus, api.name) if prometheus else None
-            checked = check_routed(api, state.gateway_port)
+            checked = check_routed(api, state.gateway_port, down)
             if api.gpu_slots and prometheus:
                 memory = replica_gpu_memory(prometheus, api.name)
                 replicas = [replace(r, gpu_memory_bytes=memory.get(f"127.0.0.1:{r.port}")) for r in checked.replicas]
@@ -186,11 +189,22 @@ class LocalTarget:
             if line != last:
                 progress(line)
                 last = line
-            failed = [a for a in status.apis if a.status == ApiPhase.ERROR]
+            # An API in error, or one of its slots failed to start ERROR_AFTER times in a row (it names the
+            # replica) while others serve: retries before that are waited out.
+            failed = [
+                a
+                for a in status.apis
+                if a.status == ApiPhase.ERROR or (a.error_replica and not a.status.settled and a.error)
+            ]
             if failed:
                 api = failed[0]
                 logs = _tail(self.paths.replica_log(api.error_replica or f"{api.name}-1"))
-                raise StackError(f"API {api.name} cannot start: {api.error}\nlast log lines:\n{logs}")
+                raise StackError(
+                    f"API {api.name} cannot start: {api.error}\n"
+                    f"(a replica failed to start {ERROR_AFTER} times in a row; the supervisor keeps retrying it every "
+                    f"{BACKOFF[-1]}s: `stack status` shows when it serves, `stack down --local` stops it)\n"
+                    f"last log lines:\n{logs}"
+                )
             if all(a.status.settled for a in status.apis):
                 return
             if time.monotonic() > deadline:
@@ -218,6 +232,16 @@ class LocalTarget:
             os.kill(state.pid, signal.SIGTERM)
         self._stop(state.pid, timeout, signalled=True)
         return True
+
+    def left_running(self) -> str:
+        pid = find_supervisor(self.paths.spec_file)
+        if pid is None:
+            return "nothing of the stack was started"
+        root = self.loaded.root
+        return (
+            f"the supervisor (pid {pid}) goes on starting the stack in the background: "
+            f"`stack status --local -p {root}` shows it, `stack down --local {root}` stops it"
+        )
 
     def _stop(self, pid: int, timeout: float, signalled: bool = False) -> None:
         """SIGTERM (the supervisor drains and stops every child), SIGKILL after `timeout`."""

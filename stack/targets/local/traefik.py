@@ -34,15 +34,23 @@ def traefik_binary() -> str:
 
 
 def traefik_command(
-    host: str, gateway_port: int, api_port: int, metrics_port: int, routes_dir: Path, access_log: Path | None
+    host: str,
+    gateway_port: int,
+    api_port: int,
+    metrics_port: int,
+    routes_dir: Path,
+    access_log: Path | None,
+    read_timeout: str = "31s",
 ) -> list[str]:
-    """`access_log`: the file of one line per request (gateway.access_log), or None for none."""
+    """`access_log`: the file of one line per request (gateway.access_log), or None for none;
+    `read_timeout`: stack.plan.render.gateway_read_timeout."""
     bind = f"[{host}]" if ":" in host else host
     return [
         traefik_binary(),
         f"--entrypoints.{ENTRYPOINT}.address={bind}:{gateway_port}",
-        # A client must send a request's headers and body within a minute; idle keep-alives close.
-        f"--entrypoints.{ENTRYPOINT}.transport.respondingTimeouts.readTimeout=60s",
+        # A client must send a request's headers and body just past the replica's body_timeout (the
+        # replica's 408 reaches it then, not later); idle keep-alives close.
+        f"--entrypoints.{ENTRYPOINT}.transport.respondingTimeouts.readTimeout={read_timeout}",
         f"--entrypoints.{ENTRYPOINT}.transport.respondingTimeouts.idleTimeout=180s",
         # A replica that vanished costs one short dial; the retry middleware tries another.
         "--serversTransport.forwardingTimeouts.dialTimeout=2s",

@@ -292,6 +292,13 @@ class NomadTarget:
         self.api.scale(self.job_id(api.name), GROUP, replicas, f"stack scale {api.name} {replicas}", meta)
         progress(f"{api.name}: asked Nomad for {replicas} allocation(s)")
 
+    def left_running(self) -> str:
+        root = self.loaded.root
+        return (
+            f"the jobs of {self.project} already submitted stay with Nomad, which goes on placing them: "
+            f"`stack status --nomad -p {root}` shows them, `stack down --nomad {root}` stops them"
+        )
+
     def down(self, volumes: bool) -> bool:
         """Stop every job of the project; `volumes` (--purge) also purges them from Nomad's state."""
         self.api.check()

@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "3d609faf7452"
+    stack_version = "126641a9053a"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=3d609faf7452",
+        "stack.version=126641a9053a",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -73,6 +73,12 @@ job "batching-score" {
         "traefik.http.services.batching-score.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.batching-score.loadbalancer.healthcheck.timeout=2s",
         "traefik.http.services.batching-score.loadbalancer.strategy=p2c",
+        "traefik.http.routers.batching-score-too-large.entrypoints=web",
+        "traefik.http.routers.batching-score-too-large.rule=((Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
+        "traefik.http.routers.batching-score-too-large.priority=97",
+        "traefik.http.routers.batching-score-too-large.middlewares=batching-score-body-limit",
+        "traefik.http.routers.batching-score-too-large.service=batching-score",
+        "traefik.http.middlewares.batching-score-body-limit.buffering.maxrequestbodybytes=16777216",
       ]
 
       check {
@@ -87,12 +93,15 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:3d609faf7452"
+        image = "batching-score:126641a9053a"
         ports = ["http"]
+        # The image's unprivileged user, no capabilities, no setuid.
+        cap_drop     = ["all"]
+        security_opt = ["no-new-privileges"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"score\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.01,\"eager\":false,\"max_batch_size\":32,\"max_in_flight\":2},\"body_timeout\":30.0,\"config\":{\"weights\":[0.5,-0.25,1.0]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"score\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.01,\"eager\":false,\"max_batch_size\":32,\"max_in_flight\":2},\"body_timeout\":30.0,\"config\":{\"weights\":[0.5,-0.25,1.0]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "4f0283212cd8"
+    stack_version = "4fee03d119f1"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=4f0283212cd8",
+        "stack.version=4fee03d119f1",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -73,6 +73,12 @@ job "chat-chat" {
         "traefik.http.services.chat-chat.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.chat-chat.loadbalancer.healthcheck.timeout=2s",
         "traefik.http.services.chat-chat.loadbalancer.strategy=p2c",
+        "traefik.http.routers.chat-chat-too-large.entrypoints=web",
+        "traefik.http.routers.chat-chat-too-large.rule=((Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
+        "traefik.http.routers.chat-chat-too-large.priority=94",
+        "traefik.http.routers.chat-chat-too-large.middlewares=chat-chat-body-limit",
+        "traefik.http.routers.chat-chat-too-large.service=chat-chat",
+        "traefik.http.middlewares.chat-chat-body-limit.buffering.maxrequestbodybytes=16777216",
       ]
 
       check {
@@ -87,12 +93,15 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:4f0283212cd8"
+        image = "chat-chat:4fee03d119f1"
         ports = ["http"]
+        # The image's unprivileged user, no capabilities, no setuid.
+        cap_drop     = ["all"]
+        security_opt = ["no-new-privileges"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"chat\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"token_delay\":0.01},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"openai\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"chat\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"token_delay\":0.01},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"openai\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "2c592f14b392"
+    stack_version = "d0f5b4f114ab"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=2c592f14b392",
+        "stack.version=d0f5b4f114ab",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -73,6 +73,12 @@ job "echo-echo" {
         "traefik.http.services.echo-echo.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.echo-echo.loadbalancer.healthcheck.timeout=2s",
         "traefik.http.services.echo-echo.loadbalancer.strategy=p2c",
+        "traefik.http.routers.echo-echo-too-large.entrypoints=web",
+        "traefik.http.routers.echo-echo-too-large.rule=((Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
+        "traefik.http.routers.echo-echo-too-large.priority=94",
+        "traefik.http.routers.echo-echo-too-large.middlewares=echo-echo-body-limit",
+        "traefik.http.routers.echo-echo-too-large.service=echo-echo",
+        "traefik.http.middlewares.echo-echo-body-limit.buffering.maxrequestbodybytes=16777216",
       ]
 
       check {
@@ -87,12 +93,15 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:2c592f14b392"
+        image = "echo-echo:d0f5b4f114ab"
         ports = ["http"]
+        # The image's unprivileged user, no capabilities, no setuid.
+        cap_drop     = ["all"]
+        security_opt = ["no-new-privileges"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"echo\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"greeting\":\"echo\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"echo\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"greeting\":\"echo\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

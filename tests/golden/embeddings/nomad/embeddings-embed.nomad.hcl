@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "6819573f75ac"
+    stack_version = "7ee41bc371af"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=6819573f75ac",
+        "stack.version=7ee41bc371af",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -73,6 +73,12 @@ job "embeddings-embed" {
         "traefik.http.services.embeddings-embed.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.embeddings-embed.loadbalancer.healthcheck.timeout=2s",
         "traefik.http.services.embeddings-embed.loadbalancer.strategy=p2c",
+        "traefik.http.routers.embeddings-embed-too-large.entrypoints=web",
+        "traefik.http.routers.embeddings-embed-too-large.rule=((Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
+        "traefik.http.routers.embeddings-embed-too-large.priority=97",
+        "traefik.http.routers.embeddings-embed-too-large.middlewares=embeddings-embed-body-limit",
+        "traefik.http.routers.embeddings-embed-too-large.service=embeddings-embed",
+        "traefik.http.middlewares.embeddings-embed-body-limit.buffering.maxrequestbodybytes=16777216",
       ]
 
       check {
@@ -87,12 +93,15 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:6819573f75ac"
+        image = "embeddings-embed:7ee41bc371af"
         ports = ["http"]
+        # The image's unprivileged user, no capabilities, no setuid.
+        cap_drop     = ["all"]
+        security_opt = ["no-new-privileges"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.005,\"eager\":false,\"max_batch_size\":16,\"max_in_flight\":2},\"body_timeout\":30.0,\"config\":{\"normalize\":true},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":30.0}"
+        STACK_SERVING_CONFIG = "{\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.005,\"eager\":false,\"max_batch_size\":16,\"max_in_flight\":2},\"body_timeout\":30.0,\"config\":{\"normalize\":true},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":30.0}"
         HF_HUB_OFFLINE = "1"
       }
 

@@ -7,7 +7,7 @@ job "gpu-sharing-embed" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "embed"
-    stack_version = "3ced38ff68df"
+    stack_version = "c3b551d11ae4"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-embed" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=embed",
-        "stack.version=3ced38ff68df",
+        "stack.version=c3b551d11ae4",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-embed.entrypoints=web",
         "traefik.http.routers.gpu-sharing-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -73,6 +73,12 @@ job "gpu-sharing-embed" {
         "traefik.http.services.gpu-sharing-embed.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.gpu-sharing-embed.loadbalancer.healthcheck.timeout=2s",
         "traefik.http.services.gpu-sharing-embed.loadbalancer.strategy=p2c",
+        "traefik.http.routers.gpu-sharing-embed-too-large.entrypoints=web",
+        "traefik.http.routers.gpu-sharing-embed-too-large.rule=((Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
+        "traefik.http.routers.gpu-sharing-embed-too-large.priority=97",
+        "traefik.http.routers.gpu-sharing-embed-too-large.middlewares=gpu-sharing-embed-body-limit",
+        "traefik.http.routers.gpu-sharing-embed-too-large.service=gpu-sharing-embed",
+        "traefik.http.middlewares.gpu-sharing-embed-body-limit.buffering.maxrequestbodybytes=16777216",
       ]
 
       check {
@@ -87,12 +93,15 @@ job "gpu-sharing-embed" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-embed:3ced38ff68df"
+        image = "gpu-sharing-embed:c3b551d11ae4"
         ports = ["http"]
+        # The image's unprivileged user, no capabilities, no setuid.
+        cap_drop     = ["all"]
+        security_opt = ["no-new-privileges"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"device\":\"auto\",\"width\":16},\"drain_delay\":0.0,\"gpus\":0.25,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":4,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"device\":\"auto\",\"width\":16},\"drain_delay\":0.0,\"gpus\":0.25,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":4,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "afe96d3a8a52"
+    stack_version = "8e057e60801e"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=afe96d3a8a52",
+        "stack.version=8e057e60801e",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -73,6 +73,12 @@ job "iris-iris" {
         "traefik.http.services.iris-iris.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.iris-iris.loadbalancer.healthcheck.timeout=2s",
         "traefik.http.services.iris-iris.loadbalancer.strategy=p2c",
+        "traefik.http.routers.iris-iris-too-large.entrypoints=web",
+        "traefik.http.routers.iris-iris-too-large.rule=((Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
+        "traefik.http.routers.iris-iris-too-large.priority=94",
+        "traefik.http.routers.iris-iris-too-large.middlewares=iris-iris-body-limit",
+        "traefik.http.routers.iris-iris-too-large.service=iris-iris",
+        "traefik.http.middlewares.iris-iris-body-limit.buffering.maxrequestbodybytes=16777216",
       ]
 
       check {
@@ -87,12 +93,15 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:afe96d3a8a52"
+        image = "iris-iris:8e057e60801e"
         ports = ["http"]
+        # The image's unprivileged user, no capabilities, no setuid.
+        cap_drop     = ["all"]
+        security_opt = ["no-new-privileges"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"iris\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":2,\"timeout\":10.0}"
+        STACK_SERVING_CONFIG = "{\"api\":\"iris\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":2,\"timeout\":10.0}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

@@ -45,6 +45,8 @@ job "multi-model-traefik" {
         ports = ["web", "metrics"]
         args = [
           "--entrypoints.web.address=:8080",
+          "--entrypoints.web.transport.respondingTimeouts.readTimeout=31s",
+          "--entrypoints.web.transport.respondingTimeouts.idleTimeout=180s",
           "--entrypoints.metrics.address=:8082",
           "--providers.nomad=true",
           "--providers.nomad.exposedByDefault=false",

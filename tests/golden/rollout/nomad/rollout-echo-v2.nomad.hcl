@@ -7,7 +7,7 @@ job "rollout-echo-v2" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v2"
-    stack_version = "daeeccc026e0"
+    stack_version = "b9889f1611ee"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v2" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v2",
-        "stack.version=daeeccc026e0",
+        "stack.version=b9889f1611ee",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v2.entrypoints=web",
         "traefik.http.routers.rollout-echo-v2.rule=(Path(`/echo-v2`) || PathPrefix(`/echo-v2/`)) && !PathRegexp(`^/echo\\-v2/+(metrics|healthz|readyz)/*$`)",
@@ -77,6 +77,12 @@ job "rollout-echo-v2" {
         "traefik.http.services.rollout-split-echo--rollout-echo-v2.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.rollout-split-echo--rollout-echo-v2.loadbalancer.healthcheck.timeout=2s",
         "traefik.http.services.rollout-split-echo--rollout-echo-v2.loadbalancer.strategy=p2c",
+        "traefik.http.routers.rollout-echo-v2-too-large.entrypoints=web",
+        "traefik.http.routers.rollout-echo-v2-too-large.rule=((Path(`/echo-v2`) || PathPrefix(`/echo-v2/`)) && !PathRegexp(`^/echo\\-v2/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
+        "traefik.http.routers.rollout-echo-v2-too-large.priority=104",
+        "traefik.http.routers.rollout-echo-v2-too-large.middlewares=rollout-echo-v2-body-limit",
+        "traefik.http.routers.rollout-echo-v2-too-large.service=rollout-echo-v2",
+        "traefik.http.middlewares.rollout-echo-v2-body-limit.buffering.maxrequestbodybytes=16777216",
       ]
 
       check {
@@ -91,12 +97,15 @@ job "rollout-echo-v2" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v2:daeeccc026e0"
+        image = "rollout-echo-v2:b9889f1611ee"
         ports = ["http"]
+        # The image's unprivileged user, no capabilities, no setuid.
+        cap_drop     = ["all"]
+        security_opt = ["no-new-privileges"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"echo-v2\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"version\":\"v2\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"echo-v2\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"version\":\"v2\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

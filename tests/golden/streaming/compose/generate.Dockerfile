@@ -24,5 +24,16 @@ ENV PYTHONPATH=/opt/stack-runtime
 WORKDIR /app
 COPY project /app
 
+# The replica runs as an unprivileged user (10001), not root: its code (/app) is root's and
+# read-only to it; its home, /tmp and the model cache are where it writes. The group may write the
+# home and the cache too: on a host where `stack up` runs as a user other than root, Compose runs
+# the replica as that user in this group (so it can read the API keys file that user owns).
+RUN groupadd --gid 10001 stack \
+ && useradd --uid 10001 --gid 10001 --home-dir /home/stack --create-home --shell /usr/sbin/nologin stack \
+ && mkdir -p /model-cache && chown stack:stack /model-cache \
+ && chmod 2775 /home/stack /model-cache
+ENV HOME=/home/stack
+USER 10001:10001
+
 EXPOSE 8888
 CMD ["python", "-m", "serving"]

@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "5d28db97b115"
+    stack_version = "e31a76ba6c3c"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=5d28db97b115",
+        "stack.version=e31a76ba6c3c",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
         "traefik.http.routers.tensors-tensors.rule=(Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)",
@@ -73,6 +73,12 @@ job "tensors-tensors" {
         "traefik.http.services.tensors-tensors.loadbalancer.healthcheck.interval=3s",
         "traefik.http.services.tensors-tensors.loadbalancer.healthcheck.timeout=2s",
         "traefik.http.services.tensors-tensors.loadbalancer.strategy=p2c",
+        "traefik.http.routers.tensors-tensors-too-large.entrypoints=web",
+        "traefik.http.routers.tensors-tensors-too-large.rule=((Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
+        "traefik.http.routers.tensors-tensors-too-large.priority=103",
+        "traefik.http.routers.tensors-tensors-too-large.middlewares=tensors-tensors-body-limit",
+        "traefik.http.routers.tensors-tensors-too-large.service=tensors-tensors",
+        "traefik.http.middlewares.tensors-tensors-body-limit.buffering.maxrequestbodybytes=16777216",
       ]
 
       check {
@@ -87,12 +93,15 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:5d28db97b115"
+        image = "tensors-tensors:e31a76ba6c3c"
         ports = ["http"]
+        # The image's unprivileged user, no capabilities, no setuid.
+        cap_drop     = ["all"]
+        security_opt = ["no-new-privileges"]
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"tensors\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"scale\":2.0},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"v2\",\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"tensors\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"config\":{\"scale\":2.0},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"v2\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.
