@@ -80,7 +80,7 @@ class Outcome:
     note: str = ""
 
 
-def shown(root: Path, flags: list[str]) -> dict | None:  # type: ignore[type-arg]
+def shown(root: Path, flags: list[str]) -> dict | None:
     result = stack("status", *flags, "--json", "-p", str(root), cwd=root)
     return json.loads(result.stdout) if result.returncode == 0 else None
 
@@ -96,12 +96,20 @@ def whole(root: Path, flags: list[str]) -> bool:
 
 
 def inject(
-    target: str, fault: str, root: Path, url: str, flags: list[str], act: Callable[[], str], wait: float = 90
+    target: str,
+    fault: str,
+    root: Path,
+    url: str,
+    flags: list[str],
+    act: Callable[[], str | Callable[[], str]],
+    wait: float = 90,
 ) -> Outcome:
+    """`act` injects the fault and returns what happens, or a function that says it once the stack is
+    whole again (what `stack status` shows then). Whole again counts from the end of `act`."""
     with Load(url) as load:
         time.sleep(2)
+        said = act()
         injected = time.monotonic()
-        note = act()
         time.sleep(1)
         recovered = None
         while time.monotonic() < injected + wait:
@@ -110,6 +118,7 @@ def inject(
                 break
             time.sleep(0.25)
         time.sleep(2)
+    note = said if isinstance(said, str) else said()
     outcome = Outcome(target, fault, len(load.durations), load.failures, max(load.durations), recovered, note)
     print(outcome, flush=True)
     return outcome
@@ -142,7 +151,7 @@ def docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
 
 
-def replicas_of(name: str) -> list[dict]:  # type: ignore[type-arg]
+def replicas_of(name: str) -> list[dict]:
     ids = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={name}", "--filter", "label=stack.api")
     items = json.loads(docker("inspect", *ids.split())) if ids.split() else []
     return sorted(items, key=lambda c: c["Name"])
@@ -183,11 +192,14 @@ def compose_faults(base: Path) -> list[Outcome]:
             docker("kill", *role("prometheus"))
             return "the controller starts it again; the autoscaler holds meanwhile"
 
-        def oom() -> str:
+        def oom() -> Callable[[], str]:
             out_of_memory(url)
-            status = shown(root, [])
-            error = status["apis"][0]["error"] if status else ""
-            return f"Docker restarts it; `stack status` counts the restart and shows `{error}`"
+
+            def said() -> str:
+                api = (shown(root, []) or {"apis": [{}]})["apis"][0]
+                return f"Docker restarts it; `stack status`: restarts {api.get('restarts')}, `{api.get('error')}`"
+
+            return said
 
         def controller() -> str:
             docker("kill", *role("autoscaler"))
@@ -226,7 +238,7 @@ def local_faults(base: Path) -> list[Outcome]:
     other_root = project(base, f"localother{os.getpid()}", other_port)
     try:
 
-        def status() -> dict:  # type: ignore[type-arg]
+        def status() -> dict:
             return json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)
 
         def crash() -> str:
@@ -245,10 +257,17 @@ def local_faults(base: Path) -> list[Outcome]:
             os.kill(component("prometheus"), signal.SIGKILL)
             return "the supervisor starts it again; the autoscaler holds meanwhile"
 
-        def oom() -> str:
+        def oom() -> Callable[[], str]:
             out_of_memory(url)
-            error = status()["apis"][0]["error"]
-            return f"the supervisor's watchdog kills and replaces it; `stack status` shows `{error}`"
+
+            def said() -> str:
+                api = status()["apis"][0]
+                return (
+                    f"the supervisor's watchdog kills and replaces it; `stack status`: restarts {api['restarts']}, "
+                    f"`{api['error']}`"
+                )
+
+            return said
 
         def lost_state() -> str:
             shutil.rmtree(root / ".stack" / "local")
