@@ -21,6 +21,7 @@ from stack.errors import StackError
 from stack.show import show_status
 from stack.spec import SpecError, load_spec
 from stack.targets import open_target
+from stack.tls import keys_in_clear
 
 if TYPE_CHECKING:
     from stack.targets.base import Target
@@ -357,7 +358,7 @@ def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | Non
     target: Target | None = None
     try:
         target = resolve_target(path, target_kind, gpus, registry, secrets=True, gpu_mem=_memory_flag(gpu_mem))
-        _warn(target.loaded.warnings)
+        _warn(target.loaded.warnings + keys_in_clear(target.loaded.spec.gateway, target.name))
         with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
             status = target.up(_progress)
     except KeyboardInterrupt:
@@ -365,22 +366,21 @@ def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | Non
         left = target.left_running() if target is not None else "nothing was started"
         click.echo(f"\ninterrupted: {left}", err=True)
         sys.exit(130)
-    port = status.gateway_port
+    gateway = f"{_scheme(target)}://127.0.0.1:{status.gateway_port}"
     click.echo(f"\nStack {status.project} is live.")
     for api in status.apis:
-        click.echo(f"  {api.name:<16} http://127.0.0.1:{port}{api.endpoint}")
+        click.echo(f"  {api.name:<16} {gateway}{api.endpoint}")
     for splitter in status.splitters:
         weights = " ".join(f"{api}={weight}" for api, weight in splitter.weights.items())
         canary = f"; canary {splitter.canary.api}: {splitter.canary.phase}" if splitter.canary else ""
-        click.echo(f"  {splitter.name:<16} http://127.0.0.1:{port}{splitter.endpoint}  (splitter: {weights}{canary})")
+        click.echo(f"  {splitter.name:<16} {gateway}{splitter.endpoint}  (splitter: {weights}{canary})")
     for note in status.notes:
         click.echo(f"note: {note}", err=True)
     first = status.splitters[0] if status.splitters else status.apis[0]
     sample = target.loaded.root / "sample.json"
     data = f"@{sample}" if sample.is_file() else "'{}'"
-    click.echo(
-        f"\nTry: curl -X POST http://127.0.0.1:{port}{first.endpoint} -H 'Content-Type: application/json' -d {data}"
-    )
+    insecure = " -k" if target.loaded.spec.gateway.tls is not None else ""  # 127.0.0.1 is not the certificate's name
+    click.echo(f"\nTry: curl{insecure} -X POST {gateway}{first.endpoint} -H 'Content-Type: application/json' -d {data}")
 
 
 @cli.command()
@@ -420,7 +420,7 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
         document["apis"] = [a.to_dict() for a in apis]
         click.echo(json.dumps(document, indent=2))
         return
-    show_status(data, apis, detail=api is not None)
+    show_status(data, apis, detail=api is not None, scheme=_scheme(target))
 
 
 @cli.command()
@@ -583,6 +583,10 @@ def autoscale(
         nomad_addr=nomad_addr,
     )
     asyncio.run(run_control(open_control(target, settings), POLICIES[policy]))
+
+
+def _scheme(target: Target) -> str:
+    return "https" if target.loaded.spec.gateway.tls is not None else "http"
 
 
 def main() -> None:

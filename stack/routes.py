@@ -22,6 +22,10 @@ from typing import Any
 import yaml
 
 ENTRYPOINT = "web"
+# The stack's own checks through the gateway come in here (127.0.0.1 only, plain HTTP): with TLS and
+# client certificates on `web`, they could not; every router listens on both.
+PROBE_ENTRYPOINT = "probe"
+ENTRYPOINTS = (ENTRYPOINT, PROBE_ENTRYPOINT)
 ROUTES_FILE = "routes.yml"
 INTERNAL_PATHS = ("metrics", "healthz", "readyz")
 ACTIVATE = "/__stack/activate"  # the activator's path prefix (stack.gateway_errors)
@@ -109,7 +113,7 @@ def _too_large(
     API's router (Traefik's default priority is the rule's length) and below any longer endpoint's.
     """
     routers[f"{name}-too-large"] = {
-        "entryPoints": [ENTRYPOINT],
+        "entryPoints": list(ENTRYPOINTS),
         "rule": too_large_rule(endpoint, limit),
         "priority": len(router_rule(endpoint)) + 1,
         "service": name,
@@ -136,7 +140,7 @@ def dynamic_config(
     for route in routes:
         name = route.router
         routers[name] = {
-            "entryPoints": [ENTRYPOINT],
+            "entryPoints": list(ENTRYPOINTS),
             "rule": router_rule(route.endpoint),
             "service": name,
             "middlewares": ([ERRORS] if errors_url else []) + [f"{name}-strip", f"{name}-retry"],
@@ -174,7 +178,7 @@ def dynamic_config(
         if not any(route.endpoint == "/" for route in routes) and not any(x.endpoint == "/" for x in splits):
             middlewares[f"{ERRORS}-no-route"] = {"addPrefix": {"prefix": "/__stack/no-route"}}
             routers[f"{ERRORS}-no-route"] = {
-                "entryPoints": [ENTRYPOINT],
+                "entryPoints": list(ENTRYPOINTS),
                 "rule": "PathPrefix(`/`)",
                 "priority": 1,  # the last resort: any API's router wins
                 "service": ERRORS,
@@ -211,7 +215,7 @@ def _add_split(
             }
         }
     routers[name] = {
-        "entryPoints": [ENTRYPOINT],
+        "entryPoints": list(ENTRYPOINTS),
         "rule": router_rule(split.endpoint),
         "service": target,
         "middlewares": [*first, f"{name}-strip", f"{name}-retry"],
@@ -240,9 +244,10 @@ def render(routes: list[Route], header: str = "", errors_url: str | None = None,
     return comment + yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
 
 
-def write(routes_dir: Path, text: str, mode: int = 0o644) -> bool:
-    """Replace the routes file at once; False when it already says this (Traefik is not woken)."""
-    target = routes_dir / ROUTES_FILE
+def write(routes_dir: Path, text: str, mode: int = 0o644, name: str = ROUTES_FILE) -> bool:
+    """Replace the routes file (or another file `name` of the directory) at once; False when it already
+    says this (Traefik is not woken)."""
+    target = routes_dir / name
     try:
         if target.read_text() == text:
             return False
@@ -251,7 +256,8 @@ def write(routes_dir: Path, text: str, mode: int = 0o644) -> bool:
     routes_dir.mkdir(parents=True, exist_ok=True)
     # Written beside the watched directory, then renamed into it: Traefik only ever
     # sees one complete file, never half of one or a second copy of the routes.
-    temp = routes_dir.parent / f".{routes_dir.name}-{ROUTES_FILE}.{os.getpid()}.tmp"
+    temp = routes_dir.parent / f".{routes_dir.name}-{name}.{os.getpid()}.tmp"
+    temp.touch(mode=0o600)  # the key of tls.yml is never readable by others, not even for a moment
     temp.write_text(text)
     temp.chmod(mode)
     os.replace(temp, target)
@@ -290,7 +296,7 @@ def activator_fallback(routes: list[Route], activator_service: str) -> dict[str,
         middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [route.endpoint]}}
         middlewares[f"{name}-activate"] = {"addPrefix": {"prefix": f"{ACTIVATE}/{route.activate}"}}
         routers[name] = {
-            "entryPoints": [ENTRYPOINT],
+            "entryPoints": list(ENTRYPOINTS),
             "rule": router_rule(route.endpoint),
             "priority": 1,
             "service": activator_service,

@@ -44,7 +44,7 @@ def _zero_since(api: ApiStatus) -> str:
     return f" (idle, since {time.strftime('%H:%M:%S', time.localtime(at))}, {_uptime(time.time() - at)} ago)"
 
 
-def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
+def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool, scheme: str = "http") -> None:
     from tabulate import tabulate
 
     def num(value: float | None) -> str:
@@ -61,7 +61,7 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
                 + (f", at GPU capacity ({a.desired}/{a.gpu_slots} slots)" if a.at_gpu_capacity else "")
                 + (" (files changed since the last `stack up`)" if a.changed else ""),
                 f"{a.ready}/{a.desired}",
-                f"http://127.0.0.1:{data.gateway_port}{a.endpoint}",
+                f"{scheme}://127.0.0.1:{data.gateway_port}{a.endpoint}",
                 num(traffic.requests_per_second) if traffic else "-",
                 num(traffic.p50_ms) if traffic else "-",
                 num(traffic.p99_ms) if traffic else "-",
@@ -90,7 +90,7 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool) -> None:
         split_rows = [
             [
                 s.name,
-                f"http://127.0.0.1:{data.gateway_port}{s.endpoint}",
+                f"{scheme}://127.0.0.1:{data.gateway_port}{s.endpoint}",
                 " ".join(f"{api}={weight}" for api, weight in s.weights.items()),
                 " ".join(f"{api}={share * 100:.1f}%" for api, share in s.observed.items()) if s.observed else "-",
                 s.mirror or "-",

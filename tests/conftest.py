@@ -241,6 +241,7 @@ def require_binary(name: str) -> str:
         how = {
             "promtool": "Debian's prometheus package (`apt-get install prometheus`; .ci/run installs it)",
             "prometheus": "Debian's prometheus package (`apt-get install prometheus`; .ci/run installs it)",
+            "pebble": "Debian's pebble package (`apt-get install pebble`; .ci/run installs it)",
         }.get(name, "its package")
         pytest.skip(f"{name} is not on PATH: install {how}")
     return found

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from stack.autoscale.policy import Bounds
 from stack.splits import SplitterConfig, splitters_of
+from stack.tls import TlsFiles
 
 if TYPE_CHECKING:
     from stack.spec import Api, LoadedSpec
@@ -50,6 +51,7 @@ class AutoscalerConfig:
     apis: list[ApiScaling]  # the autoscaled ones
     routed: list[RoutedApi] = field(default_factory=list)  # all of them
     splitters: list[SplitterConfig] = field(default_factory=list)  # the Compose controller routes them
+    tls: TlsFiles | None = None  # gateway.tls's files, as the controller reads them (it writes tls.yml)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -74,7 +76,8 @@ class AutoscalerConfig:
             for a in data.get("routed", [])
         ]
         splitters = [SplitterConfig.from_dict(x) for x in data.get("splitters", [])]
-        return cls(data["project"], data["scrape_interval"], apis, routed, splitters)
+        tls = TlsFiles.from_dict(data["tls"]) if data.get("tls") else None
+        return cls(data["project"], data["scrape_interval"], apis, routed, splitters, tls)
 
     @classmethod
     def from_env(cls) -> AutoscalerConfig:
@@ -108,6 +111,7 @@ def config_of(
     gpu_slots: dict[str, list[list[str]]] | None = None,
     versions: dict[str, str] | None = None,
     per_unit: dict[str, int] | None = None,
+    tls_files: TlsFiles | None = None,
 ) -> AutoscalerConfig:
     """The autoscaled APIs of a spec (an API with min == max has nothing to decide); `versions`
     (API -> version) ties each splitter's canary to the version it rolls out."""
@@ -134,4 +138,5 @@ def config_of(
         )
         for api in spec.apis
     ]
-    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed, splitters_of(spec, versions))
+    splitters = splitters_of(spec, versions)
+    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed, splitters, tls_files)

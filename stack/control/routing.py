@@ -23,6 +23,7 @@ from stack import routes
 from stack.autoscale.config import AutoscalerConfig, RoutedApi
 from stack.routes import Route, Split
 from stack.splits import applied
+from stack.tls import TLS_FILE, TlsFiles, write_config
 
 Weights = dict[str, dict[str, int]]  # splitter -> API -> weight
 OVERRIDES_EVERY = 1.0  # seconds between reads of the weights `stack split` set
@@ -48,13 +49,18 @@ class FileRouteSink:
     The file is compared on every write, so one truncated or edited by hand is put right at the next.
     """
 
-    def __init__(self, directory: Path, header: str, errors_url: str) -> None:
+    def __init__(self, directory: Path, header: str, errors_url: str, tls: TlsFiles | None = None) -> None:
         self.directory = directory
         self.header = header
         self.errors_url = errors_url  # stack.gateway_errors: the gateway's own answers, and the activator
+        self.tls = tls  # gateway.tls: its files re-read at every write, so a renewed certificate is served
 
     def write(self, table: RouteTable) -> bool:
         text = routes.render(list(table.routes), self.header, self.errors_url, table.splits)
+        if self.tls is not None:
+            write_config(self.directory, self.tls)
+        else:
+            (self.directory / TLS_FILE).unlink(missing_ok=True)  # no key left behind once tls is gone
         return routes.write(self.directory, text)
 
     def empty_url(self, route: Route) -> str:

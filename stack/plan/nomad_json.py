@@ -101,6 +101,12 @@ def _group(name: str, body: dict[str, Any]) -> dict[str, Any]:
             "MaxDelay": _ns(reschedule["max_delay"]),
             "Unlimited": reschedule["unlimited"],
         }
+    if (disk := _one(body, "ephemeral_disk")) is not None:
+        group["EphemeralDisk"] = {
+            "Sticky": disk.get("sticky", False),
+            "Migrate": disk.get("migrate", False),
+            "SizeMB": disk.get("size", 300),
+        }
     if "service" in body:
         group["Services"] = [_service(service) for service in body["service"]]
     group["Tasks"] = [_task(task_name, task) for task_name, task in _labelled(body.get("task", []))]

@@ -23,14 +23,23 @@ from stack.atomic import write_text_atomic
 from stack.autoscale.config import config_of
 from stack.errors import PlanError as PlanError  # re-exported: planning fails with it
 from stack.files import ProjectFiles, package_files, tree_digest
+from stack.plan.gateway import (
+    acme_ca,
+    compose_tls_args,
+    gateway_read_timeout,
+    tls_mounts,
+    tls_variable,
+    traefik_tls_args,
+)
 from stack.plan.gpus import Gpu, Placement, place
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.nomad_routes import routes_variable, routes_yaml
 from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache, replica_config
 from stack.routes import Route, activator_fallback, member_service, router_rule, too_large_rule
-from stack.spec import Api, LoadedSpec, Spec
+from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
 from stack.splits import split_router, splitters_of
+from stack.tls import tls_files
 
 DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.42"}
 # Docker health probe: a ready replica joins the gateway within seconds (the controller also asks
@@ -112,16 +121,6 @@ def _header(loaded: LoadedSpec, comment: str = "#") -> str:
 
 
 # -- versions ------------------------------------------------------------------------
-
-
-def gateway_read_timeout(spec: Spec) -> str:
-    """Traefik's readTimeout: a second past the longest `body_timeout` of the stack's APIs.
-
-    Traefik holds a replica's early answer (a 408 for a stalled body) until its read of the client's
-    body returns, so the gateway must give up reading just after the replica did, not a minute later.
-    """
-    longest = max((api.predictor.body_timeout for api in spec.apis), default=30.0)
-    return format_duration(longest + 1)
 
 
 def project_files(loaded: LoadedSpec, exclude: Path | None = None) -> ProjectFiles:
@@ -293,7 +292,13 @@ def plan_compose(
             values["build"] = None
         apis.append(values)
     network = f"{spec.project}-stack"
-    scaling = config_of(loaded, placement.slot_devices(), {a["name"]: a["version"] for a in apis})
+    mounts, tls_seen = tls_mounts(loaded, out_dir)
+    scaling = config_of(
+        loaded,
+        placement.slot_devices(),
+        {a["name"]: a["version"] for a in apis},
+        tls_files=tls_files(loaded.root, spec.gateway.tls, tls_seen),
+    )
     # The controller runs in every Compose stack (routes, targets, killed replicas), autoscaled or not.
     files["autoscaler.Dockerfile"] = autoscaler_dockerfile(loaded, env)
     control_dir = loaded.root / CONTROL_DIR
@@ -313,6 +318,11 @@ def plan_compose(
             "dashboard_port": spec.gateway.dashboard_port,
             "access_log": spec.gateway.access_log,
             "read_timeout": gateway_read_timeout(spec),
+            "http_port": spec.gateway.http_port,
+            "tls_args": compose_tls_args(spec),
+            "tls_mounts": mounts,
+            "acme": bool(spec.gateway.tls and spec.gateway.tls.acme),
+            "acme_ca": acme_ca(loaded, out_dir),
         },
         control={
             "directory": os.path.relpath(control_dir, out_dir),
@@ -494,6 +504,11 @@ def plan_nomad(
         read_timeout=gateway_read_timeout(spec),
         fallback=fallback.rstrip("\n"),
         splits_variable=routes_variable(project) if splitters else None,
+        # With TLS the file provider reads the task's secrets directory (tls.yml holds the key).
+        routes_dir="secrets/routes" if spec.gateway.tls else "local/routes",
+        tls_variable=tls_variable(project) if spec.gateway.tls else None,
+        tls_args=traefik_tls_args(spec, "/alloc/data/acme.json", "/secrets/acme-ca.pem"),
+        acme_ca=bool(spec.gateway.tls and spec.gateway.tls.acme and spec.gateway.tls.acme.ca_file),
     )
     files[f"{project}-prometheus.nomad.hcl"] = env.get_template("nomad/prometheus.nomad.hcl.j2").render(
         **common,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from stack.errors import StackError
 from stack.spec import models
+from stack.spec.tls_checks import check_tls_files
 from stack.spec.units import format_duration, parse_duration
 
 Path_ = tuple[str | int, ...]
@@ -102,9 +103,18 @@ def load_spec(path: str | Path = ".", secrets: bool = True) -> LoadedSpec:
     secret_files = _secret_files(data, file.resolve().parent)
     problems, warnings = _resolve_api_keys(data, file.resolve().parent, positions, shown, secret_env, secrets)
     problems += _validate(data, positions, shown) + _cross_checks(data, file.resolve().parent, positions, shown)
+    gateway = data.get("gateway") if isinstance(data.get("gateway"), dict) else {}
+    warnings += check_tls_files(gateway.get("tls"), file.resolve().parent, _adder(problems, positions, shown))
     if problems:
         raise SpecError(sorted(set(problems), key=lambda p: (p.line, p.column, p.field)))
     return LoadedSpec(models.Spec.model_validate(data), file.resolve(), warnings, secret_env, secret_files)
+
+
+def _adder(problems: list[Problem], positions: dict[Path_, tuple[int, int]], shown: str) -> Any:
+    def add(path: Path_, message: str) -> None:
+        problems.append(Problem(shown, *_nearest(path, positions), _dotted(path), message))
+
+    return add
 
 
 def _secret_files(data: Any, root: Path) -> list[Path]:

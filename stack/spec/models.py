@@ -312,6 +312,50 @@ class Api(Strict):
         return self
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+class Acme(Strict):
+    """Certificates from an ACME server (Let's Encrypt by default), through Traefik's ACME resolver."""
+
+    email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]  # the account's contact (expiry notices)
+    domains: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]  # first: the main name
+    ca_server: Annotated[str, Field(pattern=r"^https://")] = LETS_ENCRYPT
+    # tls-alpn: validated on the HTTPS port itself; http: on gateway.http_port (port 80 where the CA
+    # reaches it), whose other requests are redirected to HTTPS.
+    challenge: Literal["tls-alpn", "http"] = "tls-alpn"
+    # A CA bundle to trust for ca_server itself (a private ACME server: step-ca, Pebble); null: the system's.
+    ca_file: str | None = None
+
+
+class Tls(Strict):
+    """HTTPS at the gateway: your certificate files, or ACME; optionally client certificates (mutual TLS)."""
+
+    cert_file: str | None = None  # a PEM chain, relative to stack.yaml; re-read when it changes (renewals)
+    key_file: str | None = None  # its private key (PEM; keep it 0600)
+    # Mutual TLS: clients must show a certificate signed by this CA (PEM), else the handshake fails;
+    # replicas see the client's subject in X-Forwarded-Tls-Client-Cert-Info.
+    client_ca_file: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"  # older clients are refused at the handshake
+    acme: Acme | None = None
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return f"{value:.1f}" if isinstance(value, float) else value  # `min_version: 1.2` unquoted
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Tls:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise ValueError(f"cert_file and key_file go together: set {missing} too")
+        if self.cert_file is None and self.acme is None:
+            raise ValueError("tls needs a certificate: cert_file and key_file, or acme: {email, domains}")
+        if self.cert_file is not None and self.acme is not None:
+            raise ValueError("tls takes cert_file/key_file or acme, not both")
+        return self
+
+
 class Gateway(Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     # The address the gateway listens on. Default: every interface on Compose and Nomad (it is the
@@ -329,6 +373,22 @@ class Gateway(Strict):
     # With api_keys, GET /API/openapi.json answers only with a key, like the prediction routes (it
     # describes what the API takes). true publishes it to every client.
     public_openapi: bool = False
+    # HTTPS on `port` (see Tls). Off by default: keys and payloads then travel in clear text.
+    tls: Tls | None = None
+    # With tls: plain HTTP on this port answers a redirect to HTTPS (and ACME's http challenge);
+    # null: no plain listener.
+    http_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+    @model_validator(mode="after")
+    def _http_port(self) -> Gateway:
+        if self.http_port is not None and self.tls is None:
+            raise ValueError("http_port redirects to HTTPS: it needs tls (without tls, port serves plain HTTP)")
+        if self.http_port is not None and self.http_port == self.port:
+            raise ValueError(f"http_port {self.http_port} is the gateway's port too: choose another")
+        acme = self.tls.acme if self.tls is not None else None
+        if acme is not None and acme.challenge == "http" and self.http_port is None:
+            raise ValueError("acme challenge http is answered on http_port: set http_port (80 for a public CA)")
+        return self
 
 
 class Prometheus(Strict):

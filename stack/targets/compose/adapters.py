@@ -60,7 +60,7 @@ async def compose_adapters(settings: ControlSettings, session: aiohttp.ClientSes
         metrics=PrometheusSource(prometheus, session),
         canaries=FileStore(state_dir / STATE_FILE),
         splits=FileSplits(state_dir),
-        routes=FileRouteSink(control_dir / ROUTES_DIR, HEADER, f"http://{CONTROLLER_HOST}:{ERRORS_PORT}"),
+        routes=FileRouteSink(control_dir / ROUTES_DIR, HEADER, f"http://{CONTROLLER_HOST}:{ERRORS_PORT}", config.tls),
         decisions=state_dir / DECISIONS_FILE,
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", ERRORS_PORT),

@@ -130,6 +130,18 @@ class ComposeProject:
             timeout=timeout,
         )
 
+    def check_port(self) -> int:
+        """Where the stack's own checks reach the routes from this host: the gateway's port, or with TLS
+        (which may demand a client certificate) the plain probe entrypoint Docker published on 127.0.0.1."""
+        gateway = self.loaded.spec.gateway
+        if gateway.tls is None:
+            return gateway.port
+        try:
+            published = self.compose("port", "traefik", "8079", timeout=10).strip()
+        except StackError:
+            return gateway.port  # the gateway is not running: the check fails there and says so
+        return int(published.rsplit(":", 1)[1]) if published else gateway.port
+
     def check_gateway_port(self) -> None:
         port = self.loaded.spec.gateway.port
         ours = docker(

@@ -58,6 +58,7 @@ from stack.targets.docker import docker
 from stack.targets.gateway import check_routed, readiness_url, wait_until_routed
 from stack.targets.logs import follow_container_logs
 from stack.targets.rollout import Fleet, next_step
+from stack.tls import TLS_FILE, tls_files, write_config
 from stack.traffic import gpu_status, prometheus_traffic, replica_gpu_memory
 
 Progress = Callable[[str], None]
@@ -125,11 +126,18 @@ class ComposeTarget:
             routes.write(control / "routes", routes.render([]))
         if not (control / "targets" / "replicas.json").exists():
             write_json_atomic(control / "targets" / "replicas.json", [])
+        # The gateway's certificate (and client CA) is there before Traefik starts: never a moment of TLS
+        # without the client-certificate check. The controller keeps it current from then on.
+        files = tls_files(self.loaded.root, self.loaded.spec.gateway.tls)
+        if files is not None:
+            write_config(control / "routes", files)
+        else:
+            (control / "routes" / TLS_FILE).unlink(missing_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
     def _wait_routed(self, api: Api, progress: Progress) -> None:
         """Return only once a request through the gateway reaches the API: `stack up` promises a live URL."""
-        url = readiness_url(self.loaded.spec.gateway.port, api.endpoint)
+        url = readiness_url(self.engine.check_port(), api.endpoint)
         if not wait_until_routed(url, timeout=30):
             progress(f"{api.name}: warning: the gateway does not reach it yet ({url})")
 
@@ -270,7 +278,8 @@ class ComposeTarget:
             )
         kept = components(containers, restarted) if containers else []
         down = next((f"{c.detail}: {c.problem}" for c in kept if c.name == "gateway" and not c.running), "")
-        apis = [check_routed(api, self.loaded.spec.gateway.port, down) for api in apis]
+        check_port = self.engine.check_port()
+        apis = [check_routed(api, check_port, down) for api in apis]
         notes = self.engine.controller_notes() if containers else []
         splitters = splitter_status(splitters_of(self.loaded.spec), self.state_dir)
         gpus = gpu_status(placement, prometheus)

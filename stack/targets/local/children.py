@@ -28,6 +28,7 @@ from stack.spec.units import format_duration
 from stack.status import ComponentStatus
 from stack.targets.local import traefik
 from stack.targets.local.state import LocalPaths
+from stack.tls import AcmePaths, traefik_args
 
 LOGGER = logging.getLogger("stack.targets.local")
 
@@ -90,6 +91,7 @@ class LocalServices:
     metrics_port: int = field(default_factory=free_port)  # Traefik's metrics
     control_port: int = field(default_factory=free_port)  # the controller's /metrics (Prometheus scrapes it)
     errors_port: int = field(default_factory=free_port)  # the gateway's own JSON errors and the activator
+    probe_port: int = field(default_factory=free_port)  # Traefik's plain entrypoint for the stack's own checks
     traefik: asyncio.subprocess.Process | None = None
     prometheus: asyncio.subprocess.Process | None = None
     prometheus_url: str | None = None
@@ -176,7 +178,27 @@ class LocalServices:
             self.paths.traefik_dir,
             self.paths.logs / "traefik-access.log" if gateway.access_log else None,
             gateway_read_timeout(self.loaded.spec),
+            self.probe_port,
+            self._tls_args(),
         )
+
+    def _tls_args(self) -> list[str]:
+        gateway = self.loaded.spec.gateway
+        if gateway.tls is None:
+            return []
+        acme = None
+        if gateway.tls.acme is not None:
+            # Kept beside the state, not in it: a lost .stack/local does not cost the certificates.
+            self.paths.acme_storage.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            acme = AcmePaths(str(self.paths.acme_storage))
+        return traefik_args(gateway.tls, gateway.http_port, acme, gateway.host or "127.0.0.1")
+
+    @property
+    def check_port(self) -> int:
+        """Where the stack's own checks reach the routes: the gateway's port, or with TLS (which may demand
+        a client certificate) the plain entrypoint on 127.0.0.1."""
+        gateway = self.loaded.spec.gateway
+        return self.probe_port if gateway.tls is not None else gateway.port
 
     def components(self) -> list[ComponentStatus]:
         """The gateway and Prometheus, as `stack status` shows them."""
@@ -201,7 +223,12 @@ class LocalServices:
             raise StackError(f"gateway port {gateway.port} is already in use; set gateway.port in stack.yaml")
         self._watch(self.paths.traefik_dir)
         self._traefik_command = self._command()
-        self.traefik = await start_child(self._traefik_command, self.paths.logs / "traefik.log")
+        env = None
+        tls = self.loaded.spec.gateway.tls
+        if tls is not None and tls.acme is not None and tls.acme.ca_file:
+            # Traefik's ACME client (lego) trusts this CA for the ACME server (a private one: Pebble, step-ca).
+            env = {**os.environ, "LEGO_CA_CERTIFICATES": str((self.loaded.root / tls.acme.ca_file).resolve())}
+        self.traefik = await start_child(self._traefik_command, self.paths.logs / "traefik.log", env=env)
 
     async def _start_prometheus(self) -> None:
         spec = self.loaded.spec.prometheus

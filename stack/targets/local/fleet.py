@@ -45,6 +45,7 @@ from stack.targets.local.children import LocalServices, free_port, start_child, 
 from stack.targets.local.router import LocalRouter
 from stack.targets.local.state import LocalPaths
 from stack.targets.rollout import Fleet, next_step
+from stack.tls import tls_files
 
 LOGGER = logging.getLogger("stack.targets.local")
 TICK = 0.2  # seconds between reconcile passes
@@ -167,6 +168,7 @@ class LocalFleet:
         self.services = services
         self.session = session
         self.router = LocalRouter(services, session, routes, self.routable)
+        self.routes = routes
         self.apis: dict[str, ApiState] = {}
         self.updating: set[str] = set()  # APIs in a rolling update
         self.wake = asyncio.Event()  # set when a child exits or a count changes: reconcile now
@@ -191,6 +193,7 @@ class LocalFleet:
     ) -> None:
         """`slots`: each GPU API's replica slots, as `stack up` placed them on this host's GPUs."""
         self.loaded = self.services.loaded = loaded
+        self.routes.tls = tls_files(loaded.root, loaded.spec.gateway.tls)
         self.write_keys()
         for api in loaded.spec.apis:
             version = api_version(api, digest)

@@ -102,6 +102,6 @@ class LocalRouter:
 
     async def _wait_gateway_serves(self, api: str, endpoint: str) -> None:
         """An API's first replica counts once a request through the gateway reaches it."""
-        url = readiness_url(self.services.loaded.spec.gateway.port, endpoint)
+        url = readiness_url(self.services.check_port, endpoint)
         if not await asyncio.to_thread(wait_until_routed, url, CONFIRM_TIMEOUT):
             LOGGER.warning(f"{api}: the gateway did not reach its first replica within {CONFIRM_TIMEOUT:g}s")

@@ -72,6 +72,11 @@ class LocalPaths:
         return self.base / "local" / "placement.json"
 
     @property
+    def acme_storage(self) -> Path:
+        """Traefik's ACME account and certificates (0600), kept across `stack up` and lost state."""
+        return self.base / "acme" / "acme.json"
+
+    @property
     def api_keys(self) -> Path:
         """The replicas read the API keys here (0600), not from their environment."""
         return self.base / "local" / "api_keys"
@@ -101,6 +106,7 @@ class LocalState:
     gateway_port: int
     prometheus_url: str | None
     notes: list[str]
+    check_port: int = 0  # where the stack's own checks reach the routes (the gateway's port without TLS)
 
 
 class StateUnreadable(StackError):
@@ -123,12 +129,14 @@ def _parse(data: Any) -> LocalState:
         raise ValueError("pid, control_socket or gateway_port is missing or of the wrong type")
     prometheus = data.get("prometheus_url")
     notes = data.get("notes") or []
+    check = data.get("check_port")
     return LocalState(
         pid,
         sock,
         port,
         prometheus if isinstance(prometheus, str) else None,
         [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else [],
+        check if type(check) is int else port,
     )
 
 

@@ -39,6 +39,7 @@ from stack.targets.local.children import LocalServices
 from stack.targets.local.control_api import ControlApi
 from stack.targets.local.fleet import LocalFleet
 from stack.targets.local.state import LocalPaths, forget
+from stack.tls import tls_files
 
 LOGGER = logging.getLogger("stack.targets.local")
 ROUTES_HEADER = "Written by the `stack up --local` supervisor whenever a replica joins or leaves."
@@ -102,6 +103,7 @@ class Supervisor:
             "traefik_api_port": services.api_port,
             "traefik_metrics_port": services.metrics_port,
             "gateway_port": services.loaded.spec.gateway.port,
+            "check_port": services.check_port,
             "project": services.loaded.spec.project,
             "spec_file": str(services.loaded.path),
             "prometheus_url": services.prometheus_url,
@@ -150,7 +152,9 @@ async def local_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
     loaded = load_spec(settings.spec_file)
     paths = LocalPaths(loaded.root, loaded.path.name)
     services = LocalServices(loaded, paths)
-    routes = FileRouteSink(paths.traefik_dir, ROUTES_HEADER, services.errors_url)
+    routes = FileRouteSink(
+        paths.traefik_dir, ROUTES_HEADER, services.errors_url, tls_files(loaded.root, loaded.spec.gateway.tls)
+    )
     fleet = LocalFleet(loaded, paths, services, session, routes)
     placement = read_placement(paths.placement)
     slots = placement.slot_devices()

@@ -92,7 +92,7 @@ class LocalTarget:
         down = next((f"{c.detail}: {c.problem}" for c in reported.missing() if c.name == "gateway"), "")
         for api in reported.apis:
             traffic = prometheus_traffic(prometheus, api.name) if prometheus else None
-            checked = check_routed(api, state.gateway_port, down)
+            checked = check_routed(api, state.check_port, down)
             if api.gpu_slots and prometheus:
                 memory = replica_gpu_memory(prometheus, api.name)
                 replicas = [replace(r, gpu_memory_bytes=memory.get(f"127.0.0.1:{r.port}")) for r in checked.replicas]

@@ -16,8 +16,7 @@ import aiohttp
 
 from stack.errors import StackError
 from stack.plan.render import template_environment
-
-ENTRYPOINT = "web"
+from stack.routes import ENTRYPOINT, PROBE_ENTRYPOINT
 
 
 def traefik_binary() -> str:
@@ -41,13 +40,18 @@ def traefik_command(
     routes_dir: Path,
     access_log: Path | None,
     read_timeout: str = "31s",
+    probe_port: int | None = None,
+    tls: list[str] | None = None,
 ) -> list[str]:
     """`access_log`: the file of one line per request (gateway.access_log), or None for none;
-    `read_timeout`: stack.plan.render.gateway_read_timeout."""
+    `read_timeout`: stack.plan.render.gateway_read_timeout; `probe_port`: the plain entrypoint on 127.0.0.1
+    for the stack's own checks; `tls`: stack.tls.traefik_args."""
     bind = f"[{host}]" if ":" in host else host
     return [
         traefik_binary(),
         f"--entrypoints.{ENTRYPOINT}.address={bind}:{gateway_port}",
+        *([f"--entrypoints.{PROBE_ENTRYPOINT}.address=127.0.0.1:{probe_port}"] if probe_port else []),
+        *(tls or []),
         # A client must send a request's headers and body just past the replica's body_timeout (the
         # replica's 408 reaches it then, not later); idle keep-alives close.
         f"--entrypoints.{ENTRYPOINT}.transport.respondingTimeouts.readTimeout={read_timeout}",

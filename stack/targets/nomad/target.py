@@ -27,6 +27,7 @@ from stack.atomic import write_text_atomic
 from stack.autoscale.scaler import Scaler
 from stack.canary import status_of
 from stack.errors import StackError, TargetError
+from stack.plan.gateway import tls_variable
 from stack.plan.render import (
     api_version,
     keys_variable,
@@ -48,6 +49,7 @@ from stack.targets.nomad.images import ImagePusher
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
 from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
 from stack.targets.nomad.status import api_status
+from stack.tls import render_config, tls_files
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/nomad"
@@ -96,6 +98,7 @@ class NomadTarget:
         if f"{self.project}-autoscaler.json" in plan.files:
             pusher.controller(progress)
         self._write_keys(progress)
+        self._write_tls(progress)
         self._write_splits(digest, progress)
         registered: list[str] = []
         for name in sorted(plan.files):
@@ -121,6 +124,21 @@ class NomadTarget:
                 self.api.delete_variable(path)
         if keys:
             progress(f"API keys written to the Nomad Variables nomad/jobs/{self.project}-*")
+
+    def _write_tls(self, progress: Progress) -> None:
+        """The gateway's certificate, key and client CA (inline in its tls.yml) into the Traefik job's Nomad
+        Variable, which it renders into its secrets directory; a renewal is this again."""
+        tls = self.loaded.spec.gateway.tls
+        path = tls_variable(self.project)
+        files = tls_files(self.loaded.root, tls)
+        if tls is None or files is None:
+            self.api.delete_variable(path)
+            return
+        items = {"tls": render_config(files)}
+        if tls.acme is not None and tls.acme.ca_file:
+            items["acme_ca"] = (self.loaded.root / tls.acme.ca_file).read_text()
+        self.api.put_variable(path, items)
+        progress(f"the gateway's TLS written to the Nomad Variable {path}")
 
     def _write_splits(self, digest: str, progress: Progress) -> None:
         """The gateway's splitter routes, in the variable its job renders: the spec's weights (`stack split`'s

@@ -45,6 +45,7 @@ job "streaming-traefik" {
         ports = ["web", "metrics"]
         args = [
           "--entrypoints.web.address=:8080",
+          "--entrypoints.probe.address=127.0.0.1:8079",
           "--entrypoints.web.transport.respondingTimeouts.readTimeout=31s",
           "--entrypoints.web.transport.respondingTimeouts.idleTimeout=180s",
           "--entrypoints.metrics.address=:8082",
