@@ -6,6 +6,7 @@ every bad certificate input refused before anything starts. Certificates come fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -280,21 +281,20 @@ def test_api_keys_in_clear_text_are_warned_about(tmp_path: Path) -> None:
         stack("down", "--local", str(root), cwd=root, check=False)
 
 
-@pytest.fixture
-def pebble(tmp_path: Path) -> Iterator[dict[str, object]]:
-    """Let's Encrypt's test ACME server, issuing without a public challenge (PEBBLE_VA_ALWAYS_VALID)."""
+@contextlib.contextmanager
+def run_pebble(home: Path, host: str = "127.0.0.1") -> Iterator[dict[str, object]]:
+    """Let's Encrypt's test ACME server on `host`, issuing without a public challenge (PEBBLE_VA_ALWAYS_VALID)."""
     binary = require_binary("pebble")
-    home = tmp_path / "pebble"
     home.mkdir()
     ca = trustme.CA()
-    listener = ca.issue_cert("127.0.0.1", "localhost")
+    listener = ca.issue_cert(*dict.fromkeys([host, "127.0.0.1", "localhost"]))
     listener.private_key_pem.write_to_path(str(home / "key.pem"))
     listener.cert_chain_pems[0].write_to_path(str(home / "cert.pem"))
     ca.cert_pem.write_to_path(str(home / "listener-ca.pem"))
     port, management = free_port(), free_port()
     config = {
         "pebble": {
-            "listenAddress": f"127.0.0.1:{port}",
+            "listenAddress": f"{host}:{port}",
             "managementListenAddress": f"127.0.0.1:{management}",
             "certificate": str(home / "cert.pem"),
             "privateKey": str(home / "key.pem"),
@@ -310,18 +310,26 @@ def pebble(tmp_path: Path) -> Iterator[dict[str, object]]:
     server = subprocess.Popen([binary, "-config", str(home / "pebble.json")], stdout=log, stderr=log, env=env)
     try:
         verify = str(home / "listener-ca.pem")
-        assert _wait(lambda: requests.get(f"https://127.0.0.1:{port}/dir", verify=verify, timeout=2).ok, timeout=20)
-        yield {
-            "directory": f"https://127.0.0.1:{port}/dir",
-            "listener_ca": home / "listener-ca.pem",
-            "home": home,
-            "management": management,
-            "verify": verify,
-        }
+        directory = f"https://{host}:{port}/dir"
+        assert _wait(lambda: requests.get(directory, verify=verify, timeout=2).ok, timeout=20)
+        yield {"directory": directory, "listener_ca": home / "listener-ca.pem", "management": management}
     finally:
         server.terminate()
         server.wait(10)
         log.close()
+
+
+def pebble_root(pebble: dict[str, object], out: Path) -> Path:
+    """The root of the chains Pebble issues (it makes a new one at every start), from its management API."""
+    verify = str(pebble["listener_ca"])
+    out.write_text(requests.get(f"https://127.0.0.1:{pebble['management']}/roots/0", verify=verify, timeout=10).text)
+    return out
+
+
+@pytest.fixture
+def pebble(tmp_path: Path) -> Iterator[dict[str, object]]:
+    with run_pebble(tmp_path / "pebble") as server:
+        yield server
 
 
 def test_acme_certificates_from_pebble_kept_across_up(local_root: Path, pebble: dict[str, object]) -> None:
@@ -335,10 +343,7 @@ def test_acme_certificates_from_pebble_kept_across_up(local_root: Path, pebble: 
     )
     write_project(local_root, port, acme)
     stack("up", "--local", str(local_root), cwd=local_root)
-    # The issuing chain's root, from Pebble's management API.
-    root_pem = requests.get(f"https://127.0.0.1:{pebble['management']}/roots/0", verify=pebble["verify"], timeout=10)
-    issuer = local_root.parent / "pebble-root.pem"
-    issuer.write_text(root_pem.text)
+    issuer = pebble_root(pebble, local_root.parent / "pebble-root.pem")
     assert _wait(lambda: served_serial(port, issuer, sni="gateway.test") > 0, timeout=60)
     first = served_serial(port, issuer, sni="api.gateway.test")
     storage = local_root / ".stack" / "acme" / "acme.json"
@@ -445,3 +450,41 @@ def test_nomad_renders_tls_from_a_variable_into_the_secrets_directory(
         assert standin.problems == []
     finally:
         standin.stop()
+
+
+@pytest.mark.docker
+def test_compose_acme_from_pebble(tmp_path: Path) -> None:
+    """The gateway's container orders its certificate from Pebble on the host's Docker bridge address."""
+    from test_compose import _docker_ready, remove_project
+
+    if _docker_ready() is not None:
+        pytest.skip(str(_docker_ready()))
+    bridge = subprocess.run(
+        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not bridge:
+        pytest.skip("Docker's default bridge has no gateway address here")
+    root = tmp_path / "acme-compose"
+    name = f"ta{int(time.time() * 1000) % 10**8}"
+    port = free_port()
+    with run_pebble(tmp_path / "pebble", host=bridge) as pebble:
+        root.mkdir()
+        shutil.copy(str(pebble["listener_ca"]), root / "acme-ca.pem")
+        server = f"ca_server: '{pebble['directory']}', ca_file: acme-ca.pem"
+        acme = f"{{acme: {{email: ops@example.com, domains: [gateway.test], {server}}}}}"
+        write_project(root, port, acme)
+        spec = (root / "stack.yaml").read_text().replace("project: tlstest", f"project: {name}")
+        (root / "stack.yaml").write_text(spec + f"prometheus: {{port: {free_port()}}}\n")
+        try:
+            stack("up", str(root), cwd=root)
+            issuer = pebble_root(pebble, tmp_path / "pebble-root.pem")
+            assert _wait(lambda: served_serial(port, issuer, sni="gateway.test") > 0, timeout=60)
+            first = served_serial(port, issuer, sni="gateway.test")
+            # Kept in the stack's volume: a recreated gateway serves the same certificate.
+            stack("down", str(root), cwd=root)
+            stack("up", str(root), cwd=root)
+            assert _wait(lambda: served_serial(port, issuer, sni="gateway.test") == first, timeout=30)
+        finally:
+            remove_project(root, name)
