@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Generator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,59 @@ class QueryParams(dict[str, str]):
 
     def multi_items(self) -> list[tuple[str, str]]:
         return list(self._multi)
+
+
+class Headers(Mapping[str, str]):
+    """A request's headers as a predictor gets them: starlette's `Headers` (what Cortex handed predictors)
+    over aiohttp's: case-insensitive, `headers["x"]` the first value of a repeated name, `getlist` every
+    value, `raw` the (name, value) byte pairs with names lowercased; aiohttp's `getall`/`getone` too."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Any) -> None:
+        self._headers = headers  # aiohttp's CIMultiDictProxy (or any mapping)
+
+    def __getitem__(self, key: str) -> str:
+        return str(self._headers[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(key.lower() for key in self._headers))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(key.lower() for key in self._headers))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._headers
+
+    def __repr__(self) -> str:
+        return f"Headers({self.raw!r})"
+
+    def getlist(self, key: str) -> list[str]:
+        if hasattr(self._headers, "getall"):
+            return list(self._headers.getall(key, []))
+        return [v for k, v in self._headers.items() if k.lower() == key.lower()]
+
+    getall = getlist  # aiohttp's spelling, for predictors written against it
+
+    def getone(self, key: str, default: Any = None) -> Any:
+        return self._headers.get(key, default)
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        """Every (name, value), repeated names included, names lowercased (as starlette's)."""
+        return [(k.lower(), v) for k, v in self._headers.items()]
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [k for k, _ in self.items()]
+
+    def values(self) -> list[str]:  # type: ignore[override]
+        return [v for _, v in self.items()]
+
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        return [(k.encode("latin-1"), v.encode("utf-8", "surrogateescape")) for k, v in self.items()]
+
+    def mutablecopy(self) -> dict[str, str]:
+        return dict(self.items())
 
 
 async def read_payload(request: web.Request, max_body_size: int) -> Any:

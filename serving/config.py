@@ -39,7 +39,7 @@ class ServingConfig:
     processes_per_replica: int = 1
     threads_per_process: int = 1
     # Requests executing or queued per replica; beyond it the replica answers 503.
-    max_concurrency: int = 64
+    max_concurrency: int = 100  # as stack.yaml's default (predictor.max_concurrency), and Cortex's
     timeout: float | None = None  # seconds per request; None waits forever
     max_body_size: int = 16 * 1024 * 1024
     body_timeout: float = 30.0  # seconds for the whole body to arrive, then 408

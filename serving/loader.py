@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.codec import Headers
+
 # Looked for among the classes *defined* in the file (one imported from elsewhere is never served).
 DEFAULT_CLASSES = ("PythonPredictor", "ONNXPredictor", "Predictor")
 # batch_id: Cortex's realtime server passes None; accepted so Cortex predictors run unmodified.
@@ -48,7 +50,7 @@ class Handler:
         """A call taking (payload, query_params, headers) with no per-request introspection."""
         func, params = self.func, self.params
         if self.takes_all or params == PREDICT_PARAMS:
-            return lambda p, q, h: func(payload=p, query_params=q, headers=h, batch_id=None)
+            return lambda p, q, h: func(payload=p, query_params=q, headers=Headers(h), batch_id=None)
         if params == {"payload"}:
             return lambda p, q, h: func(p)
         if not params:
@@ -59,6 +61,7 @@ class Handler:
                 for k, v in (("payload", p), ("query_params", q), ("headers", h), ("batch_id", None))
                 if k in params
             }
+            | ({"headers": Headers(h)} if "headers" in params else {})
         )
 
 
@@ -208,6 +211,14 @@ def _construct(cls: type, file: Path, available: dict[str, Any]) -> Any:
                         f"it may take any of: {', '.join(sorted(INIT_PARAMS))}"
                     )
             arguments = {p.name: available.get(p.name) for p in params if p.name in INIT_PARAMS}
+            # As Cortex: a predictor that asks for a model client needs models to serve (not a None that
+            # fails every request later with AttributeError).
+            for name, field in (("python_client", "multi_model_reloading"), ("onnx_client", "models")):
+                if name in arguments and arguments[name] is None:
+                    raise StartupError(
+                        f"{_where(file, init)}: {cls.__name__}.__init__() takes {name}, but the API serves no "
+                        f"models: set predictor.{field} in stack.yaml (a path, paths or dir of models)"
+                    )
     try:
         return cls(**arguments)
     except BaseException as exc:

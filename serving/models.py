@@ -7,7 +7,9 @@ sub-directory is a model; each a local directory (relative to the project) or
 an `s3://bucket/prefix` URL (boto3: `AWS_ENDPOINT_URL` and the usual
 credentials chain, so MinIO and other S3-compatible servers work). A model's
 versions are its integer sub-directories; "latest" is the highest. A model
-without them has one version, "latest" only.
+without them has one version, 1 (as Cortex numbers it). "latest" is a name for
+a numbered version, never a copy of it: `?version=3` and latest, when 3 is the
+newest, are one model in memory.
 
 - `get_model(name, version)` returns what the predictor's `load_model(path)`
   returned (ONNX: an onnxruntime session). A model not in memory is loaded on
@@ -74,6 +76,8 @@ class ModelStore:
         self._memory: OrderedDict[tuple[str, str], Any] = OrderedDict()  # LRU, newest last
         self._loading: dict[tuple[str, str], Future[Any]] = {}
         self._available: dict[str, dict[str, str]] = {}  # name -> version -> location
+        # name -> the version "latest" serves now: the newest, once it is loaded (until then, the previous).
+        self._latest: dict[str, str] = {}
         self._own_cache = config.cache_dir is None
         self._cache_dir = Path(config.cache_dir) if config.cache_dir else Path(tempfile.mkdtemp(prefix="stack-models-"))
         self._disk_cache = ModelCache(self._cache_dir, _list_objects, _download_object, config.disk_cache_size)
@@ -104,23 +108,30 @@ class ModelStore:
         for name, location in self._sources().items():
             try:
                 versions = {v: _join(location, v) for v in _list_dirs(location) if v.isdigit()}
-                found[name] = versions or {LATEST: location}
+                found[name] = versions or {"1": location}  # no version directories: version 1, as Cortex
             except Exception as exc:
                 LOGGER.warning(f"cannot list model {name} at {location}: {exc}")
                 if name in self._available:
                     found[name] = self._available[name]
+        warm = []
         with self._lock:
-            previous, self._available = self._available, found
-            gone = [key for key in self._memory if key[1] not in self._versions_of(key[0]) and key[1] != LATEST]
-            gone += [key for key in self._memory if key[0] not in found]
+            self._available = found
+            gone = [key for key in self._memory if key[1] not in self._versions_of(key[0])]
             for key in set(gone):
                 self._evict(key, "removed from its source")
-        for name, versions in found.items():
-            old_latest = _latest(previous.get(name, {}))
-            new_latest = _latest(versions)
-            if old_latest is not None and new_latest != old_latest and (name, LATEST) in self._memory:
-                LOGGER.info(f"model {name}: version {new_latest} appeared; loading it in the background")
-                self._load_async((name, LATEST))
+            for name, versions in found.items():
+                newest, serving = _latest(versions), self._latest.get(name)
+                if newest is None or newest == serving:
+                    continue
+                if serving in versions and (name, serving) in self._memory:
+                    warm.append((name, newest))  # latest moves once the newest is loaded: no request waits
+                else:
+                    self._latest[name] = newest
+            for name in [n for n in self._latest if n not in found]:
+                del self._latest[name]
+        for name, newest in warm:
+            LOGGER.info(f"model {name}: version {newest} appeared; loading it in the background")
+            self._load_async((name, newest), becomes_latest=True)
 
     def _versions_of(self, name: str) -> dict[str, str]:
         return self._available.get(name, {})
@@ -148,8 +159,9 @@ class ModelStore:
         with self._lock:
             return {
                 name: {
-                    "versions": sorted(v for v in versions if v != LATEST) or [LATEST],
-                    "loaded": sorted({key[1] for key in self._memory if key[0] == name}),
+                    "versions": sorted(versions, key=int),
+                    "latest": self._latest.get(name),
+                    "loaded": sorted({key[1] for key in self._memory if key[0] == name}, key=int),
                 }
                 for name, versions in sorted(self._available.items())
             }
@@ -157,15 +169,17 @@ class ModelStore:
     def get(self, name: str | None, version: str | int = LATEST) -> Any:
         name = self._name(name)
         version = str(version)
-        key = (name, version)
         with self._lock:
             versions = self._available.get(name)
             if versions is None:
                 available = ", ".join(sorted(self._available)) or "none"
                 raise ModelNotFound(f"model {name!r} not found; available: {available}")
-            if version != LATEST and version not in versions:
-                listed = ", ".join(sorted((v for v in versions if v != LATEST), key=int)) or LATEST
+            if version == LATEST:
+                version = self._latest.get(name) or _latest(versions) or ""
+            if version not in versions:
+                listed = ", ".join(sorted(versions, key=int)) or "none"
                 raise ModelNotFound(f"model {name!r} has no version {version}; versions: {listed}")
+            key = (name, version)
             if key in self._memory:
                 self._memory.move_to_end(key)
                 self._count("hit")
@@ -189,25 +203,26 @@ class ModelStore:
                 return next(iter(self._available))
         raise ModelInputInvalid(f"name the model: several are served ({', '.join(sorted(self._available))})")
 
-    def _load_async(self, key: tuple[str, str]) -> None:
+    def _load_async(self, key: tuple[str, str], becomes_latest: bool = False) -> None:
         with self._lock:
             if key in self._loading:
                 return
             future: Future[Any] = Future()
             self._loading[key] = future
-        threading.Thread(target=self._load, args=(key, future), name=f"load-{key[0]}", daemon=True).start()
+        thread = threading.Thread(
+            target=self._load, args=(key, future, becomes_latest), name=f"load-{key[0]}", daemon=True
+        )
+        thread.start()
 
-    def _load(self, key: tuple[str, str], future: Future[Any]) -> None:
+    def _load(self, key: tuple[str, str], future: Future[Any], becomes_latest: bool = False) -> None:
         name, version = key
         started = time.perf_counter()
         try:
             if self.loader is None:
                 raise RuntimeError("no loader: the predictor defines no load_model")
             with self._lock:
-                versions = self._available.get(name, {})
-                concrete = _latest(versions) if version == LATEST else version
-                location = versions.get(concrete or "", "")
-            path = self._local(name, concrete or LATEST, location)
+                location = self._available.get(name, {}).get(version, "")
+            path = self._local(name, version, location)
             model = self.loader(str(path))
         except ModelError as exc:
             future.set_exception(exc)
@@ -218,13 +233,18 @@ class ModelStore:
             with self._lock:
                 self._memory[key] = model
                 self._memory.move_to_end(key)
+                replaced = self._latest.get(name)
+                if becomes_latest or replaced is None:
+                    self._latest[name] = version
+                if becomes_latest and replaced not in (None, version):
+                    self._evict((name, str(replaced)), f"version {version} serves latest now")
                 limit = self.config.cache_size
                 while limit is not None and len(self._memory) > limit:
                     self._evict(next(iter(self._memory)), "cache full")
                 self._gauge()
             if self.metrics is not None:
                 self.metrics.model_load_duration.observe(time.perf_counter() - started)
-            LOGGER.info(f"model {name} version {concrete} loaded in {time.perf_counter() - started:.2f}s")
+            LOGGER.info(f"model {name} version {version} loaded in {time.perf_counter() - started:.2f}s")
             future.set_result(model)
         finally:
             with self._lock:
@@ -364,7 +384,4 @@ def _s3() -> Any:
 
 
 def _latest(versions: dict[str, str]) -> str | None:
-    numbered = [v for v in versions if v.isdigit()]
-    if numbered:
-        return max(numbered, key=int)
-    return LATEST if LATEST in versions else None
+    return max(versions, key=int) if versions else None

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from serving.batching import Batcher
-from serving.codec import QueryParams, encode, encode_any, error_response, read_payload
+from serving.codec import Headers, QueryParams, encode, encode_any, error_response, read_payload
 from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.failures import PredictTimeout, failure_of
@@ -272,7 +272,7 @@ class Predictions:
             handler.call,
             payload=[item[0] for item in items],
             query_params=[item[1] for item in items],
-            headers=[item[2] for item in items],
+            headers=[Headers(item[2]) for item in items],
         )
         if handler.is_async:
             return await call()
@@ -299,7 +299,7 @@ class Predictions:
             status_code=response.status,
             payload=payload,
             query_params=query,
-            headers=request.headers,
+            headers=Headers(request.headers),
         )
         task = asyncio.get_running_loop().create_task(self._post_predict(call, handler.is_async))
         self._background.add(task)

@@ -254,11 +254,13 @@ def serve(
         config = ServingConfig(predictor_path=str(path.resolve()), api=path.stem.replace("_", "-"))
     else:
         from stack.plan.serving import replica_config
+        from stack.preflight import serve_warnings
 
         loaded = load_spec(path)
         api = _pick_api(loaded.spec, api_name)
         config = replica_config(loaded, api)
         project_env = (dict(api.predictor.env), loaded.root)
+        _warn(serve_warnings(loaded, api))
     config = config.replace(
         host=host, port=port, log_level=log_level, drain_delay=drain_delay, log_format=log_format or config.log_format
     )

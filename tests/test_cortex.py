@@ -38,8 +38,8 @@ def test_the_class_defined_in_the_file_is_served_not_an_imported_one(inproc, tmp
         tmp_path / "cortex_predictor.py",
         "from helpers import Predictor\n"
         "class PythonPredictor:\n"
-        "    def __init__(self, config, python_client, job_spec):\n"
-        "        self.seen = (config, python_client, job_spec)\n"
+        "    def __init__(self, config, job_spec):\n"
+        "        self.seen = (config, job_spec)\n"
         "    def predict(self, payload, query_params, headers, batch_id):\n"
         "        return {'class': type(self).__name__, 'batch_id': batch_id, 'init': list(map(repr, self.seen))}\n",
     )
@@ -47,7 +47,7 @@ def test_the_class_defined_in_the_file_is_served_not_an_imported_one(inproc, tmp
     assert server.post(json={}).json() == {
         "class": "PythonPredictor",
         "batch_id": None,
-        "init": ["{'k': 1}", "None", "None"],  # no models: python_client None; realtime: job_spec None
+        "init": ["{'k': 1}", "None"],  # realtime: job_spec None
     }
     assert server.post("/predict", json={}).json()["class"] == "PythonPredictor"  # Cortex's in-cluster route
 
@@ -153,7 +153,7 @@ def model_dir(root: Path, name: str, version: int | None, weights: str) -> None:
 def test_multi_model_versions_cache_and_live_reloading(inproc, tmp_path: Path) -> None:
     model_dir(tmp_path, "iris", 1, "iris-v1")
     model_dir(tmp_path, "iris", 2, "iris-v2")
-    model_dir(tmp_path, "wine", None, "wine")  # no version directories: one version, "latest"
+    model_dir(tmp_path, "wine", None, "wine")  # no version directories: one version, 1 (as Cortex numbers it)
     model_dir(tmp_path, "broken", 1, "corrupt")
     predictor = write(tmp_path / "predictor.py", MULTI_MODEL)
     server = inproc(
@@ -174,9 +174,10 @@ def test_multi_model_versions_cache_and_live_reloading(inproc, tmp_path: Path) -
         "model 'iris' has no version 7; versions: 1, 2",
     )
     broken = get(model="broken")
-    assert broken.status_code == 500 and "model 'broken' version latest failed to load" in broken.json()["error"]
+    assert broken.status_code == 500 and "model 'broken' version 1 failed to load" in broken.json()["error"]
     assert "weights are corrupt" in broken.json()["error"]
     assert get(model="wine").json()["weights"] == "wine"  # other models unaffected
+    assert get(model="wine", version="1").json()["weights"] == "wine"
 
     # Concurrent first requests for one model load it once.
     loads_before = len(server.instance.loads)
@@ -197,7 +198,7 @@ def test_multi_model_versions_cache_and_live_reloading(inproc, tmp_path: Path) -
     wait_for(lambda: get(model="wine").status_code == 404, "the removed model to be unloaded")
 
     status = server.get("/").json()
-    assert status["models"]["iris"]["versions"] == ["1", "2", "3"]
+    assert status["models"]["iris"]["versions"] == ["1", "2", "3"] and status["models"]["iris"]["latest"] == "3"
     metrics = server.get("/metrics").text
     assert 'predictor_model_cache_total{api="test",result="hit"}' in metrics
     assert 'predictor_model_cache_total{api="test",result="eviction"}' in metrics  # cache_size 2
@@ -389,3 +390,17 @@ def test_a_cortex_multi_model_api_through_stack_up_local(tmp_path: Path) -> None
         )
     finally:
         subprocess.run([*STACK, "down", "--local", str(tmp_path)], capture_output=True, timeout=120)
+
+
+def test_latest_is_a_name_for_the_newest_version_not_a_second_copy(inproc, tmp_path: Path) -> None:
+    model_dir(tmp_path, "iris", 1, "iris-v1")
+    model_dir(tmp_path, "iris", 3, "iris-v3")
+    predictor = write(tmp_path / "predictor.py", MULTI_MODEL)
+    server = inproc(predictor, models={"dir": "models", "cache_size": 1}, project_root=str(tmp_path))
+    get = lambda **q: server.post(params=q)  # noqa: E731
+    assert get(model="iris", version="3").json()["weights"] == "iris-v3"
+    assert get(model="iris").json()["weights"] == "iris-v3"  # latest: the same model in memory
+    assert get(model="iris", version="latest").json()["weights"] == "iris-v3"
+    assert [p for p in server.instance.loads if p.endswith("/iris/3")] == [str(tmp_path / "models/iris/3")]
+    assert 'predictor_models_loaded{api="test"} 1.0' in server.get("/metrics").text
+    assert server.get("/").json()["models"]["iris"]["loaded"] == ["3"]

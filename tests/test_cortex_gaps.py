@@ -1,0 +1,108 @@
+"""What a Cortex user met that Cortex did otherwise (issue: Cortex parity, part 3): starlette's header
+methods, a model client with no models refused at start, the same max_concurrency everywhere, and
+`stack serve` saying when requirements.txt or a GPU is missing here."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.config import ServingConfig
+from serving.loader import StartupError, load_predictor
+from stack.preflight import serve_warnings, unmet_requirements
+from stack.spec import load_spec
+
+HEADERS_PREDICTOR = """
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload, headers):
+        return {
+            "first": headers["x-multi"],
+            "all": headers.getlist("X-Multi"),
+            "raw": [[k.decode(), v.decode()] for k, v in headers.raw if k == b"x-multi"],
+            "has": "X-MULTI" in headers,
+            "aiohttp": headers.getall("x-multi"),
+            "missing": headers.getlist("x-none"),
+        }
+"""
+
+
+def test_headers_behave_as_starlettes(inproc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    predictor = tmp_path / "headers.py"
+    predictor.write_text(HEADERS_PREDICTOR)
+    server = inproc(predictor)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.putrequest("POST", "/")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("X-Multi", "one")
+    connection.putheader("X-Multi", "two")
+    connection.putheader("Content-Length", "2")
+    connection.endheaders(b"{}")
+    try:
+        answer = json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+    assert answer == {
+        "first": "one",
+        "all": ["one", "two"],
+        "raw": [["x-multi", "one"], ["x-multi", "two"]],
+        "has": True,
+        "aiohttp": ["one", "two"],
+        "missing": [],
+    }
+
+
+@pytest.mark.parametrize(("client", "field"), [("onnx_client", "models"), ("python_client", "multi_model_reloading")])
+def test_a_model_client_without_models_is_refused_at_start(tmp_path: Path, client: str, field: str) -> None:
+    predictor = tmp_path / "needs_models.py"
+    predictor.write_text(
+        f"class Predictor:\n    def __init__(self, {client}, config):\n        self.client = {client}\n\n"
+        "    def predict(self, payload):\n        return self.client.predict(payload)\n\n"
+        "    def load_model(self, model_path):\n        return None\n"
+    )
+    with pytest.raises(StartupError) as refused:
+        load_predictor(predictor)
+    assert f"takes {client}, but the API serves no models: set predictor.{field}" in str(refused.value)
+
+
+def test_max_concurrency_is_the_same_under_stack_serve_and_stack_yaml(tmp_path: Path) -> None:
+    (tmp_path / "predictor.py").write_text("class Predictor:\n    def predict(self, payload):\n        return 1\n")
+    (tmp_path / "stack.yaml").write_text("project: same\napis:\n  - name: api\n    predictor: {path: predictor.py}\n")
+    from stack.plan.serving import replica_config
+
+    loaded = load_spec(tmp_path)
+    assert ServingConfig(predictor_path="predictor.py").max_concurrency == 100  # `stack serve predictor.py`
+    assert replica_config(loaded, loaded.spec.apis[0]).max_concurrency == 100
+
+
+def test_stack_serve_says_what_this_environment_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "predictor.py").write_text("class Predictor:\n    def predict(self, payload):\n        return 1\n")
+    (tmp_path / "requirements.txt").write_text(
+        "# Cortex's examples pin old versions\nscikit-learn==0.21.3\nno-such-package-here>=1\n"
+        "pyyaml>=5  # satisfied\nsomething; python_version < '3.0'\n--index-url https://example.invalid\n"
+    )
+    (tmp_path / "stack.yaml").write_text(
+        "project: lacks\napis:\n  - name: api\n    predictor: {path: predictor.py}\n    compute: {gpu: 1}\n"
+    )
+    # A host without a GPU: nvidia-smi is there but finds none (exits non-zero, as without a driver).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    unmet = unmet_requirements(tmp_path / "requirements.txt")
+    assert (
+        unmet[0].startswith("scikit-learn==0.21.3 (installed: ") or unmet[0] == "scikit-learn==0.21.3 (not installed)"
+    )
+    assert unmet[1:] == ["no-such-package-here>=1 (not installed)"]
+    loaded = load_spec(tmp_path)
+    said = serve_warnings(loaded, loaded.spec.apis[0])
+    assert "requirements.txt asks for scikit-learn==0.21.3" in said[0] and "pip install -r" in said[0]
+    assert said[1] == (
+        "API api asks for compute.gpu 1, but this host shows no GPU (nvidia-smi finds none): it serves on the CPU"
+    )
