@@ -78,6 +78,7 @@ class ModelStore:
         self._available: dict[str, dict[str, str]] = {}  # name -> version -> location
         # name -> the version "latest" serves now: the newest, once it is loaded (until then, the previous).
         self._latest: dict[str, str] = {}
+        self._prints: dict[tuple[str, str], object] = {}  # a loaded version's files when it was loaded
         self._own_cache = config.cache_dir is None
         self._cache_dir = Path(config.cache_dir) if config.cache_dir else Path(tempfile.mkdtemp(prefix="stack-models-"))
         self._disk_cache = ModelCache(self._cache_dir, _list_objects, _download_object, config.disk_cache_size)
@@ -132,6 +133,24 @@ class ModelStore:
         for name, newest in warm:
             LOGGER.info(f"model {name}: version {newest} appeared; loading it in the background")
             self._load_async((name, newest), becomes_latest=True)
+        for key in self._overwritten():
+            LOGGER.info(f"model {key[0]} version {key[1]}: its files changed in place; reloading it in the background")
+            self._load_async(key)
+
+    def _overwritten(self) -> list[tuple[str, str]]:
+        """Loaded versions whose files changed since they were loaded (Cortex reloads an overwritten version)."""
+        with self._lock:
+            loaded = [(key, self._versions_of(key[0]).get(key[1]), self._prints.get(key)) for key in self._memory]
+        changed = []
+        for key, location, before in loaded:
+            if location is None or before is None:
+                continue
+            try:
+                if _fingerprint(location) != before:
+                    changed.append(key)
+            except Exception as exc:  # a listing that failed says nothing about the files
+                LOGGER.warning(f"cannot list model {key[0]} version {key[1]} at {location}: {exc}")
+        return changed
 
     def _versions_of(self, name: str) -> dict[str, str]:
         return self._available.get(name, {})
@@ -222,6 +241,7 @@ class ModelStore:
                 raise RuntimeError("no loader: the predictor defines no load_model")
             with self._lock:
                 location = self._available.get(name, {}).get(version, "")
+            files = _fingerprint(location) if location else None  # before the load: a change during it is seen
             path = self._local(name, version, location)
             model = self.loader(str(path))
         except ModelError as exc:
@@ -231,8 +251,9 @@ class ModelStore:
             future.set_exception(ModelLoadFailed(f"model {name!r} version {version} failed to load: {exc}"))
         else:
             with self._lock:
-                self._memory[key] = model
+                self._memory[key] = model  # an overwritten version: the new load replaces the old in place
                 self._memory.move_to_end(key)
+                self._prints[key] = files
                 replaced = self._latest.get(name)
                 if becomes_latest or replaced is None:
                     self._latest[name] = version
@@ -254,6 +275,7 @@ class ModelStore:
     def _evict(self, key: tuple[str, str], why: str) -> None:
         """With the lock held."""
         model = self._memory.pop(key, None)
+        self._prints.pop(key, None)
         if model is not None:
             LOGGER.info(f"model {key[0]} version {key[1]} unloaded: {why}")
             self._count("eviction")
@@ -316,14 +338,60 @@ class ONNXClient:
     def predict(self, model_input: Any, model_name: str | None = None, model_version: str | int = LATEST) -> Any:
         session = self._store.get(model_name, model_version)
         inputs = session.get_inputs()
-        if isinstance(model_input, dict):
-            feed = model_input
-        elif len(inputs) == 1:
-            feed = {inputs[0].name: model_input}
-        else:
+        if len(inputs) == 1 and not isinstance(model_input, dict):
+            model_input = {inputs[0].name: model_input}
+        elif not isinstance(model_input, dict):
             names = ", ".join(i.name for i in inputs)
             raise ModelInputInvalid(f"the model takes several inputs ({names}): pass a dict by input name")
+        feed = {}
+        for declared in inputs:
+            if model_input.get(declared.name) is None:
+                raise ModelInputInvalid(
+                    f"missing key {declared.name!r}: the model's inputs are " + ", ".join(i.name for i in inputs)
+                )
+            feed[declared.name] = _as_input(model_input[declared.name], declared)
         return session.run(None, feed)
+
+
+# onnxruntime's element types as numpy's (onnxruntime_pybind_mlvalue.cc)
+_ONNX_DTYPES = {
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "object",
+}
+
+
+def _as_input(value: Any, declared: Any) -> Any:
+    """One input as Cortex handed it to onnxruntime: a numpy array of the input's element type, reshaped to
+    its declared shape (a named or unknown dimension is inferred, when at most one is)."""
+    import numpy as np
+
+    dtype = _ONNX_DTYPES.get(declared.type)
+    if dtype is None:
+        raise ModelInputInvalid(f"input {declared.name!r} has type {declared.type}, which cannot be made from JSON")
+    try:
+        if isinstance(value, np.ndarray):
+            if np.issubdtype(value.dtype, np.number) != np.issubdtype(np.dtype(dtype), np.number):
+                raise ValueError(f"expected dtype {dtype}, got {value.dtype}")
+            array = value.astype(dtype, copy=False)
+        else:
+            array = np.array(value, dtype=dtype)
+        shape = [dim if isinstance(dim, int) else -1 for dim in (declared.shape or [])]
+        if shape and shape.count(-1) <= 1:
+            array = array.reshape(shape)
+    except (ValueError, TypeError) as exc:
+        raise ModelInputInvalid(f"input {declared.name!r} (shape {declared.shape}, {dtype}): {exc}") from None
+    return array
 
 
 # -- local directories and S3 --------------------------------------------------------------
@@ -362,6 +430,20 @@ def _list_objects(location: str) -> dict[str, tuple[int, str]]:
             if relative and not relative.endswith("/"):
                 found[relative] = (int(item["Size"]), str(item.get("ETag", "")).strip('"'))
     return found
+
+
+def _fingerprint(location: str) -> object:
+    """What a version's files are now: S3's keys, sizes and ETags; on disk, paths, sizes and mtimes."""
+    if location.startswith("s3://"):
+        return tuple(sorted(_list_objects(location).items()))
+    base = Path(location)
+    if not base.is_dir():
+        return None
+    return tuple(
+        sorted(
+            (str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns) for p in base.rglob("*") if p.is_file()
+        )
+    )
 
 
 def _download_object(location: str, relative: str, destination: Path) -> None:

@@ -71,10 +71,16 @@ def convert(text: str, project: str) -> Imported:
     if not isinstance(data, list) or not all(isinstance(a, dict) for a in data):
         raise StackError("a Cortex file is a list of APIs (each a mapping with name, predictor, ...)")
     result = Imported({"project": project, "apis": []})
+    splitters: list[dict[str, Any]] = []
     for index, api in enumerate(data):
+        if api.get("kind") == "TrafficSplitter":
+            splitters.append(_splitter(api, f"apis[{index}]", result.dropped))
+            continue
         converted = _api(api, f"apis[{index}]", result.dropped)
         if converted is not None:
             result.spec["apis"].append(converted)
+    if splitters:
+        result.spec["splitters"] = splitters
     if not result.spec["apis"]:
         raise StackError("no realtime API to convert: " + "; ".join(result.dropped))
     return result
@@ -134,6 +140,23 @@ def _api(api: dict[str, Any], at: str, dropped: list[str]) -> dict[str, Any] | N
         out["networking"] = {"endpoint": endpoint if endpoint.startswith("/") else f"/{endpoint}"}
     if api.get("monitoring"):
         out["monitoring"] = dict(api["monitoring"])
+    return out
+
+
+def _splitter(api: dict[str, Any], at: str, dropped: list[str]) -> dict[str, Any]:
+    """Cortex's TrafficSplitter is a `splitters:` entry: the same name, endpoint and weighted APIs."""
+    out: dict[str, Any] = {"name": api.get("name", "?")}
+    out["apis"] = [
+        {"name": member.get("name"), "weight": member.get("weight")}
+        for member in api.get("apis") or []
+        if isinstance(member, dict)
+    ]
+    networking = dict(api.get("networking") or {})
+    if "api_gateway" in networking:
+        dropped.append(f"{at}.networking.api_gateway: {DROPPED['networking.api_gateway']}")
+    if networking.get("endpoint"):
+        endpoint = str(networking["endpoint"])
+        out["networking"] = {"endpoint": endpoint if endpoint.startswith("/") else f"/{endpoint}"}
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -230,6 +232,43 @@ def inproc() -> Iterator[Any]:
     yield start
     for replica in started:
         replica.close()
+
+
+@pytest.fixture
+def s3() -> Iterator[dict[str, str]]:
+    if shutil.which("moto_server") is None or importlib.util.find_spec("boto3") is None:
+        pytest.skip("moto_server or boto3 missing: pip install 'moto[server]' boto3")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    deadline = time.monotonic() + 30
+    while not _listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("moto_server did not start listening")
+        time.sleep(0.05)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    proc.terminate()
+    proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def require_binary(name: str) -> str:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib.util
-import os
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -205,38 +202,6 @@ def test_multi_model_versions_cache_and_live_reloading(inproc, tmp_path: Path) -
     assert "predictor_model_load_duration_seconds_count" in metrics and "predictor_models_loaded" in metrics
 
 
-@pytest.fixture
-def s3() -> Iterator[dict[str, str]]:
-    if shutil.which("moto_server") is None or importlib.util.find_spec("boto3") is None:
-        pytest.skip("moto_server or boto3 missing: pip install 'moto[server]' boto3")
-    port = free_port()
-    proc = subprocess.Popen(
-        ["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    wait_for(lambda: _listening(port), "moto's S3 server")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    proc.terminate()
-    proc.wait(10)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_models_on_s3_with_live_reloading(inproc, tmp_path: Path, s3: dict[str, str]) -> None:
     import boto3
 
@@ -250,6 +215,26 @@ def test_models_on_s3_with_live_reloading(inproc, tmp_path: Path, s3: dict[str, 
     assert server.post(params={"model": "wine", "version": "5"}).json()["weights"] == "s3-wine-v5"
     client.put_object(Bucket="models", Key="prod/iris/2/weights.txt", Body=b"s3-iris-v2")
     wait_for(lambda: server.post(params={"model": "iris"}).json()["weights"] == "s3-iris-v2", "the new version on S3")
+    # Overwritten in place (same version, new bytes): reloaded, as Cortex does; the other model stays as it was.
+    client.put_object(Bucket="models", Key="prod/iris/2/weights.txt", Body=b"s3-iris-v2-retrained")
+    wait_for(
+        lambda: server.post(params={"model": "iris", "version": "2"}).json()["weights"] == "s3-iris-v2-retrained",
+        "the overwritten version on S3",
+    )
+    assert server.post(params={"model": "iris"}).json()["weights"] == "s3-iris-v2-retrained"
+    assert server.post(params={"model": "wine", "version": "5"}).json()["weights"] == "s3-wine-v5"
+    assert server.get("/").json()["models"]["iris"]["loaded"] == ["2"]  # one copy, replaced in place
+
+
+def test_a_version_overwritten_on_disk_is_reloaded(inproc, tmp_path: Path) -> None:
+    model_dir(tmp_path, "iris", None, "iris-a")
+    predictor = write(tmp_path / "predictor.py", MULTI_MODEL)
+    server = inproc(predictor, models={"path": "models/iris", "poll_interval": 0.1}, project_root=str(tmp_path))
+    assert server.post().json()["weights"] == "iris-a"
+    staged = tmp_path / "models" / "iris" / "weights.txt.new"
+    staged.write_text("iris-bb")  # a different size, so the change shows whatever the file system's mtime step
+    staged.replace(tmp_path / "models" / "iris" / "weights.txt")
+    wait_for(lambda: server.post().json()["weights"] == "iris-bb", "the overwritten model")
 
 
 def _onnx_model(path: Path, scale: float) -> None:

@@ -106,3 +106,95 @@ def test_stack_serve_says_what_this_environment_lacks(tmp_path: Path, monkeypatc
     assert said[1] == (
         "API api asks for compute.gpu 1, but this host shows no GPU (nvidia-smi finds none): it serves on the CPU"
     )
+
+
+CORTEX_IRIS_ONNX_PREDICTOR = """labels = ["setosa", "versicolor", "virginica"]
+
+
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+
+    def predict(self, payload):
+        model_input = [
+            payload["sepal_length"],
+            payload["sepal_width"],
+            payload["petal_length"],
+            payload["petal_width"],
+        ]
+
+        prediction = self.client.predict(model_input)
+        predicted_class_id = prediction[0][0]
+        return labels[predicted_class_id]
+"""
+
+
+def _iris_like_onnx(path: Path) -> None:
+    """A stand-in for Cortex's iris model: float_input [None, 4] (float32) -> the arg-max of x·W (int64)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]  # class = argmax of the first 3
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["float_input", "w"], ["scores"]),
+            helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        ],
+        "iris",
+        [helper.make_tensor_value_info("float_input", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [None])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], weights)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def test_onnx_client_converts_json_to_the_models_input_type_and_shape(inproc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Cortex's own iris ONNX predictor hands a flat list of 4 numbers; Cortex made it float32 [1, 4]."""
+    pytest.importorskip("onnx", reason="pip install onnx onnxruntime (the cortex extra)")
+    pytest.importorskip("onnxruntime", reason="pip install onnx onnxruntime (the cortex extra)")
+    _iris_like_onnx(tmp_path / "iris" / "model.onnx")  # no version directory: version 1
+    predictor = tmp_path / "predictor.py"
+    predictor.write_text(CORTEX_IRIS_ONNX_PREDICTOR)
+    server = inproc(predictor, predictor_type="onnx", models={"path": "iris"}, project_root=str(tmp_path))
+    sample = {"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.4, "petal_width": 0.3}
+    answer = server.post(json=sample)
+    assert answer.status_code == 200 and answer.text == "setosa"
+    assert server.post(json={**sample, "petal_length": 9.0}).text == "virginica"
+    wrong = server.post(json={**sample, "sepal_length": "five"})  # not a number: the caller's fault
+    assert wrong.status_code == 400
+    assert "float_input" in wrong.json()["error"]
+
+
+def test_stack_import_turns_a_traffic_splitter_into_a_splitter(tmp_path: Path) -> None:
+    """Cortex's test/traffic-splitter/cortex.yaml, as it is."""
+    from stack.cortex_import import import_file
+
+    (tmp_path / "onnx_predictor.py").write_text(
+        "class ONNXPredictor:\n    def predict(self, payload):\n        return 1\n"
+    )
+    (tmp_path / "pytorch_predictor.py").write_text(
+        "class PythonPredictor:\n    def predict(self, payload):\n        return 2\n"
+    )
+    (tmp_path / "iris").mkdir()
+    (tmp_path / "cortex.yaml").write_text(
+        "- name: iris-classifier-pytorch\n  kind: RealtimeAPI\n  predictor:\n    type: python\n"
+        "    path: pytorch_predictor.py\n    config:\n      model: s3://cortex-examples/pytorch/iris-classifier/weights.pth\n"
+        "  monitoring:\n    model_type: classification\n\n"
+        "- name: iris-classifier-onnx\n  kind: RealtimeAPI\n  predictor:\n    type: python\n"
+        "    path: onnx_predictor.py\n  monitoring:\n    model_type: classification\n\n"
+        "- name: iris-classifier\n  kind: TrafficSplitter\n  networking: {endpoint: iris}\n  apis:\n"
+        "    - name: iris-classifier-onnx\n      weight: 30\n    - name: iris-classifier-pytorch\n      weight: 70\n"
+    )
+    imported = import_file(tmp_path / "cortex.yaml", tmp_path / "stack.yaml", None, force=False)
+    assert not any("TrafficSplitter" in d for d in imported.dropped)
+    spec = load_spec(tmp_path).spec
+    assert [a.name for a in spec.apis] == ["iris-classifier-pytorch", "iris-classifier-onnx"]
+    (splitter,) = spec.splitters
+    assert splitter.name == "iris-classifier" and splitter.endpoint == "/iris"
+    assert [(m.name, m.weight) for m in splitter.apis] == [
+        ("iris-classifier-onnx", 30),
+        ("iris-classifier-pytorch", 70),
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_cortex import MULTI_MODEL, s3, write  # noqa: F401  (s3: the moto fixture)
+from test_cortex import MULTI_MODEL, write
 
 from serving.model_cache import ModelCache
 from stack.plan import plan_compose
@@ -30,7 +30,7 @@ def cache_counts(server: Any) -> dict[str, float]:
     return counts
 
 
-def test_replicas_on_a_host_download_a_version_once(inproc, tmp_path: Path, s3: dict[str, str]) -> None:  # noqa: F811
+def test_replicas_on_a_host_download_a_version_once(inproc, tmp_path: Path, s3: dict[str, str]) -> None:
     import boto3
 
     client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"])
