@@ -99,23 +99,7 @@ class Predictions:
 
     def authorized(self, request: web.Request) -> bool:
         """No keys configured, or `X-API-Key: KEY` / `Authorization: Bearer KEY` (scheme in any case) carries one."""
-        if not self._api_keys:
-            return True
-        candidates = []
-        if "X-API-Key" in request.headers:
-            candidates.append(request.headers["X-API-Key"].strip())
-        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() == "bearer":
-            candidates.append(token.strip())
-        for given in candidates:
-            try:
-                raw = given.encode()
-            except UnicodeError:  # bytes no key can hold: not a match, never a 500
-                continue
-            # Compare with every key in constant time, so timing reveals nothing about them.
-            if any(hmac.compare_digest(raw, key) for key in self._api_keys):
-                return True
-        return False
+        return not self._api_keys or carries_key(request.headers, self._api_keys)
 
     def _new_request_id(self) -> str:
         # A per-process random prefix and a counter: unique across replicas, and
@@ -341,3 +325,22 @@ class Predictions:
 
 def _not_loaded(payload: Any, query: Any, headers: Any) -> Any:
     raise RuntimeError("predict called before the predictor was loaded")
+
+
+def carries_key(headers: Any, keys: list[bytes]) -> bool:
+    """`X-API-Key: KEY` or `Authorization: Bearer KEY` (scheme in any case) carries one of `keys`."""
+    candidates = []
+    if "X-API-Key" in headers:
+        candidates.append(headers["X-API-Key"].strip())
+    scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        candidates.append(token.strip())
+    for given in candidates:
+        try:
+            raw = given.encode()
+        except UnicodeError:  # bytes no key can hold: not a match, never a 500
+            continue
+        # Compare with every key in constant time, so timing reveals nothing about them.
+        if any(hmac.compare_digest(raw, key) for key in keys):
+            return True
+    return False

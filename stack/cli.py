@@ -18,7 +18,7 @@ import click
 from stack import __version__
 from stack.atomic import ProjectLock
 from stack.errors import StackError
-from stack.show import show_status
+from stack.show import show_live, show_status
 from stack.spec import SpecError, load_spec
 from stack.targets import open_target
 from stack.tls import keys_in_clear
@@ -368,21 +368,7 @@ def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | Non
         left = target.left_running() if target is not None else "nothing was started"
         click.echo(f"\ninterrupted: {left}", err=True)
         sys.exit(130)
-    gateway = f"{_scheme(target)}://127.0.0.1:{status.gateway_port}"
-    click.echo(f"\nStack {status.project} is live.")
-    for api in status.apis:
-        click.echo(f"  {api.name:<16} {gateway}{api.endpoint}")
-    for splitter in status.splitters:
-        weights = " ".join(f"{api}={weight}" for api, weight in splitter.weights.items())
-        canary = f"; canary {splitter.canary.api}: {splitter.canary.phase}" if splitter.canary else ""
-        click.echo(f"  {splitter.name:<16} {gateway}{splitter.endpoint}  (splitter: {weights}{canary})")
-    for note in status.notes:
-        click.echo(f"note: {note}", err=True)
-    first = status.splitters[0] if status.splitters else status.apis[0]
-    sample = target.loaded.root / "sample.json"
-    data = f"@{sample}" if sample.is_file() else "'{}'"
-    insecure = " -k" if target.loaded.spec.gateway.tls is not None else ""  # 127.0.0.1 is not the certificate's name
-    click.echo(f"\nTry: curl{insecure} -X POST {gateway}{first.endpoint} -H 'Content-Type: application/json' -d {data}")
+    show_live(status, target.loaded, _scheme(target))
 
 
 @cli.command()
@@ -423,6 +409,21 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
         click.echo(json.dumps(document, indent=2))
         return
     show_status(data, apis, detail=api is not None, scheme=_scheme(target))
+
+
+@cli.command()
+@click.argument("args", nargs=-1)
+@_path_option
+@click.option("--json", "as_json", is_flag=True, help="Print Cortex's job_status objects as JSON.")
+@_target_flag
+def jobs(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_kind: str | None) -> None:
+    """The jobs of the stack's BatchAPIs, newest first: `stack jobs [PATH] [API]`."""
+    from stack.batch.client import list_jobs, show_jobs
+
+    path, rest = _split(path_option, args, 1, "stack jobs [PATH] [API]")
+    target = resolve_target(path, target_kind, secrets=True)
+    found = list_jobs(target.loaded, f"{_scheme(target)}://127.0.0.1:{target.status().gateway_port}", *rest[:1])
+    click.echo(json.dumps(found, indent=2)) if as_json else show_jobs(found)
 
 
 @cli.command()

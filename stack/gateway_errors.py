@@ -65,8 +65,10 @@ async def _no_replica(request: web.Request) -> web.Response:
     return _error(503, {"Retry-After": "1"})
 
 
-def error_app(activator: Activator | None = None) -> web.Application:
+def error_app(activator: Activator | None = None, extra: list[web.RouteDef] | None = None) -> web.Application:
+    """`extra`: more of the controller's own routes (a BatchAPI's jobs, stack.batch.jobs)."""
     app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_routes(extra or [])
     app.router.add_route("*", PREFIX + "/gateway-error/{status}", _gateway_error)
     app.router.add_route("*", TOO_LARGE + "/{limit:[0-9]+}", _too_large)
     if activator is not None:
@@ -76,8 +78,10 @@ def error_app(activator: Activator | None = None) -> web.Application:
     return app
 
 
-async def serve_errors(host: str, port: int, activator: Activator | None = None) -> web.AppRunner:
-    runner = web.AppRunner(error_app(activator), access_log=None)
+async def serve_errors(
+    host: str, port: int, activator: Activator | None = None, extra: list[web.RouteDef] | None = None
+) -> web.AppRunner:
+    runner = web.AppRunner(error_app(activator, extra), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

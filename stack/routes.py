@@ -29,6 +29,7 @@ ENTRYPOINTS = (ENTRYPOINT, PROBE_ENTRYPOINT)
 ROUTES_FILE = "routes.yml"
 INTERNAL_PATHS = ("metrics", "healthz", "readyz")
 ACTIVATE = "/__stack/activate"  # the activator's path prefix (stack.gateway_errors)
+JOBS = "/__stack/jobs"  # a BatchAPI's endpoint at the controller (stack.batch.jobs)
 # Sent with our own checks through the gateway: the activator answers them without waking an API
 # scaled to zero (a `stack status` must not count as the request that wakes it).
 PROBE_HEADER = "X-Stack-Probe"
@@ -51,6 +52,7 @@ class Route:
     # predictor.max_body_size: a request declaring a longer body is answered 413 by the gateway at once
     # (a replica's own answer would wait on Traefik until the client sent more or timed out).
     max_body: int | None = None
+    jobs: str | None = None  # a BatchAPI: its requests (job submissions) go to the controller, never a replica
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ def member_service(split_router: str, service: str) -> str:
 
 
 def empty_url(route: Route, errors_url: str) -> str:
-    """Where an API's service points while it has no replica."""
+    """Where an API's service points while it has no replica (a BatchAPI's, always)."""
+    if route.jobs:
+        return f"{errors_url}{JOBS}/{route.jobs}"
     return f"{errors_url}{ACTIVATE}/{route.activate}" if route.activate else errors_url
 
 

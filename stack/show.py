@@ -7,6 +7,7 @@ import time
 
 import click
 
+from stack.spec import LoadedSpec
 from stack.spec.units import format_memory
 from stack.status import ApiPhase, ApiStatus, CanaryStatus, SplitterStatus, StackStatus
 
@@ -159,3 +160,33 @@ def _show_decisions(api: ApiStatus) -> None:
 
 def _size(value: int | None) -> str:
     return "-" if value is None else format_memory(value)
+
+
+def show_live(status: StackStatus, loaded: LoadedSpec, scheme: str) -> None:
+    """What `stack up` prints once the stack is live: each endpoint, and a curl to try."""
+    gateway = f"{scheme}://127.0.0.1:{status.gateway_port}"
+    click.echo(f"\nStack {status.project} is live.")
+    for api in status.apis:
+        click.echo(f"  {api.name:<16} {gateway}{api.endpoint}")
+    for splitter in status.splitters:
+        weights = " ".join(f"{api}={weight}" for api, weight in splitter.weights.items())
+        canary = f"; canary {splitter.canary.api}: {splitter.canary.phase}" if splitter.canary else ""
+        click.echo(f"  {splitter.name:<16} {gateway}{splitter.endpoint}  (splitter: {weights}{canary})")
+    for batch in loaded.spec.batch_apis:
+        click.echo(f"  {batch.name:<16} {gateway}{batch.endpoint}  (BatchAPI: POST a job, GET ?jobID=ID)")
+    for note in status.notes:
+        click.echo(f"note: {note}", err=True)
+    insecure = " -k" if loaded.spec.gateway.tls is not None else ""  # 127.0.0.1 is not the certificate's name
+    first = status.splitters[0] if status.splitters else status.apis[0] if status.apis else None
+    if first is not None:
+        sample = loaded.root / "sample.json"
+        data = f"@{sample}" if sample.is_file() else "'{}'"
+        click.echo(
+            f"\nTry: curl{insecure} -X POST {gateway}{first.endpoint} -H 'Content-Type: application/json' -d {data}"
+        )
+    elif loaded.spec.batch_apis:
+        batch = loaded.spec.batch_apis[0]
+        job = """'{"workers": 1, "item_list": {"items": [1, 2, 3], "batch_size": 2}}'"""
+        click.echo(
+            f"\nTry: curl{insecure} -X POST {gateway}{batch.endpoint} -H 'Content-Type: application/json' -d {job}"
+        )

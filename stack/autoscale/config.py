@@ -45,6 +45,16 @@ class RoutedApi:
 
 
 @dataclass(frozen=True)
+class BatchRoute:
+    """A BatchAPI: its endpoint takes jobs at the controller (stack.batch.jobs)."""
+
+    name: str
+    router: str
+    endpoint: str
+    config: dict[str, Any] = field(default_factory=dict)  # predictor.config, under each job's own
+
+
+@dataclass(frozen=True)
 class AutoscalerConfig:
     project: str
     scrape_interval: float
@@ -52,6 +62,7 @@ class AutoscalerConfig:
     routed: list[RoutedApi] = field(default_factory=list)  # all of them
     splitters: list[SplitterConfig] = field(default_factory=list)  # the Compose controller routes them
     tls: TlsFiles | None = None  # gateway.tls's files, as the controller reads them (it writes tls.yml)
+    batch: list[BatchRoute] = field(default_factory=list)  # the BatchAPIs
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -77,7 +88,8 @@ class AutoscalerConfig:
         ]
         splitters = [SplitterConfig.from_dict(x) for x in data.get("splitters", [])]
         tls = TlsFiles.from_dict(data["tls"]) if data.get("tls") else None
-        return cls(data["project"], data["scrape_interval"], apis, routed, splitters, tls)
+        batch = [BatchRoute(**b) for b in data.get("batch", [])]
+        return cls(data["project"], data["scrape_interval"], apis, routed, splitters, tls, batch)
 
     @classmethod
     def from_env(cls) -> AutoscalerConfig:
@@ -139,4 +151,8 @@ def config_of(
         for api in spec.apis
     ]
     splitters = splitters_of(spec, versions)
-    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed, splitters, tls_files)
+    batch = [
+        BatchRoute(api.name, f"{spec.project}-{api.name}", api.endpoint, dict(api.predictor.config))
+        for api in spec.batch_apis
+    ]
+    return AutoscalerConfig(spec.project, spec.prometheus.scrape_interval, apis, routed, splitters, tls_files, batch)

@@ -111,6 +111,7 @@ class GatewayRoutes:
         if now - self._overrides_at >= OVERRIDES_EVERY:
             self._overrides, self._overrides_at = self.overrides(), now
         table = tuple(self.route(api, servers.get(name, ())) for name, api in sorted(self.apis.items()))
+        table += tuple(Route(b.router, b.endpoint, jobs=b.name) for b in self.config.batch)
         splits = applied(self.config.project, self.config.splitters, self._overrides, self.canaries())
         return RouteTable(table, splits)
 

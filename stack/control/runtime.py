@@ -12,6 +12,7 @@ of them is a `ControlPlane` built from its target's `Adapters`:
     metrics    the replicas' and the gateway's counters, for the canaries
     canaries   where the canaries keep their state;  splits: the weights `stack split` set
     routes     where the gateway's routes go (a file, a Nomad Variable)
+    batch      BatchAPI jobs: the queue's file and how a job's workers start (stack.batch)
 
 The runtime itself is target-blind: the autoscaler, the canary runner, the
 activator with the gateway's own JSON errors, the routes as data and the
@@ -40,6 +41,8 @@ from stack.autoscale.config import AutoscalerConfig
 from stack.autoscale.loop import Autoscaler, SignalSource
 from stack.autoscale.policy import Policy, stack_policy
 from stack.autoscale.scaler import Scaler
+from stack.batch.jobs import BatchWorkers, JobManager, job_routes
+from stack.batch.store import JobStore
 from stack.canary import CanaryRunner, Store
 from stack.canary_sources import Source
 from stack.control.routing import GatewayRoutes, RouteSink, Weights
@@ -91,6 +94,7 @@ class Adapters:
     listen: Address | None = None  # the controller's /metrics, /status and /healthz
     errors: Address | None = None  # the gateway's own JSON errors and the activator (stack.gateway_errors)
     start_timeout: float = 600.0  # how long a request held for an API scaled to zero waits
+    batch: BatchWorkers | None = None  # BatchAPI jobs: their queue and how their workers start
 
 
 @dataclass(frozen=True)
@@ -141,10 +145,16 @@ class ControlPlane:
             activity=self.activator.last_request.get,
         )
         self.config = config
+        self.jobs: JobManager | None = None
+        if adapters.batch is not None:
+            batch = adapters.batch
+            self.jobs = JobManager(JobStore(batch.store), batch.pool, config.batch, batch.keys)
 
     def configure(self, config: AutoscalerConfig) -> None:
         """A `stack up` changed the spec: new bounds, APIs and splitters, histories kept."""
         self.config = config
+        if self.jobs is not None:
+            self.jobs.configure(config.batch)
         self.autoscaler.configure(config)
         self.canary.configure(config.splitters)
         self.routes.configure(config)
@@ -163,15 +173,19 @@ class ControlPlane:
                 runners.append(await _serve(self._app(), self.adapters.listen, "the controller's metrics"))
             if self.adapters.errors is not None:
                 host, port = self.adapters.errors
-                runners.append(await serve_errors(host, port, self.activator))
+                extra = job_routes(self.jobs) if self.jobs is not None else []
+                runners.append(await serve_errors(host, port, self.activator, extra))
             names = ", ".join(a.name for a in self.config.routed) or "none"
             LOGGER.info(f"controlling {names} of {self.config.project}")
             await asyncio.gather(
                 self.adapters.fleet.run(self, stopping),
                 self.autoscaler.run(stopping),
                 self.canary.run(stopping),
+                *([self.jobs.run(stopping)] if self.jobs is not None else []),
             )
         finally:
+            if self.jobs is not None:
+                await self.jobs.close()
             for runner in runners:
                 await runner.cleanup()
             await self.activator.close()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from stack.errors import StackError
 from stack.spec import models
+from stack.spec.file_checks import file_checks
 from stack.spec.tls_checks import check_tls_files
 from stack.spec.units import format_duration, parse_duration
 
@@ -474,10 +475,22 @@ def _cross_checks(
             endpoints.setdefault(endpoint, index)
         predictor = api.get("predictor")
         if isinstance(predictor, dict):
-            problems += _file_checks(predictor, root, ("apis", index, "predictor"), add)
+            problems += file_checks(predictor, root, ("apis", index, "predictor"), add)
         _window_check(api, data.get("prometheus"), ("apis", index, "autoscaling", "window"), add)
     _splitter_checks(data.get("splitters"), names, endpoints, add)
     splitters = data.get("splitters")
+    batch = (
+        {a.get("name") for a in apis if isinstance(a, dict) and a.get("kind") == "BatchAPI"}
+        if isinstance(apis, list)
+        else set()
+    )
+    for index, splitter in enumerate(splitters if isinstance(splitters, list) and batch else []):
+        for position, item in enumerate(splitter.get("apis") or [] if isinstance(splitter, dict) else []):
+            if isinstance(item, dict) and item.get("name") in batch:
+                add(
+                    ("splitters", index, "apis", position, "name"),
+                    "a BatchAPI takes jobs, not requests: it cannot be split",
+                )
     for index, splitter in enumerate(splitters if isinstance(splitters, list) else []):
         if isinstance(splitter, dict) and isinstance(splitter.get("canary"), dict):
             _interval_check(splitter["canary"], data.get("prometheus"), ("splitters", index, "canary", "interval"), add)
@@ -568,30 +581,3 @@ def _window_check(api: dict[str, Any], prometheus: Any, at: Path_, add: Any) -> 
             f"window {format_duration(window)} holds fewer than two scrapes (prometheus.scrape_interval is "
             f"{format_duration(scrape)}); make it at least {format_duration(2 * scrape)} or scrape more often",
         )
-
-
-def _file_checks(predictor: dict[str, Any], root: Path, at: Path_, add: Any) -> list[Problem]:
-    path = predictor.get("path")
-    if isinstance(path, str) and not predictor.get("image") and not (root / path).is_file():
-        add((*at, "path"), f"predictor file {path} not found (looked in {root})")
-    requirements = predictor.get("requirements")
-    if isinstance(requirements, str) and not (root / requirements).is_file():
-        add((*at, "requirements"), f"requirements file {requirements} not found (looked in {root})")
-    for name in ("multi_model_reloading", "models"):
-        models = predictor.get(name)
-        if not isinstance(models, dict):
-            continue
-        entries: list[tuple[Path_, Any]] = [((*at, name, key), models.get(key)) for key in ("path", "dir")]
-        paths = models.get("paths")
-        for index, item in enumerate(paths if isinstance(paths, list) else []):
-            if isinstance(item, dict):
-                entries.append(((*at, name, "paths", index, "path"), item.get("path")))
-        for where, location in entries:
-            if isinstance(location, str) and not location.startswith("s3://") and not (root / location).is_dir():
-                add(where, f"model directory {location} not found (looked in {root}); or give an s3:// URL")
-    python_path = predictor.get("python_path")
-    entries_pp = [python_path] if isinstance(python_path, str) else python_path if isinstance(python_path, list) else []
-    for index, entry in enumerate(entries_pp):
-        if isinstance(entry, str) and not (root / entry).is_dir():
-            add((*at, "python_path", index), f"directory {entry} not found (looked in {root})")
-    return []

@@ -11,7 +11,7 @@ import itertools
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from stack.errors import UnknownApi
 from stack.spec.units import parse_cpu, parse_duration, parse_fraction, parse_gpu, parse_memory
@@ -278,6 +278,9 @@ class Networking(Strict):
 
 class Api(Strict):
     name: Name
+    # RealtimeAPI: replicas answer requests. BatchAPI (Cortex's): the endpoint takes jobs, each run on
+    # `workers` worker replicas started for it and stopped after it (stack.batch).
+    kind: Literal["RealtimeAPI", "BatchAPI"] = "RealtimeAPI"
     predictor: Predictor
     monitoring: Monitoring | None = None
     compute: Compute = Compute()
@@ -296,7 +299,18 @@ class Api(Strict):
 
     @property
     def autoscaled(self) -> bool:
-        return self.autoscaling.min_replicas != self.autoscaling.max_replicas
+        return self.kind == "RealtimeAPI" and self.autoscaling.min_replicas != self.autoscaling.max_replicas
+
+    @model_validator(mode="after")
+    def _batch_has_no_replicas_at_rest(self) -> Api:
+        if self.kind == "BatchAPI":
+            for field in ("autoscaling", "update"):
+                if field in self.model_fields_set:
+                    raise ValueError(
+                        f"a BatchAPI has no replicas at rest (each job's `workers` says how many run it): "
+                        f"remove {field}"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _gpu_and_processes(self) -> Api:
@@ -486,6 +500,24 @@ class Spec(Strict):
     apis: Annotated[list[Api], Field(min_length=1)]
     splitters: list[Splitter] = Field(default_factory=list)
     log_format: Literal["text", "json"] = "text"
+    _batch: list[Api] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _batch_apis_apart(self) -> Spec:
+        """`apis` are the realtime APIs (replicas, routes, scaling); `batch_apis` take jobs (stack.batch)."""
+        self._batch = [a for a in self.apis if a.kind == "BatchAPI"]
+        self.__dict__["apis"] = [a for a in self.apis if a.kind == "RealtimeAPI"]  # frozen: set once, here
+        return self
+
+    @property
+    def batch_apis(self) -> list[Api]:
+        return self._batch
+
+    def batch_api(self, name: str) -> Api:
+        for api in self._batch:
+            if api.name == name:
+                return api
+        raise UnknownApi(name, [a.name for a in self._batch])
 
     def api(self, name: str) -> Api:
         for api in self.apis:

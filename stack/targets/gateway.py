@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import requests
 
+from stack.errors import StackError
 from stack.routes import PROBE_HEADER
 from stack.status import ApiPhase, ApiStatus
 
@@ -35,17 +36,37 @@ def answered_by_replica(response: requests.Response) -> bool:
     return isinstance(body, dict) and body.get("status") == "ready"
 
 
-def wait_until_routed(url: str, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    """True once `url` (an API's status route through the gateway) is answered by a ready replica."""
+def answered_by_jobs(response: requests.Response) -> bool:
+    """A BatchAPI's endpoint answered by the controller (its list of jobs, or its 401 without a key)."""
+    if response.status_code == 401:
+        return True
+    try:
+        return response.status_code == 200 and isinstance(response.json(), list)
+    except ValueError:
+        return False
+
+
+def wait_until_routed(url: str, timeout: float = 30.0, interval: float = 0.05, jobs: bool = False) -> bool:
+    """True once `url` (an API's status route through the gateway) is answered by a ready replica
+    (`jobs`: a BatchAPI's endpoint, by the controller)."""
+    answered = answered_by_jobs if jobs else answered_by_replica
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if answered_by_replica(requests.get(url, timeout=2, headers={PROBE_HEADER: "1"})):
+            if answered(requests.get(url, timeout=2, headers={PROBE_HEADER: "1"})):
                 return True
         except requests.RequestException:
             pass
         time.sleep(interval)
     return False
+
+
+def wait_for_batch_apis(endpoints: list[str], gateway_port: int, timeout: float = 30.0) -> None:
+    """Each BatchAPI's endpoint answers through the gateway (its route to the controller is live)."""
+    for endpoint in endpoints:
+        url = readiness_url(gateway_port, endpoint)
+        if not wait_until_routed(url, timeout, jobs=True):
+            raise StackError(f"the gateway does not route {url} to the stack's controller after {timeout:.0f}s")
 
 
 def check_routed(status: ApiStatus, gateway_port: int, gateway_down: str = "") -> ApiStatus:

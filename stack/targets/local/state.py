@@ -90,6 +90,11 @@ class LocalPaths:
         return self.base / "local" / "prometheus"
 
     @property
+    def jobs(self) -> Path:
+        """BatchAPI jobs and their batches (stack.batch.store): kept across restarts and `stack down`."""
+        return self.base / "jobs.db"
+
+    @property
     def logs(self) -> Path:
         return self.base / "logs"
 

@@ -25,6 +25,7 @@ import aiohttp
 from stack.atomic import write_json_atomic, write_text_atomic
 from stack.autoscale.config import config_of
 from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
+from stack.batch.jobs import BatchWorkers
 from stack.canary import STATE_FILE, FileStore
 from stack.canary_sources import PrometheusSource, ScrapeSource
 from stack.control.routing import FileRouteSink, GatewayRoutes
@@ -35,6 +36,7 @@ from stack.plan.render import project_digest
 from stack.spec import load_spec
 from stack.splits import FileSplits
 from stack.targets import open_control
+from stack.targets.local.batch_workers import LocalWorkers
 from stack.targets.local.children import LocalServices
 from stack.targets.local.control_api import ControlApi
 from stack.targets.local.fleet import LocalFleet
@@ -187,6 +189,11 @@ async def local_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
             listen=("127.0.0.1", services.control_port),
             errors=("127.0.0.1", services.errors_port),
             start_timeout=START_TIMEOUT,
+            batch=BatchWorkers(
+                paths.jobs,
+                LocalWorkers(lambda: fleet.loaded, paths, services.errors_url),
+                lambda: [key.encode() for key in fleet.loaded.spec.gateway.api_keys],
+            ),
         )
     finally:
         await services.stop()

@@ -24,7 +24,7 @@ from stack.spec import LoadedSpec
 from stack.splits import change, clear_overrides, splitters_of
 from stack.status import ApiPhase, StackStatus
 from stack.targets.base import refuse_nomad_autoscaler
-from stack.targets.gateway import check_routed
+from stack.targets.gateway import check_routed, wait_for_batch_apis
 from stack.targets.local import control
 from stack.targets.local.fleet import BACKOFF, ERROR_AFTER
 from stack.targets.local.state import (
@@ -142,6 +142,7 @@ class LocalTarget:
         else:
             self._start(progress)
         self.wait_ready(progress)
+        wait_for_batch_apis([a.endpoint for a in self.loaded.spec.batch_apis], self._require().check_port)
         status = self.status()
         for note in status.notes:
             progress(f"note: {note}")

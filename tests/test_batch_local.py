@@ -1,0 +1,316 @@
+"""BatchAPI jobs (Cortex v0.25) on `stack up --local`: the real Traefik, the supervisor's durable queue,
+worker processes started for each job. Nothing lost, nothing done twice: killed workers, a killed
+controller, batches that raise, a stopped job, a timed-out one, S3 sources (moto)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cli import stack
+
+from conftest import free_port
+
+pytestmark = pytest.mark.xdist_group("batch-local")  # one stack for the module, on one worker
+
+PREDICTOR = """
+import json, os, pathlib, time
+
+class PythonPredictor:
+    def __init__(self, config, job_spec):
+        if config.get("broken"):
+            raise RuntimeError("this model cannot load")
+        self.out = pathlib.Path(config["out"])
+        self.job = job_spec
+
+    def predict(self, payload, batch_id):
+        for item in payload:
+            if isinstance(item, dict) and "gate" in item:  # held until the test releases it
+                gate = self.out / item["gate"]
+                (gate.parent / (gate.name + ".started")).write_text(str(os.getpid()))
+                deadline = time.monotonic() + 120
+                while not (gate.parent / (gate.name + ".release")).exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            if item == "boom":
+                raise ValueError("boom in the batch")
+            if isinstance(item, dict) and "flaky" in item:  # raises the first time only
+                marker = self.out / (item["flaky"] + ".tried")
+                if not marker.exists():
+                    marker.write_text("1")
+                    raise ValueError("flaky the first time")
+        with open(self.out / f"{self.job['job_id']}.results.jsonl", "a") as results:
+            results.write(json.dumps({"batch_id": batch_id, "items": payload}) + "\\n")
+
+    def on_job_complete(self):
+        with open(self.out / f"{self.job['job_id']}.complete.jsonl", "a") as done:
+            done.write(json.dumps(self.job) + "\\n")
+"""
+
+
+class Batch:
+    def __init__(self, root: Path, port: int, out: Path) -> None:
+        self.root, self.port, self.out = root, port, out
+        self.url = f"http://127.0.0.1:{port}/scorer"
+
+    def submit(self, body: dict[str, Any], api: str = "scorer") -> requests.Response:
+        return requests.post(f"http://127.0.0.1:{self.port}/{api}", json=body, timeout=30)
+
+    def job(self, job_id: str, api: str = "scorer") -> dict[str, Any]:
+        answer = requests.get(f"http://127.0.0.1:{self.port}/{api}", params={"jobID": job_id}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        status: dict[str, Any] = answer.json()["job_status"]
+        return status
+
+    def wait(self, job_id: str, done: Callable[[dict[str, Any]], bool], what: str, api: str = "scorer") -> dict:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            status = self.job(job_id, api)
+            if done(status):
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id}: {what} did not happen; last {status}")
+
+    def ended(self, job_id: str, api: str = "scorer") -> dict[str, Any]:
+        return self.wait(job_id, lambda s: s["status"] not in ("status_enqueuing", "status_running"), "end", api)
+
+    def results(self, job_id: str) -> list[dict[str, Any]]:
+        path = self.out / f"{job_id}.results.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def completions(self, job_id: str) -> list[dict[str, Any]]:
+        path = self.out / f"{job_id}.complete.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def started(self, gate: str) -> int:
+        marker = self.out / f"{gate}.started"
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text():
+            assert time.monotonic() < deadline, f"the batch gated on {gate} never started"
+            time.sleep(0.05)
+        return int(marker.read_text())
+
+    def release(self, gate: str) -> None:
+        (self.out / f"{gate}.release").write_text("go")
+
+    def up(self) -> None:
+        stack("up", "--local", str(self.root), cwd=self.root)
+
+
+def _spec(port: int, out: Path, extra: str = "") -> str:
+    return (
+        f"project: batchtest\ngateway: {{port: {port}}}\nprometheus: {{enabled: false}}\napis:\n"
+        f"  - name: scorer\n    kind: BatchAPI\n    predictor:\n      path: predictor.py\n"
+        f"      config: {{out: {out}, threshold: 1}}\n"
+        f"  - name: broken\n    kind: BatchAPI\n    predictor:\n      path: predictor.py\n"
+        f"      config: {{out: {out}, broken: true}}\n"
+        f"{extra}"
+    )
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Batch]:
+    root = tmp_path_factory.mktemp("batch")
+    out = root / "out"
+    out.mkdir()
+    (root / "predictor.py").write_text(PREDICTOR)
+    port = free_port()
+    (root / "stack.yaml").write_text(_spec(port, out))
+    stack("up", "--local", str(root), cwd=root)
+    yield Batch(root, port, out)
+    stack("down", "--local", str(root), cwd=root, check=False)
+
+
+def test_every_batch_runs_once_and_on_job_complete_once(batch: Batch) -> None:
+    items = list(range(11))
+    answer = batch.submit({"workers": 3, "item_list": {"items": items, "batch_size": 3}, "config": {"run": "a"}})
+    assert answer.status_code == 200, answer.text
+    submitted = answer.json()
+    assert submitted["api_name"] == "scorer" and submitted["workers"] == 3
+    assert submitted["config"] == {"out": str(batch.out), "threshold": 1, "run": "a"}  # the job's over the API's
+    assert {"job_id", "created_time", "timeout", "sqs_dead_letter_queue"} <= set(submitted)
+    job_id = submitted["job_id"]
+    status = batch.ended(job_id)
+    assert status["status"] == "status_succeeded"
+    assert status["batch_metrics"]["succeeded"] == 4 and status["batch_metrics"]["failed"] == 0
+    assert status["batches_in_queue"] == 0 and status["total_batch_count"] == 4
+    assert status["start_time"] and status["end_time"]
+    results = batch.results(job_id)
+    assert sorted(i for r in results for i in r["items"]) == items  # each item exactly once
+    assert len({r["batch_id"] for r in results}) == 4
+    (complete,) = batch.completions(job_id)
+    assert complete["job_id"] == job_id and complete["total_batch_count"] == 4 and complete["workers"] == 3
+    assert complete["config"]["run"] == "a"
+    listed = json.loads(stack("jobs", "--local", "--json", "-p", str(batch.root), cwd=batch.root).stdout)
+    assert job_id in [j["job_id"] for j in listed]
+    table = stack("jobs", "--local", str(batch.root), "scorer", cwd=batch.root).stdout
+    assert job_id in table and "status_succeeded" in table
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"item_list": {"items": [1], "batch_size": 1}}, "workers"),
+        ({"workers": 0, "item_list": {"items": [1], "batch_size": 1}}, "workers"),
+        ({"workers": 1, "item_list": {"items": [1], "batch_size": 0}}, "item_list.batch_size"),
+        ({"workers": 1, "item_list": {"items": [1]}}, "item_list.batch_size"),
+        ({"workers": 1}, "item_list"),
+        (
+            {"workers": 1, "item_list": {"items": [1], "batch_size": 1}, "file_path_lister": {"s3_paths": ["s3://b"]}},
+            "item_list",
+        ),
+        ({"workers": 1, "item_list": {"items": ["x" * 200_000, "y" * 99_000], "batch_size": 2}},
+         "item_list.batch_size"),
+        ({"workers": 1, "delimited_files": {"s3_paths": ["/not/s3"], "batch_size": 1}}, "delimited_files.s3_paths[0]"),
+        ({"workers": 1, "item_list": {"items": [1], "batch_size": 1}, "tiemout": 5}, "tiemout"),
+        ({"workers": 1, "sqs_dead_letter_queue": {}, "item_list": {"items": [1], "batch_size": 1}},
+         "sqs_dead_letter_queue.max_receive_count"),
+    ],
+)  # fmt: skip
+def test_a_bad_submission_is_a_400_naming_the_field(batch: Batch, body: dict[str, Any], field: str) -> None:
+    answer = batch.submit(body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == field and answer.json()["error"].startswith(f"{field}: ")
+
+
+def test_unknown_jobs_and_methods_answer_json(batch: Batch) -> None:
+    missing = requests.get(batch.url, params={"jobID": "nosuchjob"}, timeout=10)
+    assert missing.status_code == 404 and "no job nosuchjob" in missing.json()["error"]
+    assert requests.put(batch.url, timeout=10).status_code == 405
+    not_json = requests.post(batch.url, data=b"{nope", timeout=10)
+    assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]
+
+
+def test_a_batch_that_raises_is_retried_up_to_its_tries_then_counted_failed(batch: Batch) -> None:
+    body = {
+        "workers": 1,
+        "sqs_dead_letter_queue": {"arn": "unused-here", "max_receive_count": 2},
+        "item_list": {"items": [1, "boom", {"flaky": "f1"}, 4], "batch_size": 1},
+    }
+    job_id = batch.submit(body).json()["job_id"]
+    status = batch.ended(job_id)
+    assert status["status"] == "status_completed_with_failures"
+    assert status["batch_metrics"]["succeeded"] == 3 and status["batch_metrics"]["failed"] == 1
+    (failed,) = status["failed_batches"]
+    assert failed["tries"] == 2 and "ValueError: boom in the batch" in failed["error"]
+    assert sorted(json.dumps(i) for r in batch.results(job_id) for i in r["items"]) == sorted(
+        json.dumps(i) for i in [1, {"flaky": "f1"}, 4]
+    )  # the flaky one succeeded on its second try, once
+    assert len(batch.completions(job_id)) == 1  # on_job_complete runs after failures too
+    # Without a dead-letter queue a batch gets one try (as Cortex): no retry.
+    once = batch.submit({"workers": 1, "item_list": {"items": [{"flaky": "f2"}], "batch_size": 1}}).json()["job_id"]
+    assert batch.ended(once)["batch_metrics"] == {"succeeded": 0, "failed": 1, "failed_attempts": 1}
+
+
+def test_a_killed_workers_batch_is_handed_out_again_and_none_runs_twice(batch: Batch) -> None:
+    items = [{"gate": "kill1"}, *range(8)]
+    job_id = batch.submit({"workers": 2, "item_list": {"items": items, "batch_size": 1}}).json()["job_id"]
+    victim = batch.started("kill1")
+    (batch.out / "kill1.started").write_text("")
+    os.kill(victim, signal.SIGKILL)  # mid-batch
+    batch.release("kill1")
+    status = batch.ended(job_id)
+    assert status["status"] == "status_succeeded", status
+    results = batch.results(job_id)
+    assert len(results) == 9 and len({r["batch_id"] for r in results}) == 9  # nothing lost, none twice
+    assert batch.started("kill1") != victim  # the gated batch ran again, on another worker
+
+
+def test_a_job_survives_its_controller_being_killed(batch: Batch) -> None:
+    job_id = batch.submit(
+        {"workers": 1, "item_list": {"items": [1, 2, {"gate": "restart"}, 3, 4], "batch_size": 1}}
+    ).json()["job_id"]
+    batch.started("restart")
+    state = json.loads((batch.root / ".stack" / "local" / "state.json").read_text())
+    os.kill(state["pid"], signal.SIGKILL)  # the supervisor, and with it its workers
+    batch.release("restart")
+    before = batch.results(job_id)
+    assert [r["items"] for r in before] == [[1], [2]]
+    batch.up()  # the controller again: the job goes on where it was
+    status = batch.ended(job_id)
+    assert status["status"] == "status_succeeded"
+    items = [json.dumps(i) for r in batch.results(job_id) for i in r["items"]]
+    assert sorted(items) == sorted(json.dumps(i) for i in [1, 2, {"gate": "restart"}, 3, 4])  # 1 and 2 not again
+    assert len(batch.completions(job_id)) == 1
+
+
+def test_delete_stops_a_job_and_a_timeout_ends_one(batch: Batch) -> None:
+    job_id = batch.submit({"workers": 1, "item_list": {"items": [{"gate": "stop"}, 1], "batch_size": 1}}).json()
+    job_id = job_id["job_id"]
+    worker = batch.started("stop")
+    stopped = requests.delete(batch.url, params={"jobID": job_id}, timeout=10)
+    assert stopped.status_code == 200 and stopped.json() == {"message": f"stopped job {job_id}"}
+    assert batch.job(job_id)["status"] == "status_stopped"
+    deadline = time.monotonic() + 30
+    while _alive(worker):
+        assert time.monotonic() < deadline, "the stopped job's worker still runs"
+        time.sleep(0.1)
+    assert batch.results(job_id) == [] and batch.completions(job_id) == []
+
+    timed = batch.submit({"workers": 1, "timeout": 1, "item_list": {"items": [{"gate": "late"}], "batch_size": 1}})
+    late = timed.json()["job_id"]
+    assert timed.json()["timeout"] == 1
+    assert batch.ended(late)["status"] == "status_timed_out"
+    batch.release("late")
+
+
+def test_workers_that_cannot_start_end_the_job_as_a_worker_error(batch: Batch) -> None:
+    job_id = batch.submit({"workers": 1, "item_list": {"items": [1], "batch_size": 1}}, api="broken").json()["job_id"]
+    status = batch.ended(job_id, api="broken")
+    assert status["status"] == "status_worker_error"
+    assert "keep failing" in status["message"]
+    logs = list((batch.root / ".stack" / "logs").glob(f"broken-{job_id}-w*.log"))
+    assert logs and "this model cannot load" in logs[0].read_text()
+
+
+def test_s3_file_lists_and_delimited_files(batch: Batch, s3: dict[str, str]) -> None:
+    """moto's S3 server; the supervisor was started before the fixture, so it is started again with the env."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="data")
+    for name in ("img_1.png", "img_2.jpg", "img_3.jpg", "img_4.gif"):
+        client.put_object(Bucket="data", Key=f"images/{name}", Body=b"x")
+    lines = "\n".join(json.dumps({"row": i}) for i in range(7))
+    client.put_object(Bucket="data", Key="rows/part-1.jsonl", Body=lines.encode())
+    client.put_object(Bucket="data", Key="rows/part-2.jsonl", Body=b'{"row": 7}\n\n{"row": 8}\n')
+    stack("down", "--local", str(batch.root), cwd=batch.root)
+    batch.up()  # inherits AWS_ENDPOINT_URL and the credentials from this process
+
+    listed = batch.submit(
+        {
+            "workers": 2,
+            "file_path_lister": {
+                "s3_paths": ["s3://data/images/"],
+                "includes": ["**.jpg", "**.png"],
+                "excludes": ["**_3.jpg"],
+                "batch_size": 1,
+            },
+        }
+    ).json()
+    assert listed["file_path_lister"]["s3_paths"] == ["s3://data/images/"]
+    assert batch.ended(listed["job_id"])["status"] == "status_succeeded"
+    paths = sorted(i for r in batch.results(listed["job_id"]) for i in r["items"])
+    assert paths == ["s3://data/images/img_1.png", "s3://data/images/img_2.jpg"]
+
+    rows = batch.submit({"workers": 1, "delimited_files": {"s3_paths": ["s3://data/rows/"], "batch_size": 4}}).json()
+    status = batch.ended(rows["job_id"])
+    assert status["status"] == "status_succeeded" and status["total_batch_count"] == 3
+    assert sorted(i["row"] for r in batch.results(rows["job_id"]) for i in r["items"]) == list(range(9))
+
+    nothing = batch.submit({"workers": 1, "file_path_lister": {"s3_paths": ["s3://data/none/"], "batch_size": 1}})
+    assert batch.ended(nothing.json()["job_id"])["status"] == "status_enqueue_failed"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
