@@ -23,7 +23,7 @@ from serving.codec import error_response
 from serving.config import ServingConfig
 from serving.loader import LoadedPredictor, load_predictor
 from serving.metrics import CONTENT_TYPE, ApiMetrics
-from serving.models import ModelsConfig, ModelStore, ONNXClient, PythonClient
+from serving.models import ModelsConfig, ModelStore, model_clients
 from serving.openapi import openapi_document
 from serving.pool import PredictPool
 from serving.predict import Predictions
@@ -70,10 +70,7 @@ class Replica:
         if c.models is not None:
             root = Path(c.project_root) if c.project_root else Path(c.predictor_path).resolve().parent
             self.models = ModelStore(ModelsConfig.from_dict(c.models), root, self.metrics)
-            if c.predictor_type == "onnx":
-                clients["onnx_client"] = ONNXClient(self.models, gpu=c.gpus > 0)
-            else:
-                clients["python_client"] = PythonClient(self.models)
+            clients = model_clients(c.predictor_type, self.models, gpu=c.gpus > 0)
         return load_predictor(c.predictor_path, c.predictor_class, c.config, c.python_path, clients)
 
     def load(self) -> asyncio.Future[LoadedPredictor]:

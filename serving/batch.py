@@ -9,7 +9,8 @@ items. The worker that the controller picks once every batch has ended calls the
 job's tries); the worker goes on with the next.
 
 Environment: STACK_SERVING_CONFIG (the API's serving settings, as for a replica), STACK_JOB_URL
-(the controller's `/__stack/work/JOB`), STACK_JOB_TOKEN, STACK_JOB_WORKER.
+(the controller's `/__stack/work/JOB`; or STACK_JOB_CONTROLLER and STACK_JOB_ID), STACK_JOB_TOKEN,
+STACK_JOB_WORKER.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ from serving import logs
 from serving.codec import Headers
 from serving.config import CONFIG_ENV, ServingConfig, config_from_env
 from serving.loader import LoadedPredictor, StartupError, load_predictor
-from serving.models import ModelsConfig, ModelStore, ONNXClient, PythonClient
+from serving.models import ModelsConfig, ModelStore, model_clients
 from serving.runner import EXIT_STARTUP_FAILED, report_startup_error
 
 LOGGER = logging.getLogger("serving.batch")
 JOB_URL_ENV = "STACK_JOB_URL"
+# Or the controller's base URL and the job's id (Nomad renders the address from its service catalogue).
+JOB_CONTROLLER_ENV = "STACK_JOB_CONTROLLER"
+JOB_ID_ENV = "STACK_JOB_ID"
+WORK_PATH = "/__stack/work"  # the controller's workers' endpoints (stack.batch.jobs)
 JOB_TOKEN_ENV = "STACK_JOB_TOKEN"
 JOB_WORKER_ENV = "STACK_JOB_WORKER"
 TOKEN_HEADER = "X-Stack-Job-Token"
@@ -83,10 +88,7 @@ def construct(config: ServingConfig, job_spec: dict[str, Any]) -> LoadedPredicto
     if config.models is not None:
         root = Path(config.project_root) if config.project_root else Path(config.predictor_path).resolve().parent
         store = ModelStore(ModelsConfig.from_dict(config.models), root)
-        if config.predictor_type == "onnx":
-            clients["onnx_client"] = ONNXClient(store, gpu=config.gpus > 0)
-        else:
-            clients["python_client"] = PythonClient(store)
+        clients.update(model_clients(config.predictor_type, store, gpu=config.gpus > 0))
     merged = job_spec.get("config") or config.config
     return load_predictor(config.predictor_path, config.predictor_class, merged, config.python_path, clients)
 
@@ -148,7 +150,8 @@ def main() -> int:
         print(f"python -m serving.batch: {CONFIG_ENV} is not set (the controller starts workers)", file=sys.stderr)
         return 2
     logs.setup(config.log_level, config.log_format)
-    controller = Controller(os.environ[JOB_URL_ENV], os.environ[JOB_TOKEN_ENV], os.environ[JOB_WORKER_ENV])
+    url = os.environ.get(JOB_URL_ENV) or f"{os.environ[JOB_CONTROLLER_ENV]}{WORK_PATH}/{os.environ[JOB_ID_ENV]}"
+    controller = Controller(url, os.environ[JOB_TOKEN_ENV], os.environ[JOB_WORKER_ENV])
     job_spec = controller.call()
     try:
         predictor = construct(config, job_spec)

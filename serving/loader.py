@@ -18,12 +18,12 @@ from typing import Any
 from serving.codec import Headers
 
 # Looked for among the classes *defined* in the file (one imported from elsewhere is never served).
-DEFAULT_CLASSES = ("PythonPredictor", "ONNXPredictor", "Predictor")
+DEFAULT_CLASSES = ("PythonPredictor", "ONNXPredictor", "TensorFlowPredictor", "Predictor")
 # batch_id: Cortex's realtime server passes None; accepted so Cortex predictors run unmodified.
 PREDICT_PARAMS = frozenset({"payload", "query_params", "headers", "batch_id"})
 # response: what predict returned (as in Cortex); status_code: the HTTP status that was sent.
 POST_PREDICT_PARAMS = frozenset({"payload", "query_params", "headers", "response", "status_code"})
-INIT_PARAMS = frozenset({"config", "python_client", "onnx_client", "job_spec"})
+INIT_PARAMS = frozenset({"config", "python_client", "onnx_client", "tensorflow_client", "job_spec"})
 MODULE_NAME = "stack_user_predictor"
 
 
@@ -99,7 +99,13 @@ def load_predictor(
     if predict is None:
         raise StartupError(f"{_where(file, cls)}: class {cls.__name__} has no predict method")
     post_predict = _method(cls, "post_predict", file, POST_PREDICT_PARAMS)
-    available = {"python_client": None, "onnx_client": None, "job_spec": None, **(clients or {})}
+    available = {
+        "python_client": None,
+        "onnx_client": None,
+        "tensorflow_client": None,
+        "job_spec": None,
+        **(clients or {}),
+    }
     python_client = available.get("python_client")
     if python_client is not None:
         load_model = getattr(cls, "load_model", None)
@@ -195,7 +201,7 @@ def _bind(instance: Any, name: str, func: Callable[..., Any]) -> Handler:
 
 
 def _construct(cls: type, file: Path, available: dict[str, Any]) -> Any:
-    """`__init__`'s arguments injected by name: config, python_client, onnx_client, job_spec."""
+    """`__init__`'s arguments injected by name: config, python_client, onnx_client, tensorflow_client, job_spec."""
     init = next((vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)), object.__init__)
     if init is object.__init__:  # object's takes **kwargs but refuses them
         arguments: dict[str, Any] = {}
@@ -213,7 +219,12 @@ def _construct(cls: type, file: Path, available: dict[str, Any]) -> Any:
             arguments = {p.name: available.get(p.name) for p in params if p.name in INIT_PARAMS}
             # As Cortex: a predictor that asks for a model client needs models to serve (not a None that
             # fails every request later with AttributeError).
-            for name, field in (("python_client", "multi_model_reloading"), ("onnx_client", "models")):
+            clients = (
+                ("python_client", "multi_model_reloading"),
+                ("onnx_client", "models"),
+                ("tensorflow_client", "models"),
+            )
+            for name, field in clients:
                 if name in arguments and arguments[name] is None:
                     raise StartupError(
                         f"{_where(file, init)}: {cls.__name__}.__init__() takes {name}, but the API serves no "

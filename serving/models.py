@@ -353,6 +353,72 @@ class ONNXClient:
         return session.run(None, feed)
 
 
+class TensorFlowClient:
+    """Cortex's `tensorflow_client`: `predict(model_input, model_name=None, model_version="latest")` over
+    SavedModels loaded in this process (Cortex called a TensorFlow Serving sidecar over gRPC).
+
+    `model_input` is a dict of arrays by the signature's input names (or one array for a one-input
+    signature); the result is a dict of the signature's outputs as lists, as TF Serving's answer was.
+    """
+
+    def __init__(self, store: ModelStore) -> None:
+        try:
+            import tensorflow  # noqa: F401  (checked here: the replica says what to install at start)
+        except ImportError:
+            from serving.loader import StartupError
+
+            raise StartupError(
+                "predictor.type tensorflow needs TensorFlow in the replica: add tensorflow-cpu (or tensorflow "
+                "for GPUs) to requirements.txt, or pip install tensorflow-cpu"
+            ) from None
+        self._store = store
+        store.loader = self._load
+
+    def _load(self, path: str) -> Any:
+        import tensorflow as tf
+
+        return tf.saved_model.load(path)
+
+    def get_model(self, model_name: str | None = None, model_version: str | int = LATEST) -> Any:
+        return self._store.get(model_name, model_version)
+
+    def predict(self, model_input: Any, model_name: str | None = None, model_version: str | int = LATEST) -> Any:
+        import tensorflow as tf
+
+        model = self._store.get(model_name, model_version)
+        signatures = dict(model.signatures)
+        if not signatures:
+            raise ModelInputInvalid("the SavedModel has no signatures to call")
+        signature = signatures.get("serving_default") or next(iter(signatures.values()))
+        _, declared = signature.structured_input_signature
+        if not isinstance(model_input, dict):
+            if len(declared) != 1:
+                names = ", ".join(sorted(declared))
+                raise ModelInputInvalid(f"the model takes several inputs ({names}): pass a dict by input name")
+            model_input = {next(iter(declared)): model_input}
+        missing = sorted(set(declared) - set(model_input))
+        if missing:
+            raise ModelInputInvalid(f"missing key {missing[0]!r}: the model's inputs are {', '.join(sorted(declared))}")
+        try:
+            feed = {name: tf.constant(model_input[name], dtype=spec.dtype) for name, spec in declared.items()}
+            for name, spec in declared.items():
+                if not spec.shape.is_compatible_with(feed[name].shape):
+                    raise ValueError(f"input {name!r} has shape {feed[name].shape}, the model takes {spec.shape}")
+            outputs = signature(**feed)
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+            raise ModelInputInvalid(f"the input does not fit the model: {exc}") from None
+        return {name: value.numpy().tolist() for name, value in outputs.items()}
+
+
+def model_clients(predictor_type: str, store: ModelStore, gpu: bool) -> dict[str, Any]:
+    """What `__init__` may ask for by name when the API serves models, by predictor type."""
+    if predictor_type == "onnx":
+        return {"onnx_client": ONNXClient(store, gpu=gpu)}
+    if predictor_type == "tensorflow":
+        return {"tensorflow_client": TensorFlowClient(store)}
+    return {"python_client": PythonClient(store)}
+
+
 # onnxruntime's element types as numpy's (onnxruntime_pybind_mlvalue.cc)
 _ONNX_DTYPES = {
     "tensor(float16)": "float16",

@@ -91,11 +91,11 @@ def validate(path: Path, as_json: bool) -> None:
             click.echo(f"{loaded.path}: {placed}", err=True)
         sys.exit(1)
     if as_json:
-        body = {"ok": True, "project": loaded.spec.project, "apis": [a.name for a in loaded.spec.apis]}
+        body = {"ok": True, "project": loaded.spec.project, "apis": [a.name for a in loaded.spec.every_api]}
         click.echo(json.dumps({**body, "warnings": loaded.warnings}))
     else:
         _warn(loaded.warnings)
-        click.echo(f"ok: {loaded.path} (project {loaded.spec.project}, {len(loaded.spec.apis)} API(s))")
+        click.echo(f"ok: {loaded.path} (project {loaded.spec.project}, {len(loaded.spec.every_api)} API(s))")
 
 
 def _placement_problem(loaded: Any) -> str | None:
@@ -578,7 +578,7 @@ def autoscale(
         config=config,
         prometheus_url=prometheus_url,
         metrics_port=metrics_port,
-        state_dir=state_dir if target == "compose" else None,
+        state_dir=state_dir if target != "local" else None,
         control_dir=control_dir,
         network=network or f"{config.project}-stack",
         replica_port=replica_port,

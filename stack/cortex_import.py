@@ -19,12 +19,12 @@ import yaml
 from stack.errors import StackError
 
 DROPPED = {
-    "kind": "every API here is a realtime API",
+    "kind": "a RealtimeAPI is the default kind here",
     "networking.api_gateway": "the gateway is Traefik (set `gateway` at the top of stack.yaml)",
     "networking.local_port": "every API is reached at the gateway's port under its endpoint",
     "compute.inf": "AWS Inferentia is not supported",
     "predictor.image": "stack builds each API's image from the project and requirements.txt",
-    "predictor.tensorflow_serving_image": "the tensorflow type is not supported",
+    "predictor.tensorflow_serving_image": "TensorFlow runs in the replica (no TensorFlow Serving sidecar)",
     "predictor.log_level": "replicas log at info; `log_format` sets text or JSON",
     "predictor.shm_size": "not needed: replicas share no memory segment",
     "predictor.multi_model_reloading.signature_key": "a TensorFlow-only field",
@@ -89,15 +89,14 @@ def convert(text: str, project: str) -> Imported:
 def _api(api: dict[str, Any], at: str, dropped: list[str]) -> dict[str, Any] | None:
     kind = api.get("kind", "RealtimeAPI")
     name = api.get("name", "?")
-    if kind not in ("RealtimeAPI", "SyncAPI"):
-        dropped.append(f"{at} ({name}): a {kind} has no counterpart here (realtime APIs only); not converted")
+    if kind not in ("RealtimeAPI", "SyncAPI", "BatchAPI"):
+        dropped.append(f"{at} ({name}): a {kind} has no counterpart here; not converted")
         return None
     predictor = dict(api.get("predictor") or {})
-    if predictor.get("type") == "tensorflow":
-        dropped.append(f"{at} ({name}): type tensorflow needs TensorFlow Serving; export the model to ONNX")
-        return None
     out: dict[str, Any] = {"name": name}
-    if "kind" in api:
+    if kind == "BatchAPI":
+        out["kind"] = "BatchAPI"  # jobs on workers (stack.batch): Cortex's endpoints and statuses
+    elif "kind" in api:
         dropped.append(f"{at}.kind: {DROPPED['kind']}")
     out["predictor"] = pred = {k: predictor[k] for k in SAME["predictor"] if k in predictor}
     if isinstance(predictor.get("python_path"), str):

@@ -298,7 +298,8 @@ def activator_fallback(routes: list[Route], activator_service: str) -> dict[str,
     for route in routes:
         name = f"{route.router}-zero"
         middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [route.endpoint]}}
-        middlewares[f"{name}-activate"] = {"addPrefix": {"prefix": f"{ACTIVATE}/{route.activate}"}}
+        prefix = f"{JOBS}/{route.jobs}" if route.jobs else f"{ACTIVATE}/{route.activate}"  # a BatchAPI's, always
+        middlewares[f"{name}-activate"] = {"addPrefix": {"prefix": prefix}}
         routers[name] = {
             "entryPoints": list(ENTRYPOINTS),
             "rule": router_rule(route.endpoint),

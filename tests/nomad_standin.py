@@ -66,6 +66,15 @@ class NomadStandIn:
         self._lock = threading.Lock()
         self.port = 0
 
+    def end_allocation(self, job_id: str, group: str, exit_code: int, oom: bool = False) -> None:
+        """A test's say: the group's allocation ended (a batch worker that finished, or was killed)."""
+        for alloc in self.jobs[job_id].allocations:
+            if alloc["TaskGroup"] == group and alloc["ClientStatus"] in ("pending", "running"):
+                event = {"Type": "OOM Killed" if oom else "Terminated", "ExitCode": exit_code, "Time": 0}
+                task = next(iter(alloc["TaskStates"]))
+                alloc["TaskStates"][task].update({"State": "dead", "Failed": exit_code != 0, "Events": [event]})
+                alloc["ClientStatus"] = "complete" if exit_code == 0 else "failed"
+
     # -- serving it on a thread ------------------------------------------------------------
 
     def start(self) -> NomadStandIn:
@@ -356,9 +365,11 @@ class NomadStandIn:
         group: dict[str, Any] = state.job["TaskGroups"][0]
         return group
 
-    def _allocation(self, state: JobState, healthy: bool = False) -> dict[str, Any]:
+    def _allocation(
+        self, state: JobState, healthy: bool = False, group: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         alloc_id = str(uuid.uuid4())
-        job, group = state.job, self._group(state)
+        job, group = state.job, group or self._group(state)
         task = group["Tasks"][0]["Name"]
         state.logs[alloc_id] = f"INFO ready: api {job['ID']} at http://0.0.0.0:8888\n"
         alloc: dict[str, Any] = {
@@ -379,6 +390,15 @@ class NomadStandIn:
         return alloc
 
     def _deploy(self, state: JobState, previous: dict[str, Any] | None) -> None:
+        if state.job.get("Type") == "batch":  # as Nomad's batch scheduler: a group that is new gets its allocation;
+            groups = {g["Name"]: g for g in state.job["TaskGroups"]}  # one left in place keeps its own
+            for alloc in state.allocations:
+                if alloc["TaskGroup"] not in groups and alloc["ClientStatus"] in ("pending", "running"):
+                    alloc.update({"DesiredStatus": "stop", "ClientStatus": "complete"})
+            placed = {a["TaskGroup"] for a in state.allocations}
+            state.allocations += [self._allocation(state, True, g) for n, g in groups.items() if n not in placed]
+            state.deployment = None
+            return
         group = self._group(state)
         if "Update" not in state.job:  # system-ish jobs of ours: no deployment, allocations at once
             for alloc in state.allocations:

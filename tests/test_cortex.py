@@ -322,18 +322,20 @@ def test_stack_import_converts_a_cortex_file(tmp_path: Path) -> None:
     result = subprocess.run([*STACK, "import", str(tmp_path / "cortex.yaml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert f"wrote {tmp_path / 'stack.yaml'} (1 API(s))" in out
+    assert f"wrote {tmp_path / 'stack.yaml'} (2 API(s))" in out
     for dropped in (
         "apis[0].kind",
         "apis[0].predictor.image",
         "apis[0].networking.api_gateway",
         "apis[0].compute.inf",
-        "apis[1] (trainer): a BatchAPI has no counterpart here",
     ):
         assert f"dropped {dropped}" in out, out
     from stack.spec import load_spec
 
-    api = load_spec(tmp_path).spec.apis[0]
+    spec = load_spec(tmp_path).spec
+    assert [b.name for b in spec.batch_apis] == ["trainer"]  # a BatchAPI stays one
+    assert "trainer" not in out
+    api = spec.apis[0]
     assert api.predictor.batching is not None and api.predictor.batching.max_batch_size == 8
     assert api.predictor.max_concurrency == 64 and api.predictor.python_path == ["lib"]
     assert api.autoscaling.window == 90.0 and api.update.max_surge == 1 and api.endpoint == "/iris"
@@ -343,12 +345,11 @@ def test_stack_import_converts_a_cortex_file(tmp_path: Path) -> None:
     assert again.returncode == 1 and "exists; pass -o OTHER.yaml, or --force" in again.stderr
 
 
-def test_tensorflow_is_refused_with_the_way_out(tmp_path: Path) -> None:
+def test_tensorflow_needs_models(tmp_path: Path) -> None:
     write(tmp_path / "p.py", "class PythonPredictor:\n    def predict(self):\n        return 1\n")
     write(tmp_path / "stack.yaml", "project: tf\napis:\n  - name: a\n    predictor: {type: tensorflow, path: p.py}\n")
     result = subprocess.run([*STACK, "validate", str(tmp_path)], capture_output=True, text=True)
-    assert result.returncode == 1 and "needs a TensorFlow Serving sidecar" in result.stderr
-    assert "export the model to ONNX" in result.stderr
+    assert result.returncode == 1 and "type tensorflow needs `models`" in result.stderr
 
 
 def test_a_cortex_multi_model_api_through_stack_up_local(tmp_path: Path) -> None:

@@ -198,3 +198,68 @@ def test_stack_import_turns_a_traffic_splitter_into_a_splitter(tmp_path: Path) -
         ("iris-classifier-onnx", 30),
         ("iris-classifier-pytorch", 70),
     ]
+
+
+CORTEX_TF_PREDICTOR = """
+class TensorFlowPredictor:
+    def __init__(self, tensorflow_client, config):
+        self.client = tensorflow_client
+
+    def predict(self, payload, query_params):
+        version = query_params.get("version", "latest")
+        return self.client.predict(payload["x"], "doubler", version)
+"""
+
+
+def _saved_model(path: Path, scale: float) -> None:
+    import tensorflow as tf
+
+    class Scale(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):  # type: ignore[no-untyped-def]
+            return {"y": x * scale}
+
+    module = Scale()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def test_tensorflow_client_serves_savedmodels_in_process(inproc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("tensorflow", reason="pip install tensorflow-cpu (the tensorflow extra; CI installs it)")
+    _saved_model(tmp_path / "models" / "doubler" / "1", 2.0)
+    _saved_model(tmp_path / "models" / "doubler" / "2", 3.0)
+    predictor = tmp_path / "predictor.py"
+    predictor.write_text(CORTEX_TF_PREDICTOR)
+    server = inproc(
+        predictor,
+        predictor_type="tensorflow",
+        models={"paths": [{"name": "doubler", "path": "models/doubler"}]},
+        project_root=str(tmp_path),
+    )
+    assert server.post(json={"x": [[1, 2]]}).json() == {"y": [[3.0, 6.0]]}  # latest: version 2
+    assert server.post(json={"x": [[1, 2]]}, params={"version": "1"}).json() == {"y": [[2.0, 4.0]]}
+    wrong = server.post(json={"x": [[1, 2, 3]]})  # the signature takes [None, 2]
+    assert wrong.status_code == 400 and "does not fit the model" in wrong.json()["error"]
+
+
+def test_tensorflow_type_without_tensorflow_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from serving.models import ModelsConfig, ModelStore, TensorFlowClient
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as on a host without it
+    store = ModelStore(ModelsConfig.from_dict({"path": "m"}), tmp_path)
+    try:
+        with pytest.raises(StartupError, match=r"add tensorflow-cpu .* to requirements.txt"):
+            TensorFlowClient(store)
+    finally:
+        store.close()
+    (tmp_path / "stack.yaml").write_text(
+        "project: tf\napis:\n  - name: a\n    predictor: {type: tensorflow, path: p.py, models: {path: m}}\n"
+    )
+    (tmp_path / "p.py").write_text(CORTEX_TF_PREDICTOR)
+    from stack.plan.serving import extra_requirements
+
+    assert "tensorflow-cpu" in extra_requirements(load_spec(tmp_path).spec.apis[0])  # images get it

@@ -24,7 +24,8 @@ from conftest import PREDICTORS, ServerFactory, free_port
         ),
         (
             "no_class.py",
-            r"no_class\.py: no class PythonPredictor or ONNXPredictor or Predictor \(classes defined there: Model\)",
+            r"no_class\.py: no class PythonPredictor or ONNXPredictor or TensorFlowPredictor or Predictor "
+            r"\(classes defined there: Model\)",
         ),
         ("syntax_error.py", r"syntax_error\.py:2: syntax error: expected ':'"),
         ("init_fails.py", r"init_fails\.py:6: Predictor\.__init__ failed: RuntimeError: weights file corrupt"),

@@ -418,6 +418,7 @@ def test_nomad_renders_tls_from_a_variable_into_the_secrets_directory(
     from nomad_schema import schema_errors
     from stack.spec import load_spec
     from stack.targets.nomad.target import NomadTarget
+    from stack.targets.nomad.variables import write_tls
 
     root = tmp_path / "onnomad"
     port, http_port = free_port(), free_port()
@@ -444,7 +445,7 @@ def test_nomad_renders_tls_from_a_variable_into_the_secrets_directory(
     try:
         monkeypatch.setenv("NOMAD_ADDR", standin.address)
         target = NomadTarget(load_spec(root))
-        target._write_tls(lambda line: None)
+        write_tls(target.api, target.loaded, lambda line: None)
         items = standin.variables["nomad/jobs/tlstest-traefik/traefik"]["Items"]
         assert key in items["tls"] and "RequireAndVerifyClientCert" in items["tls"]
         assert standin.problems == []

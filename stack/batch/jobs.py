@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from serving.batch import WORK_PATH
 from serving.predict import carries_key
 from stack.autoscale.config import BatchRoute
 from stack.batch import store as st
@@ -43,7 +44,7 @@ from stack.batch.submission import MAX_SUBMISSION_BYTES, BadSubmission, batches,
 
 LOGGER = logging.getLogger("stack.batch")
 JOBS = "/__stack/jobs"  # the gateway's route for a BatchAPI points here (stack.routes)
-WORK = "/__stack/work"  # the workers' side; the gateway routes nothing here
+WORK = WORK_PATH  # the workers' side; the gateway routes nothing here
 TOKEN_HEADER = "X-Stack-Job-Token"
 TICK = 0.5
 FAILED_STARTS = 3  # worker starts that fail in a row, per worker slot, before the job is a worker error

@@ -101,6 +101,10 @@ def _group(name: str, body: dict[str, Any]) -> dict[str, Any]:
             "MaxDelay": _ns(reschedule["max_delay"]),
             "Unlimited": reschedule["unlimited"],
         }
+        if "attempts" in reschedule:  # a bounded policy (unlimited = false): this many in `interval`
+            group["ReschedulePolicy"].update(
+                {"Attempts": reschedule["attempts"], "Interval": _ns(reschedule["interval"])}
+            )
     if (disk := _one(body, "ephemeral_disk")) is not None:
         group["EphemeralDisk"] = {
             "Sticky": disk.get("sticky", False),

@@ -34,8 +34,9 @@ from stack.plan.gateway import (
 from stack.plan.gpus import Gpu, Placement, place
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.nomad_routes import routes_variable, routes_yaml
+from stack.plan.nomad_values import NOMAD_HEALTH, nomad_gpu, nomad_resources, nomad_tags
 from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache, replica_config
-from stack.routes import Route, activator_fallback, member_service, router_rule, too_large_rule
+from stack.routes import Route, activator_fallback, member_service, router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
 from stack.splits import split_router, splitters_of
@@ -47,7 +48,6 @@ DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.4
 # probe runs inside the replica's CPU limit and a replica busy at that limit is slow, not broken
 # (two 2 s probes in a row did time out there under load). Start period: long enough for a slow model load.
 HEALTH = {"interval": "2s", "timeout": "3s", "retries": 3, "start_period": "10m"}
-NOMAD_HEALTH = {"interval": "3s", "timeout": "2s"}
 STOP_MARGIN = 5.0  # seconds beyond drain + grace before the engine kills a replica
 BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by `stack up`
 # uvloop: the faster event loop the replicas run on where it installs (Linux, macOS).
@@ -151,8 +151,9 @@ def control_plane_digest() -> str:
 
 
 def control_plane_requirements() -> list[str]:
-    """stack-serve's own dependencies (no extras), from its installed metadata."""
-    return sorted(r for r in metadata.requires("stack-serve") or [] if "extra ==" not in r)
+    """stack-serve's own dependencies (no extras), from its installed metadata; boto3 for the S3 sources of
+    BatchAPI jobs (the controller lists and reads them)."""
+    return sorted([*(r for r in metadata.requires("stack-serve") or [] if "extra ==" not in r), "boto3"])
 
 
 def api_version(api: Api, digest: str) -> str:
@@ -254,7 +255,7 @@ def plan_compose(
     header = _header(loaded)
     apis = []
     files: dict[str, str] = {}
-    for api in spec.apis:
+    for api in spec.every_api:
         cached = needs_model_cache(api)
         values = _api_values(
             loaded,
@@ -269,7 +270,12 @@ def plan_compose(
         values["model_cache"] = _compose_model_cache(loaded, api, out_dir) if cached else None
         values["limits"] = _limits(api)
         service = service_name(api, values["version"])
-        if api.compute.gpu:
+        values["batch"] = api.kind == "BatchAPI"
+        if values["batch"]:
+            # A BatchAPI's service is the template of its job workers: `stack up` creates its container,
+            # never started; the controller copies it for each worker (stack.targets.compose.batch_workers).
+            values["slots"] = [{"service": service, "replicas": 1, "device_ids": [], "gpus": _whole(api)}]
+        elif api.compute.gpu:
             # One Compose service per replica slot, pinned to its GPU(s): Docker's `count: N` always means
             # GPUs 0..N-1. The slots share one Traefik service; scaling turns slots on (1) or off (0).
             values["slots"] = [
@@ -342,6 +348,11 @@ def plan_compose(
             "config": scaling.to_json(),
             "state_dir": os.path.relpath(loaded.root / AUTOSCALER_STATE_DIR, out_dir),
             "port": AUTOSCALER_PORT,
+            # BatchAPIs: the controller lists and reads their jobs' S3 sources with the APIs' own S3 settings.
+            "env": sorted(
+                {(k, v) for a in spec.batch_apis for k, v in a.predictor.env.items() if k.startswith("AWS_")}
+            ),
+            "needs_keys": secrets and bool(spec.batch_apis),  # it checks a BatchAPI's clients' keys
         },
     )
     files["prometheus.yml"] = env.get_template("compose/prometheus.yml.j2").render(
@@ -353,6 +364,11 @@ def plan_compose(
         autoscaler_port=AUTOSCALER_PORT,
     )
     return Plan("compose", files, placement, placement.warnings)
+
+
+def _whole(api: Api) -> int:
+    """A BatchAPI worker's GPUs on Compose: whole devices (Docker's `count`), none for a CPU API."""
+    return -(-int(api.compute.gpu * 1000) // 1000) if api.compute.gpu else 0
 
 
 def _compose_model_cache(loaded: LoadedSpec, api: Api, out_dir: Path) -> str:
@@ -439,7 +455,7 @@ def plan_nomad(
             for x in spec.splitters
             if any(a.name == api.name for a in x.apis)
         ]
-        values["tags"] = _nomad_tags(values, project, members)
+        values["tags"] = nomad_tags(values, project, members)
         values["nomad_autoscaler"] = (
             {
                 "query": f'sum(predictor_requests_in_flight{{api="{api.name}"}})',
@@ -450,10 +466,7 @@ def plan_nomad(
             if api.autoscaled and api.autoscaling.engine == "nomad-autoscaler"
             else None
         )
-        values["cpu_mhz"] = int((api.compute.cpu or 1.0) * 1000)
-        values["memory_mb"] = (api.compute.mem or 1024**3) // 1024**2
-        share = nomad_gpu(api)
-        values["gpu"], values["gpu_memory_mib"] = share.devices, share.memory_mib
+        share = nomad_resources(values, api)
         if share.replicas > 1:
             # Nomad hands out whole devices: one allocation holds one GPU and runs `replicas` replica
             # processes on it; counts are in allocations.
@@ -480,6 +493,12 @@ def plan_nomad(
             replica_user=REPLICA_USER,
             health=NOMAD_HEALTH,
         )
+    for api in spec.batch_apis:  # the controller registers a batch job from this for each of its jobs
+        values = _api_values(loaded, api, digest, registry, drain_in_replica=False, keys_file=NOMAD_KEYS_FILE)
+        nomad_resources(values, api)
+        files[f"{project}-{api.name}-worker.nomad.hcl"] = env.get_template("nomad/batch-worker.nomad.hcl.j2").render(
+            header=header, project=project, job=job(f"{project}-{api.name}"), api=values
+        )
     scrape_interval = format_duration(spec.prometheus.scrape_interval)
     prometheus_config = env.get_template("nomad/prometheus.yml.j2").render(
         header="# Rendered into the Prometheus job by `stack plan`.",
@@ -490,7 +509,7 @@ def plan_nomad(
     common = {"header": header, "project": project, "nomad_addr": nomad_addr, "images": all_images}
     zero = [
         Route(f"{project}-{a.name}", a.endpoint, activate=a.name) for a in spec.apis if a.autoscaling.min_replicas == 0
-    ]
+    ] + [Route(f"{project}-{a.name}", a.endpoint, jobs=a.name) for a in spec.batch_apis]
     fallback = yaml.safe_dump(activator_fallback(zero, f"{project}-activator@nomad"), sort_keys=True) if zero else ""
     versions = {api.name: api_version(api, digest) for api in spec.apis}
     splitters = splitters_of(spec, versions)
@@ -519,7 +538,7 @@ def plan_nomad(
     per_allocation = {api.name: nomad_gpu(api).replicas for api in spec.apis}
     scaling = config_of(loaded, versions=versions, per_unit=per_allocation)
     # The autoscaler job also runs the splitters' canaries and measures their observed shares.
-    if scaling.apis or scaling.splitters:
+    if scaling.apis or scaling.splitters or scaling.batch:
         files[f"{project}-autoscaler.nomad.hcl"] = env.get_template("nomad/autoscaler.nomad.hcl.j2").render(
             **common,
             job=job(f"{project}-autoscaler"),
@@ -528,6 +547,9 @@ def plan_nomad(
                 "config": scaling.to_json(),
                 "port": AUTOSCALER_PORT,
                 "activator_port": ERRORS_PORT if zero else None,
+                "batch": bool(spec.batch_apis),  # the jobs' queue on the allocation's sticky disk
+                "keys_variable": batch_keys_variable(project) if spec.batch_apis and spec.gateway.api_keys else None,
+                "replica_user": REPLICA_USER,
             },
         )
     # The JSON the Nomad API takes, derived from the HCL above so the two never disagree.
@@ -538,63 +560,6 @@ def plan_nomad(
     return Plan("nomad", files, notes=tuple(notes))
 
 
-@dataclass(frozen=True)
-class NomadGpu:
-    """An API's GPUs as Nomad's device plugin hands them out: whole devices per allocation."""
-
-    devices: int  # nvidia/gpu devices per allocation
-    replicas: int = 1  # replica processes per allocation (a fractional `gpu`: they share its device)
-    memory_mib: int | None = None  # the device must have at least this much memory
-
-    def note(self, api: Api) -> str:
-        allocations = -(-api.autoscaling.max_replicas // self.replicas)
-        return (
-            f"API {api.name}: compute.gpu {api.compute.gpu:g} on Nomad: Nomad schedules whole devices, so each "
-            f"allocation holds one GPU (a whole GPU, or a MIG instance where the node's device plugin offers "
-            f"them) and runs {self.replicas} replica processes on it; counts move in allocations of "
-            f"{self.replicas} (max_replicas {api.autoscaling.max_replicas}: up to {allocations} allocation(s))"
-        )
-
-
-def nomad_gpu(api: Api) -> NomadGpu:
-    gpu, memory = api.compute.gpu, api.compute.gpu_mem
-    if not gpu:
-        return NomadGpu(0)
-    if gpu >= 1:
-        return NomadGpu(int(gpu), 1, -(-memory // 1024**2) if memory else None)
-    replicas = max(int(1 / gpu + 1e-9), 1)
-    return NomadGpu(1, replicas, -(-(memory * replicas) // 1024**2) if memory else None)
-
-
-def _nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> list[str]:
-    """Traefik's routes for an API, from its Nomad service's tags; `members`: its services in splitters."""
-    router = values["router"]
-    health = (("path", "/readyz"), ("interval", NOMAD_HEALTH["interval"]), ("timeout", NOMAD_HEALTH["timeout"]))
-    return [
-        f"stack.project={project}",
-        f"stack.api={values['name']}",
-        f"stack.version={values['version']}",
-        "traefik.enable=true",
-        f"traefik.http.routers.{router}.entrypoints=web",
-        f"traefik.http.routers.{router}.rule={values['rule']}",
-        f"traefik.http.routers.{router}.middlewares={router}-strip,{router}-retry",
-        f"traefik.http.routers.{router}.service={router}",
-        f"traefik.http.middlewares.{router}-strip.stripprefix.prefixes={values['endpoint']}",
-        f"traefik.http.middlewares.{router}-retry.retry.attempts=3",
-        f"traefik.http.middlewares.{router}-retry.retry.initialinterval=100ms",
-        # Traefik's Nomad provider does not see Nomad's check status: probe readiness itself. The same
-        # replicas are a service under each splitter the API is in: the gateway counts those requests apart.
-        *(
-            f"traefik.http.services.{service}.loadbalancer.{key}={value}"
-            for service in (router, *members)
-            for key, value in (*(("healthcheck." + k, v) for k, v in health), ("strategy", values["load_balancer"]))
-        ),
-        # A declared body over max_body_size: a 413 from the gateway at once (stack.routes._too_large; on
-        # Nomad in Traefik's words, there being no error service beside every gateway).
-        f"traefik.http.routers.{router}-too-large.entrypoints=web",
-        f"traefik.http.routers.{router}-too-large.rule={too_large_rule(values['endpoint'], values['max_body_size'])}",
-        f"traefik.http.routers.{router}-too-large.priority={len(values['rule']) + 1}",
-        f"traefik.http.routers.{router}-too-large.middlewares={router}-body-limit",
-        f"traefik.http.routers.{router}-too-large.service={router}",
-        f"traefik.http.middlewares.{router}-body-limit.buffering.maxrequestbodybytes={values['max_body_size']}",
-    ]
+def batch_keys_variable(project: str) -> str:
+    """The API keys the controller checks a BatchAPI's clients against (under its own job's path)."""
+    return f"nomad/jobs/{project}-autoscaler/api_keys"

@@ -104,6 +104,8 @@ def extra_requirements(api: Api) -> list[str]:
         extra.append("numpy")  # tensors arrive as numpy arrays
     if api.predictor.type == "onnx":
         extra.append("onnxruntime-gpu" if api.compute.gpu else "onnxruntime")
+    if api.predictor.type == "tensorflow":
+        extra.append("tensorflow" if api.compute.gpu else "tensorflow-cpu")
     models = api.predictor.models or api.predictor.multi_model_reloading
     if models is not None and any(location.startswith("s3://") for location in models.locations()):
         extra.append("boto3")

@@ -346,11 +346,10 @@ CORTEX_NAMES = {
     "server_side_batching": "use `predictor.batching` (max_batch_size, batch_interval)",
     "update_strategy": "use `update` (max_surge, max_unavailable)",
     "max_replica_concurrency": "use `predictor.max_concurrency`",
-    "kind": "drop it: every API here is a realtime API",
     "api_gateway": "drop it: the gateway is Traefik, set under `gateway`",
     "local_port": "drop it: every API is reached at the gateway's port, under its endpoint",
     "inf": "drop it: AWS Inferentia is not supported here",
-    "tensorflow_serving_image": "drop it: the tensorflow type is not supported (export the model to ONNX)",
+    "tensorflow_serving_image": "drop it: TensorFlow runs in the replica here (no TensorFlow Serving sidecar)",
     "signature_key": "drop it: a TensorFlow-only field",
 }
 

@@ -79,9 +79,9 @@ class Monitoring(Strict):
 
 
 class Predictor(Strict):
-    # python: a Python class; onnx: a class given `onnx_client` (onnxruntime) for `models`.
-    # (Cortex's tensorflow type needs a TensorFlow Serving sidecar: not supported.)
-    type: Literal["python", "onnx"] = "python"
+    # python: a Python class; onnx: a class given `onnx_client` (onnxruntime) for `models`; tensorflow: a
+    # class given `tensorflow_client` for `models` (SavedModels loaded in the replica, not TF Serving).
+    type: Literal["python", "onnx", "tensorflow"] = "python"
     # default: POST / with our contract; openai: /v1/chat/completions, /v1/completions, /v1/models;
     # v2: the Open Inference Protocol (KServe v2: Triton's and MLServer's clients).
     protocol: Literal["default", "openai", "v2"] = "default"
@@ -117,24 +117,18 @@ class Predictor(Strict):
             raise ValueError(f"expected a directory or a volume name (no ':'), got {value!r}")
         return value
 
-    @field_validator("type", mode="before")
-    @classmethod
-    def _no_tensorflow(cls, value: Any) -> Any:
-        if value == "tensorflow":
-            raise ValueError(
-                "the tensorflow type needs a TensorFlow Serving sidecar, which is not supported: export the "
-                "model to ONNX (type: onnx, models: ...) or load it in a python predictor"
-            )
-        return value
-
     @model_validator(mode="after")
     def _models_match_type(self) -> Predictor:
         if self.type == "onnx" and self.models is None:
             raise ValueError("type onnx needs `models` (path, paths or dir of .onnx models)")
+        if self.type == "tensorflow" and self.models is None:
+            raise ValueError("type tensorflow needs `models` (path, paths or dir of SavedModel directories)")
         if self.type == "python" and self.models is not None:
-            raise ValueError("`models` is for type onnx; a python predictor's models go in multi_model_reloading")
-        if self.type == "onnx" and self.multi_model_reloading is not None:
-            raise ValueError("multi_model_reloading is for type python; an onnx predictor's models go in models")
+            raise ValueError(
+                "`models` is for types onnx and tensorflow; a python predictor's models go in multi_model_reloading"
+            )
+        if self.type != "python" and self.multi_model_reloading is not None:
+            raise ValueError(f"multi_model_reloading is for type python; a {self.type} predictor's models go in models")
         chosen = self.models or self.multi_model_reloading
         if chosen is not None and chosen.cache_size is not None and self.processes_per_replica > 1:
             raise ValueError("a model cache_size needs processes_per_replica: 1 (each process would hold its own)")
@@ -512,6 +506,11 @@ class Spec(Strict):
     @property
     def batch_apis(self) -> list[Api]:
         return self._batch
+
+    @property
+    def every_api(self) -> list[Api]:
+        """The realtime APIs, then the BatchAPIs."""
+        return [*self.apis, *self._batch]
 
     def batch_api(self, name: str) -> Api:
         for api in self._batch:

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import docker
 
 from stack.autoscale.signal import PrometheusSignal
+from stack.batch.jobs import BatchWorkers
 from stack.canary import STATE_FILE, FileStore
 from stack.canary_sources import PrometheusSource
 from stack.control.routing import FileRouteSink
 from stack.control.runtime import Adapters, ControlSettings
 from stack.errors import StackError
-from stack.plan.render import ERRORS_PORT
+from stack.plan.render import COMPOSE_KEYS_FILE, ERRORS_PORT
 from stack.splits import FileSplits
+from stack.targets.compose.batch_workers import ComposeWorkers
 from stack.targets.compose.controller import ComposeController
 from stack.targets.compose.desired import DECISIONS_FILE
 from stack.targets.compose.scaler import ComposeScaler
@@ -64,4 +67,18 @@ async def compose_adapters(settings: ControlSettings, session: aiohttp.ClientSes
         decisions=state_dir / DECISIONS_FILE,
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", ERRORS_PORT),
+        batch=BatchWorkers(
+            state_dir / "jobs.db",
+            ComposeWorkers(config.project, f"http://{CONTROLLER_HOST}:{ERRORS_PORT}", scaler.client),
+            _keys,
+        ),
     )
+
+
+def _keys() -> list[bytes]:
+    """gateway.api_keys, from the secret Compose mounts into the controller when a BatchAPI needs them."""
+    try:
+        text = Path(COMPOSE_KEYS_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from stack import routes
 from stack.atomic import write_json_atomic
 from stack.autoscale.scaler import Scaler
 from stack.canary import STATE_FILE as CANARY_FILE
@@ -54,11 +53,11 @@ from stack.targets.compose.desired import (
     write_desired,
 )
 from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, userland_proxy
+from stack.targets.compose.setup import batch_templates, prepare_control_dir
 from stack.targets.docker import docker
-from stack.targets.gateway import check_routed, readiness_url, wait_until_routed
+from stack.targets.gateway import check_routed, readiness_url, wait_for_batch_apis, wait_until_routed
 from stack.targets.logs import follow_container_logs
 from stack.targets.rollout import Fleet, next_step
-from stack.tls import TLS_FILE, tls_files, write_config
 from stack.traffic import gpu_status, prometheus_traffic, replica_gpu_memory
 
 Progress = Callable[[str], None]
@@ -93,12 +92,13 @@ class ComposeTarget:
         for note in plan.notes:
             progress(f"note: {note}")
         digest = project_digest(self.loaded)
-        versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
+        batch = self.loaded.spec.batch_apis
+        versions = {api.name: api_version(api, digest) for api in self.loaded.spec.every_api}
         build.warn_secrets(project_files(self.loaded), progress)
-        for api in self.loaded.spec.apis:
+        for api in self.loaded.spec.every_api:
             self._build(api, versions[api.name], plan.files.get(f"{api.name}.Dockerfile", ""), progress)
         self.engine.check_gateway_port()
-        self._prepare_control_dir()
+        prepare_control_dir(self.loaded, self.state_dir)
         build.controller_image(self.loaded, progress)
         progress("starting Traefik, Prometheus and the controller")
         # `stack up` hands every API back to the autoscaler, and re-applies stack.yaml's weights.
@@ -108,6 +108,8 @@ class ComposeTarget:
         for api in self.loaded.spec.apis:
             self._roll(api, versions[api.name], progress)
             self._wait_routed(api, progress)
+        batch_templates(self.engine, batch, versions, progress)
+        wait_for_batch_apis([a.endpoint for a in batch], self.engine.check_port())
         if userland_proxy(self.loaded.spec.gateway.port):
             progress(
                 "note: the engine's userland proxy carries the gateway's port, one more hop per request: "
@@ -115,25 +117,6 @@ class ComposeTarget:
                 "instead (about 1.4x the gateway's requests per second, bench/RESULTS.md)"
             )
         return self.status()
-
-    def _prepare_control_dir(self) -> None:
-        """The controller's files exist before anything reads them (Docker would create root-owned dirs)."""
-        control = self.loaded.root / CONTROL_DIR
-        for sub in ("routes", "targets"):
-            (control / sub).mkdir(parents=True, exist_ok=True)
-            (control / sub).chmod(0o755)
-        if not (control / "routes" / routes.ROUTES_FILE).exists():
-            routes.write(control / "routes", routes.render([]))
-        if not (control / "targets" / "replicas.json").exists():
-            write_json_atomic(control / "targets" / "replicas.json", [])
-        # The gateway's certificate (and client CA) is there before Traefik starts: never a moment of TLS
-        # without the client-certificate check. The controller keeps it current from then on.
-        files = tls_files(self.loaded.root, self.loaded.spec.gateway.tls)
-        if files is not None:
-            write_config(control / "routes", files)
-        else:
-            (control / "routes" / TLS_FILE).unlink(missing_ok=True)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
 
     def _wait_routed(self, api: Api, progress: Progress) -> None:
         """Return only once a request through the gateway reaches the API: `stack up` promises a live URL."""

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 
 from stack.autoscale.signal import PrometheusSignal
+from stack.batch.jobs import BatchWorkers
 from stack.canary_sources import PrometheusSource
 from stack.control.routing import RouteTable
 from stack.control.runtime import Adapters, ControlPlane, ControlSettings
 from stack.errors import StackError
 from stack.plan.nomad_routes import splits_yaml
+from stack.plan.render import NOMAD_KEYS_FILE
 from stack.targets.nomad.activation import NomadWaker
 from stack.targets.nomad.api import NomadApi
+from stack.targets.nomad.batch_workers import NomadWorkers
 from stack.targets.nomad.connection import NomadSettings
 from stack.targets.nomad.scaler import NomadScaler
 from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits, rolling_out
@@ -84,4 +89,21 @@ async def nomad_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
         routes=NomadRouteSink(splits),
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", settings.activator_port) if settings.activator_port is not None else None,
+        # BatchAPIs: the queue on the allocation's sticky disk (the planned job passes --state-dir /alloc/data).
+        batch=BatchWorkers(
+            (settings.state_dir or Path(os.environ.get("NOMAD_ALLOC_DIR", "/alloc")) / "data") / "jobs.db",
+            NomadWorkers(nomad, config.project),
+            _keys,
+        )
+        if config.batch
+        else None,
     )
+
+
+def _keys() -> list[bytes]:
+    """gateway.api_keys, rendered from the controller's Nomad Variable into its secrets directory."""
+    try:
+        text = Path(NOMAD_KEYS_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]

@@ -27,7 +27,6 @@ from stack.atomic import write_text_atomic
 from stack.autoscale.scaler import Scaler
 from stack.canary import status_of
 from stack.errors import StackError, TargetError
-from stack.plan.gateway import tls_variable
 from stack.plan.render import (
     api_version,
     keys_variable,
@@ -36,7 +35,6 @@ from stack.plan.render import (
     project_digest,
     project_files,
 )
-from stack.plan.serving import api_keys_text
 from stack.spec import Api, LoadedSpec
 from stack.splits import splitters_of, with_override
 from stack.status import SplitterStatus, StackStatus
@@ -44,12 +42,13 @@ from stack.targets import build
 from stack.targets.base import check_scale
 from stack.targets.logs import merge_streams
 from stack.targets.nomad.api import NomadApi
+from stack.targets.nomad.batch_workers import ITEM, worker_variable
 from stack.targets.nomad.connection import NomadSettings
 from stack.targets.nomad.images import ImagePusher
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
 from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
 from stack.targets.nomad.status import api_status
-from stack.tls import render_config, tls_files
+from stack.targets.nomad.variables import write_keys, write_tls
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/nomad"
@@ -76,7 +75,7 @@ class NomadTarget:
 
     def up(self, progress: Progress) -> StackStatus:
         spec = self.loaded.spec
-        needs_build = [a for a in spec.apis if a.predictor.image is None]
+        needs_build = [a for a in spec.every_api if a.predictor.image is None]
         if not self.registry and needs_build:
             raise TargetError(
                 "`stack up --nomad` pushes each API's image to a registry the Nomad clients pull from, and none "
@@ -97,14 +96,21 @@ class NomadTarget:
             pusher.api(api, api_version(api, digest), progress)
         if f"{self.project}-autoscaler.json" in plan.files:
             pusher.controller(progress)
-        self._write_keys(progress)
-        self._write_tls(progress)
+        write_keys(self.api, self.loaded, progress)
+        write_tls(self.api, self.loaded, progress)
         self._write_splits(digest, progress)
         registered: list[str] = []
         for name in sorted(plan.files):
             if not name.endswith(".json"):
                 continue
             job = json.loads(plan.files[name])["Job"]
+            if (job.get("Meta") or {}).get("stack_role") == "batch-worker":  # the controller's, per job
+                api = job["Meta"]["stack_api"]
+                self.api.put_variable(worker_variable(self.project, api), {ITEM: json.dumps(job, sort_keys=True)})
+                progress(
+                    f"{api}: BatchAPI ready for jobs (each job runs as the Nomad batch job {self.project}-batch-ID)"
+                )
+                continue
             if self._register(job, progress):
                 registered.append(job["ID"])
         for api in spec.apis:
@@ -112,33 +118,6 @@ class NomadTarget:
                 self._wait_deployment(api, progress)
         self._hand_back(progress)
         return self.status()
-
-    def _write_keys(self, progress: Progress) -> None:
-        """Each API job reads the API keys from its own Nomad Variable, rendered into its secrets directory."""
-        keys = api_keys_text(self.loaded)
-        for api in self.loaded.spec.apis:
-            path = keys_variable(self.job_id(api.name))
-            if keys:
-                self.api.put_variable(path, {"api_keys": keys})
-            else:
-                self.api.delete_variable(path)
-        if keys:
-            progress(f"API keys written to the Nomad Variables nomad/jobs/{self.project}-*")
-
-    def _write_tls(self, progress: Progress) -> None:
-        """The gateway's certificate, key and client CA (inline in its tls.yml) into the Traefik job's Nomad
-        Variable, which it renders into its secrets directory; a renewal is this again."""
-        tls = self.loaded.spec.gateway.tls
-        path = tls_variable(self.project)
-        files = tls_files(self.loaded.root, tls)
-        if tls is None or files is None:
-            self.api.delete_variable(path)
-            return
-        items = {"tls": render_config(files)}
-        if tls.acme is not None and tls.acme.ca_file:
-            items["acme_ca"] = (self.loaded.root / tls.acme.ca_file).read_text()
-        self.api.put_variable(path, items)
-        progress(f"the gateway's TLS written to the Nomad Variable {path}")
 
     def _write_splits(self, digest: str, progress: Progress) -> None:
         """The gateway's splitter routes, in the variable its job renders: the spec's weights (`stack split`'s

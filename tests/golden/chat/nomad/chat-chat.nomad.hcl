@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "49e7623e8849"
+    stack_version = "4617f622f5bb"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=49e7623e8849",
+        "stack.version=4617f622f5bb",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:49e7623e8849"
+        image = "chat-chat:4617f622f5bb"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

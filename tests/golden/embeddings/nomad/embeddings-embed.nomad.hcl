@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "e895302b3a17"
+    stack_version = "a061b9e0fefa"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=e895302b3a17",
+        "stack.version=a061b9e0fefa",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:e895302b3a17"
+        image = "embeddings-embed:a061b9e0fefa"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "gpu-sharing-embed" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "embed"
-    stack_version = "b6aed19a1dd8"
+    stack_version = "3f31fc671e3f"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-embed" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=embed",
-        "stack.version=b6aed19a1dd8",
+        "stack.version=3f31fc671e3f",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-embed.entrypoints=web",
         "traefik.http.routers.gpu-sharing-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "gpu-sharing-embed" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-embed:b6aed19a1dd8"
+        image = "gpu-sharing-embed:3f31fc671e3f"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

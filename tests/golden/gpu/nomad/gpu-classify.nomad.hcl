@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "979f78e03640"
+    stack_version = "c424703c9abb"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=979f78e03640",
+        "stack.version=c424703c9abb",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:979f78e03640"
+        image = "gpu-classify:c424703c9abb"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

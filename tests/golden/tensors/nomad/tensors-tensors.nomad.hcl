@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "4123d21526bf"
+    stack_version = "4d8dc93db8db"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=4123d21526bf",
+        "stack.version=4d8dc93db8db",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
         "traefik.http.routers.tensors-tensors.rule=(Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:4123d21526bf"
+        image = "tensors-tensors:4d8dc93db8db"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -1,0 +1,45 @@
+"""What `stack up --nomad` keeps in Nomad Variables for its jobs: the API keys and the gateway's TLS
+(each rendered into a job's secrets directory, never its environment, image or plan files)."""
+
+from __future__ import annotations
+
+from stack.plan.gateway import tls_variable
+from stack.plan.render import batch_keys_variable, keys_variable
+from stack.plan.serving import api_keys_text
+from stack.spec import LoadedSpec
+from stack.targets.base import Progress
+from stack.targets.nomad.api import NomadApi
+from stack.tls import render_config, tls_files
+
+
+def write_keys(nomad: NomadApi, loaded: LoadedSpec, progress: Progress) -> None:
+    """Each API job reads the API keys from its own Nomad Variable, rendered into its secrets directory."""
+    keys = api_keys_text(loaded)
+    for api in loaded.spec.apis:
+        path = keys_variable(f"{loaded.spec.project}-{api.name}")
+        if keys:
+            nomad.put_variable(path, {"api_keys": keys})
+        else:
+            nomad.delete_variable(path)
+    if keys and loaded.spec.batch_apis:  # the controller checks a BatchAPI's clients
+        nomad.put_variable(batch_keys_variable(loaded.spec.project), {"api_keys": keys})
+    else:
+        nomad.delete_variable(batch_keys_variable(loaded.spec.project))
+    if keys:
+        progress(f"API keys written to the Nomad Variables nomad/jobs/{loaded.spec.project}-*")
+
+
+def write_tls(nomad: NomadApi, loaded: LoadedSpec, progress: Progress) -> None:
+    """The gateway's certificate, key and client CA (inline in its tls.yml) into the Traefik job's Nomad
+    Variable, which it renders into its secrets directory; a renewal is this again."""
+    tls = loaded.spec.gateway.tls
+    path = tls_variable(loaded.spec.project)
+    files = tls_files(loaded.root, tls)
+    if tls is None or files is None:
+        nomad.delete_variable(path)
+        return
+    items = {"tls": render_config(files)}
+    if tls.acme is not None and tls.acme.ca_file:
+        items["acme_ca"] = (loaded.root / tls.acme.ca_file).read_text()
+    nomad.put_variable(path, items)
+    progress(f"the gateway's TLS written to the Nomad Variable {path}")
