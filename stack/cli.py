@@ -408,7 +408,7 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
         document["apis"] = [a.to_dict() for a in apis]
         click.echo(json.dumps(document, indent=2))
         return
-    show_status(data, apis, detail=api is not None, scheme=_scheme(target))
+    show_status(data, apis, api is not None, _scheme(target), None if api else target.loaded.spec.batch_apis)
 
 
 @cli.command()

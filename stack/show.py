@@ -7,7 +7,7 @@ import time
 
 import click
 
-from stack.spec import LoadedSpec
+from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_memory
 from stack.status import ApiPhase, ApiStatus, CanaryStatus, SplitterStatus, StackStatus
 
@@ -45,7 +45,9 @@ def _zero_since(api: ApiStatus) -> str:
     return f" (idle, since {time.strftime('%H:%M:%S', time.localtime(at))}, {_uptime(time.time() - at)} ago)"
 
 
-def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool, scheme: str = "http") -> None:
+def show_status(
+    data: StackStatus, apis: list[ApiStatus], detail: bool, scheme: str = "http", batch: list[Api] | None = None
+) -> None:
     from tabulate import tabulate
 
     def num(value: float | None) -> str:
@@ -86,6 +88,9 @@ def show_status(data: StackStatus, apis: list[ApiStatus], detail: bool, scheme: 
         "error",
     ]
     click.echo(tabulate(rows, headers=headers))
+    for batch_api in batch or []:  # no replicas at rest: their jobs are what to look at
+        endpoint = f"{scheme}://127.0.0.1:{data.gateway_port}{batch_api.endpoint}"
+        click.echo(f"BatchAPI {batch_api.name} at {endpoint}: workers start with each job; `stack jobs` lists them")
     if data.splitters:
         click.echo("")
         split_rows = [

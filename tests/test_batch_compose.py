@@ -70,7 +70,9 @@ def workers(name: str, job_id: str) -> list[dict[str, Any]]:
     )
     if not ids:
         return []
-    return json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
+    # One removed between the two calls is simply not there any more (docker inspect skips it, exit 1).
+    found = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout
+    return json.loads(found) if found.strip() else []
 
 
 def _docker(*args: str) -> list[str]:

@@ -314,3 +314,82 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+CORTEX_STYLE_ONNX_BATCH = '''
+import json, os, re
+import boto3
+import numpy as np
+
+
+class ONNXPredictor:
+    """The shape of Cortex's test/batch/onnx predictor: inputs from S3, the batch through onnx_client,
+    results to the job's dest_s3_dir, aggregated by on_job_complete (Cortex's image-classifier)."""
+
+    def __init__(self, onnx_client, config, job_spec):
+        self.client = onnx_client
+        if len(config.get("dest_s3_dir", "")) == 0:
+            raise Exception("'dest_s3_dir' field was not provided in job submission")
+        self.s3 = boto3.client("s3")
+        self.bucket, self.key = re.match("s3://(.+?)/(.+)", config["dest_s3_dir"]).groups()
+        self.key = os.path.join(self.key, job_spec["job_id"])
+
+    def predict(self, payload, batch_id):
+        rows = []
+        for url in payload:
+            bucket, key = re.match("s3://(.+?)/(.+)", url).groups()
+            rows.append(json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        result = self.client.predict(np.array(rows, dtype=np.float32))
+        results = [{"url": payload[i], "class": int(c)} for i, c in enumerate(result[0])]
+        self.s3.put_object(Bucket=self.bucket, Key=f"{self.key}/{batch_id}.json", Body=json.dumps(results))
+
+    def on_job_complete(self):
+        everything = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.key):
+            for obj in page["Contents"]:
+                everything += json.loads(self.s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read())
+        self.s3.put_object(Bucket=self.bucket, Key=f"{self.key}/aggregated_results.json", Body=json.dumps(everything))
+'''
+
+
+def test_a_cortex_style_onnx_batch_job_from_s3_to_s3(tmp_path: Path, s3: dict[str, str]) -> None:
+    pytest.importorskip("onnxruntime", reason="pip install 'stack-serve[cortex]'")
+    import boto3
+    from test_cortex_gaps import _iris_like_onnx
+
+    client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="inputs")
+    client.create_bucket(Bucket="results")
+    rows = {f"rows/{i}.json": [float(i % 3 == 0), float(i % 3 == 1), float(i % 3 == 2), 0.0] for i in range(7)}
+    for key, row in rows.items():
+        client.put_object(Bucket="inputs", Key=key, Body=json.dumps(row).encode())
+    _iris_like_onnx(tmp_path / "model" / "model.onnx")
+    (tmp_path / "predictor.py").write_text(CORTEX_STYLE_ONNX_BATCH)
+    port = free_port()
+    (tmp_path / "stack.yaml").write_text(
+        f"project: onnxbatch\ngateway: {{port: {port}}}\nprometheus: {{enabled: false}}\napis:\n"
+        "  - name: classifier\n    kind: BatchAPI\n    predictor:\n      type: onnx\n      path: predictor.py\n"
+        "      models: {path: model}\n"
+    )
+    stack("up", "--local", str(tmp_path), cwd=tmp_path)
+    try:
+        batch = Batch(tmp_path, port, tmp_path)
+        body = {
+            "workers": 2,
+            "file_path_lister": {"s3_paths": ["s3://inputs/rows/"], "batch_size": 3},
+            "config": {"dest_s3_dir": "s3://results/classified"},
+        }
+        job_id = batch.submit(body, api="classifier").json()["job_id"]
+        status = batch.ended(job_id, api="classifier")
+        assert status["status"] == "status_succeeded", status
+        assert status["total_batch_count"] == 3
+        listed = client.list_objects_v2(Bucket="results", Prefix=f"classified/{job_id}/")["Contents"]
+        assert len(listed) == 4  # one file per batch, and the aggregate
+        aggregate = client.get_object(Bucket="results", Key=f"classified/{job_id}/aggregated_results.json")
+        classes = {r["url"]: r["class"] for r in json.loads(aggregate["Body"].read())}
+        assert classes == {f"s3://inputs/{key}": i % 3 for i, key in enumerate(rows)}
+        # Without dest_s3_dir __init__ raises, as Cortex's does: the workers cannot start.
+        bad = batch.submit({"workers": 1, "item_list": {"items": ["x"], "batch_size": 1}}, api="classifier")
+        assert batch.ended(bad.json()["job_id"], api="classifier")["status"] == "status_worker_error"
+    finally:
+        stack("down", "--local", str(tmp_path), cwd=tmp_path, check=False)
