@@ -373,6 +373,20 @@ class JobManager:
             task.cancel()
 
 
+def keys_file(path: str) -> Callable[[], list[bytes]]:
+    """gateway.api_keys from a file the controller's target mounts or renders (one per line, # comments),
+    read on each call so a rewritten file applies at once; no file: no keys."""
+
+    def read() -> list[bytes]:
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            return []
+        return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+    return read
+
+
 def job_routes(manager: JobManager) -> list[web.RouteDef]:
     return [
         web.route("*", JOBS + "/{api}{tail:/?}", manager.handle),

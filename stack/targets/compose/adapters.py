@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import docker
 
 from stack.autoscale.signal import PrometheusSignal
-from stack.batch.jobs import BatchWorkers
+from stack.batch.jobs import BatchWorkers, keys_file
 from stack.canary import STATE_FILE, FileStore
 from stack.canary_sources import PrometheusSource
 from stack.control.routing import FileRouteSink
@@ -70,15 +69,6 @@ async def compose_adapters(settings: ControlSettings, session: aiohttp.ClientSes
         batch=BatchWorkers(
             state_dir / "jobs.db",
             ComposeWorkers(config.project, f"http://{CONTROLLER_HOST}:{ERRORS_PORT}", scaler.client),
-            _keys,
+            keys_file(COMPOSE_KEYS_FILE),
         ),
     )
-
-
-def _keys() -> list[bytes]:
-    """gateway.api_keys, from the secret Compose mounts into the controller when a BatchAPI needs them."""
-    try:
-        text = Path(COMPOSE_KEYS_FILE).read_text()
-    except FileNotFoundError:
-        return []
-    return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 
 from stack.autoscale.signal import PrometheusSignal
-from stack.batch.jobs import BatchWorkers
+from stack.batch.jobs import BatchWorkers, keys_file
 from stack.canary_sources import PrometheusSource
 from stack.control.routing import RouteTable
 from stack.control.runtime import Adapters, ControlPlane, ControlSettings
@@ -93,17 +93,8 @@ async def nomad_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
         batch=BatchWorkers(
             (settings.state_dir or Path(os.environ.get("NOMAD_ALLOC_DIR", "/alloc")) / "data") / "jobs.db",
             NomadWorkers(nomad, config.project),
-            _keys,
+            keys_file(NOMAD_KEYS_FILE),
         )
         if config.batch
         else None,
     )
-
-
-def _keys() -> list[bytes]:
-    """gateway.api_keys, rendered from the controller's Nomad Variable into its secrets directory."""
-    try:
-        text = Path(NOMAD_KEYS_FILE).read_text()
-    except FileNotFoundError:
-        return []
-    return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]
