@@ -226,9 +226,13 @@ def test_a_job_survives_its_controller_being_killed(batch: Batch) -> None:
     job_id = batch.submit(
         {"workers": 1, "item_list": {"items": [1, 2, {"gate": "restart"}, 3, 4], "batch_size": 1}}
     ).json()["job_id"]
-    batch.started("restart")
+    worker = batch.started("restart")
     state = json.loads((batch.root / ".stack" / "local" / "state.json").read_text())
     os.kill(state["pid"], signal.SIGKILL)  # the supervisor, and with it its workers
+    deadline = time.monotonic() + 30
+    while _alive(worker):  # the kernel's parent-death signal arrives asynchronously
+        assert time.monotonic() < deadline, "the worker outlived its controller"
+        time.sleep(0.05)
     batch.release("restart")
     before = batch.results(job_id)
     assert [r["items"] for r in before] == [[1], [2]]
