@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from serving.calls import Apis, Upstreams
 from serving.codec import error_response
 from serving.config import ServingConfig
 from serving.loader import LoadedPredictor, load_predictor
@@ -43,6 +44,7 @@ class Replica:
         self.metrics = ApiMetrics(config.api)
         self.predictor: LoadedPredictor | None = None
         self.models: ModelStore | None = None  # python_client / onnx_client models, when the API has any
+        self.apis: Apis | None = None  # the APIs of `calls` (serving.calls), made on the event loop
         self.draining = False
         self._started_wall = time.time()
         self._count_gauges = self.metrics.track_live(
@@ -71,9 +73,16 @@ class Replica:
             root = Path(c.project_root) if c.project_root else Path(c.predictor_path).resolve().parent
             self.models = ModelStore(ModelsConfig.from_dict(c.models), root, self.metrics)
             clients = model_clients(c.predictor_type, self.models, gpu=c.gpus > 0)
+        if self.apis is not None:
+            clients["apis"] = self.apis
         return load_predictor(c.predictor_path, c.predictor_class, c.config, c.python_path, clients)
 
     def load(self) -> asyncio.Future[LoadedPredictor]:
+        c = self.config
+        if c.calls:
+            loop = asyncio.get_running_loop()
+            key = self.predictions.internal_key()
+            self.apis = Apis(c.api, c.calls, Upstreams(c.upstreams_file), loop, key, self.metrics.called)
         return self._pool.run(self.construct, counted=False)
 
     def set_predictor(self, predictor: LoadedPredictor) -> None:
@@ -96,6 +105,8 @@ class Replica:
         self._pool.shutdown()
         if self.models is not None:
             self.models.close()
+        if self.apis is not None:
+            await self.apis.close()
 
     def is_ready(self) -> bool:
         if self.predictor is None or self.draining:

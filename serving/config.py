@@ -66,6 +66,10 @@ class ServingConfig:
     models: dict[str, Any] | None = None
     # The project's directory as the replica sees it (relative model paths start there).
     project_root: str | None = None
+    # Pipelines (serving.calls): the APIs this one may call, and the file where the controller lists
+    # their ready replicas (or the activator of one at zero); None: no calls.
+    calls: list[str] = field(default_factory=list)
+    upstreams_file: str | None = None
     # Cortex's model monitoring: {"model_type": "classification" | "regression", "key": field} or None.
     monitoring: dict[str, str] | None = None
 

@@ -17,8 +17,11 @@ from serving.protocols import OpenAIError
 class PredictTimeout(Exception):
     """The request passed its `timeout` before predict answered."""
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__(f"prediction took longer than the timeout of {timeout:g}s")
+    def __init__(self, timeout: float, caller: bool = False) -> None:
+        if caller:  # the caller's deadline came first (serving.calls' X-Request-Timeout)
+            super().__init__(f"the caller's deadline ({timeout:g}s, X-Request-Timeout) passed before predict answered")
+        else:
+            super().__init__(f"prediction took longer than the timeout of {timeout:g}s")
         self.timeout = timeout
 
 

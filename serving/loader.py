@@ -23,7 +23,8 @@ DEFAULT_CLASSES = ("PythonPredictor", "ONNXPredictor", "TensorFlowPredictor", "P
 PREDICT_PARAMS = frozenset({"payload", "query_params", "headers", "batch_id"})
 # response: what predict returned (as in Cortex); status_code: the HTTP status that was sent.
 POST_PREDICT_PARAMS = frozenset({"payload", "query_params", "headers", "response", "status_code"})
-INIT_PARAMS = frozenset({"config", "python_client", "onnx_client", "tensorflow_client", "job_spec"})
+# apis: the handle to the APIs of `calls` (serving.calls.Apis), empty without calls.
+INIT_PARAMS = frozenset({"apis", "config", "python_client", "onnx_client", "tensorflow_client", "job_spec"})
 MODULE_NAME = "stack_user_predictor"
 
 
@@ -104,6 +105,7 @@ def load_predictor(
         "onnx_client": None,
         "tensorflow_client": None,
         "job_spec": None,
+        "apis": {},
         **(clients or {}),
     }
     python_client = available.get("python_client")
@@ -201,7 +203,8 @@ def _bind(instance: Any, name: str, func: Callable[..., Any]) -> Handler:
 
 
 def _construct(cls: type, file: Path, available: dict[str, Any]) -> Any:
-    """`__init__`'s arguments injected by name: config, python_client, onnx_client, tensorflow_client, job_spec."""
+    """`__init__`'s arguments injected by name: config, apis, python_client, onnx_client, tensorflow_client,
+    job_spec."""
     init = next((vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)), object.__init__)
     if init is object.__init__:  # object's takes **kwargs but refuses them
         arguments: dict[str, Any] = {}

@@ -167,6 +167,20 @@ class ApiMetrics:
             buckets=(-1000, -100, -10, -1, -0.1, 0, 0.1, 0.25, 0.5, 0.75, 1, 10, 100, 1000),
             registry=into,
         ).labels(api)
+        # Pipelines (serving.calls): each call to another API of the stack, per callee (an edge of the graph).
+        self.calls = Counter(
+            "predictor_calls",
+            "Calls to other APIs of the stack, by callee and the callee's status code (error: none came).",
+            ["api", "callee", "code"],
+            registry=into,
+        )
+        self.call_duration = Histogram(
+            "predictor_call_duration_seconds",
+            "Time from sending a call to another API to its answer (for a stream, its headers).",
+            ["api", "callee"],
+            buckets=DURATION_BUCKETS,
+            registry=into,
+        )
         self._by_code: dict[int, Counter] = {}
         self._gpus: GpuMetrics | None = None
 
@@ -206,6 +220,11 @@ class ApiMetrics:
             self.predicted_class.labels(self.api, str(value)[:64]).inc()
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             self.predicted_value.observe(float(value))
+
+    def called(self, callee: str, code: str, seconds: float) -> None:
+        """One call to the API `callee` ended with `code` after `seconds`."""
+        self.calls.labels(self.api, callee, code).inc()
+        self.call_duration.labels(self.api, callee).observe(seconds)
 
     def answered(self, code: int, seconds: float) -> None:
         """One prediction request answered with `code` after `seconds` (on the event loop's thread)."""

@@ -8,6 +8,7 @@ handler). Errors become answers through one table (serving.failures).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hmac
 import itertools
@@ -22,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from serving.batching import Batcher
+from serving.calls import CURRENT, TIMEOUT_HEADER, RequestContext
 from serving.codec import Headers, QueryParams, encode, encode_any, error_response, read_payload
 from serving.config import ServingConfig
 from serving.errors import HTTPError
@@ -60,6 +62,7 @@ class Predictions:
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
         self._max_body_size = config.max_body_size
         self._timeout = config.timeout
+        self._calls = bool(config.calls)  # pipelines: calls made while serving a request carry its context
         self._call: Callable[[Any, Any, Any], Any] = _not_loaded  # predict, bound by bind()
         self._wants_query = True  # predict or post_predict takes query_params
         self._direct = False  # an async predict with nothing around it: awaited in _answer itself
@@ -100,6 +103,10 @@ class Predictions:
     def authorized(self, request: web.Request) -> bool:
         """No keys configured, or `X-API-Key: KEY` / `Authorization: Bearer KEY` (scheme in any case) carries one."""
         return not self._api_keys or carries_key(request.headers, self._api_keys)
+
+    def internal_key(self) -> str | None:
+        """The key this replica's calls to other APIs of the stack carry (None: the stack has no keys)."""
+        return self._api_keys[0].decode() if self._api_keys else None
 
     def _new_request_id(self) -> str:
         # A per-process random prefix and a counter: unique across replicas, and
@@ -180,21 +187,25 @@ class Predictions:
                 request_id,
                 {"Retry-After": str(self.retry_after())},
             )
+        timeout = self._timeout
+        if TIMEOUT_HEADER in request.headers:  # a caller's deadline (serving.calls): never wait past it
+            timeout = _caller_timeout(request.headers[TIMEOUT_HEADER], timeout)
         self.in_flight += 1
         if self._count_gauges:
             self.metrics.in_flight.inc()
+        token = _enter(request, request_id, timeout) if self._calls else None
         try:
             if self._validate is not None:
                 payload = self._validate(payload)
             query = None
             if self._wants_query:
                 query = QueryParams(request.query) if request.query_string else QueryParams(())
-            if self._direct:
+            if self._direct and timeout is None:
                 await asyncio.sleep(0)  # as in _predict
                 result = await self._call(payload, query, request.headers)
             else:
                 work = self._predict(request, predictor, payload, query)
-                result = await (work if self._timeout is None else self._with_timeout(work))
+                result = await (work if timeout is None else self._with_timeout(work, timeout))
             headers = {"X-Request-ID": request_id}
             response: web.StreamResponse
             if adapter is not None:
@@ -209,19 +220,21 @@ class Predictions:
                 await self._send_then_post_predict(request, response, result, predictor, payload, query)
             return response
         finally:
+            if token is not None:
+                CURRENT.reset(token)
             self.in_flight -= 1
             if self._count_gauges:
                 self.metrics.in_flight.dec()
             self._completions.append(time.monotonic())
 
-    async def _with_timeout(self, work: Any) -> Any:
-        deadline = asyncio.timeout(self.config.timeout)
+    async def _with_timeout(self, work: Any, timeout: float) -> Any:
+        deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
                 return await work
         except TimeoutError as exc:
             if deadline.expired():  # ours, not a TimeoutError the predictor raised
-                raise PredictTimeout(self.config.timeout or 0.0) from exc
+                raise PredictTimeout(timeout, caller=timeout != self._timeout) from exc
             raise
 
     async def _predict(
@@ -247,6 +260,9 @@ class Predictions:
         # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
         if self._count_gauges:
             self.metrics.queued.inc()
+        if self._calls:  # the predictor thread sees the request's context (its calls carry it)
+            context = contextvars.copy_context()
+            return await self._pool.run(functools.partial(context.run, call, payload, query, request.headers), is_gone)
         return await self._pool.run(functools.partial(call, payload, query, request.headers), is_gone)
 
     async def _run_batch(self, items: list[tuple[Any, dict[str, str], Any]]) -> Any:
@@ -321,6 +337,27 @@ class Predictions:
         else:
             seconds = 1.0  # nothing finished yet: no evidence for a longer wait
         return max(1, min(60, math.ceil(seconds)))
+
+
+def _enter(request: web.Request, request_id: str, timeout: float | None) -> contextvars.Token[Any]:
+    """The request the predictor's calls to other APIs belong to: its id, deadline and client."""
+    deadline = asyncio.get_running_loop().time() + timeout if timeout is not None else None
+
+    def gone() -> bool:
+        return request.transport is None or request.transport.is_closing()
+
+    return CURRENT.set(RequestContext(request_id, deadline, gone))
+
+
+def _caller_timeout(given: str, own: float | None) -> float:
+    """The sooner of a caller's `X-Request-Timeout` (seconds) and the API's own timeout."""
+    try:
+        seconds = float(given)
+    except ValueError:
+        raise HTTPError(400, f"{TIMEOUT_HEADER} must be a number of seconds, got {given[:40]!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise HTTPError(400, f"{TIMEOUT_HEADER} must be a number of seconds, got {given[:40]!r}")
+    return max(seconds, 0.001) if own is None else min(max(seconds, 0.001), own)
 
 
 def _not_loaded(payload: Any, query: Any, headers: Any) -> Any:

@@ -1,6 +1,7 @@
 """Stream a generator's items to the client: Server-Sent Events or chunked.
 
-SSE when the client's Accept header names `text/event-stream`; otherwise a
+SSE when the client's Accept header names `text/event-stream`; NDJSON of every
+item when it names `application/x-ndjson` (another API's calls); otherwise a
 chunked body whose type follows the first item (str -> text/plain, bytes ->
 octet-stream, anything else -> one JSON document per line, application/x-ndjson).
 A plain generator is advanced on the predictor's thread pool so a slow
@@ -41,6 +42,16 @@ def wants_sse(request: web.Request) -> bool:
     return "text/event-stream" in request.headers.get("Accept", "")
 
 
+def wants_ndjson(request: web.Request) -> bool:
+    """The client (another API's `apis` handle, serving.calls) takes every item as a JSON line: str
+    items then keep their boundaries and type, which a chunked text body cannot."""
+    return "application/x-ndjson" in request.headers.get("Accept", "")
+
+
+def json_line(item: Any) -> bytes:
+    return (dumps(item) + "\n").encode()
+
+
 def sse_event(item: Any) -> bytes:
     text = item.decode() if isinstance(item, (bytes, bytearray)) else item if isinstance(item, str) else dumps(item)
     # Each line of a multi-line item is its own data: field; a blank line ends the event.
@@ -71,14 +82,17 @@ async def stream(request: web.Request, result: Any, run: RunInThread, headers: d
     except StopAsyncIteration:
         first = _DONE
     response = web.StreamResponse(headers=headers)
+    encode = sse_event if sse else chunk
     if sse:
         response.content_type = "text/event-stream"
         response.headers["Cache-Control"] = "no-cache"
+    elif wants_ndjson(request) and not isinstance(first, (bytes, bytearray)):
+        response.headers["Content-Type"] = "application/x-ndjson"
+        encode = json_line
     else:
         response.headers["Content-Type"] = chunked_content_type(first)
     response.enable_chunked_encoding()
     await response.prepare(request)
-    encode = sse_event if sse else chunk
     try:
         if first is not _DONE:
             await response.write(encode(first))

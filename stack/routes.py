@@ -13,6 +13,7 @@ the internal network, where Prometheus and the health checks use them.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ ENTRYPOINT = "web"
 PROBE_ENTRYPOINT = "probe"
 ENTRYPOINTS = (ENTRYPOINT, PROBE_ENTRYPOINT)
 ROUTES_FILE = "routes.yml"
+UPSTREAMS_FILE = "upstreams.json"  # pipelines: where the replicas' calls go (serving.calls), beside no key
 INTERNAL_PATHS = ("metrics", "healthz", "readyz")
 ACTIVATE = "/__stack/activate"  # the activator's path prefix (stack.gateway_errors)
 JOBS = "/__stack/jobs"  # a BatchAPI's endpoint at the controller (stack.batch.jobs)
@@ -53,6 +55,7 @@ class Route:
     # (a replica's own answer would wait on Traefik until the client sent more or timed out).
     max_body: int | None = None
     jobs: str | None = None  # a BatchAPI: its requests (job submissions) go to the controller, never a replica
+    api: str = ""  # the API's name in stack.yaml (its key in the upstreams file)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,21 @@ def empty_url(route: Route, errors_url: str) -> str:
     if route.jobs:
         return f"{errors_url}{JOBS}/{route.jobs}"
     return f"{errors_url}{ACTIVATE}/{route.activate}" if route.activate else errors_url
+
+
+def upstreams(routes: list[Route], errors_url: str) -> str:
+    """The upstreams file of pipelines (serving.calls): each API's ready replicas, or its activator while
+    it is at zero, and the gateway's strategy, so a caller picks a replica as the gateway would."""
+    apis = {
+        route.api: {
+            "servers": list(route.servers),
+            "activators": [empty_url(route, errors_url)] if route.activate else [],
+            "strategy": route.strategy,
+        }
+        for route in routes
+        if route.api and not route.jobs
+    }
+    return json.dumps({"apis": apis}, sort_keys=True, indent=1) + "\n"
 
 
 def router_rule(endpoint: str) -> str:

@@ -109,6 +109,21 @@ def show_status(
         for s in data.splitters:
             if s.canary is not None:
                 click.echo("\n" + _canary_text(s.name, s.canary))
+    if data.calls:
+        call_rows = [
+            [
+                f"{c.caller} → {c.callee}",
+                num(c.calls_per_second),
+                num(c.errors_per_second),
+                "-" if c.calls is None else c.calls,
+                "-" if c.errors is None else c.errors,
+                num(c.p99_ms),
+                c.error,
+            ]
+            for c in data.calls
+        ]
+        headers = ["calls", "calls/s", "errors/s", "total", "errors", "p99 ms", ""]
+        click.echo("\n" + tabulate(call_rows, headers=headers))
     if data.gpus:
         gpu_rows = [
             [

@@ -177,6 +177,20 @@ class GpuStatus:
 
 
 @dataclass(frozen=True)
+class CallStatus:
+    """An edge of the pipelines' call graph (`calls` in stack.yaml), with the caller's counts of it."""
+
+    caller: str
+    callee: str
+    calls_per_second: float | None = None  # over the last minute
+    errors_per_second: float | None = None  # answers that were not 2xx, and calls no answer came for
+    calls: int | None = None  # since the callers' replicas started (the counters' newest values)
+    errors: int | None = None
+    p99_ms: float | None = None
+    error: str = ""  # why the numbers are missing (no Prometheus)
+
+
+@dataclass(frozen=True)
 class ComponentStatus:
     """A process or container of the stack beside the replicas: the gateway, Prometheus, the controller."""
 
@@ -198,6 +212,7 @@ class StackStatus:
     splitters: list[SplitterStatus] = field(default_factory=list)
     gpus: list[GpuStatus] = field(default_factory=list)  # the GPUs the stack's slots are placed on
     components: list[ComponentStatus] = field(default_factory=list)  # gateway, Prometheus, controller
+    calls: list[CallStatus] = field(default_factory=list)  # the pipelines' call graph, edge by edge
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +225,7 @@ class StackStatus:
             "splitters": [asdict(s) for s in self.splitters],
             "gpus": [asdict(g) for g in self.gpus],
             "components": [asdict(c) for c in self.components],
+            "calls": [asdict(c) for c in self.calls],
         }
 
     @classmethod
@@ -238,6 +254,7 @@ class StackStatus:
                 ComponentStatus(**{k: v for k, v in c.items() if k in _names(ComponentStatus)})
                 for c in data.get("components", [])
             ],
+            [CallStatus(**{k: v for k, v in c.items() if k in _names(CallStatus)}) for c in data.get("calls", [])],
         )
 
     def missing(self) -> list[ComponentStatus]:

@@ -15,7 +15,8 @@ import requests
 
 from stack import prometheus
 from stack.plan.gpus import Placement
-from stack.status import GpuStatus, Traffic
+from stack.spec import Spec
+from stack.status import CallStatus, GpuStatus, Traffic
 
 COUNT_WINDOW = "1h"
 
@@ -93,3 +94,49 @@ def replica_gpu_memory(prometheus_url: str, api: str, timeout: float = 3.0) -> d
             if key:
                 found[key] = int(value)
     return found
+
+
+def call_graph(spec: Spec, prometheus_url: str | None, timeout: float = 3.0) -> list[CallStatus]:
+    """Each edge of the pipelines' call graph (apis[].calls) with its rate, errors and p99 from the
+    callers' `predictor_calls_total` and `predictor_call_duration_seconds`."""
+    edges = [(api.name, callee) for api in spec.apis for callee in api.calls]
+    if not edges:
+        return []
+    if not prometheus_url:
+        return [CallStatus(a, b, error="no Prometheus") for a, b in edges]
+    errors = 'code!~"2.."'
+    by_le = "sum by (api, callee, le) (rate(predictor_call_duration_seconds_bucket[1m]))"
+    try:
+        rates = _by_edge(prometheus_url, "sum by (api, callee) (rate(predictor_calls_total[1m]))", timeout)
+        failing = _by_edge(
+            prometheus_url, f"sum by (api, callee) (rate(predictor_calls_total{{{errors}}}[1m]))", timeout
+        )
+        window = f"[{COUNT_WINDOW}]"
+        totals = _by_edge(
+            prometheus_url, f"sum by (api, callee) (last_over_time(predictor_calls_total{window}))", timeout
+        )
+        failed = _by_edge(
+            prometheus_url, f"sum by (api, callee) (last_over_time(predictor_calls_total{{{errors}}}{window}))", timeout
+        )
+        p99 = _by_edge(prometheus_url, f"1000 * histogram_quantile(0.99, {by_le})", timeout)
+    except (requests.RequestException, KeyError, ValueError, TypeError):
+        return [CallStatus(a, b, error="Prometheus not reachable") for a, b in edges]
+    return [
+        CallStatus(
+            a,
+            b,
+            _rounded(rates.get((a, b), 0.0 if (a, b) in totals else None)),
+            _rounded(failing.get((a, b), 0.0 if (a, b) in totals else None)),
+            round(totals[(a, b)]) if (a, b) in totals else None,
+            round(failed.get((a, b), 0.0)) if (a, b) in totals else None,
+            _rounded(p99.get((a, b))),
+        )
+        for a, b in edges
+    ]
+
+
+def _by_edge(url: str, query: str, timeout: float) -> dict[tuple[str, str], float]:
+    return {
+        (labels.get("api", ""), labels.get("callee", "")): value
+        for labels, value in prometheus.query(url, query, timeout)
+    }

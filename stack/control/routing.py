@@ -49,11 +49,21 @@ class FileRouteSink:
     The file is compared on every write, so one truncated or edited by hand is put right at the next.
     """
 
-    def __init__(self, directory: Path, header: str, errors_url: str, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        header: str,
+        errors_url: str,
+        tls: TlsFiles | None = None,
+        upstreams: Path | None = None,
+    ) -> None:
         self.directory = directory
         self.header = header
         self.errors_url = errors_url  # stack.gateway_errors: the gateway's own answers, and the activator
         self.tls = tls  # gateway.tls: its files re-read at every write, so a renewed certificate is served
+        # Pipelines: the same table for the replicas' calls to each other (serving.calls), in a directory
+        # of its own (the routes directory holds the gateway's TLS key, which replicas must never see).
+        self.upstreams = upstreams
 
     def write(self, table: RouteTable) -> bool:
         text = routes.render(list(table.routes), self.header, self.errors_url, table.splits)
@@ -61,6 +71,9 @@ class FileRouteSink:
             write_config(self.directory, self.tls)
         else:
             (self.directory / TLS_FILE).unlink(missing_ok=True)  # no key left behind once tls is gone
+        if self.upstreams is not None:
+            listed = routes.upstreams(list(table.routes), self.errors_url)
+            routes.write(self.upstreams, listed, name=routes.UPSTREAMS_FILE)
         return routes.write(self.directory, text)
 
     def empty_url(self, route: Route) -> str:
@@ -104,6 +117,7 @@ class GatewayRoutes:
             activate=activate,
             strategy=api.load_balancer,
             max_body=api.max_body_size,
+            api=api.name,
         )
 
     def table(self, servers: Mapping[str, Collection[str]]) -> RouteTable:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stack.routes import too_large_rule
+from stack.routes import ACTIVATE, too_large_rule
 from stack.spec import Api
 
 NOMAD_HEALTH = {"interval": "3s", "timeout": "2s"}
@@ -80,3 +80,26 @@ def nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> list
         f"traefik.http.routers.{router}-too-large.service={router}",
         f"traefik.http.middlewares.{router}-body-limit.buffering.maxrequestbodybytes={values['max_body_size']}",
     ]
+
+
+def nomad_upstreams(project: str, apis: list[Api], api: Api) -> str:
+    """The upstreams file of an API's calls (serving.calls) as a Nomad template ([[ ]] delimiters): each
+    callee's instances from Nomad's service discovery, re-rendered as they come and go, and the
+    activator (the autoscaler job's service) for a callee that scales to zero."""
+    by_name = {a.name: a for a in apis}
+    entries = []
+    for name in api.calls:
+        callee = by_name[name]
+        servers = _listed(f"{project}-{name}", "")
+        zero = callee.autoscaling.min_replicas == 0
+        activators = _listed(f"{project}-activator", f"{ACTIVATE}/{name}") if zero else ""
+        strategy = callee.networking.load_balancer
+        entries.append(f'"{name}": {{"servers": [{servers}], "activators": [{activators}], "strategy": "{strategy}"}}')
+    return '{"apis": {' + ", ".join(entries) + "}}\n"
+
+
+def _listed(service: str, path: str) -> str:
+    return (
+        f'[[ range $i, $s := nomadService "{service}" ]][[ if $i ]],[[ end ]]'
+        f'"http://[[ .Address ]]:[[ .Port ]]{path}"[[ end ]]'
+    )

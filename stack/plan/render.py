@@ -34,9 +34,9 @@ from stack.plan.gateway import (
 from stack.plan.gpus import Gpu, Placement, place
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.nomad_routes import routes_variable, routes_yaml
-from stack.plan.nomad_values import NOMAD_HEALTH, nomad_gpu, nomad_resources, nomad_tags
+from stack.plan.nomad_values import NOMAD_HEALTH, nomad_gpu, nomad_resources, nomad_tags, nomad_upstreams
 from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache, replica_config
-from stack.routes import Route, activator_fallback, member_service, router_rule
+from stack.routes import UPSTREAMS_FILE, Route, activator_fallback, member_service, router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
 from stack.splits import split_router, splitters_of
@@ -60,6 +60,10 @@ ERRORS_PORT = 9101  # the activator and the gateway's own errors (stack.gateway_
 
 COMPOSE_KEYS_FILE = "/run/secrets/api_keys"  # a Compose secret (a 0600 file of the plan)
 MODEL_CACHE = "/model-cache"  # where a replica finds the host's shared model cache
+# Pipelines: where a replica reads the ready replicas of the APIs it calls (serving.calls): a directory
+# of the controller's, read-only (Compose); a file a Nomad template renders from service discovery.
+COMPOSE_UPSTREAMS_DIR = "/stack/upstreams"
+NOMAD_UPSTREAMS_FILE = "/local/upstreams.json"
 NOMAD_KEYS_FILE = "/secrets/api_keys"  # rendered by a Nomad template from the job's Nomad Variable
 
 
@@ -172,6 +176,7 @@ def _api_values(
     drain_in_replica: bool,
     keys_file: str,
     model_cache: str | None = None,
+    upstreams_file: str | None = None,
 ) -> dict[str, Any]:
     version = api_version(api, digest)
     project = loaded.spec.project
@@ -182,6 +187,7 @@ def _api_values(
         drain_delay=None if drain_in_replica else 0.0,
         keys_file=keys_file,
         model_cache=model_cache,
+        upstreams_file=upstreams_file,
     )
     predictor = api.predictor
     endpoint = api.endpoint
@@ -265,7 +271,9 @@ def plan_compose(
             drain_in_replica=True,
             keys_file=COMPOSE_KEYS_FILE,
             model_cache=MODEL_CACHE if cached else None,
+            upstreams_file=f"{COMPOSE_UPSTREAMS_DIR}/{UPSTREAMS_FILE}",
         )
+        values["calls"] = bool(api.calls)
         # S3 models are downloaded once per host, into a volume (or host directory) every replica mounts.
         values["model_cache"] = _compose_model_cache(loaded, api, out_dir) if cached else None
         values["limits"] = _limits(api)
@@ -334,6 +342,8 @@ def plan_compose(
             "directory": os.path.relpath(control_dir, out_dir),
             "routes": os.path.relpath(control_dir / "routes", out_dir),
             "targets": os.path.relpath(control_dir / "targets", out_dir),
+            "upstreams": os.path.relpath(control_dir / "upstreams", out_dir),
+            "upstreams_mount": COMPOSE_UPSTREAMS_DIR,
         },
         images={**DEFAULT_IMAGES, **(images or {})},
         apis=apis,
@@ -448,8 +458,17 @@ def plan_nomad(
     for api in spec.apis:
         # On Nomad the drain window is shutdown_delay: Nomad deregisters the
         # service first, so the replica itself need not wait after SIGTERM.
-        values = _api_values(loaded, api, digest, registry, drain_in_replica=False, keys_file=NOMAD_KEYS_FILE)
+        values = _api_values(
+            loaded,
+            api,
+            digest,
+            registry,
+            drain_in_replica=False,
+            keys_file=NOMAD_KEYS_FILE,
+            upstreams_file=NOMAD_UPSTREAMS_FILE,
+        )
         values["keys_variable"] = keys_variable(f"{project}-{api.name}") if spec.gateway.api_keys else None
+        values["upstreams_template"] = nomad_upstreams(project, spec.apis, api) if api.calls else None
         members = [
             member_service(split_router(project, x.name), values["router"])
             for x in spec.splitters

@@ -27,9 +27,11 @@ def replica_config(
     drain_delay: float | None = None,
     keys_file: str | None = None,
     model_cache: str | None = None,
+    upstreams_file: str | None = None,
 ) -> ServingConfig:
-    """`model_cache`: where this replica finds the host's shared model cache (a path it sees), if any."""
-    """`root` is where the project directory is seen by the replica: /app in images, the real path locally."""
+    """`root` is where the project directory is seen by the replica: /app in images, the real path locally.
+    `model_cache`: where this replica finds the host's shared model cache (a path it sees), if any.
+    `upstreams_file`: where it reads the ready replicas of the APIs it calls (only used with `calls`)."""
     base = PurePosixPath(root) if root is not None else PurePosixPath(loaded.root.as_posix())
     predictor = api.predictor
     batching = predictor.batching
@@ -63,6 +65,8 @@ def replica_config(
         models=_models(predictor.models or predictor.multi_model_reloading, model_cache),
         project_root=str(base),
         monitoring=api.monitoring.model_dump() if api.monitoring else None,
+        calls=list(api.calls),
+        upstreams_file=upstreams_file if api.calls else None,
     )
 
 

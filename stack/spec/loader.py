@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from stack.errors import StackError
 from stack.spec import models
+from stack.spec.call_checks import call_checks
 from stack.spec.file_checks import file_checks
 from stack.spec.tls_checks import check_tls_files
 from stack.spec.units import format_duration, parse_duration
@@ -477,6 +478,7 @@ def _cross_checks(
             problems += file_checks(predictor, root, ("apis", index, "predictor"), add)
         _window_check(api, data.get("prometheus"), ("apis", index, "autoscaling", "window"), add)
     _splitter_checks(data.get("splitters"), names, endpoints, add)
+    call_checks(apis if isinstance(apis, list) else [], names, add, _unknown_api)
     splitters = data.get("splitters")
     batch = (
         {a.get("name") for a in apis if isinstance(a, dict) and a.get("kind") == "BatchAPI"}

@@ -281,6 +281,9 @@ class Api(Strict):
     autoscaling: Autoscaling = Autoscaling()
     update: Update = Update()
     networking: Networking = Networking()
+    # Pipelines: the APIs of this stack its predictor may call through the `apis` handle (serving.calls),
+    # replica to replica inside the stack, never through the public port. No cycles.
+    calls: list[Name] = Field(default_factory=list)
 
     @property
     def endpoint(self) -> str:

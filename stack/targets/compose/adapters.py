@@ -31,6 +31,7 @@ from stack.targets.compose.scaler import ComposeScaler
 
 CONTROLLER_HOST = "autoscaler"  # the Compose service's name: its address on the stack's network
 ROUTES_DIR = "routes"  # under the control directory: Traefik's file provider
+UPSTREAMS_DIR = "upstreams"  # under it too: where the replicas' calls go (serving.calls), read-only for them
 HEADER = "Written by the stack's controller (the autoscaler service) whenever a replica joins or leaves."
 
 
@@ -62,7 +63,13 @@ async def compose_adapters(settings: ControlSettings, session: aiohttp.ClientSes
         metrics=PrometheusSource(prometheus, session),
         canaries=FileStore(state_dir / STATE_FILE),
         splits=FileSplits(state_dir),
-        routes=FileRouteSink(control_dir / ROUTES_DIR, HEADER, f"http://{CONTROLLER_HOST}:{ERRORS_PORT}", config.tls),
+        routes=FileRouteSink(
+            control_dir / ROUTES_DIR,
+            HEADER,
+            f"http://{CONTROLLER_HOST}:{ERRORS_PORT}",
+            config.tls,
+            upstreams=control_dir / UPSTREAMS_DIR,
+        ),
         decisions=state_dir / DECISIONS_FILE,
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", ERRORS_PORT),

@@ -17,7 +17,7 @@ from stack.tls import TLS_FILE, tls_files, write_config
 def prepare_control_dir(loaded: LoadedSpec, state_dir: Path) -> None:
     """The controller's files exist before anything reads them (Docker would create root-owned dirs)."""
     control = loaded.root / CONTROL_DIR
-    for sub in ("routes", "targets"):
+    for sub in ("routes", "targets", "upstreams"):
         (control / sub).mkdir(parents=True, exist_ok=True)
         (control / sub).chmod(0o755)
     if not (control / "routes" / routes.ROUTES_FILE).exists():

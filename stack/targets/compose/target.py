@@ -58,7 +58,7 @@ from stack.targets.docker import docker
 from stack.targets.gateway import check_routed, readiness_url, wait_for_batch_apis, wait_until_routed
 from stack.targets.logs import follow_container_logs
 from stack.targets.rollout import Fleet, next_step
-from stack.traffic import gpu_status, prometheus_traffic, replica_gpu_memory
+from stack.traffic import call_graph, gpu_status, prometheus_traffic, replica_gpu_memory
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/compose"
@@ -267,7 +267,10 @@ class ComposeTarget:
         splitters = splitter_status(splitters_of(self.loaded.spec), self.state_dir)
         gpus = gpu_status(placement, prometheus)
         port = self.loaded.spec.gateway.port
-        return StackStatus(self.project, "compose", port, apis, notes, splitters=splitters, gpus=gpus, components=kept)
+        calls = call_graph(self.loaded.spec, prometheus)
+        return StackStatus(
+            self.project, "compose", port, apis, notes, splitters=splitters, gpus=gpus, components=kept, calls=calls
+        )
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         routes_file = self.loaded.root / CONTROL_DIR / "routes" / "routes.yml"

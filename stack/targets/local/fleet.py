@@ -37,6 +37,7 @@ from stack.autoscale.scaler import Replicas
 from stack.control.routing import FileRouteSink
 from stack.plan.render import api_version
 from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config
+from stack.routes import UPSTREAMS_FILE
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_memory
 from stack.status import ReplicaState
@@ -350,6 +351,7 @@ class LocalFleet:
             drain_delay=0.0,
             keys_file=str(self.paths.api_keys),
             model_cache=str(cache) if cache else None,  # one download per host, shared by every replica
+            upstreams_file=str(self.paths.upstreams / UPSTREAMS_FILE),
         )
         log = self.paths.replica_log(replica_id)
         error_file = self._error_file(replica_id)

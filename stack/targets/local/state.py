@@ -86,6 +86,11 @@ class LocalPaths:
         return self.base / "local" / "traefik"
 
     @property
+    def upstreams(self) -> Path:
+        """Pipelines: the directory of the file that tells replicas where the APIs they call are."""
+        return self.base / "local" / "upstreams"
+
+    @property
     def prometheus_dir(self) -> Path:
         return self.base / "local" / "prometheus"
 

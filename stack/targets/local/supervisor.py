@@ -155,7 +155,11 @@ async def local_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
     paths = LocalPaths(loaded.root, loaded.path.name)
     services = LocalServices(loaded, paths)
     routes = FileRouteSink(
-        paths.traefik_dir, ROUTES_HEADER, services.errors_url, tls_files(loaded.root, loaded.spec.gateway.tls)
+        paths.traefik_dir,
+        ROUTES_HEADER,
+        services.errors_url,
+        tls_files(loaded.root, loaded.spec.gateway.tls),
+        upstreams=paths.upstreams,
     )
     fleet = LocalFleet(loaded, paths, services, session, routes)
     placement = read_placement(paths.placement)

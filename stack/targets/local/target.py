@@ -37,7 +37,7 @@ from stack.targets.local.state import (
     pid_alive,
     read_state,
 )
-from stack.traffic import gpu_status, prometheus_traffic, replica_gpu_memory
+from stack.traffic import call_graph, gpu_status, prometheus_traffic, replica_gpu_memory
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
 _SUPERVISORS: list[subprocess.Popen[bytes]] = []  # started by this process (several, in a test run)
@@ -99,7 +99,9 @@ class LocalTarget:
                 checked = replace(checked, replicas=replicas)
             apis.append(replace(checked, changed=versions.get(api.name, api.version) != api.version, traffic=traffic))
         splitters = splitter_status(splitters_of(self.loaded.spec), self.paths.split_overrides)
-        return replace(reported, apis=apis, splitters=splitters, gpus=gpu_status(placement, prometheus))
+        gpus = gpu_status(placement, prometheus)
+        calls = call_graph(self.loaded.spec, prometheus)
+        return replace(reported, apis=apis, splitters=splitters, gpus=gpus, calls=calls)
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         self._require()

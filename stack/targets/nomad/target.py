@@ -49,6 +49,7 @@ from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadS
 from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
 from stack.targets.nomad.status import api_status
 from stack.targets.nomad.variables import write_keys, write_tls
+from stack.traffic import call_graph
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/nomad"
@@ -259,7 +260,10 @@ class NomadTarget:
         if self.loaded.spec.splitters:
             splits = NomadSplits(self.api, self.project)
             splitters = status_of(splitters_of(self.loaded.spec), splits.overrides(), splits.saved_canaries())
-        return StackStatus(self.project, "nomad", self.loaded.spec.gateway.port, apis, notes, splitters=splitters)
+        # The graph's edges; their numbers are in the cluster's Prometheus (predictor_calls_total).
+        calls = call_graph(self.loaded.spec, None)
+        port = self.loaded.spec.gateway.port
+        return StackStatus(self.project, "nomad", port, apis, notes, splitters=splitters, calls=calls)
 
     def logs(self, api: str, follow: bool) -> Iterator[str]:
         self.loaded.spec.api(api)  # UnknownApi names the ones it has
