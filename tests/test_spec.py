@@ -182,6 +182,42 @@ CASES = [
         f"project: demo\napis:\n{GOOD_API}    update: {{max_surge: lots}}\n",
         ["stack.yaml:6:25: apis[0].update.max_surge: expected a replica count or a percentage like 25%, got 'lots'"],
     ),
+    (
+        "a call to an unknown API",
+        f"project: demo\napis:\n{GOOD_API}    calls: [scroe]\n  - name: score\n    predictor: {{path: predictor.py}}\n",
+        ["stack.yaml:6:13: apis[0].calls[0]: no API named 'scroe'; did you mean 'score'?"],
+    ),
+    (
+        "an API calling itself",
+        f"project: demo\napis:\n{GOOD_API}    calls: [iris]\n",
+        [
+            "stack.yaml:6:13: apis[0].calls[0]: API 'iris' calls itself; "
+            + "a stage calls the next stage, not its own endpoint"
+        ],
+    ),
+    (
+        "a cycle of calls",
+        "project: demo\napis:\n"
+        + "".join(
+            f"  - name: {n}\n    predictor: {{path: predictor.py}}\n    calls: [{c}]\n"
+            for n, c in [("a", "b"), ("b", "c"), ("c", "a")]
+        ),
+        ["stack.yaml:5:13: apis[0].calls[0]: calls go round in a cycle: a → b → c → a"],
+    ),
+    (
+        "a call to a BatchAPI",
+        f"project: demo\napis:\n{GOOD_API}    calls: [jobs]\n  - name: jobs\n    kind: BatchAPI\n"
+        "    predictor: {path: predictor.py}\n",
+        [
+            "stack.yaml:6:13: apis[0].calls[0]: 'jobs' is a BatchAPI: "
+            + "it takes jobs, not calls (submit a job to its endpoint)"
+        ],
+    ),
+    (
+        "a callee listed twice",
+        f"project: demo\napis:\n{GOOD_API}    calls: [b, b]\n  - name: b\n    predictor: {{path: predictor.py}}\n",
+        ["stack.yaml:6:16: apis[0].calls[1]: 'b' is listed twice"],
+    ),
 ]
 
 

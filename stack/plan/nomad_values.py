@@ -94,7 +94,10 @@ def nomad_upstreams(project: str, apis: list[Api], api: Api) -> str:
         zero = callee.autoscaling.min_replicas == 0
         activators = _listed(f"{project}-activator", f"{ACTIVATE}/{name}") if zero else ""
         strategy = callee.networking.load_balancer
-        entries.append(f'"{name}": {{"servers": [{servers}], "activators": [{activators}], "strategy": "{strategy}"}}')
+        # A space between JSON's `[` and the template's `[[`: Go's lexer would take `[[[` as `[[` + `[`.
+        entries.append(
+            f'"{name}": {{"servers": [ {servers} ], "activators": [ {activators} ], "strategy": "{strategy}"}}'
+        )
     return '{"apis": {' + ", ".join(entries) + "}}\n"
 
 
