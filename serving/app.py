@@ -83,6 +83,7 @@ class Replica:
             loop = asyncio.get_running_loop()
             key = self.predictions.internal_key()
             self.apis = Apis(c.api, c.calls, Upstreams(c.upstreams_file), loop, key, self.metrics.called)
+            self.metrics.declare_calls(c.calls)
         return self._pool.run(self.construct, counted=False)
 
     def set_predictor(self, predictor: LoadedPredictor) -> None:

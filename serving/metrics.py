@@ -221,6 +221,13 @@ class ApiMetrics:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             self.predicted_value.observe(float(value))
 
+    def declare_calls(self, callees: list[str]) -> None:
+        """Each edge's series at zero from the start, so the first calls show up as a rate: Prometheus
+        counts no increase for a series whose first sample already holds them."""
+        for callee in callees:
+            self.calls.labels(self.api, callee, "200")
+            self.call_duration.labels(self.api, callee)
+
     def called(self, callee: str, code: str, seconds: float) -> None:
         """One call to the API `callee` ended with `code` after `seconds`."""
         self.calls.labels(self.api, callee, code).inc()
