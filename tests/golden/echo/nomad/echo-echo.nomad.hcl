@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "d36f04a60bb3"
+    stack_version = "d40ec193b35d"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=d36f04a60bb3",
+        "stack.version=d40ec193b35d",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:d36f04a60bb3"
+        image = "echo-echo:d40ec193b35d"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "gpu-sharing-rank" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "rank"
-    stack_version = "3b633e697f3d"
+    stack_version = "21b1bce15d02"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-rank" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=rank",
-        "stack.version=3b633e697f3d",
+        "stack.version=21b1bce15d02",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-rank.entrypoints=web",
         "traefik.http.routers.gpu-sharing-rank.rule=(Path(`/rank`) || PathPrefix(`/rank/`)) && !PathRegexp(`^/rank/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "gpu-sharing-rank" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-rank:3b633e697f3d"
+        image = "gpu-sharing-rank:21b1bce15d02"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
