@@ -66,7 +66,7 @@ def build_config(args: argparse.Namespace) -> ServingConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     config = build_config(args)
-    logs.setup(config.log_level, config.log_format)
+    logs.setup(config.log_level, config.log_format, api=config.api, capture=True)
     if args.worker:
         return _worker(config)
     if config.processes_per_replica > 1:

@@ -149,7 +149,7 @@ def main() -> int:
     if config is None:
         print(f"python -m serving.batch: {CONFIG_ENV} is not set (the controller starts workers)", file=sys.stderr)
         return 2
-    logs.setup(config.log_level, config.log_format)
+    logs.setup(config.log_level, config.log_format, api=config.api, capture=True)
     url = os.environ.get(JOB_URL_ENV) or f"{os.environ[JOB_CONTROLLER_ENV]}{WORK_PATH}/{os.environ[JOB_ID_ENV]}"
     controller = Controller(url, os.environ[JOB_TOKEN_ENV], os.environ[JOB_WORKER_ENV])
     job_spec = controller.call()

@@ -29,6 +29,7 @@ from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.failures import PredictTimeout, failure_of
 from serving.loader import LoadedPredictor
+from serving.logs import REQUEST_ID
 from serving.metrics import ApiMetrics
 from serving.openapi import payload_validator
 from serving.pool import ClientGone, PredictPool
@@ -120,6 +121,7 @@ class Predictions:
         if self._count_gauges:  # multiprocess mode: no callback gauges
             self.metrics.last_request.set(time.time())
         status = 500
+        logged = REQUEST_ID.set(request_id)  # every line written while serving it carries its id
         try:
             response = await self._answer(request, request_id, adapter)
             status = response.status
@@ -153,6 +155,7 @@ class Predictions:
                         "request_id": request_id,
                     },
                 )
+            REQUEST_ID.reset(logged)
 
     # -- prediction ----------------------------------------------------------
 
@@ -260,10 +263,9 @@ class Predictions:
         # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
         if self._count_gauges:
             self.metrics.queued.inc()
-        if self._calls:  # the predictor thread sees the request's context (its calls carry it)
-            context = contextvars.copy_context()
-            return await self._pool.run(functools.partial(context.run, call, payload, query, request.headers), is_gone)
-        return await self._pool.run(functools.partial(call, payload, query, request.headers), is_gone)
+        # The predictor thread sees the request's context: its log lines and its calls carry the request.
+        context = contextvars.copy_context()
+        return await self._pool.run(functools.partial(context.run, call, payload, query, request.headers), is_gone)
 
     async def _run_batch(self, items: list[tuple[Any, dict[str, str], Any]]) -> Any:
         assert self.predictor is not None
@@ -310,7 +312,7 @@ class Predictions:
             if is_async:
                 await call()
             else:
-                await self._pool.run(call)
+                await self._pool.run(functools.partial(contextvars.copy_context().run, call))
         except Exception:
             LOGGER.exception("post_predict failed")
 

@@ -11,6 +11,7 @@ A plain generator is advanced on the predictor's thread pool so a slow
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,7 +35,8 @@ async def iterate(result: Any, run: RunInThread) -> AsyncIterator[Any]:
             yield item
         return
     sync_iter: Iterator[Any] = result
-    while (item := await run(functools.partial(next, sync_iter, _DONE))) is not _DONE:
+    step = functools.partial(contextvars.copy_context().run, next, sync_iter, _DONE)  # the request's context
+    while (item := await run(step)) is not _DONE:
         yield item
 
 

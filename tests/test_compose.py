@@ -112,6 +112,8 @@ def test_up_scale_update_status_kill_down(project: tuple[Path, str, int]) -> Non
     assert (api["ready"], api["desired"]) == (3, 3) and api["autoscaled"] is False, api
     logs = stack("logs", "echo", "-p", str(root), cwd=root).stdout
     assert "ready: api echo" in logs
+    recent = stack("logs", "echo", "--since", "10m", "-p", str(root), cwd=root).stdout  # Docker's --since
+    assert "ready: api echo" in recent and " | " in recent
     ids = {r["id"] for r in api["replicas"]}
     prefixes = {line.split(" | ", 1)[0].strip() for line in logs.splitlines() if " | " in line}
     assert prefixes == ids, (prefixes, ids)

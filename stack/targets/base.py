@@ -57,8 +57,9 @@ class Target(Protocol):
 
     def status(self) -> StackStatus: ...
 
-    def logs(self, api: str, follow: bool) -> Iterator[str]:
-        """Every replica's lines of `api`, each prefixed with the replica's id as `status` shows it."""
+    def logs(self, api: str, follow: bool, since: float | None = None) -> Iterator[str]:
+        """Every replica's lines of `api`, each prefixed with the replica's id as `status` shows it;
+        `since`: only those written in the last this many seconds."""
         ...
 
     def scale(self, api: str, replicas: int, force: bool, progress: Progress) -> None:

@@ -304,13 +304,13 @@ class ComposeTarget:
     def _traffic(self, api: str) -> Traffic:
         return prometheus_traffic(f"http://127.0.0.1:{self.loaded.spec.prometheus.port}", api)
 
-    def logs(self, api: str, follow: bool) -> Iterator[str]:
+    def logs(self, api: str, follow: bool, since: float | None = None) -> Iterator[str]:
         """Every replica's lines, each prefixed with the replica's name as `stack status` shows it."""
         self.loaded.spec.api(api)  # UnknownApi names the ones it has
         mine = [c for c in self.engine.containers() if c.api == api]
         if not mine:
             raise NotRunning(f"API {api!r} has no containers; is the stack up? (`stack up {self.loaded.root}`)")
-        yield from follow_container_logs([c.name for c in mine], follow)
+        yield from follow_container_logs([c.name for c in mine], follow, since)
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
         manual = api_name in manual_apis(self.state_dir)

@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from serving.config import CONFIG_ENV
+from serving.logs import REPLICA_ENV
 from serving.runner import STARTUP_ERROR_ENV
 from stack.atomic import write_text_atomic
 from stack.autoscale.config import ApiScaling
@@ -358,6 +359,7 @@ class LocalFleet:
         error_file.unlink(missing_ok=True)
         env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json()}
         env[STARTUP_ERROR_ENV] = str(error_file)
+        env[REPLICA_ENV] = replica_id  # its log lines name it as `stack status` does
         gpu = ",".join(state.slots[slot]) if state.slots else ""
         if gpu:
             env["CUDA_VISIBLE_DEVICES"] = gpu  # its slot's GPU(s), by UUID where nvidia-smi gave one

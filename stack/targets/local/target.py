@@ -37,6 +37,7 @@ from stack.targets.local.state import (
     pid_alive,
     read_state,
 )
+from stack.targets.logs import lines_since
 from stack.traffic import call_graph, gpu_status, prometheus_traffic, replica_gpu_memory
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
@@ -272,17 +273,20 @@ class LocalTarget:
             key=lambda p: int(p.stem.rsplit("-", 1)[1]),
         )
 
-    def logs(self, api: str, follow: bool) -> Iterator[str]:
+    def logs(self, api: str, follow: bool, since: float | None = None) -> Iterator[str]:
         self.loaded.spec.api(api)  # UnknownApi names the ones it has
         if not self.log_files(api):
             raise NotRunning(f"API {api!r} has no replica logs under {self.paths.logs}; is the stack up?")
+        cutoff = time.time() - since if since is not None else None
         offsets: dict[Path, int] = {}
         while True:
             for path in self.log_files(api):
                 with open(path, errors="replace") as handle:
                     handle.seek(offsets.get(path, 0))
-                    for line in handle:
-                        yield f"{path.stem} | {line.rstrip()}"
+                    # Once read, a file's new lines are new: the window applies to what was there.
+                    window = cutoff if path not in offsets else None
+                    for line in lines_since((raw.rstrip() for raw in handle), window):
+                        yield f"{path.stem} | {line}"
                     offsets[path] = handle.tell()
             if not follow:
                 return

@@ -40,7 +40,7 @@ from stack.splits import splitters_of, with_override
 from stack.status import SplitterStatus, StackStatus
 from stack.targets import build
 from stack.targets.base import check_scale
-from stack.targets.logs import merge_streams
+from stack.targets.logs import lines_since, merge_streams
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import ITEM, worker_variable
 from stack.targets.nomad.connection import NomadSettings
@@ -265,20 +265,22 @@ class NomadTarget:
         port = self.loaded.spec.gateway.port
         return StackStatus(self.project, "nomad", port, apis, notes, splitters=splitters, calls=calls)
 
-    def logs(self, api: str, follow: bool) -> Iterator[str]:
+    def logs(self, api: str, follow: bool, since: float | None = None) -> Iterator[str]:
         self.loaded.spec.api(api)  # UnknownApi names the ones it has
+        cutoff = time.time() - since if since is not None else None
         allocations = [a for a in self.api.allocations(self.job_id(api)) if a.get("ClientStatus") == "running"]
         if not allocations:
             raise TargetError(f"API {api!r} has no running allocation; is the stack up? (`stack status --nomad`)")
         if follow and len(allocations) > 1:
             # One stream per allocation, merged as lines arrive.
             streams: dict[str, Iterable[str]] = {
-                str(a["ID"])[:8]: self.api.logs(a["ID"], TASK, "stderr", follow=True) for a in allocations
+                str(a["ID"])[:8]: lines_since(self.api.logs(a["ID"], TASK, "stderr", follow=True), cutoff)
+                for a in allocations
             }
             yield from merge_streams(streams)
             return
         for alloc in allocations:
-            for line in self.api.logs(alloc["ID"], TASK, "stderr", follow=follow):
+            for line in lines_since(self.api.logs(alloc["ID"], TASK, "stderr", follow=follow), cutoff):
                 yield f"{alloc['ID'][:8]} | {line}"
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:

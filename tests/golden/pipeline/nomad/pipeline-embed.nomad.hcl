@@ -7,7 +7,7 @@ job "pipeline-embed" {
   meta {
     stack_project = "pipeline"
     stack_api     = "embed"
-    stack_version = "e7d4c834f9f1"
+    stack_version = "3c828c0c676a"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-embed" {
       tags = [
         "stack.project=pipeline",
         "stack.api=embed",
-        "stack.version=e7d4c834f9f1",
+        "stack.version=3c828c0c676a",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-embed.entrypoints=web",
         "traefik.http.routers.pipeline-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "pipeline-embed" {
       driver = "docker"
 
       config {
-        image = "pipeline-embed:e7d4c834f9f1"
+        image = "pipeline-embed:3c828c0c676a"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "rollout-echo-v1" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v1"
-    stack_version = "dd496177cb74"
+    stack_version = "f9a68739ae0a"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v1" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v1",
-        "stack.version=dd496177cb74",
+        "stack.version=f9a68739ae0a",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v1.entrypoints=web",
         "traefik.http.routers.rollout-echo-v1.rule=(Path(`/echo-v1`) || PathPrefix(`/echo-v1/`)) && !PathRegexp(`^/echo\\-v1/+(metrics|healthz|readyz)/*$`)",
@@ -97,7 +97,7 @@ job "rollout-echo-v1" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v1:dd496177cb74"
+        image = "rollout-echo-v1:f9a68739ae0a"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -17,10 +17,11 @@ import click
 
 from stack import __version__
 from stack.atomic import ProjectLock
+from stack.cli.args import is_project, path_option_flag, progress, resolve_target, split_args, target_flag
+from stack.cli.observe import logs
 from stack.errors import StackError
 from stack.show import show_live, show_status
 from stack.spec import SpecError, load_spec
-from stack.targets import open_target
 from stack.tls import keys_in_clear
 
 if TYPE_CHECKING:
@@ -292,66 +293,9 @@ def _pick_api(spec: Any, name: str | None) -> Any:
 # The target is resolved once, here; every command then talks to the Target protocol alone.
 
 
-def resolve_target(
-    path: Path,
-    kind: str | None,
-    gpus: int | None = None,
-    registry: str | None = None,
-    secrets: bool = False,
-    gpu_mem: int | None = None,
-) -> Target:
-    """`secrets`: resolve the API keys' environment variables (only `stack up` needs them: `stack down`
-    or `stack status` work in a shell that does not have them)."""
-    return open_target(load_spec(path, secrets=secrets), kind, gpus=gpus, gpu_mem=gpu_mem, registry=registry)
-
-
-def _target_flag(func: Any) -> Any:
-    """--local / --nomad / --compose, one choice; without any, `target:` of stack.yaml, else Compose."""
-    flags = [
-        ("--nomad", "nomad", "A Nomad cluster (NOMAD_ADDR, NOMAD_TOKEN, ... as Nomad's CLI reads them)."),
-        ("--local", "local", "The local target: processes behind Traefik, no Docker."),
-        ("--compose", "compose", "Docker Compose on this machine (the default)."),
-    ]
-    for flag, value, help_text in flags:
-        func = click.option(flag, "target_kind", flag_value=value, default=None, help=help_text)(func)
-    return func
-
-
-def _path_option(func: Any) -> Any:
-    return click.option(
-        "-p",
-        "--path",
-        "path_option",
-        type=click.Path(path_type=Path),
-        help="The project: a directory with stack.yaml, or a spec file (also accepted as the first argument).",
-    )(func)
-
-
-def _split(path_option: Path | None, args: tuple[str, ...], names: int, usage: str) -> tuple[Path, list[str]]:
-    """(project path, the remaining arguments): the path may come first, or with -p."""
-    rest = list(args)
-    path = path_option
-    if path is None and len(rest) > names - 1 and rest and _is_project(rest[0]):
-        path = Path(rest.pop(0))
-    if path is None and len(rest) > names:
-        raise click.UsageError(f"{rest[0]!r} is neither a project directory nor a spec file; usage: {usage}")
-    if len(rest) > names:
-        raise click.UsageError(f"too many arguments; usage: {usage}")
-    return (path or Path(".")), rest
-
-
-def _is_project(arg: str) -> bool:
-    candidate = Path(arg)
-    return candidate.is_dir() or (candidate.is_file() and candidate.suffix in (".yaml", ".yml"))
-
-
-def _progress(line: str) -> None:
-    click.echo(f"  {line}", err=True)
-
-
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
-@_target_flag
+@target_flag
 @click.option("--gpus", type=int, help="GPUs on this host (default: ask nvidia-smi).")
 @click.option("--gpu-mem", help="The memory of each of those GPUs, e.g. 80Gi (default: nvidia-smi's answer).")
 @click.option("--registry", help="Nomad: where to push images, HOST:PORT (default: build.registry of stack.yaml).")
@@ -362,7 +306,7 @@ def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | Non
         target = resolve_target(path, target_kind, gpus, registry, secrets=True, gpu_mem=_memory_flag(gpu_mem))
         _warn(target.loaded.warnings + keys_in_clear(target.loaded.spec.gateway, target.name))
         with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
-            status = target.up(_progress)
+            status = target.up(progress)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut this line short
         left = target.left_running() if target is not None else "nothing was started"
@@ -373,7 +317,7 @@ def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | Non
 
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
-@_target_flag
+@target_flag
 @click.option(
     "--volumes",
     "--purge",
@@ -391,12 +335,12 @@ def down(path: Path, target_kind: str | None, volumes: bool) -> None:
 
 @cli.command()
 @click.argument("args", nargs=-1)
-@_path_option
+@path_option_flag
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_target_flag
+@target_flag
 def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_kind: str | None) -> None:
     """Each API's state and replicas: `stack status [PATH] [API]`; with API, per-replica detail and events."""
-    path, rest = _split(path_option, args, 1, "stack status [PATH] [API]")
+    path, rest = split_args(path_option, args, 1, "stack status [PATH] [API]")
     api = rest[0] if rest else None
     target = resolve_target(path, target_kind)
     if api is not None:
@@ -413,14 +357,14 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
 
 @cli.command()
 @click.argument("args", nargs=-1)
-@_path_option
+@path_option_flag
 @click.option("--json", "as_json", is_flag=True, help="Print Cortex's job_status objects as JSON.")
-@_target_flag
+@target_flag
 def jobs(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_kind: str | None) -> None:
     """The jobs of the stack's BatchAPIs, newest first: `stack jobs [PATH] [API]`."""
     from stack.batch.client import list_jobs, show_jobs
 
-    path, rest = _split(path_option, args, 1, "stack jobs [PATH] [API]")
+    path, rest = split_args(path_option, args, 1, "stack jobs [PATH] [API]")
     target = resolve_target(path, target_kind, secrets=True)
     found = list_jobs(target.loaded, f"{_scheme(target)}://127.0.0.1:{target.status().gateway_port}", *rest[:1])
     click.echo(json.dumps(found, indent=2)) if as_json else show_jobs(found)
@@ -428,47 +372,30 @@ def jobs(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_
 
 @cli.command()
 @click.argument("args", nargs=-1, required=True)
-@_path_option
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@_target_flag
-def logs(args: tuple[str, ...], path_option: Path | None, follow: bool, target_kind: str | None) -> None:
-    """The logs of every replica of an API, each line prefixed with its replica: `stack logs [PATH] API`."""
-    path, rest = _split(path_option, args, 1, "stack logs [PATH] API")
-    if not rest:
-        raise click.UsageError("name the API: stack logs [PATH] API")
-    try:
-        for line in resolve_target(path, target_kind).logs(rest[0], follow):
-            click.echo(line)
-    except KeyboardInterrupt:
-        pass
-
-
-@cli.command()
-@click.argument("args", nargs=-1, required=True)
-@_path_option
+@path_option_flag
 @click.option(
     "--force",
     is_flag=True,
     help="Take the API from the autoscaler until the next `stack up` (needed for any count of an autoscaled API), "
     "and allow counts outside min_replicas..max_replicas.",
 )
-@_target_flag
+@target_flag
 def scale(args: tuple[str, ...], path_option: Path | None, force: bool, target_kind: str | None) -> None:
     """Set an API's replica count by hand: `stack scale [PATH] API REPLICAS`."""
-    path, rest = _split(path_option, args, 2, "stack scale [PATH] API REPLICAS")
+    path, rest = split_args(path_option, args, 2, "stack scale [PATH] API REPLICAS")
     if len(rest) != 2 or not rest[1].isdigit():
         raise click.UsageError("usage: stack scale [PATH] API REPLICAS (a count of 0 or more)")
     api, replicas = rest[0], int(rest[1])
     target = resolve_target(path, target_kind)
     with ProjectLock(target.loaded.root, f"stack scale {api} {replicas} ({target.name})"):
-        target.scale(api, replicas, force, _progress)
+        target.scale(api, replicas, force, progress)
     click.echo(f"{api} scaled to {replicas}")
 
 
 @cli.command()
 @click.argument("args", nargs=-1, required=True)
-@_path_option
-@_target_flag
+@path_option_flag
+@target_flag
 def split(args: tuple[str, ...], path_option: Path | None, target_kind: str | None) -> None:
     """Change a splitter's weights on the running stack: `stack split [PATH] NAME API=W ...`.
 
@@ -478,7 +405,7 @@ def split(args: tuple[str, ...], path_option: Path | None, target_kind: str | No
 
     rest = list(args)
     path = path_option
-    if path is None and rest and "=" not in rest[0] and len(rest) > 1 and _is_project(rest[0]):
+    if path is None and rest and "=" not in rest[0] and len(rest) > 1 and is_project(rest[0]):
         path = Path(rest.pop(0))
     if len(rest) < 2 or "=" in rest[0]:
         raise click.UsageError("usage: stack split [PATH] NAME API=WEIGHT [API=WEIGHT ...]")
@@ -592,9 +519,8 @@ def _scheme(target: Target) -> str:
     return "https" if target.loaded.spec.gateway.tls is not None else "http"
 
 
+cli.add_command(logs)
+
+
 def main() -> None:
     cli(prog_name="stack")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m stack.cli`: the `stack` command."""
+
+from stack.cli import main
+
+main()

@@ -1,0 +1,153 @@
+"""Predictor logs you can use: every line a replica writes, prints and library warnings included,
+is a record with its time, API, replica and the request being served; `stack logs --since`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from cli import STACK, stack
+
+from conftest import PREDICTORS, ServerFactory, free_port
+from stack.spec import load_spec
+from stack.targets import open_target
+from stack.targets.logs import lines_since, record_time
+
+CHATTY = PREDICTORS / "chatty.py"
+
+
+def _records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _wait_for(server, needle: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in (logs := server.logs()):
+            return logs
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} not in the logs:\n{server.logs()}")
+
+
+def test_json_lines_carry_api_replica_and_request_id(servers: ServerFactory) -> None:
+    server = servers.serving(
+        CHATTY,
+        api="chatty",
+        log_format="json",
+        threads_per_process=2,
+        config={"meet": 2},
+        env={"STACK_REPLICA": "chatty-7"},
+    )
+    # Two requests in predict at once, on two threads: each line names its own request.
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(
+                lambda word: server.post(json={"word": word}, headers={"X-Request-ID": f"id-{word}"}), ["ant", "bee"]
+            )
+        )
+    assert [a.json()["word"] for a in answers] == ["ant", "bee"]
+    _wait_for(server, "deprecated bee")
+    records = _records(server.logs())
+    assert all({"time", "level", "logger", "message", "api", "replica"} <= set(r) for r in records), records
+    assert {r["api"] for r in records} == {"chatty"} and {r["replica"] for r in records} == {"chatty-7"}
+    by_message = {r["message"]: r for r in records}
+    loading = by_message["chatty loading"]  # a print from __init__: no request
+    assert loading["logger"] == "predictor" and "request_id" not in loading
+    for word in ("ant", "bee"):
+        printed = by_message[f"thinking about {word}"]
+        assert (printed["level"], printed["logger"], printed["request_id"]) == ("info", "predictor", f"id-{word}")
+        to_stderr = by_message[f"stderr about {word}"]
+        assert (to_stderr["level"], to_stderr["request_id"]) == ("warning", f"id-{word}")
+        logged = by_message[f"logged {word}"]
+        assert (logged["logger"], logged["request_id"]) == ("chatty.model", f"id-{word}")
+        warned = next(r for r in records if f"deprecated {word}" in r["message"])
+        assert (warned["logger"], warned["level"], warned["request_id"]) == ("py.warnings", "warning", f"id-{word}")
+    # No line of the replica's output is outside a record.
+    assert all(line.startswith("{") for line in server.logs().splitlines() if line.strip()), server.logs()
+
+
+def test_text_lines_of_an_async_predictor_carry_the_request_id(servers: ServerFactory) -> None:
+    server = servers.serving(CHATTY, api="chatty", predictor_class="AsyncPredictor", env={"STACK_REPLICA": "r-1"})
+    assert server.post(json={"word": "cat"}, headers={"X-Request-ID": "async-1"}).json() == {"word": "cat"}
+    logs = _wait_for(server, "async about cat")
+    line = next(x for x in logs.splitlines() if "async about cat" in x)
+    assert record_time(line) is not None and "INFO" in line
+    assert "api=chatty" in line and "replica=r-1" in line and "request_id=async-1" in line, line
+
+
+def test_lines_since_keeps_whole_records() -> None:
+    text = [
+        "2026-12-04T10:00:00.000Z INFO    old api=a",
+        "Traceback of the old record",
+        '{"time": "2026-12-04T10:00:05.250Z", "level": "info", "message": "new"}',
+        "Traceback of the new record",
+        "2026-12-04T10:00:06Z INFO    newer",
+    ]
+    cutoff = record_time(text[2])
+    assert cutoff is not None and record_time(text[4]) == cutoff + 0.75
+    assert list(lines_since(text, cutoff)) == text[2:]
+    assert list(lines_since(text, None)) == text
+
+
+@pytest.fixture
+def chatty_project(tmp_path: Path):
+    root = tmp_path / "chat"
+    root.mkdir()
+    shutil.copy(CHATTY, root / "predictor.py")
+    port = free_port()
+    (root / "stack.yaml").write_text(
+        f"project: chatty\ngateway: {{port: {port}}}\nprometheus: {{enabled: false}}\n"
+        "apis:\n  - name: talk\n    predictor: {path: predictor.py}\n"
+    )
+    yield root, port
+    stack("down", "--local", str(root), cwd=root, check=False)
+
+
+def test_stack_logs_since_and_follow_on_the_local_target(chatty_project) -> None:
+    root, port = chatty_project
+    stack("up", "--local", str(root), cwd=root)
+    url = f"http://127.0.0.1:{port}/talk"
+    requests.post(url, json={"word": "early"}, headers={"X-Request-ID": "early-1"}, timeout=10).raise_for_status()
+    shown = stack("logs", "--local", "talk", "-p", str(root), cwd=root).stdout
+    line = next(x for x in shown.splitlines() if "thinking about early" in x)
+    assert line.startswith("talk-1 | ") and "replica=talk-1" in line and "request_id=early-1" in line, line
+
+    # --since: the window is measured back from when `stack logs` runs; a second apart on each side.
+    time.sleep(1.1)
+    middle = time.time()
+    time.sleep(1.1)
+    requests.post(url, json={"word": "late"}, headers={"X-Request-ID": "late-1"}, timeout=10).raise_for_status()
+    recent = "\n".join(open_target(load_spec(root), "local").logs("talk", False, time.time() - middle))
+    assert "thinking about late" in recent and "early" not in recent, recent
+    assert (
+        "thinking about early" in stack("logs", "--local", "talk", "--since", "10m", "-p", str(root), cwd=root).stdout
+    )
+    bad = stack("logs", "--local", "talk", "--since", "soon", "-p", str(root), cwd=root, check=False)
+    assert bad.returncode == 2 and "--since" in bad.stderr, bad.stderr
+
+    # --follow: a new request's lines appear while it runs.
+    follower = subprocess.Popen(
+        [*STACK, "logs", "--local", "talk", "--follow", "-p", str(root)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        requests.post(url, json={"word": "followed"}, headers={"X-Request-ID": "f-1"}, timeout=10)
+        deadline = time.monotonic() + 20
+        seen = ""
+        assert follower.stdout is not None
+        while time.monotonic() < deadline and "thinking about followed" not in seen:
+            seen = follower.stdout.readline()
+        assert "thinking about followed" in seen and "request_id=f-1" in seen, seen
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        if follower.stdout is not None:
+            follower.stdout.close()
