@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from serving import tracing
 from serving.codec import dumps
 from serving.errors import HTTPError
 from serving.pool import ClientGone
@@ -240,8 +241,17 @@ class ApiHandle:
                 f"from async code use `await apis[{self.name!r}].apredict(...)`"
             )
         context = CURRENT.get()
-        future = asyncio.run_coroutine_threadsafe(self._call(payload, query_params, headers, context), loop)
-        answer = future.result()
+        tracer = tracing.ACTIVE
+        span, headers = tracer.start_call(self.name, headers) if tracer is not None else (None, headers)
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._call(payload, query_params, headers, context), loop)
+            answer = future.result()
+        except BaseException as exc:
+            if tracer is not None:
+                tracer.end_call(span, exc)
+            raise
+        if tracer is not None:
+            tracer.end_call(span, None)
         if isinstance(answer, _Stream):
             return answer.sync_iter(loop)
         return answer
@@ -252,7 +262,16 @@ class ApiHandle:
         query_params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        answer = await self._call(payload, query_params, headers, CURRENT.get())
+        tracer = tracing.ACTIVE
+        span, headers = tracer.start_call(self.name, headers) if tracer is not None else (None, headers)
+        try:
+            answer = await self._call(payload, query_params, headers, CURRENT.get())
+        except BaseException as exc:
+            if tracer is not None:
+                tracer.end_call(span, exc)
+            raise
+        if tracer is not None:
+            tracer.end_call(span, None)
         return answer.async_iter() if isinstance(answer, _Stream) else answer
 
     # -- one call -------------------------------------------------------------

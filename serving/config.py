@@ -28,6 +28,16 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry tracing of this replica (stack.yaml's `tracing`); see serving.tracing."""
+
+    endpoint: str  # where spans are posted over OTLP/HTTP: a collector's .../v1/traces
+    sample_rate: float = 0.1  # for traces this replica starts; a caller's decision is kept (parent-based)
+    project: str = ""  # resource attributes: stack.project and stack.version
+    version: str = ""
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     predictor_path: str
     api: str = "api"
@@ -72,6 +82,7 @@ class ServingConfig:
     upstreams_file: str | None = None
     # Cortex's model monitoring: {"model_type": "classification" | "regression", "key": field} or None.
     monitoring: dict[str, str] | None = None
+    tracing: TracingConfig | None = None  # None: nothing of tracing is imported or runs
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServingConfig:
@@ -82,6 +93,8 @@ class ServingConfig:
         values = dict(data)
         if values.get("batching") is not None:
             values["batching"] = BatchingConfig(**values["batching"])
+        if values.get("tracing") is not None:
+            values["tracing"] = TracingConfig(**values["tracing"])
         return cls(**values)
 
     @classmethod

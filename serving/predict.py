@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from serving import tracing
 from serving.batching import Batcher
 from serving.calls import CURRENT, TIMEOUT_HEADER, RequestContext
 from serving.codec import Headers, QueryParams, encode, encode_any, error_response, read_payload
@@ -29,10 +30,11 @@ from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.failures import PredictTimeout, failure_of
 from serving.loader import LoadedPredictor
-from serving.logs import REQUEST_ID
+from serving.logs import REQUEST_ID, replica_name
 from serving.metrics import ApiMetrics
 from serving.openapi import payload_validator
 from serving.pool import ClientGone, PredictPool
+from serving.post_predict import PostPredict
 from serving.protocols import openai_error, v2_error
 from serving.streaming import StreamFailed, is_stream, stream
 
@@ -56,7 +58,6 @@ class Predictions:
         self._completions: deque[float] = deque(maxlen=4096)
         self._mean_duration = 0.0
         self._started = time.monotonic()
-        self._background: set[asyncio.Task[Any]] = set()
         self._api_keys = [key.encode() for key in config.read_api_keys()]
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
@@ -68,6 +69,8 @@ class Predictions:
         self._wants_query = True  # predict or post_predict takes query_params
         self._direct = False  # an async predict with nothing around it: awaited in _answer itself
         self._validate: Callable[[Any], Any] | None = None  # from predict's payload annotation
+        self._tracer = tracing.start(config, replica_name())  # None unless stack.yaml turns tracing on
+        self._post = PostPredict(pool, self._tracer)
 
     def bind(self, predictor: LoadedPredictor) -> None:
         """The predictor is loaded: requests go to it from now on."""
@@ -75,7 +78,11 @@ class Predictions:
         self._call = handler.predict_caller()
         self._wants_query = handler.takes_all or "query_params" in handler.params or predictor.post_predict is not None
         self._direct = (
-            handler.is_async and not handler.is_async_gen and self.config.batching is None and self._timeout is None
+            handler.is_async
+            and not handler.is_async_gen
+            and self.config.batching is None
+            and self._timeout is None
+            and self._tracer is None
         )
         self._validate = payload_validator(predictor) if self.config.protocol == "default" else None
         batching = self.config.batching
@@ -93,10 +100,11 @@ class Predictions:
         self.predictor = predictor
 
     async def close(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._post.close()
         if self._batcher:
             await self._batcher.stop()
+        if self._tracer is not None:
+            self._tracer.shutdown()
 
     def queued(self) -> int:
         return self._pool.queued() + (self._batcher.waiting() if self._batcher else 0)
@@ -122,11 +130,15 @@ class Predictions:
             self.metrics.last_request.set(time.time())
         status = 500
         logged = REQUEST_ID.set(request_id)  # every line written while serving it carries its id
+        tracer = self._tracer
+        traced = tracer.start_request(request.method, request.path, request.headers, request_id) if tracer else None
+        error: BaseException | None = None
         try:
             response = await self._answer(request, request_id, adapter)
             status = response.status
             return response
         except StreamFailed as exc:
+            error = exc.cause
             LOGGER.error(
                 "stream failed after the response started", exc_info=exc.cause, extra={"request_id": request_id}
             )
@@ -137,10 +149,13 @@ class Predictions:
             status = CLIENT_GONE
             return web.Response(status=CLIENT_GONE)
         except Exception as exc:
+            error = exc
             response = self._error(exc, request_id, adapter)
             status = response.status
             return response
         finally:
+            if traced is not None and tracer is not None:
+                tracer.finish_request(traced, status, error if status >= 500 else None)
             elapsed = time.perf_counter() - start
             self.metrics.answered(status, elapsed)
             self._mean_duration += (elapsed - self._mean_duration) * 0.05
@@ -220,7 +235,7 @@ class Predictions:
                 if self.config.monitoring is not None and response.status < 400:
                     self.metrics.record_prediction(self.config.monitoring, result)
             if predictor.post_predict is not None:
-                await self._send_then_post_predict(request, response, result, predictor, payload, query)
+                await self._post.send_then_run(request, response, result, predictor.post_predict, payload, query)
             return response
         finally:
             if token is not None:
@@ -253,21 +268,29 @@ class Predictions:
                 # every ready connection before it answers any. Measured (bench/runtime.py, W0 both at
                 # once), CPU per request falls by about a tenth; a lone request waits one turn (µs).
                 await asyncio.sleep(0)
+                if self._tracer is not None:
+                    return await tracing.traced_async(self._tracer, call(payload, query, request.headers))
                 return await call(payload, query, request.headers)
 
         def is_gone() -> bool:
             return request.transport is None or request.transport.is_closing()
 
         if self._batcher is not None:
+            if self._tracer is not None:  # the batch links to this request's span; its wait is its queue span
+                item = (payload, query, request.headers, (self._tracer.current(), tracing.now_ns()))
+                return await self._batcher.submit(item, is_gone)
             return await self._batcher.submit((payload, query, request.headers), is_gone)
         # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
         if self._count_gauges:
             self.metrics.queued.inc()
         # The predictor thread sees the request's context: its log lines and its calls carry the request.
         context = contextvars.copy_context()
-        return await self._pool.run(functools.partial(context.run, call, payload, query, request.headers), is_gone)
+        work = functools.partial(context.run, call, payload, query, request.headers)
+        if self._tracer is not None:
+            return await tracing.traced_thread(self._tracer, self._pool.run, work, is_gone)
+        return await self._pool.run(work, is_gone)
 
-    async def _run_batch(self, items: list[tuple[Any, dict[str, str], Any]]) -> Any:
+    async def _run_batch(self, items: list[tuple[Any, ...]]) -> Any:
         assert self.predictor is not None
         handler = self.predictor.predict
         call = functools.partial(
@@ -276,45 +299,13 @@ class Predictions:
             query_params=[item[1] for item in items],
             headers=[Headers(item[2]) for item in items],
         )
+        if self._tracer is not None:
+            return await tracing.traced_batch(
+                self._tracer, self._pool.run, call, handler.is_async, [item[3] for item in items]
+            )
         if handler.is_async:
             return await call()
         return await self._pool.run(call)
-
-    async def _send_then_post_predict(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        result: Any,
-        predictor: LoadedPredictor,
-        payload: Any,
-        query: dict[str, str] | None,
-    ) -> None:
-        if not response.prepared:
-            await response.prepare(request)
-            await response.write_eof()
-        assert predictor.post_predict is not None
-        handler = predictor.post_predict
-        # As in Cortex, `response` is what predict returned; the HTTP status is `status_code`.
-        call = functools.partial(
-            handler.call,
-            response=result,
-            status_code=response.status,
-            payload=payload,
-            query_params=query,
-            headers=Headers(request.headers),
-        )
-        task = asyncio.get_running_loop().create_task(self._post_predict(call, handler.is_async))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _post_predict(self, call: Callable[[], Any], is_async: bool) -> None:
-        try:
-            if is_async:
-                await call()
-            else:
-                await self._pool.run(functools.partial(contextvars.copy_context().run, call))
-        except Exception:
-            LOGGER.exception("post_predict failed")
 
     # -- errors and back-pressure -------------------------------------------
 

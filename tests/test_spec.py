@@ -72,7 +72,7 @@ CASES = [
         f"project: demo\nflavour: vanilla\napis:\n{GOOD_API}",
         [
             "stack.yaml:2:1: flavour: unknown field `flavour`; expected one of: project, target, gateway, prometheus, "
-            "build, apis, splitters, log_format"
+            "build, apis, splitters, log_format, tracing"
         ],
     ),
     (

@@ -4,6 +4,7 @@ its TLS arguments and (Compose) the mounts of the certificate files."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from stack.spec.units import format_duration
 from stack.tls import AcmePaths, traefik_args
 
 COMPOSE_ACME_CA = "/etc/stack/acme-ca.pem"  # tls.acme.ca_file in the Compose gateway
+DOCKER_HOST_NAME = "host.docker.internal"  # the Docker host, from a container (extra_hosts: host-gateway)
 
 
 def gateway_read_timeout(spec: Spec) -> str:
@@ -58,3 +60,25 @@ def compose_tls_args(spec: Spec) -> list[str]:
 def tls_variable(project: str) -> str:
     """The Nomad Variable of the gateway's TLS: under the Traefik job's group, which only that job reads."""
     return f"nomad/jobs/{project}-traefik/traefik"
+
+
+def traefik_tracing_args(spec: Spec, traces_url: str | None = None) -> list[str]:
+    """Traefik's own OpenTelemetry tracing from stack.yaml's `tracing` ([] without it): it starts a trace
+    at `sample_rate`, or continues a client's `traceparent` with its decision, and passes the context on
+    to the replica. `traces_url`: the collector as the gateway reaches it (default: stack.yaml's)."""
+    tracing = spec.tracing
+    if tracing is None:
+        return []
+    return [
+        "--tracing=true",
+        f"--tracing.serviceName={spec.project}-gateway",
+        f"--tracing.sampleRate={tracing.sample_rate:g}",
+        f"--tracing.resourceAttributes.stack_project={spec.project}",
+        f"--tracing.otlp.http.endpoint={traces_url or tracing.traces_url}",
+    ]
+
+
+def from_container(url: str) -> str:
+    """`url` as a container reaches it: a collector on the Docker host's loopback is at host.docker.internal
+    (the Compose services map it to the host's gateway address)."""
+    return re.sub(r"^(https?://)(127\.0\.0\.1|localhost|\[::1\])(?=[:/]|$)", rf"\g<1>{DOCKER_HOST_NAME}", url)

@@ -24,18 +24,21 @@ from stack.autoscale.config import config_of
 from stack.errors import PlanError as PlanError  # re-exported: planning fails with it
 from stack.files import ProjectFiles, package_files, tree_digest
 from stack.plan.gateway import (
+    DOCKER_HOST_NAME,
     acme_ca,
     compose_tls_args,
+    from_container,
     gateway_read_timeout,
     tls_mounts,
     tls_variable,
     traefik_tls_args,
+    traefik_tracing_args,
 )
 from stack.plan.gpus import Gpu, Placement, place
 from stack.plan.nomad_json import hcl_to_job
 from stack.plan.nomad_routes import routes_variable, routes_yaml
 from stack.plan.nomad_values import NOMAD_HEALTH, nomad_gpu, nomad_resources, nomad_tags, nomad_upstreams
-from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache, replica_config
+from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache, replica_config, tracing_config
 from stack.routes import UPSTREAMS_FILE, Route, activator_fallback, member_service, router_rule
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
@@ -140,7 +143,9 @@ def project_digest(loaded: LoadedSpec, exclude: Path | None = None) -> str:
     output directory, when it lies inside the project.
     """
     files = project_files(loaded, exclude).digest(cache_root=loaded.root)
-    return hashlib.sha256(f"{files}\0{runtime_digest()}".encode()).hexdigest()
+    # `tracing` changes what every image installs (OpenTelemetry) and every replica's settings.
+    tracing = f"\0{loaded.spec.tracing.model_dump_json()}" if loaded.spec.tracing is not None else ""
+    return hashlib.sha256(f"{files}\0{runtime_digest()}{tracing}".encode()).hexdigest()
 
 
 def runtime_digest() -> str:
@@ -177,7 +182,9 @@ def _api_values(
     keys_file: str,
     model_cache: str | None = None,
     upstreams_file: str | None = None,
+    traces_url: str | None = None,
 ) -> dict[str, Any]:
+    """`traces_url`: the tracing collector as the replica reaches it (default: stack.yaml's endpoint)."""
     version = api_version(api, digest)
     project = loaded.spec.project
     config = replica_config(
@@ -188,6 +195,7 @@ def _api_values(
         keys_file=keys_file,
         model_cache=model_cache,
         upstreams_file=upstreams_file,
+        tracing=tracing_config(loaded, version, traces_url),
     )
     predictor = api.predictor
     endpoint = api.endpoint
@@ -272,6 +280,7 @@ def plan_compose(
             keys_file=COMPOSE_KEYS_FILE,
             model_cache=MODEL_CACHE if cached else None,
             upstreams_file=f"{COMPOSE_UPSTREAMS_DIR}/{UPSTREAMS_FILE}",
+            traces_url=from_container(spec.tracing.traces_url) if spec.tracing else None,
         )
         values["calls"] = bool(api.calls)
         # S3 models are downloaded once per host, into a volume (or host directory) every replica mounts.
@@ -322,6 +331,7 @@ def plan_compose(
     files["compose.yaml"] = env.get_template("compose/compose.yaml.j2").render(
         secrets=secrets,
         secrets_owner=_secrets_owner(),
+        docker_host=spec.tracing is not None and DOCKER_HOST_NAME in from_container(spec.tracing.traces_url),
         header=header,
         project=spec.project,
         network=network,
@@ -334,6 +344,9 @@ def plan_compose(
             "read_timeout": gateway_read_timeout(spec),
             "http_port": spec.gateway.http_port,
             "tls_args": compose_tls_args(spec),
+            "tracing_args": traefik_tracing_args(
+                spec, from_container(spec.tracing.traces_url) if spec.tracing else None
+            ),
             "tls_mounts": mounts,
             "acme": bool(spec.gateway.tls and spec.gateway.tls.acme),
             "acme_ca": acme_ca(loaded, out_dir),
@@ -546,6 +559,7 @@ def plan_nomad(
         routes_dir="secrets/routes" if spec.gateway.tls else "local/routes",
         tls_variable=tls_variable(project) if spec.gateway.tls else None,
         tls_args=traefik_tls_args(spec, "/alloc/data/acme.json", "/secrets/acme-ca.pem"),
+        tracing_args=traefik_tracing_args(spec),
         acme_ca=bool(spec.gateway.tls and spec.gateway.tls.acme and spec.gateway.tls.acme.ca_file),
     )
     files[f"{project}-prometheus.nomad.hcl"] = env.get_template("nomad/prometheus.nomad.hcl.j2").render(

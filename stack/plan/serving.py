@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from serving.config import BatchingConfig, ServingConfig
+from serving.config import BatchingConfig, ServingConfig, TracingConfig
 from stack.spec import Api, LoadedSpec
 from stack.spec.models import Models
 
@@ -28,6 +28,7 @@ def replica_config(
     keys_file: str | None = None,
     model_cache: str | None = None,
     upstreams_file: str | None = None,
+    tracing: TracingConfig | None = None,
 ) -> ServingConfig:
     """`root` is where the project directory is seen by the replica: /app in images, the real path locally.
     `model_cache`: where this replica finds the host's shared model cache (a path it sees), if any.
@@ -67,7 +68,17 @@ def replica_config(
         monitoring=api.monitoring.model_dump() if api.monitoring else None,
         calls=list(api.calls),
         upstreams_file=upstreams_file if api.calls else None,
+        tracing=tracing,
     )
+
+
+def tracing_config(loaded: LoadedSpec, version: str, traces_url: str | None = None) -> TracingConfig | None:
+    """A replica's tracing (None when stack.yaml has no `tracing`); `traces_url`: the collector as the
+    replica reaches it, when that differs from stack.yaml's (a container: stack.plan.gateway.from_container)."""
+    tracing = loaded.spec.tracing
+    if tracing is None:
+        return None
+    return TracingConfig(traces_url or tracing.traces_url, tracing.sample_rate, loaded.spec.project, version)
 
 
 def needs_model_cache(api: Api) -> bool:
@@ -99,9 +110,10 @@ def _models(models: Models | None, cache_dir: str | None) -> dict[str, Any] | No
     }
 
 
-def extra_requirements(api: Api) -> list[str]:
-    """What the replica image needs beyond the runtime for this API's predictor type and models."""
-    extra = []
+def extra_requirements(api: Api, tracing: bool = False) -> list[str]:
+    """What the replica image needs beyond the runtime for this API's predictor type and models, and for
+    `tracing` (stack.yaml's): OpenTelemetry's SDK and OTLP/HTTP exporter, only then."""
+    extra = ["opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"] if tracing else []
     if api.compute.gpu:
         extra.append("nvidia-ml-py")  # the replica's GPU metrics (serving.gpu): NVML, from the driver
     if api.predictor.protocol == "v2":

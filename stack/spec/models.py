@@ -487,6 +487,42 @@ class Splitter(Strict):
         return self
 
 
+class Tracing(Strict):
+    """OpenTelemetry traces of every request: the gateway (Traefik's own tracing) starts a trace or
+    continues a client's W3C `traceparent`; every replica continues it (request, queue, batch,
+    predict, post_predict, and the calls of a pipeline), exporting over OTLP/HTTP."""
+
+    # An OTLP/HTTP collector (Jaeger, Tempo, the OpenTelemetry Collector): http(s)://host:port, spans go
+    # to its /v1/traces (give the full URL when it differs). Compose replicas and gateway reach a
+    # 127.0.0.1 collector at the Docker host (it must listen on an address the containers reach).
+    endpoint: str
+    # Head sampling at the gateway: the share of new traces kept. A client's sampled `traceparent`
+    # is always kept (parent-based), so a request someone is debugging is never dropped.
+    sample_rate: float = 0.1
+
+    @field_validator("sample_rate", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"sample_rate is a fraction from 0 to 1 (0.1 keeps one new trace in ten), got {value!r}")
+        return float(value)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?(/[^\s?#]*)?", value)
+        if match is None:
+            raise ValueError(f"expected an OTLP/HTTP URL like http://127.0.0.1:4318, got {value!r}")
+        if match.group(3) and not 0 < int(match.group(3)[1:]) < 65536:
+            raise ValueError(f"the port of {value!r} is not one from 1 to 65535")
+        return value.rstrip("/")
+
+    @property
+    def traces_url(self) -> str:
+        """Where spans are posted: the endpoint's /v1/traces unless it names a path of its own."""
+        return self.endpoint if re.search(r"//[^/]+/.", self.endpoint) else f"{self.endpoint}/v1/traces"
+
+
 class Spec(Strict):
     project: Name
     # Where `stack up` runs the stack unless a flag (--local, --nomad, --compose) says otherwise.
@@ -497,6 +533,7 @@ class Spec(Strict):
     apis: Annotated[list[Api], Field(min_length=1)]
     splitters: list[Splitter] = Field(default_factory=list)
     log_format: Literal["text", "json"] = "text"
+    tracing: Tracing | None = None  # off by default: without it, nothing of tracing runs or is installed
     _batch: list[Api] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")

@@ -139,7 +139,7 @@ class ComposeTarget:
             self.loaded.spec.build.base_image,
             self.loaded.spec.build.wheelhouse,
             progress,
-            extra=extra_requirements(api),
+            extra=extra_requirements(api, self.loaded.spec.tracing is not None),
         )
         build.build_image(context, image, progress)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from serving.supervisor import port_is_free
 from stack.atomic import write_json_atomic
 from stack.errors import StackError
+from stack.plan.gateway import traefik_tracing_args
 from stack.plan.render import gateway_read_timeout
 from stack.spec import LoadedSpec
 from stack.spec.units import format_duration
@@ -179,7 +180,7 @@ class LocalServices:
             self.paths.logs / "traefik-access.log" if gateway.access_log else None,
             gateway_read_timeout(self.loaded.spec),
             self.probe_port,
-            self._tls_args(),
+            self._tls_args() + traefik_tracing_args(self.loaded.spec),
         )
 
     def _tls_args(self) -> list[str]:

@@ -37,7 +37,7 @@ from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas
 from stack.control.routing import FileRouteSink
 from stack.plan.render import api_version
-from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config
+from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config, tracing_config
 from stack.routes import UPSTREAMS_FILE
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_memory
@@ -353,13 +353,13 @@ class LocalFleet:
             keys_file=str(self.paths.api_keys),
             model_cache=str(cache) if cache else None,  # one download per host, shared by every replica
             upstreams_file=str(self.paths.upstreams / UPSTREAMS_FILE),
+            tracing=tracing_config(self.loaded, state.version),
         )
         log = self.paths.replica_log(replica_id)
         error_file = self._error_file(replica_id)
         error_file.unlink(missing_ok=True)
-        env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json()}
+        env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json(), REPLICA_ENV: replica_id}
         env[STARTUP_ERROR_ENV] = str(error_file)
-        env[REPLICA_ENV] = replica_id  # its log lines name it as `stack status` does
         gpu = ",".join(state.slots[slot]) if state.slots else ""
         if gpu:
             env["CUDA_VISIBLE_DEVICES"] = gpu  # its slot's GPU(s), by UUID where nvidia-smi gave one

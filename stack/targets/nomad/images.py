@@ -33,7 +33,7 @@ class ImagePusher:
                 self.loaded.spec.build.base_image,
                 self.loaded.spec.build.wheelhouse,
                 progress,
-                extra=extra_requirements(api),
+                extra=extra_requirements(api, self.loaded.spec.tracing is not None),
             )
             build.build_image(context, image, progress)
         self.push(image, progress)

@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "1c4919903356"
+    stack_version = "436b1585ceaa"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=1c4919903356",
+        "stack.version=436b1585ceaa",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:1c4919903356"
+        image = "batching-score:436b1585ceaa"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "batching-score" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"score\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.01,\"eager\":false,\"max_batch_size\":32,\"max_in_flight\":2},\"body_timeout\":30.0,\"calls\":[],\"config\":{\"weights\":[0.5,-0.25,1.0]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"score\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.01,\"eager\":false,\"max_batch_size\":32,\"max_in_flight\":2},\"body_timeout\":30.0,\"calls\":[],\"config\":{\"weights\":[0.5,-0.25,1.0]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

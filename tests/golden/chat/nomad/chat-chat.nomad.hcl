@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "137f8f4bd7d9"
+    stack_version = "ca41ece68e8b"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=137f8f4bd7d9",
+        "stack.version=ca41ece68e8b",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:137f8f4bd7d9"
+        image = "chat-chat:ca41ece68e8b"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "chat-chat" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"chat\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"token_delay\":0.01},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"openai\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"chat\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"token_delay\":0.01},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"openai\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

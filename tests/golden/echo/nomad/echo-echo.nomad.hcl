@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "4dff78993f3b"
+    stack_version = "bd8c3ad7e421"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=4dff78993f3b",
+        "stack.version=bd8c3ad7e421",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:4dff78993f3b"
+        image = "echo-echo:bd8c3ad7e421"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "echo-echo" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"echo\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"greeting\":\"echo\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"echo\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"greeting\":\"echo\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "b37d9a88b158"
+    stack_version = "02e5aaf3348d"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=b37d9a88b158",
+        "stack.version=02e5aaf3348d",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:b37d9a88b158"
+        image = "embeddings-embed:02e5aaf3348d"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "embeddings-embed" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.005,\"eager\":false,\"max_batch_size\":16,\"max_in_flight\":2},\"body_timeout\":30.0,\"calls\":[],\"config\":{\"normalize\":true},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":30.0,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.005,\"eager\":false,\"max_batch_size\":16,\"max_in_flight\":2},\"body_timeout\":30.0,\"calls\":[],\"config\":{\"normalize\":true},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":30.0,\"tracing\":null,\"upstreams_file\":null}"
         HF_HUB_OFFLINE = "1"
       }
 

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "379ca10b02fa"
+    stack_version = "0d9d9544b30a"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=379ca10b02fa",
+        "stack.version=0d9d9544b30a",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:379ca10b02fa"
+        image = "iris-iris:0d9d9544b30a"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "iris-iris" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"iris\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":2,\"timeout\":10.0,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"iris\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":2,\"timeout\":10.0,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

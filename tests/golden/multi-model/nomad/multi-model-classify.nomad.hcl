@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "56374dd82bb6"
+    stack_version = "1d4f3863d8b9"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=56374dd82bb6",
+        "stack.version=1d4f3863d8b9",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
         "traefik.http.routers.multi-model-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:56374dd82bb6"
+        image = "multi-model-classify:1d4f3863d8b9"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "multi-model-classify" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"classify\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"default_model\":\"iris\",\"models\":[\"iris\",\"wine\",\"cancer\"]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"classify\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"default_model\":\"iris\",\"models\":[\"iris\",\"wine\",\"cancer\"]},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

@@ -7,7 +7,7 @@ job "pipeline-classify" {
   meta {
     stack_project = "pipeline"
     stack_api     = "classify"
-    stack_version = "b59814999027"
+    stack_version = "4cbf0ce84216"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-classify" {
       tags = [
         "stack.project=pipeline",
         "stack.api=classify",
-        "stack.version=b59814999027",
+        "stack.version=4cbf0ce84216",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-classify.entrypoints=web",
         "traefik.http.routers.pipeline-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "pipeline-classify" {
       driver = "docker"
 
       config {
-        image = "pipeline-classify:b59814999027"
+        image = "pipeline-classify:4cbf0ce84216"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "pipeline-classify" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"classify\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[\"embed\"],\"config\":{\"topics\":{\"computing\":[\"The server crashed because it ran out of memory.\",\"Compile the program and run the unit tests.\",\"The database query needs an index to be fast.\"],\"cooking\":[\"Simmer the sauce until it thickens, then add the basil.\",\"Knead the dough and let it rise for an hour.\",\"Roast the vegetables with olive oil and garlic.\"],\"sports\":[\"The team won the match in extra time.\",\"She ran the marathon in under three hours.\",\"The goalkeeper saved a penalty in the final minute.\"]}},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/classify.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"upstreams_file\":\"/local/upstreams.json\"}"
+        STACK_SERVING_CONFIG = "{\"api\":\"classify\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[\"embed\"],\"config\":{\"topics\":{\"computing\":[\"The server crashed because it ran out of memory.\",\"Compile the program and run the unit tests.\",\"The database query needs an index to be fast.\"],\"cooking\":[\"Simmer the sauce until it thickens, then add the basil.\",\"Knead the dough and let it rise for an hour.\",\"Roast the vegetables with olive oil and garlic.\"],\"sports\":[\"The team won the match in extra time.\",\"She ran the marathon in under three hours.\",\"The goalkeeper saved a penalty in the final minute.\"]}},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/classify.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":\"/local/upstreams.json\"}"
       }
 
       # Pipelines: where this API's calls go (serving.calls), the ready instances of each API it

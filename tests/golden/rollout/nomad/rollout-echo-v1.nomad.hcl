@@ -7,7 +7,7 @@ job "rollout-echo-v1" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v1"
-    stack_version = "f9a68739ae0a"
+    stack_version = "ce2f9571b95d"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v1" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v1",
-        "stack.version=f9a68739ae0a",
+        "stack.version=ce2f9571b95d",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v1.entrypoints=web",
         "traefik.http.routers.rollout-echo-v1.rule=(Path(`/echo-v1`) || PathPrefix(`/echo-v1/`)) && !PathRegexp(`^/echo\\-v1/+(metrics|healthz|readyz)/*$`)",
@@ -97,7 +97,7 @@ job "rollout-echo-v1" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v1:f9a68739ae0a"
+        image = "rollout-echo-v1:ce2f9571b95d"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -105,7 +105,7 @@ job "rollout-echo-v1" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"echo-v1\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"version\":\"v1\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"echo-v1\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"version\":\"v1\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

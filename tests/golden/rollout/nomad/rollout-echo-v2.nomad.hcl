@@ -7,7 +7,7 @@ job "rollout-echo-v2" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v2"
-    stack_version = "96b574a884a9"
+    stack_version = "1cfa848b8582"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v2" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v2",
-        "stack.version=96b574a884a9",
+        "stack.version=1cfa848b8582",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v2.entrypoints=web",
         "traefik.http.routers.rollout-echo-v2.rule=(Path(`/echo-v2`) || PathPrefix(`/echo-v2/`)) && !PathRegexp(`^/echo\\-v2/+(metrics|healthz|readyz)/*$`)",
@@ -97,7 +97,7 @@ job "rollout-echo-v2" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v2:96b574a884a9"
+        image = "rollout-echo-v2:1cfa848b8582"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -105,7 +105,7 @@ job "rollout-echo-v2" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"echo-v2\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"version\":\"v2\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"echo-v2\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"version\":\"v2\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "a68bca143f56"
+    stack_version = "733ea5dc69b9"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=a68bca143f56",
+        "stack.version=733ea5dc69b9",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:a68bca143f56"
+        image = "streaming-generate:733ea5dc69b9"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "streaming-generate" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"generate\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"token_delay\":0.02},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":60.0,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"generate\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"token_delay\":0.02},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":60.0,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

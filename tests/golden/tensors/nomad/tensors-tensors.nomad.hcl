@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "30731f1cac30"
+    stack_version = "a9ef9a465bc6"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=30731f1cac30",
+        "stack.version=a9ef9a465bc6",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
         "traefik.http.routers.tensors-tensors.rule=(Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:30731f1cac30"
+        image = "tensors-tensors:a9ef9a465bc6"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +101,7 @@ job "tensors-tensors" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"tensors\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"scale\":2.0},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"v2\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"tensors\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"scale\":2.0},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"v2\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.
