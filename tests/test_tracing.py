@@ -220,3 +220,50 @@ def test_traces_url_and_the_gateways_flags(tmp_path: Path) -> None:
     assert from_container(spec.tracing.traces_url) == "http://host.docker.internal:4318/v1/traces"
     assert "--tracing.sampleRate=0.25" in traefik_tracing_args(spec)
     assert "--tracing.otlp.http.endpoint=http://127.0.0.1:4318/v1/traces" in traefik_tracing_args(spec)
+
+
+def test_compose_and_nomad_plans_trace_through_the_gateway_and_replicas(tmp_path: Path) -> None:
+    """Compose: Traefik's flags point at the Docker host (a collector on its 127.0.0.1), which every
+    service maps; Nomad: the endpoint as written. `docker compose config` accepts the file."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from stack.plan import plan_compose
+    from stack.plan.render import plan_nomad
+
+    root = tmp_path / "traced"
+    _write(root, 18080, "http://127.0.0.1:4318", 0.5)
+    loaded = load_spec(root)
+    compose = plan_compose(loaded, tmp_path / "out")
+    document = yaml.safe_load(compose.files["compose.yaml"])
+    traefik = document["services"]["traefik"]
+    assert "--tracing.otlp.http.endpoint=http://host.docker.internal:4318/v1/traces" in traefik["command"]
+    assert (
+        "--tracing.sampleRate=0.5" in traefik["command"]
+        and "--tracing.serviceName=traced-gateway" in traefik["command"]
+    )
+    replicas = [s for name, s in document["services"].items() if "STACK_SERVING_CONFIG" in s.get("environment", {})]
+    assert len(replicas) == 2
+    for service in [traefik, *replicas]:
+        assert service["extra_hosts"] == ["host.docker.internal:host-gateway"]
+    for service in replicas:
+        config = json.loads(service["environment"]["STACK_SERVING_CONFIG"])
+        assert config["tracing"]["endpoint"] == "http://host.docker.internal:4318/v1/traces"
+        assert config["tracing"]["sample_rate"] == 0.5 and config["tracing"]["project"] == "traced"
+        assert config["tracing"]["version"] == service["labels"]["stack.version"]
+    if shutil.which("docker"):
+        out = tmp_path / "out"
+        compose.write(out)
+        checked = subprocess.run(
+            ["docker", "compose", "-f", str(out / "compose.yaml"), "config", "-q"], capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stderr
+
+    nomad = plan_nomad(loaded)
+    traefik_job = next(text for name, text in nomad.files.items() if name.endswith("traefik.json"))
+    assert "--tracing.otlp.http.endpoint=http://127.0.0.1:4318/v1/traces" in traefik_job
+    front = json.loads(next(text for name, text in nomad.files.items() if name.endswith("front.json")))
+    env = front["Job"]["TaskGroups"][0]["Tasks"][0]["Env"]
+    assert json.loads(env["STACK_SERVING_CONFIG"])["tracing"]["endpoint"] == "http://127.0.0.1:4318/v1/traces"
