@@ -37,6 +37,14 @@ def _wait(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-
     return False
 
 
+def _diagnosis(root: Path) -> str:
+    """What a failed wait shows: the stack's status and the tails of its logs."""
+    said = [stack("status", "--local", "--json", "-p", str(root), cwd=root, check=False).stdout]
+    for log in sorted((root / ".stack/logs").glob("*.log")):
+        said.append(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}")
+    return "\n".join(said)
+
+
 def _component(root: Path, name: str) -> dict:
     return next(c for c in status(root)["components"] if c["name"] == name)
 
@@ -266,7 +274,8 @@ def test_ctrl_c_during_up_says_what_runs_on_and_how_to_stop_it(project: tuple[Pa
     assert f"stack down --local {root}" in rest
     # It does go on: released, the API serves, and the named command stops it.
     release.touch()
-    assert _wait(lambda: status(root)["apis"][0]["status"] == "live", timeout=60)
+    live = _wait(lambda: status(root)["apis"][0]["status"] == "live", timeout=90)
+    assert live, _diagnosis(root)
     assert _answers(f"http://127.0.0.1:{port}/echo")
     assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "stopped"
     assert not pid_alive(supervisor)
