@@ -23,7 +23,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from runtime import Result, free_port, measure, median, ours, start, stop
+from runtime import Result, free_port, measure, median, ours, ratio_table, start, stop
 
 from results import write_section
 
@@ -97,13 +97,6 @@ def chain(folder: Path, duration: int) -> dict[str, Result]:
     return results
 
 
-def table(rows: list[tuple[str, Result, float]]) -> str:
-    lines = ["| configuration | req/s | ratio | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
-    for name, r, ratio in rows:
-        lines.append(f"| {name} | {r.rps:,.0f} | {ratio:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
@@ -131,7 +124,7 @@ def main() -> None:
 
 Ratio: against the plain aiohttp client (the callee alone is the ceiling: one server instead of two).
 
-{table([(n, r, r.rps / plain.rps) for n, r in hop.items()])}
+{ratio_table([(n, r, r.rps / plain.rps) for n, r in hop.items()])}
 
 The callee alone does {ceiling.rps:,.0f} req/s; a hop through the `apis` handle keeps
 {hop["caller → callee, apis handle"].rps / ceiling.rps:.2f} of that with two servers on one core, and
@@ -140,7 +133,7 @@ price of balancing, the request id and deadline headers, retries and the per-edg
 
 ### Three stages (2 ms → 5 ms → 1 ms, 4 at once each) against the slowest stage alone
 
-{table([(n, r, r.rps / slowest.rps) for n, r in chained.items()])}
+{ratio_table([(n, r, r.rps / slowest.rps) for n, r in chained.items()])}
 """
     print(body)
     write_section("pipeline", body)

@@ -206,6 +206,14 @@ def median(results: list[Result]) -> Result:
     return ranked[len(ranked) // 2]
 
 
+def ratio_table(rows: list[tuple[str, Result, float]], ratio: str = "ratio") -> str:
+    """A markdown table of (configuration, its median result, its ratio) rows, as RESULTS.md shows them."""
+    lines = [f"| configuration | req/s | {ratio} | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r, value in rows:
+        lines.append(f"| {name} | {r.rps:,.0f} | {value:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+    return "\n".join(lines)
+
+
 def median_ratio(results: list[Result], ceilings: list[Result]) -> float:
     """The median over rounds of this server's req/s over the ceiling's in the same round."""
     ratios = sorted(r.rps / c.rps for r, c in zip(results, ceilings, strict=True))

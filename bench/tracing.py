@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 
-from runtime import Result, free_port, measure, median, ours
+from runtime import Result, free_port, measure, median, ours, ratio_table
 
 from results import write_section
 
@@ -49,13 +49,6 @@ def configurations(collector: str) -> dict[str, dict[str, object]]:
             "tracing": {"endpoint": collector, "sample_rate": 1.0, "project": "bench"}
         },
     }
-
-
-def table(rows: list[tuple[str, Result, float]]) -> str:
-    lines = ["| configuration | req/s | ratio to off | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
-    for name, r, ratio in rows:
-        lines.append(f"| {name} | {r.rps:,.0f} | {ratio:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -91,7 +84,7 @@ on CPU 0, `wrk` on CPU 1, {CONNECTIONS} connections, a 2 s warm-up then {args.du
 {args.rounds} interleaved rounds, the ratio is the median of each round's req/s over that round's
 "tracing off". At 1.0 every request's spans are exported over OTLP/HTTP to a local receiver on CPU 1.
 
-{table(rows)}
+{ratio_table(rows, "ratio to off")}
 
 Tracing off is the runtime as it was: OpenTelemetry is not imported and the predict path tests one
 attribute for None (W0 itself is in the runtime section). Sampling at 0 still makes a non-recording
