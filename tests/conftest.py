@@ -281,6 +281,8 @@ def require_binary(name: str) -> str:
             "promtool": "Debian's prometheus package (`apt-get install prometheus`; .ci/run installs it)",
             "prometheus": "Debian's prometheus package (`apt-get install prometheus`; .ci/run installs it)",
             "pebble": "Debian's pebble package (`apt-get install pebble`; .ci/run installs it)",
+            "chromium": "Debian's chromium package (`apt-get install chromium`; .ci/run installs it)",
+            "chromedriver": "Debian's chromium-driver package (`apt-get install chromium-driver`; .ci/run installs it)",
         }.get(name, "its package")
         pytest.skip(f"{name} is not on PATH: install {how}")
     return found

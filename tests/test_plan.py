@@ -139,7 +139,9 @@ def test_compose_shape(rendered) -> None:
     services = compose["services"]
     version = services["traefik"] and next(s for s in services if s.startswith("classify-")).split("-")[1]
     slots = [f"classify-{version}-gpu0", f"classify-{version}-gpu1"]
-    assert set(services) == {"traefik", *slots, "prometheus", "autoscaler"}
+    assert set(services) == {"traefik", *slots, "prometheus", "autoscaler", "dashboard"}
+    assert [p.split(":")[0] for p in services["dashboard"]["ports"]] == ["127.0.0.1"]  # this machine only
+    assert "volumes" not in services["dashboard"]  # no Docker socket
     assert services["traefik"]["ports"] == ["8080:8080"]
     for slot, device in zip(slots, ("0", "1"), strict=True):
         service = services[slot]

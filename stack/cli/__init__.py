@@ -18,7 +18,7 @@ import click
 from stack import __version__
 from stack.atomic import ProjectLock
 from stack.cli.args import is_project, path_option_flag, progress, resolve_target, split_args, target_flag
-from stack.cli.observe import logs
+from stack.cli.observe import dashboard, logs
 from stack.errors import StackError
 from stack.show import show_live, show_status
 from stack.spec import SpecError, load_spec
@@ -520,6 +520,7 @@ def _scheme(target: Target) -> str:
 
 
 cli.add_command(logs)
+cli.add_command(dashboard)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""The commands that show a running stack beyond `stack status`: `stack logs`."""
+"""The commands that show a running stack beyond `stack status`: `stack logs`, `stack dashboard`."""
 
 from __future__ import annotations
 
+import webbrowser
 from pathlib import Path
 
 import click
@@ -32,3 +33,19 @@ def logs(
             click.echo(line)
     except KeyboardInterrupt:
         pass
+
+
+@click.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@path_option_flag
+@click.option("--open", "open_browser", is_flag=True, help="Open it in this machine's browser too.")
+@target_flag
+def dashboard(path: Path | None, path_option: Path | None, open_browser: bool, target_kind: str | None) -> None:
+    """The URL of the running stack's live dashboard (read-only, on this machine): `stack dashboard [PATH]`."""
+    where, _ = split_args(path_option, (str(path),) if path is not None else (), 0, "stack dashboard [PATH]")
+    url = resolve_target(where, target_kind).dashboard_url()
+    click.echo(url)
+    if "key=API_KEY" in url:
+        click.echo("replace API_KEY with one of gateway.api_keys (the data asks for it)", err=True)
+    if open_browser and not webbrowser.open(url):
+        click.echo("no browser to open here: open the URL above", err=True)

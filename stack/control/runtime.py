@@ -37,18 +37,21 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from stack.activator import Activator, Waker
-from stack.autoscale.config import AutoscalerConfig
+from stack.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.autoscale.loop import Autoscaler, SignalSource
-from stack.autoscale.policy import Policy, stack_policy
-from stack.autoscale.scaler import Scaler
+from stack.autoscale.policy import Bounds, Policy, stack_policy
+from stack.autoscale.scaler import Replicas, Scaler
 from stack.batch.jobs import BatchWorkers, JobManager, job_routes
 from stack.batch.store import JobStore
-from stack.canary import CanaryRunner, Store
+from stack.canary import CanaryRunner, Store, status_of
 from stack.canary_sources import Source
 from stack.control.routing import GatewayRoutes, RouteSink, Weights
+from stack.dashboard.data import Dashboard
+from stack.dashboard.web import dashboard_routes
 from stack.errors import StackError
 from stack.gateway_errors import serve_errors
 from stack.splits import member_services
+from stack.status import SplitterStatus
 
 LOGGER = logging.getLogger("stack.control")
 Address = tuple[str, int]
@@ -95,6 +98,8 @@ class Adapters:
     errors: Address | None = None  # the gateway's own JSON errors and the activator (stack.gateway_errors)
     start_timeout: float = 600.0  # how long a request held for an API scaled to zero waits
     batch: BatchWorkers | None = None  # BatchAPI jobs: their queue and how their workers start
+    prometheus_url: Callable[[], str | None] = lambda: None  # for the dashboard (stack.dashboard); it may move
+    dashboard_keys: Callable[[], list[bytes]] | None = None  # Nomad: the dashboard is behind the gateway, with a key
 
 
 @dataclass(frozen=True)
@@ -166,11 +171,28 @@ class ControlPlane:
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
 
+    async def replicas(self, api: str) -> Replicas | None:
+        """Ready and asked-for replicas of any routed API, from the target (the dashboard's "now")."""
+        scaling = next((a for a in self.config.apis if a.name == api), None) or ApiScaling(api, Bounds(1, 1, 1.0))
+        try:
+            return await self.adapters.scaler.replicas(scaling)
+        except Exception as exc:  # the page says "?" and tries again
+            LOGGER.debug(f"{api}: replicas unknown: {exc}")
+            return None
+
+    def splitters(self) -> list[SplitterStatus]:
+        """The splitters as `stack status` shows them, from the controller's own stores."""
+        return status_of(self.config.splitters, self.adapters.splits.overrides(), self.adapters.canaries.load())
+
     async def run(self, stopping: asyncio.Event) -> None:
         runners: list[web.AppRunner] = []
+        session = aiohttp.ClientSession()  # the dashboard's queries to Prometheus
         try:
             if self.adapters.listen is not None:
-                runners.append(await _serve(self._app(), self.adapters.listen, "the controller's metrics"))
+                dashboard = Dashboard(self, session, self.adapters.prometheus_url)
+                app = self._app()
+                app.router.add_routes(dashboard_routes(dashboard.document, self.adapters.dashboard_keys))
+                runners.append(await _serve(app, self.adapters.listen, "the controller's metrics"))
             if self.adapters.errors is not None:
                 host, port = self.adapters.errors
                 extra = job_routes(self.jobs) if self.jobs is not None else []
@@ -188,6 +210,7 @@ class ControlPlane:
                 await self.jobs.close()
             for runner in runners:
                 await runner.cleanup()
+            await session.close()
             await self.activator.close()
 
     def _app(self) -> web.Application:

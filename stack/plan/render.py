@@ -59,6 +59,7 @@ AUTOSCALER_STATE_DIR = ".stack/autoscaler"  # decisions for `stack status`, APIs
 CONTROL_DIR = ".stack/compose/control"  # the controller's routes (Traefik) and targets (Prometheus)
 AUTOSCALER_PORT = 9100
 ERRORS_PORT = 9101  # the activator and the gateway's own errors (stack.gateway_errors)
+DASHBOARD_PORT = 9102  # Compose: the dashboard's forwarder (stack.dashboard.proxy), published on 127.0.0.1
 
 
 COMPOSE_KEYS_FILE = "/run/secrets/api_keys"  # a Compose secret (a 0600 file of the plan)
@@ -362,6 +363,7 @@ def plan_compose(
         apis=apis,
         model_volumes=sorted({a["model_cache"] for a in apis if a["model_cache"] and "/" not in a["model_cache"]}),
         replica_port=REPLICA_PORT,
+        dashboard_port=DASHBOARD_PORT,
         health=HEALTH,
         prometheus={"port": spec.prometheus.port, "retention": format_duration(spec.prometheus.retention)},
         autoscaler={
@@ -581,7 +583,7 @@ def plan_nomad(
                 "port": AUTOSCALER_PORT,
                 "activator_port": ERRORS_PORT if zero else None,
                 "batch": bool(spec.batch_apis),  # the jobs' queue on the allocation's sticky disk
-                "keys_variable": batch_keys_variable(project) if spec.batch_apis and spec.gateway.api_keys else None,
+                "keys_variable": batch_keys_variable(project) if spec.gateway.api_keys else None,
                 "replica_user": REPLICA_USER,
             },
         )
@@ -594,5 +596,5 @@ def plan_nomad(
 
 
 def batch_keys_variable(project: str) -> str:
-    """The API keys the controller checks a BatchAPI's clients against (under its own job's path)."""
+    """The API keys the controller checks a BatchAPI's clients and the dashboard against (its own job's path)."""
     return f"nomad/jobs/{project}-autoscaler/api_keys"

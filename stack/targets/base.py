@@ -82,3 +82,7 @@ class Target(Protocol):
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         """Change a running splitter's weights until the next `up` (no replica restarts)."""
         ...
+
+    def dashboard_url(self) -> str:
+        """Where the running stack's controller serves its dashboard (stack.dashboard), for this machine's browser."""
+        ...

@@ -73,6 +73,7 @@ async def compose_adapters(settings: ControlSettings, session: aiohttp.ClientSes
         decisions=state_dir / DECISIONS_FILE,
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", ERRORS_PORT),
+        prometheus_url=lambda: prometheus,
         batch=BatchWorkers(
             state_dir / "jobs.db",
             ComposeWorkers(config.project, f"http://{CONTROLLER_HOST}:{ERRORS_PORT}", scaler.client),

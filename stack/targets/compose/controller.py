@@ -55,7 +55,7 @@ DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # replica
 STARTING_TICK = 0.25  # while a replica starts: it is routed within this of answering /readyz
 CONFIRM = 2.0  # seconds a deficit must last before replicas are restored
 EVENTS = ("start", "kill", "die", "stop", "destroy", "health_status", "oom")
-KEPT_ROLES = ("gateway", "prometheus")  # the stack's containers the controller starts again (not itself)
+KEPT_ROLES = ("gateway", "prometheus", "dashboard")  # the stack's containers the controller starts again (not itself)
 
 
 class ComposeController:

@@ -26,6 +26,7 @@ from stack.plan.gpus import Placement, Slot, host_gpus, read_placement, write_pl
 from stack.plan.render import (
     AUTOSCALER_STATE_DIR,
     CONTROL_DIR,
+    DASHBOARD_PORT,
     api_version,
     plan_compose,
     project_digest,
@@ -100,11 +101,11 @@ class ComposeTarget:
         self.engine.check_gateway_port()
         prepare_control_dir(self.loaded, self.state_dir)
         build.controller_image(self.loaded, progress)
-        progress("starting Traefik, Prometheus and the controller")
+        progress("starting Traefik, Prometheus, the controller and its dashboard")
         # `stack up` hands every API back to the autoscaler, and re-applies stack.yaml's weights.
         (self.state_dir / MANUAL_FILE).unlink(missing_ok=True)
         clear_overrides(self.state_dir)
-        self.engine.compose("up", "-d", "traefik", "prometheus", "autoscaler")
+        self.engine.compose("up", "-d", "traefik", "prometheus", "autoscaler", "dashboard")
         for api in self.loaded.spec.apis:
             self._roll(api, versions[api.name], progress)
             self._wait_routed(api, progress)
@@ -271,6 +272,15 @@ class ComposeTarget:
         return StackStatus(
             self.project, "compose", port, apis, notes, splitters=splitters, gpus=gpus, components=kept, calls=calls
         )
+
+    def dashboard_url(self) -> str:
+        try:
+            published = self.engine.compose("port", "dashboard", str(DASHBOARD_PORT), timeout=10).strip()
+        except StackError:
+            published = ""
+        if not published:
+            raise NotRunning(f"the dashboard of {self.project} is not running; `stack up {self.loaded.root}` starts it")
+        return f"http://127.0.0.1:{published.rsplit(':', 1)[1]}/dashboard/"
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         routes_file = self.loaded.root / CONTROL_DIR / "routes" / "routes.yml"

@@ -117,6 +117,7 @@ class LocalState:
     prometheus_url: str | None
     notes: list[str]
     check_port: int = 0  # where the stack's own checks reach the routes (the gateway's port without TLS)
+    control_port: int = 0  # the controller's HTTP endpoint on 127.0.0.1: /metrics, /dashboard/
 
 
 class StateUnreadable(StackError):
@@ -139,7 +140,7 @@ def _parse(data: Any) -> LocalState:
         raise ValueError("pid, control_socket or gateway_port is missing or of the wrong type")
     prometheus = data.get("prometheus_url")
     notes = data.get("notes") or []
-    check = data.get("check_port")
+    check, control_port = data.get("check_port"), data.get("metrics_port")
     return LocalState(
         pid,
         sock,
@@ -147,6 +148,7 @@ def _parse(data: Any) -> LocalState:
         prometheus if isinstance(prometheus, str) else None,
         [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else [],
         check if type(check) is int else port,
+        control_port if type(control_port) is int else 0,
     )
 
 

@@ -192,6 +192,7 @@ async def local_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
             routes=routes,
             listen=("127.0.0.1", services.control_port),
             errors=("127.0.0.1", services.errors_port),
+            prometheus_url=lambda: services.prometheus_url,
             start_timeout=START_TIMEOUT,
             batch=BatchWorkers(
                 paths.jobs,

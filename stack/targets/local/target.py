@@ -104,6 +104,12 @@ class LocalTarget:
         calls = call_graph(self.loaded.spec, prometheus)
         return replace(reported, apis=apis, splitters=splitters, gpus=gpus, calls=calls)
 
+    def dashboard_url(self) -> str:
+        state = self._require()
+        if not state.control_port:
+            raise StackError("this supervisor predates the dashboard: `stack down --local`, then `stack up --local`")
+        return f"http://127.0.0.1:{state.control_port}/dashboard/"
+
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         self._require()
         routes_file = self.paths.traefik_dir / "routes.yml"

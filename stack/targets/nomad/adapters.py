@@ -89,6 +89,9 @@ async def nomad_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
         routes=NomadRouteSink(splits),
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", settings.activator_port) if settings.activator_port is not None else None,
+        prometheus_url=lambda: prometheus,
+        # The dashboard is reached through the gateway: its data asks for an API key (none: refused).
+        dashboard_keys=keys_file(NOMAD_KEYS_FILE),
         # BatchAPIs: the queue on the allocation's sticky disk (the planned job passes --state-dir /alloc/data).
         batch=BatchWorkers(
             (settings.state_dir or Path(os.environ.get("NOMAD_ALLOC_DIR", "/alloc")) / "data") / "jobs.db",

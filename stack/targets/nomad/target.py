@@ -22,11 +22,12 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 from stack.atomic import write_text_atomic
 from stack.autoscale.scaler import Scaler
 from stack.canary import status_of
-from stack.errors import StackError, TargetError
+from stack.errors import NotRunning, StackError, TargetError
 from stack.plan.render import (
     api_version,
     keys_variable,
@@ -323,6 +324,22 @@ class NomadTarget:
 
     def scaler(self) -> Scaler:
         return NomadScaler(self.project, self.api.client)
+
+    def dashboard_url(self) -> str:
+        """The dashboard through the gateway (on the Nomad address' host, where a one-node cluster runs it);
+        its data asks for one of gateway.api_keys as ?key=, which is never printed."""
+        spec = self.loaded.spec
+        if not spec.gateway.api_keys:
+            raise TargetError(
+                "on Nomad the dashboard is reached through the gateway and needs a key: set gateway.api_keys "
+                "in stack.yaml and run `stack up --nomad`"
+            )
+        self.api.check()
+        if self.api.job(f"{self.project}-autoscaler") is None:
+            raise NotRunning(f"the controller of {self.project} is not running; `stack up --nomad` starts it")
+        scheme = "https" if spec.gateway.tls is not None else "http"
+        host = urlparse(self.settings.address).hostname or "127.0.0.1"
+        return f"{scheme}://{host}:{spec.gateway.port}/_stack/dashboard/?key=API_KEY"
 
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         """Weights set by hand, until the next `stack up --nomad`: into the gateway's variable (Nomad

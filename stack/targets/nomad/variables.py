@@ -21,7 +21,7 @@ def write_keys(nomad: NomadApi, loaded: LoadedSpec, progress: Progress) -> None:
             nomad.put_variable(path, {"api_keys": keys})
         else:
             nomad.delete_variable(path)
-    if keys and loaded.spec.batch_apis:  # the controller checks a BatchAPI's clients
+    if keys:  # the controller checks a BatchAPI's clients and the dashboard's readers
         nomad.put_variable(batch_keys_variable(loaded.spec.project), {"api_keys": keys})
     else:
         nomad.delete_variable(batch_keys_variable(loaded.spec.project))
