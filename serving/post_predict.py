@@ -47,7 +47,7 @@ class PostPredict:
             query_params=query,
             headers=Headers(request.headers),
         )
-        parent = self._tracer.current() if self._tracer is not None else None
+        parent = self._tracer.current() if self._tracer is not None and self._tracer.sampled() else None
         task = asyncio.get_running_loop().create_task(self._run(call, handler.is_async, parent))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -62,7 +62,7 @@ class PostPredict:
         except Exception as exc:
             error = exc
             LOGGER.exception("post_predict failed")
-        if self._tracer is not None:
+        if self._tracer is not None and parent is not None:
             self._tracer.phase("post_predict", started, time.time_ns(), error, parent=parent)
 
     async def close(self) -> None:

@@ -268,7 +268,7 @@ class Predictions:
                 # every ready connection before it answers any. Measured (bench/runtime.py, W0 both at
                 # once), CPU per request falls by about a tenth; a lone request waits one turn (µs).
                 await asyncio.sleep(0)
-                if self._tracer is not None:
+                if self._tracer is not None and self._tracer.sampled():
                     return await tracing.traced_async(self._tracer, call(payload, query, request.headers))
                 return await call(payload, query, request.headers)
 
@@ -276,17 +276,16 @@ class Predictions:
             return request.transport is None or request.transport.is_closing()
 
         if self._batcher is not None:
-            if self._tracer is not None:  # the batch links to this request's span; its wait is its queue span
-                item = (payload, query, request.headers, (self._tracer.current(), tracing.now_ns()))
-                return await self._batcher.submit(item, is_gone)
-            return await self._batcher.submit((payload, query, request.headers), is_gone)
+            # With tracing, the batch links to a sampled request's span; its wait is its queue span.
+            traced = (self._tracer.current(), tracing.now_ns()) if self._tracer and self._tracer.sampled() else None
+            return await self._batcher.submit((payload, query, request.headers, traced), is_gone)
         # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
         if self._count_gauges:
             self.metrics.queued.inc()
         # The predictor thread sees the request's context: its log lines and its calls carry the request.
         context = contextvars.copy_context()
         work = functools.partial(context.run, call, payload, query, request.headers)
-        if self._tracer is not None:
+        if self._tracer is not None and self._tracer.sampled():
             return await tracing.traced_thread(self._tracer, self._pool.run, work, is_gone)
         return await self._pool.run(work, is_gone)
 
@@ -299,10 +298,9 @@ class Predictions:
             query_params=[item[1] for item in items],
             headers=[Headers(item[2]) for item in items],
         )
-        if self._tracer is not None:
-            return await tracing.traced_batch(
-                self._tracer, self._pool.run, call, handler.is_async, [item[3] for item in items]
-            )
+        traced = [item[3] for item in items if item[3] is not None]
+        if self._tracer is not None and traced:  # only the sampled requests' spans link to the batch
+            return await tracing.traced_batch(self._tracer, self._pool.run, call, handler.is_async, traced)
         if handler.is_async:
             return await call()
         return await self._pool.run(call)

@@ -11,11 +11,19 @@ join the trace. Spans leave in batches from a background thread: the request
 never waits on the collector.
 
 Nothing here runs, nor is OpenTelemetry imported, unless tracing is on: with
-it off the predict path tests one attribute for None.
+it off the predict path tests one attribute for None. A request that is not
+sampled (its `traceparent` says so, or this replica's roll at `sample_rate`
+for one without) touches no OpenTelemetry either: its decision is one context
+variable, and its calls pass an unsampled `traceparent` on so their callees
+record nothing of it.
 """
 
 from __future__ import annotations
 
+import contextvars
+import random
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,12 +34,22 @@ from serving.config import ServingConfig, TracingConfig
 INSTALL = "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http"
 SCOPE = "stack.serving"
 RunInPool = Callable[..., Awaitable[Any]]  # serving.pool.PredictPool.run
+# W3C trace context: version-traceid-parentid-flags; bit 0 of the flags is "sampled".
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-([0-9a-f]{2})")
+# The traceparent an unsampled request passes on to its calls; None while serving a sampled one.
+_UNSAMPLED: contextvars.ContextVar[str | None] = contextvars.ContextVar("stack_unsampled", default=None)
 
 
 @dataclass
 class RequestSpan:
-    span: Any  # opentelemetry.trace.Span
-    token: object  # the context token that made it current
+    span: Any  # opentelemetry.trace.Span; None for a request not sampled
+    token: object  # the context token that made it current (the unsampled marker's, without a span)
+
+
+def sampled_flag(traceparent: str) -> bool | None:
+    """The sampled bit of a W3C traceparent; None when it is not one (then it is ignored)."""
+    found = TRACEPARENT.fullmatch(traceparent.strip().lower())
+    return None if found is None else bool(int(found.group(1), 16) & 1)
 
 
 class Tracer:
@@ -44,7 +62,7 @@ class Tracer:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
-            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+            from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
         except ImportError as exc:
             raise RuntimeError(f"tracing is on but OpenTelemetry is missing ({exc.name}): {INSTALL}") from None
@@ -58,10 +76,13 @@ class Tracer:
             "stack.replica": replica or "",
             "service.instance.id": replica or "",
         }
+        # The root decision is taken before OpenTelemetry sees the request (start_request): a span is
+        # only made for a sampled one, whose parent, if any, is sampled.
         self._provider = TracerProvider(
             resource=Resource.create({k: v for k, v in attributes.items() if v}),
-            sampler=ParentBased(TraceIdRatioBased(config.sample_rate)),
+            sampler=ParentBased(ALWAYS_ON),
         )
+        self._rate = config.sample_rate
         # Short delay: a span is at the collector within a second, and a drain flushes the rest.
         self._provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, timeout=5), schedule_delay_millis=500)
@@ -76,7 +97,16 @@ class Tracer:
     # -- a request -------------------------------------------------------------------
 
     def start_request(self, method: str, path: str, headers: Mapping[str, str], request_id: str) -> RequestSpan:
-        parent = self._propagator.extract(headers) if "traceparent" in headers else None
+        """The request's span, or, when it is not sampled, only the marker that says so (no span at all:
+        sampling at 0 costs a header check, not a span per request)."""
+        header = headers.get("traceparent")
+        sampled = sampled_flag(header) if header is not None else None
+        if sampled is None:  # no (valid) traceparent: this replica starts the trace, or not
+            if not (self._rate >= 1 or random.random() < self._rate):
+                return RequestSpan(None, _UNSAMPLED.set(f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"))
+        elif not sampled:
+            return RequestSpan(None, _UNSAMPLED.set(header))
+        parent = self._propagator.extract(headers) if sampled else None
         span = self._tracer.start_span(
             f"{method} {path}",
             context=parent,
@@ -93,6 +123,9 @@ class Tracer:
 
     def finish_request(self, traced: RequestSpan, status: int, error: BaseException | None = None) -> None:
         span = traced.span
+        if span is None:
+            _UNSAMPLED.reset(traced.token)  # type: ignore[arg-type]
+            return
         span.set_attribute("http.response.status_code", status)
         if error is not None:
             span.record_exception(error)
@@ -100,6 +133,11 @@ class Tracer:
             span.set_status(self._error)
         span.end()
         self._context.detach(traced.token)
+
+    @staticmethod
+    def sampled() -> bool:
+        """Whether the request being served is recorded (its queue, predict and post_predict spans)."""
+        return _UNSAMPLED.get() is None
 
     def current(self) -> Any:
         """The current span's context (a batch links to it)."""
@@ -147,7 +185,11 @@ class Tracer:
 
     def start_call(self, callee: str, headers: Mapping[str, str] | None) -> tuple[Any, dict[str, str]]:
         """A `call CALLEE` span (a client span below the current one) and the call's headers with its
-        `traceparent`: the callee's request span is its child (serving.calls)."""
+        `traceparent`: the callee's request span is its child (serving.calls). Serving a request not
+        sampled: no span, and the unsampled traceparent passed on."""
+        unsampled = _UNSAMPLED.get()
+        if unsampled is not None:
+            return None, {"traceparent": unsampled, **(headers or {})}
         span = self._tracer.start_span(
             f"call {callee}", kind=self._trace.SpanKind.CLIENT, attributes={"stack.callee": callee}
         )
@@ -156,6 +198,8 @@ class Tracer:
         return span, {**carrier, **(headers or {})}
 
     def end_call(self, span: Any, error: BaseException | None) -> None:
+        if span is None:
+            return
         if error is not None:
             status = getattr(error, "status", None)
             if status is not None:

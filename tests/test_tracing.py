@@ -172,7 +172,12 @@ def test_sample_rate_zero_keeps_a_clients_sampled_traceparent_only(traced, recei
     assert _request_span(spans, "s-1", "traced-leaf").trace_id == trace_id
     # Exports leave each process in order: the unsampled request's spans would have come first.
     assert not any(s.attributes.get("stack.request_id") == "u-1" for s in receiver.spans)
-    assert {s.trace_id for s in receiver.spans} == {trace_id}
+    # Besides the client's trace, only the leaf's batch (a trace of its own, linked to s-1's span).
+    leaf = _request_span(spans, "s-1", "traced-leaf")
+    batches = [s for s in receiver.spans if s.trace_id != trace_id and s.name == "batch"]
+    assert [b.links for b in batches] == [(leaf.span_id,)], batches
+    others = [(s.service, s.name) for s in receiver.spans if s.trace_id not in {trace_id, batches[0].trace_id}]
+    assert not others, others
 
 
 def test_without_tracing_nothing_of_it_is_imported(servers: ServerFactory, tmp_path: Path) -> None:
@@ -267,3 +272,15 @@ def test_compose_and_nomad_plans_trace_through_the_gateway_and_replicas(tmp_path
     front = json.loads(next(text for name, text in nomad.files.items() if name.endswith("front.json")))
     env = front["Job"]["TaskGroups"][0]["Tasks"][0]["Env"]
     assert json.loads(env["STACK_SERVING_CONFIG"])["tracing"]["endpoint"] == "http://127.0.0.1:4318/v1/traces"
+
+
+def test_a_traceparent_is_read_for_its_sampled_flag() -> None:
+    from serving.tracing import sampled_flag
+
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    assert sampled_flag(f"00-{trace}-{parent}-01") is True
+    assert sampled_flag(f"00-{trace}-{parent}-03") is True  # other flags beside "sampled"
+    assert sampled_flag(f"00-{trace}-{parent}-00") is False
+    assert sampled_flag(f" 00-{trace.upper()}-{parent}-01 ") is True
+    for bad in ("", "yes", f"00-{trace}-{parent}", f"00-{trace[:-1]}-{parent}-01", f"00-{trace}-{parent}-zz"):
+        assert sampled_flag(bad) is None, bad  # not a traceparent: as if there were none
