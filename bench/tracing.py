@@ -6,7 +6,7 @@ The replica on CPU 0, `wrk` on CPU 1 (32 connections, no `traceparent`: each req
 the replica samples itself), in interleaved rounds, medians reported; three configurations:
 
 - tracing off (no `tracing` in stack.yaml): the predict path tests one attribute for None;
-- tracing on, `sample_rate: 0`: every request gets a non-recording span, nothing is exported;
+- tracing on, `sample_rate: 0`: no request is sampled: no span is made, nothing is exported;
 - tracing on, `sample_rate: 1.0`: every request's spans (request, queue/predict) are recorded and
   exported over OTLP/HTTP to a local collector (a receiver on CPU 1 that reads and acknowledges
   each export, as a collector's HTTP front does).
@@ -87,8 +87,9 @@ on CPU 0, `wrk` on CPU 1, {CONNECTIONS} connections, a 2 s warm-up then {args.du
 {ratio_table(rows, "ratio to off")}
 
 Tracing off is the runtime as it was: OpenTelemetry is not imported and the predict path tests one
-attribute for None (W0 itself is in the runtime section). Sampling at 0 still makes a non-recording
-span per request; at 1.0 each request records its spans and the exporter's thread shares the
+attribute for None (W0 itself is in the runtime section). A request not sampled (the replica's roll
+at sample_rate, or an unsampled `traceparent` from the gateway) makes no span: its decision is one
+context variable its calls pass on; at 1.0 each request records its spans and the exporter's thread shares the
 replica's core — the price of tracing every request, which is why the gateway samples by default
 (`sample_rate: 0.1`).
 """

@@ -30,7 +30,6 @@ from stack.canary import status_of
 from stack.errors import NotRunning, StackError, TargetError
 from stack.plan.render import (
     api_version,
-    keys_variable,
     nomad_gpu,
     plan_nomad,
     project_digest,
@@ -49,7 +48,7 @@ from stack.targets.nomad.images import ImagePusher
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
 from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
 from stack.targets.nomad.status import api_status
-from stack.targets.nomad.variables import write_keys, write_tls
+from stack.targets.nomad.variables import forget_secrets, write_keys, write_tls
 from stack.traffic import call_graph
 
 Progress = Callable[[str], None]
@@ -316,9 +315,8 @@ class NomadTarget:
             if job.get("Stop") and not volumes:
                 continue
             stopped = self.api.deregister(job_id, purge=volumes) or stopped
-        if volumes:  # purged: the API keys, the splitters' routes and the canaries go with the jobs
-            for api in self.loaded.spec.apis:
-                self.api.delete_variable(keys_variable(self.job_id(api.name)))
+        if volumes:  # purged: the API keys, the TLS, the splitters' routes and the canaries go with the jobs
+            forget_secrets(self.api, self.loaded)
             NomadSplits(self.api, self.project).forget()
         return stopped
 

@@ -29,6 +29,16 @@ def write_keys(nomad: NomadApi, loaded: LoadedSpec, progress: Progress) -> None:
         progress(f"API keys written to the Nomad Variables nomad/jobs/{loaded.spec.project}-*")
 
 
+def forget_secrets(nomad: NomadApi, loaded: LoadedSpec) -> None:
+    """`stack down --purge`: the API keys (every API's and the controller's) and the gateway's TLS go
+    with the jobs."""
+    project = loaded.spec.project
+    for api in loaded.spec.apis:
+        nomad.delete_variable(keys_variable(f"{project}-{api.name}"))
+    nomad.delete_variable(batch_keys_variable(project))
+    nomad.delete_variable(tls_variable(project))
+
+
 def write_tls(nomad: NomadApi, loaded: LoadedSpec, progress: Progress) -> None:
     """The gateway's certificate, key and client CA (inline in its tls.yml) into the Traefik job's Nomad
     Variable, which it renders into its secrets directory; a renewal is this again."""
