@@ -82,7 +82,6 @@ class Predictions:
             and not handler.is_async_gen
             and self.config.batching is None
             and self._timeout is None
-            and self._tracer is None
         )
         self._validate = payload_validator(predictor) if self.config.protocol == "default" else None
         batching = self.config.batching
@@ -218,7 +217,7 @@ class Predictions:
             query = None
             if self._wants_query:
                 query = QueryParams(request.query) if request.query_string else QueryParams(())
-            if self._direct and timeout is None:
+            if self._direct and timeout is None and (self._tracer is None or not self._tracer.sampled()):
                 await asyncio.sleep(0)  # as in _predict
                 result = await self._call(payload, query, request.headers)
             else:

@@ -36,7 +36,8 @@ SCOPE = "stack.serving"
 RunInPool = Callable[..., Awaitable[Any]]  # serving.pool.PredictPool.run
 # W3C trace context: version-traceid-parentid-flags; bit 0 of the flags is "sampled".
 TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-([0-9a-f]{2})")
-# The traceparent an unsampled request passes on to its calls; None while serving a sampled one.
+# The traceparent an unsampled request passes on to its calls ("": a new one, it started no trace);
+# None while serving a sampled request.
 _UNSAMPLED: contextvars.ContextVar[str | None] = contextvars.ContextVar("stack_unsampled", default=None)
 
 
@@ -103,7 +104,7 @@ class Tracer:
         sampled = sampled_flag(header) if header is not None else None
         if sampled is None:  # no (valid) traceparent: this replica starts the trace, or not
             if not (self._rate >= 1 or random.random() < self._rate):
-                return RequestSpan(None, _UNSAMPLED.set(f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"))
+                return RequestSpan(None, _UNSAMPLED.set(""))  # its traceparent is made if it calls
         elif not sampled:
             return RequestSpan(None, _UNSAMPLED.set(header))
         parent = self._propagator.extract(headers) if sampled else None
@@ -189,6 +190,7 @@ class Tracer:
         sampled: no span, and the unsampled traceparent passed on."""
         unsampled = _UNSAMPLED.get()
         if unsampled is not None:
+            unsampled = unsampled or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
             return None, {"traceparent": unsampled, **(headers or {})}
         span = self._tracer.start_span(
             f"call {callee}", kind=self._trace.SpanKind.CLIENT, attributes={"stack.callee": callee}
