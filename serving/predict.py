@@ -78,10 +78,7 @@ class Predictions:
         self._call = handler.predict_caller()
         self._wants_query = handler.takes_all or "query_params" in handler.params or predictor.post_predict is not None
         self._direct = (
-            handler.is_async
-            and not handler.is_async_gen
-            and self.config.batching is None
-            and self._timeout is None
+            handler.is_async and not handler.is_async_gen and self.config.batching is None and self._timeout is None
         )
         self._validate = payload_validator(predictor) if self.config.protocol == "default" else None
         batching = self.config.batching

@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "9ef023c6f8d7"
+    stack_version = "84eb77798f89"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=9ef023c6f8d7",
+        "stack.version=84eb77798f89",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:9ef023c6f8d7"
+        image = "batching-score:84eb77798f89"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "c299091d0050"
+    stack_version = "1fc01bd36855"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=c299091d0050",
+        "stack.version=1fc01bd36855",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:c299091d0050"
+        image = "chat-chat:1fc01bd36855"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "eb466c5da894"
+    stack_version = "85d02d0ab19d"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=eb466c5da894",
+        "stack.version=85d02d0ab19d",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:eb466c5da894"
+        image = "echo-echo:85d02d0ab19d"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

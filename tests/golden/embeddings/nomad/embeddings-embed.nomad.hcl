@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "3ac332ac4aed"
+    stack_version = "21f03f2e04b3"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=3ac332ac4aed",
+        "stack.version=21f03f2e04b3",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:3ac332ac4aed"
+        image = "embeddings-embed:21f03f2e04b3"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

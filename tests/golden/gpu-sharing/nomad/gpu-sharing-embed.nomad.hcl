@@ -7,7 +7,7 @@ job "gpu-sharing-embed" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "embed"
-    stack_version = "ab234fd0609d"
+    stack_version = "9db93a9a1615"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-embed" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=embed",
-        "stack.version=ab234fd0609d",
+        "stack.version=9db93a9a1615",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-embed.entrypoints=web",
         "traefik.http.routers.gpu-sharing-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "gpu-sharing-embed" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-embed:ab234fd0609d"
+        image = "gpu-sharing-embed:9db93a9a1615"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

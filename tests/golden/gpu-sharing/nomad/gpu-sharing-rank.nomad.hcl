@@ -7,7 +7,7 @@ job "gpu-sharing-rank" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "rank"
-    stack_version = "d3886e7ec21a"
+    stack_version = "cedc2e4b2f0c"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-rank" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=rank",
-        "stack.version=d3886e7ec21a",
+        "stack.version=cedc2e4b2f0c",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-rank.entrypoints=web",
         "traefik.http.routers.gpu-sharing-rank.rule=(Path(`/rank`) || PathPrefix(`/rank/`)) && !PathRegexp(`^/rank/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "gpu-sharing-rank" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-rank:d3886e7ec21a"
+        image = "gpu-sharing-rank:cedc2e4b2f0c"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

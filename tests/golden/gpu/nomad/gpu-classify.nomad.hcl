@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "ee7e4c4fb5ac"
+    stack_version = "ef047571f7ac"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=ee7e4c4fb5ac",
+        "stack.version=ef047571f7ac",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:ee7e4c4fb5ac"
+        image = "gpu-classify:ef047571f7ac"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "6e07cb89251b"
+    stack_version = "572ac08c386a"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=6e07cb89251b",
+        "stack.version=572ac08c386a",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:6e07cb89251b"
+        image = "iris-iris:572ac08c386a"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

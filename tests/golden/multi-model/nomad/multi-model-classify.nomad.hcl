@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "101abc3ffa2c"
+    stack_version = "355a804f2dd2"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=101abc3ffa2c",
+        "stack.version=355a804f2dd2",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
         "traefik.http.routers.multi-model-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:101abc3ffa2c"
+        image = "multi-model-classify:355a804f2dd2"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

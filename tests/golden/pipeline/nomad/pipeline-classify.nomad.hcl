@@ -7,7 +7,7 @@ job "pipeline-classify" {
   meta {
     stack_project = "pipeline"
     stack_api     = "classify"
-    stack_version = "da9d76c42740"
+    stack_version = "faea1cf43e74"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-classify" {
       tags = [
         "stack.project=pipeline",
         "stack.api=classify",
-        "stack.version=da9d76c42740",
+        "stack.version=faea1cf43e74",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-classify.entrypoints=web",
         "traefik.http.routers.pipeline-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "pipeline-classify" {
       driver = "docker"
 
       config {
-        image = "pipeline-classify:da9d76c42740"
+        image = "pipeline-classify:faea1cf43e74"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

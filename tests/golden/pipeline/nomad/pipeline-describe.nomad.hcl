@@ -7,7 +7,7 @@ job "pipeline-describe" {
   meta {
     stack_project = "pipeline"
     stack_api     = "describe"
-    stack_version = "6185f9c1e1c1"
+    stack_version = "624ad9df3b26"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-describe" {
       tags = [
         "stack.project=pipeline",
         "stack.api=describe",
-        "stack.version=6185f9c1e1c1",
+        "stack.version=624ad9df3b26",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-describe.entrypoints=web",
         "traefik.http.routers.pipeline-describe.rule=(Path(`/describe`) || PathPrefix(`/describe/`)) && !PathRegexp(`^/describe/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "pipeline-describe" {
       driver = "docker"
 
       config {
-        image = "pipeline-describe:6185f9c1e1c1"
+        image = "pipeline-describe:624ad9df3b26"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "pipeline-embed" {
   meta {
     stack_project = "pipeline"
     stack_api     = "embed"
-    stack_version = "01f4a03df06e"
+    stack_version = "55c7ef2f7dd5"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-embed" {
       tags = [
         "stack.project=pipeline",
         "stack.api=embed",
-        "stack.version=01f4a03df06e",
+        "stack.version=55c7ef2f7dd5",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-embed.entrypoints=web",
         "traefik.http.routers.pipeline-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "pipeline-embed" {
       driver = "docker"
 
       config {
-        image = "pipeline-embed:01f4a03df06e"
+        image = "pipeline-embed:55c7ef2f7dd5"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "c618cc7e86dc"
+    stack_version = "fd1b8c53abdd"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=c618cc7e86dc",
+        "stack.version=fd1b8c53abdd",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:c618cc7e86dc"
+        image = "streaming-generate:fd1b8c53abdd"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "tensors-tensors" {
   meta {
     stack_project = "tensors"
     stack_api     = "tensors"
-    stack_version = "bd516b4226a5"
+    stack_version = "7e9852f919b0"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "tensors-tensors" {
       tags = [
         "stack.project=tensors",
         "stack.api=tensors",
-        "stack.version=bd516b4226a5",
+        "stack.version=7e9852f919b0",
         "traefik.enable=true",
         "traefik.http.routers.tensors-tensors.entrypoints=web",
         "traefik.http.routers.tensors-tensors.rule=(Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)",
@@ -93,7 +93,7 @@ job "tensors-tensors" {
       driver = "docker"
 
       config {
-        image = "tensors-tensors:bd516b4226a5"
+        image = "tensors-tensors:7e9852f919b0"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
