@@ -146,6 +146,8 @@ def pipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         "  - name: front\n    predictor: {path: front.py, timeout: 3s}\n    calls: [middle, pool]\n"
         "  - name: middle\n    predictor: {path: middle.py, threads_per_process: 4}\n    calls: [leaf, sleepy]\n"
         f"  - name: leaf\n    predictor: {{path: leaf.py, config: {{out: {out}}}}}\n"
+        # One replica, always: the no-ready-replica test kills it (the autoscaler must not add one).
+        "    autoscaling: {min_replicas: 1, max_replicas: 1}\n"
         "  - name: pool\n    predictor: {path: pool.py}\n    autoscaling: {min_replicas: 2, max_replicas: 2}\n"
         "  - name: sleepy\n    predictor: {path: pool.py}\n"
         "    autoscaling: {min_replicas: 0, max_replicas: 1, idle_timeout: 3s, window: 4s,"
