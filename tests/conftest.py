@@ -235,6 +235,18 @@ def inproc() -> Iterator[Any]:
 
 
 @pytest.fixture
+def standin() -> Iterator[Any]:
+    """The contract stand-in of Nomad's HTTP API (tests/nomad_standin.py); every job it was sent must
+    have validated against Nomad's OpenAPI file."""
+    from nomad_standin import NomadStandIn
+
+    started = NomadStandIn().start()
+    yield started
+    started.stop()
+    assert started.problems == [], started.problems
+
+
+@pytest.fixture
 def s3() -> Iterator[dict[str, str]]:
     if shutil.which("moto_server") is None or importlib.util.find_spec("boto3") is None:
         pytest.skip("moto_server or boto3 missing: pip install 'moto[server]' boto3")

@@ -24,6 +24,7 @@ from aiohttp import web
 from browser import as_number, card_numbers, chromium, console_errors, snapshot, wait_for
 from cli import stack
 from nomad_standin import NomadStandIn
+from test_compose_pipelines import _until
 
 from conftest import free_port
 from nomad_schema import schema_errors
@@ -84,16 +85,6 @@ def traffic(port: int, api: str, ok: int, client: int = 0, crash: int = 0) -> No
             for n in range(count):
                 answer = session.post(f"http://127.0.0.1:{port}/{api}", json={**body, "n": n}, timeout=30)
                 assert answer.status_code == code, answer.text
-
-
-def until(check: Any, what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"{what} did not happen within {timeout:g}s")
 
 
 def status_of(args: list[str], root: Path) -> dict[str, Any]:
@@ -178,7 +169,7 @@ def test_the_local_dashboard_agrees_with_status_and_shows_new_traffic(local: tup
         done = [alpha[c] for c in COUNTS] == [30, 3, 2] and beta["2xx"] == 10 and beta["ready"] == 2
         return status if done else None
 
-    status = until(settled, "Prometheus counting the requests")
+    status = _until(settled, "Prometheus counting the requests")
     url = stack("dashboard", "--local", str(root), cwd=root).stdout.strip()
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/dashboard/", url), url
 
@@ -207,7 +198,7 @@ def test_stack_dashboard_open_starts_the_browser_and_without_a_stack_says_so(
     opener.write_text(f'#!/bin/sh\necho "$1" > {seen}\n')
     opener.chmod(opener.stat().st_mode | stat.S_IXUSR)
     ran = stack("dashboard", "--local", str(root), "--open", cwd=root, env={"BROWSER": f"{opener} %s"})
-    until(seen.exists, "the browser being started", 10)
+    _until(seen.exists, "the browser being started", 10)
     assert seen.read_text().strip() == ran.stdout.strip()
 
     other = tmp_path / "idle"
@@ -248,7 +239,7 @@ def test_the_local_dashboard_shows_each_gpus_use(tmp_path: Path, monkeypatch: py
             (gpu,) = status_of(["--local"], root)["gpus"]
             return gpu if gpu["utilization"] is not None else None
 
-        gpu = until(gpu_seen, "the replica's GPU metrics in stack status")
+        gpu = _until(gpu_seen, "the replica's GPU metrics in stack status")
         assert gpu["uuid"] == uuid and gpu["utilization"] == pytest.approx(0.37)
         url = stack("dashboard", "--local", str(root), cwd=root).stdout.strip()
         with chromium() as driver:
@@ -271,6 +262,8 @@ def test_the_compose_dashboard_agrees_with_status_and_shows_new_traffic(tmp_path
     name = f"cd{int(time.time() * 1000) % 10**8}"
     write_project(root, name, port, splitter=False)
     try:
+        refused = stack("dashboard", str(root), cwd=root, check=False)  # nothing is up yet
+        assert refused.returncode != 0 and "is not running" in refused.stderr and "stack up" in refused.stderr
         stack("up", str(root), cwd=root)
         traffic(port, "alpha", ok=20, client=2, crash=1)
 
@@ -278,7 +271,7 @@ def test_the_compose_dashboard_agrees_with_status_and_shows_new_traffic(tmp_path
             status = status_of([], root)
             return status if [counted(status, "alpha")[c] for c in COUNTS] == [20, 2, 1] else None
 
-        status = until(settled, "Prometheus counting the requests", 90)
+        status = _until(settled, "Prometheus counting the requests", 90)
         url = stack("dashboard", str(root), cwd=root).stdout.strip()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/dashboard/", url), url
         # Its own container, published on 127.0.0.1 only, without the Docker socket; only the dashboard.
@@ -299,14 +292,6 @@ def test_the_compose_dashboard_agrees_with_status_and_shows_new_traffic(tmp_path
 
 
 # -- on Nomad: planned and contract-tested ---------------------------------------------------------
-
-
-@pytest.fixture
-def standin() -> Iterator[NomadStandIn]:
-    started = NomadStandIn().start()
-    yield started
-    started.stop()
-    assert started.problems == [], started.problems
 
 
 def test_nomad_serves_the_dashboard_behind_the_gateway_with_a_key(tmp_path: Path, standin: NomadStandIn) -> None:

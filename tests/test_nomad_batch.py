@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,14 +38,6 @@ def planned(tmp_path: Path) -> dict[str, str]:
     )
     (tmp_path / "stack.yaml").write_text(SPEC)
     return plan_nomad(load_spec(tmp_path), registry="registry.local:5000").files
-
-
-@pytest.fixture
-def standin() -> Iterator[NomadStandIn]:
-    nomad = NomadStandIn().start()
-    yield nomad
-    nomad.stop()
-    assert nomad.problems == [], nomad.problems
 
 
 def test_the_plan_renders_a_worker_template_and_routes_the_endpoint_to_the_controller(planned: dict) -> None:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 from nomad_standin import NomadStandIn
 
@@ -99,14 +98,6 @@ def render_go_template(text: str, left: str, right: str, services: Callable[[str
 
     run(0, {}, True)
     return "".join(out)
-
-
-@pytest.fixture
-def standin() -> Iterator[NomadStandIn]:
-    started = NomadStandIn().start()
-    yield started
-    started.stop()
-    assert started.problems == [], started.problems
 
 
 def registration(service: str, port: int, index: int = 0) -> dict[str, Any]:
