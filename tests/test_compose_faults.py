@@ -252,3 +252,30 @@ def _inspect(container: str) -> dict:
     out = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True).stdout
     state = json.loads(out)[0]
     return {"RestartCount": state["RestartCount"], "OOMKilled": state["State"]["OOMKilled"]}
+
+
+def test_a_container_removed_between_listing_and_inspecting_it_is_not_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`stack status` / `stack jobs` list a project's containers, then inspect them; a batch worker or a
+    replaced replica removed in between is simply gone, while an engine that fails is still an error."""
+    from stack.errors import StackError
+    from stack.targets.docker import inspect
+
+    created = subprocess.run(
+        ["docker", "create", "--label", "stack.test=inspect", "python:3.11-slim", "true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        gone = subprocess.run(["docker", "create", "python:3.11-slim", "true"], capture_output=True, text=True)
+        subprocess.run(["docker", "rm", gone.stdout.strip()], capture_output=True, check=True)
+        found = inspect(gone.stdout.strip(), created)
+        assert [item["Id"] for item in found] == [created]
+        assert inspect() == []
+        monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        with pytest.raises(StackError, match="docker inspect"):
+            inspect(created)
+    finally:
+        subprocess.run(["docker", "rm", "-f", created], capture_output=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from typing import Any
 
 from stack.errors import StackError
 
@@ -21,3 +23,19 @@ def docker(*args: str, check: bool = True, capture: bool = True, timeout: float 
     if check and result.returncode != 0:
         raise StackError(f"`docker {' '.join(args[:4])} ...` failed:\n{(result.stderr or result.stdout).strip()}")
     return result.stdout if capture else ""
+
+
+def inspect(*ids: str) -> list[dict[str, Any]]:
+    """`docker inspect IDS...` of the containers that still exist: one removed between listing it and
+    inspecting it (a finished batch worker, a replaced replica) is simply not there any more."""
+    if not ids:
+        return []
+    try:
+        result = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise StackError(NO_DOCKER) from None
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    if result.returncode != 0 and not all("No such object" in line for line in errors):
+        raise StackError(f"`docker inspect {' '.join(ids[:3])} ...` failed:\n{result.stderr.strip()}")
+    found: list[dict[str, Any]] = json.loads(result.stdout) if result.stdout.strip() else []
+    return found

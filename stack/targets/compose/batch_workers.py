@@ -34,7 +34,9 @@ class ComposeWorkers:
 
     def _start(self, ref: JobRef) -> None:
         found = self.client.containers.list(
-            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.batch={ref.api}"]}
+            all=True,
+            ignore_removed=True,
+            filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.batch={ref.api}"]},
         )
         templates = [c for c in found if "stack.job" not in c.labels]
         if not templates:
@@ -62,7 +64,7 @@ class ComposeWorkers:
 
     def _workers(self, job_id: str) -> dict[str, WorkerState]:
         found = self.client.containers.list(
-            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.job={job_id}"]}
+            all=True, ignore_removed=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.job={job_id}"]}
         )
         states = {}
         for container in found:
@@ -79,7 +81,7 @@ class ComposeWorkers:
 
     def _stop(self, job_id: str) -> None:
         found = self.client.containers.list(
-            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.job={job_id}"]}
+            all=True, ignore_removed=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.job={job_id}"]}
         )
         for container in found:
             try:

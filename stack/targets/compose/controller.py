@@ -193,7 +193,9 @@ class ComposeController:
             # First the routes from what we knew, less what the engine just reported stopping or dead:
             # a dead replica leaves the gateway without waiting for the engine to list every container.
             self._write_routes(self.replicas)
-        containers = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
+        containers = self.client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"{PROJECT_LABEL}={self.project}"}
+        )
         live_ids = {c.id for c in containers if c.status in ALIVE}
         with self.ids_lock:  # the event thread adds to it meanwhile
             self.stopping_ids &= live_ids  # a dead or removed container needs no more remembering

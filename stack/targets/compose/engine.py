@@ -3,7 +3,6 @@ and the checks `stack up` makes on the way (engine reachable, a free gateway por
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -16,7 +15,7 @@ from stack.errors import StackError
 from stack.plan.render import service_name
 from stack.spec import Api, LoadedSpec
 from stack.status import ReplicaState
-from stack.targets.docker import NO_DOCKER, docker
+from stack.targets.docker import NO_DOCKER, docker, inspect
 
 Progress = Callable[[str], None]
 READY_TIMEOUT = 600.0
@@ -93,10 +92,8 @@ class ComposeProject:
 
     def containers(self) -> list[Container]:
         ids = docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}").split()
-        if not ids:
-            return []
         found = []
-        for item in json.loads(docker("inspect", *ids)):
+        for item in inspect(*ids):
             labels = item["Config"]["Labels"] or {}
             if "stack.api" not in labels and "stack.role" not in labels:
                 continue
@@ -215,7 +212,7 @@ class ComposeProject:
         ids = docker(
             "ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}", "--filter", "label=stack.role=autoscaler"
         ).split()
-        states = [item["State"] for item in json.loads(docker("inspect", *ids))] if ids else []
+        states = [item["State"] for item in inspect(*ids)]
         if any(state["Status"] == "running" for state in states):
             return []
         how = "missing"

@@ -69,7 +69,9 @@ class ComposeScaler:
 
     def _alive(self, api: ApiScaling) -> list[Container]:
         found = self.client.containers.list(
-            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.api={api.name}"]}
+            all=True,
+            ignore_removed=True,
+            filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.api={api.name}"]},
         )
         with self.lock:
             return [c for c in found if c.status in ALIVE and c.id not in self.draining]
@@ -125,7 +127,7 @@ class ComposeScaler:
         """One replica for an API scaled to zero: its stopped replica started again (no new container),
         else a copy of one still draining from the scale-down. `stopping`: containers told to stop."""
         found = self.client.containers.list(
-            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.api={api}"]}
+            all=True, ignore_removed=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"stack.api={api}"]}
         )
         with self.lock:
             leaving = self.draining | (stopping or set())
@@ -147,7 +149,9 @@ class ComposeScaler:
 
     def _next_number(self, service: str) -> int:
         every = self.client.containers.list(
-            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={service}"]}
+            all=True,
+            ignore_removed=True,
+            filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={service}"]},
         )
         return max((_number(c) for c in every), default=0) + 1
 
