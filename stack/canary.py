@@ -280,6 +280,7 @@ class CanaryRunner:
         self.observed: dict[str, dict[str, Any]] = {}
         self.observed_at = 0.0
         self.saved: dict[str, Any] | None = None
+        self.unpublished = False  # weights changed that on_change has not sent yet
         self.configure(splitters)
 
     def configure(self, splitters: list[SplitterConfig]) -> None:
@@ -327,9 +328,15 @@ class CanaryRunner:
                 await self._step(s, s.canary, state, s.name in overridden)
                 self._export(s, self.states[s.name])
         await self._observe()
+        self.unpublished = self.unpublished or self.weights() != before
+        if self.unpublished and self.on_change is not None:
+            # The gateway first: what `stack status` reads from the store never runs ahead of the routes.
+            try:
+                await self.on_change()
+                self.unpublished = False
+            except Exception:  # the next tick publishes again
+                LOGGER.exception("cannot send the canaries' weights to the gateway")
         await asyncio.to_thread(self._save)
-        if self.weights() != before and self.on_change is not None:
-            await self.on_change()
 
     async def _step(self, s: SplitterConfig, canary: CanaryConfig, state: CanaryState, overridden: bool) -> None:
         now = self.clock()

@@ -205,6 +205,37 @@ def test_the_runner_rolls_back_a_failing_canary_at_its_first_judgement(tmp_path:
     assert fresh.states["iris"].phase == PROGRESSING and fresh.weights() == {"iris": {"v1": 90, "v2": 10}}
 
 
+def test_the_gateway_gets_a_rollback_before_the_status_says_it_and_again_after_a_failed_send(
+    tmp_path: Path,
+) -> None:
+    source, clock = FakeSource(), Clock()
+    sent: list[tuple[dict[str, dict[str, int]], str | None]] = []
+    failing = [True]
+
+    async def on_change() -> None:
+        # What `stack status` would read at the moment the gateway is sent the new weights.
+        saved = splitter_status([splitter()], tmp_path)[0].canary
+        sent.append((runner.weights(), saved.phase if saved else None))
+        if failing[0]:
+            failing[0] = False
+            raise OSError("routes directory not writable")
+
+    runner = CanaryRunner([splitter()], tmp_path, source, clock=clock, on_change=on_change)
+
+    async def run() -> None:
+        await runner.tick()
+        source.serve("v2", 90, 10)
+        source.serve("v1", 900)
+        clock.now += 10
+        await runner.tick()  # rolls back; the send fails
+        await runner.tick()  # nothing new decided, yet the weights are sent again
+
+    asyncio.run(run())
+    rolled_back = {"iris": {"v1": 100, "v2": 0}}
+    assert sent == [(rolled_back, PROGRESSING), (rolled_back, ROLLED_BACK)]
+    assert splitter_status([splitter()], tmp_path)[0].canary.phase == ROLLED_BACK  # type: ignore[union-attr]
+
+
 def test_missing_data_holds_and_stack_split_stops_the_canary(tmp_path: Path) -> None:
     source, clock = FakeSource(), Clock()
     overridden: set[str] = set()
