@@ -1,7 +1,8 @@
 """Pipelines on the real Compose stack: an API calls the next one container to container over the
 stack network (the upstreams file the controller writes, mounted read-only), never through the
-gateway, with the request id and deadline carried, API keys needed from outside only, a callee's
-error and a callee with no replica named in the caller's answer, and the edge in `stack status`."""
+gateway, with the request id and deadline carried, API keys needed from outside only, a callee at zero
+woken by the call, a callee's error and a callee with no replica named in the caller's answer, and the
+edge in `stack status`."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class Predictor:
         self.apis = apis
 
     async def predict(self, payload):
-        return {"front": await self.apis["leaf"].apredict(payload, query_params={"from": "front"})}
+        callee = payload.pop("to", "leaf")
+        return {"front": await self.apis[callee].apredict(payload, query_params={"from": "front"})}
 """
 
 # The leaf's gated requests wait on an event a second request sets: no shared files across containers.
@@ -81,8 +83,12 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
         f"project: {name}\ngateway: {{port: {port}, api_keys: [{KEY}]}}\n"
         f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
         "apis:\n"
-        "  - name: front\n    predictor: {path: front.py, timeout: 2s}\n    calls: [leaf]\n"
+        "  - name: front\n    predictor: {path: front.py, timeout: 90s}\n    calls: [leaf, sleepy]\n"
         "  - name: leaf\n    predictor: {path: leaf.py, threads_per_process: 4}\n"
+        # Idle, it runs no replica: a call wakes it through the controller's activator.
+        "  - name: sleepy\n    predictor: {path: leaf.py}\n"
+        "    autoscaling: {min_replicas: 0, max_replicas: 1, idle_timeout: 3s, window: 4s,"
+        " downscale_stabilization_period: 2s, upscale_stabilization_period: 0s}\n"
     )
     yield root, name, port
     remove_project(root, name)
@@ -95,7 +101,8 @@ def test_a_chain_on_compose(project: tuple[Path, str, int]) -> None:
     def post(api: str, body: Any, key: str | None = KEY, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         headers.update(kwargs.pop("headers", {}))
-        return requests.post(f"http://127.0.0.1:{port}/{api}", json=body, headers=headers, timeout=60, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        return requests.post(f"http://127.0.0.1:{port}/{api}", json=body, headers=headers, **kwargs)
 
     answer = post("front", {"x": 1}, headers={"X-Request-ID": "compose-trace-1"})
     assert answer.status_code == 200, answer.text
@@ -104,12 +111,14 @@ def test_a_chain_on_compose(project: tuple[Path, str, int]) -> None:
     assert leaf["request_id"] == "compose-trace-1" and answer.headers["X-Request-ID"] == "compose-trace-1"
     # Container to container on the stack network: the Host is the leaf container's, no gateway hop.
     assert leaf["forwarded"] is None
-    (leaf_container,) = [c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "leaf"]
+    (leaf_container,) = [
+        c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "leaf" and c["State"]["Running"]
+    ]
     assert leaf["hostname"] == leaf_container["Config"]["Hostname"]
     host = leaf["host"].rsplit(":", 1)[0]
     networks = leaf_container["NetworkSettings"]["Networks"].values()
     assert host in {n["IPAddress"] for n in networks}
-    assert 0 < float(leaf["timeout"]) <= 2.0  # front's timeout is the chain's deadline
+    assert 80 < float(leaf["timeout"]) <= 90  # front's timeout is the chain's deadline
     # The upstreams directory is mounted read-only, and only into APIs that call others.
     mounts = {
         c["Config"]["Labels"]["stack.api"]: c["Mounts"]
@@ -119,6 +128,17 @@ def test_a_chain_on_compose(project: tuple[Path, str, int]) -> None:
     assert [m["RW"] for m in mounts["front"] if m["Destination"] == "/stack/upstreams"] == [False]
     assert not [m for m in mounts["leaf"] if m["Destination"] == "/stack/upstreams"]
 
+    # A callee at zero replicas is woken by the call; the caller waits as a client would.
+    def api(api_name: str) -> dict[str, Any]:
+        apis = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"]
+        return next(a for a in apis if a["name"] == api_name)
+
+    _until(lambda: api("sleepy")["status"] == "scaled to zero", "sleepy scaling to zero", timeout=120)
+    woken = post("front", {"to": "sleepy", "woken": 1}, timeout=120)
+    assert woken.status_code == 200, woken.text
+    assert woken.json()["front"]["leaf"] == {"woken": 1}
+    _until(lambda: api("sleepy")["ready"] == 1, "the woken sleepy replica serving")
+
     # Keys: the leaf refuses outside callers without one; front's call to it needs none.
     assert post("leaf", {"x": 2}, key=None).status_code == 401
 
@@ -126,9 +146,10 @@ def test_a_chain_on_compose(project: tuple[Path, str, int]) -> None:
     failed = post("front", {"fail": "this"})
     assert failed.status_code == 422 and failed.json()["error"] == "leaf: leaf refuses this"
 
-    # The deadline passed: front answers 504 at its timeout while the leaf still waits.
+    # The deadline passed: a client's shorter deadline is the chain's; front answers 504 at it while the
+    # leaf still waits.
     try:
-        late = post("front", {"gate": "slow"})
+        late = post("front", {"gate": "slow"}, headers={"X-Request-Timeout": "2"})
         assert late.status_code == 504, late.text
     finally:
         assert post("leaf", {"release": "slow"}).status_code == 200
