@@ -46,7 +46,8 @@ for (const card of document.querySelectorAll("section.api[data-api]")) {
   for (const cell of card.querySelectorAll("[data-field]")) numbers[cell.dataset.field] = cell.textContent;
   for (const chart of card.querySelectorAll(".chart")) {
     const label = chart.querySelector("svg").getAttribute("aria-label");
-    charts[label] = { last: chart.dataset.last ?? null, lines: chart.querySelectorAll("path").length };
+    const axis = [...chart.querySelectorAll("svg text")].map((t) => t.textContent).find((t) => t.startsWith("-"));
+    charts[label] = { last: chart.dataset.last ?? null, lines: chart.querySelectorAll("path").length, from: axis };
   }
   cards[card.dataset.api] = { numbers, charts, text: card.innerText,
     bad: [...card.querySelectorAll(".number.bad [data-field]")].map((c) => c.dataset.field) };
@@ -61,14 +62,15 @@ for (const g of document.querySelectorAll("[data-gpu]")) {
   for (const chart of g.querySelectorAll(".chart"))
     gpus[g.dataset.gpu][chart.querySelector("svg").getAttribute("aria-label")] = chart.dataset.last ?? null;
 }
-return { cards, splitters, gpus, updated: document.body.dataset.updated ?? null, title: document.title };
+return { cards, splitters, gpus, updated: document.body.dataset.updated ?? null, title: document.title,
+  range: document.getElementById("range").value, search: location.search };
 """
 
 
 def snapshot(driver: WebDriver) -> dict[str, Any]:
     """The page as drawn now: per API card its numbers (field -> text: "1,234", "–" for none), its
-    charts (aria-label -> last value and lines drawn), its text; the splitters' shares and text; per
-    GPU its charts' last values."""
+    charts (aria-label -> last value, lines drawn, the time axis' start: "-15m"), its text; the
+    splitters' shares and text; per GPU its charts' last values; the chart range chosen and the URL's query."""
     return driver.execute_script(SNAPSHOT)  # type: ignore[no-any-return]
 
 

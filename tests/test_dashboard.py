@@ -24,11 +24,14 @@ from aiohttp import web
 from browser import as_number, card_numbers, chromium, console_errors, snapshot, wait_for
 from cli import stack
 from nomad_standin import NomadStandIn
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 from test_compose_pipelines import _until
 
 from conftest import free_port
 from nomad_schema import schema_errors
-from stack.dashboard.data import CHARTS, _query
+from stack.autoscale.config import AutoscalerConfig, RoutedApi
+from stack.dashboard.data import CHARTS, RANGES, Dashboard, Range, _query
 from stack.dashboard.proxy import proxy_app
 from stack.dashboard.web import dashboard_routes
 from stack.plan import plan_nomad
@@ -144,6 +147,27 @@ def check_new_traffic_shows(driver: Any, port: int, api: str, requests_sent: int
     return took
 
 
+def check_chart_range(driver: Any, api: str) -> None:
+    """Choosing "last 1h" redraws every chart over the last hour, with the same numbers now; the URL
+    keeps the choice, so a reload (or a shared link) shows the same range."""
+    numbers = card_numbers(driver, api)
+    assert snapshot(driver)["range"] == "15m"
+    Select(driver.find_element(By.ID, "range")).select_by_visible_text("last 1h")
+
+    def redrawn(d: Any) -> dict[str, Any] | None:
+        page = snapshot(d)
+        charts = (page["cards"].get(api) or {"charts": {}})["charts"].values()
+        return page if page["range"] == "1h" and charts and all(c["from"] == "-1h" for c in charts) else None
+
+    page = wait_for(driver, redrawn, "the charts over the last hour", 10)
+    assert "range=1h" in page["search"]
+    assert card_numbers(driver, api)["2xx"] == numbers["2xx"]
+    # Its points are 15 s apart, on the quarter minute: a stack this young has one within 15 s.
+    wait_for(driver, lambda d: snapshot(d)["cards"][api]["charts"]["replicas"]["lines"], "the hour's replicas", 20)
+    driver.refresh()
+    wait_for(driver, redrawn, "the last hour kept across a reload", 10)
+
+
 # -- on `stack up --local` ---------------------------------------------------------------------------
 
 
@@ -185,6 +209,7 @@ def test_the_local_dashboard_agrees_with_status_and_shows_new_traffic(local: tup
         assert card["shares"] == ["alpha 75%", "beta 25%"]  # the canary's first step
         assert f"canary beta: {canary['phase']} at {canary['weight']}%" in card["text"], card
         took = check_new_traffic_shows(driver, port, "alpha")
+        check_chart_range(driver, "alpha")
         assert not console_errors(driver), console_errors(driver)
     print(f"new traffic on the page after {took:.1f}s")
 
@@ -340,11 +365,11 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 def test_the_routes_read_only_keyed_and_failing_clearly() -> None:
     calls = {"n": 0}
 
-    async def document() -> dict[str, Any]:
+    async def document(over: Range) -> dict[str, Any]:
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("Prometheus went away")
-        return {"project": "p", "apis": []}
+        return {"project": "p", "apis": [], "range": over.name}
 
     async def scenario() -> None:
         app = web.Application()
@@ -365,9 +390,11 @@ def test_the_routes_read_only_keyed_and_failing_clearly() -> None:
                     async with session.get(f"{url}/dashboard/data.json", params={"key": key} if key else {}) as no:
                         assert no.status == 401 and "key" in (await no.json())["error"]
                 async with session.get(f"{url}/dashboard/data.json", params={"key": "k-2"}) as good:
-                    assert good.status == 200 and (await good.json())["project"] == "p"
+                    assert good.status == 200 and (await good.json()) == {"project": "p", "apis": [], "range": "15m"}
+                async with session.get(f"{url}/dashboard/data.json", params={"key": "k-2", "range": "nope"}) as bad:
+                    assert bad.status == 400 and "15m, 1h, 6h, 24h" in (await bad.json())["error"]
                 headers = {"Authorization": "Bearer k-1"}
-                async with session.get(f"{url}/dashboard/data.json", headers=headers) as failed:
+                async with session.get(f"{url}/dashboard/data.json", headers=headers) as failed:  # the 2nd
                     assert failed.status == 500 and "Prometheus went away" in (await failed.json())["error"]
                 async with session.post(f"{url}/dashboard/data.json", headers=headers) as post:
                     assert post.status == 405
@@ -378,8 +405,8 @@ def test_the_routes_read_only_keyed_and_failing_clearly() -> None:
 
 
 def test_the_compose_proxy_forwards_only_the_dashboard_and_says_when_the_controller_is_down() -> None:
-    async def document() -> dict[str, Any]:
-        return {"project": "p"}
+    async def document(over: Range) -> dict[str, Any]:
+        return {"project": "p", "range": over.name}
 
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(text="secret_metric 1")
@@ -393,8 +420,8 @@ def test_the_compose_proxy_forwards_only_the_dashboard_and_says_when_the_control
         dead_runner, dead_url = await _serve(proxy_app(f"http://127.0.0.1:{free_port()}"))
         try:
             async with aiohttp.ClientSession() as session:
-                async with session.get(f"{url}/dashboard/data.json") as data:
-                    assert data.status == 200 and (await data.json()) == {"project": "p"}
+                async with session.get(f"{url}/dashboard/data.json", params={"range": "6h"}) as data:
+                    assert data.status == 200 and (await data.json()) == {"project": "p", "range": "6h"}
                 async with session.get(f"{url}/dashboard/") as page:
                     assert "Content-Security-Policy" in page.headers
                 async with session.get(f"{url}/") as root:
@@ -427,3 +454,55 @@ def test_an_api_with_no_series_is_zero_only_while_prometheus_scraped() -> None:
     queries = {chart.key: _query(chart, "alpha") for chart in CHARTS}
     assert 'api="alpha"' in queries["replicas"] and "vector(0)" not in " ".join(queries.values())
     assert queries["replicas"].endswith("or 0 * max(up)")
+
+
+class _Source:
+    config = AutoscalerConfig("p", 1.0, [], [RoutedApi("alpha", "p-alpha", "/alpha")])
+
+    def status(self) -> dict[str, dict[str, object]]:
+        return {}
+
+    async def replicas(self, api: str) -> None:
+        return None
+
+    def splitters(self) -> list[Any]:
+        return []
+
+
+def test_each_chart_range_asks_prometheus_for_its_window_step_and_rate() -> None:
+    """The last 15 minutes unless the page asks; every chart of a range covers the same window, one point a
+    step, rates over at least two steps; the document says the range so the page can label its axis."""
+    asked: list[dict[str, str]] = []
+
+    async def query_range(request: web.Request) -> web.Response:
+        asked.append(dict(request.query))
+        return web.json_response({"status": "success", "data": {"resultType": "matrix", "result": []}})
+
+    async def scenario() -> dict[str, dict[str, Any]]:
+        prometheus = web.Application()
+        prometheus.router.add_get("/api/v1/query_range", query_range)
+        runner, url = await _serve(prometheus)
+        try:
+            async with aiohttp.ClientSession() as session:
+                board = Dashboard(_Source(), session, lambda: url, clock=lambda: 1_000_000.0)
+                return {name: await board.document(over) for name, over in RANGES.items()}
+        finally:
+            await runner.cleanup()
+
+    documents = asyncio.run(scenario())
+    for name, over in RANGES.items():
+        doc = documents[name]
+        assert (doc["range"], doc["window_s"], doc["step_s"]) == (name, over.window, over.step)
+        assert doc["ranges"] == ["15m", "1h", "6h", "24h"]
+    by_step = {}
+    for query in asked:
+        if 'api="alpha"' in query["query"]:
+            by_step.setdefault(float(query["step"]), []).append(query)
+    assert sorted(by_step) == [5.0, 15.0, 75.0, 300.0]
+    for over in RANGES.values():
+        queries = by_step[over.step]
+        assert len(queries) == len(CHARTS)
+        assert {float(q["end"]) - float(q["start"]) for q in queries} == {over.window}
+        assert all(float(q["end"]) % over.step == 0 for q in queries)  # aligned: no shimmer between reads
+        rate = f"[{max(60, 2 * over.step):g}s]"
+        assert all(rate in q["query"] for q in queries if "rate(" in q["query"]), (rate, queries)

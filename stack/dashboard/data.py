@@ -2,9 +2,9 @@
 
 The numbers "now" come from the functions `stack status` uses (stack.traffic,
 stack.canary.status_of, the target's scaler), so the page and `stack status
---json` agree; the charts are Prometheus `query_range` over the last
-`WINDOW` seconds, one point every `STEP`. Only these fixed queries run: the
-page cannot send PromQL of its own.
+--json` agree; the charts are Prometheus `query_range` over one of `RANGES`
+(the last 15 minutes unless the page asks for another). Only these fixed
+queries run: the page cannot send PromQL of its own.
 """
 
 from __future__ import annotations
@@ -23,10 +23,39 @@ from stack.autoscale.scaler import Replicas
 from stack.status import SplitterStatus
 from stack.traffic import prometheus_traffic
 
-WINDOW = 900.0  # seconds of history in each chart: the last 15 minutes
-STEP = 5.0  # seconds between two points of a chart
 REFRESH = 2.0  # seconds between two reads of the page
 Points = list[list[float]]  # [[unix time, value], ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    """How much history the charts show: `window` seconds, a point every `step` (about 180-290 points)."""
+
+    name: str
+    window: float
+    step: float
+
+    @property
+    def rate(self) -> str:
+        # A rate over at least a minute and two steps: each point covers its whole step, no spike falls
+        # between two points (what Grafana's $__rate_interval does).
+        return f"{max(60, 2 * self.step):g}s"
+
+
+RANGES = {
+    r.name: r for r in (Range("15m", 900, 5), Range("1h", 3600, 15), Range("6h", 21600, 75), Range("24h", 86400, 300))
+}
+DEFAULT_RANGE = RANGES["15m"]
+
+
+def chart_range(name: str | None) -> Range:
+    """The range the page asked for (`?range=1h`); an unknown name is a ValueError naming the choices."""
+    if not name:
+        return DEFAULT_RANGE
+    found = RANGES.get(name)
+    if found is None:
+        raise ValueError(f"no chart range {name[:20]!r}: choose one of {', '.join(RANGES)}")
+    return found
 
 
 class Source(Protocol):
@@ -54,24 +83,25 @@ class Chart:
 
 
 CHARTS = [
-    Chart("requests_per_second", 'sum(rate(predictor_requests_total{{api="{api}"}}[1m]))'),
+    Chart("requests_per_second", 'sum(rate(predictor_requests_total{{api="{api}"}}[{rate}]))'),
     Chart("p50_ms", "1000 * histogram_quantile(0.5, {by_le})"),
     Chart("p99_ms", "1000 * histogram_quantile(0.99, {by_le})"),
-    Chart("errors_per_second", 'sum(rate(predictor_requests_total{{api="{api}",code=~"5.."}}[1m])) or {zero}'),
+    Chart("errors_per_second", 'sum(rate(predictor_requests_total{{api="{api}",code=~"5.."}}[{rate}])) or {zero}'),
     Chart("in_flight", 'sum(predictor_requests_in_flight{{api="{api}"}}) or {zero}'),
     Chart("replicas", 'sum(predictor_ready{{api="{api}"}}) or {zero}'),
 ]
-BY_LE = 'sum by (le) (rate(predictor_request_duration_seconds_bucket{{api="{api}"}}[1m]))'
+BY_LE = 'sum by (le) (rate(predictor_request_duration_seconds_bucket{{api="{api}"}}[{rate}]))'
 GPU_CHARTS = {
     "utilization": "max by (gpu) (predictor_gpu_utilization_ratio)",
     "memory_used_bytes": "max by (gpu) (predictor_gpu_memory_used_bytes)",
 }
 
 
-def _query(chart: Chart, api: str) -> str:
+def _query(chart: Chart, api: str, over: Range = DEFAULT_RANGE) -> str:
     # A count with no series is a zero (no replica, no error), not a gap, but only while Prometheus
     # was scraping: before the stack existed it is a gap (`vector(0)` would draw zeros there).
-    return chart.query.format(api=api, by_le=BY_LE.format(api=api), zero="0 * max(up)")
+    by_le = BY_LE.format(api=api, rate=over.rate)
+    return chart.query.format(api=api, by_le=by_le, zero="0 * max(up)", rate=over.rate)
 
 
 async def query_range(
@@ -107,24 +137,26 @@ class Dashboard:
         self.prometheus_url = prometheus_url
         self.clock = clock
 
-    async def document(self) -> dict[str, Any]:
+    async def document(self, over: Range = DEFAULT_RANGE) -> dict[str, Any]:
         config = self.source.config
         now = self.clock()
         problems: list[str] = []
         decisions = self.source.status()
         names = [a.name for a in config.routed]
-        apis = await asyncio.gather(*(self._api(name, now, decisions.get(name), problems) for name in names))
+        apis = await asyncio.gather(*(self._api(name, now, over, decisions.get(name), problems) for name in names))
         try:
             splitters = [asdict(s) for s in await asyncio.to_thread(self.source.splitters)]
         except Exception as exc:  # a state file being rewritten: say so, keep the rest
             splitters = []
             problems.append(f"splitters unreadable: {exc}")
-        gpus = await self._gpus(now, problems)
+        gpus = await self._gpus(now, over, problems)
         return {
             "project": config.project,
             "now": now,
-            "window_s": WINDOW,
-            "step_s": STEP,
+            "range": over.name,
+            "ranges": list(RANGES),
+            "window_s": over.window,
+            "step_s": over.step,
             "refresh_s": REFRESH,
             "apis": apis,
             "splitters": splitters,
@@ -133,7 +165,7 @@ class Dashboard:
         }
 
     async def _api(
-        self, name: str, now: float, decisions: dict[str, object] | None, problems: list[str]
+        self, name: str, now: float, over: Range, decisions: dict[str, object] | None, problems: list[str]
     ) -> dict[str, Any]:
         routed = next(a for a in self.source.config.routed if a.name == name)
         scaling = next((a for a in self.source.config.apis if a.name == name), None)
@@ -163,7 +195,7 @@ class Dashboard:
             **traffic.counts,
         )
         series = await asyncio.gather(
-            *(self._range(url, _query(chart, name), now) for chart in CHARTS), return_exceptions=True
+            *(self._range(url, _query(chart, name, over), now, over) for chart in CHARTS), return_exceptions=True
         )
         for chart, found in zip(CHARTS, series, strict=True):
             if isinstance(found, BaseException):
@@ -172,22 +204,22 @@ class Dashboard:
             else:
                 api["series"][chart.key] = found[0][1] if found else []
         in_flight = api["series"]["in_flight"]
-        api["in_flight"] = in_flight[-1][1] if in_flight and in_flight[-1][0] >= now - 2 * STEP else None
+        api["in_flight"] = in_flight[-1][1] if in_flight and in_flight[-1][0] >= now - 2 * over.step else None
         return api
 
-    async def _range(self, url: str, query: str, now: float) -> list[tuple[dict[str, str], Points]]:
+    async def _range(self, url: str, query: str, now: float, over: Range) -> list[tuple[dict[str, str], Points]]:
         # Aligned to the step: the same points from one refresh to the next, the charts do not shimmer.
-        end = math.floor(now / STEP) * STEP
-        return await query_range(self.session, url, query, end - WINDOW, end, STEP)
+        end = math.floor(now / over.step) * over.step
+        return await query_range(self.session, url, query, end - over.window, end, over.step)
 
-    async def _gpus(self, now: float, problems: list[str]) -> list[dict[str, Any]]:
+    async def _gpus(self, now: float, over: Range, problems: list[str]) -> list[dict[str, Any]]:
         url = self.prometheus_url()
         if not url:
             return []
         gpus: dict[str, dict[str, Any]] = {}
         for key, query in GPU_CHARTS.items():
             try:
-                found = await self._range(url, query, now)
+                found = await self._range(url, query, now, over)
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                 problems.append(f"Prometheus query_range failed: {exc}")
                 continue
@@ -197,4 +229,4 @@ class Dashboard:
         return [gpus[g] for g in sorted(gpus)]
 
 
-Document = Callable[[], Awaitable[dict[str, Any]]]
+Document = Callable[[Range], Awaitable[dict[str, Any]]]

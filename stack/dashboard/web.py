@@ -2,7 +2,8 @@
 
     GET /dashboard/            the page
     GET /dashboard/{file}      its script and style sheet (stack/dashboard/static)
-    GET /dashboard/data.json   the document the page draws (stack.dashboard.data)
+    GET /dashboard/data.json   the document the page draws (stack.dashboard.data);
+                               ?range=15m|1h|6h|24h: the charts' history (15m unless asked)
 
 With `keys` (the Nomad controller, reached through the gateway), data.json
 asks for one of them as `?key=` or `Authorization: Bearer`; the page passes
@@ -18,7 +19,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from stack.dashboard.data import Document
+from stack.dashboard.data import Document, chart_range
 
 LOGGER = logging.getLogger("stack.dashboard")
 PATH = "/dashboard/"
@@ -67,7 +68,11 @@ def dashboard_routes(document: Document, keys: Callable[[], list[bytes]] | None 
         if denied is not None:
             return denied
         try:
-            body = await document()
+            over = chart_range(request.query.get("range"))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        try:
+            body = await document(over)
         except Exception as exc:  # the page shows why, and tries again at its next refresh
             LOGGER.exception("the dashboard's data failed")
             return web.json_response({"error": f"the dashboard's data failed: {exc}"}, status=500)

@@ -1,8 +1,10 @@
 // The stack's dashboard: reads data.json every few seconds and draws it. No framework, no CDN.
 "use strict";
 
-const KEY = new URLSearchParams(location.search).get("key");
-const DATA = "data.json" + (KEY ? "?key=" + encodeURIComponent(KEY) : "");
+const PARAMS = new URLSearchParams(location.search);
+const KEY = PARAMS.get("key");
+let range = PARAMS.get("range") || "15m"; // the charts' history: 15m, 1h, 6h or 24h (data.json says which)
+let pending = null;
 const NUMBERS = [
   // [field of data.json, label, digits]: the same fields as `stack status --json`
   ["ready", "ready", 0], ["desired", "desired", 0], ["requests_per_second", "req/s", 2],
@@ -54,7 +56,7 @@ function chart(doc, title, lines, unit) {
     }
     svg.append(h("path", { d, fill: "none", stroke: COLORS[i], "stroke-width": 1.6, "vector-effect": "non-scaling-stroke" }));
   });
-  svg.append(h("text", { x: 2, y: H - 1, class: "empty" }, "-15 min"), h("text", { x: W - 2, y: H - 1, "text-anchor": "end", class: "empty" }, "now"));
+  svg.append(h("text", { x: 2, y: H - 1, class: "empty" }, "-" + doc.range), h("text", { x: W - 2, y: H - 1, "text-anchor": "end", class: "empty" }, "now"));
   const now = lines.map((p) => (p.length ? fmt(p[p.length - 1][1], 2) + unit : "–")).join(" / ");
   const last = lines[0] && lines[0].length ? lines[0][lines[0].length - 1][1] : null;
   return h("div", { class: "chart", "data-last": last }, h("div", { class: "title" }, h("span", {}, title), h("span", {}, "max " + fmt(top / 1.15, 2) + unit, " · now " + now)), svg);
@@ -108,7 +110,31 @@ function gpuCard(doc, gpu) {
     chart(doc, `GPU ${gpu.gpu} memory`, [(gpu.memory_used_bytes || []).map(([t, v]) => [t, v / 2 ** 30])], " GiB"));
 }
 
+function dataUrl() {
+  const query = new URLSearchParams();
+  if (KEY) query.set("key", KEY);
+  query.set("range", range);
+  return "data.json?" + query;
+}
+
+function rangePicker(doc) {
+  const select = document.getElementById("range");
+  if (select.options.length !== doc.ranges.length) {
+    select.replaceChildren(...doc.ranges.map((r) => h("option", { value: r }, "last " + r)));
+    select.addEventListener("change", () => {
+      range = select.value;
+      const query = new URLSearchParams(location.search);
+      query.set("range", range);
+      history.replaceState(null, "", "?" + query); // a reload or a shared link keeps the range
+      clearTimeout(pending);
+      tick();
+    });
+  }
+  select.value = doc.range;
+}
+
 function draw(doc) {
+  rangePicker(doc);
   document.getElementById("project").textContent = doc.project;
   document.title = `${doc.project} · stack dashboard`;
   document.getElementById("apis").replaceChildren(...doc.apis.map((api) => apiCard(doc, api)));
@@ -125,10 +151,12 @@ function draw(doc) {
 async function tick() {
   const updated = document.getElementById("updated");
   try {
-    const response = await fetch(DATA, { cache: "no-store" });
+    const asked = range;
+    const response = await fetch(dataUrl(), { cache: "no-store" });
     const doc = await response.json();
     if (!response.ok) throw new Error(doc.error || response.statusText);
     refresh = Math.max(1000, (doc.refresh_s || 2) * 1000);
+    if (asked !== range) return; // the range changed meanwhile: its own read is on the way
     draw(doc);
     lastGood = doc.now;
     updated.textContent = `updated ${clock(doc.now)} · every ${refresh / 1000}s`;
@@ -137,7 +165,8 @@ async function tick() {
     updated.textContent = `not updated${lastGood ? " since " + clock(lastGood) : ""}: ${err.message}`;
     updated.classList.add("stale");
   }
-  setTimeout(tick, refresh);
+  clearTimeout(pending);
+  pending = setTimeout(tick, refresh);
 }
 
 tick();
