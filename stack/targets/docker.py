@@ -35,7 +35,8 @@ def inspect(*ids: str) -> list[dict[str, Any]]:
     except FileNotFoundError:
         raise StackError(NO_DOCKER) from None
     errors = [line for line in result.stderr.splitlines() if line.strip()]
-    if result.returncode != 0 and not all("No such object" in line for line in errors):
+    gone = errors and all("No such object" in line or "No such container" in line for line in errors)
+    if result.returncode != 0 and not gone:
         raise StackError(f"`docker inspect {' '.join(ids[:3])} ...` failed:\n{result.stderr.strip()}")
     found: list[dict[str, Any]] = json.loads(result.stdout) if result.stdout.strip() else []
     return found
