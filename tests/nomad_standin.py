@@ -138,6 +138,8 @@ class NomadStandIn:
         namespace = request.query.get("namespace", "default")
         if namespace not in self.namespaces and request.path.startswith("/v1/job"):
             return web.Response(status=400, text=f'namespace "{namespace}" not found')
+        if request.path.startswith("/v1/client/fs/logs/") and request.query.get("follow") == "true":
+            return await handler(request)  # type: ignore[no-any-return]  # it streams: it must not hold the lock
         with self._lock:
             return await handler(request)  # type: ignore[no-any-return]
 
@@ -351,13 +353,32 @@ class NomadStandIn:
         }
         return self._respond(body, "Node")
 
-    async def logs(self, request: web.Request) -> web.Response:
+    async def logs(self, request: web.Request) -> web.StreamResponse:
         alloc_id = request.match_info["alloc"]
-        for state in self.jobs.values():
-            if alloc_id in state.logs:
-                text = state.logs[alloc_id] if request.query.get("type") == "stderr" else ""
-                return web.Response(text=text)
-        return web.Response(status=404, text="allocation not found")
+        state = next((s for s in self.jobs.values() if alloc_id in s.logs), None)
+        if state is None:
+            return web.Response(status=404, text="allocation not found")
+        stderr = request.query.get("type") == "stderr"
+        text = state.logs[alloc_id] if stderr else ""
+        if request.query.get("follow") != "true":
+            return web.Response(text=text)
+        # Following, as Nomad does: from `offset` bytes before the end (origin=end) or after the start, then
+        # what the task writes, until the allocation stops or the client goes away.
+        offset = int(request.query.get("offset", "0"))
+        sent = max(0, len(text) - offset) if request.query.get("origin") == "end" else min(offset, len(text))
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        alloc = next(a for a in state.allocations if a["ID"] == alloc_id)
+        while True:
+            text = state.logs[alloc_id] if stderr else ""
+            if len(text) > sent:
+                await response.write(text[sent:].encode())
+                sent = len(text)
+            if alloc["ClientStatus"] not in ("pending", "running"):
+                break
+            await asyncio.sleep(0.05)
+        await response.write_eof()
+        return response
 
     # -- the simulation ------------------------------------------------------------------------
 

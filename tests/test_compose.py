@@ -6,13 +6,14 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from cli import stack
+from cli import STACK, stack
 
 from conftest import EXAMPLES, free_port
 from loadgen import Load
@@ -107,14 +108,32 @@ def test_up_scale_update_status_kill_down(project: tuple[Path, str, int]) -> Non
     # `stack scale`: refused while autoscaled, taken with --force; `stack logs` names each replica.
     refused = stack("scale", "echo", "3", "-p", str(root), cwd=root, check=False)
     assert refused.returncode == 1 and "the autoscaler owns echo" in refused.stderr
-    stack("scale", "echo", "3", "--force", "-p", str(root), cwd=root)
-    api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
-    assert (api["ready"], api["desired"]) == (3, 3) and api["autoscaled"] is False, api
+    # `stack logs --follow` started before the scale-out follows the replica it adds, too.
+    follower = subprocess.Popen(
+        [*STACK, "logs", "echo", "--follow", "-p", str(root)], stdout=subprocess.PIPE, text=True, cwd=root
+    )
+    followed: list[str] = []
+    reader = threading.Thread(target=lambda: followed.extend(follower.stdout or []), daemon=True)
+    reader.start()
+    try:
+        stack("scale", "echo", "3", "--force", "-p", str(root), cwd=root)
+        api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+        assert (api["ready"], api["desired"]) == (3, 3) and api["autoscaled"] is False, api
+        ids = {r["id"] for r in api["replicas"]}
+        deadline = time.monotonic() + 30
+        while {line.split(" | ", 1)[0].strip() for line in followed if "ready: api echo" in line} != ids:
+            assert time.monotonic() < deadline, (ids, followed)
+            time.sleep(0.2)
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        reader.join(10)  # it read to the end: the pipe can close
+        if follower.stdout is not None:
+            follower.stdout.close()
     logs = stack("logs", "echo", "-p", str(root), cwd=root).stdout
     assert "ready: api echo" in logs
     recent = stack("logs", "echo", "--since", "10m", "-p", str(root), cwd=root).stdout  # Docker's --since
     assert "ready: api echo" in recent and " | " in recent
-    ids = {r["id"] for r in api["replicas"]}
     prefixes = {line.split(" | ", 1)[0].strip() for line in logs.splitlines() if " | " in line}
     assert prefixes == ids, (prefixes, ids)
     unknown = stack("logs", str(root), "nope", cwd=root, check=False)

@@ -17,13 +17,14 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from cli import Ran
+from cli import STACK, Ran
 from cli import stack as run_stack
 from nomad_standin import Failure, NomadStandIn
 
@@ -154,8 +155,35 @@ def test_up_status_logs_scale_down(tmp_path: Path, registry: str, nomad: NomadSt
     # Scale: the autoscaler owns the API; --force takes it until the next `up`, which hands it back.
     refused = stack("scale", str(root), "echo", "3", cwd=root, env=env, check=False)
     assert refused.returncode == 1 and "the autoscaler owns echo" in refused.stderr
-    stack("scale", str(root), "echo", "3", "--force", cwd=root, env=env)
-    assert json.loads(stack("status", str(root), "--json", cwd=root, env=env).stdout)["apis"][0]["desired"] == 3
+    # `stack logs --follow`, started before the scale-out, follows the allocation it places too.
+    follower = subprocess.Popen(
+        [*STACK, "logs", str(root), "echo", "--follow"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, **env},
+    )
+    followed: list[str] = []
+    reader = threading.Thread(target=lambda: followed.extend(follower.stdout or []), daemon=True)
+    reader.start()
+    try:
+        stack("scale", str(root), "echo", "3", "--force", cwd=root, env=env)
+        assert json.loads(stack("status", str(root), "--json", cwd=root, env=env).stdout)["apis"][0]["desired"] == 3
+        deadline = time.monotonic() + 60
+        while True:
+            scaled = json.loads(stack("status", str(root), "--json", cwd=root, env=env).stdout)["apis"][0]
+            ids = {r["id"] for r in scaled["replicas"] if r["state"] == "ready"}
+            shown = {line.split(" | ", 1)[0] for line in followed if "ready: api" in line}
+            if len(ids) == 3 and ids <= shown:
+                break
+            assert time.monotonic() < deadline, (scaled["replicas"], followed)
+            time.sleep(0.5)
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        reader.join(10)
+        if follower.stdout is not None:
+            follower.stdout.close()
     if nomad is not None:
         import asyncio
 

@@ -1,22 +1,25 @@
 """Replicas' logs as one stream, each line prefixed with its replica's name.
 
 The name is the one `stack status` shows, so a line in `stack logs` points at
-a replica in the status table. Without `follow` the lines of every container
-are merged in time order (Docker's own timestamps); with it, lines appear as
-they are written. `merge_streams` is the same merge for any target's streams.
+a replica in the status table. `container_logs` merges every container's
+lines in time order (Docker's own timestamps); `follow_replicas` prints any
+target's replicas' lines as they are written, following the replicas that
+start later too (`follow_containers`: with `docker logs --follow`).
 """
 
 from __future__ import annotations
 
 import calendar
+import logging
 import queue
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
-_DONE = object()
+LOGGER = logging.getLogger("stack.logs")
 # A record's time as serving.logs writes it, at the start of a text line or as a JSON line's first key.
 _STAMP = re.compile(r'^(?:\{"time": ")?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z')
 
@@ -46,55 +49,101 @@ def lines_since(lines: Iterable[str], cutoff: float | None) -> Iterator[str]:
             yield line
 
 
-def follow_container_logs(names: list[str], follow: bool, since: float | None = None) -> Iterator[str]:
-    """`since`: only lines written in the last this many seconds (Docker's own --since)."""
+def container_logs(names: list[str], since: float | None = None) -> Iterator[str]:
+    """The containers' lines merged in time order (Docker's timestamps); `since`: only those written in
+    the last this many seconds (Docker's own --since)."""
     window = ["--since", f"{max(since, 0.001):.3f}s"] if since is not None else []
-    if not follow:
-        width = max(len(n) for n in names)
-        lines: list[tuple[str, str]] = []
-        for name in names:
-            out = subprocess.run(["docker", "logs", "--timestamps", *window, name], capture_output=True, text=True)
-            for line in (out.stdout + out.stderr).splitlines():
-                stamp, _, text = line.partition(" ")
-                lines.append((stamp, f"{name:<{width}} | {text}"))
-        yield from (text for _, text in sorted(lines, key=lambda item: item[0]))
-        return
-    procs = {
-        name: subprocess.Popen(
-            ["docker", "logs", "--follow", *(window or ["--tail", "100"]), name],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name in names
-    }
-    try:
-        yield from merge_streams(
-            {name: (line.rstrip("\n") for line in proc.stdout or []) for name, proc in procs.items()}
-        )
-    finally:
-        for proc in procs.values():
-            proc.terminate()
+    width = max(len(n) for n in names)
+    lines: list[tuple[str, str]] = []
+    for name in names:
+        out = subprocess.run(["docker", "logs", "--timestamps", *window, name], capture_output=True, text=True)
+        for line in (out.stdout + out.stderr).splitlines():
+            stamp, _, text = line.partition(" ")
+            lines.append((stamp, f"{name:<{width}} | {text}"))
+    yield from (text for _, text in sorted(lines, key=lambda item: item[0]))
 
 
-def merge_streams(streams: dict[str, Iterable[str]]) -> Iterator[str]:
-    """Lines of several streams as they arrive, each prefixed with its stream's name."""
-    width = max(len(n) for n in streams)
-    merged: queue.Queue[object] = queue.Queue()
+Listed = Callable[[], list[tuple[str, bool]]]  # an API's replicas now: (name, running)
 
-    def pump(name: str, lines: Iterable[str]) -> None:
+
+@dataclass(frozen=True)
+class Stream:
+    """One replica's lines as they are written; `close` stops reading them."""
+
+    lines: Iterable[str]
+    close: Callable[[], None] = lambda: None
+
+
+Opener = Callable[[str, "float | None"], Stream]  # (name, from when: epoch seconds, or None for the usual window)
+
+
+def follow_replicas(listed: Listed, open_stream: Opener, poll: float = 1.0) -> Iterator[str]:
+    """Lines as they are written by every running replica `listed()` names, re-listed every `poll`
+    seconds so that a replica started later (the autoscaler's, one woken from zero) is followed too: a new
+    one from its first line (`open_stream(name, when this began)`), one started again from where its
+    last lines ended. Those listed at the start get `open_stream(name, None)`: the target's usual window
+    (the last lines, or `--since`). Ends once the API has no replica left (`stack down`)."""
+    merged: queue.Queue[str] = queue.Queue()
+    live: dict[str, Stream] = {}  # name -> its stream, until it ends
+    ended: dict[str, float] = {}  # name -> when its stream ended (the replica stopped)
+    began = time.time()
+    width = 0
+
+    def pump(name: str, stream: Stream) -> None:
         try:
-            for line in lines:
+            for line in stream.lines:
                 merged.put(f"{name:<{width}} | {line}")
+        except Exception as exc:  # a dropped connection: the next listing follows it again, from here
+            LOGGER.debug(f"the log stream of {name} ended: {exc}")
         finally:
-            merged.put(_DONE)
+            ended[name] = time.time()
+            live.pop(name, None)
 
-    for name, lines in streams.items():
-        threading.Thread(target=pump, args=(name, lines), daemon=True).start()
-    open_streams = len(streams)
-    while open_streams:
-        item = merged.get()
-        if item is _DONE:
-            open_streams -= 1
+    first = True
+    try:
+        while True:
+            replicas = listed()
+            if not replicas and not live:
+                break
+            width = max([width, *(len(name) for name, _ in replicas)])
+            for name, running in replicas:
+                # A stopped one at the start shows its last lines (and is followed again once it starts).
+                if name not in live and (running or first):
+                    stream = live[name] = open_stream(name, ended.get(name) or (None if first else began))
+                    threading.Thread(target=pump, args=(name, stream), daemon=True).start()
+            first = False
+            deadline = time.monotonic() + poll
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    yield merged.get(timeout=left)
+                except queue.Empty:
+                    break
+        while not merged.empty():
+            yield merged.get()
+    finally:
+        for stream in list(live.values()):
+            stream.close()
+
+
+def follow_containers(listed: Listed, since: float | None = None, poll: float = 1.0) -> Iterator[str]:
+    """`follow_replicas` for containers, with `docker logs --follow`: at the start their last 100 lines, or
+    those of the last `since` seconds."""
+
+    def open_stream(name: str, start: float | None) -> Stream:
+        if start is not None:
+            window = ["--since", f"{start:.3f}"]
         else:
-            yield str(item)
+            window = ["--since", f"{max(since, 0.001):.3f}s"] if since is not None else ["--tail", "100"]
+        proc = subprocess.Popen(
+            ["docker", "logs", "--follow", *window, name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+        def lines() -> Iterator[str]:
+            assert proc.stdout is not None
+            with proc.stdout:
+                yield from (line.rstrip("\n") for line in proc.stdout)
+            proc.wait()
+
+        return Stream(lines(), proc.terminate)
+
+    return follow_replicas(listed, open_stream, poll)

@@ -115,6 +115,10 @@ class ComposeProject:
             )
         return sorted(found, key=lambda c: c.name)
 
+    def running_of(self, api: str) -> list[tuple[str, bool]]:
+        """The API's containers: (name, running)."""
+        return [(c.name, c.state == "running") for c in self.containers() if c.api == api]
+
     def compose(self, *args: str, capture: bool = True, timeout: float | None = None) -> str:
         return docker(
             "compose",

@@ -57,7 +57,7 @@ from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, userland
 from stack.targets.compose.setup import batch_templates, prepare_control_dir
 from stack.targets.docker import docker
 from stack.targets.gateway import check_routed, readiness_url, wait_for_batch_apis, wait_until_routed
-from stack.targets.logs import follow_container_logs
+from stack.targets.logs import container_logs, follow_containers
 from stack.targets.rollout import Fleet, next_step
 from stack.traffic import call_graph, gpu_status, prometheus_traffic, replica_gpu_memory
 
@@ -320,7 +320,10 @@ class ComposeTarget:
         mine = [c for c in self.engine.containers() if c.api == api]
         if not mine:
             raise NotRunning(f"API {api!r} has no containers; is the stack up? (`stack up {self.loaded.root}`)")
-        yield from follow_container_logs([c.name for c in mine], follow, since)
+        if follow:  # re-listed as it goes: the replicas that start later are followed too
+            yield from follow_containers(lambda: self.engine.running_of(api), since)
+        else:
+            yield from container_logs([c.name for c in mine], since)
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
         manual = api_name in manual_apis(self.state_dir)

@@ -104,11 +104,12 @@ class NomadApi:
         result: dict[str, Any] = self._json(lambda: self.client.node.request(node_id, method="get"), "read a node")
         return result
 
-    def logs(self, alloc_id: str, task: str, kind: str, follow: bool) -> Iterator[str]:
-        """A task's stdout or stderr, as lines; with `follow`, until the caller stops reading."""
+    def logs(self, alloc_id: str, task: str, kind: str, follow: bool, from_start: bool = False) -> Iterator[str]:
+        """A task's stdout or stderr, as lines; with `follow`, until the caller stops reading: its last
+        20 kB first, or all of it `from_start` (an allocation placed while the caller follows)."""
         params = {"task": task, "type": kind, "plain": "true", "follow": "true" if follow else "false"}
         if follow:
-            params.update({"origin": "end", "offset": "20000"})
+            params.update({"origin": "start", "offset": "0"} if from_start else {"origin": "end", "offset": "20000"})
         response = self._call(
             lambda: self.client.client.stream_logs.request(alloc_id, params=params, method="get", stream=follow),
             f"read the logs of allocation {alloc_id[:8]}",

@@ -20,7 +20,7 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -40,7 +40,7 @@ from stack.splits import splitters_of, with_override
 from stack.status import SplitterStatus, StackStatus
 from stack.targets import build
 from stack.targets.base import check_scale
-from stack.targets.logs import lines_since, merge_streams
+from stack.targets.logs import Stream, follow_replicas, lines_since
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import ITEM, worker_variable
 from stack.targets.nomad.connection import NomadSettings
@@ -271,13 +271,8 @@ class NomadTarget:
         allocations = [a for a in self.api.allocations(self.job_id(api)) if a.get("ClientStatus") == "running"]
         if not allocations:
             raise TargetError(f"API {api!r} has no running allocation; is the stack up? (`stack status --nomad`)")
-        if follow and len(allocations) > 1:
-            # One stream per allocation, merged as lines arrive.
-            streams: dict[str, Iterable[str]] = {
-                str(a["ID"])[:8]: lines_since(self.api.logs(a["ID"], TASK, "stderr", follow=True), cutoff)
-                for a in allocations
-            }
-            yield from merge_streams(streams)
+        if follow:  # every running allocation's stream, merged; the ones placed later are followed too
+            yield from _follow(self.api, self.job_id(api), cutoff)
             return
         for alloc in allocations:
             for line in lines_since(self.api.logs(alloc["ID"], TASK, "stderr", follow=follow), cutoff):
@@ -366,3 +361,24 @@ def _job_digest(job: dict[str, Any]) -> str:
 
 def _unhealthy(alloc: dict[str, Any]) -> bool:
     return (alloc.get("DeploymentStatus") or {}).get("Healthy") is False
+
+
+def _follow(api: NomadApi, job_id: str, cutoff: float | None) -> Iterator[str]:
+    """`stack logs --follow --nomad`: each running allocation's stderr as it is written, re-listed as
+    allocations are placed (scaled out, replaced); prefixed with the allocation's short id."""
+    ids: dict[str, str] = {}
+    opened: set[str] = set()
+
+    def listed() -> list[tuple[str, bool]]:
+        found = [a for a in api.allocations(job_id) if a.get("ClientStatus") == "running"]
+        ids.update({str(a["ID"])[:8]: str(a["ID"]) for a in found})
+        return [(str(a["ID"])[:8], True) for a in found]
+
+    def open_stream(name: str, start: float | None) -> Stream:
+        lines = api.logs(ids[name], TASK, "stderr", follow=True, from_start=start is not None)
+        again = name in opened
+        opened.add(name)
+        # Listed at the start: the window; placed since: all of it; read before: what came after.
+        return Stream(lines_since(lines, start if again else cutoff if start is None else None))
+
+    return follow_replicas(listed, open_stream)
