@@ -4,9 +4,12 @@ is a record with its time, API, replica and the request being served; `stack log
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from cli import STACK, stack
 from conftest import PREDICTORS, ServerFactory, free_port
 from stack.spec import load_spec
 from stack.targets import open_target
-from stack.targets.logs import lines_since, record_time
+from stack.targets.logs import Stream, follow_replicas, lines_since, record_time
 
 CHATTY = PREDICTORS / "chatty.py"
 
@@ -151,3 +154,48 @@ def test_stack_logs_since_and_follow_on_the_local_target(chatty_project) -> None
         follower.wait(10)
         if follower.stdout is not None:
             follower.stdout.close()
+
+
+def test_follow_goes_on_through_a_failed_listing_and_picks_up_a_new_replica() -> None:
+    """`--follow` re-lists the replicas as it goes: a listing that fails (the engine or Nomad not
+    answering for a moment) keeps the streams it has; a replica listed later is opened from this
+    command's start; the stream ends once the API has none. A first listing that fails is the error."""
+    answers: queue.Queue[object] = queue.Queue()
+    for answer in ([("r-1", True)], OSError("engine busy"), OSError("engine busy"), [("r-1", True), ("r-2", True)]):
+        answers.put(answer)
+    opened: list[tuple[str, float | None]] = []
+    released = {"r-1": threading.Event(), "r-2": threading.Event()}
+
+    def listed() -> list[tuple[str, bool]]:
+        answer = answers.get_nowait() if not answers.empty() else []
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, list)
+        return answer
+
+    def open_stream(name: str, start: float | None) -> Stream:
+        opened.append((name, start))
+
+        def lines() -> Iterator[str]:
+            yield f"hello from {name}"
+            released[name].wait(10)
+
+        return Stream(lines())
+
+    begun = time.time()
+    shown: list[str] = []
+    for line in follow_replicas(listed, open_stream, poll=0.05):
+        shown.append(line)
+        if line == "r-2 | hello from r-2":
+            released["r-1"].set()
+            released["r-2"].set()
+    assert shown == ["r-1 | hello from r-1", "r-2 | hello from r-2"]
+    (first, first_start), (second, second_start) = opened
+    assert (first, first_start) == ("r-1", None)  # listed at the start: the target's usual window
+    assert second == "r-2" and second_start is not None and begun <= second_start <= time.time()  # all of it
+
+    def broken() -> list[tuple[str, bool]]:
+        raise OSError("no engine")
+
+    with pytest.raises(OSError, match="no engine"):
+        list(follow_replicas(broken, open_stream, poll=0.05))

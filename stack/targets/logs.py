@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 LOGGER = logging.getLogger("stack.logs")
+LIST_PATIENCE = 30.0  # seconds `--follow` goes on while the replicas cannot be listed
 # A record's time as serving.logs writes it, at the start of a text line or as a JSON line's first key.
 _STAMP = re.compile(r'^(?:\{"time": ")?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z')
 
@@ -99,10 +100,19 @@ def follow_replicas(listed: Listed, open_stream: Opener, poll: float = 1.0) -> I
             ended[name] = time.time()
             live.pop(name, None)
 
-    first = True
+    first, failing_since = True, None
     try:
         while True:
-            replicas = listed()
+            try:
+                replicas = listed()
+                failing_since = None
+            except Exception:
+                # The engine or the cluster did not answer: keep following what runs, list again soon;
+                # only a first listing, or one failing for LIST_PATIENCE seconds, is the command's error.
+                failing_since = failing_since or time.monotonic()
+                if first or time.monotonic() - failing_since > LIST_PATIENCE:
+                    raise
+                replicas = [(name, True) for name in live]
             if not replicas and not live:
                 break
             width = max([width, *(len(name) for name, _ in replicas)])
