@@ -137,21 +137,34 @@ def follow_replicas(listed: Listed, open_stream: Opener, poll: float = 1.0) -> I
 
 def follow_containers(listed: Listed, since: float | None = None, poll: float = 1.0) -> Iterator[str]:
     """`follow_replicas` for containers, with `docker logs --follow`: at the start their last 100 lines, or
-    those of the last `since` seconds."""
+    those of the last `since` seconds. A container started again goes on after the last line read from
+    it, by Docker's own timestamp of that line (fixed-width RFC 3339: they compare as text)."""
+    last: dict[str, str] = {}  # name -> the timestamp of the last line read from it
 
     def open_stream(name: str, start: float | None) -> Stream:
-        if start is not None:
+        after = last.get(name)
+        if after is not None:
+            window = ["--since", after]
+        elif start is not None:
             window = ["--since", f"{start:.3f}"]
         else:
             window = ["--since", f"{max(since, 0.001):.3f}s"] if since is not None else ["--tail", "100"]
         proc = subprocess.Popen(
-            ["docker", "logs", "--follow", *window, name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ["docker", "logs", "--follow", "--timestamps", *window, name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
         def lines() -> Iterator[str]:
             assert proc.stdout is not None
             with proc.stdout:
-                yield from (line.rstrip("\n") for line in proc.stdout)
+                for line in proc.stdout:
+                    stamp, _, text = line.rstrip("\n").partition(" ")
+                    if after is not None and stamp <= after:
+                        continue  # --since keeps the line at that very time: read already
+                    last[name] = stamp
+                    yield text
             proc.wait()
 
         return Stream(lines(), proc.terminate)
