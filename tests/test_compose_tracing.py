@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.skipif(_docker_ready() is not None
 
 
 @pytest.fixture
-def traced(tmp_path: Path) -> Iterator[tuple[Path, str, Receiver]]:
+def traced(tmp_path: Path) -> Iterator[tuple[Path, str, str, Receiver]]:
     receiver, server = start_receiver()  # on 0.0.0.0: the containers reach it at the Docker host's address
     root = tmp_path / "traced"
     root.mkdir()
@@ -41,17 +41,16 @@ def traced(tmp_path: Path) -> Iterator[tuple[Path, str, Receiver]]:
         "      batching: {max_batch_size: 4, batch_interval: 20ms}\n"
     )
     try:
-        yield root, f"http://127.0.0.1:{port}", receiver
+        yield root, name, f"http://127.0.0.1:{port}", receiver
     finally:
         remove_project(root, name)
         server.shutdown()
         server.server_close()
 
 
-def test_a_trace_on_compose_joins_the_gateway_and_both_replicas(traced: tuple[Path, str, Receiver]) -> None:
-    root, gateway, receiver = traced
+def test_a_trace_on_compose_joins_the_gateway_and_both_replicas(traced: tuple[Path, str, str, Receiver]) -> None:
+    root, project, gateway, receiver = traced
     stack("up", str(root), cwd=root)
-    project = root.joinpath("stack.yaml").read_text().split("\n", 1)[0].removeprefix("project: ")
     answer = requests.post(f"{gateway}/front", json={"word": "bee"}, headers={"X-Request-ID": "ct-1"}, timeout=30)
     assert answer.status_code == 200 and answer.json() == {"front": {"leaf": "BEE"}}, answer.text
 
