@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -95,12 +96,31 @@ def test_openai_through_stack_serve_and_the_local_gateway(servers: ServerFactory
         gateway = OpenAI(base_url=f"http://127.0.0.1:{port}/chat/v1", api_key="unused", max_retries=0)
         answer = gateway.chat.completions.create(model="chat", messages=[{"role": "user", "content": "help"}])
         assert answer.choices[0].message.content.startswith("Ask me about stack")
-        chunks = gateway.chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": "hi"}], stream=True
-        )
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("I only know")
+        assert _streamed_through_traefik(gateway, "hi").startswith("I only know")
     finally:
         subprocess.run([*STACK, "down", "--local", str(project)], capture_output=True, timeout=120)
+
+
+def _streamed_through_traefik(client: Any, content: str) -> str:
+    """A streamed chat answer through the gateway, tried a second time if Traefik cut the first one.
+
+    Traefik (3.7) can cut a streamed answer to a request with a body when its CPU is starved: Go's
+    HTTP/1 server closes the request body as the answer starts while the proxy still reads it to its
+    end, and the proxy then drops the replica's connection (traefik/traefik#11767, golang/go#40747;
+    README "Troubleshooting"). A client tries again, as this does once; a second cut fails the test.
+    """
+    import openai
+
+    def once() -> str:
+        chunks = client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": content}], stream=True
+        )
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    try:
+        return once()
+    except openai.APIConnectionError:
+        return once()
 
 
 def test_tritonclient_infers_over_the_open_inference_protocol(inproc) -> None:
