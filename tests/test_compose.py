@@ -74,15 +74,23 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
 
 def remove_project(root: Path, name: str) -> None:
     """After a test: its containers killed (no drain: nobody is waiting for them), then `stack down
-    --volumes` for the network and volumes, then its images."""
+    --volumes` for the network and volumes, then its images' tags.
+
+    By tag, not by id: two projects built from the same files get the same image id (the autoscaler's
+    always), and `docker rmi -f ID` would take the other project's tags, and the layers its build is
+    standing on, with it."""
     ids = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={name}"], capture_output=True, text=True
     ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
     stack("down", "--volumes", str(root), cwd=root, check=False)
-    for image in subprocess.run(["docker", "images", "-q", f"{name}-*"], capture_output=True, text=True).stdout.split():
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    listed = subprocess.run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{name}-*"], capture_output=True, text=True
+    )
+    tags = [tag for tag in listed.stdout.split() if "<none>" not in tag]
+    if tags:
+        subprocess.run(["docker", "rmi", *tags], capture_output=True)
 
 
 def test_up_scale_update_status_kill_down(project: tuple[Path, str, int]) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stack.files import ProjectFiles
 from stack.plan.render import api_version, project_digest
 from stack.spec import load_spec
@@ -143,6 +145,35 @@ def test_a_failed_pip_step_says_which_step_and_the_fix() -> None:
     assert "cannot reach the package index" in summary and "build.wheelhouse: true" in summary
     buildkit = "#7 [3/6] COPY project /app\n#7 ERROR: failed to compute cache key: not found\n"
     assert "a file the Dockerfile copies is missing" in failure_summary(buildkit)
+    lost = (
+        "Step 9/14 : COPY project /app\n"
+        "failed to export image: failed to set parent sha256:e3a2: unknown parent image ID sha256:e3a2\n"
+    )
+    assert "an image was removed while it built" in failure_summary(lost)
+    assert "missing" not in failure_summary(lost)
+
+
+def test_a_build_that_lost_a_layer_to_a_removed_image_runs_once_more(tmp_path: Path, monkeypatch) -> None:
+    from stack.targets import build
+
+    lost = "Step 9/14 : COPY project /app\nfailed to export image: unknown parent image ID sha256:e3a2\n"
+    answers = [subprocess.CompletedProcess([], 1, "", lost), subprocess.CompletedProcess([], 0, "built", "")]
+    calls: list[list[str]] = []
+
+    def fake_run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(command)
+        return answers.pop(0)
+
+    monkeypatch.setattr(build.subprocess, "run", fake_run)
+    said: list[str] = []
+    build.build_image(tmp_path, "p-api:1", said.append)
+    assert len(calls) == 2 and calls[0] == calls[1] and "lost a layer" in said[-1]
+
+    answers[:] = [subprocess.CompletedProcess([], 1, "", lost)] * 2  # lost again: the error, once more only
+    calls.clear()
+    with pytest.raises(build.BuildError, match="an image was removed while it built"):
+        build.build_image(tmp_path, "p-api:1", said.append)
+    assert len(calls) == 2
 
 
 def test_an_onnx_or_s3_api_gets_its_packages_in_the_image(tmp_path: Path) -> None:

@@ -253,12 +253,21 @@ def build_image(context: Path, image: str, progress: Progress, labels: dict[str,
     progress(f"building {image}")
     label_args = [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
     # --force-rm: a failed step leaves no stopped container behind.
-    result = subprocess.run(
-        ["docker", "build", "--force-rm", "-t", image, *label_args, str(context)], capture_output=True, text=True
-    )
+    command = ["docker", "build", "--force-rm", "-t", image, *label_args, str(context)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 and _lost_layer(result.stdout + result.stderr):
+        # An image removed while this one built (`docker image prune`, `docker rmi -f`) took a layer the
+        # build stood on; nothing is wrong with the project, and a second build makes that layer again.
+        progress(f"building {image} again: the engine lost a layer it was building on (an image removed meanwhile)")
+        result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         output = result.stdout + result.stderr
         raise BuildError(f"building {image} failed at {failure_summary(output)}\n\n{_failing_step(output)}")
+
+
+def _lost_layer(output: str) -> bool:
+    text = output.lower()
+    return "unknown parent image id" in text or ("failed to export image" in text and "parent" in text)
 
 
 def failure_summary(output: str) -> str:
@@ -267,6 +276,11 @@ def failure_summary(output: str) -> str:
     step = f"{label} (`{_short(command)}`)" if command else label
     text = output.lower()
     instruction = command.split(" ", 1)[0].upper()
+    if _lost_layer(output):
+        return (
+            f"{step}: the engine lost a layer this build stood on: an image was removed while it built "
+            "(`docker image prune`, `docker rmi -f`). Nothing is wrong with the project; run the command again."
+        )
     if instruction == "RUN" and "pip install" in command:
         if any(s in text for s in ("certificate_verify_failed", "ssl", "proxy", "name resolution", "max retries")):
             return (
