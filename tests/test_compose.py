@@ -76,8 +76,8 @@ def remove_project(root: Path, name: str) -> None:
     """After a test: its containers killed (no drain: nobody is waiting for them), then `stack down
     --volumes` for the network and volumes, then its images' tags.
 
-    By tag, not by id: two projects built from the same files get the same image id (the autoscaler's
-    always), and `docker rmi -f ID` would take the other project's tags, and the layers its build is
+    By tag, not by id: two projects built from the same files get the same image id (the echo tests
+    do), and `docker rmi -f ID` would take the other project's tags, and the layers its build is
     standing on, with it."""
     ids = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={name}"], capture_output=True, text=True
