@@ -1,8 +1,10 @@
 """The aiohttp application of one replica worker.
 
 Routes: `POST /` predicts (the router strips the API prefix), `GET /` is a small
-status document, `GET /healthz` says the process is alive, `GET /readyz` is 200
-only once the predictor is loaded and while not draining, `GET /metrics` is
+status document, `GET /healthz` says whether the replica is alive (200) or stuck or
+unhealthy (503, with why: serving.health), with its readiness and the API keys it
+applies beside, so the controller's one probe tells all three; `GET /readyz` is 200
+only once the predictor is loaded, while alive and not draining; `GET /metrics` is
 Prometheus exposition. Anything else is a JSON 404/405.
 """
 
@@ -22,6 +24,7 @@ from aiohttp import web
 from serving.calls import Apis, Upstreams
 from serving.codec import error_response
 from serving.config import ServingConfig
+from serving.health import Health
 from serving.loader import LoadedPredictor, load_predictor
 from serving.metrics import CONTENT_TYPE, ApiMetrics
 from serving.models import ModelsConfig, ModelStore, model_clients
@@ -55,6 +58,7 @@ class Replica:
         threads = max(config.threads_per_process, config.batching.max_in_flight if config.batching else 0)
         self._pool = PredictPool(threads, on_start=self.metrics.queued.dec if self._count_gauges else None)
         self.predictions = Predictions(config, self.metrics, self._pool, self._count_gauges)
+        self.health = Health(config, self.predictions, workers)
         if config.gpus:
             self.metrics.watch_gpus()  # utilization and memory of its GPU(s), where NVML answers
         # With several worker processes, each marks itself ready with a file so
@@ -81,7 +85,7 @@ class Replica:
         c = self.config
         if c.calls:
             loop = asyncio.get_running_loop()
-            key = self.predictions.internal_key()
+            key = self.predictions.internal_key
             self.apis = Apis(c.api, c.calls, Upstreams(c.upstreams_file), loop, key, self.metrics.called)
             self.metrics.declare_calls(c.calls)
         return self._pool.run(self.construct, counted=False)
@@ -91,6 +95,7 @@ class Replica:
         if self.models is not None:
             self.models.start_watching()
         self.predictions.bind(predictor)
+        self.health.start(predictor)
         self.metrics.ready.set(1)
         if self._ready_dir:
             (self._ready_dir / f"ready-{os.getpid()}").touch()
@@ -102,6 +107,7 @@ class Replica:
             (self._ready_dir / f"ready-{os.getpid()}").unlink(missing_ok=True)
 
     async def close(self) -> None:
+        await self.health.stop()
         await self.predictions.close()
         self._pool.shutdown()
         if self.models is not None:
@@ -110,7 +116,7 @@ class Replica:
             await self.apis.close()
 
     def is_ready(self) -> bool:
-        if self.predictor is None or self.draining:
+        if self.predictor is None or self.draining or not self.health.alive:
             return False
         if self._ready_dir and self._workers > 1:
             return len(list(self._ready_dir.glob("ready-*"))) >= self._workers
@@ -199,11 +205,16 @@ class Replica:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+        status, body = self.health.document()
+        body["ready"] = self.is_ready()
+        body["keys"] = self.predictions.keys.generation_now()
+        return web.json_response(body, status=status)
 
     async def handle_ready(self, request: web.Request) -> web.Response:
         if self.is_ready():
             return web.json_response({"status": "ready"})
+        if not self.health.alive:
+            return web.json_response({"status": self.health.status, "reason": self.health.reason}, status=503)
         reason = "draining" if self.draining else "loading" if self.predictor is None else "workers starting"
         return web.json_response({"status": reason}, status=503)
 

@@ -165,14 +165,16 @@ class Apis(Mapping[str, "ApiHandle"]):
         calls: list[str],
         upstreams: Upstreams,
         loop: asyncio.AbstractEventLoop,
-        key: str | None = None,
+        key: Callable[[], str | None] = lambda: None,
         record: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.caller = caller
         self.calls = list(calls)
         self.upstreams = upstreams
         self.loop = loop
-        self.key = key  # the stack's API key: a callee checks keys; the predictor never handles one
+        # The stack's API key now (keys change while a replica runs): a callee checks keys; the predictor
+        # never handles one.
+        self.key = key
         self.record = record  # (callee, code, seconds) per call, for predictor_calls_total
         self._session: aiohttp.ClientSession | None = None
         self._handles = {name: ApiHandle(name, self) for name in self.calls}
@@ -316,8 +318,9 @@ class ApiHandle:
         body, content_type = _encode(payload)
         request_id = context.request_id if context is not None else self._apis.new_request_id()
         headers = {"Content-Type": content_type, "X-Request-ID": request_id, "Accept": ACCEPT}
-        if self._apis.key:
-            headers["Authorization"] = f"Bearer {self._apis.key}"
+        key = self._apis.key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         headers.update(extra or {})
         session = self._apis.session()
         tried: set[str] = set()

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 CONFIG_ENV = "STACK_SERVING_CONFIG"
@@ -51,6 +50,12 @@ class ServingConfig:
     # Requests executing or queued per replica; beyond it the replica answers 503.
     max_concurrency: int = 100  # as stack.yaml's default (predictor.max_concurrency), and Cortex's
     timeout: float | None = None  # seconds per request; None waits forever
+    # Liveness (serving.health): a predict running this long is stuck (the replica answers what it holds
+    # and is replaced); the event loop silent for health_check_timeout is stuck; check_health() runs every
+    # health_check_period and must return within health_check_timeout.
+    stuck_after: float = 300.0
+    health_check_period: float = 10.0
+    health_check_timeout: float = 10.0
     max_body_size: int = 16 * 1024 * 1024
     body_timeout: float = 30.0  # seconds for the whole body to arrive, then 408
     batching: BatchingConfig | None = None
@@ -103,17 +108,6 @@ class ServingConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=2)
-
-    def read_api_keys(self) -> list[str]:
-        """Every key: the inline ones and those of api_keys_file (blank lines and # comments skipped)."""
-        keys = list(self.api_keys)
-        if self.api_keys_file:
-            try:
-                text = Path(self.api_keys_file).read_text()
-            except OSError as exc:
-                raise ValueError(f"cannot read the API keys file {self.api_keys_file}: {exc.strerror or exc}") from None
-            keys += [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-        return keys
 
     def replace(self, **changes: Any) -> ServingConfig:
         return dataclasses.replace(self, **changes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hmac
 import itertools
 import logging
 import math
@@ -29,6 +28,7 @@ from serving.codec import Headers, QueryParams, encode, encode_any, error_respon
 from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.failures import PredictTimeout, failure_of
+from serving.keys import ApiKeys, carries_key
 from serving.loader import LoadedPredictor
 from serving.logs import REQUEST_ID, replica_name
 from serving.metrics import ApiMetrics
@@ -41,6 +41,20 @@ from serving.streaming import StreamFailed, is_stream, stream
 LOGGER = logging.getLogger("serving")
 CLIENT_GONE = 499  # nginx's code for "client closed the request"; only ever logged and counted
 THROUGHPUT_WINDOW = 10.0  # seconds of completions that Retry-After is computed from
+
+
+class Flight:
+    """A request past admission, until answered: what a stuck replica needs to answer it (serving.health)."""
+
+    __slots__ = ("predicting", "request", "request_id", "responding")
+
+    def __init__(self, request_id: str, request: web.Request, predicting: float | None) -> None:
+        self.request_id = request_id
+        self.request = request
+        # Monotonic start of an async predict running on the event loop (a thread's call is the pool's to
+        # time; a stream's chunks are its progress): None when this request's predict is not timed here.
+        self.predicting = predicting
+        self.responding = False  # its answer started (a stream may be half sent): it can only be cut
 
 
 class Predictions:
@@ -58,7 +72,7 @@ class Predictions:
         self._completions: deque[float] = deque(maxlen=4096)
         self._mean_duration = 0.0
         self._started = time.monotonic()
-        self._api_keys = [key.encode() for key in config.read_api_keys()]
+        self.keys = ApiKeys(config.api_keys, config.api_keys_file)  # re-read when the file changes
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
@@ -71,6 +85,9 @@ class Predictions:
         self._validate: Callable[[Any], Any] | None = None  # from predict's payload annotation
         self._tracer = tracing.start(config, replica_name())  # None unless stack.yaml turns tracing on
         self._post = PostPredict(pool, self._tracer)
+        self.flights: dict[asyncio.Task[Any], Flight] = {}  # in-flight requests, by the task answering each
+        self._timed = False  # predict is a plain async def: its run is timed in its Flight (stuck detection)
+        self.abandoned: str | None = None  # why this replica gave up its requests (stuck), once it has
 
     def bind(self, predictor: LoadedPredictor) -> None:
         """The predictor is loaded: requests go to it from now on."""
@@ -81,6 +98,7 @@ class Predictions:
             handler.is_async and not handler.is_async_gen and self.config.batching is None and self._timeout is None
         )
         self._validate = payload_validator(predictor) if self.config.protocol == "default" else None
+        self._timed = handler.is_async and not handler.is_async_gen
         batching = self.config.batching
         if batching is not None:
             self._batcher = Batcher(
@@ -105,13 +123,34 @@ class Predictions:
     def queued(self) -> int:
         return self._pool.queued() + (self._batcher.waiting() if self._batcher else 0)
 
+    def oldest_predict(self) -> float | None:
+        """When the longest-running predict now running started (monotonic): on a thread or the event loop."""
+        starts = [f.predicting for f in self.flights.values() if f.predicting is not None]
+        thread = self._pool.oldest_start()
+        if thread is not None:
+            starts.append(thread)
+        return min(starts) if starts else None
+
+    def abandon(self, reason: str) -> None:
+        """This replica is stuck: answer every request it holds now (504 with its request id) instead of
+        leaving it to hang, and refuse new ones until it is replaced."""
+        self.abandoned = reason
+        for task, flight in list(self.flights.items()):
+            if flight.responding:  # half answered: close it (a cut stream reads as failed)
+                if flight.request.transport is not None:
+                    flight.request.transport.close()
+            else:
+                task.cancel()
+
     def authorized(self, request: web.Request) -> bool:
         """No keys configured, or `X-API-Key: KEY` / `Authorization: Bearer KEY` (scheme in any case) carries one."""
-        return not self._api_keys or carries_key(request.headers, self._api_keys)
+        keys = self.keys.current()
+        return not keys or carries_key(request.headers, keys)
 
     def internal_key(self) -> str | None:
-        """The key this replica's calls to other APIs of the stack carry (None: the stack has no keys)."""
-        return self._api_keys[0].decode() if self._api_keys else None
+        """The key this replica's calls to other APIs of the stack carry now (None: the stack has no keys)."""
+        keys = self.keys.current()
+        return keys[0].decode() if keys else None
 
     def _new_request_id(self) -> str:
         # A per-process random prefix and a counter: unique across replicas, and
@@ -144,6 +183,14 @@ class Predictions:
         except ClientGone:
             status = CLIENT_GONE
             return web.Response(status=CLIENT_GONE)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.abandoned is None or task is None:
+                raise  # the server is shutting down
+            task.uncancel()
+            response = error_response(504, _abandoned(self.abandoned), request_id)
+            status = response.status
+            return response
         except Exception as exc:
             error = exc
             response = self._error(exc, request_id, adapter)
@@ -171,8 +218,11 @@ class Predictions:
     # -- prediction ----------------------------------------------------------
 
     async def _answer(self, request: web.Request, request_id: str, adapter: Any = None) -> web.StreamResponse:
-        if self._api_keys and not self.authorized(request):
+        if self.keys.current() and not self.authorized(request):
             return error_response(401, "missing or unknown API key", request_id, {"WWW-Authenticate": "Bearer"})
+        if self.abandoned is not None:
+            message = f"this replica is stuck ({self.abandoned}) and is being replaced; retry"
+            return error_response(503, message, request_id, {"Retry-After": "1"})
         predictor = self.predictor
         if predictor is None:
             return error_response(503, "the predictor is still loading", request_id, {"Retry-After": "1"})
@@ -208,6 +258,10 @@ class Predictions:
         if self._count_gauges:
             self.metrics.in_flight.inc()
         token = _enter(request, request_id, timeout) if self._calls else None
+        task = asyncio.current_task()
+        flight = Flight(request_id, request, time.monotonic() if self._timed else None)
+        if task is not None:
+            self.flights[task] = flight
         try:
             if self._validate is not None:
                 payload = self._validate(payload)
@@ -221,6 +275,7 @@ class Predictions:
                 work = self._predict(request, predictor, payload, query)
                 result = await (work if timeout is None else self._with_timeout(work, timeout))
             headers = {"X-Request-ID": request_id}
+            flight.predicting, flight.responding = None, True
             response: web.StreamResponse
             if adapter is not None:
                 response = await adapter.respond(request, payload, result, headers, self._pool.run)
@@ -234,6 +289,8 @@ class Predictions:
                 await self._post.send_then_run(request, response, result, predictor.post_predict, payload, query)
             return response
         finally:
+            if task is not None:
+                self.flights.pop(task, None)
             if token is not None:
                 CURRENT.reset(token)
             self.in_flight -= 1
@@ -347,24 +404,9 @@ def _caller_timeout(given: str, own: float | None) -> float:
     return max(seconds, 0.001) if own is None else min(max(seconds, 0.001), own)
 
 
+def _abandoned(reason: str) -> str:
+    return f"this replica is stuck ({reason}); it is being replaced and your request was not answered: retry"
+
+
 def _not_loaded(payload: Any, query: Any, headers: Any) -> Any:
     raise RuntimeError("predict called before the predictor was loaded")
-
-
-def carries_key(headers: Any, keys: list[bytes]) -> bool:
-    """`X-API-Key: KEY` or `Authorization: Bearer KEY` (scheme in any case) carries one of `keys`."""
-    candidates = []
-    if "X-API-Key" in headers:
-        candidates.append(headers["X-API-Key"].strip())
-    scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer":
-        candidates.append(token.strip())
-    for given in candidates:
-        try:
-            raw = given.encode()
-        except UnicodeError:  # bytes no key can hold: not a match, never a 500
-            continue
-        # Compare with every key in constant time, so timing reveals nothing about them.
-        if any(hmac.compare_digest(raw, key) for key in keys):
-            return True
-    return False

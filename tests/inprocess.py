@@ -47,6 +47,9 @@ class InProcessReplica:
         logging.getLogger("serving").addHandler(self._capture)
         logging.getLogger("serving").setLevel(logging.INFO)
         self.replica = Replica(self.config)
+        # A stuck replica exits its process (serving.health); here that process is the test's: record it.
+        self.exits: list[str] = []
+        self.replica.health.exit_process = self.exits.append
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None

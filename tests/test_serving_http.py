@@ -162,7 +162,7 @@ def test_stream_failure_after_start(contract: InProcessReplica) -> None:
 def test_status_health_ready_routes(contract: InProcessReplica) -> None:
     status = contract.get("/").json()
     assert status["api"] == "test" and status["status"] == "ready"
-    assert contract.get("/healthz").json() == {"status": "alive"}
+    assert contract.get("/healthz").json() == {"status": "alive", "ready": True, "keys": ""}
     assert contract.get("/readyz").status_code == 200
 
 

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from serving.batch import WORK_PATH
-from serving.predict import carries_key
+from serving.keys import carries_key
 from stack.autoscale.config import BatchRoute
 from stack.batch import store as st
 from stack.batch.store import Job, JobSpec, JobStore
