@@ -1,12 +1,12 @@
 """The gateway's own errors, in the project's JSON shape.
 
 Traefik answers some requests itself, as text: no API at this path (404), no
-replica ready (503), a replica that broke the connection (502) or timed out
-(504). The routes send those here instead (stack.routes): a tiny aiohttp app
-that the local supervisor and the Compose controller serve beside the gateway.
+replica ready (503), a replica that broke the connection (502). The routes send
+those here instead (stack.routes): a tiny aiohttp app that the local supervisor
+and the Compose controller serve beside the gateway.
 
 - `/__stack/gateway-error/{status}`: what Traefik's `errors` middleware asks for
-  on a 502 or 504 from a replica (a replica's own 4xx/5xx JSON passes untouched);
+  on a 502 (a replica's own 4xx/5xx JSON, its 504s included, passes untouched);
 - `/__stack/too-large/{limit}`: a request declaring a body over the API's max_body_size (413,
   the replica's own words: the gateway refuses it before reading the body);
 - `/__stack/no-route/...`: the catch-all router, for paths no API serves;
@@ -16,6 +16,7 @@ that the local supervisor and the Compose controller serve beside the gateway.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -47,7 +48,12 @@ async def _gateway_error(request: web.Request) -> web.Response:
         status = int(request.match_info["status"])
     except ValueError:
         status = 502
-    return _error(status if 400 <= status <= 599 else 502)
+    response = _error(status if 400 <= status <= 599 else 502)
+    request_id = request.headers.get("X-Request-ID", "")
+    if request_id and len(request_id) <= 200:  # Traefik passes the client's request's headers on
+        response.headers["X-Request-ID"] = request_id
+        response.text = json.dumps({**json.loads(response.text), "request_id": request_id})
+    return response
 
 
 async def _too_large(request: web.Request) -> web.Response:

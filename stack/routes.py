@@ -154,7 +154,7 @@ def dynamic_config(
     """Traefik's dynamic configuration for these routes (file provider).
 
     With `errors_url` (stack.gateway_errors), every answer the gateway makes itself is JSON:
-    a path no API serves, an API with no ready replica, a replica's 502 or 504.
+    a path no API serves, an API with no ready replica, a replica that broke the connection (502).
     """
     routers: dict[str, Any] = {}
     middlewares: dict[str, Any] = {}
@@ -193,9 +193,11 @@ def dynamic_config(
             _too_large(split.router, split.endpoint, limit, routers, middlewares, json=errors_url is not None)
     if errors_url:
         services[ERRORS] = {"loadBalancer": {"servers": [{"url": errors_url}]}}
-        # Only what a replica never sends: its own 4xx/5xx answers (a 503 with Retry-After) pass untouched.
+        # Only what a replica never sends: Traefik's own 502 (a replica that broke the connection). A replica's
+        # own answers pass untouched: its 503 with Retry-After, its 504 JSON with the request id (a timeout, a
+        # stuck replica answering what it held). Traefik itself never answers 504 here: no response timeout.
         middlewares[ERRORS] = {
-            "errors": {"status": ["502", "504"], "service": ERRORS, "query": "/__stack/gateway-error/{status}"}
+            "errors": {"status": ["502"], "service": ERRORS, "query": "/__stack/gateway-error/{status}"}
         }
         if not any(route.endpoint == "/" for route in routes) and not any(x.endpoint == "/" for x in splits):
             middlewares[f"{ERRORS}-no-route"] = {"addPrefix": {"prefix": "/__stack/no-route"}}

@@ -39,6 +39,7 @@ class ReplicaState(StrEnum):
     STARTING = "starting"  # running, not ready yet (loading its model)
     READY = "ready"  # the gateway sends it requests
     DRAINING = "draining"  # leaving: out of the gateway, finishing what it has
+    STUCK = "stuck"  # alive but not serving (a predict stuck, its event loop silent): out of the gateway, replaced
     FAILED = "failed"  # crashed, unhealthy or restarting
     EXITED = "exited"  # stopped (kept for a restart: an API at zero) or completed
 
@@ -116,6 +117,8 @@ class ApiStatus:
     replicas: list[ReplicaStatus] = field(default_factory=list)
     traffic: Traffic | None = None
     error_replica: str = ""  # the replica whose failure `error` is (its log says more), where known
+    # Why the last `stack up`'s rollout of this API was rolled back (it runs its old version again); "" if not.
+    rolled_back: str = ""
     gpu_slots: int = 0  # a GPU API's placed replica slots: the most replicas it can have on this host
 
     @property

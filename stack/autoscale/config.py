@@ -42,6 +42,9 @@ class RoutedApi:
     scale_to_zero: bool = False  # min_replicas 0: the activator wakes it
     load_balancer: str = "p2c"  # networking.load_balancer: how the gateway picks a replica
     max_body_size: int | None = None  # predictor.max_body_size: the gateway answers a longer declared body 413
+    # predictor.health_check_timeout: a serving replica whose /healthz stays silent this long is stuck
+    health_check_timeout: float = 10.0
+    stop_timeout: float = 40.0  # drain + grace + margin: how long an unhealthy replica gets to stop
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class AutoscalerConfig:
                 a.get("scale_to_zero", False),
                 a.get("load_balancer", "p2c"),
                 a.get("max_body_size"),
+                a.get("health_check_timeout", 10.0),
+                a.get("stop_timeout", 40.0),
             )
             for a in data.get("routed", [])
         ]
@@ -147,6 +152,8 @@ def config_of(
             api.autoscaling.min_replicas == 0,
             api.networking.load_balancer,
             api.predictor.max_body_size,
+            api.predictor.health_check_timeout,
+            api.predictor.drain_delay + api.predictor.grace_period + 5,
         )
         for api in spec.apis
     ]

@@ -5,7 +5,8 @@ controller (the autoscaler service), the Nomad autoscaler job — and every one
 of them is a `ControlPlane` built from its target's `Adapters`:
 
     fleet      keeps the replicas (reconcile: a killed one is replaced) and says
-               which serve; it publishes them to the gateway's routes
+               which serve; it publishes them to the gateway's routes; it lists the
+               replicas the liveness probes ask and replaces the ones they condemn
     scaler     changes an API's count for the autoscaler
     waker      starts a replica of an API scaled to zero for the activator
     signal     requests in flight per API, for the autoscaler
@@ -15,8 +16,9 @@ of them is a `ControlPlane` built from its target's `Adapters`:
     batch      BatchAPI jobs: the queue's file and how a job's workers start (stack.batch)
 
 The runtime itself is target-blind: the autoscaler, the canary runner, the
-activator with the gateway's own JSON errors, the routes as data and the
-controller's HTTP endpoint (/metrics, /status, /healthz) are composed here
+activator with the gateway's own JSON errors, the routes as data, the liveness
+probes (stack.control.liveness) and the controller's HTTP endpoint (/metrics,
+/status, /healthz) are composed here
 once. A target contributes adapters only; `stack.targets.open_control` picks
 them, as `open_target` picks a target.
 """
@@ -45,6 +47,7 @@ from stack.batch.jobs import BatchWorkers, JobManager, job_routes
 from stack.batch.store import JobStore
 from stack.canary import CanaryRunner, Store, status_of
 from stack.canary_sources import Source
+from stack.control.liveness import Decision, Liveness, Probed
 from stack.control.routing import GatewayRoutes, RouteSink, Weights
 from stack.dashboard.data import Dashboard
 from stack.dashboard.web import dashboard_routes
@@ -71,6 +74,15 @@ class Fleet(Protocol):
     def rolling_out(self, api: str) -> str | None:
         """Why the API's canary cannot be judged now (its new version is still replacing the old), or None.
         Called from a worker thread: it may block."""
+        ...
+
+    def probe_targets(self) -> list[Probed]:
+        """The replicas the controller's liveness probes ask now (none where the platform probes them: Nomad)."""
+        ...
+
+    async def replace(self, replica: Probed, decision: Decision) -> None:
+        """Replace a replica the probes found stuck (kill it) or unhealthy (drain it), out of the routes at once;
+        count the restart and say why as an event."""
         ...
 
 
@@ -149,6 +161,7 @@ class ControlPlane:
             state_file=adapters.decisions,
             activity=self.activator.last_request.get,
         )
+        self.liveness = Liveness(adapters.fleet.probe_targets, adapters.fleet.replace)
         self.config = config
         self.jobs: JobManager | None = None
         if adapters.batch is not None:
@@ -199,8 +212,10 @@ class ControlPlane:
                 runners.append(await serve_errors(host, port, self.activator, extra))
             names = ", ".join(a.name for a in self.config.routed) or "none"
             LOGGER.info(f"controlling {names} of {self.config.project}")
+            self.liveness.session = session
             await asyncio.gather(
                 self.adapters.fleet.run(self, stopping),
+                self.liveness.run(stopping),
                 self.autoscaler.run(stopping),
                 self.canary.run(stopping),
                 *([self.jobs.run(stopping)] if self.jobs is not None else []),

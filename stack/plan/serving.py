@@ -13,8 +13,25 @@ REPLICA_PORT = 8888  # every replica listens here inside its container or alloca
 
 
 def api_keys_text(loaded: LoadedSpec) -> str:
-    """The secret file the replicas read their keys from: one per line."""
-    return "".join(f"{key}\n" for key in loaded.spec.gateway.api_keys)
+    """The secret file the replicas read their keys from: one per line. It is always written, empty of
+    keys when the stack is open, so replicas follow keys added to or removed from a running stack."""
+    keys = loaded.spec.gateway.api_keys
+    if not keys:
+        return "# no API keys (gateway.api_keys): the stack's APIs are open\n"
+    return "".join(f"{key}\n" for key in keys)
+
+
+def keys_removed(previous: str | None, loaded: LoadedSpec) -> str | None:
+    """The warning for a `stack up` that opens a closed stack: `previous` is the keys file its replicas read."""
+    had = previous is not None and any(
+        line.strip() and not line.strip().startswith("#") for line in previous.splitlines()
+    )
+    if not had or loaded.spec.gateway.api_keys:
+        return None
+    return (
+        "warning: gateway.api_keys was removed: the stack's APIs are open now to anyone who reaches the gateway "
+        "(add keys back and `stack up` to close them)"
+    )
 
 
 def replica_config(
@@ -48,6 +65,9 @@ def replica_config(
         threads_per_process=predictor.threads_per_process,
         max_concurrency=predictor.max_concurrency,
         timeout=predictor.timeout,
+        stuck_after=predictor.stuck_limit,
+        health_check_period=predictor.health_check_period,
+        health_check_timeout=predictor.health_check_timeout,
         max_body_size=predictor.max_body_size,
         body_timeout=predictor.body_timeout,
         batching=BatchingConfig(batching.max_batch_size, batching.batch_interval, batching.max_in_flight)
@@ -55,9 +75,10 @@ def replica_config(
         else None,
         drain_delay=predictor.drain_delay if drain_delay is None else drain_delay,
         grace_period=predictor.grace_period,
-        # With keys_file, the replica reads the keys from there (a secret the target mounts).
+        # With keys_file, the replica reads the keys from there (a secret the target mounts, always there
+        # and rewritten when keys change: the replica follows it).
         api_keys=[] if keys_file else list(loaded.spec.gateway.api_keys),
-        api_keys_file=keys_file if keys_file and loaded.spec.gateway.api_keys else None,
+        api_keys_file=keys_file,
         public_openapi=loaded.spec.gateway.public_openapi,
         gpus=int(api.compute.gpu) if api.compute.gpu == int(api.compute.gpu) else api.compute.gpu,
         log_format=loaded.spec.log_format,

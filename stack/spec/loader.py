@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,11 @@ def find_spec_file(path: str | Path = ".") -> Path:
     return target / SPEC_FILENAME if target.is_dir() else target
 
 
-def load_spec(path: str | Path = ".", secrets: bool = True) -> LoadedSpec:
+def load_spec(path: str | Path = ".", secrets: bool = True, environ: Mapping[str, str] | None = None) -> LoadedSpec:
     """The spec at `path`, validated. `secrets=False`: an API key's unset environment variable is
-    no error (its keys are left out), for commands that never hand keys to replicas."""
+    no error (its keys are left out), for commands that never hand keys to replicas. `environ`: where
+    `${VAR}` is read (default: this process's environment) — a long-running process that loads the spec
+    again for a command uses the command's environment, never its own."""
     file = find_spec_file(path)
     shown = str(file)
     try:
@@ -103,7 +106,9 @@ def load_spec(path: str | Path = ".", secrets: bool = True) -> LoadedSpec:
     data, positions = _parse_yaml(text, shown)
     secret_env: list[str] = []
     secret_files = _secret_files(data, file.resolve().parent)
-    problems, warnings = _resolve_api_keys(data, file.resolve().parent, positions, shown, secret_env, secrets)
+    problems, warnings = _resolve_api_keys(
+        data, file.resolve().parent, positions, shown, secret_env, secrets, os.environ if environ is None else environ
+    )
     problems += _validate(data, positions, shown) + _cross_checks(data, file.resolve().parent, positions, shown)
     gateway = data.get("gateway") if isinstance(data.get("gateway"), dict) else {}
     warnings += check_tls_files(gateway.get("tls"), file.resolve().parent, _adder(problems, positions, shown))
@@ -136,6 +141,7 @@ def _resolve_api_keys(
     shown: str,
     secret_env: list[str],
     required: bool = True,
+    environ: Mapping[str, str] = os.environ,
 ) -> tuple[list[Problem], list[str]]:
     """gateway.api_keys may name environment variables (`${VAR}`, one key or several split by commas)
     and gateway.api_keys_file a file of keys, one per line: secrets stay out of stack.yaml. The keys
@@ -156,11 +162,11 @@ def _resolve_api_keys(
             return None
         name = match.group(1)
         secret_env.append(name)
-        if name not in os.environ:
+        if name not in environ:
             if required:
                 add(at, f"environment variable {name} is not set (export it, or use gateway.api_keys_file)")
             return []
-        return [k.strip() for k in os.environ[name].split(",") if k.strip()]
+        return [k.strip() for k in environ[name].split(",") if k.strip()]
 
     keys = gateway.get("api_keys")
     literal = 0

@@ -103,6 +103,15 @@ class Predictor(Strict):
     batching: Batching | None = None
     drain_delay: Duration = 5.0  # keep serving after SIGTERM while the router notices
     grace_period: Duration = 30.0  # then let in-flight requests finish
+    # Liveness (serving.health). A predict running this long is stuck: the replica answers what it holds
+    # with 504 and is replaced. null: twice `timeout` (at least timeout + 5s), or 5m without one — a big
+    # model's predict may take minutes, a thread still running twice its timeout is wedged.
+    stuck_after: Duration | None = None
+    # check_health() (when the predictor has one) every this often, as Ray Serve's health_check_period_s.
+    health_check_period: Duration = 10.0
+    # The event loop not answering the controller's probe for this long is stuck; check_health() must
+    # return within it. 10s: well past any pause of a busy loop, well within a minute of being stuck.
+    health_check_timeout: Duration = 10.0
     multi_model_reloading: Models | None = None  # python: models for python_client (load_model)
     models: Models | None = None  # onnx: models for onnx_client
     # Where models from S3 are downloaded, shared by every replica on a host (and kept across restarts):
@@ -133,6 +142,28 @@ class Predictor(Strict):
         if chosen is not None and chosen.cache_size is not None and self.processes_per_replica > 1:
             raise ValueError("a model cache_size needs processes_per_replica: 1 (each process would hold its own)")
         return self
+
+    @model_validator(mode="after")
+    def _stuck_after_timeout(self) -> Predictor:
+        for name in ("stuck_after", "health_check_period", "health_check_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be longer than 0s")
+        if self.stuck_after is not None and self.timeout is not None and self.stuck_after <= self.timeout:
+            raise ValueError(
+                f"stuck_after ({self.stuck_after:g}s) must be longer than timeout ({self.timeout:g}s): a predict "
+                "is stuck only once it runs past its timeout"
+            )
+        return self
+
+    @property
+    def stuck_limit(self) -> float:
+        """stuck_after, or its default: twice the timeout (at least timeout + 5s), else 5 minutes."""
+        if self.stuck_after is not None:
+            return self.stuck_after
+        if self.timeout is not None:
+            return max(2 * self.timeout, self.timeout + 5.0)
+        return 300.0
 
     @field_validator("python_path", mode="before")
     @classmethod
@@ -227,6 +258,10 @@ SurgeValue = Annotated[int | str, Field(union_mode="left_to_right")]
 class Update(Strict):
     max_surge: SurgeValue = "25%"  # extra replicas allowed during a rolling update
     max_unavailable: SurgeValue = "25%"  # replicas allowed to be missing during it
+    # A rollout whose new replicas are not all ready within this is rolled back (as are new replicas that
+    # fail to start 3 times in a row). 10m, as Kubernetes' progressDeadlineSeconds and Nomad's
+    # progress_deadline: room for a large model's download and load.
+    progress_deadline: Duration = 600.0
 
     @field_validator("max_surge", "max_unavailable")
     @classmethod
@@ -420,6 +455,9 @@ class Build(Strict):
     # them offline in the image: builds need no index (air-gapped sites, TLS-intercepting proxies
     # that containers do not trust). false: pip runs inside the image and needs the network.
     wheelhouse: bool = True
+    # Images kept per API after a successful rollout: the current one and the one before it (what a
+    # rollback runs). Older ones are removed; `stack down --images` removes them all.
+    keep_images: Annotated[int, Field(ge=1)] = 2
 
 
 class SplitApi(Strict):

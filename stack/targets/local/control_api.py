@@ -23,9 +23,11 @@ from stack.errors import StackError, UnknownApi
 from stack.plan.gpus import read_placement
 from stack.plan.render import project_digest
 from stack.spec import SpecError, load_spec
-from stack.status import ApiStatus, Observed, ReplicaStatus, StackStatus, api_phase
+from stack.status import ApiStatus, Observed, ReplicaState, ReplicaStatus, StackStatus, api_phase
 from stack.targets.base import check_scale
 from stack.targets.local.fleet import ApiState, LocalFleet
+
+KEYS_TIMEOUT = 15.0  # seconds `stack up` waits for every replica to apply new keys
 
 
 class ControlApi:
@@ -87,7 +89,8 @@ class ControlApi:
             endpoint=state.spec.endpoint,
             version=state.version,
             error=state.error,
-            error_replica=state.error_replica,
+            error_replica=state.rollback_replica or state.error_replica,
+            rolled_back=state.rolled_back,
             restarts=state.restarts,
             autoscaled=state.spec.autoscaled and not state.manual,
             autoscaler=self.plane.status().get(name),
@@ -97,17 +100,23 @@ class ControlApi:
             replicas=[
                 ReplicaStatus(
                     id=r.id,
-                    state=r.state,
+                    state=ReplicaState.STUCK if r.state == ReplicaState.READY and self.fleet.suspect(r) else r.state,
                     version=r.version,
+                    health=self._health(r.id),
                     pid=r.proc.pid,
                     port=r.port,
                     uptime_s=round(now - r.started, 1),
                     gpu=r.gpu,
+                    last_event=r.replaced,
                 )
                 for r in state.replicas
             ],
             gpu_slots=len(state.slots),
         )
+
+    def _health(self, replica: str) -> str:
+        health = self.plane.liveness.of(replica)
+        return health.word if health is not None else ""
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status().to_dict())
@@ -137,19 +146,53 @@ class ControlApi:
         return web.json_response({"ok": True})
 
     async def _reload(self, request: web.Request) -> web.Response:
+        """`stack up` on a running stack: load stack.yaml again, `${VAR}` from the environment of the `stack up`
+        that asked (never the supervisor's own), roll to it, and answer once every ready replica applies the
+        API keys written (a revoked key refused, a new one working, when `stack up` returns)."""
         fleet = self.fleet
+        body = await request.json() if request.can_read_body else {}
+        environ = body.get("environment") if isinstance(body, dict) else None
+        if not isinstance(environ, dict) or not all(isinstance(v, str) for v in environ.values()):
+            environ = {}
         try:
-            loaded = await asyncio.to_thread(load_spec, fleet.loaded.path)
+            loaded = await asyncio.to_thread(load_spec, fleet.loaded.path, True, environ)
         except SpecError as exc:
             return _error(exc, 400)
         slots = read_placement(fleet.paths.placement).slot_devices()  # `stack up` placed them anew
         fleet.apply_spec(loaded, await asyncio.to_thread(project_digest, loaded), slots=slots)
         self.plane.configure(config_of(loaded, slots, versions=fleet.versions()))
-        return web.json_response({"ok": True})
+        pending = await self._keys_applied(KEYS_TIMEOUT)
+        return web.json_response({"ok": True, "keys_pending": pending})
+
+    async def _keys_applied(self, timeout: float) -> list[str]:
+        """Wait until every ready replica reports the keys file's generation; the replicas that did not."""
+        generation = keys_generation(self.fleet.paths.api_keys)
+        liveness = self.plane.liveness
+        liveness.ask_now()
+        deadline = time.monotonic() + timeout
+        while True:
+            behind = [
+                r.id
+                for state in self.fleet.apis.values()
+                for r in state.ready()
+                if (health := liveness.of(r.id)) is None or health.keys != generation
+            ]
+            if not behind or time.monotonic() > deadline:
+                return behind
+            await asyncio.sleep(0.05)
 
     async def _shutdown(self, request: web.Request) -> web.Response:
         self.stop()
         return web.json_response({"ok": True})
+
+
+def keys_generation(path: Path) -> str:
+    """The generation of a keys file as a replica reports it (serving.keys): "" when there is none."""
+    try:
+        found = path.stat()
+    except OSError:
+        return ""
+    return f"{found.st_ino}-{found.st_mtime_ns}"
 
 
 def _error(exc: StackError, status: int) -> web.Response:

@@ -8,6 +8,19 @@ rolling-update step (stack.targets.rollout) toward the desired count of the
 current version. A replica joins the gateway only once ready and leaves it
 (confirmed through Traefik's API) before it is sent SIGTERM.
 
+A rolling update that fails — a new replica failing to start (or crashing) three
+times in a row, or the new version not ready within `update.progress_deadline` —
+is rolled back: the new replicas go, the API is on its old version again, the
+autoscaler resumes and `stack status` says why. Locally a replica runs the files
+on disk, so an old version's replica cannot be started again once the files
+changed: an old replica is therefore retired only once a new one is ready
+(`max_unavailable` counts as 0, except for a GPU API whose slots are all taken),
+and a failed rollout leaves the old version at its count.
+
+Ready replicas are asked by the control plane's liveness probes (stack.control.liveness): one that
+stops answering leaves the gateway, and one found stuck or unhealthy is replaced (`replace`); a
+replica that found itself stuck and exited (serving.health's exit code) is replaced with its reason.
+
 The fleet is also what the control plane's autoscaler scales (`Scaler`) and
 what its activator wakes (`Waker`).
 """
@@ -30,17 +43,19 @@ from typing import Any
 import aiohttp
 
 from serving.config import CONFIG_ENV
+from serving.health import EXIT_STUCK
 from serving.logs import REPLICA_ENV
 from serving.runner import STARTUP_ERROR_ENV
 from stack.atomic import write_text_atomic
 from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas
+from stack.control.liveness import Decision, Liveness, Probed
 from stack.control.routing import FileRouteSink
 from stack.plan.render import api_version
 from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config, tracing_config
 from stack.routes import UPSTREAMS_FILE
 from stack.spec import Api, LoadedSpec
-from stack.spec.units import format_memory
+from stack.spec.units import format_duration, format_memory
 from stack.status import ReplicaState
 from stack.targets.local import memory
 from stack.targets.local.children import LocalServices, free_port, start_child, wait_or_kill
@@ -71,6 +86,7 @@ class Replica:
     started: float = field(default_factory=time.monotonic)
     slot: int = 0  # its replica slot: for a GPU API the GPU(s) it is pinned to (stack.plan.gpus)
     gpu: str = ""  # those GPUs, as CUDA_VISIBLE_DEVICES names them
+    replaced: str = ""  # why the liveness probes had it replaced
 
     @property
     def url(self) -> str:
@@ -106,6 +122,10 @@ class ApiState:
     events: list[str] = field(default_factory=list)
     manual: bool = False  # `stack scale --force` took the API from the autoscaler until the next `stack up`
     slots: list[list[str]] = field(default_factory=list)  # a GPU API's slots: each one's GPU ids
+    previous: tuple[Api, str] | None = None  # while a rollout runs: the spec and version it rolls from
+    rollout_started: float = 0.0  # monotonic
+    rolled_back: str = ""  # why the last rollout was rolled back (until the next `stack up`)
+    rollback_replica: str = ""  # the new replica whose failure rolled it back (its log says more)
 
     def free_slots(self) -> list[int]:
         """Slots no replica of the current version holds: a GPU API's placed ones, else as many as needed."""
@@ -177,10 +197,16 @@ class LocalFleet:
         self.tasks: set[asyncio.Task[None]] = set()  # drains and child watchers: kept, awaited at exit
         self.killed: dict[str, str] = {}  # replica -> why the supervisor killed it (over compute.mem)
         self.memory_checked = 0.0
+        self.liveness: Liveness | None = None  # the control plane's probes, once it runs
 
     def routable(self) -> dict[str, set[str]]:
-        """API -> the URLs of its ready replicas: what the gateway should route now."""
-        return {name: {r.url for r in s.ready()} for name, s in self.apis.items()}
+        """API -> the URLs of its ready replicas that answer their probes: what the gateway should route now."""
+        return {name: {r.url for r in s.ready() if not self.suspect(r)} for name, s in self.apis.items()}
+
+    def suspect(self, replica: Replica) -> bool:
+        """Its probes go unanswered (or it said it is stuck): no request should go to it."""
+        health = self.liveness.of(replica.id) if self.liveness is not None else None
+        return health is not None and (health.suspect or health.status in ("stuck", "unhealthy"))
 
     def ready_urls(self, api: str) -> list[str]:
         return [r.url for r in self.apis[api].ready()] if api in self.apis else []
@@ -208,9 +234,13 @@ class LocalFleet:
                     self.apis[api.name].event("added")
                 continue
             current.slots = (slots or {}).get(api.name, [])
+            current.rolled_back, current.rollback_replica = "", ""
             if current.version != version:
                 current.event(f"rolling update to version {version}")
                 current.clear_failures()
+                if api.name not in self.updating:  # a rollout superseded keeps the version it started from
+                    current.previous = (current.spec, current.version)
+                current.rollout_started = time.monotonic()
                 self.updating.add(api.name)
             current.spec, current.version = api, version
             current.manual = False  # `stack up` hands the API back to the autoscaler
@@ -221,12 +251,18 @@ class LocalFleet:
         self.wake.set()
 
     def write_keys(self, only_if_missing: bool = False) -> None:
-        """The API keys file the replicas read (0600); `only_if_missing`: put back a removed one."""
-        if not self.loaded.spec.gateway.api_keys:
-            self.paths.api_keys.unlink(missing_ok=True)
-        elif not (only_if_missing and self.paths.api_keys.exists()):
-            self.paths.api_keys.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.paths.api_keys, api_keys_text(self.loaded), 0o600)
+        """The API keys file the replicas read (0600), always there (no key in it: the stack is open), rewritten
+        when the keys change: the replicas follow it (serving.keys). `only_if_missing`: put back a removed one."""
+        if only_if_missing and self.paths.api_keys.exists():
+            return
+        text = api_keys_text(self.loaded)
+        try:
+            if self.paths.api_keys.read_text() == text:
+                return  # unchanged: the replicas have nothing to read again
+        except OSError:
+            pass
+        self.paths.api_keys.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.paths.api_keys, text, 0o600)
 
     # -- the reconcile loop ---------------------------------------------------------------------
 
@@ -278,9 +314,13 @@ class LocalFleet:
                 )
             else:
                 state.restarts += 1
+                if code == EXIT_STUCK:  # it found itself stuck (serving.health), answered what it held and left
+                    stuck = _startup_error(self._error_file(replica.id)) or "stuck"
+                    self.killed.setdefault(replica.id, f"{stuck}; it exited (code {code})")
                 # A replica that keeps crashing soon after it started is replaced with back-off.
                 uptime = time.monotonic() - replica.started
                 slot.crashes = slot.crashes + 1 if uptime < CRASH_WINDOW else 1
+                slot.replica = replica.id
                 delay = slot.back_off(slot.crashes - 1) if slot.crashes > 1 else 0
                 if not delay:
                     slot.retry_at = 0.0
@@ -305,10 +345,17 @@ class LocalFleet:
                 state.event(f"replica {replica.id} ready after {time.monotonic() - replica.started:.1f}s")
 
     async def _step(self, state: ApiState) -> None:
+        failure = self._rollout_failure(state)
+        if failure is not None:
+            self._roll_back(state, *failure)
         live = state.live()
         new = [r for r in live if r.version == state.version]
         old = [r for r in live if r.version != state.version]
         surge, unavailable = state.spec.update.resolve(max(state.desired, 1))
+        if not state.slots and unavailable:
+            # An old version's replica cannot start again here (the files on disk are the new version's):
+            # keep every old one until a new one is ready, surging instead.
+            surge, unavailable = max(surge, 1), 0
         fleet = Fleet(
             new_ready=sum(r.state == READY for r in new),
             new_starting=sum(r.state == STARTING for r in new),
@@ -334,7 +381,43 @@ class LocalFleet:
             self._drain(state, replica, "scaled down")
         if step.done and state.spec.name in self.updating:
             self.updating.discard(state.spec.name)
+            state.previous = None
             state.event("rolling update done")
+
+    def _rollout_failure(self, state: ApiState) -> tuple[str, str] | None:
+        """Why the API's rollout must be rolled back, and the new replica to blame; None while it may go on."""
+        if state.spec.name not in self.updating or state.previous is None:
+            return None
+        for _, slot in sorted(state.health.items()):
+            if slot.failures >= ERROR_AFTER:
+                why = f"replica {slot.replica} failed to start {slot.failures} times in a row: {slot.error}"
+                return why, slot.replica
+            if slot.crashes >= ERROR_AFTER:
+                return f"replica {slot.replica} crashed {slot.crashes} times in a row soon after starting", slot.replica
+        deadline = state.spec.update.progress_deadline
+        if time.monotonic() - state.rollout_started > deadline:
+            ready = sum(1 for r in state.ready() if r.version == state.version)
+            starting = [r.id for r in state.live() if r.version == state.version and r.state == STARTING]
+            return (
+                f"the new version was not ready within {format_duration(deadline)} (update.progress_deadline): "
+                f"{ready}/{state.desired} replicas ready",
+                starting[0] if starting else "",
+            )
+        return None
+
+    def _roll_back(self, state: ApiState, reason: str, replica: str) -> None:
+        """The new version's replicas go; the API is on the version it rolled from, at its count."""
+        assert state.previous is not None
+        failed = state.version
+        for leaving in [r for r in state.live() if r.version == failed]:
+            self._drain(state, leaving, "its rollout was rolled back")
+        state.spec, state.version = state.previous
+        state.previous = None
+        state.clear_failures()
+        self.updating.discard(state.spec.name)
+        state.rolled_back, state.rollback_replica = reason, replica
+        state.event(f"rolled back from version {failed} to {state.version}: {reason}")
+        self.wake.set()
 
     def _error_file(self, replica_id: str) -> Path:
         return self.paths.logs / f"{replica_id}.error.json"
@@ -408,6 +491,32 @@ class LocalFleet:
         await asyncio.gather(*(wait_or_kill(r.proc, deadline) for r in every))
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # -- the liveness probes' side (stack.control.liveness) ------------------------------------
+
+    def probe_targets(self) -> list[Probed]:
+        return [
+            Probed(name, r.id, r.url, True, state.spec.predictor.health_check_timeout)
+            for name, state in self.apis.items()
+            for r in state.ready()
+        ]
+
+    async def replace(self, replica: Probed, decision: Decision) -> None:
+        state = self.apis.get(replica.api)
+        found = next((r for r in state.replicas if r.id == replica.replica), None) if state else None
+        if state is None or found is None or found.state != READY:
+            return  # gone, or already leaving
+        state.restarts += 1
+        found.replaced = decision.reason
+        state.event(f"replica {found.id} replaced: {decision.reason}")
+        if decision.kill:
+            # Stuck: it answered what it held (or cannot answer anything); out of the routes and killed now.
+            found.state = DRAINING
+            if found.proc.returncode is None:
+                memory.kill_tree(memory.process_tree(found.proc.pid))
+        else:
+            self._drain(state, found, f"unhealthy, replaced: {decision.reason}")
+        self.wake.set()
 
     # -- what the control plane drives: its Scaler, its Waker, and the Fleet's questions ---------
 

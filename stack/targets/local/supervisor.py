@@ -28,6 +28,7 @@ from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
 from stack.batch.jobs import BatchWorkers
 from stack.canary import STATE_FILE, FileStore
 from stack.canary_sources import PrometheusSource, ScrapeSource
+from stack.control.liveness import Decision, Probed
 from stack.control.routing import FileRouteSink, GatewayRoutes
 from stack.control.runtime import Adapters, ControlPlane, ControlSettings, run_control
 from stack.errors import StackError
@@ -63,9 +64,16 @@ class Supervisor:
     def rolling_out(self, api: str) -> str | None:
         return self.fleet.rolling_out(api)
 
+    def probe_targets(self) -> list[Probed]:
+        return self.fleet.probe_targets()
+
+    async def replace(self, replica: Probed, decision: Decision) -> None:
+        await self.fleet.replace(replica, decision)
+
     async def run(self, plane: ControlPlane, stopping: asyncio.Event) -> None:
         self.stopping = stopping
         self.fleet.router.routes = plane.routes
+        self.fleet.liveness = plane.liveness
         control = ControlApi(self.fleet, plane, self.services.notes, self._stop)
         runner = await control.start(self.paths.control_socket)
         self._write_state()

@@ -20,6 +20,7 @@ from stack.canary import splitter_status
 from stack.errors import NotRunning, StackError
 from stack.plan.gpus import host_gpus, place, read_placement, write_placement
 from stack.plan.render import api_version, project_digest
+from stack.plan.serving import keys_removed
 from stack.spec import LoadedSpec
 from stack.splits import change, clear_overrides, splitters_of
 from stack.status import ApiPhase, StackStatus
@@ -75,8 +76,8 @@ class LocalTarget:
             raise NotRunning(f"no local stack is running for {self.loaded.path}; start it with `stack up --local`")
         return state
 
-    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        return control.call(self._require().control_socket, method, path, body)
+    def _call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> dict[str, Any]:
+        return control.call(self._require().control_socket, method, path, body, timeout)
 
     def _supervisor_status(self) -> StackStatus:
         """What the supervisor reports: its StackStatus, sent whole over the control socket."""
@@ -147,7 +148,15 @@ class LocalTarget:
         clear_overrides(self.paths.split_overrides)  # `stack up` re-applies stack.yaml's weights
         if running is not None:
             progress("a local stack is running: updating it")
-            self._call("POST", "/reload")
+            with contextlib.suppress(OSError):
+                opened = keys_removed(self.paths.api_keys.read_text(), self.loaded)
+                if opened:
+                    progress(opened)
+            # `${VAR}` in stack.yaml is this command's environment, not the supervisor's (started long ago).
+            environment = {name: os.environ[name] for name in self.loaded.secret_env if name in os.environ}
+            reloaded = self._call("POST", "/reload", {"environment": environment}, timeout=120)
+            for replica in reloaded.get("keys_pending") or []:
+                progress(f"warning: replica {replica} did not confirm the new API keys yet")
         else:
             self._start(progress)
         self.wait_ready(progress)
@@ -199,6 +208,16 @@ class LocalTarget:
             if line != last:
                 progress(line)
                 last = line
+            # A rollout that failed was rolled back: the API serves its old version, and `stack up` failed.
+            rolled = [a for a in status.apis if a.rolled_back]
+            if rolled:
+                api = rolled[0]
+                logs = _tail(self.paths.replica_log(api.error_replica)) if api.error_replica else "(no replica log)"
+                raise StackError(
+                    f"API {api.name}: rolled back: {api.rolled_back}\n(it serves its previous version "
+                    f"{api.version} again; fix the cause and `stack up` again)\n"
+                    f"last log lines of {api.error_replica or 'the new replica'}:\n{logs}"
+                )
             # An API in error, or one of its slots failed to start ERROR_AFTER times in a row (it names the
             # replica) while others serve: retries before that are waited out.
             failed = [

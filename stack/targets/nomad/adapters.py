@@ -20,6 +20,7 @@ import aiohttp
 from stack.autoscale.signal import PrometheusSignal
 from stack.batch.jobs import BatchWorkers, keys_file
 from stack.canary_sources import PrometheusSource
+from stack.control.liveness import Decision, Probed
 from stack.control.routing import RouteTable
 from stack.control.runtime import Adapters, ControlPlane, ControlSettings
 from stack.errors import StackError
@@ -47,6 +48,12 @@ class NomadFleet:
 
     def rolling_out(self, api: str) -> str | None:
         return rolling_out(self.nomad, f"{self.project}-{api}")
+
+    def probe_targets(self) -> list[Probed]:
+        return []  # Nomad asks /healthz itself (the job's service check) and restarts a stuck task (check_restart)
+
+    async def replace(self, replica: Probed, decision: Decision) -> None:
+        raise NotImplementedError("Nomad replaces its own allocations")
 
 
 class NomadRouteSink:
