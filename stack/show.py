@@ -141,16 +141,23 @@ def show_status(
         click.echo(f"not running: the {component.name} ({component.detail}): {component.problem}")
     for note in data.notes:
         click.echo(f"note: {note}")
+    if data.images is not None:
+        click.echo(
+            f"images: {data.images} on this host, {_size(data.images_bytes)} beyond the base image "
+            "(`stack down --images` removes them)"
+        )
     if not detail:
         return
     api = apis[0]
     replicas = [
-        [r.id, r.state, r.health or "-", r.version, r.pid or "-", r.port or "-", _uptime(r.uptime_s)]
+        [r.id, r.state, r.health or "-", r.version, r.pid or "-", r.port or "-", _uptime(r.uptime_s), r.restarts]
         + ([r.gpu or "-", _size(r.gpu_memory_bytes)] if api.gpu_slots else [])
+        + [r.last_event or "-"]
         for r in api.replicas
     ]
-    headers = ["replica", "state", "health", "version", "pid", "port", "up"]
-    click.echo("\n" + tabulate(replicas, headers=headers + (["gpu", "gpu memory"] if api.gpu_slots else [])))
+    headers = ["replica", "state", "health", "version", "pid", "port", "up", "restarts"]
+    headers += ["gpu", "gpu memory"] if api.gpu_slots else []
+    click.echo("\n" + tabulate(replicas, headers=[*headers, "last event"]))
     if api.events:
         click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in api.events))
     _show_decisions(api)

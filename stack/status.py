@@ -216,6 +216,8 @@ class StackStatus:
     gpus: list[GpuStatus] = field(default_factory=list)  # the GPUs the stack's slots are placed on
     components: list[ComponentStatus] = field(default_factory=list)  # gateway, Prometheus, controller
     calls: list[CallStatus] = field(default_factory=list)  # the pipelines' call graph, edge by edge
+    images: int | None = None  # the images built for the stack on this host (Compose)
+    images_bytes: int | None = None  # the disk they take beyond the base image they share
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -229,6 +231,8 @@ class StackStatus:
             "gpus": [asdict(g) for g in self.gpus],
             "components": [asdict(c) for c in self.components],
             "calls": [asdict(c) for c in self.calls],
+            "images": self.images,
+            "images_bytes": self.images_bytes,
         }
 
     @classmethod
@@ -258,6 +262,8 @@ class StackStatus:
                 for c in data.get("components", [])
             ],
             [CallStatus(**{k: v for k, v in c.items() if k in _names(CallStatus)}) for c in data.get("calls", [])],
+            data.get("images"),
+            data.get("images_bytes"),
         )
 
     def missing(self) -> list[ComponentStatus]:

@@ -148,7 +148,9 @@ def test_compose_shape(rendered) -> None:
         assert "ports" not in service  # replicas are reachable only through Traefik
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "device_ids": [device], "capabilities": ["gpu"]}]
-        assert service["healthcheck"]["test"][-1] == "http://127.0.0.1:8888/readyz"
+        # The controller probes liveness and readiness over HTTP: Docker starts no process in the replica.
+        assert service["healthcheck"] == {"disable": True}
+        assert service["volumes"][0] == "./keys:/run/stack-keys:ro"  # the API keys, followed while it runs
         assert service["stop_grace_period"] == "40s"
         assert not any(label.startswith("traefik.") for label in service["labels"])  # routes come from a file
     assert [services[s]["deploy"]["replicas"] for s in slots] == [1, 0]
@@ -230,13 +232,15 @@ def test_api_keys_are_a_secret_file_not_the_environment(tmp_path: Path, monkeypa
     compose_plan.write(out)
     compose = yaml.safe_load(compose_plan.files["compose.yaml"])
     assert "plan-secret" not in compose_plan.files["compose.yaml"]
-    assert compose["secrets"] == {"api_keys": {"file": "./api_keys"}}
+    # A directory mounted read-only (a file mount would keep the old file when `stack up` replaces it).
     replica = next(s for name, s in compose["services"].items() if name.startswith("echo-"))
-    assert replica["secrets"] == ["api_keys"]
+    assert "./keys:/run/stack-keys:ro" in replica["volumes"] and "secrets" not in compose
+    assert "./keys:/run/stack-keys:ro" in compose["services"]["autoscaler"]["volumes"]
     config = json.loads(replica["environment"]["STACK_SERVING_CONFIG"])
-    assert config["api_keys"] == [] and config["api_keys_file"] == "/run/secrets/api_keys"
-    assert (out / "api_keys").read_text() == "plan-secret-key-1\nplan-secret-key-2\n"
-    assert (out / "api_keys").stat().st_mode & 0o777 == 0o600
+    assert config["api_keys"] == [] and config["api_keys_file"] == "/run/stack-keys/api_keys"
+    assert (out / "keys/api_keys").read_text() == "plan-secret-key-1\nplan-secret-key-2\n"
+    assert (out / "keys/api_keys").stat().st_mode & 0o777 == 0o600
+    assert (out / "keys").stat().st_mode & 0o777 == 0o700
     assert (out / "compose.yaml").stat().st_mode & 0o777 == 0o644
 
     nomad = plan_nomad(loaded)
@@ -247,7 +251,9 @@ def test_api_keys_are_a_secret_file_not_the_environment(tmp_path: Path, monkeypa
     assert json.loads(task["Env"]["STACK_SERVING_CONFIG"])["api_keys_file"] == "/secrets/api_keys"
     assert schema_errors(json.loads(nomad.files["echo-echo.json"])) == []
 
-    # Keys removed from stack.yaml: no copy of the old ones stays in the plan directory.
+    # Keys removed from stack.yaml: no copy of the old ones stays; the file says the stack is open (replicas
+    # that read it open too, without a restart).
     spec.write_text(spec.read_text().replace("gateway:\n  api_keys: ${PLAN_KEYS}\n", ""))
     plan_compose(load_spec(tmp_path / "echo"), out).write(out)
+    assert "plan-secret" not in (out / "keys/api_keys").read_text()
     assert not (out / "api_keys").exists()

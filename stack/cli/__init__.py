@@ -325,12 +325,17 @@ def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | Non
     is_flag=True,
     help="Also remove what the stack keeps: Compose volumes (Prometheus data); Nomad: purge the jobs.",
 )
-def down(path: Path, target_kind: str | None, volumes: bool) -> None:
+@click.option("--images", is_flag=True, help="Also remove the images built for the stack on this host.")
+def down(path: Path, target_kind: str | None, volumes: bool, images: bool) -> None:
     """Stop and remove everything of the stack."""
     target = resolve_target(path, target_kind)
     with ProjectLock(target.loaded.root, f"stack down ({target.name})"):
         stopped = target.down(volumes)
-    click.echo("stopped" if stopped else "nothing was running")
+        click.echo("stopped" if stopped else "nothing was running")
+        if images:
+            click.echo(target.remove_images())
+        elif note := target.image_note():
+            click.echo(f"note: {note}", err=True)
 
 
 @cli.command()

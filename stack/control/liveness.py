@@ -45,6 +45,11 @@ class Probed:
     url: str  # http://HOST:PORT
     serving: bool  # it has been ready: it is judged (a starting one is only asked whether it is ready)
     timeout: float = 10.0  # its API's health_check_timeout
+    incarnation: str = ""  # which start of it (a container restarted keeps its name): its probes start over
+
+    @property
+    def key(self) -> str:
+        return f"{self.replica}@{self.incarnation}" if self.incarnation else self.replica
 
 
 @dataclass
@@ -106,20 +111,21 @@ class Liveness:
     targets: Callable[[], list[Probed]]  # the fleet's replicas now
     replace: Replace
     session: aiohttp.ClientSession | None = None
-    health: dict[str, Health] = field(default_factory=dict)  # replica id -> what its probes said
-    replaced: set[str] = field(default_factory=set)  # replicas already handed to `replace`
+    health: dict[str, Health] = field(default_factory=dict)  # Probed.key -> what its probes said
+    replaced: set[str] = field(default_factory=set)  # the keys of replicas already handed to `replace`
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a readiness or suspicion changed
 
-    def of(self, replica: str) -> Health | None:
-        return self.health.get(replica)
+    def of(self, key: str) -> Health | None:
+        """What the probes said of a replica (by `Probed.key`)."""
+        return self.health.get(key)
 
     def ask_now(self) -> None:
         """Ask every replica at the next tick (within STARTING_EVERY): something changed they should apply."""
         for health in self.health.values():
             health.asked = 0.0
 
-    def ready(self, replica: str) -> bool:
-        health = self.health.get(replica)
+    def ready(self, key: str) -> bool:
+        health = self.health.get(key)
         return health is not None and health.ready and health.status == "alive" and not health.suspect
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -137,37 +143,37 @@ class Liveness:
     async def tick(self, session: aiohttp.ClientSession) -> None:
         now = time.monotonic()
         targets = self.targets()
-        known = {t.replica for t in targets}
+        known = {t.key for t in targets}
         for gone in [r for r in self.health if r not in known]:
             del self.health[gone]
         self.replaced &= known
-        due = [t for t in targets if t.replica not in self.replaced and self._due(t, now)]
+        due = [t for t in targets if t.key not in self.replaced and self._due(t, now)]
         if due:
             await asyncio.gather(*(self._probe(session, t) for t in due))
         now = time.monotonic()
         for target in due:
-            health = self.health[target.replica]
+            health = self.health[target.key]
             decision = judge(target, health, now)
             if decision is None:
                 continue
-            self.replaced.add(target.replica)
+            self.replaced.add(target.key)
             LOGGER.warning(f"{target.api}: replacing replica {target.replica}: {decision.reason}")
             try:
                 await self.replace(target, decision)
             except Exception:  # the next tick sees it again
-                self.replaced.discard(target.replica)
+                self.replaced.discard(target.key)
                 LOGGER.exception(f"{target.api}: could not replace replica {target.replica}")
 
     def _due(self, target: Probed, now: float) -> bool:
-        health = self.health.get(target.replica)
+        health = self.health.get(target.key)
         if health is None:
-            self.health[target.replica] = Health(answered=now)
+            self.health[target.key] = Health(answered=now)
             return True
         every = EVERY if target.serving and health.ready and not health.suspect else STARTING_EVERY
         return now - health.asked >= every
 
     async def _probe(self, session: aiohttp.ClientSession, target: Probed) -> None:
-        health = self.health[target.replica]
+        health = self.health[target.key]
         health.asked = time.monotonic()
         before = (health.ready, health.suspect, health.status)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from importlib import metadata, resources
@@ -41,16 +42,11 @@ from stack.plan.nomad_values import NOMAD_HEALTH, nomad_gpu, nomad_resources, no
 from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache, replica_config, tracing_config
 from stack.routes import UPSTREAMS_FILE, Route, activator_fallback, member_service, router_rule
 from stack.spec import Api, LoadedSpec
-from stack.spec.units import format_duration
+from stack.spec.units import format_duration, parse_duration
 from stack.splits import split_router, splitters_of
 from stack.tls import tls_files
 
 DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.42"}
-# Docker health probe: a ready replica joins the gateway within seconds (the controller also asks
-# a starting replica itself); a serving one leaves only after three probes in a row failed, since the
-# probe runs inside the replica's CPU limit and a replica busy at that limit is slow, not broken
-# (two 2 s probes in a row did time out there under load). Start period: long enough for a slow model load.
-HEALTH = {"interval": "2s", "timeout": "3s", "retries": 3, "start_period": "10m"}
 STOP_MARGIN = 5.0  # seconds beyond drain + grace before the engine kills a replica
 BUILD_DIR = ".stack/build"  # one assembled build context per image, prepared by `stack up`
 # uvloop: the faster event loop the replicas run on where it installs (Linux, macOS).
@@ -62,7 +58,9 @@ ERRORS_PORT = 9101  # the activator and the gateway's own errors (stack.gateway_
 DASHBOARD_PORT = 9102  # Compose: the dashboard's forwarder (stack.dashboard.proxy), published on 127.0.0.1
 
 
-COMPOSE_KEYS_FILE = "/run/secrets/api_keys"  # a Compose secret (a 0600 file of the plan)
+KEYS_FILE = "keys/api_keys"  # the plan's API keys file: 0600 in a 0700 directory the replicas mount
+COMPOSE_KEYS_DIR = "/run/stack-keys"  # where a Compose replica (and the controller) sees that directory
+COMPOSE_KEYS_FILE = f"{COMPOSE_KEYS_DIR}/api_keys"
 MODEL_CACHE = "/model-cache"  # where a replica finds the host's shared model cache
 # Pipelines: where a replica reads the ready replicas of the APIs it calls (serving.calls): a directory
 # of the controller's, read-only (Compose); a file a Nomad template renders from service discovery.
@@ -76,8 +74,9 @@ def keys_variable(job_id: str) -> str:
     return f"nomad/jobs/{job_id}"
 
 
-SECRET_FILES = frozenset({"api_keys"})  # plan files only their owner may read
+SECRET_FILES = frozenset({KEYS_FILE})  # plan files only their owner (the replicas' user) may read
 REPLICA_USER = 10001  # the unprivileged uid and gid replicas run as in their images
+MIN_NOMAD_PROGRESS = 60.0  # Nomad's progress_deadline must leave room for healthy_deadline and min_healthy_time
 
 
 @dataclass(frozen=True)
@@ -92,14 +91,25 @@ class Plan:
         written = []
         for name, content in sorted(self.files.items()):
             path = out_dir / name
-            write_text_atomic(path, content, 0o600 if name in SECRET_FILES else 0o644)
-            if name in SECRET_FILES and os.geteuid() == 0:
-                # Compose mounts the file as it is: its owner in the replica is the replica's user.
+            secret = name in SECRET_FILES
+            if secret:
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                path.parent.chmod(0o700)
+                try:
+                    if path.read_text() == content:
+                        written.append(path)  # unchanged: its generation stays, no replica reads it again
+                        continue
+                except OSError:
+                    pass
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, content, 0o600 if secret else 0o644)
+            if secret and os.geteuid() == 0:
+                # Compose mounts the directory as it is: its owner in the replica is the replica's user.
+                os.chown(path.parent, REPLICA_USER, REPLICA_USER)
                 os.chown(path, REPLICA_USER, REPLICA_USER)
             written.append(path)
-        stale = out_dir / "api_keys"
-        if "api_keys" not in self.files:
-            stale.unlink(missing_ok=True)  # keys removed from stack.yaml: no copy is left behind
+        (out_dir / "api_keys").unlink(missing_ok=True)  # where earlier releases kept the keys: no copy stays
         return written
 
 
@@ -326,11 +336,9 @@ def plan_compose(
     # The controller runs in every Compose stack (routes, targets, killed replicas), autoscaled or not.
     files["autoscaler.Dockerfile"] = autoscaler_dockerfile(loaded, env)
     control_dir = loaded.root / CONTROL_DIR
-    secrets = bool(spec.gateway.api_keys)
-    if secrets:
-        files["api_keys"] = api_keys_text(loaded)
+    files[KEYS_FILE] = api_keys_text(loaded)  # always: replicas follow keys added, changed or removed
     files["compose.yaml"] = env.get_template("compose/compose.yaml.j2").render(
-        secrets=secrets,
+        keys={"directory": "./keys", "mount": COMPOSE_KEYS_DIR},
         secrets_owner=_secrets_owner(),
         docker_host=spec.tracing is not None and DOCKER_HOST_NAME in from_container(spec.tracing.traces_url),
         header=header,
@@ -364,7 +372,6 @@ def plan_compose(
         model_volumes=sorted({a["model_cache"] for a in apis if a["model_cache"] and "/" not in a["model_cache"]}),
         replica_port=REPLICA_PORT,
         dashboard_port=DASHBOARD_PORT,
-        health=HEALTH,
         prometheus={"port": spec.prometheus.port, "retention": format_duration(spec.prometheus.retention)},
         autoscaler={
             "context": os.path.relpath(build_context(loaded.root, "autoscaler"), out_dir),
@@ -377,7 +384,6 @@ def plan_compose(
             "env": sorted(
                 {(k, v) for a in spec.batch_apis for k, v in a.predictor.env.items() if k.startswith("AWS_")}
             ),
-            "needs_keys": secrets and bool(spec.batch_apis),  # it checks a BatchAPI's clients' keys
         },
     )
     files["prometheus.yml"] = env.get_template("compose/prometheus.yml.j2").render(
@@ -482,7 +488,13 @@ def plan_nomad(
             keys_file=NOMAD_KEYS_FILE,
             upstreams_file=NOMAD_UPSTREAMS_FILE,
         )
-        values["keys_variable"] = keys_variable(f"{project}-{api.name}") if spec.gateway.api_keys else None
+        values["keys_variable"] = keys_variable(f"{project}-{api.name}")  # always: keys may come and go
+        # Liveness: /healthz failing for health_check_timeout in a row restarts the task (check_restart).
+        interval = parse_duration(NOMAD_HEALTH["interval"])
+        values["liveness"] = {
+            "limit": max(2, math.ceil(api.predictor.health_check_timeout / interval)),
+            "grace": "30s",
+        }
         values["upstreams_template"] = nomad_upstreams(project, spec.apis, api) if api.calls else None
         members = [
             member_service(split_router(project, x.name), values["router"])
@@ -512,11 +524,14 @@ def plan_nomad(
             notes.append(share.note(api))
         surge, _unavailable = api.update.resolve(api.autoscaling.initial)
         job_values = job(f"{project}-{api.name}")
+        # update.progress_deadline: Nomad needs healthy_deadline < progress_deadline, both well past
+        # min_healthy_time; a deployment that misses it is reverted (auto_revert).
+        progress = max(api.update.progress_deadline, MIN_NOMAD_PROGRESS)
         job_values["update"] = {
             "max_parallel": max(1, surge),
             "min_healthy_time": "5s",
-            "healthy_deadline": "15m",
-            "progress_deadline": "20m",
+            "healthy_deadline": format_duration(progress - 30),
+            "progress_deadline": format_duration(progress),
         }
         files[f"{project}-{api.name}.nomad.hcl"] = env.get_template("nomad/api.nomad.hcl.j2").render(
             header=header,
@@ -583,7 +598,8 @@ def plan_nomad(
                 "port": AUTOSCALER_PORT,
                 "activator_port": ERRORS_PORT if zero else None,
                 "batch": bool(spec.batch_apis),  # the jobs' queue on the allocation's sticky disk
-                "keys_variable": batch_keys_variable(project) if spec.gateway.api_keys else None,
+                "keys_variable": batch_keys_variable(project),
+                "dashboard": bool(spec.gateway.api_keys),  # behind the gateway only with keys to check
                 "replica_user": REPLICA_USER,
             },
         )

@@ -71,6 +71,14 @@ class Target(Protocol):
         """Stop and remove everything; False when nothing was running."""
         ...
 
+    def remove_images(self) -> str:
+        """`stack down --images`: remove the images built for the stack on this host; what was done, in words."""
+        ...
+
+    def image_note(self) -> str:
+        """What of the stack's images remains on this host and how to remove it ("" for nothing)."""
+        ...
+
     def left_running(self) -> str:
         """After a `stack up` interrupted part-way (Ctrl-C): what of the stack runs on, and how to stop it."""
         ...

@@ -37,13 +37,16 @@ def components(containers: list[Container], restarted: dict[str, int]) -> list[C
         for c in mine:
             running = c.state == "running"
             why = "" if running else f"{c.state} ({_exit(c.exit_code)}{_since(c.finished_at)}); {fix}"
-            found.append(ComponentStatus(name, running, c.name, why, c.restarts + restarted.get(c.name, 0)))
+            found.append(ComponentStatus(name, running, c.name, why, restarts(c, restarted)))
     return found
 
 
 def restarts(container: Container, restarted: dict[str, int]) -> int:
-    """Docker's restarts (its policy: a crash, an OOM kill) and the controller's (killed, stopped)."""
-    return container.restarts + restarted.get(container.name, 0)
+    """The controller counts every new start of a container, whatever caused it (Docker's policy after a crash
+    or an OOM kill, the controller bringing back a killed one, an engine restart), and keeps the count across
+    engine restarts, which reset Docker's own RestartCount; Docker's count stands in while it is higher (the
+    controller was down meanwhile)."""
+    return max(container.restarts, restarted.get(container.name, 0))
 
 
 def last_kill(mine: list[Container], kills: dict[str, Kill]) -> str | None:

@@ -5,9 +5,19 @@ It runs in the autoscaler service as the fleet of the stack's control plane
 keeps three things true whatever happens to the containers:
 
 - **Routes.** Traefik reads its routes from a file (no socket in the gateway):
-  every running, healthy replica that is not being stopped, rewritten on the
-  engine's `kill`, `die`, `start` and `health_status` events, so a replica
-  leaves the gateway the moment it is stopped or dies.
+  every running replica that is not being stopped and whose /healthz says it is
+  ready (the control plane's liveness probes, stack.control.liveness: Docker
+  runs no health check), rewritten on the engine's `kill`, `die` and `start`
+  events and as the probes' answers change, so a replica leaves the gateway the
+  moment it is stopped, dies or stops answering.
+- **Liveness.** A replica the probes find stuck is restarted at once (killed: it
+  answered what it held), an unhealthy one gracefully (drained); the reason is
+  an event (`events.jsonl`) and `health.json` tells `stack status` each
+  replica's health.
+- **Restarts.** Every new start of a container (Docker's StartedAt) is a
+  restart, counted in `restarts.json`, which outlives the engine: after an
+  engine restart every container starts again, the counts go on, and the engine
+  restart is an event.
 - **Scrape targets.** Prometheus reads its targets from a file (no socket, not
   root): every running replica with its API, version and name.
 - **The stack's own containers.** The gateway and Prometheus, killed or stopped
@@ -27,6 +37,7 @@ keeps three things true whatever happens to the containers:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -41,11 +52,24 @@ import docker
 from docker.models.containers import Container
 from prometheus_client import Counter
 
+from serving.health import EXIT_STUCK
 from stack.atomic import write_json_atomic
 from stack.autoscale.config import RoutedApi
+from stack.control.liveness import Decision, Probed
 from stack.control.runtime import ControlPlane
 from stack.spec.units import format_memory
-from stack.targets.compose.desired import Kill, count_restart, manual_apis, read_desired, record_kill
+from stack.targets.compose.desired import (
+    Kill,
+    ReplicaHealth,
+    count_restart,
+    manual_apis,
+    read_desired,
+    read_starts,
+    record_event,
+    record_kill,
+    write_health,
+    write_starts,
+)
 from stack.targets.compose.scaler import ALIVE, PROJECT_LABEL, ComposeScaler
 
 LOGGER = logging.getLogger("stack.controller")
@@ -54,7 +78,8 @@ TICK = 1.0  # seconds between passes when no event wakes the controller
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # replicas are never behind a proxy
 STARTING_TICK = 0.25  # while a replica starts: it is routed within this of answering /readyz
 CONFIRM = 2.0  # seconds a deficit must last before replicas are restored
-EVENTS = ("start", "kill", "die", "stop", "destroy", "health_status", "oom")
+EVENTS = ("start", "kill", "die", "stop", "destroy", "oom")
+ENGINE_RESTART_WINDOW = 120.0  # seconds within which every container started again: the engine restarted
 KEPT_ROLES = ("gateway", "prometheus", "dashboard")  # the stack's containers the controller starts again (not itself)
 
 
@@ -85,11 +110,17 @@ class ComposeController:
         self.ready_urls: dict[str, list[str]] = {}  # api -> serving replicas, as of the last pass
         self.starting_urls: dict[str, list[str]] = {}  # api -> running replicas, healthy or not yet
         self.session: aiohttp.ClientSession | None = None
-        self.ready_early: set[str] = set()  # starting containers whose /readyz already answers 200
-        self.starting = False  # a replica is starting: pass more often
         self.start_errors: dict[str, str] = {}  # api -> why its replicas cannot start, as of the last pass
         self.plane: ControlPlane | None = None  # the control plane this fleet runs in (its routes, its metrics)
         self.restored: Counter | None = None
+        self.was_ready: dict[str, str] = {}  # container id -> the start (StartedAt) in which it was ready
+        self.exit_codes: dict[str, int] = {}  # container id -> its last exit code (the engine's `die` event)
+        self.replacing: dict[str, str] = {}  # container id -> why the liveness probes restart it
+        self.starts: dict[str, str] = read_starts(state_dir)  # container name -> its last StartedAt seen
+        self.health_written: dict[str, ReplicaHealth] | None = None
+        self.first_pass = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        scaler.ready = self.serving
 
     # -- the Fleet of the control plane ------------------------------------------------------------
 
@@ -98,6 +129,7 @@ class ComposeController:
 
     async def run(self, plane: ControlPlane, stopping: asyncio.Event) -> None:
         self.plane = plane
+        self._loop = asyncio.get_running_loop()
         self.restored = Counter(
             "stack_controller_replicas_restored",
             "Replicas started again or copied because one was killed, stopped or removed behind the stack's back.",
@@ -106,16 +138,22 @@ class ComposeController:
         )
         loop = asyncio.get_running_loop()
         threading.Thread(target=self._watch_events, args=(loop,), name="docker-events", daemon=True).start()
+        changed = plane.liveness.changed
         while not stopping.is_set():
             self.wake_up.clear()
+            changed.clear()
             try:
                 await asyncio.to_thread(self.tick)
             except docker.errors.DockerException as exc:
                 LOGGER.warning(f"cannot read the stack's containers: {exc}")
             except Exception:
                 LOGGER.exception("controller pass failed; the next one comes anyway")
-            waiters = [asyncio.ensure_future(self.wake_up.wait()), asyncio.ensure_future(stopping.wait())]
-            timeout = STARTING_TICK if self.starting else TICK
+            waiters = [
+                asyncio.ensure_future(self.wake_up.wait()),
+                asyncio.ensure_future(stopping.wait()),
+                asyncio.ensure_future(changed.wait()),  # a replica turned ready, or silent: route it now
+            ]
+            timeout = STARTING_TICK if self._starting() else TICK
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
@@ -129,6 +167,10 @@ class ComposeController:
                     action = event.get("Action") or event.get("status") or ""
                     if action == "oom":
                         self._record_oom(event.get("id", ""))
+                    if action == "die":
+                        with contextlib.suppress(TypeError, ValueError):
+                            code = (event.get("Actor") or {}).get("Attributes", {}).get("exitCode")
+                            self.exit_codes[event.get("id", "")] = int(code)
                     with self.ids_lock:
                         if action in ("kill", "die"):  # told to stop, or dead: out of the routes now
                             self.stopping_ids.add(event.get("id", ""))
@@ -167,21 +209,16 @@ class ComposeController:
         urls = self.ready_urls.get(api)
         if urls:
             return urls[0]
-        # Docker checks health every 2 s; a woken replica is asked itself, so a cold start
-        # waits for the model load, not for the next health check.
-        for url in self.starting_urls.get(api, []):
-            try:
-                async with self._probe_session().get(url + "/readyz", timeout=aiohttp.ClientTimeout(total=0.5)) as r:
-                    if r.status == 200:
-                        return url
-            except (aiohttp.ClientError, TimeoutError):
-                continue
+        # The liveness probes ask a starting replica every quarter second: a woken replica is routed as
+        # soon as its model is loaded.
+        if self.plane is None:
+            return None
+        for container in self.replicas:
+            if container.labels.get("stack.api") == api and self.serving(container):
+                address = self._address(container)
+                if address is not None:
+                    return f"http://{address}:{self.port}"
         return None
-
-    def _probe_session(self) -> aiohttp.ClientSession:
-        if self.session is None or self.session.closed:
-            self.session = aiohttp.ClientSession()
-        return self.session
 
     def start_error(self, api: str) -> str | None:
         return self.start_errors.get(api)
@@ -201,8 +238,9 @@ class ComposeController:
             self.stopping_ids &= live_ids  # a dead or removed container needs no more remembering
         replicas = [c for c in containers if "stack.api" in c.labels]
         self.replicas = replicas
-        self._probe_starting(replicas)
+        self._count_starts(containers)
         self._write_routes(replicas)
+        self._write_health(replicas)
         self._write_targets(replicas)
         self._restore(replicas)
         self._keep_roles(containers)
@@ -223,8 +261,6 @@ class ComposeController:
                 container.start()
             except docker.errors.DockerException as exc:
                 LOGGER.warning(f"cannot start {container.name} again: {exc}")
-                continue
-            count_restart(self.state_dir, container.name)
 
     def rolling_out(self, api: str) -> str | None:
         """Why a canary cannot be judged now: replicas of more than one version are running."""
@@ -240,31 +276,138 @@ class ComposeController:
         address = (networks.get(self.network) or {}).get("IPAddress")
         return address or None
 
-    def _serving(self, container: Container) -> bool:
+    def serving(self, container: Container) -> bool:
+        """Running, not being stopped, and ready by its last probe (its current start)."""
         if container.status != "running" or container.id in self.stopping_ids or container.id in self.scaler.draining:
             return False
-        health = _health(container)
-        # Docker's first health check comes 2 s after the start, then every 2 s: a new replica
-        # that answers the same probe (/readyz) sooner is routed as soon as it does.
-        return health == "healthy" or (health == "starting" and container.id in self.ready_early)
+        return self.plane is not None and self.plane.liveness.ready(_key(container))
 
-    def _probe_starting(self, replicas: list[Container]) -> None:
-        """Ask each starting replica's /readyz directly (from the controller's worker thread)."""
-        ready, starting = set(), False
-        for c in replicas:
-            if c.status != "running" or _health(c) != "starting" or c.id in self.stopping_ids:
+    def _starting(self) -> bool:
+        """A replica is running but not ready yet: pass more often, it is routed the moment it is."""
+        return any(
+            c.status == "running" and c.id not in self.stopping_ids and not self.serving(c) for c in self.replicas
+        )
+
+    # -- liveness (stack.control.liveness): what the probes ask, and what they condemn -------------
+
+    def probe_targets(self) -> list[Probed]:
+        timeouts = {api.name: api.health_check_timeout for api in self.apis}
+        found = []
+        with self.ids_lock:
+            leaving = self.stopping_ids | self.scaler.draining
+        for c in self.replicas:
+            api = c.labels.get("stack.api", "")
+            if c.status != "running" or c.id in leaving or api not in timeouts:
                 continue
-            starting = True
             address = self._address(c)
             if address is None:
                 continue
+            started = _started(c)
+            if self.plane is not None and self.plane.liveness.ready(_key(c)):
+                self.was_ready[c.id] = started
+            serving = self.was_ready.get(c.id) == started
+            found.append(Probed(api, c.name, f"http://{address}:{self.port}", serving, timeouts[api], started))
+        return found
+
+    async def replace(self, replica: Probed, decision: Decision) -> None:
+        container = next((c for c in self.replicas if c.name == replica.replica), None)
+        if container is None:
+            return
+        with self.ids_lock:
+            self.stopping_ids.add(container.id)  # out of the routes at once
+        self.replacing[container.id] = decision.reason
+        await asyncio.to_thread(self._write_routes, self.replicas)
+        how = "restarted at once" if decision.kill else "drained and restarted"
+        record_event(self.state_dir, replica.api, f"replica {container.name} replaced: {decision.reason} ({how})")
+        routed = next((a for a in self.apis if a.name == replica.api), None)
+        timeout = 0 if decision.kill else int(routed.stop_timeout if routed else 30)
+
+        def restart() -> None:
             try:
-                with DIRECT.open(f"http://{address}:{self.port}/readyz", timeout=0.5) as answer:
-                    if answer.status == 200:
-                        ready.add(c.id)
-            except (OSError, ValueError):
+                container.restart(timeout=timeout)
+            except docker.errors.DockerException as exc:
+                LOGGER.warning(f"cannot restart {container.name}: {exc}")
+            self.wake_up_threadsafe()
+
+        threading.Thread(target=restart, name=f"replace-{container.name}", daemon=True).start()
+
+    def wake_up_threadsafe(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self.wake_up.set)
+
+    # -- restarts, counted by the controller ----------------------------------------------------
+
+    def _count_starts(self, containers: list[Container]) -> None:
+        """A container seen with a new StartedAt started again: one restart, with its reason as an event."""
+        seen = {c.name: _started(c) for c in containers if c.status == "running" and _started(c)}
+        if self.first_pass:
+            self.first_pass = False
+            self._engine_restarted(containers, seen)
+        changed = False
+        for container in containers:
+            name, started = container.name, seen.get(container.name)
+            if started is None or self.starts.get(name) == started:
                 continue
-        self.ready_early, self.starting = ready, starting
+            changed = True
+            before = self.starts.get(name)
+            self.starts[name] = started
+            if before is None:
+                continue  # its first start
+            count_restart(self.state_dir, name)
+            api = container.labels.get("stack.api")
+            if not api:
+                continue
+            why = self.replacing.pop(container.id, "")
+            if not why:
+                code = self.exit_codes.pop(container.id, None)
+                why = "it exited" + (f" with code {code}" if code is not None else "")
+                if code == EXIT_STUCK:
+                    why += " (it found itself stuck and answered what it held)"
+                record_event(self.state_dir, api, f"replica {name} restarted: {why}")
+        for gone in [name for name in self.starts if name not in {c.name for c in containers}]:
+            del self.starts[gone]
+            changed = True
+        if changed:
+            write_starts(self.state_dir, self.starts)
+
+    def _engine_restarted(self, containers: list[Container], seen: dict[str, str]) -> None:
+        """At the controller's start: every container of the stack, this one too, started again at about the
+        same time since it last looked — the engine restarted (or the host rebooted)."""
+        before = {name: started for name, started in self.starts.items() if name in seen}
+        if len(before) < 2 or any(seen[name] == started for name, started in before.items()):
+            return
+        times = sorted(_stamp(seen[name]) for name in before)
+        if not times[0] or times[-1] - times[0] > ENGINE_RESTART_WINDOW:
+            return
+        when = time.strftime("%H:%M:%S", time.localtime(times[0]))
+        LOGGER.warning(f"the Docker engine restarted: every container of the stack started again at {when}")
+        for api in sorted({c.labels["stack.api"] for c in containers if "stack.api" in c.labels}):
+            message = f"the Docker engine restarted: every container of the stack started again at {when}"
+            record_event(self.state_dir, api, message, at=times[0])
+
+    def _write_health(self, replicas: list[Container]) -> None:
+        """What the probes say of each running replica, for `stack status` and `stack up` on the host."""
+        if self.plane is None:
+            return
+        table = {}
+        for c in replicas:
+            if c.status != "running":
+                continue
+            health = self.plane.liveness.of(_key(c))
+            word = "starting" if health is None else health.word
+            if c.id in self.replacing:
+                word = "stuck" if health is None or health.status != "unhealthy" else "unhealthy"
+            table[c.name] = ReplicaHealth(
+                c.id[:12],
+                _started(c),
+                word,
+                self.replacing.get(c.id) or (health.reason if health else ""),
+                health.keys if health else "",
+            )
+        if table != self.health_written:
+            write_health(self.state_dir, table)
+            self.health_written = table
 
     def _write_routes(self, replicas: list[Container]) -> None:
         assert self.plane is not None
@@ -273,7 +416,7 @@ class ComposeController:
             servers = sorted(
                 f"http://{address}:{self.port}"
                 for c in replicas
-                if c.labels["stack.api"] == api.name and self._serving(c) and (address := self._address(c))
+                if c.labels["stack.api"] == api.name and self.serving(c) and (address := self._address(c))
             )
             self.ready_urls[api.name] = servers
             self.starting_urls[api.name] = [
@@ -289,7 +432,7 @@ class ComposeController:
                 for c in replicas
                 if c.labels["stack.api"] == api.name
                 and c.id not in self.stopping_ids
-                and (c.status == "restarting" or (c.status == "running" and _health(c) == "unhealthy"))
+                and c.status == "restarting"
             ]
             if failing:
                 code = failing[0].attrs["State"].get("ExitCode", 0)
@@ -338,7 +481,6 @@ class ComposeController:
             for container in dead[:missing]:
                 LOGGER.info(f"{api.name}: replica {container.name} is {container.status}; starting it again")
                 container.start()
-                count_restart(self.state_dir, container.name)
                 self._count_restored(api.name)
             for _ in range(missing - len(dead[:missing])):
                 if not alive:
@@ -363,5 +505,21 @@ def _finished_at(container: Container) -> float:
         return 0.0
 
 
-def _health(container: Container) -> str:
-    return str((container.attrs["State"].get("Health") or {}).get("Status", ""))
+def _started(container: Container) -> str:
+    """Docker's StartedAt of its current (or last) start."""
+    return str(container.attrs["State"].get("StartedAt") or "")
+
+
+def _stamp(started: str) -> float:
+    """StartedAt as unix time (0 when Docker does not say)."""
+    head = started.rstrip("Z").partition(".")[0]
+    try:
+        return datetime.fromisoformat(head + "+00:00").timestamp() if head and not head.startswith("0001") else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _key(container: Container) -> str:
+    """The liveness probes' key of a replica's current start (stack.control.liveness.Probed.key)."""
+    started = _started(container)
+    return f"{container.name}@{started}" if started else container.name

@@ -9,12 +9,23 @@ it while one runs), `stack scale` and the autoscaler when they change it,
 `restarts.json`: containers the controller started again (killed, stopped) and how often;
 `stack status` adds these to Docker's own RestartCount.
 `kills.json`: containers the kernel killed for memory, with the limit and when.
+`starts.json`: when the controller last saw each container start (Docker's StartedAt): a new start is
+a restart, whatever caused it (Docker's policy, the controller, an engine restart), counted in
+`restarts.json`, which outlives the engine (Docker's own RestartCount does not).
+`health.json`: what the controller's probes say of each replica (stack.control.liveness): its health
+word, why, and the API keys it applies; `stack status` and `stack up` read it (Docker runs no check).
+`events.jsonl`: what happened to each API (a replica replaced and why, a restart, a rollout rolled back,
+an engine restart), appended by the controller and `stack up`, shown by `stack status`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stack.atomic import write_json_atomic
@@ -24,6 +35,10 @@ MANUAL_FILE = "manual.json"
 DECISIONS_FILE = "decisions.json"
 RESTARTS_FILE = "restarts.json"  # container name -> times the controller started it again
 KILLS_FILE = "kills.json"  # container name -> {"reason": ..., "at": unix time}
+STARTS_FILE = "starts.json"  # container name -> Docker's StartedAt when the controller last saw it start
+HEALTH_FILE = "health.json"  # container name -> ReplicaHealth
+EVENTS_FILE = "events.jsonl"  # {"at", "api", "message"} per line
+EVENTS_KEPT = 500  # the newest lines kept when the file is trimmed
 
 
 @dataclass(frozen=True)
@@ -101,3 +116,71 @@ def record_kill(state_dir: Path, container: str, kill: Kill) -> None:
     kills = {name: {"reason": k.reason, "at": k.at} for name, k in read_kills(state_dir).items()}
     kills[container] = {"reason": kill.reason, "at": kill.at}
     write_json_atomic(state_dir / KILLS_FILE, kills)
+
+
+def read_starts(state_dir: Path) -> dict[str, str]:
+    return {k: v for k, v in _read_map(state_dir / STARTS_FILE).items() if isinstance(v, str)}
+
+
+def write_starts(state_dir: Path, starts: dict[str, str]) -> None:
+    write_json_atomic(state_dir / STARTS_FILE, starts)
+
+
+@dataclass(frozen=True)
+class ReplicaHealth:
+    """A replica as the controller's probes last saw it."""
+
+    id: str  # the container's id (12 characters)
+    started: str  # its StartedAt: a record of an earlier start says nothing of this one
+    health: str  # starting | healthy | not answering | stuck | unhealthy
+    reason: str = ""
+    keys: str = ""  # the generation of the API keys file it applies (serving.keys)
+
+
+def read_health(state_dir: Path) -> dict[str, ReplicaHealth]:
+    found = {}
+    for name, item in _read_map(state_dir / HEALTH_FILE).items():
+        if isinstance(item, dict):
+            with contextlib.suppress(TypeError):
+                found[name] = ReplicaHealth(**{k: str(v) for k, v in item.items()})
+    return found
+
+
+def write_health(state_dir: Path, health: dict[str, ReplicaHealth]) -> None:
+    write_json_atomic(state_dir / HEALTH_FILE, {name: asdict(h) for name, h in sorted(health.items())})
+
+
+def record_event(state_dir: Path, api: str, message: str, at: float | None = None) -> None:
+    """Append one event; the controller and `stack up` both write, each line whole (O_APPEND, under a lock)."""
+    line = json.dumps({"at": time.time() if at is None else at, "api": api, "message": message}) + "\n"
+    path = state_dir / EVENTS_FILE
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(line)
+        handle.flush()
+        handle.seek(0)
+        lines = handle.readlines()
+        if len(lines) > 2 * EVENTS_KEPT:  # trimmed in place, under the lock
+            handle.seek(0)
+            handle.truncate()
+            handle.writelines(lines[-EVENTS_KEPT:])
+            handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_events(state_dir: Path, api: str, newest: int = 20) -> list[str]:
+    """An API's newest events as `stack status` shows them: `HH:MM:SS message`."""
+    try:
+        lines = (state_dir / EVENTS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue  # a torn line (a crash mid-write) is skipped, never fatal
+        if isinstance(item, dict) and item.get("api") == api and isinstance(item.get("at"), (int, float)):
+            found.append(f"{time.strftime('%H:%M:%S', time.localtime(item['at']))} {item.get('message', '')}")
+    return found[-newest:]

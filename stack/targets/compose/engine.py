@@ -15,6 +15,7 @@ from stack.errors import StackError
 from stack.plan.render import service_name
 from stack.spec import Api, LoadedSpec
 from stack.status import ReplicaState
+from stack.targets.compose.desired import read_health
 from stack.targets.docker import NO_DOCKER, docker, inspect
 
 Progress = Callable[[str], None]
@@ -31,11 +32,13 @@ class Container:
     api: str
     version: str
     state: str  # running, exited, restarting, created, ...
-    health: str  # healthy, unhealthy, starting, or "" without a health check
+    # The controller's probes (health.json): healthy, starting, not answering, stuck, unhealthy; "" when not running
+    health: str
     exit_code: int
     role: str = ""  # gateway, prometheus, autoscaler (the controller); "" for a replica
     restarts: int = 0  # Docker's RestartCount: times its restart policy started it again
     finished_at: str = ""  # when it last stopped (Docker's State.FinishedAt)
+    reason: str = ""  # why the probes find it stuck or unhealthy
 
     @property
     def ready(self) -> bool:
@@ -43,7 +46,7 @@ class Container:
 
     @property
     def failed(self) -> bool:
-        return self.state in ("exited", "dead") or self.state == "restarting" or self.health == "unhealthy"
+        return self.state in ("exited", "dead", "restarting") or self.health in ("unhealthy", "stuck")
 
     @property
     def replica_state(self) -> ReplicaState:
@@ -53,14 +56,17 @@ class Container:
             return ReplicaState.EXITED
         if self.state == "restarting" or self.health == "unhealthy":
             return ReplicaState.FAILED
-        return ReplicaState.STARTING  # created, or running and not healthy yet
+        if self.health in ("stuck", "not answering"):
+            return ReplicaState.STUCK
+        return ReplicaState.STARTING  # created, or running and not ready yet
 
 
 class ComposeProject:
-    def __init__(self, loaded: LoadedSpec, plan_dir: Path) -> None:
+    def __init__(self, loaded: LoadedSpec, plan_dir: Path, state_dir: Path | None = None) -> None:
         self.loaded = loaded
         self.project = loaded.spec.project
         self.plan_dir = plan_dir
+        self.state_dir = state_dir  # the controller's: what its probes say of each replica (health.json)
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -92,12 +98,19 @@ class ComposeProject:
 
     def containers(self) -> list[Container]:
         ids = docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}").split()
+        probed = read_health(self.state_dir) if self.state_dir is not None else {}
         found = []
         for item in inspect(*ids):
             labels = item["Config"]["Labels"] or {}
             if "stack.api" not in labels and "stack.role" not in labels:
                 continue
-            health = (item["State"].get("Health") or {}).get("Status", "")
+            name = item["Name"].lstrip("/")
+            record = probed.get(name)
+            running = item["State"]["Status"] == "running"
+            current = record is not None and record.id == item["Id"][:12] and record.started == item["State"].get(
+                "StartedAt", ""
+            )
+            health = (record.health if current and record else "starting") if running and "stack.api" in labels else ""
             found.append(
                 Container(
                     item["Id"][:12],
@@ -111,6 +124,7 @@ class ComposeProject:
                     labels.get("stack.role", ""),
                     int(item.get("RestartCount") or 0),
                     str(item["State"].get("FinishedAt") or ""),
+                    record.reason if current and record else "",
                 )
             )
         return sorted(found, key=lambda c: c.name)

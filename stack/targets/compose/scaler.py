@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ class ComposeScaler:
         self.state_dir = state_dir  # where the controller keeps each API's count (desired.json)
         self.draining: set[str] = set()  # container ids being stopped by a scale-down
         self.lock = threading.Lock()
+        # Whether a replica serves: the controller's liveness probes say (stack.targets.compose.controller).
+        self.ready: Callable[[Container], bool] = lambda container: False
 
     async def replicas(self, api: ApiScaling) -> Replicas:
         return await asyncio.to_thread(self._replicas, api)
@@ -80,7 +83,7 @@ class ComposeScaler:
         alive = self._alive(api)
         versions = sorted({c.labels.get("stack.version", "") for c in alive})
         busy = f"rolling update in progress (versions {', '.join(versions)})" if len(versions) > 1 else ""
-        ready = sum(1 for c in alive if _health(c) == "healthy")
+        ready = sum(1 for c in alive if self.ready(c))
         return Replicas(len(alive), ready, busy)
 
     def _scale(self, api: ApiScaling, count: int) -> None:
@@ -92,7 +95,7 @@ class ComposeScaler:
                 self.add(api.name, api.gpu_slots, alive)
         elif count < len(alive):
             # Replicas that are not serving go first, then the highest-numbered, as Compose does.
-            order = sorted(alive, key=lambda c: (_health(c) == "healthy", -_number(c)))
+            order = sorted(alive, key=lambda c: (self.ready(c), -_number(c)))
             leaving = order[: len(alive) - count]
             for container in leaving:
                 # To zero, the last one is only stopped: the activator starts it again (a cold start
@@ -185,10 +188,6 @@ def _copy_config(attrs: dict[str, Any], service: str, number: int, device_ids: l
         "EndpointsConfig": {network: {"Aliases": [service]} for network in attrs["NetworkSettings"]["Networks"]}
     }
     return config
-
-
-def _health(container: Container) -> str:
-    return (container.attrs["State"].get("Health") or {}).get("Status", "")
 
 
 def _number(container: Container) -> int:

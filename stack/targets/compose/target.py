@@ -7,16 +7,27 @@ the new one grows; old containers are stopped only once enough new ones are
 healthy, honouring `max_surge` / `max_unavailable`. Every `docker compose up`
 names its services and their current counts (`--scale`), so it never resets
 what the autoscaler or `stack scale` set.
+
+A rollout whose new replicas fail (a predictor that cannot start, or one
+crashing three times) or are not all ready within `update.progress_deadline`
+is rolled back: the new containers go, the old version is brought back to its
+count (copies of its containers: its image is kept), the controller keeps that
+count again, and `stack up` fails saying why with the new replica's last log
+lines. After a good rollout each API's older images are pruned to
+`build.keep_images`; `stack up` returns once every replica applies the API
+keys it wrote.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from serving.runner import EXIT_STARTUP_FAILED
 from stack.atomic import write_json_atomic
 from stack.autoscale.scaler import Scaler
 from stack.canary import STATE_FILE as CANARY_FILE
@@ -27,17 +38,19 @@ from stack.plan.render import (
     AUTOSCALER_STATE_DIR,
     CONTROL_DIR,
     DASHBOARD_PORT,
+    KEYS_FILE,
     api_version,
     plan_compose,
     project_digest,
     project_files,
     service_name,
 )
-from stack.plan.serving import extra_requirements
+from stack.plan.serving import extra_requirements, keys_removed
 from stack.spec import Api, LoadedSpec
+from stack.spec.units import format_duration
 from stack.splits import change, clear_overrides, splitters_of
 from stack.status import ApiStatus, Observed, ReplicaStatus, StackStatus, Traffic, api_phase
-from stack.targets import build
+from stack.targets import build, images
 from stack.targets.base import check_scale, refuse_nomad_autoscaler
 from stack.targets.compose.components import components, last_kill, left_running, restarts
 from stack.targets.compose.desired import (
@@ -47,13 +60,18 @@ from stack.targets.compose.desired import (
     MANUAL_FILE,
     RESTARTS_FILE,
     Desired,
+    Kill,
     manual_apis,
     read_desired,
+    read_events,
+    read_health,
     read_kills,
     read_restarts,
+    record_event,
     write_desired,
 )
-from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, userland_proxy
+from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, Container, userland_proxy
+from stack.targets.compose.scaler import ComposeScaler
 from stack.targets.compose.setup import batch_templates, prepare_control_dir
 from stack.targets.docker import docker
 from stack.targets.gateway import check_routed, readiness_url, wait_for_batch_apis, wait_until_routed
@@ -65,7 +83,7 @@ Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/compose"
 DEPLOYED_FILE = ".stack/compose/deployed.json"  # API -> the version `stack up` last rolled it to
 PLACEMENT_FILE = ".stack/compose/placement.json"  # where `stack up` placed the GPU APIs' slots
-READY_TIMEOUT = 600.0
+KEYS_TIMEOUT = 20.0  # seconds `stack up` waits for every replica to apply new API keys
 
 
 class ComposeTarget:
@@ -78,7 +96,7 @@ class ComposeTarget:
         self.project = loaded.spec.project
         self.plan_dir = loaded.root / PLAN_DIR
         self.state_dir = loaded.root / AUTOSCALER_STATE_DIR
-        self.engine = ComposeProject(loaded, self.plan_dir)
+        self.engine = ComposeProject(loaded, self.plan_dir, self.state_dir)
 
     # -- up -----------------------------------------------------------------------------------------
 
@@ -86,6 +104,12 @@ class ComposeTarget:
         refuse_nomad_autoscaler(self.loaded, "compose")
         self.engine.preflight()
         plan = plan_compose(self.loaded, self.plan_dir, host_gpus=host_gpus(self.host_gpus, self.gpu_mem))
+        try:
+            opened = keys_removed((self.plan_dir / KEYS_FILE).read_text(), self.loaded)
+        except OSError:
+            opened = None
+        if opened:
+            progress(opened)
         plan.write(self.plan_dir)
         write_placement(self.loaded.root / PLACEMENT_FILE, plan.placement)
         for line in plan.placement.lines():
@@ -109,6 +133,13 @@ class ComposeTarget:
         for api in self.loaded.spec.apis:
             self._roll(api, versions[api.name], progress)
             self._wait_routed(api, progress)
+        self._wait_keys(progress)
+        for api in self.loaded.spec.every_api:
+            if api.predictor.image is None:
+                pruned = images.prune(self.project, api.name, versions[api.name], self.loaded.spec.build.keep_images)
+                if pruned:
+                    names = ", ".join(i.tag for i in pruned)
+                    progress(f"{api.name}: removed {len(pruned)} old image(s) (build.keep_images): {names}")
         batch_templates(self.engine, batch, versions, progress)
         wait_for_batch_apis([a.endpoint for a in batch], self.engine.check_port())
         if userland_proxy(self.loaded.spec.gateway.port):
@@ -118,6 +149,29 @@ class ComposeTarget:
                 "instead (about 1.4x the gateway's requests per second, bench/RESULTS.md)"
             )
         return self.status()
+
+    def _wait_keys(self, progress: Progress, timeout: float = KEYS_TIMEOUT) -> None:
+        """Return once every serving replica applies the API keys file just written (the controller's probes
+        read it off each replica's /healthz): a revoked key is refused, a new one works, when `stack up` ends."""
+        try:
+            found = (self.plan_dir / KEYS_FILE).stat()
+        except OSError:
+            return
+        generation = f"{found.st_ino}-{found.st_mtime_ns}"
+        deadline = time.monotonic() + timeout
+        while True:
+            probed = read_health(self.state_dir)
+            behind = [
+                c.name
+                for c in self.engine.containers()
+                if c.api and c.ready and (h := probed.get(c.name)) is not None and h.keys != generation
+            ]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                progress(f"warning: replica(s) {', '.join(behind)} did not confirm the new API keys yet")
+                return
+            time.sleep(0.25)
 
     def _wait_routed(self, api: Api, progress: Progress) -> None:
         """Return only once a request through the gateway reaches the API: `stack up` promises a live URL."""
@@ -142,10 +196,11 @@ class ComposeTarget:
             progress,
             extra=extra_requirements(api, self.loaded.spec.tracing is not None),
         )
-        build.build_image(context, image, progress)
+        build.build_image(context, image, progress, images.labels(self.project, api.name, version))
 
     def _roll(self, api: Api, version: str, progress: Progress) -> None:
-        """Bring API to `version` with max_surge / max_unavailable; untouched when already there."""
+        """Bring API to `version` with max_surge / max_unavailable; untouched when already there. A rollout that
+        fails (stack.targets.rollout.failure) is rolled back to the version it started from."""
         mine = [c for c in self.engine.containers() if c.api == api.name and c.state != "exited"]
         old = [c for c in mine if c.version != version]
         current = [c for c in mine if c.version == version]
@@ -153,6 +208,9 @@ class ComposeTarget:
         desired = len(old) if old else (len(current) or api.autoscaling.initial)
         desired = min(max(desired, api.autoscaling.min_replicas), api.autoscaling.max_replicas)
         deployed = self._deployed()
+        previous = deployed.get(api.name)
+        if not any(c.version == previous for c in old):  # what the old replicas run, most of them
+            previous = max({c.version for c in old}, key=[c.version for c in old].count) if old else None
         if deployed.get(api.name) != version:
             write_json_atomic(self.loaded.root / DEPLOYED_FILE, {**deployed, api.name: version})
         # While the update runs, the controller keeps no count for this API: the steps below do.
@@ -160,19 +218,22 @@ class ComposeTarget:
         if old:
             progress(f"{api.name}: rolling update to {version} ({len(old)} old replica(s))")
         surge, unavailable = api.update.resolve(desired)
-        deadline = time.monotonic() + READY_TIMEOUT
+        started = time.monotonic()
         last = ""
         while True:
             alive = [c for c in self.engine.containers() if c.api == api.name and c.state not in ("exited", "dead")]
             new = [c for c in alive if c.version == version]
             old = [c for c in alive if c.version != version]
-            self.engine.raise_if_failed(api, new)
             fleet = Fleet(
                 new_ready=sum(c.ready for c in new),
                 new_starting=sum(not c.ready for c in new),
                 old_ready=sum(c.ready for c in old),
                 old_starting=sum(not c.ready for c in old),
             )
+            failing = next((c for c in new if _failing(c)), None)
+            waited = time.monotonic() - started
+            if failing is not None or waited > api.update.progress_deadline:
+                self._fail_rollout(api, version, previous, desired, failing, fleet, progress)
             line = f"{api.name}: {fleet.new_ready}/{desired} replicas ready"
             if line != last:
                 progress(line)
@@ -189,12 +250,67 @@ class ComposeTarget:
                 docker("rm", container.id)
             if step.idle:
                 self.engine.raise_if_torn_down()
-                if time.monotonic() > deadline:
-                    raise StackError(f"{line} after {READY_TIMEOUT:.0f}s; see `stack logs {api.name}`")
                 time.sleep(1)
         write_desired(self.state_dir, api.name, Desired(version, desired))
         if old:
             progress(f"{api.name}: rolling update done")
+            record_event(self.state_dir, api.name, f"rolled out version {version} ({desired} replicas)")
+
+    def _fail_rollout(
+        self,
+        api: Api,
+        version: str,
+        previous: str | None,
+        desired: int,
+        failing: Container | None,
+        fleet: Fleet,
+        progress: Progress,
+    ) -> None:
+        """Raise why the rollout failed; with a version to go back to, roll back to it first."""
+        if failing is not None:
+            reason = (
+                f"replica {failing.name} failed to start (state {failing.state}, exit code {failing.exit_code}"
+                f"{', ' + failing.reason if failing.reason else ''})"
+            )
+            culprit: str | None = failing.id
+        else:
+            deadline = format_duration(api.update.progress_deadline)
+            reason = (
+                f"the new version was not ready within {deadline} (update.progress_deadline): "
+                f"{fleet.new_ready}/{desired} replicas ready"
+            )
+            culprit = next((c.id for c in self.engine.containers() if c.api == api.name and c.version == version), None)
+        logs = _last_lines(culprit) if culprit else "(no replica of the new version started)"
+        if previous is None:  # a first deployment: nothing to go back to
+            raise StackError(f"API {api.name}: {reason}; its last log lines:\n{logs}")
+        progress(f"{api.name}: rolling back to {previous}: {reason}")
+        self._roll_back(api, version, previous, desired)
+        record_event(self.state_dir, api.name, f"rolled back from version {version} to {previous}: {reason}")
+        raise StackError(
+            f"API {api.name}: rolled back: {reason}\n(it serves its previous version {previous} again, "
+            f"{desired} replica(s); fix the cause and `stack up` again)\nlast log lines of the new replica:\n{logs}"
+        )
+
+    def _roll_back(self, api: Api, version: str, previous: str, desired: int) -> None:
+        """The new version's containers go; the previous one is brought back to `desired` and kept there."""
+        for container in [c for c in self.engine.containers() if c.api == api.name and c.version == version]:
+            docker("rm", "-f", container.id, check=False)
+        scaler = ComposeScaler(self.project, state_dir=self.state_dir)
+        placement = read_placement(self.loaded.root / PLACEMENT_FILE)
+        slots = placement.slot_devices().get(api.name, [])
+        alive = [
+            c for c in scaler.client.containers.list(all=True, filters={"label": [f"stack.api={api.name}"]})
+            if c.labels.get("com.docker.compose.project") == self.project
+            and c.labels.get("stack.version") == previous
+            and c.status in ("created", "running", "restarting")
+        ]
+        for _ in range(max(desired - len(alive), 0)):
+            if not alive:
+                break
+            scaler.add(api.name, slots, alive)
+        deployed = self._deployed()
+        write_json_atomic(self.loaded.root / DEPLOYED_FILE, {**deployed, api.name: previous})
+        write_desired(self.state_dir, api.name, Desired(previous, desired))
 
     def status(self) -> StackStatus:
         containers = self.engine.containers()
@@ -218,6 +334,7 @@ class ComposeTarget:
             desired = max(len(current), len(alive) - len(current)) if updating else len(current)
             slots = placement.of(api.name)
             memory = replica_gpu_memory(prometheus, api.name) if slots else {}
+            events = read_events(self.state_dir, api.name)
             seen = Observed(
                 desired=desired,
                 ready=len(ready),
@@ -235,10 +352,9 @@ class ComposeTarget:
                     endpoint=api.endpoint,
                     version=version,
                     changed=bool(version) and version != api_version(api, digest),
-                    error=f"replica {failed[0].name} is {failed[0].state} (exit code {failed[0].exit_code})"
-                    if failed
-                    else last_kill(mine, kills),
+                    error=_failure(failed[0]) if failed else last_kill(mine, kills),
                     restarts=sum(restarts(c, restarted) for c in mine),
+                    events=events,
                     autoscaled=api.autoscaled and api.name not in manual,
                     autoscaler=decisions.get(api.name),
                     min_replicas=api.autoscaling.min_replicas,
@@ -252,7 +368,7 @@ class ComposeTarget:
                             gpu=_slot_gpu(c.service, slots, placement),
                             gpu_memory_bytes=memory.get(c.name),
                             restarts=restarts(c, restarted),
-                            last_event=kills[c.name].reason if c.name in kills else "",
+                            last_event=_last_event(c, kills, events),
                         )
                         for c in mine
                     ],
@@ -269,8 +385,21 @@ class ComposeTarget:
         gpus = gpu_status(placement, prometheus)
         port = self.loaded.spec.gateway.port
         calls = call_graph(self.loaded.spec, prometheus)
+        use = images.disk_use(
+            self.project, [a.name for a in self.loaded.spec.every_api], self.loaded.spec.build.base_image
+        )
         return StackStatus(
-            self.project, "compose", port, apis, notes, splitters=splitters, gpus=gpus, components=kept, calls=calls
+            self.project,
+            "compose",
+            port,
+            apis,
+            notes,
+            splitters=splitters,
+            gpus=gpus,
+            components=kept,
+            calls=calls,
+            images=use.count if use else None,
+            images_bytes=use.bytes if use else None,
         )
 
     def dashboard_url(self) -> str:
@@ -364,6 +493,14 @@ class ComposeTarget:
             (self.state_dir / name).unlink(missing_ok=True)
         return existed
 
+    def remove_images(self) -> str:
+        return images.removed_text(images.remove_all(self.project, [a.name for a in self.loaded.spec.every_api]))
+
+    def image_note(self) -> str:
+        apis = [a.name for a in self.loaded.spec.every_api]
+        use = images.disk_use(self.project, apis, self.loaded.spec.build.base_image)
+        return use.line() if use is not None else ""
+
     def left_running(self) -> str:
         return left_running(self.project, self.loaded.root)
 
@@ -373,6 +510,37 @@ def _slot_gpu(service: str, slots: list[Slot], placement: Placement) -> str:
     match = re.search(r"-gpu(\d+)$", service)
     slot = next((s for s in slots if match and s.number == int(match.group(1))), None)
     return ",".join(placement.device_ids(slot)) if slot is not None else ""
+
+
+def _failure(container: Container) -> str:
+    if container.health in ("stuck", "unhealthy", "not answering") and container.state == "running":
+        return f"replica {container.name} is {container.health}" + (f": {container.reason}" if container.reason else "")
+    return f"replica {container.name} is {container.state} (exit code {container.exit_code})"
+
+
+def _last_event(container: Container, kills: dict[str, Kill], events: list[str]) -> str:
+    """What last happened to a replica: a kill for memory, else its newest event."""
+    if container.name in kills:
+        return kills[container.name].reason
+    mine = [e for e in events if f"replica {container.name} " in e]
+    return mine[-1].split(" ", 1)[1] if mine else ""
+
+
+def _failing(container: Container) -> bool:
+    """A new replica that will not come up by itself: its predictor cannot start (serving's exit code 3, at
+    once), it crashed three times (Docker restarts it meanwhile), or the probes found it stuck or unhealthy."""
+    if container.health in ("stuck", "unhealthy"):
+        return True
+    if container.state in ("exited", "dead"):
+        return True
+    if container.state == "restarting" or container.restarts:
+        return container.exit_code == EXIT_STARTUP_FAILED or container.restarts >= 2
+    return False
+
+
+def _last_lines(container: str, lines: int = 20) -> str:
+    logs = subprocess.run(["docker", "logs", "--tail", str(lines), container], capture_output=True, text=True)
+    return (logs.stdout + logs.stderr).strip() or "(no log lines)"
 
 
 def _stop_timeout(api: Api) -> float:

@@ -262,6 +262,12 @@ class LocalTarget:
         self._stop(state.pid, timeout, signalled=True)
         return True
 
+    def remove_images(self) -> str:
+        return "the local target builds no images (its replicas run the project's files)"
+
+    def image_note(self) -> str:
+        return ""
+
     def left_running(self) -> str:
         pid = find_supervisor(self.paths.spec_file)
         if pid is None:

@@ -10,7 +10,7 @@ from stack.errors import BuildError
 from stack.plan.render import api_dockerfile, project_files, service_name
 from stack.plan.serving import extra_requirements
 from stack.spec import Api, LoadedSpec
-from stack.targets import build
+from stack.targets import build, images
 from stack.targets.docker import docker
 
 Progress = Callable[[str], None]
@@ -35,7 +35,7 @@ class ImagePusher:
                 progress,
                 extra=extra_requirements(api, self.loaded.spec.tracing is not None),
             )
-            build.build_image(context, image, progress)
+            build.build_image(context, image, progress, images.labels(self.project, api.name, version))
         self.push(image, progress)
 
     def controller(self, progress: Progress) -> None:

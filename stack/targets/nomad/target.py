@@ -38,7 +38,7 @@ from stack.plan.render import (
 from stack.spec import Api, LoadedSpec
 from stack.splits import splitters_of, with_override
 from stack.status import SplitterStatus, StackStatus
-from stack.targets import build
+from stack.targets import build, images
 from stack.targets.base import check_scale
 from stack.targets.logs import Stream, follow_replicas, lines_since
 from stack.targets.nomad.api import NomadApi
@@ -289,6 +289,17 @@ class NomadTarget:
         meta = {"source": MANUAL_SOURCE if force or manual else "stack scale"}
         self.api.scale(self.job_id(api.name), GROUP, replicas, f"stack scale {api.name} {replicas}", meta)
         progress(f"{api.name}: asked Nomad for {replicas} allocation(s)")
+
+    def remove_images(self) -> str:
+        apis = [a.name for a in self.loaded.spec.every_api]
+        done = images.removed_text(images.remove_all(self.project, apis, self.registry))
+        where = f" in {self.registry}" if self.registry else ""
+        return f"{done}; the copies pushed{where} stay (remove them with the registry's own tools)"
+
+    def image_note(self) -> str:
+        apis = [a.name for a in self.loaded.spec.every_api]
+        use = images.disk_use(self.project, apis, self.loaded.spec.build.base_image, self.registry)
+        return use.line() if use is not None else ""
 
     def left_running(self) -> str:
         root = self.loaded.root

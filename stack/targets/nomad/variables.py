@@ -13,19 +13,15 @@ from stack.tls import render_config, tls_files
 
 
 def write_keys(nomad: NomadApi, loaded: LoadedSpec, progress: Progress) -> None:
-    """Each API job reads the API keys from its own Nomad Variable, rendered into its secrets directory."""
+    """Each API job reads the API keys from its own Nomad Variable, rendered into its secrets directory. Always
+    written (no key in it: the stack is open): the template re-renders it and the replicas follow, so keys
+    added, rotated or removed apply without a restart."""
     keys = api_keys_text(loaded)
     for api in loaded.spec.apis:
-        path = keys_variable(f"{loaded.spec.project}-{api.name}")
-        if keys:
-            nomad.put_variable(path, {"api_keys": keys})
-        else:
-            nomad.delete_variable(path)
-    if keys:  # the controller checks a BatchAPI's clients and the dashboard's readers
-        nomad.put_variable(batch_keys_variable(loaded.spec.project), {"api_keys": keys})
-    else:
-        nomad.delete_variable(batch_keys_variable(loaded.spec.project))
-    if keys:
+        nomad.put_variable(keys_variable(f"{loaded.spec.project}-{api.name}"), {"api_keys": keys})
+    # The controller checks a BatchAPI's clients and the dashboard's readers.
+    nomad.put_variable(batch_keys_variable(loaded.spec.project), {"api_keys": keys})
+    if loaded.spec.gateway.api_keys:
         progress(f"API keys written to the Nomad Variables nomad/jobs/{loaded.spec.project}-*")
 
 

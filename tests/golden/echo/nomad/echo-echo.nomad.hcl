@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "85d02d0ab19d"
+    stack_version = "981afe5e557f"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -16,8 +16,8 @@ job "echo-echo" {
     max_parallel      = 1
     health_check      = "checks"
     min_healthy_time  = "5s"
-    healthy_deadline  = "15m"
-    progress_deadline = "20m"
+    healthy_deadline  = "9m30s"
+    progress_deadline = "10m"
     auto_revert       = true
     canary            = 0
   }
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=85d02d0ab19d",
+        "stack.version=981afe5e557f",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -87,13 +87,30 @@ job "echo-echo" {
         interval = "3s"
         timeout  = "2s"
       }
+
+      # Liveness (serving.health): /healthz answers 503 when the replica is stuck (a predict past
+      # stuck_after) or unhealthy (check_health), and nothing at all when its event loop is blocked;
+      # that many failures in a row (health_check_timeout's worth) restart the task.
+      check {
+        name     = "alive"
+        type     = "http"
+        path     = "/healthz"
+        interval = "3s"
+        timeout  = "2s"
+
+        check_restart {
+          limit           = 4
+          grace           = "30s"
+          ignore_warnings = false
+        }
+      }
     }
 
     task "predictor" {
       driver = "docker"
 
       config {
-        image = "echo-echo:85d02d0ab19d"
+        image = "echo-echo:981afe5e557f"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +118,23 @@ job "echo-echo" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"echo\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"greeting\":\"echo\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"echo\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"greeting\":\"echo\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":300.0,\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
+      }
+
+      # The API keys, from this job's Nomad Variable (`stack up --nomad` writes it, empty of keys for an
+      # open stack), into the task's secrets directory: never in the job's environment, its image or the
+      # plan files. Re-rendered when `stack up` changes them; the replica follows the file (serving.keys),
+      # so keys change without a restart.
+      template {
+        destination     = "secrets/api_keys"
+        # Readable by the replica's unprivileged user only.
+        perms           = "0400"
+        uid             = 10001
+        gid             = 10001
+        change_mode     = "noop"
+        left_delimiter  = "[["
+        right_delimiter = "]]"
+        data            = "[[ with nomadVar \"nomad/jobs/echo-echo\" ]][[ .api_keys ]][[ end ]]"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

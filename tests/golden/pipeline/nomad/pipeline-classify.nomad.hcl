@@ -7,7 +7,7 @@ job "pipeline-classify" {
   meta {
     stack_project = "pipeline"
     stack_api     = "classify"
-    stack_version = "faea1cf43e74"
+    stack_version = "0300495fe949"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -16,8 +16,8 @@ job "pipeline-classify" {
     max_parallel      = 1
     health_check      = "checks"
     min_healthy_time  = "5s"
-    healthy_deadline  = "15m"
-    progress_deadline = "20m"
+    healthy_deadline  = "9m30s"
+    progress_deadline = "10m"
     auto_revert       = true
     canary            = 0
   }
@@ -60,7 +60,7 @@ job "pipeline-classify" {
       tags = [
         "stack.project=pipeline",
         "stack.api=classify",
-        "stack.version=faea1cf43e74",
+        "stack.version=0300495fe949",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-classify.entrypoints=web",
         "traefik.http.routers.pipeline-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -87,13 +87,30 @@ job "pipeline-classify" {
         interval = "3s"
         timeout  = "2s"
       }
+
+      # Liveness (serving.health): /healthz answers 503 when the replica is stuck (a predict past
+      # stuck_after) or unhealthy (check_health), and nothing at all when its event loop is blocked;
+      # that many failures in a row (health_check_timeout's worth) restart the task.
+      check {
+        name     = "alive"
+        type     = "http"
+        path     = "/healthz"
+        interval = "3s"
+        timeout  = "2s"
+
+        check_restart {
+          limit           = 4
+          grace           = "30s"
+          ignore_warnings = false
+        }
+      }
     }
 
     task "predictor" {
       driver = "docker"
 
       config {
-        image = "pipeline-classify:faea1cf43e74"
+        image = "pipeline-classify:0300495fe949"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,7 +118,23 @@ job "pipeline-classify" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"classify\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[\"embed\"],\"config\":{\"topics\":{\"computing\":[\"The server crashed because it ran out of memory.\",\"Compile the program and run the unit tests.\",\"The database query needs an index to be fast.\"],\"cooking\":[\"Simmer the sauce until it thickens, then add the basil.\",\"Knead the dough and let it rise for an hour.\",\"Roast the vegetables with olive oil and garlic.\"],\"sports\":[\"The team won the match in extra time.\",\"She ran the marathon in under three hours.\",\"The goalkeeper saved a penalty in the final minute.\"]}},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/classify.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":\"/local/upstreams.json\"}"
+        STACK_SERVING_CONFIG = "{\"api\":\"classify\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[\"embed\"],\"config\":{\"topics\":{\"computing\":[\"The server crashed because it ran out of memory.\",\"Compile the program and run the unit tests.\",\"The database query needs an index to be fast.\"],\"cooking\":[\"Simmer the sauce until it thickens, then add the basil.\",\"Knead the dough and let it rise for an hour.\",\"Roast the vegetables with olive oil and garlic.\"],\"sports\":[\"The team won the match in extra time.\",\"She ran the marathon in under three hours.\",\"The goalkeeper saved a penalty in the final minute.\"]}},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/classify.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":300.0,\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":\"/local/upstreams.json\"}"
+      }
+
+      # The API keys, from this job's Nomad Variable (`stack up --nomad` writes it, empty of keys for an
+      # open stack), into the task's secrets directory: never in the job's environment, its image or the
+      # plan files. Re-rendered when `stack up` changes them; the replica follows the file (serving.keys),
+      # so keys change without a restart.
+      template {
+        destination     = "secrets/api_keys"
+        # Readable by the replica's unprivileged user only.
+        perms           = "0400"
+        uid             = 10001
+        gid             = 10001
+        change_mode     = "noop"
+        left_delimiter  = "[["
+        right_delimiter = "]]"
+        data            = "[[ with nomadVar \"nomad/jobs/pipeline-classify\" ]][[ .api_keys ]][[ end ]]"
       }
 
       # Pipelines: where this API's calls go (serving.calls), the ready instances of each API it

@@ -7,7 +7,7 @@ job "pipeline-embed" {
   meta {
     stack_project = "pipeline"
     stack_api     = "embed"
-    stack_version = "55c7ef2f7dd5"
+    stack_version = "1ea891f14f94"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -16,8 +16,8 @@ job "pipeline-embed" {
     max_parallel      = 1
     health_check      = "checks"
     min_healthy_time  = "5s"
-    healthy_deadline  = "15m"
-    progress_deadline = "20m"
+    healthy_deadline  = "9m30s"
+    progress_deadline = "10m"
     auto_revert       = true
     canary            = 0
   }
@@ -60,7 +60,7 @@ job "pipeline-embed" {
       tags = [
         "stack.project=pipeline",
         "stack.api=embed",
-        "stack.version=55c7ef2f7dd5",
+        "stack.version=1ea891f14f94",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-embed.entrypoints=web",
         "traefik.http.routers.pipeline-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -87,13 +87,30 @@ job "pipeline-embed" {
         interval = "3s"
         timeout  = "2s"
       }
+
+      # Liveness (serving.health): /healthz answers 503 when the replica is stuck (a predict past
+      # stuck_after) or unhealthy (check_health), and nothing at all when its event loop is blocked;
+      # that many failures in a row (health_check_timeout's worth) restart the task.
+      check {
+        name     = "alive"
+        type     = "http"
+        path     = "/healthz"
+        interval = "3s"
+        timeout  = "2s"
+
+        check_restart {
+          limit           = 4
+          grace           = "30s"
+          ignore_warnings = false
+        }
+      }
     }
 
     task "predictor" {
       driver = "docker"
 
       config {
-        image = "pipeline-embed:55c7ef2f7dd5"
+        image = "pipeline-embed:1ea891f14f94"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -101,8 +118,24 @@ job "pipeline-embed" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":{\"batch_interval\":0.005,\"eager\":false,\"max_batch_size\":16,\"max_in_flight\":2},\"body_timeout\":30.0,\"calls\":[],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/embed.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":30.0,\"tracing\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":{\"batch_interval\":0.005,\"eager\":false,\"max_batch_size\":16,\"max_in_flight\":2},\"body_timeout\":30.0,\"calls\":[],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/embed.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":60.0,\"threads_per_process\":1,\"timeout\":30.0,\"tracing\":null,\"upstreams_file\":null}"
         HF_HUB_OFFLINE = "1"
+      }
+
+      # The API keys, from this job's Nomad Variable (`stack up --nomad` writes it, empty of keys for an
+      # open stack), into the task's secrets directory: never in the job's environment, its image or the
+      # plan files. Re-rendered when `stack up` changes them; the replica follows the file (serving.keys),
+      # so keys change without a restart.
+      template {
+        destination     = "secrets/api_keys"
+        # Readable by the replica's unprivileged user only.
+        perms           = "0400"
+        uid             = 10001
+        gid             = 10001
+        change_mode     = "noop"
+        left_delimiter  = "[["
+        right_delimiter = "]]"
+        data            = "[[ with nomadVar \"nomad/jobs/pipeline-embed\" ]][[ .api_keys ]][[ end ]]"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.

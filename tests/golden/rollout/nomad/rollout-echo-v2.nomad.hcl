@@ -7,7 +7,7 @@ job "rollout-echo-v2" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v2"
-    stack_version = "132b6e5e2945"
+    stack_version = "5316642eed8d"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -16,8 +16,8 @@ job "rollout-echo-v2" {
     max_parallel      = 1
     health_check      = "checks"
     min_healthy_time  = "5s"
-    healthy_deadline  = "15m"
-    progress_deadline = "20m"
+    healthy_deadline  = "9m30s"
+    progress_deadline = "10m"
     auto_revert       = true
     canary            = 0
   }
@@ -60,7 +60,7 @@ job "rollout-echo-v2" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v2",
-        "stack.version=132b6e5e2945",
+        "stack.version=5316642eed8d",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v2.entrypoints=web",
         "traefik.http.routers.rollout-echo-v2.rule=(Path(`/echo-v2`) || PathPrefix(`/echo-v2/`)) && !PathRegexp(`^/echo\\-v2/+(metrics|healthz|readyz)/*$`)",
@@ -91,13 +91,30 @@ job "rollout-echo-v2" {
         interval = "3s"
         timeout  = "2s"
       }
+
+      # Liveness (serving.health): /healthz answers 503 when the replica is stuck (a predict past
+      # stuck_after) or unhealthy (check_health), and nothing at all when its event loop is blocked;
+      # that many failures in a row (health_check_timeout's worth) restart the task.
+      check {
+        name     = "alive"
+        type     = "http"
+        path     = "/healthz"
+        interval = "3s"
+        timeout  = "2s"
+
+        check_restart {
+          limit           = 4
+          grace           = "30s"
+          ignore_warnings = false
+        }
+      }
     }
 
     task "predictor" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v2:132b6e5e2945"
+        image = "rollout-echo-v2:5316642eed8d"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -105,7 +122,23 @@ job "rollout-echo-v2" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"api\":\"echo-v2\",\"api_keys\":[],\"api_keys_file\":null,\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"version\":\"v2\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"api\":\"echo-v2\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{\"version\":\"v2\"},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":300.0,\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":null}"
+      }
+
+      # The API keys, from this job's Nomad Variable (`stack up --nomad` writes it, empty of keys for an
+      # open stack), into the task's secrets directory: never in the job's environment, its image or the
+      # plan files. Re-rendered when `stack up` changes them; the replica follows the file (serving.keys),
+      # so keys change without a restart.
+      template {
+        destination     = "secrets/api_keys"
+        # Readable by the replica's unprivileged user only.
+        perms           = "0400"
+        uid             = 10001
+        gid             = 10001
+        change_mode     = "noop"
+        left_delimiter  = "[["
+        right_delimiter = "]]"
+        data            = "[[ with nomadVar \"nomad/jobs/rollout-echo-v2\" ]][[ .api_keys ]][[ end ]]"
       }
 
       # Nomad removes the service, waits this long (routers stop sending), then SIGTERM.
