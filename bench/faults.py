@@ -41,6 +41,7 @@ REPLICAS = 3
 @dataclass
 class Load:
     url: str
+    headers: dict[str, str] = field(default_factory=dict)
     durations: list[float] = field(default_factory=list)
     failures: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -51,7 +52,7 @@ class Load:
         while not self.stop.is_set() and time.monotonic() < deadline:
             started = time.monotonic()
             try:
-                ok = session.post(self.url, json={"bench": True}, timeout=30).status_code == 200
+                ok = session.post(self.url, json={"bench": True}, headers=self.headers, timeout=30).status_code == 200
             except requests.RequestException:
                 ok = False
             self.durations.append(time.monotonic() - started)
@@ -85,14 +86,17 @@ def shown(root: Path, flags: list[str]) -> dict | None:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
-def whole(root: Path, flags: list[str]) -> bool:
-    """3 replicas serve through the gateway and every component of the stack runs."""
+def whole(root: Path, flags: list[str], name: str | None = None, also: Callable[[dict], bool] | None = None) -> bool:
+    """3 replicas serve through the gateway and every component of the stack runs (and `also` holds)."""
     status = shown(root, flags)
     if status is None:
         return False
-    api = status["apis"][0]
+    api = next((a for a in status["apis"] if a["name"] == name), None) if name else status["apis"][0]
+    if api is None:
+        return False
     running = all(c["running"] for c in status.get("components", []))
-    return api["status"] == "live" and int(api["ready"]) == REPLICAS and running
+    settled = api["status"] == "live" and int(api["ready"]) == REPLICAS and running
+    return settled and (also is None or also(api))
 
 
 def inject(
@@ -103,17 +107,24 @@ def inject(
     flags: list[str],
     act: Callable[[], str | Callable[[], str]],
     wait: float = 90,
+    api: str | None = None,
+    also: Callable[[dict], bool] | None = None,
+    headers: dict[str, str] | None = None,
+    since_start: bool = False,
 ) -> Outcome:
     """`act` injects the fault and returns what happens, or a function that says it once the stack is
-    whole again (what `stack status` shows then). Whole again counts from the end of `act`."""
-    with Load(url) as load:
+    whole again (what `stack status` shows then). Whole again counts from the end of `act` (`since_start`:
+    from its start, for a fault that plays out within it); `api` and `also` say what whole means beyond
+    3 replicas of the first API serving."""
+    with Load(url, headers=headers or {}) as load:
         time.sleep(2)
+        began = time.monotonic()
         said = act()
-        injected = time.monotonic()
+        injected = began if since_start else time.monotonic()
         time.sleep(1)
         recovered = None
         while time.monotonic() < injected + wait:
-            if whole(root, flags):
+            if whole(root, flags, api, also):
                 recovered = time.monotonic() - injected
                 break
             time.sleep(0.25)
@@ -316,6 +327,159 @@ def local_faults(base: Path) -> list[Outcome]:
     return results
 
 
+KEEP, OLD, NEW = (f"{which}-bench-key-0123456789" for which in ("keep", "old", "new"))
+
+
+def day2_project(base: Path, name: str, port: int) -> Path:
+    """Two APIs of 3 replicas behind API keys: `echo` (a plain predict, timeout 2s: stuck_after defaults to 7s)
+    and `aecho` (an async predict); everything else at its default (health_check_timeout 10s)."""
+    root = base / name
+    root.mkdir()
+    shutil.copy(ROOT / "bench" / "predictors" / "day2.py", root / "predictor.py")
+    (root / "keys.txt").write_text(f"{KEEP}\n{OLD}\n")
+    release = root / "release"
+    (root / "stack.yaml").write_text(
+        f"project: {name}\n"
+        f"gateway: {{port: {port}, api_keys_file: keys.txt}}\n"
+        f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
+        "apis:\n"
+        "  - name: echo\n"
+        f"    predictor: {{path: predictor.py, timeout: 2s, config: {{release: {json.dumps(str(release))}}}}}\n"
+        f"    autoscaling: {{min_replicas: {REPLICAS}, max_replicas: {REPLICAS}}}\n"
+        "  - name: aecho\n"
+        "    predictor: {path: predictor.py, class: AsyncPredictor, "
+        f"config: {{release: {json.dumps(str(release))}}}}}\n"
+        f"    autoscaling: {{min_replicas: {REPLICAS}, max_replicas: {REPLICAS}}}\n"
+    )
+    return root
+
+
+def day2_faults(target: str, base: Path) -> list[Outcome]:
+    """Week-two faults: a wedged predict, a blocked event loop, a rollout that cannot start, a key rotation."""
+    flags = ["--local"] if target == "local" else []
+    port = free_port()
+    root = day2_project(base, f"day2{target}{os.getpid()}", port)
+    up = stack("up", *flags, str(root), cwd=root)
+    if up.returncode != 0:
+        raise SystemExit(f"stack up failed:\n{up.stderr}")
+    gateway = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {KEEP}"}
+    results = []
+
+    def restarts(api: str) -> int:
+        status = shown(root, flags) or {"apis": []}
+        return next((int(a["restarts"]) for a in status["apis"] if a["name"] == api), 0)
+
+    def background(api: str, payload: dict, answers: list[str]) -> None:
+        def send() -> None:
+            started = time.monotonic()
+            try:
+                answer = requests.post(f"{gateway}/{api}", json=payload, headers=auth, timeout=120)
+                answers.append(f"{answer.status_code} after {time.monotonic() - started:.1f} s")
+            except requests.RequestException as exc:
+                answers.append(type(exc).__name__)
+
+        threading.Thread(target=send, daemon=True).start()
+
+    try:
+        for api, payload, fault, what in (
+            ("echo", {"wedge": True}, "a predict wedged for good (timeout 2s)", "stuck_after (7s) passes"),
+            ("aecho", {"block_loop": True}, "an async predict blocks the event loop", "its watchdog (10s) fires"),
+        ):
+            before = restarts(api)
+            answers: list[str] = []
+
+            def wedge(
+                api: str = api, payload: dict = payload, answers: list[str] = answers, what: str = what
+            ) -> Callable[[], str]:
+                background(api, payload, answers)
+                return lambda: (
+                    f"the wedging request: {answers[0] if answers else 'no answer'}; "
+                    f"the replica is replaced once {what}"
+                )
+
+            def replaced(status: dict, api: str = api, before: int = before) -> bool:
+                return int(status["restarts"]) > before
+
+            url = f"{gateway}/{api}"
+            results.append(inject(target, fault, root, url, flags, wedge, api=api, also=replaced, headers=auth))
+
+        spec = (root / "stack.yaml").read_text()
+        old_version = next(a["version"] for a in (shown(root, flags) or {"apis": []})["apis"] if a["name"] == "echo")
+
+        def broken_rollout() -> str:
+            (root / "stack.yaml").write_text(spec.replace("config: {release:", "config: {fail_init: true, release:", 1))
+            started = time.monotonic()
+            ran = stack("up", *flags, str(root), cwd=root)
+            took = time.monotonic() - started
+            (root / "stack.yaml").write_text(spec)
+            said = "rolled back" if ran.returncode != 0 and "rolled back" in ran.stderr else "NOT rolled back"
+            return f"`stack up` exits {ran.returncode} after {took:.1f} s: {said}; the old version serves on"
+
+        def on_old(status: dict) -> bool:
+            return bool(status["version"] == old_version)
+
+        fault = "a rollout whose new version cannot start"
+        results.append(
+            inject(
+                target,
+                fault,
+                root,
+                f"{gateway}/echo",
+                flags,
+                broken_rollout,
+                api="echo",
+                also=on_old,
+                headers=auth,
+                since_start=True,
+            )
+        )
+
+        def rotate() -> str:
+            (root / "keys.txt").write_text(f"{KEEP}\n{NEW}\n")
+            started = time.monotonic()
+            ran = stack("up", *flags, str(root), cwd=root)
+            took = time.monotonic() - started
+            codes = [
+                requests.post(
+                    f"{gateway}/echo", json={}, headers={"Authorization": f"Bearer {k}"}, timeout=10
+                ).status_code
+                for k in (OLD, NEW)
+            ]
+            return (
+                f"`stack up` ({ran.returncode}) took {took:.1f} s; then the removed key gets {codes[0]}, "
+                f"the new one {codes[1]}"
+            )
+
+        def rotated(status: dict) -> bool:
+            with contextlib.suppress(requests.RequestException):
+                old = requests.post(f"{gateway}/echo", json={}, headers={"Authorization": f"Bearer {OLD}"}, timeout=5)
+                new = requests.post(f"{gateway}/echo", json={}, headers={"Authorization": f"Bearer {NEW}"}, timeout=5)
+                return old.status_code == 401 and new.status_code == 200
+            return False
+
+        results.append(
+            inject(
+                target,
+                "API keys rotated under load (the load's key kept)",
+                root,
+                f"{gateway}/echo",
+                flags,
+                rotate,
+                api="echo",
+                also=rotated,
+                headers=auth,
+                since_start=True,
+            )
+        )
+    finally:
+        (root / "release").touch()
+        stack("down", *flags, "--images", str(root), cwd=root) if target == "compose" else stack(
+            "down", *flags, str(root), cwd=root
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--local", action="store_true", help="the local target only")
@@ -325,13 +489,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if docker_ok and not args.local:
             outcomes += compose_faults(Path(tmp))
+            outcomes += day2_faults("compose", Path(tmp))
         outcomes += local_faults(Path(tmp))
+        outcomes += day2_faults("local", Path(tmp))
     lines = [
         "## Faults: what a user sees, and how long until the API is whole again",
         "",
         "`python bench/faults.py` — an echo API, 3 replicas (not autoscaled: what comes back was brought back by",
         f"the stack's repair), `compute.mem: 256Mi`, {CLIENTS} clients posting in a loop while each fault is injected.",
         "Whole again: 3 replicas serve through the gateway and every component `stack status` lists runs.",
+        "",
+        "The week-two rows (wedged predict, blocked event loop, failed rollout, key rotation) run a second project:",
+        "two APIs of 3 replicas behind API keys, `echo` with `timeout: 2s` and `aecho` async, every liveness setting",
+        "at its default; the load carries a key that stays. Whole again there also means: the stuck replica was",
+        "replaced (its API's restarts went up), the API runs its old version, the rotated keys apply.",
         "",
         "| target | fault | failed requests | slowest request | whole again after | what happens |",
         "|---|---|---:|---:|---:|---|",

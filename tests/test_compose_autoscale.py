@@ -64,8 +64,10 @@ def replicas(name: str) -> list[dict]:
     ]
 
 
-def healthy(name: str) -> int:
-    return sum(1 for c in replicas(name) if (c["State"].get("Health") or {}).get("Status") == "healthy")
+def healthy(root: Path) -> int:
+    """Replicas serving, as `stack status` counts them (the controller's probes: Docker runs no check)."""
+    shown = stack("status", "--json", "-p", str(root), cwd=root, check=False)
+    return int(json.loads(shown.stdout)["apis"][0]["ready"]) if shown.returncode == 0 else 0
 
 
 def wait_for(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -142,7 +144,7 @@ def test_load_grows_the_api_idle_shrinks_it_and_scale_force_takes_it(slow_projec
     prometheus = next(c["Id"] for c in containers(name) if c["Config"]["Labels"].get("stack.role") == "prometheus")
 
     with Load(url, concurrency=8, max_seconds=240) as load:
-        wait_for(lambda: healthy(name) >= 4, 120, "at least 4 healthy replicas under load")
+        wait_for(lambda: healthy(root) >= 4, 120, "at least 4 healthy replicas under load")
         # The added replicas are Compose's: listed by `docker compose ps`, named and numbered as Compose does.
         services = {c["Service"] for c in compose_ps(root, name) if c["Service"].startswith("slow-")}
         listed = [c for c in compose_ps(root, name) if c["Service"] in services]

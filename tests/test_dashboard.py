@@ -468,6 +468,9 @@ class _Source:
     def splitters(self) -> list[Any]:
         return []
 
+    def events(self, api: str) -> list[str]:
+        return [f"12:00:0{i} replica {api}-{i} replaced: stuck: predict running for 45s" for i in range(10)]
+
 
 def test_each_chart_range_asks_prometheus_for_its_window_step_and_rate() -> None:
     """The last 15 minutes unless the page asks; every chart of a range covers the same window, one point a
@@ -494,6 +497,9 @@ def test_each_chart_range_asks_prometheus_for_its_window_step_and_rate() -> None
         doc = documents[name]
         assert (doc["range"], doc["window_s"], doc["step_s"]) == (name, over.window, over.step)
         assert doc["ranges"] == ["15m", "1h", "6h", "24h"]
+        # Why replicas were replaced, as `stack status API` says it: the newest eight.
+        assert doc["apis"][0]["events"][-1] == "12:00:09 replica alpha-9 replaced: stuck: predict running for 45s"
+        assert len(doc["apis"][0]["events"]) == 8
     by_step = {}
     for query in asked:
         if 'api="alpha"' in query["query"]:

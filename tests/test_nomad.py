@@ -146,6 +146,18 @@ def test_up_status_logs_scale_down(tmp_path: Path, registry: str, nomad: NomadSt
     if nomad is not None:
         assert not [r for r in nomad.requests[before:] if r[:2] == ("POST", "/v1/jobs")]
 
+    # Keys rotated: only the variable changes (its template re-renders, change_mode noop, the replicas follow
+    # the file): no job is registered again, nothing restarts.
+    (root / "keys.txt").write_text("nomad-test-key-2\n")
+    before = len(nomad.requests) if nomad else 0
+    rotated = stack("up", str(root), "--registry", registry, cwd=root, env=env)
+    assert f"{name}-echo: unchanged" in rotated.stderr
+    if nomad is not None:
+        assert nomad.variables[f"nomad/jobs/{name}-echo"]["Items"] == {"api_keys": "nomad-test-key-2\n"}
+        assert not [r for r in nomad.requests[before:] if r[:2] == ("POST", "/v1/jobs")]
+        template = nomad.jobs[f"{name}-echo"].job["TaskGroups"][0]["Tasks"][0]["Templates"][0]
+        assert template["ChangeMode"] == "noop" and template["DestPath"] == "secrets/api_keys"
+
     # A change is a new version, rolled out by Nomad.
     write_project(root, name, "v2", extra=keys)
     stack("up", str(root), "--registry", registry, cwd=root, env=env)

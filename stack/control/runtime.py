@@ -85,6 +85,11 @@ class Fleet(Protocol):
         count the restart and say why as an event."""
         ...
 
+    def events(self, api: str) -> list[str]:
+        """The API's recent events (`HH:MM:SS what happened`), newest last: replicas replaced and why, restarts,
+        rollouts. Blocking I/O is fine (called from a worker thread)."""
+        ...
+
 
 class SplitStore(Protocol):
     def overrides(self) -> Weights:
@@ -192,6 +197,10 @@ class ControlPlane:
         except Exception as exc:  # the page says "?" and tries again
             LOGGER.debug(f"{api}: replicas unknown: {exc}")
             return None
+
+    def events(self, api: str) -> list[str]:
+        """The API's recent events, as `stack status API` lists them (the dashboard's copy)."""
+        return self.adapters.fleet.events(api)
 
     def splitters(self) -> list[SplitterStatus]:
         """The splitters as `stack status` shows them, from the controller's own stores."""

@@ -75,6 +75,10 @@ class Source(Protocol):
         """The splitters as the gateway runs them, their canaries' progress (blocking I/O is fine)."""
         ...
 
+    def events(self, api: str) -> list[str]:
+        """The API's recent events: replicas replaced and why, restarts, rollouts (blocking I/O is fine)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Chart:
@@ -179,6 +183,7 @@ class Dashboard:
             "min_replicas": scaling.bounds.min_replicas if scaling else None,
             "max_replicas": scaling.bounds.max_replicas if scaling else None,
             "autoscaler": decisions,
+            "events": (await asyncio.to_thread(self.source.events, name))[-8:],
             "series": {},
         }
         url = self.prometheus_url()

@@ -155,16 +155,32 @@ def _service(body: dict[str, Any]) -> dict[str, Any]:
         "Tags": body.get("tags", []),
     }
     if "check" in body:
-        service["Checks"] = [
-            {
-                "Type": check["type"],
-                "Path": check["path"],
-                "Interval": _ns(check["interval"]),
-                "Timeout": _ns(check["timeout"]),
-            }
-            for check in body["check"]
-        ]
+        service["Checks"] = [_check(check) for check in body["check"]]
     return service
+
+
+_CHECK_KEYS = frozenset({"name", "type", "path", "interval", "timeout", "check_restart"})
+
+
+def _check(check: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(check) - _CHECK_KEYS)
+    if unknown:  # a field of the HCL the JSON would drop: the user reads one job, Nomad would run another
+        raise ValueError(f"service check: {', '.join(unknown)} not converted to Nomad's JSON")
+    converted: dict[str, Any] = {
+        "Type": check["type"],
+        "Path": check["path"],
+        "Interval": _ns(check["interval"]),
+        "Timeout": _ns(check["timeout"]),
+    }
+    if "name" in check:
+        converted["Name"] = check["name"]
+    if (restart := _one(check, "check_restart")) is not None:
+        converted["CheckRestart"] = {
+            "Limit": int(restart.get("limit", 0)),
+            "Grace": _ns(restart.get("grace", "1s")),
+            "IgnoreWarnings": bool(restart.get("ignore_warnings", False)),
+        }
+    return converted
 
 
 def _task(name: str, body: dict[str, Any]) -> dict[str, Any]:

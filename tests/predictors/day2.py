@@ -2,7 +2,7 @@
 
 - `{"wedge": true}`: a sync predict that blocks (a hung CUDA call) until `config["release"]` exists;
 - `AsyncPredictor` with `{"block_loop": true}`: an async predict that blocks the event loop the same way;
-- `check_health` raises in the replica whose pid `config["unhealthy"]` holds;
+- `check_health` raises (once) in the replica whose pid `config["unhealthy"]` holds;
 - `config["fail_init"]`: `__init__` raises (a broken new version); `config["hang_init"]`: it never ends.
 """
 
@@ -39,6 +39,7 @@ class Predictor:
         except OSError:
             return True
         if marked == str(os.getpid()):
+            self.unhealthy.unlink()  # once: the replica that replaces it (same pid in a container) is healthy
             raise RuntimeError("the GPU fell off the bus")
         return True
 

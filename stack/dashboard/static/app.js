@@ -74,6 +74,14 @@ function decisions(api) {
         c.applied ? "" : ` (not applied: ${c.error})`))) : null);
 }
 
+function events(api) {
+  const recent = (api.events || []).slice().reverse();
+  if (!recent.length) return null;
+  return h("div", { class: "events" },
+    h("h3", {}, "events"),
+    h("ol", { class: "events", "data-field": "events" }, recent.map((e) => h("li", {}, e))));
+}
+
 function apiCard(doc, api) {
   const numbers = NUMBERS.map(([field, label, digits]) =>
     h("div", { class: "number" + (field === "5xx" && api[field] > 0 ? " bad" : "") },
@@ -84,7 +92,8 @@ function apiCard(doc, api) {
       h("span", { class: "bounds" }, bounds)),
     h("div", { class: "numbers" }, numbers),
     h("div", { class: "charts" }, CHARTS.map(([title, keys, unit]) => chart(doc, title, keys.map((k) => (api.series || {})[k] || []), unit))),
-    decisions(api));
+    decisions(api),
+    events(api));
 }
 
 function splitterCard(s) {

@@ -42,12 +42,10 @@ import json
 import logging
 import threading
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import docker
 from docker.models.containers import Container
 from prometheus_client import Counter
@@ -64,6 +62,7 @@ from stack.targets.compose.desired import (
     count_restart,
     manual_apis,
     read_desired,
+    read_events,
     read_starts,
     record_event,
     record_kill,
@@ -75,8 +74,7 @@ from stack.targets.compose.scaler import ALIVE, PROJECT_LABEL, ComposeScaler
 LOGGER = logging.getLogger("stack.controller")
 TARGETS_DIR = "targets"  # under the control directory: Prometheus' file_sd
 TICK = 1.0  # seconds between passes when no event wakes the controller
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # replicas are never behind a proxy
-STARTING_TICK = 0.25  # while a replica starts: it is routed within this of answering /readyz
+STARTING_TICK = 0.25  # while a replica starts: it is routed within this of its probe saying ready
 CONFIRM = 2.0  # seconds a deficit must last before replicas are restored
 EVENTS = ("start", "kill", "die", "stop", "destroy", "oom")
 ENGINE_RESTART_WINDOW = 120.0  # seconds within which every container started again: the engine restarted
@@ -109,7 +107,6 @@ class ComposeController:
         self.wake_up = asyncio.Event()
         self.ready_urls: dict[str, list[str]] = {}  # api -> serving replicas, as of the last pass
         self.starting_urls: dict[str, list[str]] = {}  # api -> running replicas, healthy or not yet
-        self.session: aiohttp.ClientSession | None = None
         self.start_errors: dict[str, str] = {}  # api -> why its replicas cannot start, as of the last pass
         self.plane: ControlPlane | None = None  # the control plane this fleet runs in (its routes, its metrics)
         self.restored: Counter | None = None
@@ -118,7 +115,9 @@ class ComposeController:
         self.replacing: dict[str, str] = {}  # container id -> why the liveness probes restart it
         self.starts: dict[str, str] = read_starts(state_dir)  # container name -> its last StartedAt seen
         self.health_written: dict[str, ReplicaHealth] | None = None
-        self.first_pass = True
+        # The starts known before this controller started: an engine restart shows as all of them new.
+        self.boot_starts: dict[str, str] | None = dict(self.starts)
+        self.boot_deadline = time.monotonic() + 60.0
         self._loop: asyncio.AbstractEventLoop | None = None
         scaler.ready = self.serving
 
@@ -297,7 +296,8 @@ class ComposeController:
             leaving = self.stopping_ids | self.scaler.draining
         for c in self.replicas:
             api = c.labels.get("stack.api", "")
-            if c.status != "running" or c.id in leaving or api not in timeouts:
+            # A paused container (`docker pause`, a frozen cgroup) is alive but answers nothing: it is asked too.
+            if c.status not in ("running", "paused") or c.id in leaving or api not in timeouts:
                 continue
             address = self._address(c)
             if address is None:
@@ -324,12 +324,18 @@ class ComposeController:
 
         def restart() -> None:
             try:
+                container.reload()
+                if container.status == "paused":  # frozen (`docker pause`): the engine stops no paused container
+                    container.unpause()
                 container.restart(timeout=timeout)
             except docker.errors.DockerException as exc:
                 LOGGER.warning(f"cannot restart {container.name}: {exc}")
             self.wake_up_threadsafe()
 
         threading.Thread(target=restart, name=f"replace-{container.name}", daemon=True).start()
+
+    def events(self, api: str) -> list[str]:
+        return read_events(self.state_dir, api)
 
     def wake_up_threadsafe(self) -> None:
         loop = self._loop
@@ -341,8 +347,7 @@ class ComposeController:
     def _count_starts(self, containers: list[Container]) -> None:
         """A container seen with a new StartedAt started again: one restart, with its reason as an event."""
         seen = {c.name: _started(c) for c in containers if c.status == "running" and _started(c)}
-        if self.first_pass:
-            self.first_pass = False
+        if self.boot_starts is not None:
             self._engine_restarted(containers, seen)
         changed = False
         for container in containers:
@@ -372,18 +377,26 @@ class ComposeController:
             write_starts(self.state_dir, self.starts)
 
     def _engine_restarted(self, containers: list[Container], seen: dict[str, str]) -> None:
-        """At the controller's start: every container of the stack, this one too, started again at about the
-        same time since it last looked — the engine restarted (or the host rebooted)."""
-        before = {name: started for name, started in self.starts.items() if name in seen}
-        if len(before) < 2 or any(seen[name] == started for name, started in before.items()):
+        """In the first minute of the controller: once every container it knew before it started runs again, it
+        tells whether they all started again at about the same time — the engine restarted (or the host
+        rebooted), an event for every API."""
+        assert self.boot_starts is not None
+        existing = {c.name for c in containers}
+        before = {name: started for name, started in self.boot_starts.items() if name in existing}
+        waiting = [name for name in before if name not in seen]
+        if waiting and time.monotonic() < self.boot_deadline:
+            return  # the engine is still starting them
+        self.boot_starts = None
+        again = {name: seen[name] for name in before if name in seen and seen[name] != before[name]}
+        if len(again) < 2 or len(again) < len(before):
             return
-        times = sorted(_stamp(seen[name]) for name in before)
+        times = sorted(_stamp(started) for started in again.values())
         if not times[0] or times[-1] - times[0] > ENGINE_RESTART_WINDOW:
             return
         when = time.strftime("%H:%M:%S", time.localtime(times[0]))
-        LOGGER.warning(f"the Docker engine restarted: every container of the stack started again at {when}")
+        message = f"the Docker engine restarted: every container of the stack started again at {when}"
+        LOGGER.warning(message)
         for api in sorted({c.labels["stack.api"] for c in containers if "stack.api" in c.labels}):
-            message = f"the Docker engine restarted: every container of the stack started again at {when}"
             record_event(self.state_dir, api, message, at=times[0])
 
     def _write_health(self, replicas: list[Container]) -> None:

@@ -70,6 +70,10 @@ class Supervisor:
     async def replace(self, replica: Probed, decision: Decision) -> None:
         await self.fleet.replace(replica, decision)
 
+    def events(self, api: str) -> list[str]:
+        state = self.fleet.apis.get(api)
+        return list(state.events) if state is not None else []
+
     async def run(self, plane: ControlPlane, stopping: asyncio.Event) -> None:
         self.stopping = stopping
         self.fleet.router.routes = plane.routes

@@ -55,6 +55,9 @@ class NomadFleet:
     async def replace(self, replica: Probed, decision: Decision) -> None:
         raise NotImplementedError("Nomad replaces its own allocations")
 
+    def events(self, api: str) -> list[str]:
+        return []  # Nomad keeps its allocations' events: `stack status --nomad API` shows each one's last
+
 
 class NomadRouteSink:
     """The splitters' routes into the gateway's variable (`stack up --nomad` writes it, or removes it
