@@ -153,7 +153,8 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
         )
         answer = sock.recv(65536).decode()
     assert answer.startswith("HTTP/1.1 413") and "exceeds max_body_size" in answer, answer
-    assert ((root / ".stack/plan/compose/api_keys").stat().st_mode & 0o777) == 0o600
+    assert ((root / ".stack/plan/compose/keys/api_keys").stat().st_mode & 0o777) == 0o600
+    assert ((root / ".stack/plan/compose/keys").stat().st_mode & 0o777) == 0o700
 
     # `docker kill` (which Docker's restart policy ignores) of a replica under load.
     victim = replicas[0]["Name"].lstrip("/")

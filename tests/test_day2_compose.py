@@ -36,7 +36,7 @@ def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def write_spec(root: Path, name: str, port: int, predictor: str = "", gateway: str = "", **config: Any) -> None:
     replicas = config.pop("replicas", 2)
-    settings = {"release": "/app/release", "unhealthy": "/tmp/unhealthy", **config}
+    settings = {"release": "/tmp/release", "unhealthy": "/tmp/unhealthy", **config}
     (root / "stack.yaml").write_text(
         f"project: {name}\n"
         f"gateway: {{port: {port}{gateway}}}\n"
@@ -115,15 +115,14 @@ def test_stuck_replicas_are_replaced_with_their_reason(day2: tuple[Path, str, in
     # A frozen container answers nothing, not even its watchdog: the controller's probes replace it.
     frozen = replicas_of(name)[0]["Name"].lstrip("/")
     subprocess.run(["docker", "pause", frozen], check=True, capture_output=True)
-    api = until(
-        lambda: (
-            (a := api_of(root))["ready"] == 2
-            and any(f"replica {frozen} replaced: stuck: not answering" in e for e in a["events"])
-            and a
-        ),
-        60,
-        "the frozen replica to be replaced",
-    )
+
+    def replaced() -> dict[str, Any] | None:
+        api = api_of(root)
+        back = next((r for r in api["replicas"] if r["id"] == frozen and r["state"] == "ready"), None)
+        said = any(f"replica {frozen} replaced: stuck: not answering" in e for e in api["events"])
+        return api if api["ready"] == 2 and back and said else None
+
+    api = until(replaced, 60, "the frozen replica to be replaced")
     shown = next(r for r in api["replicas"] if r["id"] == frozen)
     assert shown["state"] == "ready" and shown["restarts"] >= 1 and "replaced: stuck" in shown["last_event"]
     assert all_fine(url)
@@ -238,6 +237,9 @@ def test_an_unhealthy_replica_is_drained_and_replaced(day2: tuple[Path, str, int
     assert api["restarts"] >= 1
 
 
+_ENGINES: list[subprocess.Popen[bytes]] = []
+
+
 def _dockerd() -> int | None:
     """The engine's pid when the tests' own tooling started it (no service manager would restart it)."""
     found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
@@ -271,9 +273,10 @@ def test_restarts_are_counted_across_an_engine_restart(day2: tuple[Path, str, in
     os.kill(pid, signal.SIGTERM)
     until(lambda: not Path(f"/proc/{pid}").exists(), 60, "the engine to stop")
     with open("/var/log/dockerd.log", "ab") as log:
-        subprocess.Popen(
+        engine = subprocess.Popen(
             [c.decode() for c in cmdline], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
         )
+    _ENGINES.append(engine)  # it outlives the test (every later test's engine): kept, never waited for
     until(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0, 90, "the engine back")
     until(lambda: all_fine(url, 5), 120, "the stack to serve again by itself")
     api = until(lambda: (a := api_of(root))["ready"] == 2 and a, 60, "both replicas")

@@ -7,9 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from nomad_schema import schema_errors
-
 from conftest import EXAMPLES
+from nomad_schema import schema_errors
 from stack.plan import plan_nomad
 from stack.spec import load_spec
 

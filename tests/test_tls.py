@@ -387,8 +387,8 @@ def test_compose_https_mutual_tls_and_renewal(tmp_path: Path, certs: dict[str, P
         key = certs["key"].read_text().strip().splitlines()[1]
         for c in containers(name):
             assert key not in json.dumps(c["Config"]), c["Name"]
-        for plan_file in (root / ".stack/plan/compose").iterdir():
-            assert key not in plan_file.read_text(), plan_file
+        for plan_file in (root / ".stack/plan/compose").rglob("*"):
+            assert plan_file.is_dir() or key not in plan_file.read_text(), plan_file
         tls_yml = root / ".stack/compose/control/routes/tls.yml"
         assert (tls_yml.stat().st_mode & 0o777) == 0o600
         shown = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)

@@ -33,7 +33,7 @@ from stack.targets.compose.desired import Desired, read_desired, write_desired
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
-ALIVE = ("created", "running", "restarting")
+ALIVE = ("created", "running", "restarting", "paused")  # paused: frozen, the liveness probes replace it
 # What a replica's configuration is made of; the rest of `docker inspect`'s Config
 # (Hostname, attach flags, ...) belongs to the one container it came from.
 COPIED_CONFIG = (
