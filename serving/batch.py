@@ -31,9 +31,10 @@ from typing import Any
 from serving import logs
 from serving.codec import Headers
 from serving.config import CONFIG_ENV, ServingConfig, config_from_env
+from serving.exit_reason import report_startup_error
 from serving.loader import LoadedPredictor, StartupError, load_predictor
 from serving.models import ModelsConfig, ModelStore, model_clients
-from serving.runner import EXIT_STARTUP_FAILED, report_startup_error
+from serving.runner import EXIT_STARTUP_FAILED
 
 LOGGER = logging.getLogger("serving.batch")
 JOB_URL_ENV = "STACK_JOB_URL"

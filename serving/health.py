@@ -36,6 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from serving.config import ServingConfig
+from serving.exit_reason import report_startup_error
+from serving.flights import Flight
 from serving.loader import LoadedPredictor
 from serving.predict import Predictions
 
@@ -155,7 +157,7 @@ class Health:
             f"{reason}: answering {len(self.predictions.flights)} in-flight request(s) with 504; "
             "this replica is taken out of the routes and replaced"
         )
-        self.predictions.abandon(reason)
+        self.predictions.flights.abandon(reason)
         linger = LINGER if self.workers == 1 else 0.2
         asyncio.get_running_loop().call_later(linger, self.exit_process, reason)
 
@@ -168,13 +170,13 @@ class Health:
             if silent < limit:
                 continue
             reason = f"stuck: event loop blocked for {silent:.0f}s (health_check_timeout {limit:g}s)"
-            answered = sum(_answer_from_thread(flight, reason) for flight in list(self.predictions.flights.values()))
+            answered = sum(_answer_from_thread(flight, reason) for flight in self.predictions.flights.all())
             LOGGER.error(f"{reason}: answered {answered} in-flight request(s) with 504 and exiting")
             self.exit_process(reason)
             return
 
 
-def _answer_from_thread(flight: Any, reason: str) -> bool:
+def _answer_from_thread(flight: Flight, reason: str) -> bool:
     """Write a 504 JSON onto a request's connection from outside the (blocked) event loop, then shut the
     connection: the loop cannot answer, the client must not hang. True when the answer was written."""
     transport = flight.request.transport
@@ -209,12 +211,5 @@ def _exit(reason: str) -> None:
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
-    _report(reason)
+    report_startup_error(reason)  # where its runner asked for it (the local supervisor's error file)
     os._exit(EXIT_STUCK)
-
-
-def _report(reason: str) -> None:
-    """Why this replica stopped, where its runner asked for it (the local supervisor's error file)."""
-    from serving.runner import report_startup_error
-
-    report_startup_error(reason)

@@ -28,6 +28,7 @@ from serving.codec import Headers, QueryParams, encode, encode_any, error_respon
 from serving.config import ServingConfig
 from serving.errors import HTTPError
 from serving.failures import PredictTimeout, failure_of
+from serving.flights import Flight, Flights
 from serving.keys import ApiKeys, carries_key
 from serving.loader import LoadedPredictor
 from serving.logs import REQUEST_ID, replica_name
@@ -43,20 +44,6 @@ CLIENT_GONE = 499  # nginx's code for "client closed the request"; only ever log
 THROUGHPUT_WINDOW = 10.0  # seconds of completions that Retry-After is computed from
 
 
-class Flight:
-    """A request past admission, until answered: what a stuck replica needs to answer it (serving.health)."""
-
-    __slots__ = ("predicting", "request", "request_id", "responding")
-
-    def __init__(self, request_id: str, request: web.Request, predicting: float | None) -> None:
-        self.request_id = request_id
-        self.request = request
-        # Monotonic start of an async predict running on the event loop (a thread's call is the pool's to
-        # time; a stream's chunks are its progress): None when this request's predict is not timed here.
-        self.predicting = predicting
-        self.responding = False  # its answer started (a stream may be half sent): it can only be cut
-
-
 class Predictions:
     """Answers `POST /` (and the protocols' predict routes) for one replica."""
 
@@ -69,9 +56,7 @@ class Predictions:
         self.in_flight = 0
         self.last_request_at = 0.0  # monotonic; draining waits until requests stop arriving
         self._batcher: Batcher | None = None
-        self._completions: deque[float] = deque(maxlen=4096)
-        self._mean_duration = 0.0
-        self._started = time.monotonic()
+        self._throughput = Throughput(config.threads_per_process)  # what Retry-After is computed from
         self.keys = ApiKeys(config.api_keys, config.api_keys_file)  # re-read when the file changes
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
@@ -85,9 +70,8 @@ class Predictions:
         self._validate: Callable[[Any], Any] | None = None  # from predict's payload annotation
         self._tracer = tracing.start(config, replica_name())  # None unless stack.yaml turns tracing on
         self._post = PostPredict(pool, self._tracer)
-        self.flights: dict[asyncio.Task[Any], Flight] = {}  # in-flight requests, by the task answering each
+        self.flights = Flights()  # the requests past admission: what a stuck replica answers (serving.health)
         self._timed = False  # predict is a plain async def: its run is timed in its Flight (stuck detection)
-        self.abandoned: str | None = None  # why this replica gave up its requests (stuck), once it has
 
     def bind(self, predictor: LoadedPredictor) -> None:
         """The predictor is loaded: requests go to it from now on."""
@@ -125,22 +109,8 @@ class Predictions:
 
     def oldest_predict(self) -> float | None:
         """When the longest-running predict now running started (monotonic): on a thread or the event loop."""
-        starts = [f.predicting for f in self.flights.values() if f.predicting is not None]
-        thread = self._pool.oldest_start()
-        if thread is not None:
-            starts.append(thread)
+        starts = [start for start in (self.flights.oldest_async(), self._pool.oldest_start()) if start is not None]
         return min(starts) if starts else None
-
-    def abandon(self, reason: str) -> None:
-        """This replica is stuck: answer every request it holds now (504 with its request id) instead of
-        leaving it to hang, and refuse new ones until it is replaced."""
-        self.abandoned = reason
-        for task, flight in list(self.flights.items()):
-            if flight.responding:  # half answered: close it (a cut stream reads as failed)
-                if flight.request.transport is not None:
-                    flight.request.transport.close()
-            else:
-                task.cancel()
 
     def authorized(self, request: web.Request) -> bool:
         """No keys configured, or `X-API-Key: KEY` / `Authorization: Bearer KEY` (scheme in any case) carries one."""
@@ -185,10 +155,10 @@ class Predictions:
             return web.Response(status=CLIENT_GONE)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if self.abandoned is None or task is None:
+            if self.flights.abandoned is None or task is None:
                 raise  # the server is shutting down
             task.uncancel()
-            response = error_response(504, _abandoned(self.abandoned), request_id)
+            response = error_response(504, _abandoned(self.flights.abandoned), request_id)
             status = response.status
             return response
         except Exception as exc:
@@ -201,7 +171,7 @@ class Predictions:
                 tracer.finish_request(traced, status, error if status >= 500 else None)
             elapsed = time.perf_counter() - start
             self.metrics.answered(status, elapsed)
-            self._mean_duration += (elapsed - self._mean_duration) * 0.05
+            self._throughput.took(elapsed)
             if self._log_requests:
                 LOGGER.info(
                     "request",
@@ -220,8 +190,8 @@ class Predictions:
     async def _answer(self, request: web.Request, request_id: str, adapter: Any = None) -> web.StreamResponse:
         if self.keys.current() and not self.authorized(request):
             return error_response(401, "missing or unknown API key", request_id, {"WWW-Authenticate": "Bearer"})
-        if self.abandoned is not None:
-            message = f"this replica is stuck ({self.abandoned}) and is being replaced; retry"
+        if self.flights.abandoned is not None:
+            message = f"this replica is stuck ({self.flights.abandoned}) and is being replaced; retry"
             return error_response(503, message, request_id, {"Retry-After": "1"})
         predictor = self.predictor
         if predictor is None:
@@ -261,7 +231,7 @@ class Predictions:
         task = asyncio.current_task()
         flight = Flight(request_id, request, time.monotonic() if self._timed else None)
         if task is not None:
-            self.flights[task] = flight
+            self.flights.add(task, flight)
         try:
             if self._validate is not None:
                 payload = self._validate(payload)
@@ -290,13 +260,13 @@ class Predictions:
             return response
         finally:
             if task is not None:
-                self.flights.pop(task, None)
+                self.flights.remove(task)
             if token is not None:
                 CURRENT.reset(token)
             self.in_flight -= 1
             if self._count_gauges:
                 self.metrics.in_flight.dec()
-            self._completions.append(time.monotonic())
+            self._throughput.done()
 
     async def _with_timeout(self, work: Any, timeout: float) -> Any:
         deadline = asyncio.timeout(timeout)
@@ -371,13 +341,32 @@ class Predictions:
 
     def retry_after(self) -> int:
         """Seconds until this replica likely has room: the backlog over recent throughput."""
+        return self._throughput.retry_after(self.in_flight)
+
+
+class Throughput:
+    """Recent completions and the mean request duration: how soon a replica at its limit has room."""
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._completions: deque[float] = deque(maxlen=4096)
+        self._mean_duration = 0.0
+        self._started = time.monotonic()
+
+    def took(self, seconds: float) -> None:
+        self._mean_duration += (seconds - self._mean_duration) * 0.05
+
+    def done(self) -> None:
+        self._completions.append(time.monotonic())
+
+    def retry_after(self, in_flight: int) -> int:
         now = time.monotonic()
         window = min(THROUGHPUT_WINDOW, now - self._started)
         done = sum(1 for t in self._completions if now - t <= window)
         if done and window > 0:
-            seconds = self.in_flight / (done / window)
+            seconds = in_flight / (done / window)
         elif self._mean_duration > 0:
-            seconds = self.in_flight * self._mean_duration / self.config.threads_per_process
+            seconds = in_flight * self._mean_duration / self._threads
         else:
             seconds = 1.0  # nothing finished yet: no evidence for a longer wait
         return max(1, min(60, math.ceil(seconds)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import os
 import signal
@@ -25,14 +24,12 @@ from aiohttp import web
 
 from serving.app import Replica
 from serving.config import ServingConfig
+from serving.exit_reason import report_startup_error
 from serving.loader import StartupError
 from serving.protocol_errors import JsonErrorRunner
 
 LOGGER = logging.getLogger("serving")
 EXIT_STARTUP_FAILED = 3
-# Where a replica writes why it could not start, as JSON ({"error": ...}), for whoever runs it:
-# a supervisor reads this instead of parsing log text (which changes with log_format).
-STARTUP_ERROR_ENV = "STACK_STARTUP_ERROR_FILE"
 EVENT_LOOP_ENV = "STACK_EVENT_LOOP"  # auto (uvloop when installed) | asyncio
 # Set by `stack serve`: print one line for people once the replica is ready (not before it can fail).
 BANNER_ENV = "STACK_SERVE_BANNER"
@@ -150,19 +147,6 @@ async def _until_quiet(replica: Replica, config: ServingConfig) -> None:
     await asyncio.sleep(config.drain_delay)
     while time.monotonic() - replica.last_request_at < QUIET_SECONDS:
         await asyncio.sleep(0.1)
-
-
-def report_startup_error(message: str) -> None:
-    """Write why this replica cannot start where its runner asked for it (no-op otherwise)."""
-    path = os.environ.get(STARTUP_ERROR_ENV)
-    if not path:
-        return
-    try:
-        temp = Path(f"{path}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps({"error": message, "pid": os.getpid(), "time": time.time()}))
-        os.replace(temp, path)
-    except OSError as exc:
-        LOGGER.warning(f"cannot write the start-up error to {path}: {exc}")
 
 
 def _display_host(host: str) -> str:

@@ -65,7 +65,8 @@ class Supervisor:
 
     def run(self) -> int:
         if not port_is_free(self.config.host, self.config.port):
-            from serving.runner import EXIT_STARTUP_FAILED, report_startup_error
+            from serving.exit_reason import report_startup_error
+            from serving.runner import EXIT_STARTUP_FAILED
 
             message = f"port {self.config.port} on {self.config.host} is already in use; choose another with --port"
             LOGGER.error(message)

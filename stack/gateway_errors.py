@@ -16,7 +16,6 @@ and the Compose controller serve beside the gateway.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -48,12 +47,15 @@ async def _gateway_error(request: web.Request) -> web.Response:
         status = int(request.match_info["status"])
     except ValueError:
         status = 502
-    response = _error(status if 400 <= status <= 599 else 502)
+    status = status if 400 <= status <= 599 else 502
     request_id = request.headers.get("X-Request-ID", "")
-    if request_id and len(request_id) <= 200:  # Traefik passes the client's request's headers on
-        response.headers["X-Request-ID"] = request_id
-        response.text = json.dumps({**json.loads(response.text), "request_id": request_id})
-    return response
+    if not request_id or len(request_id) > 200:
+        return _error(status)
+    # Traefik passes the client's request's headers on: the answer carries its id, as a replica's would.
+    message = MESSAGES.get(status, "gateway error") + (" idempotent" if status == 502 else "")
+    return web.json_response(
+        {"error": message, "request_id": request_id}, status=status, headers={"X-Request-ID": request_id}
+    )
 
 
 async def _too_large(request: web.Request) -> web.Response:

@@ -17,12 +17,7 @@ def _job(tmp_path: Path, predictor: str = "", update: str = "", gateway: str = "
     root = tmp_path / "echo"
     shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack", "stack.yaml"))
     (root / "stack.yaml").write_text(
-        "project: day2\n"
-        f"{gateway}"
-        "apis:\n"
-        "  - name: echo\n"
-        f"    predictor: {{path: predictor.py{predictor}}}\n"
-        f"{update}"
+        f"project: day2\n{gateway}apis:\n  - name: echo\n    predictor: {{path: predictor.py{predictor}}}\n{update}"
     )
     plan = plan_nomad(load_spec(root))
     document = json.loads(plan.files["day2-echo.json"])

@@ -236,7 +236,7 @@ def test_compose_and_nomad_plans_trace_through_the_gateway_and_replicas(tmp_path
     import yaml
 
     from stack.plan import plan_compose
-    from stack.plan.render import plan_nomad
+    from stack.plan.nomad import plan_nomad
 
     root = tmp_path / "traced"
     _write(root, 18080, "http://127.0.0.1:4318", 0.5)

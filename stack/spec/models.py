@@ -7,30 +7,27 @@ predictor exist?) live in `stack.spec.loader`.
 
 from __future__ import annotations
 
-import itertools
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from stack.errors import UnknownApi
-from stack.spec.units import parse_cpu, parse_duration, parse_fraction, parse_gpu, parse_memory
+from stack.spec.base import (
+    NAME_RULE,
+    Cpu,
+    Duration,
+    GpuShare,
+    Memory,
+    Name,
+    Networking,
+    NonNegativeInt,
+    PositiveInt,
+    Strict,
+)
+from stack.spec.splitters import Splitter
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Memory = Annotated[int, BeforeValidator(parse_memory)]
-Cpu = Annotated[float, BeforeValidator(parse_cpu)]
-Fraction = Annotated[float, BeforeValidator(parse_fraction)]
-GpuShare = Annotated[float, BeforeValidator(parse_gpu)]
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$|^[a-z]$")]
-NAME_RULE = "lowercase letters, digits and '-', starting with a letter (it names containers, jobs and metrics)"
-
-
-class Strict(BaseModel):
-    # Unknown keys are errors: a misspelt field silently ignored is the worst kind of bug.
-    # strict: `threads_per_process: "2"` is an error, not a silent conversion.
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+__all__ = ["NAME_RULE", "Api", "Duration", "Memory", "Networking", "Spec", "Splitter", "Strict"]
 
 
 class Batching(Strict):
@@ -288,23 +285,6 @@ def _of(value: int | str, replicas: int, up: bool) -> int:
     return -(-share // 100) if up else share // 100
 
 
-class Networking(Strict):
-    endpoint: str | None = None  # default: /<api name>
-    # How the gateway picks a replica: p2c (two at random, the one with fewer requests in flight: a
-    # long request does not hold up short ones behind it), wrr (round robin), leasttime (the fastest
-    # to answer, weighed by requests in flight).
-    load_balancer: Literal["p2c", "wrr", "leasttime"] = "p2c"
-
-    @field_validator("endpoint")
-    @classmethod
-    def _path(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"/[A-Za-z0-9._~/-]*", value):
-            raise ValueError(f"expected a URL path starting with '/', like /iris, got {value!r}")
-        if value is not None and len(value) > 1:
-            value = value.rstrip("/")
-        return value
-
-
 class Api(Strict):
     name: Name
     # RealtimeAPI: replicas answer requests. BatchAPI (Cortex's): the endpoint takes jobs, each run on
@@ -458,71 +438,6 @@ class Build(Strict):
     # Images kept per API after a successful rollout: the current one and the one before it (what a
     # rollback runs). Older ones are removed; `stack down --images` removes them all.
     keep_images: Annotated[int, Field(ge=1)] = 2
-
-
-class SplitApi(Strict):
-    name: str
-    weight: Annotated[int, Field(ge=0)]  # a share of the splitter's requests, relative to the others
-
-
-class Mirror(Strict):
-    api: str  # gets copies of requests; its answers are discarded
-    percent: Annotated[int, Field(ge=0, le=100)] = 100
-
-
-class Canary(Strict):
-    """Progressive delivery (Flagger's canary analysis): the canary API's share of the splitter
-    rises step by step while its own metrics stay within bounds, and drops to 0 at the first breach."""
-
-    api: str  # the canary: one of the splitter's APIs; the others are the baseline
-    steps: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1)] = [5, 25, 50, 100]
-    interval: Duration = 60.0  # time at each step; its metrics decide the next one
-    max_error_rate: Fraction = 0.01  # the canary's 5xx share over an interval, above which it is rolled back
-    # canary p99 / baseline p99 over the interval; null: latency is not checked.
-    max_latency_ratio: Annotated[float, Field(gt=0)] | None = 1.5
-    # p99s below this count as this: a few milliseconds of scheduling jitter on a fast API is not a regression.
-    latency_floor: Duration = 0.05
-    min_requests: NonNegativeInt = 50  # per interval, or the step is held (not judged on too little data)
-
-    @field_validator("steps")
-    @classmethod
-    def _increasing(cls, steps: list[int]) -> list[int]:
-        if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError(f"steps must rise, like [5, 25, 50, 100], got {steps}")
-        return steps
-
-    @field_validator("interval")
-    @classmethod
-    def _interval(cls, value: float) -> float:
-        if value < 1:
-            raise ValueError("interval must be at least 1s")
-        return value
-
-
-class Splitter(Strict):
-    """One endpoint, weighted across APIs (Cortex's TrafficSplitter), with optional shadow traffic."""
-
-    name: Name
-    apis: Annotated[list[SplitApi], Field(min_length=1)]
-    mirror: Mirror | None = None
-    sticky: bool = False  # a cookie keeps a client on the API it first got
-    networking: Networking = Networking()
-    canary: Canary | None = None  # automated rollout of one of the APIs
-
-    @property
-    def endpoint(self) -> str:
-        return self.networking.endpoint or f"/{self.name}"
-
-    @model_validator(mode="after")
-    def _weights(self) -> Splitter:
-        if not any(a.weight > 0 for a in self.apis):
-            raise ValueError("at least one API needs a weight above 0")
-        names = [a.name for a in self.apis]
-        if len(set(names)) != len(names):
-            raise ValueError(f"an API is listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
-        if self.canary is not None and len(self.apis) < 2:
-            raise ValueError("a canary needs a baseline: list another API in the splitter beside it")
-        return self
 
 
 class Tracing(Strict):

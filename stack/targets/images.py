@@ -116,3 +116,9 @@ def removed_text(removed: list[Image], where: str = "this host") -> str:
     if not removed:
         return f"no image of the stack on {where}"
     return f"removed {len(removed)} image(s) from {where}: " + ", ".join(i.tag for i in removed)
+
+
+def note(project: str, apis: list[str], base_image: str, registry: str = "") -> str:
+    """What of the stack's images is left on this host, and how to remove it ("" for nothing)."""
+    use = disk_use(project, apis, base_image, registry)
+    return use.line() if use is not None else ""

@@ -107,8 +107,10 @@ class ComposeProject:
             name = item["Name"].lstrip("/")
             record = probed.get(name)
             running = item["State"]["Status"] == "running"
-            current = record is not None and record.id == item["Id"][:12] and record.started == item["State"].get(
-                "StartedAt", ""
+            current = (
+                record is not None
+                and record.id == item["Id"][:12]
+                and record.started == item["State"].get("StartedAt", "")
             )
             health = (record.health if current and record else "starting") if running and "stack.api" in labels else ""
             found.append(

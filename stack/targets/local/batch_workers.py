@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from serving.batch import JOB_TOKEN_ENV, JOB_URL_ENV, JOB_WORKER_ENV
 from serving.config import CONFIG_ENV
-from serving.runner import STARTUP_ERROR_ENV
+from serving.exit_reason import STARTUP_ERROR_ENV
 from stack.batch.jobs import WORK, JobRef, WorkerState
 from stack.plan.serving import replica_config
 from stack.spec import LoadedSpec

@@ -25,7 +25,8 @@ from stack.plan.render import project_digest
 from stack.spec import SpecError, load_spec
 from stack.status import ApiStatus, Observed, ReplicaState, ReplicaStatus, StackStatus, api_phase
 from stack.targets.base import check_scale
-from stack.targets.local.fleet import ApiState, LocalFleet
+from stack.targets.local.apis import ApiState
+from stack.targets.local.fleet import LocalFleet
 
 KEYS_TIMEOUT = 15.0  # seconds `stack up` waits for every replica to apply new keys
 

@@ -36,16 +36,15 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from serving.config import CONFIG_ENV
+from serving.exit_reason import STARTUP_ERROR_ENV
 from serving.health import EXIT_STUCK
 from serving.logs import REPLICA_ENV
-from serving.runner import STARTUP_ERROR_ENV
 from stack.atomic import write_text_atomic
 from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas
@@ -54,10 +53,10 @@ from stack.control.routing import FileRouteSink
 from stack.plan.render import api_version
 from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config, tracing_config
 from stack.routes import UPSTREAMS_FILE
-from stack.spec import Api, LoadedSpec
-from stack.spec.units import format_duration, format_memory
-from stack.status import ReplicaState
+from stack.spec import LoadedSpec
+from stack.spec.units import format_memory
 from stack.targets.local import memory
+from stack.targets.local.apis import DRAINING, READY, STARTING, ApiState, Replica
 from stack.targets.local.children import LocalServices, free_port, start_child, wait_or_kill
 from stack.targets.local.router import LocalRouter
 from stack.targets.local.state import LocalPaths
@@ -66,114 +65,8 @@ from stack.tls import tls_files
 
 LOGGER = logging.getLogger("stack.targets.local")
 TICK = 0.2  # seconds between reconcile passes
-BACKOFF = (1, 2, 4, 8, 16, 30)  # seconds before a slot's next try after failures in a row (30 s for good)
-ERROR_AFTER = 3  # a slot's start-up failures in a row that put its API in `error` (it keeps retrying)
 MEMORY_EVERY = 0.5  # seconds between reads of the replicas' resident memory (compute.mem)
-CRASH_WINDOW = 30.0  # a ready replica that dies sooner than this after starting counts toward back-off
 STOP_MARGIN = 5.0
-STARTING, READY, DRAINING = ReplicaState.STARTING, ReplicaState.READY, ReplicaState.DRAINING
-
-
-@dataclass
-class Replica:
-    id: str
-    api: str
-    version: str
-    port: int
-    proc: asyncio.subprocess.Process
-    log: Path
-    state: ReplicaState = STARTING
-    started: float = field(default_factory=time.monotonic)
-    slot: int = 0  # its replica slot: for a GPU API the GPU(s) it is pinned to (stack.plan.gpus)
-    gpu: str = ""  # those GPUs, as CUDA_VISIBLE_DEVICES names them
-    replaced: str = ""  # why the liveness probes had it replaced
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@dataclass
-class SlotHealth:
-    """One replica slot's recent failures: its own count and back-off, not its API's."""
-
-    failures: int = 0  # start-up failures in a row
-    crashes: int = 0  # ready replicas that died soon after starting, in a row
-    retry_at: float = 0.0  # monotonic time of its next try
-    error: str = ""  # why its last replica failed to start
-    replica: str = ""  # that replica
-
-    def back_off(self, count: int) -> float:
-        delay = BACKOFF[min(count - 1, len(BACKOFF) - 1)]
-        self.retry_at = time.monotonic() + delay
-        return delay
-
-
-@dataclass
-class ApiState:
-    spec: Api
-    version: str
-    desired: int
-    replicas: list[Replica] = field(default_factory=list)
-    restarts: int = 0
-    health: dict[int, SlotHealth] = field(default_factory=dict)  # slot -> its failures
-    last_kill: str = ""  # why the supervisor last killed one of its replicas (memory), for `stack status`
-    counter: int = 0
-    events: list[str] = field(default_factory=list)
-    manual: bool = False  # `stack scale --force` took the API from the autoscaler until the next `stack up`
-    slots: list[list[str]] = field(default_factory=list)  # a GPU API's slots: each one's GPU ids
-    previous: tuple[Api, str] | None = None  # while a rollout runs: the spec and version it rolls from
-    rollout_started: float = 0.0  # monotonic
-    rolled_back: str = ""  # why the last rollout was rolled back (until the next `stack up`)
-    rollback_replica: str = ""  # the new replica whose failure rolled it back (its log says more)
-
-    def free_slots(self) -> list[int]:
-        """Slots no replica of the current version holds: a GPU API's placed ones, else as many as needed."""
-        held = {r.slot for r in self.live() if r.version == self.version}
-        count = len(self.slots) if self.slots else max(self.desired, 1)  # a new version's replicas: desired at most
-        return [n for n in range(count) if n not in held]
-
-    def next_slot(self) -> int | None:
-        """The lowest free slot whose back-off is over."""
-        now = time.monotonic()
-        return next((n for n in self.free_slots() if self.slot(n).retry_at <= now), None)
-
-    def slot(self, number: int) -> SlotHealth:
-        return self.health.setdefault(number, SlotHealth())
-
-    @property
-    def failed_slot(self) -> SlotHealth | None:
-        """A slot that failed ERROR_AFTER times in a row: the API is in `error` while nothing serves."""
-        return next((h for _, h in sorted(self.health.items()) if h.failures >= ERROR_AFTER), None)
-
-    @property
-    def error(self) -> str | None:
-        failed = self.failed_slot
-        if failed is not None:
-            return failed.error
-        return self.last_kill or None
-
-    @property
-    def error_replica(self) -> str:
-        failed = self.failed_slot
-        return failed.replica if failed is not None else ""
-
-    def live(self) -> list[Replica]:
-        return [r for r in self.replicas if r.state != DRAINING]
-
-    def ready(self) -> list[Replica]:
-        return [r for r in self.replicas if r.state == READY]
-
-    def serving(self, routed: set[str]) -> list[Replica]:
-        """Ready replicas that Traefik confirmed it sends requests to."""
-        return [r for r in self.ready() if r.url in routed]
-
-    def event(self, message: str) -> None:
-        LOGGER.info(f"{self.spec.name}: {message}")
-        self.events = [*self.events[-19:], f"{time.strftime('%H:%M:%S')} {message}"]
-
-    def clear_failures(self) -> None:
-        self.health.clear()
 
 
 class LocalFleet:
@@ -222,7 +115,7 @@ class LocalFleet:
         """`slots`: each GPU API's replica slots, as `stack up` placed them on this host's GPUs."""
         self.loaded = self.services.loaded = loaded
         self.routes.tls = tls_files(loaded.root, loaded.spec.gateway.tls)
-        self.write_keys()
+        write_keys(self.paths, loaded)
         for api in loaded.spec.apis:
             version = api_version(api, digest)
             current = self.apis.get(api.name)
@@ -249,20 +142,6 @@ class LocalFleet:
             self.apis[name].desired = 0
             self.apis[name].event("removed from stack.yaml; draining")
         self.wake.set()
-
-    def write_keys(self, only_if_missing: bool = False) -> None:
-        """The API keys file the replicas read (0600), always there (no key in it: the stack is open), rewritten
-        when the keys change: the replicas follow it (serving.keys). `only_if_missing`: put back a removed one."""
-        if only_if_missing and self.paths.api_keys.exists():
-            return
-        text = api_keys_text(self.loaded)
-        try:
-            if self.paths.api_keys.read_text() == text:
-                return  # unchanged: the replicas have nothing to read again
-        except OSError:
-            pass
-        self.paths.api_keys.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.paths.api_keys, text, 0o600)
 
     # -- the reconcile loop ---------------------------------------------------------------------
 
@@ -298,36 +177,14 @@ class LocalFleet:
             state.replicas.remove(replica)
             if replica.state == DRAINING:
                 continue
-            slot = state.slot(replica.slot)
+            said = _startup_error(self._error_file(replica.id))  # why it stopped, when it could write it
+            killed = self.killed.pop(replica.id, "")
+            if code == EXIT_STUCK and not killed:  # it found itself stuck (serving.health) and left
+                killed = f"{said or 'stuck'}; it exited (code {code})"
             if replica.state == STARTING:
-                slot.failures += 1
-                slot.replica = replica.id
-                slot.error = (
-                    self.killed.pop(replica.id, "")
-                    or _startup_error(self._error_file(replica.id))
-                    or f"replica {replica.id} exited with code {code} while starting"
-                )
-                delay = slot.back_off(slot.failures)
-                state.event(
-                    f"replica {replica.id} failed to start (exit {code}, {slot.failures} in a row in its slot): "
-                    f"{slot.error}; retry in {delay}s, at {_clock(delay)}"
-                )
+                state.failed_to_start(replica, code, killed or said)
             else:
-                state.restarts += 1
-                if code == EXIT_STUCK:  # it found itself stuck (serving.health), answered what it held and left
-                    stuck = _startup_error(self._error_file(replica.id)) or "stuck"
-                    self.killed.setdefault(replica.id, f"{stuck}; it exited (code {code})")
-                # A replica that keeps crashing soon after it started is replaced with back-off.
-                uptime = time.monotonic() - replica.started
-                slot.crashes = slot.crashes + 1 if uptime < CRASH_WINDOW else 1
-                slot.replica = replica.id
-                delay = slot.back_off(slot.crashes - 1) if slot.crashes > 1 else 0
-                if not delay:
-                    slot.retry_at = 0.0
-                wait = f" in {delay}s, at {_clock(delay)} (crashed {slot.crashes} times in a row)" if delay else ""
-                killed = self.killed.pop(replica.id, "")
-                how = killed or f"exited with code {code}"
-                state.event(f"replica {replica.id} {how}; replacing it{wait}")
+                state.exited(replica, code, killed)
 
     async def _probe(self, state: ApiState) -> None:
         for replica in [r for r in state.replicas if r.state == STARTING]:
@@ -345,9 +202,12 @@ class LocalFleet:
                 state.event(f"replica {replica.id} ready after {time.monotonic() - replica.started:.1f}s")
 
     async def _step(self, state: ApiState) -> None:
-        failure = self._rollout_failure(state)
+        failure = state.rollout_failure(state.spec.name in self.updating)
         if failure is not None:
-            self._roll_back(state, *failure)
+            for leaving in state.roll_back(*failure):
+                self._drain(state, leaving, "its rollout was rolled back")
+            self.updating.discard(state.spec.name)
+            self.wake.set()
         live = state.live()
         new = [r for r in live if r.version == state.version]
         old = [r for r in live if r.version != state.version]
@@ -384,41 +244,6 @@ class LocalFleet:
             state.previous = None
             state.event("rolling update done")
 
-    def _rollout_failure(self, state: ApiState) -> tuple[str, str] | None:
-        """Why the API's rollout must be rolled back, and the new replica to blame; None while it may go on."""
-        if state.spec.name not in self.updating or state.previous is None:
-            return None
-        for _, slot in sorted(state.health.items()):
-            if slot.failures >= ERROR_AFTER:
-                why = f"replica {slot.replica} failed to start {slot.failures} times in a row: {slot.error}"
-                return why, slot.replica
-            if slot.crashes >= ERROR_AFTER:
-                return f"replica {slot.replica} crashed {slot.crashes} times in a row soon after starting", slot.replica
-        deadline = state.spec.update.progress_deadline
-        if time.monotonic() - state.rollout_started > deadline:
-            ready = sum(1 for r in state.ready() if r.version == state.version)
-            starting = [r.id for r in state.live() if r.version == state.version and r.state == STARTING]
-            return (
-                f"the new version was not ready within {format_duration(deadline)} (update.progress_deadline): "
-                f"{ready}/{state.desired} replicas ready",
-                starting[0] if starting else "",
-            )
-        return None
-
-    def _roll_back(self, state: ApiState, reason: str, replica: str) -> None:
-        """The new version's replicas go; the API is on the version it rolled from, at its count."""
-        assert state.previous is not None
-        failed = state.version
-        for leaving in [r for r in state.live() if r.version == failed]:
-            self._drain(state, leaving, "its rollout was rolled back")
-        state.spec, state.version = state.previous
-        state.previous = None
-        state.clear_failures()
-        self.updating.discard(state.spec.name)
-        state.rolled_back, state.rollback_replica = reason, replica
-        state.event(f"rolled back from version {failed} to {state.version}: {reason}")
-        self.wake.set()
-
     def _error_file(self, replica_id: str) -> Path:
         return self.paths.logs / f"{replica_id}.error.json"
 
@@ -426,29 +251,10 @@ class LocalFleet:
         state.counter += 1
         replica_id = f"{state.spec.name}-{state.counter}"
         port = free_port()
-        cache = host_model_cache(self.loaded, state.spec) if needs_model_cache(state.spec) else None
-        config = replica_config(
-            self.loaded,
-            state.spec,
-            host="127.0.0.1",
-            port=port,
-            drain_delay=0.0,
-            keys_file=str(self.paths.api_keys),
-            model_cache=str(cache) if cache else None,  # one download per host, shared by every replica
-            upstreams_file=str(self.paths.upstreams / UPSTREAMS_FILE),
-            tracing=tracing_config(self.loaded, state.version),
-        )
         log = self.paths.replica_log(replica_id)
-        error_file = self._error_file(replica_id)
-        error_file.unlink(missing_ok=True)
-        env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json(), REPLICA_ENV: replica_id}
-        env[STARTUP_ERROR_ENV] = str(error_file)
+        self._error_file(replica_id).unlink(missing_ok=True)
         gpu = ",".join(state.slots[slot]) if state.slots else ""
-        if gpu:
-            env["CUDA_VISIBLE_DEVICES"] = gpu  # its slot's GPU(s), by UUID where nvidia-smi gave one
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        for name in self.loaded.secret_env:  # the keys' variables: replicas read the keys file instead
-            env.pop(name, None)
+        env = replica_env(self.loaded, self.paths, state, replica_id, port, gpu, self._error_file(replica_id))
         proc = await start_child([sys.executable, "-m", "serving"], log, env=env, cwd=self.loaded.root)
         state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log, slot=slot, gpu=gpu))
         # Its exit wakes the reconcile loop at once: a dead replica leaves the router
@@ -506,16 +312,13 @@ class LocalFleet:
         found = next((r for r in state.replicas if r.id == replica.replica), None) if state else None
         if state is None or found is None or found.state != READY:
             return  # gone, or already leaving
-        state.restarts += 1
-        found.replaced = decision.reason
-        state.event(f"replica {found.id} replaced: {decision.reason}")
-        if decision.kill:
-            # Stuck: it answered what it held (or cannot answer anything); out of the routes and killed now.
+        state.replaced(found, decision.reason)
+        if not decision.kill:
+            self._drain(state, found, f"unhealthy, replaced: {decision.reason}")
+        else:  # stuck: it answered what it held (or cannot answer anything): out of the routes, killed now
             found.state = DRAINING
             if found.proc.returncode is None:
                 memory.kill_tree(memory.process_tree(found.proc.pid))
-        else:
-            self._drain(state, found, f"unhealthy, replaced: {decision.reason}")
         self.wake.set()
 
     # -- what the control plane drives: its Scaler, its Waker, and the Fleet's questions ---------
@@ -567,6 +370,47 @@ class LocalFleet:
         return failed.error if failed is not None else None
 
 
+def write_keys(paths: LocalPaths, loaded: LoadedSpec, only_if_missing: bool = False) -> None:
+    """The API keys file the replicas read (0600), always there (no key in it: the stack is open), rewritten
+    when the keys change: the replicas follow it (serving.keys). `only_if_missing`: put back a removed one."""
+    if only_if_missing and paths.api_keys.exists():
+        return
+    text = api_keys_text(loaded)
+    try:
+        if paths.api_keys.read_text() == text:
+            return  # unchanged: the replicas have nothing to read again
+    except OSError:
+        pass
+    paths.api_keys.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(paths.api_keys, text, 0o600)
+
+
+def replica_env(
+    loaded: LoadedSpec, paths: LocalPaths, state: ApiState, replica_id: str, port: int, gpu: str, error_file: Path
+) -> dict[str, str]:
+    """A local replica's environment: its serving config, its name, where to say why it stopped, its GPUs."""
+    cache = host_model_cache(loaded, state.spec) if needs_model_cache(state.spec) else None
+    config = replica_config(
+        loaded,
+        state.spec,
+        host="127.0.0.1",
+        port=port,
+        drain_delay=0.0,
+        keys_file=str(paths.api_keys),
+        model_cache=str(cache) if cache else None,  # one download per host, shared by every replica
+        upstreams_file=str(paths.upstreams / UPSTREAMS_FILE),
+        tracing=tracing_config(loaded, state.version),
+    )
+    env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json(), REPLICA_ENV: replica_id}
+    env[STARTUP_ERROR_ENV] = str(error_file)
+    if gpu:
+        env["CUDA_VISIBLE_DEVICES"] = gpu  # its slot's GPU(s), by UUID where nvidia-smi gave one
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    for name in loaded.secret_env:  # the keys' variables: replicas read the keys file instead
+        env.pop(name, None)
+    return env
+
+
 def _enforce_memory(apis: Iterable[ApiState], killed: dict[str, str]) -> None:
     """Kill a replica whose processes hold more than its compute.mem (stack.targets.local.memory)."""
     for state in apis:
@@ -586,12 +430,8 @@ def _enforce_memory(apis: Iterable[ApiState], killed: dict[str, str]) -> None:
             memory.kill_tree(pids)
 
 
-def _clock(delay: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
-
-
 def _startup_error(error_file: Path) -> str | None:
-    """The reason a replica wrote for not starting (serving.runner.report_startup_error)."""
+    """The reason a replica wrote for not starting (serving.exit_reason.report_startup_error)."""
     try:
         data = json.loads(error_file.read_text())
     except (OSError, ValueError):

@@ -40,7 +40,7 @@ from stack.targets import open_control
 from stack.targets.local.batch_workers import LocalWorkers
 from stack.targets.local.children import LocalServices
 from stack.targets.local.control_api import ControlApi
-from stack.targets.local.fleet import LocalFleet
+from stack.targets.local.fleet import LocalFleet, write_keys
 from stack.targets.local.state import LocalPaths, forget
 from stack.tls import tls_files
 
@@ -101,7 +101,7 @@ class Supervisor:
                 self.paths.heartbeat.parent.mkdir(parents=True, exist_ok=True)
                 self.paths.heartbeat.touch()
                 self._repair_state()
-                self.fleet.write_keys(only_if_missing=True)
+                write_keys(self.paths, self.fleet.loaded, only_if_missing=True)
             try:
                 await self.services.keep(self.fleet.router.routed)
             except Exception:  # the next second tries again; the reason is in the log

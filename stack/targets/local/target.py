@@ -27,7 +27,7 @@ from stack.status import ApiPhase, StackStatus
 from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.gateway import check_routed, wait_for_batch_apis
 from stack.targets.local import control
-from stack.targets.local.fleet import BACKOFF, ERROR_AFTER
+from stack.targets.local.apis import BACKOFF, ERROR_AFTER
 from stack.targets.local.state import (
     LocalPaths,
     LocalState,

@@ -24,8 +24,8 @@ from stack.control.liveness import Decision, Probed
 from stack.control.routing import RouteTable
 from stack.control.runtime import Adapters, ControlPlane, ControlSettings
 from stack.errors import StackError
+from stack.plan.nomad import NOMAD_KEYS_FILE
 from stack.plan.nomad_routes import splits_yaml
-from stack.plan.render import NOMAD_KEYS_FILE
 from stack.targets.nomad.activation import NomadWaker
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import NomadWorkers

@@ -28,13 +28,9 @@ from stack.atomic import write_text_atomic
 from stack.autoscale.scaler import Scaler
 from stack.canary import status_of
 from stack.errors import NotRunning, StackError, TargetError
-from stack.plan.render import (
-    api_version,
-    nomad_gpu,
-    plan_nomad,
-    project_digest,
-    project_files,
-)
+from stack.plan.nomad import plan_nomad
+from stack.plan.nomad_values import nomad_gpu
+from stack.plan.render import api_version, project_digest, project_files
 from stack.spec import Api, LoadedSpec
 from stack.splits import splitters_of, with_override
 from stack.status import SplitterStatus, StackStatus
@@ -291,15 +287,12 @@ class NomadTarget:
         progress(f"{api.name}: asked Nomad for {replicas} allocation(s)")
 
     def remove_images(self) -> str:
-        apis = [a.name for a in self.loaded.spec.every_api]
-        done = images.removed_text(images.remove_all(self.project, apis, self.registry))
-        where = f" in {self.registry}" if self.registry else ""
-        return f"{done}; the copies pushed{where} stay (remove them with the registry's own tools)"
+        done = images.removed_text(images.remove_all(self.project, [a.name for a in self.loaded.spec.every_api]))
+        return f"{done}; the copies pushed to {self.registry or 'the registry'} stay (use the registry's tools)"
 
     def image_note(self) -> str:
         apis = [a.name for a in self.loaded.spec.every_api]
-        use = images.disk_use(self.project, apis, self.loaded.spec.build.base_image, self.registry)
-        return use.line() if use is not None else ""
+        return images.note(self.project, apis, self.loaded.spec.build.base_image, self.registry)
 
     def left_running(self) -> str:
         root = self.loaded.root

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from stack.plan.gateway import tls_variable
-from stack.plan.render import batch_keys_variable, keys_variable
+from stack.plan.nomad import batch_keys_variable, keys_variable
 from stack.plan.serving import api_keys_text
 from stack.spec import LoadedSpec
 from stack.targets.base import Progress

@@ -1,0 +1,45 @@
+"""The field types every part of the `stack.yaml` schema shares, parsed on the way in (durations to float
+seconds, memory to int bytes, CPU to float cores), the strict base model, and the networking block that
+APIs and splitters both have."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from stack.spec.units import parse_cpu, parse_duration, parse_fraction, parse_gpu, parse_memory
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Memory = Annotated[int, BeforeValidator(parse_memory)]
+Cpu = Annotated[float, BeforeValidator(parse_cpu)]
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
+GpuShare = Annotated[float, BeforeValidator(parse_gpu)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$|^[a-z]$")]
+NAME_RULE = "lowercase letters, digits and '-', starting with a letter (it names containers, jobs and metrics)"
+
+
+class Strict(BaseModel):
+    # Unknown keys are errors: a misspelt field silently ignored is the worst kind of bug.
+    # strict: `threads_per_process: "2"` is an error, not a silent conversion.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+
+
+class Networking(Strict):
+    endpoint: str | None = None  # default: /<api name>
+    # How the gateway picks a replica: p2c (two at random, the one with fewer requests in flight: a
+    # long request does not hold up short ones behind it), wrr (round robin), leasttime (the fastest
+    # to answer, weighed by requests in flight).
+    load_balancer: Literal["p2c", "wrr", "leasttime"] = "p2c"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"/[A-Za-z0-9._~/-]*", value):
+            raise ValueError(f"expected a URL path starting with '/', like /iris, got {value!r}")
+        if value is not None and len(value) > 1:
+            value = value.rstrip("/")
+        return value
