@@ -44,15 +44,16 @@ def test_retry_after_is_the_backlog_over_recent_throughput() -> None:
 
     replica = Replica(ServingConfig(predictor_path="unused.py", api="retry"))
     path = replica.predictions  # the predict path keeps the numbers Retry-After comes from
+    throughput = path._throughput
     now = time.monotonic()
-    path._started = now - 20
-    path._completions.extend([now - 5 + i for i in range(5)])  # 5 done in the last 10 s: 0.5/s
+    throughput._started = now - 20
+    throughput._completions.extend([now - 5 + i for i in range(5)])  # 5 done in the last 10 s: 0.5/s
     path.in_flight = 4
     assert replica.retry_after() == 8  # 4 waiting / 0.5 per second
     path.in_flight = 1000
     assert replica.retry_after() == 60  # never more than a minute
-    path._completions.clear()
-    path._mean_duration = 2.0
+    throughput._completions.clear()
+    throughput._mean_duration = 2.0
     path.in_flight = 3
     assert replica.retry_after() == 6  # no recent completions: in flight x mean duration / threads
 

@@ -157,6 +157,10 @@ def record_event(state_dir: Path, api: str, message: str, at: float | None = Non
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        if handle.tell():  # after a line torn by a writer that died mid-line, start a new one
+            handle.seek(handle.tell() - 1)
+            if handle.read(1) != "\n":
+                line = "\n" + line
         handle.write(line)
         handle.flush()
         handle.seek(0)
