@@ -116,11 +116,19 @@ class Replica:
             await self.apis.close()
 
     def is_ready(self) -> bool:
-        if self.predictor is None or self.draining or not self.health.alive:
+        if self.predictor is None or self.draining or not self.health.alive or self.wedged():
             return False
         if self._ready_dir and self._workers > 1:
             return len(list(self._ready_dir.glob("ready-*"))) >= self._workers
         return True
+
+    def wedged(self) -> bool:
+        """Every predictor thread is busy with a call past its `timeout`: whatever arrives now can only time
+        out, so the replica is not ready (requests go to others) until a thread is free — or, past
+        `stuck_after`, it is stuck (serving.health)."""
+        timeout = self.config.timeout
+        since = self._pool.saturated_since() if timeout is not None else None
+        return since is not None and timeout is not None and time.monotonic() - since > timeout
 
     # -- routes --------------------------------------------------------------
 
@@ -216,6 +224,8 @@ class Replica:
         if not self.health.alive:
             return web.json_response({"status": self.health.status, "reason": self.health.reason}, status=503)
         reason = "draining" if self.draining else "loading" if self.predictor is None else "workers starting"
+        if self.predictor is not None and not self.draining and self.wedged():
+            reason = "every predictor thread is busy past its timeout"
         return web.json_response({"status": reason}, status=503)
 
     def _last_request_time(self) -> float:

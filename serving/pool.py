@@ -41,6 +41,12 @@ class PredictPool:
     def queued(self) -> int:
         return self._queue.qsize()
 
+    def saturated_since(self) -> float | None:
+        """When the last of its threads took the call it is still running (monotonic), while every thread is
+        busy; None while one is free."""
+        started = list(self._started)
+        return max(started) if started and all(started) else None
+
     def oldest_start(self) -> float | None:
         """When the longest-running call now running started (monotonic), or None when every thread is idle."""
         running = [started for started in self._started if started]

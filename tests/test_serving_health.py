@@ -77,6 +77,21 @@ def test_a_timeout_answers_504_and_the_wedged_thread_still_makes_the_replica_stu
         replica.instance.release.set()
 
 
+def test_a_replica_whose_every_thread_is_wedged_past_its_timeout_is_not_ready(inproc: Any) -> None:
+    """Before it is stuck, a replica that can only time out what it gets is taken out of rotation."""
+    replica = inproc(WEDGED, config={"fine": 0}, timeout=0.2, stuck_after=60.0)
+    try:
+        assert replica.post(json="a").status_code == 504  # its one thread stays wedged
+        wait_for(lambda: replica.get("/readyz").status_code == 503, "readiness to turn 503")
+        assert replica.get("/readyz").json()["status"] == "every predictor thread is busy past its timeout"
+        health = replica.get("/healthz")
+        assert health.status_code == 200 and health.json()["ready"] is False  # alive: not stuck yet
+        replica.instance.release.set()
+        wait_for(lambda: replica.get("/readyz").status_code == 200, "ready again once the thread is free")
+    finally:
+        replica.instance.release.set()
+
+
 @pytest.mark.parametrize("kind", ["AsyncPredictor", "SleepyPredictor"])
 def test_a_blocked_event_loop_answers_its_requests_from_the_watchdog_and_exits(inproc: Any, kind: str) -> None:
     replica = inproc(WEDGED, predictor_class=kind, config={"fine": 1}, health_check_timeout=1.0)

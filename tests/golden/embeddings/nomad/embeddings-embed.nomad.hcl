@@ -7,7 +7,7 @@ job "embeddings-embed" {
   meta {
     stack_project = "embeddings"
     stack_api     = "embed"
-    stack_version = "338b376ce1d2"
+    stack_version = "81e37b957bfc"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "embeddings-embed" {
       tags = [
         "stack.project=embeddings",
         "stack.api=embed",
-        "stack.version=338b376ce1d2",
+        "stack.version=81e37b957bfc",
         "traefik.enable=true",
         "traefik.http.routers.embeddings-embed.entrypoints=web",
         "traefik.http.routers.embeddings-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "embeddings-embed" {
       driver = "docker"
 
       config {
-        image = "embeddings-embed:338b376ce1d2"
+        image = "embeddings-embed:81e37b957bfc"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
