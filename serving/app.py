@@ -127,8 +127,10 @@ class Replica:
         out, so the replica is not ready (requests go to others) until a thread is free — or, past
         `stuck_after`, it is stuck (serving.health)."""
         timeout = self.config.timeout
-        since = self._pool.saturated_since() if timeout is not None else None
-        return since is not None and timeout is not None and time.monotonic() - since > timeout
+        if timeout is None or self.config.batching is not None:  # a batch's run is not one request's
+            return False
+        since = self._pool.saturated_since()
+        return since is not None and time.monotonic() - since > timeout
 
     # -- routes --------------------------------------------------------------
 

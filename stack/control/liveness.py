@@ -70,6 +70,14 @@ class Health:
         return self.misses >= SUSPECT_AFTER
 
     @property
+    def routable(self) -> bool:
+        """Requests may go to it: not silent, not stuck or unhealthy, and ready when it last answered (a
+        replica whose every thread is wedged past its timeout says it is not)."""
+        if self.suspect or self.status in ("stuck", "unhealthy"):
+            return False
+        return self.ready or self.status != "alive"
+
+    @property
     def word(self) -> str:
         """Its health as `stack status` shows it."""
         if self.status in ("stuck", "unhealthy"):

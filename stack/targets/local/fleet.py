@@ -97,14 +97,9 @@ class LocalFleet:
         return {name: {r.url for r in s.ready() if not self.suspect(r)} for name, s in self.apis.items()}
 
     def suspect(self, replica: Replica) -> bool:
-        """Its probes go unanswered, it said it is stuck, or it is not ready (every thread wedged past its
-        timeout): no request should go to it."""
+        """Its probes say no request should go to it (silent, stuck, unhealthy or not ready)."""
         health = self.liveness.of(replica.id) if self.liveness is not None else None
-        if health is None:
-            return False
-        return (
-            health.suspect or health.status in ("stuck", "unhealthy") or (health.status == "alive" and not health.ready)
-        )
+        return health is not None and not health.routable
 
     def ready_urls(self, api: str) -> list[str]:
         return [r.url for r in self.apis[api].ready()] if api in self.apis else []
