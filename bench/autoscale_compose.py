@@ -32,7 +32,7 @@ from pathlib import Path
 import requests
 
 from results import write_section
-from stack.plan.render import CONTROL_DIR
+from stack.targets.compose.plan import CONTROL_DIR
 
 # One request at a time per replica: queueing shows in the latency, as with a real model.
 PREDICTOR = """import socket

@@ -328,3 +328,20 @@ def activator_fallback(routes: list[Route], activator_service: str) -> dict[str,
             "middlewares": [f"{name}-strip", f"{name}-activate"],
         }
     return {"http": {"routers": routers, "middlewares": middlewares}} if routers else {}
+
+
+def api_routes(spec: Any) -> tuple[Route, ...]:
+    """Each API's route at the gateway as stack.yaml gives it (`spec`: a stack.spec.Spec), before any replica
+    joins it: an API scaled to zero routes to the activator, a BatchAPI's to the controller's jobs."""
+    routes = tuple(
+        Route(
+            f"{spec.project}-{api.name}",
+            api.endpoint,
+            activate=api.name if api.autoscaling.min_replicas == 0 else None,
+            strategy=api.networking.load_balancer,
+            max_body=api.predictor.max_body_size,
+            api=api.name,
+        )
+        for api in spec.apis
+    )
+    return routes + tuple(Route(f"{spec.project}-{a.name}", a.endpoint, jobs=a.name) for a in spec.batch_apis)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from stack.errors import StackError
-from stack.plan.render import template_environment
+from stack.plan.templates import template_environment
 from stack.spec.models import NAME_RULE
 
 FILES = ("stack.yaml", "predictor.py", "requirements.txt", "sample.json")

@@ -25,8 +25,9 @@ def example_names() -> list[str]:
 def render(name: str, work: Path) -> dict[str, str]:
     """Every planned file of one example, keyed by target/filename."""
     sys.path.insert(0, str(HERE.parent))
-    from stack.plan import plan_compose, plan_nomad
     from stack.spec import load_spec
+    from stack.targets.compose.plan import plan as plan_compose
+    from stack.targets.nomad.plan import plan as plan_nomad
 
     project = work / name
     shutil.copytree(EXAMPLES / name, project, ignore=GENERATED)

@@ -34,10 +34,10 @@ from stack.autoscale.config import AutoscalerConfig, RoutedApi
 from stack.dashboard.data import CHARTS, RANGES, Dashboard, Range, _query
 from stack.dashboard.proxy import proxy_app
 from stack.dashboard.web import dashboard_routes
-from stack.plan import plan_nomad
 from stack.spec import load_spec
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.plan import plan as plan_nomad
 from stack.targets.nomad.target import NomadTarget
 from test_compose import _docker_ready, containers, remove_project
 

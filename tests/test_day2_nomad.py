@@ -9,8 +9,8 @@ from pathlib import Path
 
 from conftest import EXAMPLES
 from nomad_schema import schema_errors
-from stack.plan import plan_nomad
 from stack.spec import load_spec
+from stack.targets.nomad.plan import plan as plan_nomad
 
 
 def _job(tmp_path: Path, predictor: str = "", update: str = "", gateway: str = "") -> dict:

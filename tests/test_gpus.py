@@ -23,9 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import EXAMPLES, ROOT, free_port, require_binary
 from nomad_schema import schema_errors
 from stack.errors import PlanError
-from stack.plan import plan_compose, plan_nomad
 from stack.plan.gpus import Gpu, detect_gpus, parse_query, place
 from stack.spec import load_spec
+from stack.targets.compose.plan import plan as plan_compose
+from stack.targets.nomad.plan import plan as plan_nomad
 
 FAKES = ROOT / "tests" / "fakes"
 H100 = "GPU-0aa3c2f1-6ee2-4c65-9a1b-7d2b4e1c0001"

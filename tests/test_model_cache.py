@@ -16,8 +16,8 @@ import yaml
 from test_cortex import MULTI_MODEL, write
 
 from serving.model_cache import ModelCache
-from stack.plan import plan_compose
 from stack.spec import load_spec
+from stack.targets.compose.plan import plan as plan_compose
 
 
 def cache_counts(server: Any) -> dict[str, float]:

@@ -14,11 +14,11 @@ from nomad_standin import NomadStandIn
 
 from nomad_schema import schema_errors
 from stack.batch.jobs import JobRef
-from stack.plan.nomad import plan_nomad
 from stack.spec import load_spec
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import ITEM, NomadWorkers, worker_variable
 from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.plan import plan as plan_nomad
 
 SPEC = """\
 project: nb

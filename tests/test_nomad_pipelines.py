@@ -21,10 +21,10 @@ from nomad_standin import NomadStandIn
 
 from conftest import ServerFactory
 from nomad_schema import schema_errors
-from stack.plan import plan_nomad
 from stack.spec import load_spec
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.plan import plan as plan_nomad
 
 SPEC = """\
 project: np

@@ -17,10 +17,10 @@ from nomad_schema import schema_errors
 from stack.activator import Activator
 from stack.autoscale.config import config_of
 from stack.gateway_errors import serve_errors
-from stack.plan import plan_nomad
 from stack.spec import load_spec
 from stack.targets.nomad.activation import NomadWaker
 from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.plan import plan as plan_nomad
 
 
 def zero_project(tmp_path: Path) -> Path:

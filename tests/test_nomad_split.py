@@ -33,13 +33,14 @@ from stack.canary import ROLLED_BACK, CanaryRunner
 from stack.canary_sources import Counters, NoData
 from stack.control.runtime import ControlPlane, ControlSettings
 from stack.errors import StackError
-from stack.plan import plan_nomad
 from stack.spec import load_spec
 from stack.splits import splitters_of
 from stack.targets import open_control
 from stack.targets.local.traefik import traefik_binary
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.plan import plan as plan_nomad
+from stack.targets.nomad.settings import NomadControlSettings
 from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits, rolling_out, routes_variable
 from stack.targets.nomad.target import NomadTarget
 
@@ -219,14 +220,15 @@ def test_a_canary_on_nomad_keeps_its_state_and_weights_in_variables(tmp_path: Pa
     loaded = load_spec(project(tmp_path, canary))
     api = NomadApi(NomadSettings.from_env(standin.address))
     config = config_of(loaded, versions={"v1": "a", "v2": "b"})
-    settings = ControlSettings(config=config, prometheus_url="http://127.0.0.1:9", nomad_addr=standin.address)
+    settings = ControlSettings(config=config, prometheus_url="http://127.0.0.1:9")
+    own = NomadControlSettings(standin.address)
 
     def weights() -> list[dict[str, Any]]:
         routes = yaml.safe_load((api.get_variable(routes_variable("ns")) or {})["routes"])
         return routes["http"]["services"]["ns-split-iris"]["weighted"]["services"]
 
     async def scenario() -> None:
-        async with aiohttp.ClientSession() as session, open_control("nomad", settings)(session) as adapters:
+        async with aiohttp.ClientSession() as session, open_control("nomad", settings, own)(session) as adapters:
             plane = ControlPlane(replace(adapters, metrics=StubSource()))
             clock = [time.time()]
             plane.canary.clock = lambda: clock[0]

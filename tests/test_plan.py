@@ -16,7 +16,7 @@ import yaml
 from conftest import require_binary
 from golden import GOLDEN, example_names, render
 from nomad_schema import schema_errors
-from stack.plan.nomad_json import hcl_to_job
+from stack.targets.nomad.jobs import hcl_to_job
 
 EXAMPLES = example_names()
 
@@ -184,9 +184,9 @@ def test_nomad_shape(rendered) -> None:
 
 
 def test_too_few_gpus_is_a_plan_error(tmp_path: Path) -> None:
-    from stack.plan import plan_compose
-    from stack.plan.render import PlanError
+    from stack.errors import PlanError
     from stack.spec import load_spec
+    from stack.targets.compose.plan import plan as plan_compose
 
     shutil.copytree(Path(__file__).parents[1] / "examples" / "gpu", tmp_path / "gpu")
     with pytest.raises(PlanError, match=r"the GPUs cannot hold every replica slot: classify \(1 slot\(s\) left over\)"):
@@ -206,7 +206,9 @@ def test_cli_plan_writes_files(tmp_path: Path) -> None:
         text=True,
     )
     assert nomad.returncode == 0, nomad.stderr
+    # The jobs, and the Dockerfiles of the images `stack up --nomad` builds and pushes.
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == [
+        "autoscaler.Dockerfile",
         "echo-autoscaler.json",
         "echo-autoscaler.nomad.hcl",
         "echo-echo.json",
@@ -215,12 +217,14 @@ def test_cli_plan_writes_files(tmp_path: Path) -> None:
         "echo-prometheus.nomad.hcl",
         "echo-traefik.json",
         "echo-traefik.nomad.hcl",
+        "echo.Dockerfile",
     ]
 
 
 def test_api_keys_are_a_secret_file_not_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stack.plan import plan_compose, plan_nomad
     from stack.spec import load_spec
+    from stack.targets.compose.plan import plan as plan_compose
+    from stack.targets.nomad.plan import plan as plan_nomad
 
     shutil.copytree(Path(__file__).parents[1] / "examples" / "echo", tmp_path / "echo")
     spec = tmp_path / "echo" / "stack.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stack.files import ProjectFiles
-from stack.plan.render import api_version, project_digest
+from stack.plan.versions import api_version, project_digest
 from stack.spec import load_spec
 from stack.targets.build import ImagePython, failure_summary
 
@@ -105,7 +105,7 @@ def test_digest_is_the_same_in_another_process_and_hash_seed(tmp_path: Path) -> 
     (root / "a").mkdir()
     for name in ("z.py", "a.py", "m.txt", "a/b.py"):
         (root / name).write_text(name)
-    code = "import sys; from stack.plan.render import project_digest; from stack.spec import load_spec; "
+    code = "import sys; from stack.plan.versions import project_digest; from stack.spec import load_spec; "
     code += f"print(project_digest(load_spec({str(root)!r})))"
     digests = {
         subprocess.run(
@@ -206,7 +206,7 @@ def test_an_onnx_or_s3_api_gets_its_packages_in_the_image(tmp_path: Path) -> Non
 
 
 def test_secrets_stay_out_of_images_and_one_that_would_go_in_is_named(tmp_path: Path) -> None:
-    from stack.plan.render import project_files
+    from stack.plan.versions import project_files
     from stack.targets.build import warn_secrets
 
     root = tmp_path / "app"

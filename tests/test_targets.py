@@ -11,10 +11,10 @@ import pytest
 
 from nomad_schema import schema_errors
 from stack.errors import StackError
-from stack.plan import plan_nomad
 from stack.spec import load_spec
 from stack.targets import open_target
 from stack.targets.base import Target, refuse_nomad_autoscaler
+from stack.targets.nomad.plan import plan as plan_nomad
 
 SPEC = """\
 project: shop

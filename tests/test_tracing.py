@@ -213,7 +213,8 @@ def test_tracing_errors_name_the_line(tmp_path: Path, block: str, line: int, mes
 
 
 def test_traces_url_and_the_gateways_flags(tmp_path: Path) -> None:
-    from stack.plan.gateway import from_container, traefik_tracing_args
+    from stack.plan.gateway import traefik_tracing_args
+    from stack.targets.compose.plan import from_container
 
     (tmp_path / "p.py").write_text("class Predictor:\n    def predict(self, payload):\n        return payload\n")
     (tmp_path / "stack.yaml").write_text(
@@ -235,8 +236,8 @@ def test_compose_and_nomad_plans_trace_through_the_gateway_and_replicas(tmp_path
 
     import yaml
 
-    from stack.plan import plan_compose
-    from stack.plan.nomad import plan_nomad
+    from stack.targets.compose.plan import plan as plan_compose
+    from stack.targets.nomad.plan import plan as plan_nomad
 
     root = tmp_path / "traced"
     _write(root, 18080, "http://127.0.0.1:4318", 0.5)

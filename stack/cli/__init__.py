@@ -180,8 +180,9 @@ def plan(
 ) -> None:
     """Render the files a target runs: Compose (default) or Nomad jobs; print where each GPU API's
     replica slots go."""
-    from stack.plan import plan_compose, plan_nomad
     from stack.plan.gpus import host_gpus
+    from stack.targets.compose.plan import plan as plan_compose
+    from stack.targets.nomad.plan import plan as plan_nomad
 
     loaded = load_spec(path)
     _warn(loaded.warnings)
@@ -485,8 +486,10 @@ def autoscale(
     from stack.autoscale.config import AutoscalerConfig, config_of
     from stack.autoscale.policy import POLICIES
     from stack.control.runtime import ControlSettings, run_control
-    from stack.plan.render import CONTROL_DIR
     from stack.targets import open_control
+    from stack.targets.compose.plan import CONTROL_DIR
+    from stack.targets.compose.settings import ComposeSettings
+    from stack.targets.nomad.settings import NomadControlSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     if path is not None:
@@ -506,18 +509,14 @@ def autoscale(
         raise StackError("--activator-port is for the Nomad target (Compose serves it with --control-dir)")
     if target == "compose" and (control_dir is None or state_dir is None):
         raise StackError("the Compose controller needs --control-dir and --state-dir (or a stack.yaml)")
-    settings = ControlSettings(
-        config=config,
-        prometheus_url=prometheus_url,
-        metrics_port=metrics_port,
-        state_dir=state_dir if target != "local" else None,
-        control_dir=control_dir,
-        network=network or f"{config.project}-stack",
-        replica_port=replica_port,
-        activator_port=activator_port,
-        nomad_addr=nomad_addr,
-    )
-    asyncio.run(run_control(open_control(target, settings), POLICIES[policy]))
+    settings = ControlSettings(config, prometheus_url, metrics_port, state_dir)
+    own: ComposeSettings | NomadControlSettings
+    if target == "compose":
+        assert control_dir is not None
+        own = ComposeSettings(control_dir, network or f"{config.project}-stack", replica_port)
+    else:
+        own = NomadControlSettings(nomad_addr, activator_port)
+    asyncio.run(run_control(open_control(target, settings, own), POLICIES[policy]))
 
 
 def _scheme(target: Target) -> str:

@@ -20,7 +20,7 @@ activator with the gateway's own JSON errors, the routes as data, the liveness
 probes (stack.control.liveness) and the controller's HTTP endpoint (/metrics,
 /status, /healthz) are composed here
 once. A target contributes adapters only; `stack.targets.open_control` picks
-them, as `open_target` picks a target.
+them from the targets' table, as `open_target` picks a target.
 """
 
 from __future__ import annotations
@@ -121,19 +121,14 @@ class Adapters:
 
 @dataclass(frozen=True)
 class ControlSettings:
-    """How a stack's controller was asked to run (`stack autoscale`'s flags, the local supervisor's spec);
-    each target's adapters read what they need."""
+    """How a stack's controller was asked to run, what every target's controller shares (`stack autoscale`'s
+    flags; the local supervisor reads its spec). What one target needs besides is its own settings
+    (`stack.targets.<name>.settings`)."""
 
     config: AutoscalerConfig | None = None  # None: the target reads it (the local supervisor, from its spec)
     prometheus_url: str | None = None
     metrics_port: int = 9100  # the controller's /metrics, /status, /healthz
     state_dir: Path | None = None  # decisions, counts, canaries, weights set by hand (shared with the host)
-    control_dir: Path | None = None  # Compose: where the gateway's routes and Prometheus' targets are written
-    network: str | None = None  # Compose: the stack's network
-    replica_port: int = 8888
-    activator_port: int | None = None  # Nomad: where the activator listens for APIs scaled to zero
-    nomad_addr: str | None = None
-    spec_file: Path | None = None  # local: the supervisor's stack.yaml
 
 
 OpenAdapters = Callable[[aiohttp.ClientSession], AbstractAsyncContextManager[Adapters]]

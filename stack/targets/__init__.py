@@ -1,17 +1,29 @@
-"""Where a stack runs. One package per target, each implementing `stack.targets.base.Target`:
+"""Where a stack runs: one package per target, registered in one table (`TARGETS`).
 
     local/    replicas as processes behind a real Traefik, run by a supervisor (no Docker)
     compose/  one box with Docker Compose
     nomad/    a Nomad cluster, through its HTTP API
 
-`open_target` is the only place that chooses between them for the CLI, and
-`open_control` the only place that chooses a target's adapters for the stack's
-controller (stack.control.runtime: the same runtime on every target).
+Every target's package has the same modules for the same roles:
+
+    target    its `Target` (stack.targets.base): up, status, logs, scale, down; and `open_target`
+    plan      its planner: the typed `stack.plan.Plan` (files, digest, versions, images, placement, routes)
+    fleet     what keeps its replicas for the control plane (stack.control.runtime.Fleet)
+    adapters  `adapters(settings, own, session)`: everything its controller runs the control plane with
+    scaler    what the autoscaler drives to change a count (stack.autoscale.scaler.Scaler)
+    settings  what its controller needs beyond the shared `ControlSettings`
+
+A new target (Swarm, Kubernetes) is one such package and one row below. `open_target` (for the CLI) and
+`open_control` (for a stack's controller) are the only places that choose between them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from stack.errors import StackError
 
@@ -20,49 +32,46 @@ if TYPE_CHECKING:
     from stack.spec import LoadedSpec
     from stack.targets.base import Target
 
-KINDS = ("compose", "local", "nomad")
+
+@dataclass(frozen=True)
+class TargetKind:
+    name: str  # how a flag and `target:` in stack.yaml name it
+    package: str  # the package that holds it, with the modules above
+    summary: str
+
+    def module(self, role: str) -> ModuleType:
+        return importlib.import_module(f"{self.package}.{role}")
 
 
-def open_target(
-    loaded: LoadedSpec,
-    kind: str | None,
-    *,
-    gpus: int | None = None,
-    gpu_mem: int | None = None,
-    registry: str | None = None,
-) -> Target:
-    """The target named by a flag, else by `target:` in stack.yaml, else Compose. `gpus`/`gpu_mem`:
-    the host's GPUs as `--gpus N --gpu-mem SIZE` gave them (None: ask nvidia-smi when planning)."""
-    chosen = kind or loaded.spec.target or "compose"
-    if chosen == "local":
-        from stack.targets.local.target import LocalTarget
-
-        return LocalTarget(loaded, host_gpus=gpus, gpu_mem=gpu_mem)
-    if chosen == "compose":
-        from stack.targets.compose.target import ComposeTarget
-
-        return ComposeTarget(loaded, host_gpus=gpus, gpu_mem=gpu_mem)
-    if chosen == "nomad":
-        from stack.targets.nomad.target import NomadTarget
-
-        return NomadTarget(loaded, registry=registry)
-    raise StackError(f"unknown target {chosen!r}; choose one of {', '.join(KINDS)}")
+TARGETS = {
+    kind.name: kind
+    for kind in (
+        TargetKind("compose", "stack.targets.compose", "one box with Docker Compose"),
+        TargetKind("local", "stack.targets.local", "replicas as processes behind a real Traefik, no Docker"),
+        TargetKind("nomad", "stack.targets.nomad", "an on-prem Nomad cluster, through its HTTP API"),
+    )
+}
+KINDS = tuple(TARGETS)
+DEFAULT = "compose"
 
 
-def open_control(kind: str, settings: ControlSettings) -> OpenAdapters:
-    """The adapters a target's controller runs the control plane with (opened inside its event loop)."""
-    from functools import partial
+def kind(name: str) -> TargetKind:
+    found = TARGETS.get(name)
+    if found is None:
+        raise StackError(f"unknown target {name!r}; choose one of {', '.join(KINDS)}")
+    return found
 
-    if kind == "local":
-        from stack.targets.local.supervisor import local_adapters
 
-        return partial(local_adapters, settings)
-    if kind == "compose":
-        from stack.targets.compose.adapters import compose_adapters
+def open_target(loaded: LoadedSpec, name: str | None, **options: Any) -> Target:
+    """The target named by a flag, else by `target:` in stack.yaml, else Compose; `options`: what the CLI's
+    flags say of this host (`gpus`, `gpu_mem`, `registry`), each target taking what it needs."""
+    chosen = kind(name or loaded.spec.target or DEFAULT)
+    target: Target = chosen.module("target").open_target(loaded, **options)
+    return target
 
-        return partial(compose_adapters, settings)
-    if kind == "nomad":
-        from stack.targets.nomad.adapters import nomad_adapters
 
-        return partial(nomad_adapters, settings)
-    raise StackError(f"unknown target {kind!r}; choose one of {', '.join(KINDS)}")
+def open_control(name: str, settings: ControlSettings, own: object) -> OpenAdapters:
+    """The adapters a target's controller runs the control plane with (opened inside its event loop);
+    `own`: that target's settings (stack.targets.<name>.settings)."""
+    adapters = kind(name).module("adapters").adapters
+    return partial(adapters, settings, own)

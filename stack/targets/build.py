@@ -27,14 +27,13 @@ import serving
 import stack
 from stack.errors import BuildError
 from stack.files import ProjectFiles, package_files
-from stack.plan.render import (
+from stack.plan.images import (
     RUNTIME_REQUIREMENTS,
-    autoscaler_dockerfile,
-    autoscaler_image,
     build_context,
-    control_plane_digest,
-    control_plane_requirements,
+    controller_image,
+    controller_requirements,
 )
+from stack.plan.versions import control_plane_digest
 from stack.spec import LoadedSpec
 
 Progress = Callable[[str], None]
@@ -178,7 +177,7 @@ def assemble_autoscaler(root: Path, dockerfile: str, base_image: str, wheelhouse
     context.mkdir(parents=True)
     _copy_package(Path(stack.__file__).parent, context / "stack")
     _copy_package(Path(serving.__file__).parent, context / "serving")
-    (context / "requirements.txt").write_text("\n".join(control_plane_requirements()) + "\n")
+    (context / "requirements.txt").write_text("\n".join(controller_requirements()) + "\n")
     (context / "Dockerfile").write_text(dockerfile)
     if wheelhouse:
         _wheelhouse(context, root, base_image, [], context / "requirements.txt", progress)
@@ -353,15 +352,13 @@ def warn_secrets(files: ProjectFiles, progress: Progress) -> None:
         )
 
 
-def controller_image(loaded: LoadedSpec, progress: Progress) -> str:
-    """The controller/autoscaler image (the same code for every project: one per machine), rebuilt
-    only when this release's code changed; its name."""
-    image = autoscaler_image()
+def build_controller(loaded: LoadedSpec, dockerfile: str, progress: Progress) -> str:
+    """The controller's image (the same code for every project: one per machine) from the plan's Dockerfile,
+    rebuilt only when this release's code changed; its name."""
+    image = controller_image()
     code = control_plane_digest()[:16]
     if image_label(image, "stack.code") != code:
         spec = loaded.spec.build
-        context = assemble_autoscaler(
-            loaded.root, autoscaler_dockerfile(loaded), spec.base_image, spec.wheelhouse, progress
-        )
+        context = assemble_autoscaler(loaded.root, dockerfile, spec.base_image, spec.wheelhouse, progress)
         build_image(context, image, progress, labels={"stack.code": code})
     return image

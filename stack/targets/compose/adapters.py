@@ -1,7 +1,7 @@
 """The Compose target's adapters for the control plane (stack.control.runtime).
 
 The controller runs in the stack's autoscaler service, the one container with
-the engine's socket: the fleet is `ComposeController` (routes, Prometheus
+the engine's socket: the fleet is `ComposeFleet` (routes, Prometheus
 targets, killed replicas brought back, APIs at zero woken), the scaler copies
 and stops containers with Compose's own labels, everything else is read from
 Prometheus and kept in the state directory shared with the host.
@@ -22,12 +22,14 @@ from stack.canary_sources import PrometheusSource
 from stack.control.routing import FileRouteSink
 from stack.control.runtime import Adapters, ControlSettings
 from stack.errors import StackError
-from stack.plan.render import COMPOSE_KEYS_FILE, ERRORS_PORT
+from stack.plan.values import ERRORS_PORT
 from stack.splits import FileSplits
 from stack.targets.compose.batch_workers import ComposeWorkers
-from stack.targets.compose.controller import ComposeController
 from stack.targets.compose.desired import DECISIONS_FILE
+from stack.targets.compose.fleet import ComposeFleet
+from stack.targets.compose.plan import COMPOSE_KEYS_FILE
 from stack.targets.compose.scaler import ComposeScaler
+from stack.targets.compose.settings import ComposeSettings
 
 CONTROLLER_HOST = "autoscaler"  # the Compose service's name: its address on the stack's network
 ROUTES_DIR = "routes"  # under the control directory: Traefik's file provider
@@ -36,19 +38,25 @@ HEADER = "Written by the stack's controller (the autoscaler service) whenever a 
 
 
 @contextlib.asynccontextmanager
-async def compose_adapters(settings: ControlSettings, session: aiohttp.ClientSession) -> AsyncIterator[Adapters]:
-    config, prometheus = settings.config, settings.prometheus_url
-    state_dir, control_dir = settings.state_dir, settings.control_dir
-    if config is None or prometheus is None or state_dir is None or control_dir is None:
-        raise StackError("the Compose controller needs its config, Prometheus' URL, --state-dir and --control-dir")
+async def adapters(
+    settings: ControlSettings, own: ComposeSettings, session: aiohttp.ClientSession
+) -> AsyncIterator[Adapters]:
+    config, prometheus, state_dir, control_dir = (
+        settings.config,
+        settings.prometheus_url,
+        settings.state_dir,
+        own.control_dir,
+    )
+    if config is None or prometheus is None or state_dir is None:
+        raise StackError("the Compose controller needs its config, Prometheus' URL and --state-dir")
     try:
         scaler = ComposeScaler(config.project, state_dir=state_dir)
     except docker.errors.DockerException as exc:
         raise StackError(f"cannot reach the Docker engine to scale {config.project}: {exc}") from None
-    controller = ComposeController(
+    controller = ComposeFleet(
         config.project,
-        settings.network or f"{config.project}-stack",
-        settings.replica_port,
+        own.network,
+        own.replica_port,
         config.routed,
         control_dir,
         state_dir,

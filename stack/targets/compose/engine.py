@@ -12,7 +12,7 @@ from pathlib import Path
 
 from serving.supervisor import port_is_free
 from stack.errors import StackError
-from stack.plan.render import service_name
+from stack.plan.images import service_name
 from stack.spec import Api, LoadedSpec
 from stack.status import ReplicaState
 from stack.targets.compose.desired import read_health

@@ -59,7 +59,7 @@ class ComposeScaler:
         self.state_dir = state_dir  # where the controller keeps each API's count (desired.json)
         self.draining: set[str] = set()  # container ids being stopped by a scale-down
         self.lock = threading.Lock()
-        # Whether a replica serves: the controller's liveness probes say (stack.targets.compose.controller).
+        # Whether a replica serves: the controller's liveness probes say (stack.targets.compose.fleet).
         self.ready: Callable[[Container], bool] = lambda container: False
 
     async def replicas(self, api: ApiScaling) -> Replicas:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from stack import routes
 from stack.atomic import write_json_atomic
-from stack.plan.render import CONTROL_DIR, service_name
+from stack.plan.images import service_name
 from stack.spec import Api, LoadedSpec
 from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, Progress
+from stack.targets.compose.plan import CONTROL_DIR
 from stack.targets.docker import docker
 from stack.tls import TLS_FILE, tls_files, write_config
 

@@ -21,18 +21,11 @@ from stack.canary import STATE_FILE as CANARY_FILE
 from stack.canary import splitter_status
 from stack.errors import NotRunning, StackError
 from stack.plan.gpus import Placement, Slot, host_gpus, read_placement, write_placement
-from stack.plan.render import (
-    AUTOSCALER_STATE_DIR,
-    CONTROL_DIR,
-    DASHBOARD_PORT,
-    KEYS_FILE,
-    api_version,
-    plan_compose,
-    project_digest,
-    project_files,
-    service_name,
-)
+from stack.plan.images import CONTROLLER_DOCKERFILE, api_dockerfile_name, service_name
+from stack.plan.plan import Plan
 from stack.plan.serving import extra_requirements, keys_removed
+from stack.plan.values import CONTROLLER_STATE_DIR as AUTOSCALER_STATE_DIR
+from stack.plan.versions import current_versions, project_files
 from stack.spec import Api, LoadedSpec
 from stack.splits import change, clear_overrides, splitters_of
 from stack.status import ApiStatus, Observed, ReplicaStatus, StackStatus, Traffic, api_phase
@@ -56,6 +49,8 @@ from stack.targets.compose.desired import (
     write_desired,
 )
 from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, Container, userland_proxy
+from stack.targets.compose.plan import CONTROL_DIR, DASHBOARD_PORT, KEYS_FILE
+from stack.targets.compose.plan import plan as plan_compose
 from stack.targets.compose.rollout import PLACEMENT_FILE, Rollout, read_deployed
 from stack.targets.compose.scaler import ComposeScaler
 from stack.targets.compose.setup import batch_templates, prepare_control_dir
@@ -67,6 +62,13 @@ from stack.traffic import call_graph, gpu_status, prometheus_traffic, replica_gp
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/compose"
 KEYS_TIMEOUT = 20.0  # seconds `stack up` waits for every replica to apply new API keys
+
+
+def open_target(
+    loaded: LoadedSpec, gpus: int | None = None, gpu_mem: int | None = None, registry: str | None = None
+) -> ComposeTarget:
+    """`gpus`/`gpu_mem`: this host's GPUs as `--gpus N --gpu-mem SIZE` gave them (None: ask nvidia-smi)."""
+    return ComposeTarget(loaded, host_gpus=gpus, gpu_mem=gpu_mem)
 
 
 class ComposeTarget:
@@ -100,15 +102,14 @@ class ComposeTarget:
             progress(f"GPU placement: {line}")
         for note in plan.notes:
             progress(f"note: {note}")
-        digest = project_digest(self.loaded)
         batch = self.loaded.spec.batch_apis
-        versions = {api.name: api_version(api, digest) for api in self.loaded.spec.every_api}
+        versions = plan.versions
         build.warn_secrets(project_files(self.loaded), progress)
         for api in self.loaded.spec.every_api:
-            self._build(api, versions[api.name], plan.files.get(f"{api.name}.Dockerfile", ""), progress)
+            self._build(api, plan, progress)
         self.engine.check_gateway_port()
         prepare_control_dir(self.loaded, self.state_dir)
-        build.controller_image(self.loaded, progress)
+        build.build_controller(self.loaded, plan.files[CONTROLLER_DOCKERFILE], progress)
         progress("starting Traefik, Prometheus, the controller and its dashboard")
         # `stack up` hands every API back to the autoscaler, and re-applies stack.yaml's weights.
         (self.state_dir / MANUAL_FILE).unlink(missing_ok=True)
@@ -163,17 +164,18 @@ class ComposeTarget:
         if not wait_until_routed(url, timeout=30):
             progress(f"{api.name}: warning: the gateway does not reach it yet ({url})")
 
-    def _build(self, api: Api, version: str, dockerfile: str, progress: Progress) -> None:
+    def _build(self, api: Api, plan: Plan, progress: Progress) -> None:
+        """Build the image the plan names for an API (unless it runs a prebuilt one, or it is built already)."""
         if api.predictor.image is not None:
             return
-        image = f"{self.project}-{api.name}:{version}"
+        image, version = plan.images[api.name], plan.versions[api.name]
         if build.image_exists(image):
             progress(f"{api.name}: image {image} is up to date")
             return
         context = build.assemble(
             project_files(self.loaded),
             service_name(api, version),
-            dockerfile,
+            plan.files[api_dockerfile_name(api)],
             self.loaded.requirements_file(api),
             self.loaded.spec.build.base_image,
             self.loaded.spec.build.wheelhouse,
@@ -184,7 +186,7 @@ class ComposeTarget:
 
     def status(self) -> StackStatus:
         containers = self.engine.containers()
-        digest = project_digest(self.loaded)
+        on_disk = current_versions(self.loaded)  # what the files would build now
         decisions = self._decisions()
         manual = manual_apis(self.state_dir)
         deployed = self._deployed()
@@ -221,7 +223,7 @@ class ComposeTarget:
                     desired=desired,
                     endpoint=api.endpoint,
                     version=version,
-                    changed=bool(version) and version != api_version(api, digest),
+                    changed=bool(version) and version != on_disk[api.name],
                     error=_failure(failed[0]) if failed else last_kill(mine, kills),
                     restarts=sum(restarts(c, restarted) for c in mine),
                     events=events,
@@ -323,7 +325,8 @@ class ComposeTarget:
             # Tell the autoscaler to leave this API alone until the next `stack up`.
             self.state_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.state_dir / MANUAL_FILE, sorted(manual_apis(self.state_dir) | {api.name}))
-        version = api_version(api, project_digest(self.loaded))
+        # What runs, whatever changed in the files since (their version would name a service not deployed).
+        version = self._deployed().get(api.name) or current_versions(self.loaded)[api.name]
         # The controller keeps the lower count from the start of a scale-in, the higher one once it is reached.
         if replicas < self._count(api, version):
             write_desired(self.state_dir, api.name, Desired(version, replicas))

@@ -126,6 +126,12 @@ class ApiState:
     def clear_failures(self) -> None:
         self.health.clear()
 
+    def became_ready(self, replica: Replica) -> None:
+        replica.state = READY
+        slot = self.slot(replica.slot)
+        slot.failures, slot.error = 0, ""
+        self.event(f"replica {replica.id} ready after {time.monotonic() - replica.started:.1f}s")
+
     def replaced(self, replica: Replica, reason: str) -> None:
         """The liveness probes condemned a ready replica: a restart, and why."""
         self.restarts += 1

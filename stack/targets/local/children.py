@@ -22,8 +22,7 @@ from pathlib import Path
 from serving.supervisor import port_is_free
 from stack.atomic import write_json_atomic
 from stack.errors import StackError
-from stack.plan.gateway import traefik_tracing_args
-from stack.plan.render import gateway_read_timeout
+from stack.plan.gateway import gateway_read_timeout, traefik_tracing_args
 from stack.spec import LoadedSpec
 from stack.spec.units import format_duration
 from stack.status import ComponentStatus

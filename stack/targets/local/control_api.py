@@ -21,7 +21,7 @@ from stack.autoscale.config import config_of
 from stack.control.runtime import ControlPlane
 from stack.errors import StackError, UnknownApi
 from stack.plan.gpus import read_placement
-from stack.plan.render import project_digest
+from stack.plan.versions import project_digest
 from stack.spec import SpecError, load_spec
 from stack.status import ApiStatus, Observed, ReplicaState, ReplicaStatus, StackStatus, api_phase
 from stack.targets.base import check_scale

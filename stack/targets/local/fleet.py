@@ -36,8 +36,9 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -50,8 +51,9 @@ from stack.autoscale.config import ApiScaling
 from stack.autoscale.scaler import Replicas
 from stack.control.liveness import Decision, Liveness, Probed
 from stack.control.routing import FileRouteSink
-from stack.plan.render import api_version
+from stack.control.runtime import ControlPlane
 from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config, tracing_config
+from stack.plan.versions import api_version
 from stack.routes import UPSTREAMS_FILE
 from stack.spec import LoadedSpec
 from stack.spec.units import format_memory
@@ -69,6 +71,12 @@ MEMORY_EVERY = 0.5  # seconds between reads of the replicas' resident memory (co
 STOP_MARGIN = 5.0
 
 
+class Duties(Protocol):
+    def running(
+        self, fleet: LocalFleet, plane: ControlPlane, stopping: asyncio.Event
+    ) -> AbstractAsyncContextManager[None]: ...
+
+
 class LocalFleet:
     def __init__(
         self,
@@ -77,11 +85,12 @@ class LocalFleet:
         services: LocalServices,
         session: aiohttp.ClientSession,
         routes: FileRouteSink,
+        duties: Duties,
     ) -> None:
         self.loaded = loaded
         self.paths = paths
         self.services = services
-        self.session = session
+        self.duties = duties  # what the supervisor does beside keeping the fleet (stack.targets.local.duties)
         self.router = LocalRouter(services, session, routes, self.routable)
         self.routes = routes
         self.apis: dict[str, ApiState] = {}
@@ -162,7 +171,7 @@ class LocalFleet:
             _enforce_memory(self.apis.values(), self.killed)
         for state in list(self.apis.values()):
             self._reap(state)
-            await self._probe(state)
+            self._mark_ready(state)
             await self._step(state)
         await self.router.sync()
         spec_names = {a.name for a in self.loaded.spec.apis}
@@ -186,20 +195,11 @@ class LocalFleet:
             else:
                 state.exited(replica, code, killed)
 
-    async def _probe(self, state: ApiState) -> None:
+    def _mark_ready(self, state: ApiState) -> None:
+        """A starting replica whose probe (stack.control.liveness) says it is ready joins the gateway."""
         for replica in [r for r in state.replicas if r.state == STARTING]:
-            try:
-                async with self.session.get(
-                    replica.url + "/readyz", timeout=aiohttp.ClientTimeout(total=1)
-                ) as response:
-                    ready = response.status == 200
-            except (aiohttp.ClientError, TimeoutError):
-                ready = False
-            if ready:
-                replica.state = READY
-                slot = state.slot(replica.slot)
-                slot.failures, slot.error = 0, ""
-                state.event(f"replica {replica.id} ready after {time.monotonic() - replica.started:.1f}s")
+            if self.liveness is not None and self.liveness.ready(replica.id):
+                state.became_ready(replica)
 
     async def _step(self, state: ApiState) -> None:
         failure = state.rollout_failure(state.spec.name in self.updating)
@@ -301,11 +301,23 @@ class LocalFleet:
     # -- the liveness probes' side (stack.control.liveness) ------------------------------------
 
     def probe_targets(self) -> list[Probed]:
+        """Starting replicas (are they ready?) and ready ones (are they still alive?); not those leaving."""
         return [
-            Probed(name, r.id, r.url, True, state.spec.predictor.health_check_timeout)
+            Probed(name, r.id, r.url, r.state == READY, state.spec.predictor.health_check_timeout)
             for name, state in self.apis.items()
-            for r in state.ready()
+            for r in state.live()
         ]
+
+    def events(self, api: str) -> list[str]:
+        state = self.apis.get(api)
+        return list(state.events) if state is not None else []
+
+    async def run(self, plane: ControlPlane, stopping: asyncio.Event) -> None:
+        """The control plane's fleet: keep the replicas until `stopping`, with the supervisor's own duties (its
+        control API, its state files, the gateway and Prometheus kept running) beside."""
+        self.router.routes, self.liveness = plane.routes, plane.liveness
+        async with self.duties.running(self, plane, stopping):
+            await self.reconcile(stopping)
 
     async def replace(self, replica: Probed, decision: Decision) -> None:
         state = self.apis.get(replica.api)
@@ -353,12 +365,8 @@ class LocalFleet:
         return api in self.apis
 
     async def activate(self, api: str) -> None:
-        state = self.apis[api]
-        if state.desired == 0:
-            state.desired = 1
-            state.clear_failures()
-            state.event("a request woke it from zero")
-            self.wake.set()
+        if self.apis[api].desired == 0:
+            self.set_desired(api, 1, "a request woke it from zero")
 
     async def ready_url(self, api: str) -> str | None:
         state = self.apis[api]

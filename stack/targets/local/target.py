@@ -19,8 +19,8 @@ from stack.autoscale.scaler import Scaler
 from stack.canary import splitter_status
 from stack.errors import NotRunning, StackError
 from stack.plan.gpus import host_gpus, place, read_placement, write_placement
-from stack.plan.render import api_version, project_digest
 from stack.plan.serving import keys_removed
+from stack.plan.versions import current_versions
 from stack.spec import LoadedSpec
 from stack.splits import change, clear_overrides, splitters_of
 from stack.status import ApiPhase, StackStatus
@@ -55,6 +55,13 @@ def _reap() -> None:
 Progress = Callable[[str], None]
 
 
+def open_target(
+    loaded: LoadedSpec, gpus: int | None = None, gpu_mem: int | None = None, registry: str | None = None
+) -> LocalTarget:
+    """`gpus`/`gpu_mem`: this host's GPUs as `--gpus N --gpu-mem SIZE` gave them (None: ask nvidia-smi)."""
+    return LocalTarget(loaded, host_gpus=gpus, gpu_mem=gpu_mem)
+
+
 class LocalTarget:
     name = "local"
 
@@ -85,10 +92,9 @@ class LocalTarget:
 
     def status(self) -> StackStatus:
         reported = self._supervisor_status()
-        digest = project_digest(self.loaded)
         state = self._require()
         prometheus = state.prometheus_url
-        versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
+        versions = current_versions(self.loaded)  # what the files would build now
         placement = read_placement(self.paths.placement)
         apis = []
         down = next((f"{c.detail}: {c.problem}" for c in reported.missing() if c.name == "gateway"), "")

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from stack.errors import StackError
-from stack.plan.render import template_environment
+from stack.plan.templates import template_environment
 from stack.routes import ENTRYPOINT, PROBE_ENTRYPOINT
 
 
@@ -44,7 +44,7 @@ def traefik_command(
     tls: list[str] | None = None,
 ) -> list[str]:
     """`access_log`: the file of one line per request (gateway.access_log), or None for none;
-    `read_timeout`: stack.plan.render.gateway_read_timeout; `probe_port`: the plain entrypoint on 127.0.0.1
+    `read_timeout`: stack.plan.gateway.gateway_read_timeout; `probe_port`: the plain entrypoint on 127.0.0.1
     for the stack's own checks; `tls`: stack.tls.traefik_args."""
     bind = f"[{host}]" if ":" in host else host
     return [

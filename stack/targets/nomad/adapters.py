@@ -9,7 +9,6 @@ routes and the canaries' state live in Nomad Variables (the job has no disk).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -20,43 +19,19 @@ import aiohttp
 from stack.autoscale.signal import PrometheusSignal
 from stack.batch.jobs import BatchWorkers, keys_file
 from stack.canary_sources import PrometheusSource
-from stack.control.liveness import Decision, Probed
 from stack.control.routing import RouteTable
-from stack.control.runtime import Adapters, ControlPlane, ControlSettings
+from stack.control.runtime import Adapters, ControlSettings
 from stack.errors import StackError
-from stack.plan.nomad import NOMAD_KEYS_FILE
-from stack.plan.nomad_routes import splits_yaml
 from stack.targets.nomad.activation import NomadWaker
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import NomadWorkers
 from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.fleet import NomadFleet
+from stack.targets.nomad.plan import NOMAD_KEYS_FILE
+from stack.targets.nomad.routes import splits_yaml
 from stack.targets.nomad.scaler import NomadScaler
-from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits, rolling_out
-
-
-class NomadFleet:
-    def __init__(self, nomad: NomadApi, project: str) -> None:
-        self.nomad = nomad
-        self.project = project
-
-    async def run(self, plane: ControlPlane, stopping: asyncio.Event) -> None:
-        await plane.routes.refresh()  # a canary that starts (a new version) sets its first step now
-        await stopping.wait()
-
-    def manual(self, api: str) -> bool:
-        return False  # NomadScaler reports a count set by hand as busy (the job's scaling events say so)
-
-    def rolling_out(self, api: str) -> str | None:
-        return rolling_out(self.nomad, f"{self.project}-{api}")
-
-    def probe_targets(self) -> list[Probed]:
-        return []  # Nomad asks /healthz itself (the job's service check) and restarts a stuck task (check_restart)
-
-    async def replace(self, replica: Probed, decision: Decision) -> None:
-        raise NotImplementedError("Nomad replaces its own allocations")
-
-    def events(self, api: str) -> list[str]:
-        return []  # Nomad keeps its allocations' events: `stack status --nomad API` shows each one's last
+from stack.targets.nomad.settings import NomadControlSettings
+from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits
 
 
 class NomadRouteSink:
@@ -79,11 +54,13 @@ class NomadRouteSink:
 
 
 @contextlib.asynccontextmanager
-async def nomad_adapters(settings: ControlSettings, session: aiohttp.ClientSession) -> AsyncIterator[Adapters]:
+async def adapters(
+    settings: ControlSettings, own: NomadControlSettings, session: aiohttp.ClientSession
+) -> AsyncIterator[Adapters]:
     config, prometheus = settings.config, settings.prometheus_url
     if config is None or prometheus is None:
         raise StackError("the Nomad controller needs its config and Prometheus' URL (--prometheus)")
-    connection = NomadSettings.from_env(settings.nomad_addr)
+    connection = NomadSettings.from_env(own.nomad_addr)
     nomad = NomadApi(connection)
     splits = NomadSplits(nomad, config.project)
     scaler = NomadScaler(config.project, connection.client())
@@ -98,7 +75,7 @@ async def nomad_adapters(settings: ControlSettings, session: aiohttp.ClientSessi
         splits=splits,
         routes=NomadRouteSink(splits),
         listen=("0.0.0.0", settings.metrics_port),
-        errors=("0.0.0.0", settings.activator_port) if settings.activator_port is not None else None,
+        errors=("0.0.0.0", own.activator_port) if own.activator_port is not None else None,
         prometheus_url=lambda: prometheus,
         # The dashboard is reached through the gateway: its data asks for an API key (none: refused).
         dashboard_keys=keys_file(NOMAD_KEYS_FILE),

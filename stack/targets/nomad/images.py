@@ -7,8 +7,10 @@ import subprocess
 from collections.abc import Callable
 
 from stack.errors import BuildError
-from stack.plan.render import api_dockerfile, project_files, service_name
+from stack.plan.images import CONTROLLER_DOCKERFILE, api_dockerfile_name, service_name
+from stack.plan.plan import Plan
 from stack.plan.serving import extra_requirements
+from stack.plan.versions import project_files
 from stack.spec import Api, LoadedSpec
 from stack.targets import build, images
 from stack.targets.docker import docker
@@ -22,13 +24,14 @@ class ImagePusher:
         self.project = loaded.spec.project
         self.registry = registry
 
-    def api(self, api: Api, version: str, progress: Progress) -> None:
-        image = f"{self.registry}/{self.project}-{api.name}:{version}"
+    def api(self, api: Api, plan: Plan, progress: Progress) -> None:
+        """Build (unless built already) and push the image the plan names for an API."""
+        image, version = plan.images[api.name], plan.versions[api.name]
         if not build.image_exists(image):
             context = build.assemble(
                 project_files(self.loaded),
                 service_name(api, version),
-                api_dockerfile(self.loaded, api),
+                plan.files[api_dockerfile_name(api)],
                 self.loaded.requirements_file(api),
                 self.loaded.spec.build.base_image,
                 self.loaded.spec.build.wheelhouse,
@@ -38,8 +41,8 @@ class ImagePusher:
             build.build_image(context, image, progress, images.labels(self.project, api.name, version))
         self.push(image, progress)
 
-    def controller(self, progress: Progress) -> None:
-        local = build.controller_image(self.loaded, progress)
+    def controller(self, plan: Plan, progress: Progress) -> None:
+        local = build.build_controller(self.loaded, plan.files[CONTROLLER_DOCKERFILE], progress)
         remote = f"{self.registry}/{local}"
         docker("tag", local, remote)
         self.push(remote, progress)

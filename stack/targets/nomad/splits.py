@@ -16,8 +16,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from stack.canary import STOPPED, parse_states
-from stack.plan.nomad_routes import ROUTES_ITEM, canary_variable, overrides_variable, routes_variable, routes_yaml
 from stack.splits import SplitterConfig, parse_overrides, weights_at
+from stack.targets.nomad.routes import ROUTES_ITEM, canary_variable, overrides_variable, routes_variable, routes_yaml
 
 if TYPE_CHECKING:
     from stack.targets.nomad.api import NomadApi
@@ -62,7 +62,7 @@ class NomadSplits:
         self.write_yaml(routes_yaml(self.project, splitters, self.overrides(), canaries or {}))
 
     def write_yaml(self, text: str) -> None:
-        """The gateway's splitter routes (stack.plan.nomad_routes.splits_yaml) into its variable."""
+        """The gateway's splitter routes (stack.targets.nomad.routes.splits_yaml) into its variable."""
         self.api.put_variable(routes_variable(self.project), {ROUTES_ITEM: text})
 
     def forget(self) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from stack.plan.render import api_version
 from stack.spec import Api
 from stack.status import ApiStatus, Observed, ReplicaState, ReplicaStatus, api_phase
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.scaler import GROUP
 
 
-def api_status(nomad: NomadApi, api: Api, job_id: str, digest: str) -> ApiStatus:
+def api_status(nomad: NomadApi, api: Api, job_id: str, on_disk: str) -> ApiStatus:
     job = nomad.job(job_id)
     base = dict(
         name=api.name,
@@ -49,7 +48,6 @@ def api_status(nomad: NomadApi, api: Api, job_id: str, digest: str) -> ApiStatus
     alive = [r for r in replicas if r.state not in (ReplicaState.EXITED, ReplicaState.FAILED)]
     seen = Observed(desired, ready, len(alive), failing=dep_status == "failed", updating=dep_status == "running")
     error = (deployment or {}).get("StatusDescription") if dep_status == "failed" else None
-    on_disk = api_version(api, digest)
     return ApiStatus(
         status=api_phase(seen),
         ready=ready,

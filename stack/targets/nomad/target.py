@@ -28,9 +28,7 @@ from stack.atomic import write_text_atomic
 from stack.autoscale.scaler import Scaler
 from stack.canary import status_of
 from stack.errors import NotRunning, StackError, TargetError
-from stack.plan.nomad import plan_nomad
-from stack.plan.nomad_values import nomad_gpu
-from stack.plan.render import api_version, project_digest, project_files
+from stack.plan.versions import current_versions, project_files
 from stack.spec import Api, LoadedSpec
 from stack.splits import splitters_of, with_override
 from stack.status import SplitterStatus, StackStatus
@@ -41,9 +39,11 @@ from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import ITEM, worker_variable
 from stack.targets.nomad.connection import NomadSettings
 from stack.targets.nomad.images import ImagePusher
+from stack.targets.nomad.plan import plan as plan_nomad
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
 from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
 from stack.targets.nomad.status import api_status
+from stack.targets.nomad.values import nomad_gpu
 from stack.targets.nomad.variables import forget_secrets, write_keys, write_tls
 from stack.traffic import call_graph
 
@@ -52,6 +52,13 @@ PLAN_DIR = ".stack/plan/nomad"
 DEPLOY_TIMEOUT = 1200.0  # the jobs' progress_deadline is 20 m: Nomad gives up first
 POLL = 1.0
 TASK = "predictor"
+
+
+def open_target(
+    loaded: LoadedSpec, gpus: int | None = None, gpu_mem: int | None = None, registry: str | None = None
+) -> NomadTarget:
+    """`registry`: where images are pushed (default: build.registry); the cluster's GPUs are Nomad's to know."""
+    return NomadTarget(loaded, registry=registry)
 
 
 class NomadTarget:
@@ -86,16 +93,15 @@ class NomadTarget:
         plan_dir = self.loaded.root / PLAN_DIR
         for name, content in plan.files.items():  # the plan holds the serving config: owner-only
             write_text_atomic(plan_dir / name, content, mode=0o600)
-        digest = project_digest(self.loaded)
         build.warn_secrets(project_files(self.loaded), progress)
         pusher = ImagePusher(self.loaded, self.registry)
         for api in needs_build:
-            pusher.api(api, api_version(api, digest), progress)
+            pusher.api(api, plan, progress)
         if f"{self.project}-autoscaler.json" in plan.files:
-            pusher.controller(progress)
+            pusher.controller(plan, progress)
         write_keys(self.api, self.loaded, progress)
         write_tls(self.api, self.loaded, progress)
-        self._write_splits(digest, progress)
+        self._write_splits(plan.versions, progress)
         registered: list[str] = []
         for name in sorted(plan.files):
             if not name.endswith(".json"):
@@ -116,11 +122,10 @@ class NomadTarget:
         self._hand_back(progress)
         return self.status()
 
-    def _write_splits(self, digest: str, progress: Progress) -> None:
+    def _write_splits(self, versions: dict[str, str], progress: Progress) -> None:
         """The gateway's splitter routes, in the variable its job renders: the spec's weights (`stack split`'s
         end here), or a canary's while the same version of its API rolls out."""
         splits = NomadSplits(self.api, self.project)
-        versions = {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
         splitters = splitters_of(self.loaded.spec, versions)
         if not splitters:
             splits.forget()
@@ -246,8 +251,8 @@ class NomadTarget:
     # -- status, logs, scale, down ------------------------------------------------------------
 
     def status(self) -> StackStatus:
-        digest = project_digest(self.loaded)
-        apis = [api_status(self.api, api, self.job_id(api.name), digest) for api in self.loaded.spec.apis]
+        on_disk = current_versions(self.loaded)  # what the files would build now
+        apis = [api_status(self.api, api, self.job_id(api.name), on_disk[api.name]) for api in self.loaded.spec.apis]
         notes = [
             f"Nomad at {self.settings.address}"
             + (f", namespace {self.settings.namespace}" if self.settings.namespace else "")
@@ -347,11 +352,9 @@ class NomadTarget:
             raise TargetError(f"the gateway of {self.project} has no splitter routes yet; run `stack up --nomad`")
         splitters = splitters_of(self.loaded.spec)
         splits.set_overrides(with_override(splits.overrides(), splitters, splitter, weights))
-        splits.write_routes(splitters, splits.canary_weights(splitters_of(self.loaded.spec, self._versions())))
-
-    def _versions(self) -> dict[str, str]:
-        digest = project_digest(self.loaded)
-        return {api.name: api_version(api, digest) for api in self.loaded.spec.apis}
+        splits.write_routes(
+            splitters, splits.canary_weights(splitters_of(self.loaded.spec, current_versions(self.loaded)))
+        )
 
 
 def _job_digest(job: dict[str, Any]) -> str:

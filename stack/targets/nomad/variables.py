@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from stack.plan.gateway import tls_variable
-from stack.plan.nomad import batch_keys_variable, keys_variable
 from stack.plan.serving import api_keys_text
 from stack.spec import LoadedSpec
 from stack.targets.base import Progress
 from stack.targets.nomad.api import NomadApi
+from stack.targets.nomad.plan import batch_keys_variable, keys_variable, tls_variable
 from stack.tls import render_config, tls_files
 
 

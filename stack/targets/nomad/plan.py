@@ -1,5 +1,6 @@
-"""Render a validated spec into Nomad jobs: HCL the user reads, and the JSON the Nomad API takes, derived
-from that HCL so the two never disagree (stack.plan.nomad_json)."""
+"""The Nomad target's plan: a job per API (and per BatchAPI's workers), the gateway's, Prometheus' and the
+controller's jobs — HCL the user reads, and the JSON the Nomad API takes, derived from that HCL so the two
+never disagree (stack.targets.nomad.jobs)."""
 
 from __future__ import annotations
 
@@ -10,32 +11,37 @@ from typing import Any
 import yaml
 
 from stack.autoscale.config import config_of
-from stack.plan.gateway import gateway_read_timeout, tls_variable, traefik_tls_args, traefik_tracing_args
-from stack.plan.nomad_json import hcl_to_job
-from stack.plan.nomad_routes import routes_variable, routes_yaml
-from stack.plan.nomad_values import NOMAD_HEALTH, nomad_gpu, nomad_resources, nomad_tags, nomad_upstreams
-from stack.plan.render import (
-    AUTOSCALER_PORT,
-    DEFAULT_IMAGES,
-    ERRORS_PORT,
+from stack.plan.gateway import gateway_read_timeout, traefik_tls_args, traefik_tracing_args
+from stack.plan.images import (
+    CONTROLLER_DOCKERFILE,
     REPLICA_USER,
-    Plan,
-    _api_values,
-    _header,
-    api_version,
-    autoscaler_image,
-    project_digest,
-    template_environment,
+    api_dockerfile,
+    api_dockerfile_name,
+    controller_dockerfile,
+    controller_image,
 )
+from stack.plan.plan import Plan
 from stack.plan.serving import REPLICA_PORT
-from stack.routes import Route, activator_fallback, member_service
+from stack.plan.templates import header as file_header
+from stack.plan.templates import template_environment
+from stack.plan.values import CONTROLLER_PORT, DEFAULT_IMAGES, ERRORS_PORT, api_values
+from stack.plan.versions import api_version, project_digest
+from stack.routes import Route, activator_fallback, api_routes, member_service
 from stack.spec import LoadedSpec
 from stack.spec.units import format_duration, parse_duration
 from stack.splits import split_router, splitters_of
+from stack.targets.nomad.jobs import hcl_to_job
+from stack.targets.nomad.routes import routes_variable, routes_yaml
+from stack.targets.nomad.values import NOMAD_HEALTH, nomad_gpu, nomad_resources, nomad_tags, nomad_upstreams
 
 NOMAD_UPSTREAMS_FILE = "/local/upstreams.json"
 NOMAD_KEYS_FILE = "/secrets/api_keys"  # rendered by a Nomad template from the job's Nomad Variable
 MIN_NOMAD_PROGRESS = 60.0  # Nomad's progress_deadline must leave room for healthy_deadline and min_healthy_time
+
+
+def tls_variable(project: str) -> str:
+    """The Nomad Variable of the gateway's TLS: under the Traefik job's group, which only that job reads."""
+    return f"nomad/jobs/{project}-traefik/traefik"
 
 
 def keys_variable(job_id: str) -> str:
@@ -43,7 +49,7 @@ def keys_variable(job_id: str) -> str:
     return f"nomad/jobs/{job_id}"
 
 
-def plan_nomad(
+def plan(
     loaded: LoadedSpec,
     *,
     nomad_addr: str = "http://127.0.0.1:4646",
@@ -54,12 +60,13 @@ def plan_nomad(
     spec = loaded.spec
     env = template_environment()
     digest = project_digest(loaded)
-    header = _header(loaded)
+    header = file_header(loaded)
     project = spec.project
     registry = f"{registry.rstrip('/')}/" if registry else ""
     all_images = {**DEFAULT_IMAGES, **(images or {})}
     files: dict[str, str] = {}
     notes: list[str] = []
+    api_images: dict[str, str] = {}  # API -> the image its allocations pull
 
     def job(job_id: str) -> dict[str, Any]:
         return {"id": job_id, "datacenters": list(datacenters)}
@@ -67,7 +74,7 @@ def plan_nomad(
     for api in spec.apis:
         # On Nomad the drain window is shutdown_delay: Nomad deregisters the
         # service first, so the replica itself need not wait after SIGTERM.
-        values = _api_values(
+        values = api_values(
             loaded,
             api,
             digest,
@@ -76,6 +83,9 @@ def plan_nomad(
             keys_file=NOMAD_KEYS_FILE,
             upstreams_file=NOMAD_UPSTREAMS_FILE,
         )
+        api_images[api.name] = values["image"]
+        if api.predictor.image is None:  # `stack up --nomad` builds it from this and pushes it
+            files[api_dockerfile_name(api)] = api_dockerfile(loaded, api, env)
         values["keys_variable"] = keys_variable(f"{project}-{api.name}")  # always: keys may come and go
         # Liveness: /healthz failing for health_check_timeout in a row restarts the task (check_restart).
         interval = parse_duration(NOMAD_HEALTH["interval"])
@@ -131,7 +141,10 @@ def plan_nomad(
             health=NOMAD_HEALTH,
         )
     for api in spec.batch_apis:  # the controller registers a batch job from this for each of its jobs
-        values = _api_values(loaded, api, digest, registry, drain_in_replica=False, keys_file=NOMAD_KEYS_FILE)
+        values = api_values(loaded, api, digest, registry, drain_in_replica=False, keys_file=NOMAD_KEYS_FILE)
+        api_images[api.name] = values["image"]
+        if api.predictor.image is None:  # `stack up --nomad` builds it from this and pushes it
+            files[api_dockerfile_name(api)] = api_dockerfile(loaded, api, env)
         nomad_resources(values, api)
         files[f"{project}-{api.name}-worker.nomad.hcl"] = env.get_template("nomad/batch-worker.nomad.hcl.j2").render(
             header=header, project=project, job=job(f"{project}-{api.name}"), api=values
@@ -177,13 +190,14 @@ def plan_nomad(
     scaling = config_of(loaded, versions=versions, per_unit=per_allocation)
     # The autoscaler job also runs the splitters' canaries and measures their observed shares.
     if scaling.apis or scaling.splitters or scaling.batch:
+        files[CONTROLLER_DOCKERFILE] = controller_dockerfile(loaded, env)  # `stack up --nomad` builds and pushes it
         files[f"{project}-autoscaler.nomad.hcl"] = env.get_template("nomad/autoscaler.nomad.hcl.j2").render(
             **common,
             job=job(f"{project}-autoscaler"),
             autoscaler={
-                "image": f"{registry}{autoscaler_image()}",
+                "image": f"{registry}{controller_image()}",
                 "config": scaling.to_json(),
-                "port": AUTOSCALER_PORT,
+                "port": CONTROLLER_PORT,
                 "activator_port": ERRORS_PORT if zero else None,
                 "batch": bool(spec.batch_apis),  # the jobs' queue on the allocation's sticky disk
                 "keys_variable": batch_keys_variable(project),
@@ -196,7 +210,8 @@ def plan_nomad(
         files[name.removesuffix(".nomad.hcl") + ".json"] = (
             json.dumps({"Job": hcl_to_job(files[name])}, indent=2, sort_keys=True) + "\n"
         )
-    return Plan("nomad", files, notes=tuple(notes))
+    every = {api.name: api_version(api, digest) for api in spec.every_api}
+    return Plan("nomad", digest, every, api_images, api_routes(spec), files, notes=tuple(notes))
 
 
 def batch_keys_variable(project: str) -> str:

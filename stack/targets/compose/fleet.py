@@ -62,7 +62,7 @@ STARTING_TICK = 0.25  # while a replica starts: it is routed within this of its 
 EVENTS = ("start", "kill", "die", "stop", "destroy", "oom")
 
 
-class ComposeController:
+class ComposeFleet:
     def __init__(
         self,
         project: str,
