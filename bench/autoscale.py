@@ -8,8 +8,8 @@ Writes the `autoscale-sim` section of bench/RESULTS.md.
 from __future__ import annotations
 
 from results import write_section
-from stack.autoscale.policy import POLICIES, stack_policy_without
-from stack.autoscale.sim import Model, SimResult, compare
+from stack.control.autoscale.policy import POLICIES, stack_policy_without
+from stack.control.autoscale.sim import Model, SimResult, compare
 
 # Ours without one of its rules: what each rule is worth, on the same traces.
 ABLATIONS = {
@@ -25,7 +25,8 @@ def main() -> None:
     lines = [
         "## Autoscaling policies in the simulator",
         "",
-        "`python bench/autoscale.py` — `stack.autoscale.sim`: a fluid model, one-second steps, replicas serving "
+        "`python bench/autoscale.py` — `stack.control.autoscale.sim`: a fluid model, one-second steps, "
+        "replicas serving "
         f"{1 / model.service_time:g} requests/s each at target concurrency 1, {model.startup:g} s start-up, "
         f"max_concurrency {model.max_concurrency} per replica (beyond it 503), a decision every {model.tick:g} s, "
         "Cortex's default windows (60 s window, 1 m up / 5 m down stabilization), 1..40 replicas.",

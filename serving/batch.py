@@ -41,7 +41,7 @@ JOB_URL_ENV = "STACK_JOB_URL"
 # Or the controller's base URL and the job's id (Nomad renders the address from its service catalogue).
 JOB_CONTROLLER_ENV = "STACK_JOB_CONTROLLER"
 JOB_ID_ENV = "STACK_JOB_ID"
-WORK_PATH = "/__stack/work"  # the controller's workers' endpoints (stack.batch.jobs)
+WORK_PATH = "/__stack/work"  # the controller's workers' endpoints (stack.control.batch.jobs)
 JOB_TOKEN_ENV = "STACK_JOB_TOKEN"
 JOB_WORKER_ENV = "STACK_JOB_WORKER"
 TOKEN_HEADER = "X-Stack-Job-Token"

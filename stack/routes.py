@@ -30,13 +30,13 @@ ENTRYPOINTS = (ENTRYPOINT, PROBE_ENTRYPOINT)
 ROUTES_FILE = "routes.yml"
 UPSTREAMS_FILE = "upstreams.json"  # pipelines: where the replicas' calls go (serving.calls), beside no key
 INTERNAL_PATHS = ("metrics", "healthz", "readyz")
-ACTIVATE = "/__stack/activate"  # the activator's path prefix (stack.gateway_errors)
-JOBS = "/__stack/jobs"  # a BatchAPI's endpoint at the controller (stack.batch.jobs)
+ACTIVATE = "/__stack/activate"  # the activator's path prefix (stack.control.gateway_errors)
+JOBS = "/__stack/jobs"  # a BatchAPI's endpoint at the controller (stack.control.batch.jobs)
 # Sent with our own checks through the gateway: the activator answers them without waking an API
 # scaled to zero (a `stack status` must not count as the request that wakes it).
 PROBE_HEADER = "X-Stack-Probe"
 TOO_LARGE = "/__stack/too-large"  # the errors service's 413 for a declared body over max_body_size
-ERRORS = "stack-errors"  # the service answering the gateway's own errors as JSON (stack.gateway_errors)
+ERRORS = "stack-errors"  # the service answering the gateway's own errors as JSON (stack.control.gateway_errors)
 # A killed replica costs at most its in-flight requests: a request that could not reach
 # a replica (no byte sent) goes to another one; the dial gives up after `dialTimeout`.
 RETRY = {"attempts": 3, "initialInterval": "100ms"}
@@ -153,7 +153,7 @@ def dynamic_config(
 ) -> dict[str, Any]:
     """Traefik's dynamic configuration for these routes (file provider).
 
-    With `errors_url` (stack.gateway_errors), every answer the gateway makes itself is JSON:
+    With `errors_url` (stack.control.gateway_errors), every answer the gateway makes itself is JSON:
     a path no API serves, an API with no ready replica, a replica that broke the connection (502).
     """
     routers: dict[str, Any] = {}

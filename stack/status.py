@@ -146,7 +146,7 @@ class CanaryStatus:
     steps: list[int]
     step_started: float  # unix time
     interval: float
-    decisions: list[dict[str, Any]]  # stack.canary.Decision, newest last
+    decisions: list[dict[str, Any]]  # stack.control.canary.Decision, newest last
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import subprocess
 import pytest
 from prometheus_client import generate_latest
 
-from stack.autoscale.config import ApiScaling, AutoscalerConfig
-from stack.autoscale.loop import Autoscaler
-from stack.autoscale.policy import Bounds
-from stack.autoscale.scaler import Replicas, ScalerBusy
-from stack.autoscale.signal import Signal
+from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
+from stack.control.autoscale.loop import Autoscaler
+from stack.control.autoscale.policy import Bounds
+from stack.control.autoscale.scaler import Replicas, ScalerBusy
+from stack.control.autoscale.signal import Signal
 
 BOUNDS = Bounds(
     min_replicas=1, max_replicas=5, target=1.0, window=6, upscale_stabilization=0, downscale_stabilization=0

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from stack.autoscale.policy import Bounds, History, Observation, cortex_policy, stack_policy
-from stack.autoscale.sim import compare
+from stack.control.autoscale.policy import Bounds, History, Observation, cortex_policy, stack_policy
+from stack.control.autoscale.sim import compare
 
 B = Bounds(min_replicas=1, max_replicas=20, target=1.0, window=60, upscale_stabilization=0, downscale_stabilization=0)
 
@@ -132,7 +132,7 @@ def test_simulator_reports_both_policies_on_every_trace() -> None:
 
 
 def test_scale_to_zero_only_after_idle_timeout_without_requests() -> None:
-    from stack.autoscale.policy import History, Observation, stack_policy
+    from stack.control.autoscale.policy import History, Observation, stack_policy
 
     bounds = Bounds(0, 3, 1.0, window=6, upscale_stabilization=0, downscale_stabilization=0, idle_timeout=30)
 

@@ -19,7 +19,7 @@ import requests
 
 from conftest import PREDICTORS, Server, ServerFactory, free_port
 from loadgen import Load
-from stack.autoscale.signal import PrometheusSignal, Signal
+from stack.control.autoscale.signal import PrometheusSignal, Signal
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="Prometheus is not on PATH (.ci/run installs Debian's package)"

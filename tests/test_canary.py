@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.canary import (
+from stack.control.canary import (
     PROGRESSING,
     PROMOTED,
     ROLLED_BACK,
@@ -20,7 +20,7 @@ from stack.canary import (
     splitter_status,
     start,
 )
-from stack.canary_sources import Counters, Measurement, NoData, measure, quantile
+from stack.control.canary_sources import Counters, Measurement, NoData, measure, quantile
 from stack.splits import CanaryConfig, SplitterConfig, applied, weights_at
 
 ECHO = "class Predictor:\n    def predict(self, payload):\n        return payload\n"

@@ -12,7 +12,7 @@ import pytest
 
 from serving.config import ServingConfig
 from serving.loader import StartupError, load_predictor
-from stack.preflight import serve_warnings, unmet_requirements
+from stack.cli.preflight import serve_warnings, unmet_requirements
 from stack.spec import load_spec
 
 HEADERS_PREDICTOR = """
@@ -170,7 +170,7 @@ def test_onnx_client_converts_json_to_the_models_input_type_and_shape(inproc, tm
 
 def test_stack_import_turns_a_traffic_splitter_into_a_splitter(tmp_path: Path) -> None:
     """Cortex's test/traffic-splitter/cortex.yaml, as it is."""
-    from stack.cortex_import import import_file
+    from stack.cli.cortex_import import import_file
 
     (tmp_path / "onnx_predictor.py").write_text(
         "class ONNXPredictor:\n    def predict(self, payload):\n        return 1\n"

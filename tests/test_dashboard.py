@@ -30,10 +30,10 @@ from test_compose_pipelines import _until
 
 from conftest import free_port
 from nomad_schema import schema_errors
-from stack.autoscale.config import AutoscalerConfig, RoutedApi
-from stack.dashboard.data import CHARTS, RANGES, Dashboard, Range, _query
-from stack.dashboard.proxy import proxy_app
-from stack.dashboard.web import dashboard_routes
+from stack.control.autoscale.config import AutoscalerConfig, RoutedApi
+from stack.control.dashboard.data import CHARTS, RANGES, Dashboard, Range, _query
+from stack.control.dashboard.proxy import proxy_app
+from stack.control.dashboard.web import dashboard_routes
 from stack.spec import load_spec
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
@@ -439,7 +439,7 @@ def test_the_compose_proxy_forwards_only_the_dashboard_and_says_when_the_control
 
 
 def test_the_page_ships_in_the_package_and_loads_nothing_from_elsewhere() -> None:
-    static = resources.files("stack.dashboard").joinpath("static")
+    static = resources.files("stack.control.dashboard").joinpath("static")
     names = sorted(p.name for p in static.iterdir())
     assert names == ["app.css", "app.js", "index.html"]
     for name in names:

@@ -199,8 +199,8 @@ def test_up_status_logs_scale_down(tmp_path: Path, registry: str, nomad: NomadSt
     if nomad is not None:
         import asyncio
 
-        from stack.autoscale.config import ApiScaling
-        from stack.autoscale.policy import Bounds
+        from stack.control.autoscale.config import ApiScaling
+        from stack.control.autoscale.policy import Bounds
         from stack.targets.nomad.connection import NomadSettings
         from stack.targets.nomad.scaler import NomadScaler
 

@@ -13,7 +13,7 @@ import yaml
 from nomad_standin import NomadStandIn
 
 from nomad_schema import schema_errors
-from stack.batch.jobs import JobRef
+from stack.control.batch.jobs import JobRef
 from stack.spec import load_spec
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import ITEM, NomadWorkers, worker_variable

@@ -14,9 +14,9 @@ from nomad_standin import NomadStandIn
 
 from conftest import EXAMPLES, ServerFactory, free_port
 from nomad_schema import schema_errors
-from stack.activator import Activator
-from stack.autoscale.config import config_of
-from stack.gateway_errors import serve_errors
+from stack.control.activator import Activator
+from stack.control.autoscale.config import config_of
+from stack.control.gateway_errors import serve_errors
 from stack.spec import load_spec
 from stack.targets.nomad.activation import NomadWaker
 from stack.targets.nomad.connection import NomadSettings

@@ -16,10 +16,10 @@ import nomad
 from aiohttp import web
 
 from nomad_schema import schema_errors
-from stack.autoscale.config import ApiScaling, AutoscalerConfig
-from stack.autoscale.loop import Autoscaler
-from stack.autoscale.policy import Bounds
-from stack.autoscale.signal import Signal
+from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
+from stack.control.autoscale.loop import Autoscaler
+from stack.control.autoscale.policy import Bounds
+from stack.control.autoscale.signal import Signal
 from stack.targets.nomad.scaler import NomadScaler
 
 BOUNDS = Bounds(min_replicas=1, max_replicas=10, target=1.0, window=10, upscale_stabilization=0)

@@ -28,9 +28,9 @@ from nomad_standin import NomadStandIn
 
 from conftest import EXAMPLES, Server, ServerFactory, free_port
 from nomad_schema import schema_errors
-from stack.autoscale.config import config_of
-from stack.canary import ROLLED_BACK, CanaryRunner
-from stack.canary_sources import Counters, NoData
+from stack.control.autoscale.config import config_of
+from stack.control.canary import ROLLED_BACK, CanaryRunner
+from stack.control.canary_sources import Counters, NoData
 from stack.control.runtime import ControlPlane, ControlSettings
 from stack.errors import StackError
 from stack.spec import load_spec

@@ -23,7 +23,7 @@ from stack.targets.local.traefik import traefik_binary, traefik_command
 
 ERRORS_SERVER = (
     "import asyncio, sys\n"
-    "from stack.gateway_errors import serve_errors\n"
+    "from stack.control.gateway_errors import serve_errors\n"
     "async def main():\n"
     "    await serve_errors('127.0.0.1', int(sys.argv[1]))\n"
     "    await asyncio.Event().wait()\n"

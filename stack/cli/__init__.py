@@ -19,8 +19,8 @@ from stack import __version__
 from stack.atomic import ProjectLock
 from stack.cli.args import is_project, path_option_flag, progress, resolve_target, split_args, target_flag
 from stack.cli.observe import dashboard, logs
+from stack.cli.show import show_live, show_status
 from stack.errors import StackError
-from stack.show import show_live, show_status
 from stack.spec import SpecError, load_spec
 from stack.tls import keys_in_clear
 
@@ -126,7 +126,7 @@ def _warn(warnings: list[str]) -> None:
 @click.option("--dir", "directory", type=click.Path(path_type=Path), help="Where to create it (default: ./NAME).")
 def init(name: str, directory: Path | None) -> None:
     """Scaffold a working project: stack.yaml, predictor.py, requirements.txt, sample.json."""
-    from stack.scaffold import scaffold
+    from stack.cli.scaffold import scaffold
 
     target = directory or Path(name)
     created = scaffold(name, target)
@@ -145,7 +145,7 @@ def init(name: str, directory: Path | None) -> None:
 @click.option("--force", is_flag=True, help="Overwrite the output file.")
 def import_(source: Path, output: Path | None, project: str | None, force: bool) -> None:
     """Convert a Cortex v0.2x cortex.yaml into a stack.yaml, listing what was dropped and why."""
-    from stack.cortex_import import import_file
+    from stack.cli.cortex_import import import_file
 
     target = output or source.parent / "stack.yaml"
     imported = import_file(source, target, project, force)
@@ -255,8 +255,8 @@ def serve(
             raise StackError(f"{path}: predictor file not found")
         config = ServingConfig(predictor_path=str(path.resolve()), api=path.stem.replace("_", "-"))
     else:
+        from stack.cli.preflight import serve_warnings
         from stack.plan.serving import replica_config
-        from stack.preflight import serve_warnings
 
         loaded = load_spec(path)
         api = _pick_api(loaded.spec, api_name)
@@ -368,7 +368,7 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
 @target_flag
 def jobs(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_kind: str | None) -> None:
     """The jobs of the stack's BatchAPIs, newest first: `stack jobs [PATH] [API]`."""
-    from stack.batch.client import list_jobs, show_jobs
+    from stack.control.batch.client import list_jobs, show_jobs
 
     path, rest = split_args(path_option, args, 1, "stack jobs [PATH] [API]")
     target = resolve_target(path, target_kind, secrets=True)
@@ -483,8 +483,8 @@ def autoscale(
     import asyncio
     import logging
 
-    from stack.autoscale.config import AutoscalerConfig, config_of
-    from stack.autoscale.policy import POLICIES
+    from stack.control.autoscale.config import AutoscalerConfig, config_of
+    from stack.control.autoscale.policy import POLICIES
     from stack.control.runtime import ControlSettings, run_control
     from stack.targets import open_control
     from stack.targets.compose.plan import CONTROL_DIR

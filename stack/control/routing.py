@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from stack import routes
-from stack.autoscale.config import AutoscalerConfig, RoutedApi
+from stack.control.autoscale.config import AutoscalerConfig, RoutedApi
 from stack.routes import Route, Split
 from stack.splits import applied
 from stack.tls import TLS_FILE, TlsFiles, write_config
@@ -59,7 +59,7 @@ class FileRouteSink:
     ) -> None:
         self.directory = directory
         self.header = header
-        self.errors_url = errors_url  # stack.gateway_errors: the gateway's own answers, and the activator
+        self.errors_url = errors_url  # stack.control.gateway_errors: the gateway's own answers, and the activator
         self.tls = tls  # gateway.tls: its files re-read at every write, so a renewed certificate is served
         # Pipelines: the same table for the replicas' calls to each other (serving.calls), in a directory
         # of its own (the routes directory holds the gateway's TLS key, which replicas must never see).

@@ -13,7 +13,7 @@ of them is a `ControlPlane` built from its target's `Adapters`:
     metrics    the replicas' and the gateway's counters, for the canaries
     canaries   where the canaries keep their state;  splits: the weights `stack split` set
     routes     where the gateway's routes go (a file, a Nomad Variable)
-    batch      BatchAPI jobs: the queue's file and how a job's workers start (stack.batch)
+    batch      BatchAPI jobs: the queue's file and how a job's workers start (stack.control.batch)
 
 The runtime itself is target-blind: the autoscaler, the canary runner, the
 activator with the gateway's own JSON errors, the routes as data, the liveness
@@ -38,21 +38,21 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from stack.activator import Activator, Waker
-from stack.autoscale.config import ApiScaling, AutoscalerConfig
-from stack.autoscale.loop import Autoscaler, SignalSource
-from stack.autoscale.policy import Bounds, Policy, stack_policy
-from stack.autoscale.scaler import Replicas, Scaler
-from stack.batch.jobs import BatchWorkers, JobManager, job_routes
-from stack.batch.store import JobStore
-from stack.canary import CanaryRunner, Store, status_of
-from stack.canary_sources import Source
+from stack.control.activator import Activator, Waker
+from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
+from stack.control.autoscale.loop import Autoscaler, SignalSource
+from stack.control.autoscale.policy import Bounds, Policy, stack_policy
+from stack.control.autoscale.scaler import Replicas, Scaler
+from stack.control.batch.jobs import BatchWorkers, JobManager, job_routes
+from stack.control.batch.store import JobStore
+from stack.control.canary import CanaryRunner, Store, status_of
+from stack.control.canary_sources import Source
+from stack.control.dashboard.data import Dashboard
+from stack.control.dashboard.web import dashboard_routes
+from stack.control.gateway_errors import serve_errors
 from stack.control.liveness import Decision, Liveness, Probed
 from stack.control.routing import GatewayRoutes, RouteSink, Weights
-from stack.dashboard.data import Dashboard
-from stack.dashboard.web import dashboard_routes
 from stack.errors import StackError
-from stack.gateway_errors import serve_errors
 from stack.splits import member_services
 from stack.status import SplitterStatus
 
@@ -112,10 +112,10 @@ class Adapters:
     routes: RouteSink
     decisions: Path | None = None  # the autoscaler's decisions, for `stack status` and a restart
     listen: Address | None = None  # the controller's /metrics, /status and /healthz
-    errors: Address | None = None  # the gateway's own JSON errors and the activator (stack.gateway_errors)
+    errors: Address | None = None  # the gateway's own JSON errors and the activator (stack.control.gateway_errors)
     start_timeout: float = 600.0  # how long a request held for an API scaled to zero waits
     batch: BatchWorkers | None = None  # BatchAPI jobs: their queue and how their workers start
-    prometheus_url: Callable[[], str | None] = lambda: None  # for the dashboard (stack.dashboard); it may move
+    prometheus_url: Callable[[], str | None] = lambda: None  # for the dashboard (stack.control.dashboard); it may move
     dashboard_keys: Callable[[], list[bytes]] | None = None  # Nomad: the dashboard is behind the gateway, with a key
 
 

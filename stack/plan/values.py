@@ -14,7 +14,7 @@ from stack.spec.units import format_duration
 
 STOP_MARGIN = 5.0  # seconds beyond drain + grace before the engine kills a replica
 CONTROLLER_PORT = 9100  # the controller's /metrics, /status, /healthz and the dashboard's data
-ERRORS_PORT = 9101  # the activator and the gateway's own errors (stack.gateway_errors)
+ERRORS_PORT = 9101  # the activator and the gateway's own errors (stack.control.gateway_errors)
 CONTROLLER_STATE_DIR = ".stack/autoscaler"  # the controller's state shared with the host: decisions, counts
 DEFAULT_IMAGES = {"traefik": "traefik:v3.7", "prometheus": "prom/prometheus:v2.42"}
 

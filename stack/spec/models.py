@@ -288,7 +288,7 @@ def _of(value: int | str, replicas: int, up: bool) -> int:
 class Api(Strict):
     name: Name
     # RealtimeAPI: replicas answer requests. BatchAPI (Cortex's): the endpoint takes jobs, each run on
-    # `workers` worker replicas started for it and stopped after it (stack.batch).
+    # `workers` worker replicas started for it and stopped after it (stack.control.batch).
     kind: Literal["RealtimeAPI", "BatchAPI"] = "RealtimeAPI"
     predictor: Predictor
     monitoring: Monitoring | None = None
@@ -491,7 +491,7 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _batch_apis_apart(self) -> Spec:
-        """`apis` are the realtime APIs (replicas, routes, scaling); `batch_apis` take jobs (stack.batch)."""
+        """`apis` are the realtime APIs (replicas, routes, scaling); `batch_apis` take jobs (stack.control.batch)."""
         self._batch = [a for a in self.apis if a.kind == "BatchAPI"]
         self.__dict__["apis"] = [a for a in self.apis if a.kind == "RealtimeAPI"]  # frozen: set once, here
         return self

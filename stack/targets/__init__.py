@@ -10,7 +10,7 @@ Every target's package has the same modules for the same roles:
     plan      its planner: the typed `stack.plan.Plan` (files, digest, versions, images, placement, routes)
     fleet     what keeps its replicas for the control plane (stack.control.runtime.Fleet)
     adapters  `adapters(settings, own, session)`: everything its controller runs the control plane with
-    scaler    what the autoscaler drives to change a count (stack.autoscale.scaler.Scaler)
+    scaler    what the autoscaler drives to change a count (stack.control.autoscale.scaler.Scaler)
     settings  what its controller needs beyond the shared `ControlSettings`
 
 A new target (Swarm, Kubernetes) is one such package and one row below. `open_target` (for the CLI) and

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
-from stack.autoscale.scaler import Scaler
+from stack.control.autoscale.scaler import Scaler
 from stack.errors import StackError
 from stack.spec import Api, LoadedSpec
 from stack.status import StackStatus
@@ -92,5 +92,6 @@ class Target(Protocol):
         ...
 
     def dashboard_url(self) -> str:
-        """Where the running stack's controller serves its dashboard (stack.dashboard), for this machine's browser."""
+        """Where the running stack's controller serves its dashboard (stack.control.dashboard), for this
+        machine's browser."""
         ...

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import docker
 
-from stack.autoscale.signal import PrometheusSignal
-from stack.batch.jobs import BatchWorkers, keys_file
-from stack.canary import STATE_FILE, FileStore
-from stack.canary_sources import PrometheusSource
+from stack.control.autoscale.signal import PrometheusSignal
+from stack.control.batch.jobs import BatchWorkers, keys_file
+from stack.control.canary import STATE_FILE, FileStore
+from stack.control.canary_sources import PrometheusSource
 from stack.control.routing import FileRouteSink
 from stack.control.runtime import Adapters, ControlSettings
 from stack.errors import StackError

@@ -14,7 +14,7 @@ from typing import Any
 import docker
 
 from serving.batch import JOB_TOKEN_ENV, JOB_URL_ENV, JOB_WORKER_ENV
-from stack.batch.jobs import WORK, JobRef, WorkerState
+from stack.control.batch.jobs import WORK, JobRef, WorkerState
 from stack.targets.compose.scaler import COPIED_CONFIG, PROJECT_LABEL
 
 ALIVE = ("created", "running", "restarting", "paused")

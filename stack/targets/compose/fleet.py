@@ -41,7 +41,7 @@ from docker.models.containers import Container
 from prometheus_client import Counter
 
 from stack.atomic import write_json_atomic
-from stack.autoscale.config import RoutedApi
+from stack.control.autoscale.config import RoutedApi
 from stack.control.liveness import Decision, Probed
 from stack.control.runtime import ControlPlane
 from stack.targets.compose.desired import (

@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 from docker.models.containers import Container
 
-from stack.autoscale.config import RoutedApi
+from stack.control.autoscale.config import RoutedApi
 from stack.targets.compose.desired import read_desired
 from stack.targets.compose.restarts import finished_at
 from stack.targets.compose.scaler import ALIVE, ComposeScaler

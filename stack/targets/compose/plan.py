@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stack.autoscale.config import config_of
+from stack.control.autoscale.config import config_of
 from stack.plan.gateway import gateway_read_timeout, traefik_tls_args, traefik_tracing_args
 from stack.plan.gpus import Gpu, place
 from stack.plan.images import (
@@ -39,7 +39,7 @@ from stack.spec.units import format_duration
 from stack.tls import tls_files
 
 CONTROL_DIR = ".stack/compose/control"  # the controller's routes (Traefik) and targets (Prometheus)
-DASHBOARD_PORT = 9102  # the dashboard's forwarder (stack.dashboard.proxy), published on 127.0.0.1
+DASHBOARD_PORT = 9102  # the dashboard's forwarder (stack.control.dashboard.proxy), published on 127.0.0.1
 KEYS_FILE = "keys/api_keys"  # the plan's API keys file: 0600 in a 0700 directory the replicas mount
 COMPOSE_KEYS_DIR = "/run/stack-keys"  # where a replica (and the controller) sees that directory
 COMPOSE_KEYS_FILE = f"{COMPOSE_KEYS_DIR}/api_keys"

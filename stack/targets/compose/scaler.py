@@ -26,8 +26,8 @@ from typing import Any
 import docker
 from docker.models.containers import Container
 
-from stack.autoscale.config import ApiScaling
-from stack.autoscale.scaler import Replicas
+from stack.control.autoscale.config import ApiScaling
+from stack.control.autoscale.scaler import Replicas
 from stack.targets.compose.desired import Desired, read_desired, write_desired
 
 PROJECT_LABEL = "com.docker.compose.project"

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from stack.atomic import write_json_atomic
-from stack.autoscale.scaler import Scaler
-from stack.canary import STATE_FILE as CANARY_FILE
-from stack.canary import splitter_status
+from stack.control.autoscale.scaler import Scaler
+from stack.control.canary import STATE_FILE as CANARY_FILE
+from stack.control.canary import splitter_status
 from stack.errors import NotRunning, StackError
 from stack.plan.gpus import Placement, Slot, host_gpus, read_placement, write_placement
 from stack.plan.images import CONTROLLER_DOCKERFILE, api_dockerfile_name, service_name

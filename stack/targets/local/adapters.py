@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
-from stack.autoscale.config import config_of
-from stack.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
-from stack.batch.jobs import BatchWorkers
-from stack.canary import STATE_FILE, FileStore
-from stack.canary_sources import PrometheusSource, ScrapeSource
+from stack.control.autoscale.config import config_of
+from stack.control.autoscale.signal import PrometheusSignal, ScrapeSignal, Signal
+from stack.control.batch.jobs import BatchWorkers
+from stack.control.canary import STATE_FILE, FileStore
+from stack.control.canary_sources import PrometheusSource, ScrapeSource
 from stack.control.routing import FileRouteSink, GatewayRoutes
 from stack.control.runtime import Adapters, ControlSettings
 from stack.plan.gpus import read_placement

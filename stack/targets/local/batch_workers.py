@@ -18,7 +18,7 @@ from collections.abc import Callable
 from serving.batch import JOB_TOKEN_ENV, JOB_URL_ENV, JOB_WORKER_ENV
 from serving.config import CONFIG_ENV
 from serving.exit_reason import STARTUP_ERROR_ENV
-from stack.batch.jobs import WORK, JobRef, WorkerState
+from stack.control.batch.jobs import WORK, JobRef, WorkerState
 from stack.plan.serving import replica_config
 from stack.spec import LoadedSpec
 from stack.targets.local.children import start_child, wait_or_kill

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from stack.autoscale.config import config_of
+from stack.control.autoscale.config import config_of
 from stack.control.runtime import ControlPlane
 from stack.errors import StackError, UnknownApi
 from stack.plan.gpus import read_placement

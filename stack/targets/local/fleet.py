@@ -47,8 +47,8 @@ from serving.exit_reason import STARTUP_ERROR_ENV
 from serving.health import EXIT_STUCK
 from serving.logs import REPLICA_ENV
 from stack.atomic import write_text_atomic
-from stack.autoscale.config import ApiScaling
-from stack.autoscale.scaler import Replicas
+from stack.control.autoscale.config import ApiScaling
+from stack.control.autoscale.scaler import Replicas
 from stack.control.liveness import Decision, Liveness, Probed
 from stack.control.routing import FileRouteSink
 from stack.control.runtime import ControlPlane

@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 
-from stack.autoscale.config import ApiScaling
-from stack.autoscale.scaler import Replicas
+from stack.control.autoscale.config import ApiScaling
+from stack.control.autoscale.scaler import Replicas
 from stack.errors import ScalerError, StackError
 from stack.status import ApiPhase, StackStatus
 from stack.targets.local.control import call_async

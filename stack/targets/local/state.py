@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stack.canary import STATE_FILE as CANARY_FILE
+from stack.control.canary import STATE_FILE as CANARY_FILE
 from stack.errors import NotRunning, StackError
 
 SUPERVISOR_MODULE = "stack.targets.local.supervisor"
@@ -96,7 +96,7 @@ class LocalPaths:
 
     @property
     def jobs(self) -> Path:
-        """BatchAPI jobs and their batches (stack.batch.store): kept across restarts and `stack down`."""
+        """BatchAPI jobs and their batches (stack.control.batch.store): kept across restarts and `stack down`."""
         return self.base / "jobs.db"
 
     @property

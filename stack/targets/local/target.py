@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.supervisor import port_is_free
-from stack.autoscale.scaler import Scaler
-from stack.canary import splitter_status
+from stack.control.autoscale.scaler import Scaler
+from stack.control.canary import splitter_status
 from stack.errors import NotRunning, StackError
 from stack.plan.gpus import host_gpus, place, read_placement, write_placement
 from stack.plan.serving import keys_removed

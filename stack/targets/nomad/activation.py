@@ -1,6 +1,6 @@
 """Waking a Nomad API scaled to zero: the activator's Waker on the Nomad target.
 
-The autoscaler job serves the activator (stack.activator) as the Nomad service
+The autoscaler job serves the activator (stack.control.activator) as the Nomad service
 `<project>-activator`. The Traefik job's file provider holds, for each API with
 `min_replicas: 0`, a last-resort router (priority 1) to that service: while the
 API's own service has instances, the Nomad provider's router wins; at zero
@@ -18,7 +18,7 @@ import aiohttp
 import nomad
 from nomad.api.base import Requester
 
-from stack.autoscale.config import ApiScaling, AutoscalerConfig
+from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.errors import ScalerBusy
 from stack.targets.nomad.scaler import NomadScaler
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import aiohttp
 
-from stack.autoscale.signal import PrometheusSignal
-from stack.batch.jobs import BatchWorkers, keys_file
-from stack.canary_sources import PrometheusSource
+from stack.control.autoscale.signal import PrometheusSignal
+from stack.control.batch.jobs import BatchWorkers, keys_file
+from stack.control.canary_sources import PrometheusSource
 from stack.control.routing import RouteTable
 from stack.control.runtime import Adapters, ControlSettings
 from stack.errors import StackError

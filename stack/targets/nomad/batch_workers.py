@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from serving.batch import JOB_ID_ENV, JOB_TOKEN_ENV, JOB_WORKER_ENV
-from stack.batch.jobs import JobRef, WorkerState
+from stack.control.batch.jobs import JobRef, WorkerState
 from stack.errors import StackError
 from stack.targets.nomad.api import NomadApi
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from stack.autoscale.config import config_of
+from stack.control.autoscale.config import config_of
 from stack.plan.gateway import gateway_read_timeout, traefik_tls_args, traefik_tracing_args
 from stack.plan.images import (
     CONTROLLER_DOCKERFILE,

@@ -13,8 +13,8 @@ from typing import Any
 import nomad
 from nomad.api import exceptions
 
-from stack.autoscale.config import ApiScaling
-from stack.autoscale.scaler import Replicas, ScalerBusy
+from stack.control.autoscale.config import ApiScaling
+from stack.control.autoscale.scaler import Replicas, ScalerBusy
 
 GROUP = "predictor"  # the task group every API job has (templates/nomad/api.nomad.hcl.j2)
 # The `source` of a scaling event set by `stack scale --force`: the autoscaler leaves the job

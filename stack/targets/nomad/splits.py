@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from stack.canary import STOPPED, parse_states
+from stack.control.canary import STOPPED, parse_states
 from stack.splits import SplitterConfig, parse_overrides, weights_at
 from stack.targets.nomad.routes import ROUTES_ITEM, canary_variable, overrides_variable, routes_variable, routes_yaml
 

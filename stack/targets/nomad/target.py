@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from stack.atomic import write_text_atomic
-from stack.autoscale.scaler import Scaler
-from stack.canary import status_of
+from stack.control.autoscale.scaler import Scaler
+from stack.control.canary import status_of
 from stack.errors import NotRunning, StackError, TargetError
 from stack.plan.versions import current_versions, project_files
 from stack.spec import Api, LoadedSpec

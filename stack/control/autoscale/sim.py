@@ -1,6 +1,6 @@
 """Replay a load trace against a model of replicas to compare scaling policies.
 
-    python -m stack.autoscale.sim            # every trace, both policies, as a table
+    python -m stack.control.autoscale.sim            # every trace, both policies, as a table
 
 A fluid model with one-second steps: requests arrive at the trace's rate, each
 ready replica serves `1 / service_time` requests a second per unit of target
@@ -17,7 +17,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from stack.autoscale.policy import POLICIES, Bounds, History, Observation, Policy
+from stack.control.autoscale.policy import POLICIES, Bounds, History, Observation, Policy
 
 
 @dataclass(frozen=True)

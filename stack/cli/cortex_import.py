@@ -95,7 +95,7 @@ def _api(api: dict[str, Any], at: str, dropped: list[str]) -> dict[str, Any] | N
     predictor = dict(api.get("predictor") or {})
     out: dict[str, Any] = {"name": name}
     if kind == "BatchAPI":
-        out["kind"] = "BatchAPI"  # jobs on workers (stack.batch): Cortex's endpoints and statuses
+        out["kind"] = "BatchAPI"  # jobs on workers (stack.control.batch): Cortex's endpoints and statuses
     elif "kind" in api:
         dropped.append(f"{at}.kind: {DROPPED['kind']}")
     out["predictor"] = pred = {k: predictor[k] for k in SAME["predictor"] if k in predictor}

@@ -10,7 +10,7 @@ and the Compose controller serve beside the gateway.
 - `/__stack/too-large/{limit}`: a request declaring a body over the API's max_body_size (413,
   the replica's own words: the gateway refuses it before reading the body);
 - `/__stack/no-route/...`: the catch-all router, for paths no API serves;
-- `/__stack/activate/<api>/...`: an API scaled to zero (stack.activator);
+- `/__stack/activate/<api>/...`: an API scaled to zero (stack.control.activator);
 - anything else: an API whose replicas are all gone (its service points here).
 """
 
@@ -23,7 +23,7 @@ from aiohttp import web
 from stack.routes import ACTIVATE, TOO_LARGE
 
 if TYPE_CHECKING:
-    from stack.activator import Activator
+    from stack.control.activator import Activator
 
 PREFIX = "/__stack"
 MAX_BODY = 1024**3  # a held request's body, forwarded as it came (the replica applies max_body_size)
@@ -74,7 +74,7 @@ async def _no_replica(request: web.Request) -> web.Response:
 
 
 def error_app(activator: Activator | None = None, extra: list[web.RouteDef] | None = None) -> web.Application:
-    """`extra`: more of the controller's own routes (a BatchAPI's jobs, stack.batch.jobs)."""
+    """`extra`: more of the controller's own routes (a BatchAPI's jobs, stack.control.batch.jobs)."""
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_routes(extra or [])
     app.router.add_route("*", PREFIX + "/gateway-error/{status}", _gateway_error)

@@ -1,7 +1,7 @@
 """The dashboard's data: one JSON document, read by the page every few seconds.
 
 The numbers "now" come from the functions `stack status` uses (stack.traffic,
-stack.canary.status_of, the target's scaler), so the page and `stack status
+stack.control.canary.status_of, the target's scaler), so the page and `stack status
 --json` agree; the charts are Prometheus `query_range` over one of `RANGES`
 (the last 15 minutes unless the page asks for another). Only these fixed
 queries run: the page cannot send PromQL of its own.
@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from stack.autoscale.config import AutoscalerConfig
-from stack.autoscale.scaler import Replicas
+from stack.control.autoscale.config import AutoscalerConfig
+from stack.control.autoscale.scaler import Replicas
 from stack.status import SplitterStatus
 from stack.traffic import prometheus_traffic
 

@@ -2,7 +2,7 @@
 
 Clients, through the gateway (the API's route points here, as Cortex's operator answered):
 
-    POST   /<endpoint>               submit (stack.batch.submission): Cortex's response fields
+    POST   /<endpoint>               submit (stack.control.batch.submission): Cortex's response fields
     GET    /<endpoint>?jobID=ID      the job in Cortex's shape: status, batches_in_queue, batch_metrics, ...
     GET    /<endpoint>               every job of the API, newest first
     DELETE /<endpoint>?jobID=ID      stop it: its workers are stopped, its batches left unrun
@@ -37,12 +37,12 @@ from aiohttp import web
 
 from serving.batch import WORK_PATH
 from serving.keys import carries_key
-from stack.autoscale.config import BatchRoute
-from stack.batch import store as st
-from stack.batch.store import Job, JobSpec, JobStore
-from stack.batch.submission import MAX_SUBMISSION_BYTES, BadSubmission, batches, parse
+from stack.control.autoscale.config import BatchRoute
+from stack.control.batch import store as st
+from stack.control.batch.store import Job, JobSpec, JobStore
+from stack.control.batch.submission import MAX_SUBMISSION_BYTES, BadSubmission, batches, parse
 
-LOGGER = logging.getLogger("stack.batch")
+LOGGER = logging.getLogger("stack.control.batch")
 JOBS = "/__stack/jobs"  # the gateway's route for a BatchAPI points here (stack.routes)
 WORK = WORK_PATH  # the workers' side; the gateway routes nothing here
 TOKEN_HEADER = "X-Stack-Job-Token"

@@ -40,12 +40,12 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stack.atomic import write_json_atomic
-from stack.canary_sources import Counters, Measurement, NoData, Source, delta, measure
+from stack.control.canary_sources import Counters, Measurement, NoData, Source, delta, measure
 from stack.spec.units import format_duration
 from stack.splits import CanaryConfig, SplitterConfig, read_overrides, weights_at
 from stack.status import CanaryStatus, SplitterStatus
 
-LOGGER = logging.getLogger("stack.canary")
+LOGGER = logging.getLogger("stack.control.canary")
 STATE_FILE = "canary.json"
 KEPT_DECISIONS = 20
 OBSERVED_WINDOW = 60.0  # `stack status` shows each API's share of a splitter's requests over the last minute

@@ -7,7 +7,7 @@ the last `downscale_stabilization_period`, never above the lowest of the last
 `upscale_stabilization_period`.
 
 `stack_policy` starts from it and adds three things, each measured in
-`stack.autoscale.sim` (see bench/RESULTS.md):
+`stack.control.autoscale.sim` (see bench/RESULTS.md):
 
 - Starting replicas are credited: while any replica asked for is still
   starting, no further step up is taken; the queue that made us ask for it

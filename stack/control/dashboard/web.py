@@ -2,7 +2,7 @@
 
     GET /dashboard/            the page
     GET /dashboard/{file}      its script and style sheet (stack/dashboard/static)
-    GET /dashboard/data.json   the document the page draws (stack.dashboard.data);
+    GET /dashboard/data.json   the document the page draws (stack.control.dashboard.data);
                                ?range=15m|1h|6h|24h: the charts' history (15m unless asked)
 
 With `keys` (the Nomad controller, reached through the gateway), data.json
@@ -19,9 +19,9 @@ from importlib import resources
 
 from aiohttp import web
 
-from stack.dashboard.data import Document, chart_range
+from stack.control.dashboard.data import Document, chart_range
 
-LOGGER = logging.getLogger("stack.dashboard")
+LOGGER = logging.getLogger("stack.control.dashboard")
 PATH = "/dashboard/"
 FILES = {  # name -> content type: nothing else is served
     "index.html": "text/html",
@@ -33,7 +33,7 @@ POLICY = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base
 
 
 def _file(name: str) -> bytes:
-    return resources.files("stack.dashboard").joinpath("static", name).read_bytes()
+    return resources.files("stack.control.dashboard").joinpath("static", name).read_bytes()
 
 
 def dashboard_routes(document: Document, keys: Callable[[], list[bytes]] | None = None) -> list[web.RouteDef]:

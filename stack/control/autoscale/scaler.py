@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from stack.autoscale.config import ApiScaling
+from stack.control.autoscale.config import ApiScaling
 from stack.errors import ScalerBusy
 
 __all__ = ["Replicas", "Scaler", "ScalerBusy"]

@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stack.autoscale.policy import Bounds
+from stack.control.autoscale.policy import Bounds
 from stack.splits import SplitterConfig, splitters_of
 from stack.tls import TlsFiles
 
@@ -49,7 +49,7 @@ class RoutedApi:
 
 @dataclass(frozen=True)
 class BatchRoute:
-    """A BatchAPI: its endpoint takes jobs at the controller (stack.batch.jobs)."""
+    """A BatchAPI: its endpoint takes jobs at the controller (stack.control.batch.jobs)."""
 
     name: str
     router: str

@@ -24,12 +24,12 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stack.atomic import write_json_atomic
-from stack.autoscale.config import ApiScaling, AutoscalerConfig
-from stack.autoscale.policy import Decision, History, Observation, Policy, ScaleAction, stack_policy
-from stack.autoscale.scaler import Replicas, Scaler, ScalerBusy
-from stack.autoscale.signal import Signal
+from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
+from stack.control.autoscale.policy import Decision, History, Observation, Policy, ScaleAction, stack_policy
+from stack.control.autoscale.scaler import Replicas, Scaler, ScalerBusy
+from stack.control.autoscale.signal import Signal
 
-LOGGER = logging.getLogger("stack.autoscale")
+LOGGER = logging.getLogger("stack.control.autoscale")
 BACKOFF = (2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # seconds before retrying a scaler that failed
 KEPT_DECISIONS = 10
 
@@ -45,7 +45,7 @@ class Change:
     at: float  # unix time
     current: int
     desired: int
-    rule: str  # which rule of the policy decided (stack.autoscale.policy.Decision.rule)
+    rule: str  # which rule of the policy decided (stack.control.autoscale.policy.Decision.rule)
     reason: str
     applied: bool = True
     error: str = ""  # why the last attempt failed, while not applied

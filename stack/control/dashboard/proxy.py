@@ -5,7 +5,7 @@ The controller holds the Docker socket and faces no network; this process
 127.0.0.1 only) forwards the dashboard's GETs to the controller over the
 stack's network and nothing else.
 
-    python -m stack.dashboard.proxy --upstream http://autoscaler:9100 --port 9000
+    python -m stack.control.dashboard.proxy --upstream http://autoscaler:9100 --port 9000
 """
 
 from __future__ import annotations
