@@ -173,6 +173,7 @@ def import_(source: Path, output: Path | None, project: str | None, force: bool)
     "--nomad-addr",
     default=lambda: os.environ.get("NOMAD_ADDR", "http://127.0.0.1:4646"),
     show_default="$NOMAD_ADDR or http://127.0.0.1:4646",
+    help="The cluster the jobs name (its address goes into the Prometheus and controller jobs).",
 )
 @click.option("--registry", default="", help="Image registry prefix for Nomad jobs, e.g. registry.local:5000.")
 def plan(
@@ -229,10 +230,14 @@ def _shown(path: Path) -> str:
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @click.option("--api", "api_name", help="Which API of stack.yaml (needed when it has several).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where to listen (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=int, help="The port to answer on.")
 @click.option(
-    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="The replica's log level.",
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Default: log_format of stack.yaml, else text.")
 @click.option(
@@ -440,7 +445,13 @@ def split(args: tuple[str, ...], path_option: Path | None, target_kind: str | No
     type=click.Path(path_type=Path),
     help="Where to keep the last decisions (default: PATH/.stack/autoscaler).",
 )
-@click.option("--nomad-addr", envvar="NOMAD_ADDR", default="http://127.0.0.1:4646", show_default=True)
+@click.option(
+    "--nomad-addr",
+    envvar="NOMAD_ADDR",
+    default="http://127.0.0.1:4646",
+    show_default=True,
+    help="Nomad: the cluster's HTTP API.",
+)
 @click.option(
     "--policy",
     type=click.Choice(["stack", "cortex"]),

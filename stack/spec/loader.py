@@ -185,7 +185,7 @@ def _resolve_api_keys(
             else:
                 flat.extend(resolved)
         gateway["api_keys"] = flat
-    key_file = gateway.pop("api_keys_file", None)
+    key_file = gateway.get("api_keys_file")
     if key_file is not None:
         at: Path_ = ("gateway", "api_keys_file")
         if not isinstance(key_file, str) or not key_file:

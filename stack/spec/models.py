@@ -31,6 +31,7 @@ __all__ = ["NAME_RULE", "Api", "Duration", "Memory", "Networking", "Spec", "Spli
 
 
 class Batching(Strict):
+    # The most payloads one predict gets; a batch also closes when batch_interval passes.
     max_batch_size: PositiveInt = 8
     batch_interval: Duration = 0.01  # 10ms: the most a request waits for its batch to fill
     # Batches running at once: with 2 the next batch is collected, decoded and its tensors built
@@ -40,6 +41,7 @@ class Batching(Strict):
 
 
 class ModelPath(Strict):
+    # How a request asks for it (?model=NAME), and how the model clients name it.
     name: Name
     path: str  # a directory relative to stack.yaml, or s3://bucket/prefix
 
@@ -71,6 +73,7 @@ class Models(Strict):
 class Monitoring(Strict):
     """Cortex's model monitoring: the predictions as Prometheus metrics."""
 
+    # Classification: a counter per predicted class; regression: a histogram of the values.
     model_type: Literal["classification", "regression"]
     key: str | None = None  # the response field holding the prediction; null: the whole response
 
@@ -82,21 +85,29 @@ class Predictor(Strict):
     # default: POST / with our contract; openai: /v1/chat/completions, /v1/completions, /v1/models;
     # v2: the Open Inference Protocol (KServe v2: Triton's and MLServer's clients).
     protocol: Literal["default", "openai", "v2"] = "default"
+    # The predictor's file, relative to stack.yaml (inside the project: it goes into the image).
     path: str
     class_name: str = Field("", alias="class")  # empty: Predictor, else PythonPredictor (Cortex)
+    # Passed to __init__(self, config) as it is: weights' paths, thresholds, anything the predictor reads.
     config: dict[str, Any] = Field(default_factory=dict)
+    # More import directories, relative to stack.yaml (Cortex's python_path).
     python_path: list[str] = Field(default_factory=list)
     requirements: str | None = None  # default: requirements.txt beside stack.yaml, if present
+    # The replicas' environment variables (numbers become text; booleans must be quoted).
     env: dict[str, str] = Field(default_factory=dict)
     image: str | None = None  # a prebuilt image: skip the build
+    # Worker processes in a replica, sharing its port (SO_REUSEPORT): CPU-bound Python past one core.
     processes_per_replica: PositiveInt = 1
+    # Threads a plain `def predict` runs on in each process (an `async def predict` runs on the event loop).
     threads_per_process: PositiveInt = 1
     # Requests executing or queued per replica before it answers 503 (Cortex: 1 + 100 queued).
     max_concurrency: PositiveInt = 100
     timeout: Duration | None = None  # per request; null waits as long as predict takes
+    # A request's body; a longer one is a 413 (from the gateway at once, when its length is declared).
     max_body_size: Memory = 16 * 1024**2
     # The whole body must arrive within this, else 408: a client trickling a body cannot hold a slot.
     body_timeout: Duration = 30.0
+    # Server-side batching: predict gets a list of payloads and returns a list; null: one at a time.
     batching: Batching | None = None
     drain_delay: Duration = 5.0  # keep serving after SIGTERM while the router notices
     grace_period: Duration = 30.0  # then let in-flight requests finish
@@ -213,20 +224,29 @@ class Autoscaling(Strict):
     # 0: scale to zero after `idle_timeout` without a request; the next request wakes a replica
     # (the gateway holds it meanwhile) and is answered once it is ready.
     min_replicas: NonNegativeInt = 1
+    # The most replicas the autoscaler may run (GPU APIs: also bounded by the host's GPU slots).
     max_replicas: PositiveInt = 100
     init_replicas: PositiveInt | None = None  # default: min_replicas (at least 1: `stack up` proves the API starts)
+    # With min_replicas 0: no request for this long and the API runs no replica (the activator wakes it).
     idle_timeout: Duration = 600.0
     # stack: our autoscaler decides. nomad-autoscaler (Nomad only): the job carries a scaling policy
     # for HashiCorp's Nomad Autoscaler (Prometheus APM, target-value on the same in-flight query).
     engine: Literal["stack", "nomad-autoscaler"] = "stack"
     # Requests in flight per replica the autoscaler aims for; default processes x threads.
     target_replica_concurrency: Annotated[float, Field(gt=0)] | None = None
+    # Requests in flight are averaged over this before a decision: at least two scrape_intervals.
     window: Duration = 60.0
+    # A scale-up waits until the higher count held this long (no reaction to a single spike).
     upscale_stabilization_period: Duration = 60.0
+    # A scale-down takes the highest count asked over this period (no flapping after a burst).
     downscale_stabilization_period: Duration = 300.0
+    # One decision multiplies the count by at most this (Cortex's default).
     max_upscale_factor: Annotated[float, Field(gt=1)] = 1.5
+    # One decision keeps at least this share of the replicas (Cortex's default).
     max_downscale_factor: Annotated[float, Field(gt=0, lt=1)] = 0.75
+    # A wanted count within this share above the current one changes nothing.
     upscale_tolerance: Annotated[float, Field(ge=0)] = 0.05
+    # A wanted count within this share below the current one changes nothing.
     downscale_tolerance: Annotated[float, Field(ge=0)] = 0.05
     # A GPU API also grows when its replicas' GPU utilization (percent, averaged over `window`) is above
     # this, beside requests in flight; null: in flight alone decides.
@@ -286,15 +306,22 @@ def _of(value: int | str, replicas: int, up: bool) -> int:
 
 
 class Api(Strict):
+    # Names its endpoint (/NAME), its containers, jobs and metrics' label.
     name: Name
     # RealtimeAPI: replicas answer requests. BatchAPI (Cortex's): the endpoint takes jobs, each run on
     # `workers` worker replicas started for it and stopped after it (stack.control.batch).
     kind: Literal["RealtimeAPI", "BatchAPI"] = "RealtimeAPI"
+    # What runs in each replica: the class, its settings, how it is served.
     predictor: Predictor
+    # Cortex's prediction monitoring: a metric of what predict answers; null: none.
     monitoring: Monitoring | None = None
+    # What one replica may use: CPU, memory, GPUs.
     compute: Compute = Compute()
+    # How many replicas, and how the autoscaler changes the count.
     autoscaling: Autoscaling = Autoscaling()
+    # How a new version rolls out, and when it is rolled back.
     update: Update = Update()
+    # Where clients reach it, and how the gateway picks a replica.
     networking: Networking = Networking()
     # Pipelines: the APIs of this stack its predictor may call through the `apis` handle (serving.calls),
     # replica to replica inside the stack, never through the public port. No cycles.
@@ -346,6 +373,7 @@ class Acme(Strict):
 
     email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]  # the account's contact (expiry notices)
     domains: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]  # first: the main name
+    # The ACME directory; default: Let's Encrypt (its staging directory for a first try).
     ca_server: Annotated[str, Field(pattern=r"^https://")] = LETS_ENCRYPT
     # tls-alpn: validated on the HTTPS port itself; http: on gateway.http_port (port 80 where the CA
     # reaches it), whose other requests are redirected to HTTPS.
@@ -363,6 +391,7 @@ class Tls(Strict):
     # replicas see the client's subject in X-Forwarded-Tls-Client-Cert-Info.
     client_ca_file: str | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"  # older clients are refused at the handshake
+    # Certificates from an ACME CA (Let's Encrypt), renewed by the gateway; instead of cert_file and key_file.
     acme: Acme | None = None
 
     @field_validator("min_version", mode="before")
@@ -383,12 +412,14 @@ class Tls(Strict):
 
 
 class Gateway(Strict):
+    # Where clients reach every API; the only port the stack opens to the network.
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     # The address the gateway listens on. Default: every interface on Compose and Nomad (it is the
     # stack's front door), 127.0.0.1 for `stack up --local` (a development stack stays on this machine).
     host: str | None = None
     # Traefik's dashboard and API, on 127.0.0.1 only (read-only, but it shows every route). Off by default.
     dashboard: bool = False
+    # Where Traefik's dashboard listens, on 127.0.0.1, when `dashboard` is on.
     dashboard_port: Annotated[int, Field(ge=1, le=65535)] = 8081
     # One line per request in the gateway's log; off by default (it costs CPU on the hot path).
     access_log: bool = False
@@ -396,6 +427,9 @@ class Gateway(Strict):
     # stack.yaml: `api_keys: ${STACK_API_KEYS}` (comma-separated) or `api_keys_file: keys.txt` (one per
     # line). Replicas read them from a 0600 file (a Compose secret), never from their environment.
     api_keys: list[Annotated[str, Field(min_length=8)]] = Field(default_factory=list)
+    # A file of keys, one per line (# comments), relative to stack.yaml: read by the command that loads the
+    # spec, added to api_keys, and never copied into an image.
+    api_keys_file: str | None = None
     # With api_keys, GET /API/openapi.json answers only with a key, like the prediction routes (it
     # describes what the API takes). true publishes it to every client.
     public_openapi: bool = False
@@ -421,13 +455,16 @@ class Prometheus(Strict):
     # The local target runs Prometheus only when its binary is on PATH; without it
     # the autoscaler scrapes the replicas itself. Compose and Nomad always run it.
     enabled: bool = True
+    # Prometheus' web port, published on 127.0.0.1 only.
     port: Annotated[int, Field(ge=1, le=65535)] = 9090
+    # How long samples are kept (the dashboard's charts reach back 24h at most).
     retention: Duration = 15 * 86400.0
     # Short by default: the autoscaler's window must hold several samples.
     scrape_interval: Duration = 5.0
 
 
 class Build(Strict):
+    # The image every API's image starts from (the controller's too); Python 3.11+ with pip.
     base_image: str = "python:3.11-slim"
     # Where `stack up --nomad` pushes images (HOST:PORT[/PATH]); Nomad clients pull from it.
     registry: str | None = None
@@ -477,14 +514,21 @@ class Tracing(Strict):
 
 
 class Spec(Strict):
+    # Names the Compose project, the Nomad jobs, every container and label.
     project: Name
     # Where `stack up` runs the stack unless a flag (--local, --nomad, --compose) says otherwise.
     target: Literal["compose", "local", "nomad"] | None = None
+    # The stack's front door: Traefik, its port, keys, TLS.
     gateway: Gateway = Gateway()
+    # The metrics store the autoscaler, the canaries and the dashboard read.
     prometheus: Prometheus = Prometheus()
+    # How images are built (Compose, Nomad) and kept.
     build: Build = Build()
+    # The prediction APIs (kind: RealtimeAPI, the default) and BatchAPIs.
     apis: Annotated[list[Api], Field(min_length=1)]
+    # Endpoints weighted across APIs: A/B splits, shadow traffic, canaries.
     splitters: list[Splitter] = Field(default_factory=list)
+    # The replicas' log lines: text for people, json (one object a line) for a log pipeline.
     log_format: Literal["text", "json"] = "text"
     tracing: Tracing | None = None  # off by default: without it, nothing of tracing runs or is installed
     _batch: list[Api] = PrivateAttr(default_factory=list)

@@ -12,12 +12,14 @@ from stack.spec.base import Duration, Fraction, Name, Networking, NonNegativeInt
 
 
 class SplitApi(Strict):
+    # One of the stack's APIs.
     name: str
     weight: Annotated[int, Field(ge=0)]  # a share of the splitter's requests, relative to the others
 
 
 class Mirror(Strict):
     api: str  # gets copies of requests; its answers are discarded
+    # The share of requests copied to it.
     percent: Annotated[int, Field(ge=0, le=100)] = 100
 
 
@@ -26,6 +28,7 @@ class Canary(Strict):
     rises step by step while its own metrics stay within bounds, and drops to 0 at the first breach."""
 
     api: str  # the canary: one of the splitter's APIs; the others are the baseline
+    # The canary's share of the splitter, step by step (percent), rising while it is healthy.
     steps: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1)] = Field(
         default_factory=lambda: [5, 25, 50, 100]
     )
@@ -55,10 +58,14 @@ class Canary(Strict):
 class Splitter(Strict):
     """One endpoint, weighted across APIs (Cortex's TrafficSplitter), with optional shadow traffic."""
 
+    # Names its endpoint (/NAME) and its routes.
     name: Name
+    # The APIs it splits across, with their weights.
     apis: Annotated[list[SplitApi], Field(min_length=1)]
+    # Shadow traffic: copies of requests to another API, whose answers are dropped; null: none.
     mirror: Mirror | None = None
     sticky: bool = False  # a cookie keeps a client on the API it first got
+    # Where clients reach it (default /NAME), and how the gateway picks a replica.
     networking: Networking = Networking()
     canary: Canary | None = None  # automated rollout of one of the APIs
 
