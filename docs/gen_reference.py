@@ -114,10 +114,7 @@ def _type_name(annotation: Any, unit: tuple[str, Any] | None) -> str:
 def _default(field: FieldInfo, unit: tuple[str, Any] | None) -> str:
     if field.is_required():
         return "required"
-    if field.default_factory is not None:
-        value = field.default_factory()  # type: ignore[call-arg]
-    else:
-        value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
     if value is None:
         return "`null`"
     if isinstance(value, BaseModel):
