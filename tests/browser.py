@@ -3,18 +3,17 @@ selenium), and what those tests read off the page: the numbers of each API's car
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from common import require_binary
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-
-from conftest import require_binary
+from waits import until
 
 
 @contextmanager
@@ -85,19 +84,19 @@ def as_number(text: str) -> float | None:
 
 def wait_for(driver: WebDriver, check: Callable[[WebDriver], Any], what: str, timeout: float) -> Any:
     """Poll the page until `check` gives something true; fail with the page's text and console if not."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def read() -> Any:
         try:
-            found = check(driver)
+            return check(driver)
         except WebDriverException:  # the page is loading: read again
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            body = driver.find_element(By.TAG_NAME, "body").text
-            console = [entry["message"] for entry in driver.get_log("browser")]
-            raise AssertionError(f"{what}: not within {timeout:g}s.\npage:\n{body}\nconsole: {console}")
-        time.sleep(0.1)
+            return None
+
+    def seen() -> str:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        console = [entry["message"] for entry in driver.get_log("browser")]
+        return f"{what}\npage:\n{body}\nconsole: {console}"
+
+    return until(read, seen, timeout, every=0.1)
 
 
 def console_errors(driver: WebDriver) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,14 +131,3 @@ class InProcessReplica:
             return func()
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(TIMEOUT)
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    """Poll until `condition()` is truthy; fail naming `what` after `timeout` seconds (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")

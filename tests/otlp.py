@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from waits import until
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,12 @@ class Receiver:
     content_types: list[str] = field(default_factory=list)
 
     def wait_for(self, predicate: Callable[[list[Span]], bool], timeout: float = 20.0) -> list[Span]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def matched() -> tuple[list[Span]] | None:  # a tuple: true even when the spans that match are none
             spans = list(self.spans)
-            if predicate(spans):
-                return spans
-            time.sleep(0.05)
-        raise AssertionError(f"the spans never matched; got {[(s.service, s.name) for s in self.spans]}")
+            return (spans,) if predicate(spans) else None
+
+        seen = lambda: f"spans to match; got {[(s.service, s.name) for s in self.spans]}"  # noqa: E731
+        return until(matched, seen, timeout)[0]
 
     def trace(self, trace_id: str) -> list[Span]:
         return [s for s in self.spans if s.trace_id == trace_id]

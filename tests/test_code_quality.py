@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import ROOT
+from common import ROOT
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:

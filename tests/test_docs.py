@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from common import ROOT
 from pydantic import BaseModel
 
-from conftest import ROOT
 from stack.spec.models import Spec
 
 DOCS = ROOT / "docs"

@@ -265,6 +265,8 @@ class ComposeFleet:
             self.stopping_ids.add(container.id)  # out of the routes at once
         self.restarts.replacing[container.id] = decision.reason
         await asyncio.to_thread(self._write_routes, self.replicas)
+        # `stack status` counts it out before the event says it is replaced: the two never disagree.
+        await asyncio.to_thread(self._write_health, self.replicas)
         how = "restarted at once" if decision.kill else "drained and restarted"
         record_event(self.state_dir, replica.api, f"replica {container.name} replaced: {decision.reason} ({how})")
         routed = next((a for a in self.apis if a.name == replica.api), None)

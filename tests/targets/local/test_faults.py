@@ -1,0 +1,141 @@
+"""The local target on a bad day: corrupt state, a killed supervisor, a truncated routes file,
+two commands at once; and who may talk to it (its control socket, the gateway's address)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import requests
+from cli import STACK, stack
+from local_stack import listening, status
+from waits import until
+
+from stack.atomic import ProjectLock
+from stack.targets.local.state import LocalPaths, pid_alive
+
+
+def _other_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent, the kernel picks the route
+            address: str = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_corrupt_state_truncated_routes_and_who_may_connect(project: tuple[Path, int]) -> None:
+    root, port = project
+    url = f"http://127.0.0.1:{port}/echo"
+    stack("up", "--local", str(root), cwd=root)
+    paths = LocalPaths(root)
+    state = json.loads(paths.state_file.read_text())
+    supervisor = state["pid"]
+
+    # The control API is a unix socket only this user may open; the TCP port Prometheus scrapes takes no orders.
+    sock = Path(state["control_socket"])
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    metrics_port = state["metrics_port"]
+    assert requests.post(f"http://127.0.0.1:{metrics_port}/shutdown", timeout=5).status_code in (404, 405)
+    assert requests.post(f"http://127.0.0.1:{metrics_port}/scale", json={}, timeout=5).status_code in (404, 405)
+    assert pid_alive(supervisor)
+    # The local gateway listens on 127.0.0.1 only.
+    other = _other_address()
+    if other is not None:
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            assert probe.connect_ex((other, port)) != 0
+
+    # What the gateway answers itself is JSON too: a path no API serves, a replica's internal path.
+    for path in ("/nothing", "/echo/metrics"):
+        missing = requests.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+        assert missing.status_code == 404 and missing.json()["error"] == "no API is served at this path"
+
+    # A truncated routes file: the supervisor notices and writes it again; requests keep working.
+    routes_file = paths.traefik_dir / "routes.yml"
+    routes_file.write_text(routes_file.read_text()[:40])
+    until(lambda: "servers" in routes_file.read_text(), "'servers' in routes_file.read_text()")
+    until(
+        lambda: requests.post(url, json={}, timeout=5).status_code == 200,
+        "requests.post(url, json={}, timeout=5).status_code == 200",
+    )
+    assert status(root)["apis"][0]["status"] == "live"
+
+    # A truncated state file and pid file: the supervisor writes them again within a second; status works.
+    paths.state_file.write_text(paths.state_file.read_text()[:25])
+    paths.pid_file.write_text("12")
+    shown = stack("status", "--local", "-p", str(root), cwd=root)
+    assert "live" in shown.stdout and "Traceback" not in shown.stderr
+    until(
+        lambda: paths.pid_file.read_text().strip() == str(supervisor),
+        "paths.pid_file.read_text().strip() == str(supervisor)",
+    )
+    assert json.loads(paths.state_file.read_text())["pid"] == supervisor
+    assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "stopped"
+    until(
+        lambda: not pid_alive(supervisor) and not listening(port), "not pid_alive(supervisor) and not listening(port)"
+    )
+
+    # A state file of the wrong shape, nothing running: a clear message, not an AttributeError.
+    paths.state_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.state_file.write_text('["not", "a", "state"]')
+    wrong = stack("status", "--local", "-p", str(root), cwd=root, check=False)
+    assert wrong.returncode != 0 and "unreadable" in wrong.stderr and "no supervisor" in wrong.stderr
+    assert "AttributeError" not in wrong.stderr
+
+
+def test_a_killed_supervisor_is_reported_then_restarted(project: tuple[Path, int]) -> None:
+    root, port = project
+    url = f"http://127.0.0.1:{port}/echo"
+    stack("up", "--local", str(root), cwd=root)
+    supervisor = status(root)["pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    until(
+        lambda: not pid_alive(supervisor) and not listening(port), "not pid_alive(supervisor) and not listening(port)"
+    )
+    shown = stack("status", "--local", "-p", str(root), cwd=root, check=False)
+    assert shown.returncode != 0
+    assert f"died: its supervisor (pid {supervisor}) is gone since 20" in shown.stderr, shown.stderr
+    again = stack("up", "--local", str(root), cwd=root)
+    assert "starting it afresh" in again.stderr
+    assert requests.post(url, json={}, timeout=5).status_code == 200
+
+
+def test_two_commands_at_once_the_second_names_the_first(project: tuple[Path, int]) -> None:
+    root, _port = project
+    with ProjectLock(root, "stack up (local)"):
+        for args in (["up", "--local", str(root)], ["down", "--local", str(root)]):
+            second = subprocess.run([*STACK, *args], cwd=root, capture_output=True, text=True, timeout=60)
+            assert second.returncode != 0
+            assert f"`stack up (local)` (pid {os.getpid()}, since 20" in second.stderr, second.stderr
+            assert "is changing this project" in second.stderr
+    # Released: the next command runs (nothing was started, so there is nothing to stop).
+    assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "nothing was running"
+
+
+def test_api_keys_reach_replicas_as_a_private_file(project: tuple[Path, int], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    root, port = project
+    spec = root / "stack.yaml"
+    keyed = f'gateway: {{port: {port}, api_keys: "${{LOCAL_KEYS}}"}}'
+    spec.write_text(spec.read_text().replace(f"gateway: {{port: {port}}}", keyed))
+    monkeypatch.setenv("LOCAL_KEYS", "local-secret-key-1")
+    stack("up", "--local", str(root), cwd=root)
+    url = f"http://127.0.0.1:{port}/echo"
+    assert requests.post(url, json={}, timeout=5).status_code == 401
+    assert requests.post(url, json={}, headers={"X-API-Key": "local-secret-key-1"}, timeout=5).status_code == 200
+    keys_file = LocalPaths(root).api_keys
+    assert keys_file.read_text() == "local-secret-key-1\n" and stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    for replica in status(root)["apis"][0]["replicas"]:
+        environ = Path(f"/proc/{replica['pid']}/environ").read_bytes()
+        assert b"local-secret-key-1" not in environ  # not in the replica's environment (its config names the file)
+    # A shell without the keys' variable can still see and stop the stack (only `up` needs the keys).
+    monkeypatch.delenv("LOCAL_KEYS")
+    assert status(root)["apis"][0]["status"] == "live"
+    assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "stopped"
