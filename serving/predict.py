@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import itertools
 import logging
 import math
@@ -22,10 +21,10 @@ from typing import Any
 from aiohttp import web
 
 from serving import tracing
-from serving.batching import Batcher
 from serving.calls import CURRENT, TIMEOUT_HEADER, RequestContext
-from serving.codec import Headers, QueryParams, encode, encode_any, error_response, read_payload
+from serving.codec import QueryParams, encode, encode_any, error_response, read_payload
 from serving.config import ServingConfig
+from serving.dispatch import Dispatch, not_loaded
 from serving.errors import HTTPError
 from serving.failures import PredictTimeout, failure_of
 from serving.flights import Flight, Flights
@@ -55,7 +54,6 @@ class Predictions:
         self.predictor: LoadedPredictor | None = None
         self.in_flight = 0
         self.last_request_at = 0.0  # monotonic; draining waits until requests stop arriving
-        self._batcher: Batcher | None = None
         self._throughput = Throughput(config.threads_per_process)  # what Retry-After is computed from
         self.keys = ApiKeys(config.api_keys, config.api_keys_file)  # re-read when the file changes
         self._id_prefix = uuid.uuid4().hex[:16]
@@ -64,11 +62,12 @@ class Predictions:
         self._max_body_size = config.max_body_size
         self._timeout = config.timeout
         self._calls = bool(config.calls)  # pipelines: calls made while serving a request carry its context
-        self._call: Callable[[Any, Any, Any], Any] = _not_loaded  # predict, bound by bind()
+        self._call: Callable[[Any, Any, Any], Any] = not_loaded  # predict, bound by bind()
         self._wants_query = True  # predict or post_predict takes query_params
         self._direct = False  # an async predict with nothing around it: awaited in _answer itself
         self._validate: Callable[[Any], Any] | None = None  # from predict's payload annotation
         self._tracer = tracing.start(config, replica_name())  # None unless stack.yaml turns tracing on
+        self._dispatch = Dispatch(pool, metrics, self._tracer, count_gauges)  # how a payload reaches predict
         self._post = PostPredict(pool, self._tracer)
         self.flights = Flights()  # the requests past admission: what a stuck replica answers (serving.health)
         self._timed = False  # predict is a plain async def: its run is timed in its Flight (stuck detection)
@@ -83,29 +82,17 @@ class Predictions:
         )
         self._validate = payload_validator(predictor) if self.config.protocol == "default" else None
         self._timed = handler.is_async and not handler.is_async_gen
-        batching = self.config.batching
-        if batching is not None:
-            self._batcher = Batcher(
-                self._run_batch,
-                batching.max_batch_size,
-                batching.batch_interval,
-                max(batching.max_in_flight, 1),
-                self.metrics,
-                count_queued=self._count_gauges,
-                eager=batching.eager,
-            )
-            self._batcher.start()
+        self._dispatch.bind(handler, self._call, self.config.batching)
         self.predictor = predictor
 
     async def close(self) -> None:
         await self._post.close()
-        if self._batcher:
-            await self._batcher.stop()
+        await self._dispatch.stop()
         if self._tracer is not None:
             self._tracer.shutdown()
 
     def queued(self) -> int:
-        return self._pool.queued() + (self._batcher.waiting() if self._batcher else 0)
+        return self._pool.queued() + self._dispatch.waiting()
 
     def oldest_predict(self) -> float | None:
         """When the longest-running predict now running started (monotonic): on a thread or the event loop."""
@@ -239,10 +226,10 @@ class Predictions:
             if self._wants_query:
                 query = QueryParams(request.query) if request.query_string else QueryParams(())
             if self._direct and timeout is None and (self._tracer is None or not self._tracer.sampled()):
-                await asyncio.sleep(0)  # as in _predict
+                await asyncio.sleep(0)  # as in Dispatch.predict
                 result = await self._call(payload, query, request.headers)
             else:
-                work = self._predict(request, predictor, payload, query)
+                work = self._dispatch.predict(request, payload, query)
                 result = await (work if timeout is None else self._with_timeout(work, timeout))
             headers = {"X-Request-ID": request_id}
             flight.predicting, flight.responding = None, True
@@ -277,56 +264,6 @@ class Predictions:
             if deadline.expired():  # ours, not a TimeoutError the predictor raised
                 raise PredictTimeout(timeout, caller=timeout != self._timeout) from exc
             raise
-
-    async def _predict(
-        self, request: web.Request, predictor: LoadedPredictor, payload: Any, query: dict[str, str] | None
-    ) -> Any:
-        handler = predictor.predict
-        call = self._call
-        if self._batcher is None:
-            if handler.is_async_gen:
-                return call(payload, query, request.headers)
-            if handler.is_async:
-                # One turn of the loop before an async predict: the loop then takes the requests of
-                # every ready connection before it answers any. Measured (bench/runtime.py, W0 both at
-                # once), CPU per request falls by about a tenth; a lone request waits one turn (µs).
-                await asyncio.sleep(0)
-                if self._tracer is not None and self._tracer.sampled():
-                    return await tracing.traced_async(self._tracer, call(payload, query, request.headers))
-                return await call(payload, query, request.headers)
-
-        def is_gone() -> bool:
-            return request.transport is None or request.transport.is_closing()
-
-        if self._batcher is not None:
-            # With tracing, the batch links to a sampled request's span; its wait is its queue span.
-            traced = (self._tracer.current(), tracing.now_ns()) if self._tracer and self._tracer.sampled() else None
-            return await self._batcher.submit((payload, query, request.headers, traced), is_gone)
-        # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
-        if self._count_gauges:
-            self.metrics.queued.inc()
-        # The predictor thread sees the request's context: its log lines and its calls carry the request.
-        context = contextvars.copy_context()
-        work = functools.partial(context.run, call, payload, query, request.headers)
-        if self._tracer is not None and self._tracer.sampled():
-            return await tracing.traced_thread(self._tracer, self._pool.run, work, is_gone)
-        return await self._pool.run(work, is_gone)
-
-    async def _run_batch(self, items: list[tuple[Any, ...]]) -> Any:
-        assert self.predictor is not None
-        handler = self.predictor.predict
-        call = functools.partial(
-            handler.call,
-            payload=[item[0] for item in items],
-            query_params=[item[1] for item in items],
-            headers=[Headers(item[2]) for item in items],
-        )
-        traced = [item[3] for item in items if item[3] is not None]
-        if self._tracer is not None and traced:  # only the sampled requests' spans link to the batch
-            return await tracing.traced_batch(self._tracer, self._pool.run, call, handler.is_async, traced)
-        if handler.is_async:
-            return await call()
-        return await self._pool.run(call)
 
     # -- errors and back-pressure -------------------------------------------
 
@@ -395,7 +332,3 @@ def _caller_timeout(given: str, own: float | None) -> float:
 
 def _abandoned(reason: str) -> str:
     return f"this replica is stuck ({reason}); it is being replaced and your request was not answered: retry"
-
-
-def _not_loaded(payload: Any, query: Any, headers: Any) -> Any:
-    raise RuntimeError("predict called before the predictor was loaded")

@@ -9,18 +9,14 @@ are pruned to `build.keep_images`; `stack up` returns once every replica applies
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from stack.atomic import write_json_atomic
 from stack.control.autoscale.scaler import Scaler
 from stack.control.canary import STATE_FILE as CANARY_FILE
-from stack.control.canary import splitter_status
 from stack.errors import NotRunning, StackError
-from stack.plan.gpus import Placement, Slot, host_gpus, read_placement, write_placement
+from stack.plan.gpus import host_gpus, write_placement
 from stack.plan.images import CONTROLLER_DOCKERFILE, api_dockerfile_name, service_name
 from stack.plan.plan import Plan
 from stack.plan.serving import extra_requirements, keys_removed
@@ -28,36 +24,30 @@ from stack.plan.values import CONTROLLER_STATE_DIR as AUTOSCALER_STATE_DIR
 from stack.plan.versions import current_versions, project_files
 from stack.spec import Api, LoadedSpec
 from stack.splits import change, clear_overrides, splitters_of
-from stack.status import ApiStatus, Observed, ReplicaStatus, StackStatus, Traffic, api_phase
+from stack.status import StackStatus
 from stack.targets import build, images
 from stack.targets.base import check_scale, refuse_nomad_autoscaler
-from stack.targets.compose.components import components, last_kill, left_running, restarts
+from stack.targets.compose.components import left_running
 from stack.targets.compose.desired import (
-    DECISIONS_FILE,
     DESIRED_FILE,
     KILLS_FILE,
     MANUAL_FILE,
     RESTARTS_FILE,
     Desired,
-    Kill,
     manual_apis,
-    read_desired,
-    read_events,
     read_health,
-    read_kills,
-    read_restarts,
     write_desired,
 )
-from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, Container, userland_proxy
+from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, userland_proxy
 from stack.targets.compose.plan import CONTROL_DIR, DASHBOARD_PORT, KEYS_FILE
 from stack.targets.compose.plan import plan as plan_compose
 from stack.targets.compose.rollout import PLACEMENT_FILE, Rollout, read_deployed
 from stack.targets.compose.scaler import ComposeScaler
 from stack.targets.compose.setup import batch_templates, prepare_control_dir
+from stack.targets.compose.status import observe
 from stack.targets.docker import docker
-from stack.targets.gateway import check_routed, readiness_url, wait_for_batch_apis, wait_until_routed
+from stack.targets.gateway import readiness_url, wait_for_batch_apis, wait_until_routed
 from stack.targets.logs import container_logs, follow_containers
-from stack.traffic import call_graph, gpu_status, prometheus_traffic, replica_gpu_memory
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/compose"
@@ -184,96 +174,6 @@ class ComposeTarget:
         )
         build.build_image(context, image, progress, images.labels(self.project, api.name, version))
 
-    def status(self) -> StackStatus:
-        containers = self.engine.containers()
-        on_disk = current_versions(self.loaded)  # what the files would build now
-        decisions = self._decisions()
-        manual = manual_apis(self.state_dir)
-        deployed = self._deployed()
-        placement = read_placement(self.loaded.root / PLACEMENT_FILE)
-        prometheus = f"http://127.0.0.1:{self.loaded.spec.prometheus.port}"
-        restarted, kills = read_restarts(self.state_dir), read_kills(self.state_dir)
-        apis = []
-        for api in self.loaded.spec.apis:
-            mine = [c for c in containers if c.api == api.name]
-            alive = [c for c in mine if c.state not in ("exited", "dead")]
-            versions = sorted({c.version for c in alive})
-            version = deployed.get(api.name) or (versions[0] if len(versions) == 1 else "")
-            current = [c for c in alive if c.version == version]
-            ready = [c for c in alive if c.ready]
-            updating = any(c.version != version for c in alive)
-            failed = [c for c in current if c.failed]
-            desired = max(len(current), len(alive) - len(current)) if updating else len(current)
-            slots = placement.of(api.name)
-            memory = replica_gpu_memory(prometheus, api.name) if slots else {}
-            events = read_events(self.state_dir, api.name)
-            seen = Observed(
-                desired=desired,
-                ready=len(ready),
-                alive=len(alive),
-                failing=bool(failed),
-                updating=updating,
-                deployed=bool(alive) or self._desired_count(api.name) == 0,  # at zero one is kept, stopped
-            )
-            apis.append(
-                ApiStatus(
-                    name=api.name,
-                    status=api_phase(seen),
-                    ready=len(ready),
-                    desired=desired,
-                    endpoint=api.endpoint,
-                    version=version,
-                    changed=bool(version) and version != on_disk[api.name],
-                    error=_failure(failed[0]) if failed else last_kill(mine, kills),
-                    restarts=sum(restarts(c, restarted) for c in mine),
-                    events=events,
-                    autoscaled=api.autoscaled and api.name not in manual,
-                    autoscaler=decisions.get(api.name),
-                    min_replicas=api.autoscaling.min_replicas,
-                    max_replicas=api.autoscaling.max_replicas,
-                    replicas=[
-                        ReplicaStatus(
-                            id=c.name,
-                            state=c.replica_state,
-                            version=c.version,
-                            health=c.health,
-                            gpu=_slot_gpu(c.service, slots, placement),
-                            gpu_memory_bytes=memory.get(c.name),
-                            restarts=restarts(c, restarted),
-                            last_event=_last_event(c, kills, events),
-                        )
-                        for c in mine
-                    ],
-                    traffic=self._traffic(api.name),
-                    gpu_slots=len(slots),
-                )
-            )
-        kept = components(containers, restarted) if containers else []
-        down = next((f"{c.detail}: {c.problem}" for c in kept if c.name == "gateway" and not c.running), "")
-        check_port = self.engine.check_port()
-        apis = [check_routed(api, check_port, down) for api in apis]
-        notes = self.engine.controller_notes() if containers else []
-        splitters = splitter_status(splitters_of(self.loaded.spec), self.state_dir)
-        gpus = gpu_status(placement, prometheus)
-        port = self.loaded.spec.gateway.port
-        calls = call_graph(self.loaded.spec, prometheus)
-        use = images.disk_use(
-            self.project, [a.name for a in self.loaded.spec.every_api], self.loaded.spec.build.base_image
-        )
-        return StackStatus(
-            self.project,
-            "compose",
-            port,
-            apis,
-            notes,
-            splitters=splitters,
-            gpus=gpus,
-            components=kept,
-            calls=calls,
-            images=use.count if use else None,
-            images_bytes=use.bytes if use else None,
-        )
-
     def dashboard_url(self) -> str:
         try:
             published = self.engine.compose("port", "dashboard", str(DASHBOARD_PORT), timeout=10).strip()
@@ -283,29 +183,17 @@ class ComposeTarget:
             raise NotRunning(f"the dashboard of {self.project} is not running; `stack up {self.loaded.root}` starts it")
         return f"http://127.0.0.1:{published.rsplit(':', 1)[1]}/dashboard/"
 
+    def status(self) -> StackStatus:
+        return observe(self.loaded, self.engine, self.state_dir)
+
     def split(self, splitter: str, weights: dict[str, int]) -> None:
         routes_file = self.loaded.root / CONTROL_DIR / "routes" / "routes.yml"
         spec = self.loaded.spec
         change(self.state_dir, routes_file, spec.project, splitters_of(spec), splitter, weights)
 
-    def _desired_count(self, api: str) -> int | None:
-        wanted = read_desired(self.state_dir).get(api)
-        return None if wanted is None else wanted.replicas
-
     def _deployed(self) -> dict[str, str]:
         """The version each API was last rolled to by `stack up` (not what the files would build now)."""
         return read_deployed(self.loaded.root)
-
-    def _decisions(self) -> dict[str, Any]:
-        """The autoscaler's last decisions per API, as it saved them in the shared state directory."""
-        try:
-            data = json.loads((self.state_dir / DECISIONS_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _traffic(self, api: str) -> Traffic:
-        return prometheus_traffic(f"http://127.0.0.1:{self.loaded.spec.prometheus.port}", api)
 
     def logs(self, api: str, follow: bool, since: float | None = None) -> Iterator[str]:
         """Every replica's lines, each prefixed with the replica's name as `stack status` shows it."""
@@ -366,24 +254,3 @@ class ComposeTarget:
 
     def left_running(self) -> str:
         return left_running(self.project, self.loaded.root)
-
-
-def _slot_gpu(service: str, slots: list[Slot], placement: Placement) -> str:
-    """The GPU(s) of the slot a replica's Compose service (`<api>-<version>-gpu<N>`) stands for."""
-    match = re.search(r"-gpu(\d+)$", service)
-    slot = next((s for s in slots if match and s.number == int(match.group(1))), None)
-    return ",".join(placement.device_ids(slot)) if slot is not None else ""
-
-
-def _failure(container: Container) -> str:
-    if container.health in ("stuck", "unhealthy", "not answering") and container.state == "running":
-        return f"replica {container.name} is {container.health}" + (f": {container.reason}" if container.reason else "")
-    return f"replica {container.name} is {container.state} (exit code {container.exit_code})"
-
-
-def _last_event(container: Container, kills: dict[str, Kill], events: list[str]) -> str:
-    """What last happened to a replica: a kill for memory, else its newest event."""
-    if container.name in kills:
-        return kills[container.name].reason
-    mine = [e for e in events if f"replica {container.name} " in e]
-    return mine[-1].split(" ", 1)[1] if mine else ""

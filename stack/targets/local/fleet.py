@@ -29,37 +29,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import signal
-import sys
 import time
-from collections.abc import Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 
-from serving.config import CONFIG_ENV
-from serving.exit_reason import STARTUP_ERROR_ENV
-from serving.health import EXIT_STUCK
-from serving.logs import REPLICA_ENV
 from stack.atomic import write_text_atomic
 from stack.control.autoscale.config import ApiScaling
 from stack.control.autoscale.scaler import Replicas
 from stack.control.liveness import Decision, Liveness, Probed
 from stack.control.routing import FileRouteSink
 from stack.control.runtime import ControlPlane
-from stack.plan.serving import api_keys_text, host_model_cache, needs_model_cache, replica_config, tracing_config
+from stack.plan.serving import api_keys_text
 from stack.plan.versions import api_version
-from stack.routes import UPSTREAMS_FILE
 from stack.spec import LoadedSpec
-from stack.spec.units import format_memory
-from stack.targets.local import memory
-from stack.targets.local.apis import DRAINING, READY, STARTING, ApiState, Replica
-from stack.targets.local.children import LocalServices, free_port, start_child, wait_or_kill
+from stack.targets.local.apis import READY, STARTING, ApiState, Replica
+from stack.targets.local.children import LocalServices
+from stack.targets.local.processes import ReplicaProcesses
 from stack.targets.local.router import LocalRouter
 from stack.targets.local.state import LocalPaths
 from stack.targets.rollout import Fleet, next_step
@@ -68,7 +56,6 @@ from stack.tls import tls_files
 LOGGER = logging.getLogger("stack.targets.local")
 TICK = 0.2  # seconds between reconcile passes
 MEMORY_EVERY = 0.5  # seconds between reads of the replicas' resident memory (compute.mem)
-STOP_MARGIN = 5.0
 
 
 class Duties(Protocol):
@@ -96,8 +83,7 @@ class LocalFleet:
         self.apis: dict[str, ApiState] = {}
         self.updating: set[str] = set()  # APIs in a rolling update
         self.wake = asyncio.Event()  # set when a child exits or a count changes: reconcile now
-        self.tasks: set[asyncio.Task[None]] = set()  # drains and child watchers: kept, awaited at exit
-        self.killed: dict[str, str] = {}  # replica -> why the supervisor killed it (over compute.mem)
+        self.processes = ReplicaProcesses(paths, self.router, self.wake)
         self.memory_checked = 0.0
         self.liveness: Liveness | None = None  # the control plane's probes, once it runs
 
@@ -162,38 +148,22 @@ class LocalFleet:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), TICK)
         finally:
-            await self._shutdown()
+            LOGGER.info("shutting down")
+            await self.processes.shutdown(self.apis.values())
 
     async def _tick(self) -> None:
         now = time.monotonic()
         if now - self.memory_checked >= MEMORY_EVERY:
             self.memory_checked = now
-            _enforce_memory(self.apis.values(), self.killed)
+            self.processes.enforce_memory(self.apis.values())
         for state in list(self.apis.values()):
-            self._reap(state)
+            self.processes.reap(state)
             self._mark_ready(state)
             await self._step(state)
         await self.router.sync()
         spec_names = {a.name for a in self.loaded.spec.apis}
         for name in [n for n, s in self.apis.items() if s.desired == 0 and not s.replicas and n not in spec_names]:
             del self.apis[name]
-
-    def _reap(self, state: ApiState) -> None:
-        for replica in list(state.replicas):
-            code = replica.proc.returncode
-            if code is None:
-                continue
-            state.replicas.remove(replica)
-            if replica.state == DRAINING:
-                continue
-            said = _startup_error(self._error_file(replica.id))  # why it stopped, when it could write it
-            killed = self.killed.pop(replica.id, "")
-            if code == EXIT_STUCK and not killed:  # it found itself stuck (serving.health) and left
-                killed = f"{said or 'stuck'}; it exited (code {code})"
-            if replica.state == STARTING:
-                state.failed_to_start(replica, code, killed or said)
-            else:
-                state.exited(replica, code, killed)
 
     def _mark_ready(self, state: ApiState) -> None:
         """A starting replica whose probe (stack.control.liveness) says it is ready joins the gateway."""
@@ -205,7 +175,7 @@ class LocalFleet:
         failure = state.rollout_failure(state.spec.name in self.updating)
         if failure is not None:
             for leaving in state.roll_back(*failure):
-                self._drain(state, leaving, "its rollout was rolled back")
+                self.processes.drain(state, leaving, "its rollout was rolled back")
             self.updating.discard(state.spec.name)
             self.wake.set()
         live = state.live()
@@ -230,73 +200,19 @@ class LocalFleet:
             slot = state.next_slot()
             if slot is None:  # the free slots are backing off
                 break
-            await self._start_replica(state, slot)
+            await self.processes.start(self.loaded, state, slot)
         # Old versions: not-ready ones first, ready ones only while enough others serve.
         retiring = [r for r in old if r.state != READY][: step.stop_old_starting]
         retiring += [r for r in old if r.state == READY][: step.stop_old_ready]
         for replica in retiring:
-            self._drain(state, replica, "replaced by the new version")
+            self.processes.drain(state, replica, "replaced by the new version")
         # Scale down: still-starting replicas first, then the newest.
         for replica in sorted(new, key=lambda r: (r.state == READY, -r.started))[: step.stop_new]:
-            self._drain(state, replica, "scaled down")
+            self.processes.drain(state, replica, "scaled down")
         if step.done and state.spec.name in self.updating:
             self.updating.discard(state.spec.name)
             state.previous = None
             state.event("rolling update done")
-
-    def _error_file(self, replica_id: str) -> Path:
-        return self.paths.logs / f"{replica_id}.error.json"
-
-    async def _start_replica(self, state: ApiState, slot: int) -> None:
-        state.counter += 1
-        replica_id = f"{state.spec.name}-{state.counter}"
-        port = free_port()
-        log = self.paths.replica_log(replica_id)
-        self._error_file(replica_id).unlink(missing_ok=True)
-        gpu = ",".join(state.slots[slot]) if state.slots else ""
-        env = replica_env(self.loaded, self.paths, state, replica_id, port, gpu, self._error_file(replica_id))
-        proc = await start_child([sys.executable, "-m", "serving"], log, env=env, cwd=self.loaded.root)
-        state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log, slot=slot, gpu=gpu))
-        # Its exit wakes the reconcile loop at once: a dead replica leaves the router
-        # within milliseconds instead of at the next tick.
-        self._spawn(self._watch(proc))
-        on = f", GPU {gpu}" if gpu else ""
-        state.event(f"started replica {replica_id} (version {state.version}, port {port}{on})")
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        await proc.wait()
-        self.wake.set()
-
-    def _drain(self, state: ApiState, replica: Replica, why: str) -> None:
-        was_routed = replica.state == READY
-        replica.state = DRAINING
-        state.event(f"draining replica {replica.id}: {why}")
-        # Out of the router first; SIGTERM only once Traefik confirms it is gone.
-        self._spawn(self._terminate_when_unrouted(replica, was_routed))
-
-    async def _terminate_when_unrouted(self, replica: Replica, was_routed: bool) -> None:
-        if was_routed:
-            await self.router.wait_unrouted(replica.api, replica.url)
-        if replica.proc.returncode is None:
-            replica.proc.send_signal(signal.SIGTERM)
-
-    async def _shutdown(self) -> None:
-        LOGGER.info("shutting down")
-        every = [r for a in self.apis.values() for r in a.replicas]
-        for replica in every:
-            if replica.proc.returncode is None:
-                replica.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + max(
-            (a.spec.predictor.grace_period + STOP_MARGIN for a in self.apis.values()), default=10
-        )
-        await asyncio.gather(*(wait_or_kill(r.proc, deadline) for r in every))
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
 
     # -- the liveness probes' side (stack.control.liveness) ------------------------------------
 
@@ -326,11 +242,9 @@ class LocalFleet:
             return  # gone, or already leaving
         state.replaced(found, decision.reason)
         if not decision.kill:
-            self._drain(state, found, f"unhealthy, replaced: {decision.reason}")
+            self.processes.drain(state, found, f"unhealthy, replaced: {decision.reason}")
         else:  # stuck: it answered what it held (or cannot answer anything): out of the routes, killed now
-            found.state = DRAINING
-            if found.proc.returncode is None:
-                memory.kill_tree(memory.process_tree(found.proc.pid))
+            self.processes.kill(found)
         self.wake.set()
 
     # -- what the control plane drives: its Scaler, its Waker, and the Fleet's questions ---------
@@ -391,58 +305,3 @@ def write_keys(paths: LocalPaths, loaded: LoadedSpec, only_if_missing: bool = Fa
         pass
     paths.api_keys.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(paths.api_keys, text, 0o600)
-
-
-def replica_env(
-    loaded: LoadedSpec, paths: LocalPaths, state: ApiState, replica_id: str, port: int, gpu: str, error_file: Path
-) -> dict[str, str]:
-    """A local replica's environment: its serving config, its name, where to say why it stopped, its GPUs."""
-    cache = host_model_cache(loaded, state.spec) if needs_model_cache(state.spec) else None
-    config = replica_config(
-        loaded,
-        state.spec,
-        host="127.0.0.1",
-        port=port,
-        drain_delay=0.0,
-        keys_file=str(paths.api_keys),
-        model_cache=str(cache) if cache else None,  # one download per host, shared by every replica
-        upstreams_file=str(paths.upstreams / UPSTREAMS_FILE),
-        tracing=tracing_config(loaded, state.version),
-    )
-    env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json(), REPLICA_ENV: replica_id}
-    env[STARTUP_ERROR_ENV] = str(error_file)
-    if gpu:
-        env["CUDA_VISIBLE_DEVICES"] = gpu  # its slot's GPU(s), by UUID where nvidia-smi gave one
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    for name in loaded.secret_env:  # the keys' variables: replicas read the keys file instead
-        env.pop(name, None)
-    return env
-
-
-def _enforce_memory(apis: Iterable[ApiState], killed: dict[str, str]) -> None:
-    """Kill a replica whose processes hold more than its compute.mem (stack.targets.local.memory)."""
-    for state in apis:
-        limit = state.spec.compute.mem
-        for replica in state.replicas if limit else []:
-            if replica.state == DRAINING or replica.proc.returncode is not None or replica.id in killed:
-                continue
-            pids = memory.process_tree(replica.proc.pid)
-            used = memory.resident_bytes(pids)
-            if limit is None or used <= limit:
-                continue
-            # The API's error says what Compose says of a kernel OOM kill; the event has the detail.
-            state.last_kill = f"killed: out of memory (limit {format_memory(limit)})"
-            why = f"killed: out of memory (limit {format_memory(limit)}, resident {format_memory(used)})"
-            killed[replica.id] = why
-            LOGGER.warning(f"{state.spec.name}: replica {replica.id} {why} at {time.strftime('%H:%M:%S')}")
-            memory.kill_tree(pids)
-
-
-def _startup_error(error_file: Path) -> str | None:
-    """The reason a replica wrote for not starting (serving.exit_reason.report_startup_error)."""
-    try:
-        data = json.loads(error_file.read_text())
-    except (OSError, ValueError):
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, str) else None

@@ -27,7 +27,7 @@ from stack.plan.templates import template_environment
 from stack.plan.values import CONTROLLER_PORT, DEFAULT_IMAGES, ERRORS_PORT, api_values
 from stack.plan.versions import api_version, project_digest
 from stack.routes import Route, activator_fallback, api_routes, member_service
-from stack.spec import LoadedSpec
+from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration, parse_duration
 from stack.splits import split_router, splitters_of
 from stack.targets.nomad.jobs import hcl_to_job
@@ -124,7 +124,7 @@ def plan(
         job_values = job(f"{project}-{api.name}")
         # update.progress_deadline: Nomad needs healthy_deadline < progress_deadline, both well past
         # min_healthy_time; a deployment that misses it is reverted (auto_revert).
-        progress = max(api.update.progress_deadline, MIN_NOMAD_PROGRESS)
+        progress = nomad_progress_deadline(api)
         job_values["update"] = {
             "max_parallel": max(1, surge),
             "min_healthy_time": "5s",
@@ -217,3 +217,8 @@ def plan(
 def batch_keys_variable(project: str) -> str:
     """The API keys the controller checks a BatchAPI's clients and the dashboard against (its own job's path)."""
     return f"nomad/jobs/{project}-autoscaler/api_keys"
+
+
+def nomad_progress_deadline(api: Api) -> float:
+    """The job's update.progress_deadline (seconds): the API's, at least what Nomad's other deadlines need."""
+    return max(api.update.progress_deadline, MIN_NOMAD_PROGRESS)

@@ -16,20 +16,17 @@ resets what the autoscaler or `stack scale` set.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from urllib.parse import urlparse
 
 from stack.atomic import write_text_atomic
 from stack.control.autoscale.scaler import Scaler
 from stack.control.canary import status_of
-from stack.errors import NotRunning, StackError, TargetError
+from stack.errors import NotRunning, TargetError
 from stack.plan.versions import current_versions, project_files
-from stack.spec import Api, LoadedSpec
+from stack.spec import LoadedSpec
 from stack.splits import splitters_of, with_override
 from stack.status import SplitterStatus, StackStatus
 from stack.targets import build, images
@@ -38,7 +35,9 @@ from stack.targets.logs import Stream, follow_replicas, lines_since
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import ITEM, worker_variable
 from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.deploy import TASK, Deployments
 from stack.targets.nomad.images import ImagePusher
+from stack.targets.nomad.plan import nomad_progress_deadline
 from stack.targets.nomad.plan import plan as plan_nomad
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
 from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
@@ -49,9 +48,6 @@ from stack.traffic import call_graph
 
 Progress = Callable[[str], None]
 PLAN_DIR = ".stack/plan/nomad"
-DEPLOY_TIMEOUT = 1200.0  # the jobs' progress_deadline is 20 m: Nomad gives up first
-POLL = 1.0
-TASK = "predictor"
 
 
 def open_target(
@@ -70,7 +66,7 @@ class NomadTarget:
         self.registry = (registry or loaded.spec.build.registry or "").rstrip("/")
         self.settings = settings or NomadSettings.from_env()
         self.api = NomadApi(self.settings)
-        self.poll = POLL
+        self.deployments = Deployments(self.api)
 
     def job_id(self, api: str) -> str:
         return f"{self.project}-{api}"
@@ -114,11 +110,11 @@ class NomadTarget:
                     f"{api}: BatchAPI ready for jobs (each job runs as the Nomad batch job {self.project}-batch-ID)"
                 )
                 continue
-            if self._register(job, progress):
+            if self.deployments.register(job, progress):
                 registered.append(job["ID"])
         for api in spec.apis:
             if self.job_id(api.name) in registered:
-                self._wait_deployment(api, progress)
+                self.deployments.wait(api.name, self.job_id(api.name), nomad_progress_deadline(api), progress)
         self._hand_back(progress)
         return self.status()
 
@@ -169,84 +165,6 @@ class NomadTarget:
                 f"{'any' if best == 0 else f'more than {best}'}: install the NVIDIA device plugin on the GPU "
                 "nodes (nomad/client-gpu.hcl) and check `nomad node status -verbose`. Nothing was registered."
             )
-
-    def _register(self, job: dict[str, Any], progress: Progress) -> bool:
-        """Register `job` unless Nomad already runs exactly it; True when a new version was submitted."""
-        current = self.api.job(job["ID"])
-        job = copy.deepcopy(job)
-        meta = job.setdefault("Meta", {})
-        meta["stack_job_digest"] = _job_digest(job)
-        if current is not None and not current.get("Stop"):
-            if (current.get("Meta") or {}).get("stack_job_digest") == meta["stack_job_digest"]:
-                progress(f"{job['ID']}: unchanged")
-                return False
-            # Keep the count the autoscaler or `stack scale` set.
-            counts = {g["Name"]: g.get("Count") for g in current.get("TaskGroups") or []}
-            for group in job["TaskGroups"]:
-                if counts.get(group["Name"]) is not None and group["Name"] == GROUP:
-                    group["Count"] = counts[group["Name"]]
-        progress(f"{job['ID']}: registering{' a new version' if current else ''}")
-        self.api.register(job)
-        return True
-
-    def _wait_deployment(self, api: Api, progress: Progress) -> None:
-        job_id = self.job_id(api.name)
-        deadline = time.monotonic() + DEPLOY_TIMEOUT
-        last = ""
-        while True:
-            deployment = self.api.deployment(job_id)
-            if deployment is None:
-                time.sleep(self.poll)
-                continue
-            group = (deployment.get("TaskGroups") or {}).get(GROUP) or {}
-            line = (
-                f"{api.name}: deployment {deployment.get('Status')}, "
-                f"{group.get('HealthyAllocs', 0)}/{group.get('DesiredTotal', 0)} healthy"
-            )
-            if line != last:
-                progress(line)
-                last = line
-            status = deployment.get("Status")
-            if status == "successful":
-                return
-            if status in ("failed", "cancelled"):
-                raise TargetError(self._failure(api, deployment))
-            if time.monotonic() > deadline:
-                raise TargetError(f"{line} after {DEPLOY_TIMEOUT:.0f}s; see `stack status --nomad {api.name}`")
-            time.sleep(self.poll)
-
-    def _failure(self, api: Api, deployment: dict[str, Any]) -> str:
-        """The failing allocation's task events and last log lines, for the error of `up`."""
-        allocations = [
-            a
-            for a in self.api.allocations(self.job_id(api.name))
-            if a.get("JobVersion") == deployment.get("JobVersion")
-        ]
-        failing = next(
-            (a for a in allocations if a.get("ClientStatus") == "failed" or _unhealthy(a)),
-            allocations[0] if allocations else None,
-        )
-        text = (
-            f"the deployment of API {api.name} failed ({deployment.get('StatusDescription') or 'no reason given'}); "
-            "Nomad's auto_revert rolls the job back to its last healthy version."
-        )
-        if failing is None:
-            return text
-        events = [
-            f"  {e.get('Type')}: {e.get('DisplayMessage') or e.get('Message') or ''}".rstrip(": ")
-            for state in (failing.get("TaskStates") or {}).values()
-            for e in (state.get("Events") or [])[-6:]
-        ]
-        try:
-            lines = list(self.api.logs(failing["ID"], TASK, "stderr", follow=False))[-15:]
-        except StackError as exc:
-            lines = [f"(logs unavailable: {exc})"]
-        return (
-            f"{text}\nallocation {failing['ID'][:8]} on node {failing.get('NodeName') or '?'}, task events:\n"
-            + "\n".join(events or ["  (none)"])
-            + "\nits last log lines:\n"
-            + "\n".join(lines or ["(empty)"])
-        )
 
     # -- status, logs, scale, down ------------------------------------------------------------
 
@@ -355,19 +273,6 @@ class NomadTarget:
         splits.write_routes(
             splitters, splits.canary_weights(splitters_of(self.loaded.spec, current_versions(self.loaded)))
         )
-
-
-def _job_digest(job: dict[str, Any]) -> str:
-    """What the job is, without the counts (the autoscaler changes them) and our own digest."""
-    body = copy.deepcopy(job)
-    body.get("Meta", {}).pop("stack_job_digest", None)
-    for group in body.get("TaskGroups") or []:
-        group.pop("Count", None)
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _unhealthy(alloc: dict[str, Any]) -> bool:
-    return (alloc.get("DeploymentStatus") or {}).get("Healthy") is False
 
 
 def _follow(api: NomadApi, job_id: str, cutoff: float | None) -> Iterator[str]:

@@ -7,7 +7,7 @@ job "pipeline-describe" {
   meta {
     stack_project = "pipeline"
     stack_api     = "describe"
-    stack_version = "2ef6c6ea2bd9"
+    stack_version = "1a58372510b6"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-describe" {
       tags = [
         "stack.project=pipeline",
         "stack.api=describe",
-        "stack.version=2ef6c6ea2bd9",
+        "stack.version=1a58372510b6",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-describe.entrypoints=web",
         "traefik.http.routers.pipeline-describe.rule=(Path(`/describe`) || PathPrefix(`/describe/`)) && !PathRegexp(`^/describe/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "pipeline-describe" {
       driver = "docker"
 
       config {
-        image = "pipeline-describe:2ef6c6ea2bd9"
+        image = "pipeline-describe:1a58372510b6"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
