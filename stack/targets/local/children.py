@@ -76,6 +76,42 @@ def write_targets(path: Path, project: str, routed: dict[str, set[str]]) -> None
     write_json_atomic(path, groups)
 
 
+class WatchedDirectories:
+    """Directories a child process watches (Traefik's routes, Prometheus' targets), and whether one was removed
+    or replaced since: the child's watcher died with the old one and sees nothing of the new.
+
+    Each is held open from `watch` on: the removed directory's inode stays taken, so a new directory cannot
+    get the same number and pass for the old one (a bare inode comparison misses exactly that), and the
+    held one's link count falls to 0 when it is removed.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[Path, int] = {}
+
+    def watch(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        old = self._held.pop(directory, None)
+        if old is not None:
+            os.close(old)
+        self._held[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+    def replaced(self, directory: Path) -> bool:
+        fd = self._held.get(directory)
+        if fd is None:
+            return False
+        held = os.fstat(fd)
+        try:
+            now = directory.stat()
+        except OSError:
+            return True
+        return held.st_nlink == 0 or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+    def close(self) -> None:
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
+
+
 @dataclass
 class LocalServices:
     """The processes beside the replicas, and the ports the supervisor chose for them (all on 127.0.0.1).
@@ -101,7 +137,7 @@ class LocalServices:
     # Told the new URL when Prometheus had to start again on another port (the control plane's readers).
     on_prometheus_moved: list[Callable[[str], None]] = field(default_factory=list)
     _traefik_command: list[str] = field(default_factory=list)
-    _watched: dict[Path, int] = field(default_factory=dict)  # directory -> its inode when its child started
+    _watched: WatchedDirectories = field(default_factory=lambda: WatchedDirectories())
 
     @property
     def errors_url(self) -> str:
@@ -120,6 +156,7 @@ class LocalServices:
             if child is not None and child.returncode is None:
                 child.terminate()
                 await wait_or_kill(child, time.monotonic() + 10)
+        self._watched.close()
 
     async def keep(self, routed: dict[str, set[str]]) -> None:
         """Start again a gateway or Prometheus that exited, or whose directory was removed; `routed`:
@@ -156,17 +193,10 @@ class LocalServices:
         self.restarts[name] = self.restarts.get(name, 0) + 1
 
     def _moved(self, directory: Path) -> str:
-        try:
-            inode = directory.stat().st_ino
-        except OSError:
-            inode = -1
-        if directory in self._watched and self._watched[directory] != inode:
-            return f"{directory} was removed"
-        return ""
+        return f"{directory} was removed" if self._watched.replaced(directory) else ""
 
     def _watch(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self._watched[directory] = directory.stat().st_ino
+        self._watched.watch(directory)
 
     def _command(self) -> list[str]:
         gateway = self.loaded.spec.gateway

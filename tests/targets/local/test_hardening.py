@@ -21,6 +21,7 @@ from common import EXAMPLES, PREDICTORS, free_port
 from local_stack import listening, status, write_spec
 from waits import holds, until
 
+from stack.targets.local.children import WatchedDirectories
 from stack.targets.local.state import LocalPaths, pid_alive
 
 
@@ -284,3 +285,23 @@ def test_ctrl_c_during_up_says_what_runs_on_and_how_to_stop_it(project: tuple[Pa
     assert _answers(f"http://127.0.0.1:{port}/echo")
     assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "stopped"
     assert not pid_alive(supervisor)
+
+
+def test_a_watched_directory_removed_and_made_again_is_noticed(tmp_path: Path) -> None:
+    """`rm -rf .stack/local` while the supervisor writes the routes again at once: the new routes directory
+    may be made before the next check. It must never pass for the one Traefik watched (its watcher died
+    with it), even where the filesystem would hand the freed inode number straight to the new directory."""
+    watched = WatchedDirectories()
+    routes = tmp_path / "local" / "traefik"
+    watched.watch(routes)
+    assert not watched.replaced(routes)
+    (routes / "routes.yml").write_text("http: {}\n")  # its content changing is not a new directory
+    assert not watched.replaced(routes)
+    for _ in range(20):  # made again many times over: an inode reuse would show within these
+        shutil.rmtree(routes.parent)
+        assert watched.replaced(routes)  # gone
+        routes.mkdir(parents=True)
+        assert watched.replaced(routes)  # made again: still not the one watched
+    watched.watch(routes)  # the gateway started again on the new one
+    assert not watched.replaced(routes)
+    watched.close()
