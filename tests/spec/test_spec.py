@@ -384,3 +384,41 @@ def test_an_oversize_or_binary_spec_is_refused_before_it_is_parsed(tmp_path: Pat
     with pytest.raises(SpecError) as binary:
         load_spec(tmp_path)
     assert "not UTF-8 text (byte 9): save it as UTF-8" in str(binary.value)
+
+
+def test_paths_outside_the_project_are_refused_with_file_and_line(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "predictor.py").write_text("class Predictor:\n    def predict(self, payload):\n        return 1\n")
+    (tmp_path / "elsewhere").mkdir()
+    (root / "models").symlink_to(tmp_path / "elsewhere")  # a link inside that leads out
+    (root / "stack.yaml").write_text(
+        "project: out\n"
+        "apis:\n"
+        "  - name: a\n"
+        "    predictor:\n"
+        "      path: /etc/passwd\n"
+        "      requirements: /etc/shadow\n"
+        "      python_path: [/etc, lib]\n"
+        "  - name: b\n"
+        "    predictor:\n"
+        "      path: ../../../../etc/passwd\n"
+        "  - name: c\n"
+        "    predictor:\n"
+        "      type: onnx\n"
+        "      path: predictor.py\n"
+        "      models: {dir: models}\n"
+    )
+    with pytest.raises(SpecError) as refused:
+        load_spec(root)
+    shown = str(refused.value)
+    project = root.resolve()
+    outside = f"is outside the project: every file an API uses must be inside {project}"
+    assert f"stack.yaml:5:13: apis[0].predictor.path: /etc/passwd {outside}" in shown
+    assert f"stack.yaml:6:21: apis[0].predictor.requirements: /etc/shadow {outside}" in shown
+    assert f"stack.yaml:7:21: apis[0].predictor.python_path[0]: /etc {outside}" in shown
+    assert "apis[0].predictor.python_path[1]: directory lib not found" in shown  # inside, but missing
+    climbed = (root / "../../../../etc/passwd").resolve()
+    assert f"stack.yaml:10:13: apis[1].predictor.path: ../../../../etc/passwd (that is {climbed}) {outside}" in shown
+    assert f"apis[2].predictor.models.dir: models (that is {(tmp_path / 'elsewhere').resolve()}) {outside}" in shown
+    assert shown.count("not found") == 1 and shown.startswith("6 problems")  # an outside path: one problem
