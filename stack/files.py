@@ -92,12 +92,24 @@ class ProjectFiles:
         return pathspec.GitIgnoreSpec.from_lines(lines)
 
     def __iter__(self) -> Iterator[Path]:
-        """Relative paths of every included file, sorted."""
+        """Relative paths of every included file, sorted. A file that is a link counts only when it points to
+        a file of the project that is itself included: a link never brings in a file from outside the project
+        (`links_outside` lists those, which an image build refuses), nor an ignored or secret one."""
+        return iter(self._walk()[0])
+
+    def links_outside(self) -> list[tuple[Path, str]]:
+        """(relative path, where it points) of every link among the project's files whose target is outside
+        the project (or dangling, or a link loop)."""
+        return self._walk()[1]
+
+    def _walk(self) -> tuple[list[Path], list[tuple[Path, str]]]:
         spec = self._spec()
+        root = self.root.resolve()
         spec_file = self.spec_file.resolve() if self.spec_file else None
         excluded = {p.resolve() for p in self.exclude}
         secrets = {p.resolve() for p in self.secrets}
         found: list[Path] = []
+        outside: list[tuple[Path, str]] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             here = Path(dirpath)
             relative_dir = here.relative_to(self.root)
@@ -118,14 +130,24 @@ class ProjectFiles:
             for name in sorted(filenames):
                 full = here / name
                 rel_path = relative_dir / name
-                if spec.match_file(rel_path.as_posix()) or not full.is_file():
+                if spec.match_file(rel_path.as_posix()):
+                    continue
+                if full.is_symlink():
+                    pointed = _link_target(full, root)
+                    if pointed is None:
+                        outside.append((rel_path, os.readlink(full)))
+                        continue
+                    # A link is what it points to: an ignored or secret file stays out under any name.
+                    if spec.match_file(pointed.as_posix()) or _ignored_dir(spec, pointed):
+                        continue
+                if not full.is_file():
                     continue
                 if spec_file is not None and full.resolve() == spec_file:
                     continue
                 if secrets and full.resolve() in secrets:
                     continue
                 found.append(rel_path)
-        return iter(sorted(found, key=lambda p: p.as_posix()))
+        return sorted(found, key=lambda p: p.as_posix()), outside
 
     def suspicious(self) -> list[Path]:
         """Included files that look like secrets: a secret's name, or a private key inside."""
@@ -139,6 +161,20 @@ class ProjectFiles:
     def digest(self, cache_root: Path | None = None) -> str:
         """sha256 over (path, content hash) of every included file."""
         return tree_digest(self.root, list(self), cache_root if cache_root is not None else self.root)
+
+
+def _link_target(link: Path, root: Path) -> Path | None:
+    """Where a link points, relative to the project's (resolved) root; None when that is outside it, or nowhere."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling, or a loop
+        return None
+    return target.relative_to(root) if target.is_relative_to(root) and target.is_file() else None
+
+
+def _ignored_dir(spec: pathspec.GitIgnoreSpec, relative: Path) -> bool:
+    """Any directory above `relative` is ignored (`.aws/`, `.stack/`): the file is out with it."""
+    return any(spec.match_file(parent.as_posix() + "/") for parent in relative.parents if parent != Path("."))
 
 
 def _holds_private_key(path: Path) -> bool:

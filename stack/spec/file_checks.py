@@ -1,4 +1,7 @@
-"""The files stack.yaml names exist: the predictor, its requirements, local model directories, python_path."""
+"""The files stack.yaml names exist and are the project's own: the predictor, its requirements, local model
+directories, python_path — each resolved (links followed) inside the directory of stack.yaml, since an image
+gets that directory and nothing else. (TLS files and the API keys file may be anywhere: the gateway and the
+replicas are handed them at run time; no image ever holds them.)"""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ Path_ = tuple[str | int, ...]
 
 def file_checks(predictor: dict[str, Any], root: Path, at: Path_, add: Any) -> list[Any]:
     path = predictor.get("path")
-    if isinstance(path, str) and not predictor.get("image") and not (root / path).is_file():
+    outside = isinstance(path, str) and not predictor.get("image") and _inside(root, path, (*at, "path"), add)
+    if isinstance(path, str) and not predictor.get("image") and not outside and not (root / path).is_file():
         add((*at, "path"), f"predictor file {path} not found (looked in {root})")
     requirements = predictor.get("requirements")
-    if isinstance(requirements, str) and not (root / requirements).is_file():
+    outside = isinstance(requirements, str) and _inside(root, requirements, (*at, "requirements"), add)
+    if isinstance(requirements, str) and not outside and not (root / requirements).is_file():
         add((*at, "requirements"), f"requirements file {requirements} not found (looked in {root})")
     for name in ("multi_model_reloading", "models"):
         models = predictor.get(name)
@@ -25,11 +30,35 @@ def file_checks(predictor: dict[str, Any], root: Path, at: Path_, add: Any) -> l
             if isinstance(item, dict):
                 entries.append(((*at, name, "paths", index, "path"), item.get("path")))
         for where, location in entries:
-            if isinstance(location, str) and not location.startswith("s3://") and not (root / location).is_dir():
+            if not isinstance(location, str) or location.startswith("s3://") or _inside(root, location, where, add):
+                continue
+            if not (root / location).is_dir():
                 add(where, f"model directory {location} not found (looked in {root}); or give an s3:// URL")
     python_path = predictor.get("python_path")
     entries_pp = [python_path] if isinstance(python_path, str) else python_path if isinstance(python_path, list) else []
     for index, entry in enumerate(entries_pp):
-        if isinstance(entry, str) and not (root / entry).is_dir():
+        if not isinstance(entry, str) or _inside(root, entry, (*at, "python_path", index), add):
+            continue
+        if not (root / entry).is_dir():
             add((*at, "python_path", index), f"directory {entry} not found (looked in {root})")
     return []
+
+
+def _inside(root: Path, location: str, where: Path_, add: Any) -> bool:
+    """Add a problem and return True when `location` resolves outside the project (`/etc/passwd`, `../x`, a
+    link that leads out); False when it is inside (whether or not it exists)."""
+    project = root.resolve()
+    try:
+        resolved = (root / location).resolve()
+    except (OSError, RuntimeError):  # a link loop
+        add(where, f"{location} is a link that never ends (a loop)")
+        return True
+    if resolved.is_relative_to(project):
+        return False
+    shown = location if location == str(resolved) else f"{location} (that is {resolved})"
+    add(
+        where,
+        f"{shown} is outside the project: every file an API uses must be inside {project}, the directory "
+        "its images are built from; copy it in and name it relative to stack.yaml",
+    )
+    return True

@@ -15,43 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from stack.errors import StackError
 from stack.spec import models
 from stack.spec.call_checks import call_checks
 from stack.spec.file_checks import file_checks
+from stack.spec.problems import Path_, Problem, SpecError, dotted
+from stack.spec.source import SPEC_FILENAME, parse_yaml, read_spec_text
 from stack.spec.tls_checks import check_tls_files
 from stack.spec.units import format_duration, parse_duration
-
-Path_ = tuple[str | int, ...]
-SPEC_FILENAME = "stack.yaml"
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int
-    column: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        if self.line <= 0:  # about the file as a whole
-            return self.message
-        where = f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-
-
-class SpecError(StackError):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        if len(problems) == 1 and problems[0].line <= 0:
-            super().__init__(str(problems[0]))
-            return
-        super().__init__(f"{count} in {problems[0].file}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 @dataclass(frozen=True)
@@ -87,23 +59,8 @@ def load_spec(path: str | Path = ".", secrets: bool = True, environ: Mapping[str
     again for a command uses the command's environment, never its own."""
     file = find_spec_file(path)
     shown = str(file)
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        where = Path(path)
-        if where.is_dir() or not where.suffix:
-            message = (
-                f"no {SPEC_FILENAME} in {where.resolve()}: create one with `stack init NAME`, "
-                "or give the directory (or the spec file) that has it"
-            )
-        else:
-            message = f"{where.resolve()}: file not found"
-        raise SpecError([Problem(shown, 0, 0, "", message)]) from None
-    except IsADirectoryError:
-        raise SpecError([Problem(shown, 0, 0, "", f"{file} is a directory, not a spec file")]) from None
-    except OSError as exc:
-        raise SpecError([Problem(shown, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
-    data, positions = _parse_yaml(text, shown)
+    text = read_spec_text(file, Path(path))
+    data, positions = parse_yaml(text, shown)
     secret_env: list[str] = []
     secret_files = _secret_files(data, file.resolve().parent)
     problems, warnings = _resolve_api_keys(
@@ -119,7 +76,7 @@ def load_spec(path: str | Path = ".", secrets: bool = True, environ: Mapping[str
 
 def _adder(problems: list[Problem], positions: dict[Path_, tuple[int, int]], shown: str) -> Any:
     def add(path: Path_, message: str) -> None:
-        problems.append(Problem(shown, *_nearest(path, positions), _dotted(path), message))
+        problems.append(Problem(shown, *_nearest(path, positions), dotted(path), message))
 
     return add
 
@@ -154,7 +111,7 @@ def _resolve_api_keys(
 
     def add(path: Path_, message: str) -> None:
         line, col = _nearest(path, positions)
-        problems.append(Problem(shown, line, col, _dotted(path), message))
+        problems.append(Problem(shown, line, col, dotted(path), message))
 
     def from_env(value: str, at: Path_) -> list[str] | None:
         match = ENV_REFERENCE.match(value.strip())
@@ -213,104 +170,6 @@ def _resolve_api_keys(
 # -- YAML with positions -----------------------------------------------------
 
 
-def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, tuple[int, int]]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise SpecError([Problem(shown, 1, 1, "", "the file is empty; it needs at least `project:` and `apis:`")])
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        line, column, message = _plain_yaml_error(exc)
-        lines = text.splitlines()
-        if 0 < line <= len(lines) and "${" in lines[line - 1]:
-            message += '; inside [ ] or { }, quote an environment reference: "${VAR}"'
-        raise SpecError([Problem(shown, line, column, "", f"YAML syntax error: {message}")]) from None
-    finally:
-        loader.dispose()
-    if not isinstance(data, dict):
-        kind = type(data).__name__ if data is not None else "null"
-        raise SpecError(
-            [Problem(shown, node.start_mark.line + 1, 1, "", f"expected a mapping of fields, got a {kind}")]
-        )
-    positions: dict[Path_, tuple[int, int]] = {}
-    duplicates: list[Problem] = []
-    _record(node, (), positions, duplicates, shown)
-    if duplicates:
-        raise SpecError(duplicates)
-    return data, positions
-
-
-def _plain_yaml_error(exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
-    """PyYAML's parser words, translated: where to look and what is most likely wrong."""
-    mark = exc.problem_mark or exc.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    start = exc.context_mark
-    opened = f"line {start.line + 1}" if start is not None else "above"
-    problem = str(exc.problem or exc)
-    context = str(exc.context or "")
-    if "'\\t'" in problem or "\t" in problem:
-        return line, column, "a tab character; YAML indents with spaces only: replace the tab with spaces"
-    if problem.startswith("expected <block end>"):
-        return (
-            line,
-            column,
-            (
-                f"this line's indentation does not fit the block it is in (the block starts at {opened}, "
-                f"column {start.column + 1 if start else '?'}): keys of one mapping start in the same column, "
-                "and a nested value is indented further than its key"
-            ),
-        )
-    if problem == "mapping values are not allowed here":
-        return (
-            line,
-            column,
-            (
-                "a `key: value` where none may be: this line is indented deeper than the key above it allows, "
-                "or a value contains ': ' and needs quotes"
-            ),
-        )
-    if "quoted scalar" in context:
-        return (
-            (start.line + 1, start.column + 1, "a quoted string is never closed: add its closing quote")
-            if start
-            else (
-                line,
-                column,
-                "a quoted string is never closed",
-            )
-        )
-    if "flow" in context and "<stream end>" in problem:
-        return (
-            (start.line + 1 if start else line),
-            (start.column + 1 if start else column),
-            ("the file ends inside a [ ] or { } value: a bracket is never closed"),
-        )
-    if "found duplicate anchor" in problem or "found undefined alias" in problem:
-        return line, column, problem
-    return line, column, problem
-
-
-def _record(
-    node: yaml.Node, path: Path_, positions: dict[Path_, tuple[int, int]], dups: list[Problem], shown: str
-) -> None:
-    positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key in seen:
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                dups.append(Problem(shown, line, col, _dotted((*path, key)), "duplicate key; the later one would win"))
-            seen.add(key)
-            # A key's own position, so "unknown field" points at the key, not its value.
-            positions[(*path, key, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            _record(value_node, (*path, key), positions, dups, shown)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _record(item, (*path, index), positions, dups, shown)
-
-
 # -- validation ----------------------------------------------------------------
 
 
@@ -327,12 +186,12 @@ def _problem(error: Any, positions: dict[Path_, tuple[int, int]], shown: str) ->
     kind = error["type"]
     if kind == "extra_forbidden":
         line, col = positions.get((*loc, "<key>")) or _nearest(loc, positions)
-        return Problem(shown, line, col, _dotted(loc), _unknown_field(loc))
+        return Problem(shown, line, col, dotted(loc), _unknown_field(loc))
     if kind == "missing":
         line, col = _nearest(loc[:-1], positions)
-        return Problem(shown, line, col, _dotted(loc), "required field is missing")
+        return Problem(shown, line, col, dotted(loc), "required field is missing")
     line, col = _nearest(loc, positions)
-    return Problem(shown, line, col, _dotted(loc), _reword(error))
+    return Problem(shown, line, col, dotted(loc), _reword(error))
 
 
 def _yaml_path(loc: Path_) -> Path_:
@@ -433,15 +292,6 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _dotted(path: Path_) -> str:
-    text = ""
-    for part in path:
-        if part == "<key>":
-            continue
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
 # -- checks across APIs and against the file system ----------------------------
 # These read the raw YAML data so they run even when other fields are invalid:
 # the user sees every problem in one go.
@@ -454,7 +304,7 @@ def _cross_checks(
 
     def add(path: Path_, message: str) -> None:
         line, col = _nearest(path, positions)
-        problems.append(Problem(shown, line, col, _dotted(path), message))
+        problems.append(Problem(shown, line, col, dotted(path), message))
 
     apis = data.get("apis")
     names: dict[str, int] = {}

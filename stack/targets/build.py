@@ -148,14 +148,19 @@ def assemble(
 ) -> Path:
     """`extra`: requirements the API's predictor type or models add (onnxruntime, boto3)."""
     root = files.root
+    refuse_links_outside(files)
     context = build_context(root, service)
     if context.exists():
         shutil.rmtree(context)
     (context / "project").mkdir(parents=True)
+    inside = root.resolve()
     for relative in files:
         target = context / "project" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / relative, target)
+        source = (root / relative).resolve()
+        if not source.is_relative_to(inside):  # made a link to elsewhere since it was listed
+            raise BuildError(f"{relative} now points to {source}, outside the project; nothing was built")
+        shutil.copy2(source, target)
     _copy_package(Path(serving.__file__).parent, context / "serving")
     reqs = requirements.read_text() if requirements else ""
     named = {line.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower() for line in reqs.splitlines()}
@@ -167,6 +172,21 @@ def assemble(
     if wheelhouse:
         _wheelhouse(context, root, base_image, [*RUNTIME_REQUIREMENTS], context / "requirements.txt", progress)
     return context
+
+
+def refuse_links_outside(files: ProjectFiles) -> None:
+    """An image gets the project's own files only: a link to a file outside it (`ln -s /etc/shadow
+    weights.bin`, `~/.aws/credentials` under a harmless name) stops the build before anything is copied."""
+    outside = files.links_outside()
+    if not outside:
+        return
+    lines = "\n".join(f"  {relative} -> {pointed}" for relative, pointed in outside)
+    raise BuildError(
+        f"{len(outside)} link(s) in {files.root} point outside the project (or nowhere), and an image gets only "
+        f"the project's own files:\n{lines}\n"
+        "Copy the file into the project, or list the link in .stackignore (a model too big to copy: "
+        "download it in the predictor's __init__, or use a model cache)."
+    )
 
 
 def assemble_autoscaler(root: Path, dockerfile: str, base_image: str, wheelhouse: bool, progress: Progress) -> Path:

@@ -230,3 +230,35 @@ def test_secrets_stay_out_of_images_and_one_that_would_go_in_is_named(tmp_path: 
     assert ".stackignore" in said[0]
     (root / ".stackignore").write_text("!.env\n")  # taken back in on purpose: in, and said
     assert ".env" in [p.as_posix() for p in project_files(load_spec(root))]
+
+
+def test_a_link_counts_only_as_a_file_of_the_project_that_is_included(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    (root / "models").mkdir()
+    (root / "models" / "real.bin").write_text("weights")
+    (root / ".aws").mkdir()
+    (root / ".aws" / "credentials").write_text("aws_secret_access_key=x")
+    (root / "server.pem").write_text("-----BEGIN PRIVATE KEY-----")
+    host = tmp_path / "host-secret"
+    host.write_text("not ours")
+    (root / "weights.bin").symlink_to("models/real.bin")  # inside: in, as its target
+    (root / "config.ini").symlink_to(root / ".aws" / "credentials")  # a secret under another name: out
+    (root / "cert.txt").symlink_to("server.pem")  # an ignored name behind a harmless one: out
+    (root / "shadow.bin").symlink_to(host)  # outside: out, and listed
+    (root / "dangling.bin").symlink_to("nowhere")
+    (root / "loop.bin").symlink_to("loop.bin")
+    files = ProjectFiles(root, root / "stack.yaml")
+    assert [p.as_posix() for p in files] == ["models/real.bin", "predictor.py", "weights.bin"]
+    outside = {p.as_posix(): pointed for p, pointed in files.links_outside()}
+    assert outside == {"shadow.bin": str(host), "dangling.bin": "nowhere", "loop.bin": "loop.bin"}
+
+
+def test_a_build_refuses_links_outside_the_project_before_copying_anything(tmp_path: Path) -> None:
+    from stack.errors import BuildError
+    from stack.targets.build import refuse_links_outside
+
+    root = make_project(tmp_path / "p")
+    (root / "weights.bin").symlink_to("/etc/passwd")
+    with pytest.raises(BuildError) as refused:
+        refuse_links_outside(ProjectFiles(root, root / "stack.yaml"))
+    assert "weights.bin -> /etc/passwd" in str(refused.value) and ".stackignore" in str(refused.value)

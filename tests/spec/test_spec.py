@@ -316,3 +316,109 @@ def test_min_replicas_zero_starts_one_and_scales_to_zero_after_idle_timeout(tmp_
     scaling = load_spec(tmp_path).spec.apis[0].autoscaling
     assert (scaling.min_replicas, scaling.initial, scaling.idle_timeout) == (0, 1, 120.0)
     assert load_spec(tmp_path).spec.apis[0].autoscaled
+
+
+def _validate_bounded(root: Path) -> subprocess.CompletedProcess[str]:
+    """`stack validate` in a process that may use at most 1 GiB and 60 s: a loader that walks an alias
+    bomb fails this test instead of taking the machine's memory (4 GB in 39 s before the bound)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "stack.cli", "validate", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit,
+        cwd=root,
+    )
+
+
+def test_an_alias_bomb_is_refused_in_bounded_time_and_memory(tmp_path: Path) -> None:
+    # Ten levels of nine aliases: 9**10 (3.5 billion) values once expanded, from a 1 KiB file.
+    levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in range(1, 10):
+        refs = ", ".join([f"*a{level - 1}"] * 9)
+        levels.append(f"a{level}: &a{level} [{refs}]")
+    (tmp_path / "stack.yaml").write_text("project: bomb\n" + "\n".join(f"x-{line}" for line in levels) + "\napis: []\n")
+    result = _validate_bounded(tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "expand to more than 100,000 values" in result.stderr and "Traceback" not in result.stderr
+    assert re.search(r"stack\.yaml:\d+:\d+: ", result.stderr), result.stderr  # where: file, line, column
+
+
+def test_a_few_shared_anchors_are_still_fine(tmp_path: Path) -> None:
+    (tmp_path / "predictor.py").write_text("class Predictor:\n    def predict(self, payload):\n        return 1\n")
+    (tmp_path / "stack.yaml").write_text(
+        "project: shared\n"
+        "apis:\n"
+        "  - name: a\n    predictor: {path: predictor.py}\n    compute: &small {cpu: 1, mem: 1Gi}\n"
+        "  - name: b\n    predictor: {path: predictor.py}\n    compute: *small\n"
+    )
+    assert load_spec(tmp_path).spec.apis[1].compute.cpu == 1
+
+
+def test_an_alias_inside_its_own_anchor_and_deep_nesting_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "stack.yaml").write_text("project: loop\nx-loop: &loop [1, *loop]\napis: []\n")
+    with pytest.raises(SpecError) as looped:
+        load_spec(tmp_path)
+    assert str(looped.value).endswith("stack.yaml:2:9: an alias refers to the value it is inside")
+    (tmp_path / "stack.yaml").write_text("project: deep\nx-deep: " + "[" * 5000 + "]" * 5000 + "\napis: []\n")
+    result = _validate_bounded(tmp_path)
+    assert result.returncode == 1 and "nested too deeply" in result.stderr, result.stderr
+
+
+def test_an_oversize_or_binary_spec_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    spec = tmp_path / "stack.yaml"
+    with spec.open("w") as out:  # 50 MiB of valid YAML: refused from its size, not parsed for a minute
+        out.write("project: big\napis: []\nx-data:\n")
+        line = "  - " + "y" * 1000 + "\n"
+        for _ in range(50 * 1024):
+            out.write(line)
+    result = _validate_bounded(tmp_path)
+    assert result.returncode == 1
+    assert re.search(r"stack\.yaml: the file is 50,\d{3} KiB; a stack\.yaml is at most 1,024 KiB", result.stderr)
+    spec.write_bytes(b"project: \xff\xfe\napis: []\n")
+    with pytest.raises(SpecError) as binary:
+        load_spec(tmp_path)
+    assert "not UTF-8 text (byte 9): save it as UTF-8" in str(binary.value)
+
+
+def test_paths_outside_the_project_are_refused_with_file_and_line(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "predictor.py").write_text("class Predictor:\n    def predict(self, payload):\n        return 1\n")
+    (tmp_path / "elsewhere").mkdir()
+    (root / "models").symlink_to(tmp_path / "elsewhere")  # a link inside that leads out
+    (root / "stack.yaml").write_text(
+        "project: out\n"
+        "apis:\n"
+        "  - name: a\n"
+        "    predictor:\n"
+        "      path: /etc/passwd\n"
+        "      requirements: /etc/shadow\n"
+        "      python_path: [/etc, lib]\n"
+        "  - name: b\n"
+        "    predictor:\n"
+        "      path: ../../../../etc/passwd\n"
+        "  - name: c\n"
+        "    predictor:\n"
+        "      type: onnx\n"
+        "      path: predictor.py\n"
+        "      models: {dir: models}\n"
+    )
+    with pytest.raises(SpecError) as refused:
+        load_spec(root)
+    shown = str(refused.value)
+    project = root.resolve()
+    outside = f"is outside the project: every file an API uses must be inside {project}"
+    assert f"stack.yaml:5:13: apis[0].predictor.path: /etc/passwd {outside}" in shown
+    assert f"stack.yaml:6:21: apis[0].predictor.requirements: /etc/shadow {outside}" in shown
+    assert f"stack.yaml:7:21: apis[0].predictor.python_path[0]: /etc {outside}" in shown
+    assert "apis[0].predictor.python_path[1]: directory lib not found" in shown  # inside, but missing
+    climbed = (root / "../../../../etc/passwd").resolve()
+    assert f"stack.yaml:10:13: apis[1].predictor.path: ../../../../etc/passwd (that is {climbed}) {outside}" in shown
+    assert f"apis[2].predictor.models.dir: models (that is {(tmp_path / 'elsewhere').resolve()}) {outside}" in shown
+    assert shown.count("not found") == 1 and shown.startswith("6 problems")  # an outside path: one problem

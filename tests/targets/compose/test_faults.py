@@ -48,6 +48,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[P
     (root / "secrets.txt").write_text(KEY + "\n")
     (root / "certs").mkdir()
     (root / "certs" / "gateway.key").write_text(KEY + "\n")
+    # Links: one to a model file of the project goes in as that file; one giving a secret a harmless name
+    # stays out with the secret.
+    (root / "models").mkdir()
+    (root / "models" / "real.bin").write_bytes(b"weights-0123")
+    (root / "weights.bin").symlink_to("models/real.bin")
+    (root / "notes.txt").symlink_to(".env")
     yield root, name, port
     remove_project(root, name)
 
@@ -135,6 +141,13 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
             text=True,
         ).stdout.split()
         assert "./predictor.py" in listed and not {"./.env", "./secrets.txt", "./certs/gateway.key"} & set(listed)
+        assert "./notes.txt" not in listed and "./weights.bin" in listed, listed
+        copied = subprocess.run(
+            ["docker", "run", "--rm", "--entrypoint", "sh", c["Config"]["Image"], "-c", "cat /app/weights.bin"],
+            capture_output=True,
+            text=True,
+        )
+        assert copied.stdout == "weights-0123"  # the link's target, copied as a file
     assert KEY not in (root / ".stack/plan/compose/compose.yaml").read_text()
     # Replicas run as the image's unprivileged user, without capabilities, and still read the keys.
     for c in replicas:
@@ -278,3 +291,27 @@ def test_a_container_removed_between_listing_and_inspecting_it_is_not_an_error(
             inspect(created)
     finally:
         subprocess.run(["docker", "rm", "-f", created], capture_output=True)
+
+
+def test_a_link_to_a_file_outside_the_project_stops_the_build(tmp_path: Path) -> None:
+    """`ln -s /etc/passwd weights.bin`: no image, no container; the error names the link and its target."""
+    root = tmp_path / "linked"
+    shutil.copytree(EXAMPLES / "echo", root)
+    name = f"ln{int(time.time() * 1000) % 10**8}"
+    write_spec(root, name, free_port(), free_port(), "v1")
+    outside = tmp_path / "host-secret"
+    outside.write_text("not for an image\n")
+    (root / "weights.bin").symlink_to(outside)
+    (root / "gone.bin").symlink_to(root / "nowhere")
+    try:
+        refused = stack("up", str(root), cwd=root, check=False)
+        assert refused.returncode == 1, refused.stdout
+        assert f"weights.bin -> {outside}" in refused.stderr and "gone.bin -> " in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert containers(name) == []
+        images = subprocess.run(
+            ["docker", "images", "-q", "--filter", f"label=stack.project={name}"], capture_output=True, text=True
+        )
+        assert images.stdout.strip() == ""
+    finally:
+        remove_project(root, name)
