@@ -50,6 +50,10 @@ class LockHeld(StackError):
     """Another `stack` command holds this project's lock."""
 
 
+class NameTaken(StackError):
+    """A stack of this project name runs on this machine (or cluster) from another directory."""
+
+
 class ScalerError(StackError):
     """Scaling failed; the autoscaler retries with back-off."""
 

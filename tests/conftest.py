@@ -15,6 +15,13 @@ import pytest
 from common import ServerFactory, _listening, free_port
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_state_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The machine-wide record of which directory runs each local project name (stack.targets.local.names)
+    is this test run's own: a developer's stacks neither block the suite nor are blocked by it."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+
+
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[ServerFactory]:
     factory = ServerFactory(tmp_path)

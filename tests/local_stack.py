@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from pathlib import Path
@@ -13,9 +14,15 @@ def status(project: Path) -> dict:
     return json.loads(stack("status", "--local", "--json", "-p", str(project), cwd=project).stdout)
 
 
+def unique_name(project: Path) -> str:
+    """A project name of this directory's own: one stack per project name runs on a machine, and the suite
+    runs many stacks at once."""
+    return "l" + hashlib.sha256(str(project.resolve()).encode()).hexdigest()[:10]
+
+
 def write_spec(project: Path, port: int, greeting: str = "echo", min_replicas: int = 2, extra: str = "") -> None:
     (project / "stack.yaml").write_text(
-        f"project: localtest\n"
+        f"project: {unique_name(project)}\n"
         f"gateway: {{port: {port}}}\n"
         f"apis:\n"
         f"  - name: echo\n"

@@ -21,6 +21,7 @@ from stack.targets.docker import NO_DOCKER, docker, inspect
 Progress = Callable[[str], None]
 READY_TIMEOUT = 600.0
 PROJECT_LABEL = "com.docker.compose.project"
+WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"  # the plan's directory, under the project's root
 SERVICE_LABEL = "com.docker.compose.service"
 
 
@@ -93,6 +94,24 @@ class ComposeProject:
                 "Container Toolkit and run `sudo nvidia-ctk runtime configure --runtime=docker` "
                 "(see compose/README.md)."
             )
+
+    def owner(self) -> Path | None:
+        """The directory whose `stack up` started the running containers of this project name, when it is not
+        this one (Compose names containers by project, so a copy of a project would take them over)."""
+        listed = docker(
+            "ps",
+            "-a",
+            "--filter",
+            f"label={PROJECT_LABEL}={self.project}",
+            "--format",
+            f'{{{{.Label "{WORKING_DIR_LABEL}"}}}}',
+        )
+        mine = self.plan_dir.resolve()
+        for line in sorted(set(listed.split())):
+            plan_dir = Path(line)
+            if plan_dir.resolve() != mine:
+                return plan_dir.parents[2] if len(plan_dir.parents) > 2 else plan_dir
+        return None
 
     # -- containers ----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from stack.atomic import write_json_atomic
 from stack.control.autoscale.scaler import Scaler
 from stack.control.canary import STATE_FILE as CANARY_FILE
-from stack.errors import NotRunning, StackError
+from stack.errors import NameTaken, NotRunning, StackError
 from stack.plan.gpus import host_gpus, write_placement
 from stack.plan.images import CONTROLLER_DOCKERFILE, api_dockerfile_name, service_name
 from stack.plan.plan import Plan
@@ -79,6 +79,7 @@ class ComposeTarget:
     def up(self, progress: Progress) -> StackStatus:
         refuse_nomad_autoscaler(self.loaded, "compose")
         self.engine.preflight()
+        self._own(progress)
         plan = plan_compose(self.loaded, self.plan_dir, host_gpus=host_gpus(self.host_gpus, self.gpu_mem))
         try:
             opened = keys_removed((self.plan_dir / KEYS_FILE).read_text(), self.loaded)
@@ -184,9 +185,27 @@ class ComposeTarget:
         return f"http://127.0.0.1:{published.rsplit(':', 1)[1]}/dashboard/"
 
     def status(self) -> StackStatus:
+        self._own()
         return observe(self.loaded, self.engine, self.state_dir)
 
+    def _own(self, progress: Progress | None = None) -> None:
+        """Refuse to act on containers of this project name that another directory's `stack up` started:
+        one stack per project name per machine. A directory gone (or without a stack.yaml) owns nothing."""
+        owner = self.engine.owner()
+        if owner is None:
+            return
+        if not (owner / "stack.yaml").is_file():
+            if progress is not None:
+                progress(f"note: project {self.project} was started from {owner}, which is gone: taking it over")
+            return
+        raise NameTaken(
+            f"project {self.project} already runs on this machine from {owner}; one stack per project name: "
+            f"stop it there (`stack down {owner}`), or give this copy a name of its own (`project:` in "
+            f"{self.loaded.path})"
+        )
+
     def split(self, splitter: str, weights: dict[str, int]) -> None:
+        self._own()
         routes_file = self.loaded.root / CONTROL_DIR / "routes" / "routes.yml"
         spec = self.loaded.spec
         change(self.state_dir, routes_file, spec.project, splitters_of(spec), splitter, weights)
@@ -198,6 +217,7 @@ class ComposeTarget:
     def logs(self, api: str, follow: bool, since: float | None = None) -> Iterator[str]:
         """Every replica's lines, each prefixed with the replica's name as `stack status` shows it."""
         self.loaded.spec.api(api)  # UnknownApi names the ones it has
+        self._own()
         mine = [c for c in self.engine.containers() if c.api == api]
         if not mine:
             raise NotRunning(f"API {api!r} has no containers; is the stack up? (`stack up {self.loaded.root}`)")
@@ -207,6 +227,7 @@ class ComposeTarget:
             yield from container_logs([c.name for c in mine], since)
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
+        self._own()
         manual = api_name in manual_apis(self.state_dir)
         api = check_scale(self.loaded, api_name, replicas, force, "stack up", manual=manual)
         if api.autoscaled and force:
@@ -228,12 +249,12 @@ class ComposeTarget:
         )
 
     def scaler(self) -> Scaler:
-
         return ComposeScaler(self.project)
 
     def down(self, volumes: bool) -> bool:
         """Stop and remove the stack; False when nothing of it was there."""
         self.engine.preflight()
+        self._own()
         existed = bool(docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}").split())
         if not (self.plan_dir / "compose.yaml").exists():
             plan_compose(self.loaded, self.plan_dir).write(self.plan_dir)

@@ -28,6 +28,7 @@ from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.gateway import check_routed, wait_for_batch_apis
 from stack.targets.local import control
 from stack.targets.local.apis import BACKOFF, ERROR_AFTER
+from stack.targets.local.names import claimed, release
 from stack.targets.local.state import (
     LocalPaths,
     LocalState,
@@ -173,6 +174,13 @@ class LocalTarget:
         return status
 
     def _start(self, progress: Progress) -> None:
+        # Under the project name's lock: a copy of this project starting at the same moment waits, then
+        # finds this one running and is refused (stack.targets.local.names).
+        with claimed(self.loaded.spec.project, self.loaded.root) as claim:
+            pid = self._start_supervisor(progress)
+            claim.record(pid)
+
+    def _start_supervisor(self, progress: Progress) -> int:
         port = self.loaded.spec.gateway.port
         if not port_is_free("0.0.0.0", port):
             raise StackError(
@@ -198,6 +206,7 @@ class LocalTarget:
             if time.monotonic() > deadline:
                 raise StackError(f"the supervisor did not start within 30s; see {self.paths.logs / 'supervisor.log'}")
             time.sleep(0.1)
+        return proc.pid
 
     def _started(self) -> bool:
         try:
@@ -266,6 +275,7 @@ class LocalTarget:
         except StackError:
             os.kill(state.pid, signal.SIGTERM)
         self._stop(state.pid, timeout, signalled=True)
+        release(self.loaded.spec.project, self.loaded.root)
         return True
 
     def remove_images(self) -> str:

@@ -23,6 +23,14 @@ Progress = Callable[[str], None]
 DEPLOY_MARGIN = 120.0  # seconds past the job's progress_deadline: Nomad fails the deployment first
 POLL = 1.0  # seconds between reads of a deployment
 TASK = "predictor"
+OWNER_META = "stack_owner"  # HOST:DIRECTORY of the `stack up --nomad` that registered the job
+
+
+def owner_of(job: dict[str, Any] | None) -> str:
+    """Who registered a job of the stack (`stack_owner`); "" for a stopped job or one from before the field."""
+    if job is None or job.get("Stop"):
+        return ""
+    return str((job.get("Meta") or {}).get(OWNER_META) or "")
 
 
 class Deployments:
@@ -30,12 +38,15 @@ class Deployments:
         self.api = api
         self.poll = poll
 
-    def register(self, job: dict[str, Any], progress: Progress) -> bool:
-        """Register `job` unless Nomad already runs exactly it; True when a new version was submitted."""
+    def register(self, job: dict[str, Any], progress: Progress, owner: str = "") -> bool:
+        """Register `job` unless Nomad already runs exactly it; True when a new version was submitted.
+        `owner`: the host and directory registering it (its Meta `stack_owner`, see `owner_of`)."""
         current = self.api.job(job["ID"])
         job = copy.deepcopy(job)
         meta = job.setdefault("Meta", {})
         meta["stack_job_digest"] = _job_digest(job)
+        if owner:
+            meta[OWNER_META] = owner
         if current is not None and not current.get("Stop"):
             if (current.get("Meta") or {}).get("stack_job_digest") == meta["stack_job_digest"]:
                 progress(f"{job['ID']}: unchanged")
@@ -111,6 +122,7 @@ def _job_digest(job: dict[str, Any]) -> str:
     """What the job is, without the counts (the autoscaler changes them) and our own digest."""
     body = copy.deepcopy(job)
     body.get("Meta", {}).pop("stack_job_digest", None)
+    body.get("Meta", {}).pop(OWNER_META, None)
     for group in body.get("TaskGroups") or []:
         group.pop("Count", None)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -17,6 +17,7 @@ resets what the autoscaler or `stack scale` set.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
@@ -24,7 +25,7 @@ from urllib.parse import urlparse
 from stack.atomic import write_text_atomic
 from stack.control.autoscale.scaler import Scaler
 from stack.control.canary import status_of
-from stack.errors import NotRunning, TargetError
+from stack.errors import NameTaken, NotRunning, TargetError
 from stack.plan.versions import current_versions, project_files
 from stack.spec import LoadedSpec
 from stack.splits import splitters_of, with_override
@@ -35,7 +36,7 @@ from stack.targets.logs import Stream, follow_replicas, lines_since
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.batch_workers import ITEM, worker_variable
 from stack.targets.nomad.connection import NomadSettings
-from stack.targets.nomad.deploy import TASK, Deployments
+from stack.targets.nomad.deploy import TASK, Deployments, owner_of
 from stack.targets.nomad.images import ImagePusher
 from stack.targets.nomad.plan import nomad_progress_deadline
 from stack.targets.nomad.plan import plan as plan_nomad
@@ -84,6 +85,7 @@ class NomadTarget:
             )
         progress(f"connecting to Nomad at {self.settings.address}")
         self.api.check()
+        self._own()
         self._check_gpus()
         plan = plan_nomad(self.loaded, nomad_addr=self.settings.address, registry=self.registry)
         plan_dir = self.loaded.root / PLAN_DIR
@@ -110,7 +112,7 @@ class NomadTarget:
                     f"{api}: BatchAPI ready for jobs (each job runs as the Nomad batch job {self.project}-batch-ID)"
                 )
                 continue
-            if self.deployments.register(job, progress):
+            if self.deployments.register(job, progress, self.owner):
                 registered.append(job["ID"])
         for api in spec.apis:
             if self.job_id(api.name) in registered:
@@ -199,6 +201,7 @@ class NomadTarget:
 
     def scale(self, api_name: str, replicas: int, force: bool, progress: Progress) -> None:
         self.loaded.spec.api(api_name)  # UnknownApi names the ones it has
+        self._own()
         if self.api.job(self.job_id(api_name)) is None:
             raise TargetError(f"Nomad has no job {self.job_id(api_name)}; run `stack up --nomad` first")
         group = (self.api.scale_status(self.job_id(api_name)).get("TaskGroups") or {}).get(GROUP) or {}
@@ -227,6 +230,7 @@ class NomadTarget:
     def down(self, volumes: bool) -> bool:
         """Stop every job of the project; `volumes` (--purge) also purges them from Nomad's state."""
         self.api.check()
+        self._own()
         job_ids = [self.job_id(a.name) for a in self.loaded.spec.apis]
         job_ids += [f"{self.project}-{role}" for role in ("traefik", "prometheus", "autoscaler")]
         stopped = False
@@ -241,6 +245,22 @@ class NomadTarget:
             forget_secrets(self.api, self.loaded)
             NomadSplits(self.api, self.project).forget()
         return stopped
+
+    @property
+    def owner(self) -> str:
+        return f"{socket.gethostname()}:{self.loaded.root.resolve()}"
+
+    def _own(self) -> None:
+        """One stack per project name on a cluster: refuse to act on jobs of this name that a `stack up
+        --nomad` from another directory (or another machine) registered."""
+        for job_id in [self.job_id(a.name) for a in self.loaded.spec.apis]:
+            owner = owner_of(self.api.job(job_id))
+            if owner and owner != self.owner:
+                raise NameTaken(
+                    f"project {self.project} already runs on Nomad at {self.settings.address}, registered from "
+                    f"{owner}; one stack per project name: stop it there (`stack down --nomad`), or give this "
+                    f"copy a name of its own (`project:` in {self.loaded.path})"
+                )
 
     def scaler(self) -> Scaler:
         return NomadScaler(self.project, self.api.client)

@@ -315,3 +315,22 @@ def test_a_link_to_a_file_outside_the_project_stops_the_build(tmp_path: Path) ->
         assert images.stdout.strip() == ""
     finally:
         remove_project(root, name)
+
+
+def test_a_copy_with_the_same_project_name_takes_nothing_over(project: tuple[Path, str, int], tmp_path: Path) -> None:
+    """A copy of a running project with only its ports changed: its `up` and its `down` are refused, naming
+    the directory that runs the stack; the running stack serves on, its gateway untouched."""
+    root, name, port = project
+    url = f"http://127.0.0.1:{port}/echo"
+    stack("up", str(root), cwd=root)
+    gateway = role(name, "gateway")["Id"]
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".stack"))
+    write_spec(copy, name, free_port(), free_port(), "v2")
+    for command in ("up", "down", "status"):
+        refused = stack(command, str(copy), cwd=copy, check=False)
+        assert refused.returncode == 1, (command, refused.stdout)
+        assert f"project {name} already runs on this machine from {root.resolve()}" in refused.stderr, refused.stderr
+        assert f"`stack down {root.resolve()}`" in refused.stderr and "Traceback" not in refused.stderr
+    assert role(name, "gateway")["Id"] == gateway
+    assert requests.post(url, json={"a": 1}, headers=AUTH, timeout=5).json()["greeting"] == "v1"

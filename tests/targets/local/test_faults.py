@@ -139,3 +139,36 @@ def test_api_keys_reach_replicas_as_a_private_file(project: tuple[Path, int], mo
     monkeypatch.delenv("LOCAL_KEYS")
     assert status(root)["apis"][0]["status"] == "live"
     assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "stopped"
+
+
+def test_a_copy_with_the_same_project_name_is_refused_and_takes_nothing_over(
+    project: tuple[Path, int], tmp_path: Path
+) -> None:
+    """One stack per project name: a copy of a running project (only its port changed) is refused, naming
+    the directory that runs it; its `down` touches nothing of it; once that one is down, the copy starts."""
+    import shutil
+
+    from common import free_port
+
+    root, port = project
+    stack("up", "--local", str(root), cwd=root)
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".stack"))
+    copy_port = free_port()
+    (copy / "stack.yaml").write_text((root / "stack.yaml").read_text().replace(f"port: {port}", f"port: {copy_port}"))
+    refused = stack("up", "--local", str(copy), cwd=copy, check=False)
+    assert refused.returncode == 1
+    name = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)["project"]
+    assert f"project {name} already runs on this machine from {root.resolve()}" in refused.stderr, refused.stderr
+    assert f"`stack down --local {root.resolve()}`" in refused.stderr and "Traceback" not in refused.stderr
+    assert not listening(copy_port)
+    # `down` from the copy stops nothing of the running one.
+    stack("down", "--local", str(copy), cwd=copy, check=False)
+    assert requests.post(f"http://127.0.0.1:{port}/echo", json={}, timeout=5).status_code == 200
+    # The name is free once its stack is down: the copy starts.
+    assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "stopped"
+    try:
+        stack("up", "--local", str(copy), cwd=copy)
+        assert requests.post(f"http://127.0.0.1:{copy_port}/echo", json={}, timeout=5).status_code == 200
+    finally:
+        stack("down", "--local", str(copy), cwd=copy, check=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -299,3 +300,30 @@ def test_errors_name_the_fix(tmp_path: Path, registry: str) -> None:
         assert locked.problems == []
     finally:
         locked.stop()
+
+
+def test_a_copy_with_the_same_project_name_touches_nothing_of_the_running_stack(
+    tmp_path: Path, registry: str, nomad: NomadStandIn | None
+) -> None:
+    """Contract test: the jobs carry who registered them (Meta stack_owner: host and directory); `up`,
+    `scale` and `down` from a copy of the project are refused before anything is pushed or registered."""
+    root, name = tmp_path / "echo", unique("nomadown")
+    write_project(root, name, "v1")
+    env = nomad_env(nomad)
+    stack("up", str(root), "--registry", registry, cwd=root, env=env)
+    copy = tmp_path / "copy"
+    write_project(copy, name, "v2")
+    try:
+        for args in (["up", str(copy), "--registry", registry], ["scale", str(copy), "echo", "3"], ["down", str(copy)]):
+            refused = stack(*args, cwd=copy, env=env, check=False)
+            assert refused.returncode == 1, args
+            assert f"project {name} already runs on Nomad" in refused.stderr, refused.stderr
+            assert f"registered from {socket.gethostname()}:{root.resolve()}" in refused.stderr
+            assert "Traceback" not in refused.stderr
+        status = json.loads(stack("status", str(root), "--json", cwd=root, env=env).stdout)
+        assert status["apis"][0]["status"] == "live"
+        if nomad is not None:
+            assert nomad.jobs[f"{name}-echo"].job["Meta"]["stack_owner"] == f"{socket.gethostname()}:{root.resolve()}"
+            assert "v2" not in json.dumps(nomad.jobs[f"{name}-echo"].job)
+    finally:
+        stack("down", str(root), cwd=root, env=env, check=False)
