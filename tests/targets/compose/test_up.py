@@ -110,6 +110,15 @@ def test_up_scale_update_status_kill_down(project: tuple[Path, str, int]) -> Non
     table = stack("status", "-p", str(root), cwd=root).stdout
     assert "req/s" in table and "live" in table
 
+    # The files change after `stack up`: scale, logs and status still act on what is deployed.
+    (root / "predictor.py").write_text((root / "predictor.py").read_text() + "\n# edited after stack up\n")
+    for count in (2, 3):
+        stack("scale", "echo", str(count), "--force", "-p", str(root), cwd=root)
+        api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+        assert (api["ready"], api["desired"], api["changed"]) == (count, count, True), api
+    assert "ready: api echo" in stack("logs", "echo", "-p", str(root), cwd=root).stdout
+    assert "files changed since the last `stack up`" in stack("status", "-p", str(root), cwd=root).stdout
+
     # A replica crashes under load: bounded failures, and it comes back.
     victim = next(c for c in containers(name) if c["Config"]["Labels"].get("stack.api") == "echo")
     with Load(url, concurrency=4, timeout=10) as load:

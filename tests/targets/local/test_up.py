@@ -238,6 +238,11 @@ def test_spec_file_paths_status_counts_and_notes(project: tuple[Path, int]) -> N
         (root / "predictor.py").write_text((root / "predictor.py").read_text() + "\n# edited\n")
         changed = stack("status", "--local", spec, cwd=root).stdout
         assert "live (files changed since the last `stack up`)" in changed
+        # Scale and logs act on what is deployed, whatever changed in the files.
+        stack("scale", "--local", spec, "echo", "2", "--force", cwd=root)
+        scaled = json.loads(stack("status", "--local", "--json", spec, cwd=root).stdout)["apis"][0]
+        assert (scaled["ready"], scaled["desired"], scaled["changed"]) == (2, 2, True), scaled
+        assert "ready: api echo" in stack("logs", "--local", spec, "echo", cwd=root).stdout
         unknown = stack("logs", "--local", spec, "nope", cwd=root, check=False)
         assert unknown.returncode == 1 and "no API named 'nope'; the spec has: echo" in unknown.stderr
         assert stack("down", "--local", spec, cwd=root).stdout.strip() == "stopped"
