@@ -17,7 +17,15 @@ import click
 
 from stack import __version__
 from stack.atomic import ProjectLock
-from stack.cli.args import is_project, path_option_flag, progress, resolve_target, split_args, target_flag
+from stack.cli.args import (
+    is_project,
+    path_option_flag,
+    progress,
+    project_path,
+    resolve_target,
+    split_args,
+    target_flag,
+)
 from stack.cli.observe import dashboard, logs
 from stack.cli.show import show_live, show_status
 from stack.errors import StackError
@@ -72,7 +80,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("path", default=".", type=click.Path(path_type=Path))
+@project_path
 @click.option("--json", "as_json", is_flag=True, help="Print problems as JSON.")
 def validate(path: Path, as_json: bool) -> None:
     """Check stack.yaml and print every problem, or "ok"."""
@@ -164,7 +172,7 @@ def import_(source: Path, output: Path | None, project: str | None, force: bool)
 
 
 @cli.command()
-@click.argument("path", default=".", type=click.Path(path_type=Path))
+@project_path
 @click.option("-o", "--output", type=click.Path(path_type=Path), help=f"Output directory (default: {PLAN_DIR}/TARGET).")
 @click.option("--nomad", is_flag=True, help="Render Nomad jobs instead of a Compose project (also `target: nomad`).")
 @click.option("--gpus", type=int, help="GPUs on the Docker host (default: ask nvidia-smi).")
@@ -300,7 +308,7 @@ def _pick_api(spec: Any, name: str | None) -> Any:
 
 
 @cli.command()
-@click.argument("path", default=".", type=click.Path(path_type=Path))
+@project_path
 @target_flag
 @click.option("--gpus", type=int, help="GPUs on this host (default: ask nvidia-smi).")
 @click.option("--gpu-mem", help="The memory of each of those GPUs, e.g. 80Gi (default: nvidia-smi's answer).")
@@ -322,7 +330,7 @@ def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | Non
 
 
 @cli.command()
-@click.argument("path", default=".", type=click.Path(path_type=Path))
+@project_path
 @target_flag
 @click.option(
     "--volumes",
@@ -345,13 +353,13 @@ def down(path: Path, target_kind: str | None, volumes: bool, images: bool) -> No
 
 
 @cli.command()
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="[PATH] [API]")
 @path_option_flag
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @target_flag
 def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_kind: str | None) -> None:
     """Each API's state and replicas: `stack status [PATH] [API]`; with API, per-replica detail and events."""
-    path, rest = split_args(path_option, args, 1, "stack status [PATH] [API]")
+    path, rest = split_args(path_option, args, "stack status [PATH] [API]", required=0, optional=1)
     api = rest[0] if rest else None
     target = resolve_target(path, target_kind)
     if api is not None:
@@ -367,7 +375,7 @@ def status(args: tuple[str, ...], path_option: Path | None, as_json: bool, targe
 
 
 @cli.command()
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="[PATH] [API]")
 @path_option_flag
 @click.option("--json", "as_json", is_flag=True, help="Print Cortex's job_status objects as JSON.")
 @target_flag
@@ -375,14 +383,14 @@ def jobs(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_
     """The jobs of the stack's BatchAPIs, newest first: `stack jobs [PATH] [API]`."""
     from stack.control.batch.client import list_jobs, show_jobs
 
-    path, rest = split_args(path_option, args, 1, "stack jobs [PATH] [API]")
+    path, rest = split_args(path_option, args, "stack jobs [PATH] [API]", required=0, optional=1)
     target = resolve_target(path, target_kind, secrets=True)
     found = list_jobs(target.loaded, f"{_scheme(target)}://127.0.0.1:{target.status().gateway_port}", *rest[:1])
     click.echo(json.dumps(found, indent=2)) if as_json else show_jobs(found)
 
 
 @cli.command()
-@click.argument("args", nargs=-1, required=True)
+@click.argument("args", nargs=-1, required=True, metavar="[PATH] API REPLICAS")
 @path_option_flag
 @click.option(
     "--force",
@@ -393,7 +401,7 @@ def jobs(args: tuple[str, ...], path_option: Path | None, as_json: bool, target_
 @target_flag
 def scale(args: tuple[str, ...], path_option: Path | None, force: bool, target_kind: str | None) -> None:
     """Set an API's replica count by hand: `stack scale [PATH] API REPLICAS`."""
-    path, rest = split_args(path_option, args, 2, "stack scale [PATH] API REPLICAS")
+    path, rest = split_args(path_option, args, "stack scale [PATH] API REPLICAS", required=2)
     if len(rest) != 2 or not rest[1].isdigit():
         raise click.UsageError("usage: stack scale [PATH] API REPLICAS (a count of 0 or more)")
     api, replicas = rest[0], int(rest[1])
@@ -404,7 +412,7 @@ def scale(args: tuple[str, ...], path_option: Path | None, force: bool, target_k
 
 
 @cli.command()
-@click.argument("args", nargs=-1, required=True)
+@click.argument("args", nargs=-1, required=True, metavar="[PATH] NAME API=WEIGHT...")
 @path_option_flag
 @target_flag
 def split(args: tuple[str, ...], path_option: Path | None, target_kind: str | None) -> None:
@@ -416,7 +424,7 @@ def split(args: tuple[str, ...], path_option: Path | None, target_kind: str | No
 
     rest = list(args)
     path = path_option
-    if path is None and rest and "=" not in rest[0] and len(rest) > 1 and is_project(rest[0]):
+    if path is None and rest and "=" not in rest[0] and len(rest) > 1 and "=" not in rest[1] and is_project(rest[0]):
         path = Path(rest.pop(0))
     if len(rest) < 2 or "=" in rest[0]:
         raise click.UsageError("usage: stack split [PATH] NAME API=WEIGHT [API=WEIGHT ...]")

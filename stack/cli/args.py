@@ -3,12 +3,13 @@ argument (first, or with -p), and resolving the target once."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from stack.spec import load_spec
+from stack.spec import SPEC_FILENAME, load_spec
 from stack.targets import open_target
 
 if TYPE_CHECKING:
@@ -50,22 +51,52 @@ def path_option_flag(func: Any) -> Any:
     )(func)
 
 
-def split_args(path_option: Path | None, args: tuple[str, ...], names: int, usage: str) -> tuple[Path, list[str]]:
-    """(project path, the remaining arguments): the path may come first, or with -p."""
+def project_path(func: Any) -> Any:
+    """A command on one project: `stack CMD [PATH]` or `stack CMD -p PATH`, the same on every command."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, path: Path | None = None, path_option: Path | None = None, **kwargs: Any) -> Any:
+        return func(*args, path=one_path(path, path_option), **kwargs)
+
+    wrapper = click.argument("path", required=False, type=click.Path(path_type=Path))(wrapper)
+    return path_option_flag(wrapper)
+
+
+def one_path(path: Path | None, path_option: Path | None) -> Path:
+    if path is not None and path_option is not None and path.resolve() != path_option.resolve():
+        raise click.UsageError(f"two projects given ({path} and -p {path_option}): give one")
+    return path_option or path or Path(".")
+
+
+def split_args(
+    path_option: Path | None, args: tuple[str, ...], usage: str, required: int = 1, optional: int = 0
+) -> tuple[Path, list[str]]:
+    """(project path, the remaining arguments): the path may come first, or with -p. A first argument is the
+    project only when more arguments than the command's names came, or, where a name is optional, when it
+    is a directory holding stack.yaml (or a spec file): `stack logs iris` names the API even beside a
+    directory called iris."""
     rest = list(args)
     path = path_option
-    if path is None and len(rest) > names - 1 and rest and is_project(rest[0]):
-        path = Path(rest.pop(0))
-    if path is None and len(rest) > names:
-        raise click.UsageError(f"{rest[0]!r} is neither a project directory nor a spec file; usage: {usage}")
-    if len(rest) > names:
+    most = required + optional
+    if path is None and len(rest) > required and rest:
+        if len(rest) > most:
+            if not is_project(rest[0]):
+                raise click.UsageError(f"{rest[0]!r} is neither a project directory nor a spec file; usage: {usage}")
+            path = Path(rest.pop(0))
+        elif is_project(rest[0], holding_spec=True):
+            path = Path(rest.pop(0))
+    if len(rest) > most:
         raise click.UsageError(f"too many arguments; usage: {usage}")
+    if len(rest) < required:
+        raise click.UsageError(f"missing arguments; usage: {usage}")
     return (path or Path(".")), rest
 
 
-def is_project(arg: str) -> bool:
+def is_project(arg: str, holding_spec: bool = False) -> bool:
     candidate = Path(arg)
-    return candidate.is_dir() or (candidate.is_file() and candidate.suffix in (".yaml", ".yml"))
+    if candidate.is_file():
+        return candidate.suffix in (".yaml", ".yml")
+    return candidate.is_dir() and (not holding_spec or (candidate / SPEC_FILENAME).is_file())
 
 
 def progress(line: str) -> None:

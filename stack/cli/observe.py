@@ -12,7 +12,7 @@ from stack.spec.units import parse_duration
 
 
 @click.command()
-@click.argument("args", nargs=-1, required=True)
+@click.argument("args", nargs=-1, required=True, metavar="[PATH] API")
 @path_option_flag
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--since", metavar="DURATION", help="Only lines of the last DURATION (30s, 5m, 2h).")
@@ -21,7 +21,7 @@ def logs(
     args: tuple[str, ...], path_option: Path | None, follow: bool, since: str | None, target_kind: str | None
 ) -> None:
     """The logs of every replica of an API, each line prefixed with its replica: `stack logs [PATH] API`."""
-    path, rest = split_args(path_option, args, 1, "stack logs [PATH] API")
+    path, rest = split_args(path_option, args, "stack logs [PATH] API", required=1)
     if not rest:
         raise click.UsageError("name the API: stack logs [PATH] API")
     try:
@@ -42,7 +42,7 @@ def logs(
 @target_flag
 def dashboard(path: Path | None, path_option: Path | None, open_browser: bool, target_kind: str | None) -> None:
     """The URL of the running stack's live dashboard (read-only, on this machine): `stack dashboard [PATH]`."""
-    where, _ = split_args(path_option, (str(path),) if path is not None else (), 0, "stack dashboard [PATH]")
+    where, _ = split_args(path_option, (str(path),) if path is not None else (), "stack dashboard [PATH]", required=0)
     url = resolve_target(where, target_kind).dashboard_url()
     click.echo(url)
     if "key=API_KEY" in url:

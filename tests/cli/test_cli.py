@@ -134,3 +134,48 @@ def test_validate_without_a_spec_names_the_directory(tmp_path: Path) -> None:
 def test_scale_help_says_what_force_does() -> None:
     result = subprocess.run([*STACK, "scale", "--help"], capture_output=True, text=True)
     assert "Take the API from the autoscaler until the next `stack up`" in " ".join(result.stdout.split())
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STACK, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_every_project_command_takes_path_or_dash_p_and_usage_names_the_arguments(tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "proj"
+    shutil.copytree(EXAMPLES / "echo", root)
+    for command in (["validate"], ["plan"], ["down", "--local"], ["status", "--local"], ["dashboard", "--local"]):
+        by_argument = _run(*command, str(root), cwd=tmp_path)
+        by_option = _run(*command, "-p", str(root), cwd=tmp_path)
+        assert "No such option" not in by_option.stderr, (command, by_option.stderr)
+        assert (by_argument.returncode, by_argument.stdout) == (by_option.returncode, by_option.stdout), command
+    assert _run("validate", "-p", str(root), cwd=tmp_path).stdout.startswith("ok")
+    assert _run("down", "--local", "-p", str(root), cwd=tmp_path).stdout.strip() == "nothing was running"
+    both = _run("down", "--local", str(root), "-p", str(tmp_path), cwd=tmp_path)
+    assert both.returncode == 2 and "two projects given" in both.stderr
+    usages = {
+        "up": "stack up [OPTIONS] [PATH]",
+        "logs": "stack logs [OPTIONS] [PATH] API",
+        "status": "stack status [OPTIONS] [PATH] [API]",
+        "scale": "stack scale [OPTIONS] [PATH] API REPLICAS",
+        "split": "stack split [OPTIONS] [PATH] NAME API=WEIGHT...",
+    }
+    for command, usage in usages.items():
+        assert f"Usage: {usage}" in _run(command, "--help", cwd=tmp_path).stdout, command
+
+
+def test_an_api_named_like_a_directory_beside_it_is_the_api(tmp_path: Path) -> None:
+    """`stack logs --local iris` in a project that has a directory `iris` (its model): iris is the API."""
+    import shutil
+
+    root = tmp_path / "proj"
+    shutil.copytree(EXAMPLES / "echo", root)
+    (root / "echo").mkdir()  # a directory named like the API, without a stack.yaml
+    logs = _run("logs", "--local", "echo", cwd=root)
+    assert "usage" not in logs.stderr.lower() and "name the API" not in logs.stderr, logs.stderr
+    assert "not running" in logs.stderr or "no replica" in logs.stderr, logs.stderr
+    # With more arguments than names, the first is the project, and must be one.
+    assert "'echo' is neither a project directory" not in _run("logs", "--local", ".", "echo", cwd=root).stderr
+    wrong = _run("scale", "--local", "nodir", "echo", "2", cwd=root)
+    assert wrong.returncode == 2 and "'nodir' is neither a project directory nor a spec file" in wrong.stderr
