@@ -50,6 +50,10 @@ class LockHeld(StackError):
     """Another `stack` command holds this project's lock."""
 
 
+class WrongTarget(StackError):
+    """The command was meant for another target: the project's stack runs there, not on the one chosen."""
+
+
 class NameTaken(StackError):
     """A stack of this project name runs on this machine (or cluster) from another directory."""
 

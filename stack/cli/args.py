@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from stack.errors import WrongTarget
 from stack.spec import SPEC_FILENAME, load_spec
-from stack.targets import open_target
+from stack.targets import KINDS, open_target
 
 if TYPE_CHECKING:
     from stack.targets.base import Target
@@ -25,8 +26,32 @@ def resolve_target(
     gpu_mem: int | None = None,
 ) -> Target:
     """`secrets`: resolve the API keys' environment variables (only `stack up` needs them: `stack down`
-    or `stack status` work in a shell that does not have them)."""
-    return open_target(load_spec(path, secrets=secrets), kind, gpus=gpus, gpu_mem=gpu_mem, registry=registry)
+    or `stack status` work in a shell that does not have them). Without a target flag or `target:` in
+    stack.yaml, the default target is checked against the others: a stack of this project running on
+    another target is named, with the flag to add, instead of a wrong answer about the default one."""
+    loaded = load_spec(path, secrets=secrets)
+    target = open_target(loaded, kind, gpus=gpus, gpu_mem=gpu_mem, registry=registry)
+    if kind is None and loaded.spec.target is None:
+        _refuse_if_elsewhere(target)
+    return target
+
+
+def _refuse_if_elsewhere(chosen: Target) -> None:
+    if chosen.running():
+        return
+    for name in KINDS:
+        if name == chosen.name:
+            continue
+        other = open_target(chosen.loaded, name)
+        if other.running():
+            context = click.get_current_context(silent=True)
+            command = context.command_path if context is not None else "stack"
+            project = chosen.loaded.spec.project
+            raise WrongTarget(
+                f"no {chosen.name} stack of project {project} runs here, but a {name} one does "
+                f"(started with `stack up --{name}`): add --{name} (`{command} --{name}`), or set `target: "
+                f"{name}` in {chosen.loaded.path}"
+            )
 
 
 def target_flag(func: Any) -> Any:

@@ -57,6 +57,11 @@ class Target(Protocol):
 
     def status(self) -> StackStatus: ...
 
+    def running(self) -> bool:
+        """A stack of this project runs on this target now (cheap, changes nothing, never raises): how the
+        CLI tells a user who forgot a target flag where their stack is."""
+        ...
+
     def logs(self, api: str, follow: bool, since: float | None = None) -> Iterator[str]:
         """Every replica's lines of `api`, each prefixed with the replica's id as `status` shows it;
         `since`: only those written in the last this many seconds."""

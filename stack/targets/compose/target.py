@@ -9,6 +9,7 @@ are pruned to `build.keep_images`; `stack up` returns once every replica applies
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -183,6 +184,12 @@ class ComposeTarget:
         if not published:
             raise NotRunning(f"the dashboard of {self.project} is not running; `stack up {self.loaded.root}` starts it")
         return f"http://127.0.0.1:{published.rsplit(':', 1)[1]}/dashboard/"
+
+    def running(self) -> bool:
+        try:
+            return bool(docker("ps", "-q", "--filter", f"label={PROJECT_LABEL}={self.project}", timeout=10).split())
+        except (StackError, subprocess.TimeoutExpired):
+            return False
 
     def status(self) -> StackStatus:
         self._own()

@@ -78,6 +78,12 @@ class LocalTarget:
         """The running stack's state; raises StackDied or StateUnreadable rather than guess."""
         return read_state(self.paths)
 
+    def running(self) -> bool:
+        try:
+            return self.state() is not None
+        except StackError:
+            return False
+
     def _require(self) -> LocalState:
         state = self.state()
         if state is None:

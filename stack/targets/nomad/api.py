@@ -20,9 +20,9 @@ from stack.targets.nomad.connection import NomadSettings
 
 
 class NomadApi:
-    def __init__(self, settings: NomadSettings) -> None:
+    def __init__(self, settings: NomadSettings, timeout: float = 15) -> None:
         self.settings = settings
-        self.client: nomad.Nomad = settings.client(timeout=15)
+        self.client: nomad.Nomad = settings.client(timeout=timeout)
 
     # -- the calls ------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ class NomadSettings:
             cert=(cert_file, key_file) if cert_file and key_file else None,
         )
 
-    def client(self, timeout: int = 10) -> nomad.Nomad:
+    def client(self, timeout: float = 10) -> nomad.Nomad:
         return nomad.Nomad(
             address=self.address,
             token=self.token,

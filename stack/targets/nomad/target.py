@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from stack.atomic import write_text_atomic
 from stack.control.autoscale.scaler import Scaler
 from stack.control.canary import status_of
-from stack.errors import NameTaken, NotRunning, TargetError
+from stack.errors import NameTaken, NotRunning, StackError, TargetError
 from stack.plan.versions import current_versions, project_files
 from stack.spec import LoadedSpec
 from stack.splits import splitters_of, with_override
@@ -245,6 +245,17 @@ class NomadTarget:
             forget_secrets(self.api, self.loaded)
             NomadSplits(self.api, self.project).forget()
         return stopped
+
+    def running(self) -> bool:
+        quick = NomadApi(self.settings, timeout=3)  # a cluster that does not answer at once runs nothing of ours
+        for api in self.loaded.spec.apis:
+            try:
+                job = quick.job(self.job_id(api.name))
+            except StackError:
+                return False
+            if job is not None and not job.get("Stop"):
+                return True
+        return False
 
     @property
     def owner(self) -> str:

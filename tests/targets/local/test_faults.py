@@ -172,3 +172,17 @@ def test_a_copy_with_the_same_project_name_is_refused_and_takes_nothing_over(
         assert requests.post(f"http://127.0.0.1:{copy_port}/echo", json={}, timeout=5).status_code == 200
     finally:
         stack("down", "--local", str(copy), cwd=copy, check=False)
+
+
+def test_a_command_without_the_target_flag_names_the_target_that_runs_the_stack(project: tuple[Path, int]) -> None:
+    """A --local stack runs; the same commands without --local (Compose by default) say where the stack is
+    and the flag to add, rather than `stopped 0/0`, "no containers" or "port in use"; nothing is touched."""
+    root, port = project
+    stack("up", "--local", str(root), cwd=root)
+    for command in (["status"], ["logs", "echo"], ["scale", "echo", "3"], ["up"], ["down"]):
+        said = stack(*command, "-p", str(root), cwd=root, check=False)
+        assert said.returncode == 1, (command, said.stdout)
+        assert "but a local one does (started with `stack up --local`): add --local" in said.stderr, said.stderr
+        assert f"`stack {command[0]} --local`" in said.stderr and "Traceback" not in said.stderr
+    assert requests.post(f"http://127.0.0.1:{port}/echo", json={}, timeout=5).status_code == 200
+    assert status(root)["apis"][0]["ready"] == 2
