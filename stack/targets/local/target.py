@@ -271,8 +271,11 @@ class LocalTarget:
             if unreadable.supervisor_pid is None:
                 forget(self.paths)
                 return False
-            self._stop(unreadable.supervisor_pid, timeout)  # found through its pid file
+            # Found through its pid file or its command line (a `stack up` interrupted at its very start, before
+            # the supervisor wrote its state): stopped with whatever it had started.
+            self._stop(unreadable.supervisor_pid, timeout, group=True)
             forget(self.paths)
+            release(self.loaded.spec.project, self.loaded.root)
             return True
         if state is None:
             return False
@@ -300,8 +303,10 @@ class LocalTarget:
             f"`stack status --local -p {root}` shows it, `stack down --local {root}` stops it"
         )
 
-    def _stop(self, pid: int, timeout: float, signalled: bool = False) -> None:
-        """SIGTERM (the supervisor drains and stops every child), SIGKILL after `timeout`."""
+    def _stop(self, pid: int, timeout: float, signalled: bool = False, group: bool = False) -> None:
+        """SIGTERM (the supervisor drains and stops every child), SIGKILL after `timeout`. `group`: then its
+        process group too (the supervisor leads its own session): what a supervisor that never got as far as
+        its signal handlers had started (its gateway) goes with it."""
         if not signalled:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -312,6 +317,9 @@ class LocalTarget:
                     os.kill(pid, signal.SIGKILL)
                 break
             time.sleep(0.1)
+        if group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
     def scaler(self) -> Scaler:
         from stack.targets.local.scaler import SupervisorScaler

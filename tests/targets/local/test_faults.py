@@ -9,6 +9,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import requests
@@ -186,3 +187,38 @@ def test_a_command_without_the_target_flag_names_the_target_that_runs_the_stack(
         assert f"`stack {command[0]} --local`" in said.stderr and "Traceback" not in said.stderr
     assert requests.post(f"http://127.0.0.1:{port}/echo", json={}, timeout=5).status_code == 200
     assert status(root)["apis"][0]["ready"] == 2
+
+
+def test_down_stops_a_supervisor_caught_before_it_wrote_its_pid_file(project: tuple[Path, int]) -> None:
+    """Ctrl-C on `stack up` at the moment it started the supervisor: no pid file, no state yet. `stack down`
+    still finds it (by its command line) and stops it with what it had started (its process group)."""
+    root, _ = project
+    paths = LocalPaths(root)
+    # A stand-in caught at that moment: the supervisor's command line, a child of its own, no files yet.
+    child = "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])"
+    script = f"import subprocess, sys, time; {child}; time.sleep(300)"
+    starting = subprocess.Popen(
+        [sys.executable, "-c", script, "-m", "stack.targets.local.supervisor", str(paths.spec_file)],
+        start_new_session=True,
+    )
+    try:
+        until(lambda: len(_group(starting.pid)) == 2, "the stand-in and its child to run")
+        assert not paths.pid_file.exists()
+        assert stack("down", "--local", str(root), cwd=root).stdout.strip() == "stopped"
+        until(lambda: not _group(starting.pid), "the stand-in's whole group to be gone")
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+        starting.wait(10)
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getpgid(int(name)) == pgid and pid_alive(int(name)):
+                    found.append(int(name))
+            except OSError:
+                continue
+    return found
