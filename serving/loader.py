@@ -28,6 +28,17 @@ INIT_PARAMS = frozenset({"apis", "config", "python_client", "onnx_client", "tens
 MODULE_NAME = "stack_user_predictor"
 
 
+# Import names whose package is named otherwise, for the hint on a ModuleNotFoundError.
+PACKAGE_OF = {
+    "sklearn": "scikit-learn",
+    "cv2": "opencv-python-headless",
+    "PIL": "Pillow",
+    "yaml": "PyYAML",
+    "skimage": "scikit-image",
+    "bs4": "beautifulsoup4",
+}
+
+
 class StartupError(Exception):
     """The predictor cannot be loaded; the message is meant for the user."""
 
@@ -249,15 +260,41 @@ def _where(file: Path, obj: Any) -> str:
 
 
 def _failing_line(exc: BaseException, file: Path) -> str:
-    """The deepest frame inside the predictor file, else the deepest frame at all."""
+    """Where it was raised in the project's own code (beside the predictor, not an installed library): the
+    deepest such frame, and the predictor's line that led there when that is another file."""
     frames = traceback.extract_tb(exc.__traceback__)
-    own = [f for f in frames if Path(f.filename).resolve() == file]
-    chosen = own or list(frames)
-    if not chosen:
+    if not frames:
         return str(file)
-    return f"{chosen[-1].filename}:{chosen[-1].lineno}"
+    project = file.parent
+    own = [f for f in frames if _in_project(Path(f.filename), project)]
+    if not own:
+        return f"{frames[-1].filename}:{frames[-1].lineno}"
+    raised = own[-1]
+    at = f"{raised.filename}:{raised.lineno}"
+    if Path(raised.filename).resolve() != file:
+        entry = [f for f in own if Path(f.filename).resolve() == file]
+        if entry:
+            at += f" (from {Path(entry[-1].filename).name}:{entry[-1].lineno})"
+    return at
+
+
+def _in_project(path: Path, project: Path) -> bool:
+    resolved = path.resolve()
+    return resolved.is_relative_to(project) and not any(
+        part in ("site-packages", "dist-packages") for part in resolved.parts
+    )
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        package = PACKAGE_OF.get(top, top)
+        described += (
+            f"; add {package} to the API's requirements.txt (predictor.requirements) so its image installs it, "
+            "or install it where the replicas run (`stack up --local`, `stack serve`: this Python)"
+        )
+    return described
+
+

@@ -86,6 +86,9 @@ def validate(path: Path, as_json: bool) -> None:
     """Check stack.yaml and print every problem, or "ok"."""
     try:
         loaded = load_spec(path)
+        broken = loaded.compile_problems()
+        if broken:
+            raise SpecError(broken)
     except SpecError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "problems": [p.__dict__ for p in exc.problems]}, indent=2))
@@ -318,6 +321,9 @@ def up(path: Path, target_kind: str | None, gpus: int | None, gpu_mem: str | Non
     target: Target | None = None
     try:
         target = resolve_target(path, target_kind, gpus, registry, secrets=True, gpu_mem=_memory_flag(gpu_mem))
+        broken = target.loaded.compile_problems()
+        if broken:
+            raise SpecError(broken)
         _warn(target.loaded.warnings + keys_in_clear(target.loaded.spec.gateway, target.name))
         with ProjectLock(target.loaded.root, f"stack up ({target.name})"):
             status = target.up(progress)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stack.spec.problems import Problem
+
 Path_ = tuple[str | int, ...]
 
 
@@ -62,3 +64,23 @@ def _inside(root: Path, location: str, where: Path_, add: Any) -> bool:
         "its images are built from; copy it in and name it relative to stack.yaml",
     )
     return True
+
+
+def compile_problems(root: Path, predictors: list[tuple[str, str]]) -> list[Problem]:
+    """(api, predictor path) pairs whose file does not compile: a SyntaxError at its own file and line,
+    found before anything is built or started (not by a replica's crash loop)."""
+    problems = []
+    for api, path in predictors:
+        file = root / path
+        try:
+            source = file.read_bytes()
+        except OSError:
+            continue  # a missing file is the spec's own problem
+        try:
+            compile(source, str(file), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            message = f"API {api}'s predictor does not compile: SyntaxError: {exc.msg}"
+            problems.append(Problem(str(file), exc.lineno or 1, exc.offset or 1, "", message))
+        except ValueError as exc:  # null bytes
+            problems.append(Problem(str(file), 1, 1, "", f"API {api}'s predictor is not Python source: {exc}"))
+    return problems

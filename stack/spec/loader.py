@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from stack.spec import models
 from stack.spec.call_checks import call_checks
-from stack.spec.file_checks import file_checks
+from stack.spec.file_checks import compile_problems, file_checks
 from stack.spec.problems import Path_, Problem, SpecError, dotted
 from stack.spec.source import SPEC_FILENAME, parse_yaml, read_spec_text
 from stack.spec.tls_checks import check_tls_files
@@ -37,6 +37,12 @@ class LoadedSpec:
     @property
     def root(self) -> Path:
         return self.path.parent
+
+    def compile_problems(self) -> list[Problem]:
+        """The predictors that do not compile (`stack validate` and `stack up` check; other commands need
+        not: a broken predictor must not stop `stack down`)."""
+        pairs = [(a.name, a.predictor.path) for a in self.spec.every_api if a.predictor.image is None]
+        return compile_problems(self.root, pairs)
 
     def predictor_file(self, api: models.Api) -> Path:
         return (self.root / api.predictor.path).resolve()

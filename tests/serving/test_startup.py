@@ -154,3 +154,32 @@ def test_cli_module_needs_a_predictor() -> None:
     )
     assert result.returncode != 0
     assert "give a predictor file or --config FILE" in result.stderr
+
+
+def test_an_error_raised_in_a_helper_module_names_that_file_and_line(servers: ServerFactory, tmp_path) -> None:
+    (tmp_path / "helpers.py").write_text("import json\n\n\ndef load():\n    raise ValueError('bad weights')\n")
+    (tmp_path / "predictor.py").write_text(
+        "import helpers\n\n\nclass Predictor:\n    def __init__(self, config):\n        self.model = helpers.load()\n\n"
+        "    def predict(self, payload):\n        return 1\n"
+    )
+    server = servers.serving(tmp_path / "predictor.py", wait_ready=False)
+    assert server.wait_exit() == 3
+    said = f"{tmp_path}/helpers.py:5 (from predictor.py:6): Predictor.__init__ failed: ValueError: bad weights"
+    assert said in server.logs(), server.logs()
+
+
+def test_a_missing_module_says_to_add_its_package_to_requirements(servers: ServerFactory, tmp_path) -> None:
+    (tmp_path / "predictor.py").write_text(
+        "import sklearn_is_not_here\n\n\nclass Predictor:\n    def predict(self, payload):\n        return 1\n"
+    )
+    server = servers.serving(tmp_path / "predictor.py", wait_ready=False)
+    assert server.wait_exit() == 3
+    assert (
+        "No module named 'sklearn_is_not_here'; add sklearn_is_not_here to the API's requirements.txt" in server.logs()
+    )
+    (tmp_path / "predictor.py").write_text(
+        "import cv2\n\n\nclass Predictor:\n    def predict(self, payload):\n        return 1\n"
+    )
+    server = servers.serving(tmp_path / "predictor.py", wait_ready=False)
+    assert server.wait_exit() == 3
+    assert "No module named 'cv2'; add opencv-python-headless to the API's requirements.txt" in server.logs()

@@ -422,3 +422,21 @@ def test_paths_outside_the_project_are_refused_with_file_and_line(tmp_path: Path
     assert f"stack.yaml:10:13: apis[1].predictor.path: ../../../../etc/passwd (that is {climbed}) {outside}" in shown
     assert f"apis[2].predictor.models.dir: models (that is {(tmp_path / 'elsewhere').resolve()}) {outside}" in shown
     assert shown.count("not found") == 1 and shown.startswith("6 problems")  # an outside path: one problem
+
+
+def test_validate_compiles_the_predictor(tmp_path: Path) -> None:
+    """A predictor that does not compile fails `stack validate` (and `stack up`, before anything is built),
+    at its own file and line; `stack status` and `stack down` still load the spec."""
+    (tmp_path / "predictor.py").write_text("class Predictor:\n    def predict(self, payload)\n        return 1\n")
+    (tmp_path / "stack.yaml").write_text("project: broken\napis:\n  - name: a\n    predictor: {path: predictor.py}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "stack.cli", "validate", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert f"{tmp_path / 'predictor.py'}:2:" in result.stderr
+    assert "API a's predictor does not compile: SyntaxError: expected ':'" in result.stderr, result.stderr
+    assert load_spec(tmp_path).spec.project == "broken"  # what every other command loads
+    down = subprocess.run(
+        [sys.executable, "-m", "stack.cli", "down", "--local", str(tmp_path)], capture_output=True, text=True
+    )
+    assert down.returncode == 0 and down.stdout.strip() == "nothing was running", down.stderr
