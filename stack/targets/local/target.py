@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,7 @@ class LocalTarget:
                 "or set gateway.port in stack.yaml"
             )
         self.paths.logs.mkdir(parents=True, exist_ok=True)
+        _keep_as_previous(self.paths.logs)  # what a failure shows is this run's lines only
         log = open(self.paths.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "stack.targets.local.supervisor", str(self.loaded.path)],
@@ -352,6 +354,20 @@ class LocalTarget:
             if not follow:
                 return
             time.sleep(0.3)
+
+
+def _keep_as_previous(logs: Path) -> None:
+    """A new supervisor numbers its replicas from 1 again: the last run's logs (replicas, supervisor, gateway)
+    move to logs/previous/ (replacing the run before), so this run's files hold this run's lines only."""
+    previous = logs / "previous"
+    files = [f for f in logs.iterdir() if f.is_file() and (f.suffix == ".log" or f.name.endswith(".error.json"))]
+    if not files:
+        return
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for file in files:
+        with contextlib.suppress(OSError):
+            file.rename(previous / file.name)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

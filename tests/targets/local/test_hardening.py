@@ -172,6 +172,16 @@ def test_up_fails_when_a_slot_keeps_failing_and_the_retries_go_on(project: tuple
         30,
     )
     assert any("retry in 8s, at " in e for e in status(root)["apis"][0]["events"])
+    # Down, fixed differently (it now fails for another reason), up again: the failure shows this run's lines
+    # only, never the last run's traceback; the last run's logs are kept in logs/previous/.
+    stack("down", "--local", str(root), cwd=root)
+    (root / "init_fails.py").write_text(
+        (root / "init_fails.py").read_text().replace("weights file corrupt", "tokenizer missing")
+    )
+    again = stack("up", "--local", str(root), cwd=root, check=False)
+    assert again.returncode != 0 and "tokenizer missing" in again.stderr
+    assert "weights file corrupt" not in again.stderr, again.stderr
+    assert "weights file corrupt" in (root / ".stack/logs/previous/echo-1.log").read_text()
 
 
 def test_a_replica_over_its_memory_is_killed_and_replaced(project: tuple[Path, int]) -> None:
