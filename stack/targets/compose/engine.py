@@ -10,12 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.exit_reason import read_exit_reason
 from serving.supervisor import port_is_free
 from stack.errors import StackError
 from stack.plan.images import service_name
 from stack.spec import Api, LoadedSpec
 from stack.status import ReplicaState
 from stack.targets.compose.desired import read_health
+from stack.targets.compose.plan import EXITS_DIR
 from stack.targets.docker import NO_DOCKER, docker, inspect
 
 Progress = Callable[[str], None]
@@ -212,9 +214,10 @@ class ComposeProject:
             return
         c = broken[0]
         logs = subprocess.run(["docker", "logs", "--tail", "20", c.id], capture_output=True, text=True)
+        said = read_exit_reason(self.plan_dir / EXITS_DIR / f"{c.id[:12]}.json")
         raise StackError(
-            f"replica {c.name} of API {api.name} failed to start "
-            f"(state {c.state}, exit code {c.exit_code}); its last log lines:\n{(logs.stdout + logs.stderr).strip()}"
+            f"replica {c.name} of API {api.name} failed to start (state {c.state}, exit code {c.exit_code})"
+            f"{': ' + said if said else ''}; its last log lines:\n{(logs.stdout + logs.stderr).strip()}"
         )
 
     def scale_to(self, api: Api, version: str, count: int) -> None:

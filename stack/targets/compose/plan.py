@@ -43,6 +43,8 @@ DASHBOARD_PORT = 9102  # the dashboard's forwarder (stack.control.dashboard.prox
 KEYS_FILE = "keys/api_keys"  # the plan's API keys file: 0600 in a 0700 directory the replicas mount
 COMPOSE_KEYS_DIR = "/run/stack-keys"  # where a replica (and the controller) sees that directory
 COMPOSE_KEYS_FILE = f"{COMPOSE_KEYS_DIR}/api_keys"
+EXITS_DIR = "exits"  # in the plan's directory: each replica's start-up error, <container short id>.json
+COMPOSE_EXITS_DIR = "/run/stack-exits"
 MODEL_CACHE = "/model-cache"  # where a replica finds the host's shared model cache
 # Pipelines: where a replica reads the ready replicas of the APIs it calls (serving.calls): a directory of
 # the controller's, read-only.
@@ -126,6 +128,7 @@ def plan(
     files[KEYS_FILE] = api_keys_text(loaded)  # always: replicas follow keys added, changed or removed
     files["compose.yaml"] = env.get_template("compose/compose.yaml.j2").render(
         keys={"directory": "./keys", "mount": COMPOSE_KEYS_DIR},
+        exits={"directory": f"./{EXITS_DIR}", "mount": COMPOSE_EXITS_DIR},
         secrets_owner=_secrets_owner(),
         docker_host=spec.tracing is not None and DOCKER_HOST_NAME in from_container(spec.tracing.traces_url),
         header=header,

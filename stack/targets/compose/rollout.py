@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from serving.exit_reason import read_exit_reason
 from serving.runner import EXIT_STARTUP_FAILED
 from stack.atomic import write_json_atomic
 from stack.errors import StackError
@@ -26,6 +27,7 @@ from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_duration
 from stack.targets.compose.desired import Desired, record_event, write_desired
 from stack.targets.compose.engine import ComposeProject, Container
+from stack.targets.compose.plan import EXITS_DIR
 from stack.targets.compose.scaler import ComposeScaler
 from stack.targets.docker import docker
 from stack.targets.rollout import Fleet, next_step
@@ -116,9 +118,10 @@ class Rollout:
     ) -> None:
         """Raise why the rollout failed; with a version to go back to, roll back to it first."""
         if failing is not None:
+            said = read_exit_reason(self.engine.plan_dir / EXITS_DIR / f"{failing.id[:12]}.json")
             reason = (
                 f"replica {failing.name} failed to start (state {failing.state}, exit code {failing.exit_code}"
-                f"{', ' + failing.reason if failing.reason else ''})"
+                f"{', ' + failing.reason if failing.reason else ''})" + (f": {said}" if said else "")
             )
             culprit: str | None = failing.id
         else:

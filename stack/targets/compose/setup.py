@@ -1,16 +1,17 @@
 """What `stack up` sets up on a Compose host besides the containers Compose starts: the controller's
-files, and each BatchAPI's worker template."""
+files, the replicas' exit-reason directory, and each BatchAPI's worker template."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from stack import routes
 from stack.atomic import write_json_atomic
-from stack.plan.images import service_name
+from stack.plan.images import REPLICA_USER, service_name
 from stack.spec import Api, LoadedSpec
 from stack.targets.compose.engine import PROJECT_LABEL, ComposeProject, Progress
-from stack.targets.compose.plan import CONTROL_DIR
+from stack.targets.compose.plan import CONTROL_DIR, EXITS_DIR
 from stack.targets.docker import docker
 from stack.tls import TLS_FILE, tls_files, write_config
 
@@ -33,6 +34,16 @@ def prepare_control_dir(loaded: LoadedSpec, state_dir: Path) -> None:
     else:
         (control / "routes" / TLS_FILE).unlink(missing_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_exits_dir(plan_dir: Path) -> None:
+    """Where replicas write why they could not start (serving.exit_reason): theirs to write, nobody else's
+    to read (it may quote a predictor's error), made before Docker would make it root's."""
+    exits = plan_dir / EXITS_DIR
+    exits.mkdir(mode=0o700, parents=True, exist_ok=True)
+    exits.chmod(0o700)
+    if os.geteuid() == 0:  # replicas run as the image's user then (stack.targets.compose.plan)
+        os.chown(exits, REPLICA_USER, REPLICA_USER)
 
 
 def batch_templates(engine: ComposeProject, apis: list[Api], versions: dict[str, str], progress: Progress) -> None:

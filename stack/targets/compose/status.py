@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from serving.exit_reason import read_exit_reason
 from stack.control.canary import splitter_status
 from stack.plan.gpus import Placement, Slot, read_placement
 from stack.plan.versions import current_versions
@@ -26,6 +27,7 @@ from stack.targets.compose.desired import (
     read_restarts,
 )
 from stack.targets.compose.engine import ComposeProject, Container
+from stack.targets.compose.plan import EXITS_DIR
 from stack.targets.compose.rollout import PLACEMENT_FILE, read_deployed
 from stack.targets.gateway import check_routed
 from stack.traffic import call_graph, gpu_status, prometheus_traffic, replica_gpu_memory
@@ -35,6 +37,7 @@ def observe(loaded: LoadedSpec, engine: ComposeProject, state_dir: Path) -> Stac
     """What runs, as `stack status` shows it: each API's phase, replicas, restarts, events, traffic and GPUs,
     read from the engine and from the controller's state files (never from its logs)."""
     containers = engine.containers()
+    plan_dir = engine.plan_dir
     on_disk = current_versions(loaded)  # what the files would build now
     decisions = _decisions(state_dir)
     manual = manual_apis(state_dir)
@@ -73,7 +76,7 @@ def observe(loaded: LoadedSpec, engine: ComposeProject, state_dir: Path) -> Stac
                 endpoint=api.endpoint,
                 version=version,
                 changed=bool(version) and version != on_disk[api.name],
-                error=_failure(failed[0]) if failed else last_kill(mine, kills),
+                error=_failure(failed[0], plan_dir / EXITS_DIR) if failed else last_kill(mine, kills),
                 restarts=sum(restarts(c, restarted) for c in mine),
                 events=events,
                 autoscaled=api.autoscaled and api.name not in manual,
@@ -143,10 +146,17 @@ def _slot_gpu(service: str, slots: list[Slot], placement: Placement) -> str:
     return ",".join(placement.device_ids(slot)) if slot is not None else ""
 
 
-def _failure(container: Container) -> str:
+def _failure(container: Container, exits: Path) -> str:
     if container.health in ("stuck", "unhealthy", "not answering") and container.state == "running":
         return f"replica {container.name} is {container.health}" + (f": {container.reason}" if container.reason else "")
-    return f"replica {container.name} is {container.state} (exit code {container.exit_code})"
+    stopped = f"replica {container.name} is {container.state} (exit code {container.exit_code})"
+    said = exit_reason(container, exits)
+    return f"{stopped}: {said}" if said else stopped
+
+
+def exit_reason(container: Container, exits: Path) -> str | None:
+    """What the replica wrote of why it could not start (serving.exit_reason), the same words local shows."""
+    return read_exit_reason(exits / f"{container.id[:12]}.json")
 
 
 def _last_event(container: Container, kills: dict[str, Kill], events: list[str]) -> str:

@@ -44,7 +44,7 @@ from stack.targets.compose.plan import CONTROL_DIR, DASHBOARD_PORT, KEYS_FILE
 from stack.targets.compose.plan import plan as plan_compose
 from stack.targets.compose.rollout import PLACEMENT_FILE, Rollout, read_deployed
 from stack.targets.compose.scaler import ComposeScaler
-from stack.targets.compose.setup import batch_templates, prepare_control_dir
+from stack.targets.compose.setup import batch_templates, prepare_control_dir, prepare_exits_dir
 from stack.targets.compose.status import observe
 from stack.targets.docker import docker
 from stack.targets.gateway import readiness_url, wait_for_batch_apis, wait_until_routed
@@ -101,6 +101,7 @@ class ComposeTarget:
             self._build(api, plan, progress)
         self.engine.check_gateway_port()
         prepare_control_dir(self.loaded, self.state_dir)
+        prepare_exits_dir(self.plan_dir)
         build.build_controller(self.loaded, plan.files[CONTROLLER_DOCKERFILE], progress)
         progress("starting Traefik, Prometheus, the controller and its dashboard")
         # `stack up` hands every API back to the autoscaler, and re-applies stack.yaml's weights.

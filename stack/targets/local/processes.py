@@ -9,7 +9,6 @@ The fleet (stack.targets.local.fleet) decides how many of each version run; this
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import CONFIG_ENV
-from serving.exit_reason import STARTUP_ERROR_ENV
+from serving.exit_reason import STARTUP_ERROR_ENV, read_exit_reason
 from serving.health import EXIT_STUCK
 from serving.logs import REPLICA_ENV
 from stack.plan.serving import host_model_cache, needs_model_cache, replica_config, tracing_config
@@ -75,7 +74,7 @@ class ReplicaProcesses:
             state.replicas.remove(replica)
             if replica.state == DRAINING:
                 continue
-            said = _startup_error(self.error_file(replica.id))  # why it stopped, when it could write it
+            said = read_exit_reason(self.error_file(replica.id))  # why it stopped, when it could write it
             killed = self.killed.pop(replica.id, "")
             if code == EXIT_STUCK and not killed:  # it found itself stuck (serving.health) and left
                 killed = f"{said or 'stuck'}; it exited (code {code})"
@@ -167,13 +166,3 @@ def replica_env(
     for name in loaded.secret_env:  # the keys' variables: replicas read the keys file instead
         env.pop(name, None)
     return env
-
-
-def _startup_error(error_file: Path) -> str | None:
-    """The reason a replica wrote for not starting (serving.exit_reason.report_startup_error)."""
-    try:
-        data = json.loads(error_file.read_text())
-    except (OSError, ValueError):
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, str) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -156,6 +157,12 @@ def test_failing_replica_shows_its_error(project: tuple[Path, str, int]) -> None
     assert result.returncode == 1
     assert "failed to start" in result.stderr and "its last log lines" in result.stderr
     assert "predictor.py:3: Predictor.__init__ failed: RuntimeError: weights missing" in result.stderr
+    # The reason is the replica's own words, read from what it wrote (not from its log): in `stack up`'s
+    # error and in `stack status`, as the local target shows it.
+    said = r"failed to start \(state \w+, exit code \d+\): /app/predictor\.py:3: Predictor\.__init__ failed"
+    assert re.search(said, result.stderr), result.stderr
+    api = json.loads(stack("status", "--json", str(root), cwd=root).stdout)["apis"][0]
+    assert api["status"] == "error" and "RuntimeError: weights missing" in api["error"], api
 
 
 def test_gateway_port_in_use(project: tuple[Path, str, int]) -> None:
