@@ -17,6 +17,7 @@ import requests
 from cli import STACK, stack
 from common import EXAMPLES, free_port
 from docker_stack import DOCKER, containers, prom_port, remove_project, write_spec
+from waits import until_seen
 
 from loadgen import Load
 
@@ -161,8 +162,12 @@ def test_failing_replica_shows_its_error(project: tuple[Path, str, int]) -> None
     # error and in `stack status`, as the local target shows it.
     said = r"failed to start \(state \w+, exit code \d+\): /app/predictor\.py:3: Predictor\.__init__ failed"
     assert re.search(said, result.stderr), result.stderr
-    api = json.loads(stack("status", "--json", str(root), cwd=root).stdout)["apis"][0]
-    assert api["status"] == "error" and "RuntimeError: weights missing" in api["error"], api
+    def shown() -> dict:
+        return json.loads(stack("status", "--json", str(root), cwd=root).stdout)["apis"][0]
+
+    # Between two of Docker's restarts the replica runs for a moment: the error shows while it is down.
+    api = until_seen(shown, lambda a: a["status"] == "error", "the API in error", 60)
+    assert "RuntimeError: weights missing" in api["error"], api
 
 
 def test_gateway_port_in_use(project: tuple[Path, str, int]) -> None:
