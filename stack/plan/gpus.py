@@ -235,6 +235,14 @@ def place(apis: list[Api], gpus: list[Gpu] | None) -> Placement:
             "every slot; pass --gpus N [--gpu-mem SIZE] to plan for a GPU host from another machine"
         )
         return Placement(placement.gpus, placement.slots, True, (note,))
+    unchecked = [a for a in wanted if a.compute.gpu_mem is not None]
+    if unchecked and pool and all(g.memory is None for g in pool):
+        asked = ", ".join(f"{a.name} {format_memory(a.compute.gpu_mem or 0)}" for a in unchecked)
+        note = (
+            f"GPU memory not checked: the GPUs' memory is unknown (--gpus without --gpu-mem), so compute.gpu_mem "
+            f"({asked}) was taken as it is; pass --gpu-mem SIZE (e.g. 80Gi) to check it"
+        )
+        return Placement(placement.gpus, placement.slots, placement.assumed, (*placement.warnings, note))
     return placement
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,25 @@ def test_without_gpu_information_the_plan_assumes_enough_and_says_so(tmp_path: P
     spec = load_spec(project(tmp_path, api("a", 0.5, 3))).spec
     placement = place(spec.apis, None)
     assert placement.assumed and len(placement.gpus) == 2 and "no GPU information" in placement.warnings[0]
+
+
+def test_gpus_without_their_memory_say_gpu_mem_was_not_checked(tmp_path: Path) -> None:
+    """`stack plan --gpus 2` without --gpu-mem: a gpu_mem no GPU has is not refused, but never silently."""
+    root = project(tmp_path, api("huge", 1, 2, "120Gi"))
+    planned = subprocess.run(
+        [sys.executable, "-m", "stack.cli", "plan", str(root), "--gpus", "2"], capture_output=True, text=True
+    )
+    assert planned.returncode == 0, planned.stderr
+    assert "GPU memory not checked" in planned.stderr and "compute.gpu_mem (huge 120Gi)" in planned.stderr
+    assert "pass --gpu-mem SIZE" in planned.stderr
+    checked = subprocess.run(
+        [sys.executable, "-m", "stack.cli", "plan", str(root), "--gpus", "2", "--gpu-mem", "80Gi"],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 1 and "compute.gpu_mem 120Gi is more than any GPU of this host has" in checked.stderr
+    known = place(load_spec(root).spec.apis, gpus(2, memory=None))
+    assert any("GPU memory not checked" in w for w in known.warnings)
 
 
 # -- every target --------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from stack.targets.gateway import check_routed, wait_for_batch_apis
 from stack.targets.local import control
 from stack.targets.local.apis import BACKOFF, ERROR_AFTER
 from stack.targets.local.names import claimed, release
+from stack.targets.local.preflight import check_installed
 from stack.targets.local.state import (
     LocalPaths,
     LocalState,
@@ -140,6 +141,7 @@ class LocalTarget:
 
     def up(self, progress: Progress) -> StackStatus:
         refuse_nomad_autoscaler(self.loaded, "local")
+        check_installed(self.loaded)
         # The GPU APIs' slots are placed before anything starts (an over-commit stops here); the
         # supervisor pins each replica to its slot's GPU from this file.
         placement = place(self.loaded.spec.apis, host_gpus(self.host_gpus, self.gpu_mem))

@@ -222,3 +222,26 @@ def _group(pgid: int) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_tracing_without_opentelemetry_is_one_error_before_anything_starts(project: tuple[Path, int]) -> None:
+    """The replicas run in this Python: tracing on without OpenTelemetry here is one error naming the extra,
+    not a crash loop with a traceback in every replica. (OpenTelemetry is hidden from this one command.)"""
+    root, port = project
+    spec = root / "stack.yaml"
+    spec.write_text(spec.read_text() + "tracing: {endpoint: http://127.0.0.1:4318}\n")
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'opentelemetry':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from stack.cli import cli\n"
+        "cli(['up', '--local', sys.argv[1]], prog_name='stack')\n"
+    )
+    said = subprocess.run([sys.executable, "-c", hide, str(root)], capture_output=True, text=True, cwd=root)
+    assert said.returncode == 1, said.stdout
+    assert "lacks what stack.yaml asks for: opentelemetry-sdk (for tracing)" in said.stderr, said.stderr
+    assert "pip install 'stack-serve[tracing]'" in said.stderr and "Traceback" not in said.stderr
+    assert not LocalPaths(root).pid_file.exists() and not listening(port)
