@@ -296,5 +296,3 @@ def _describe(exc: BaseException) -> str:
             "or install it where the replicas run (`stack up --local`, `stack serve`: this Python)"
         )
     return described
-
-

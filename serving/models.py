@@ -357,8 +357,11 @@ class TensorFlowClient:
     """Cortex's `tensorflow_client`: `predict(model_input, model_name=None, model_version="latest")` over
     SavedModels loaded in this process (Cortex called a TensorFlow Serving sidecar over gRPC).
 
-    `model_input` is a dict of arrays by the signature's input names (or one array for a one-input
-    signature); the result is a dict of the signature's outputs as lists, as TF Serving's answer was.
+    `model_input` is a dict of values by the signature's input names (or one value for a one-input
+    signature). Each is made a tensor of the input's dtype and reshaped to its declared shape when at most
+    one dimension is unknown, as the ONNX client does (a scalar for a `[None]` input is one example). The
+    result is what Cortex v0.25 returned from TF Serving's answer (`json_format.MessageToDict`): each output
+    as its flat list of values, 64-bit integers as strings, bytes as base64, NaN and infinities as strings.
     """
 
     def __init__(self, store: ModelStore) -> None:
@@ -400,14 +403,50 @@ class TensorFlowClient:
         if missing:
             raise ModelInputInvalid(f"missing key {missing[0]!r}: the model's inputs are {', '.join(sorted(declared))}")
         try:
-            feed = {name: tf.constant(model_input[name], dtype=spec.dtype) for name, spec in declared.items()}
-            for name, spec in declared.items():
-                if not spec.shape.is_compatible_with(feed[name].shape):
-                    raise ValueError(f"input {name!r} has shape {feed[name].shape}, the model takes {spec.shape}")
+            feed = {name: _tf_input(name, model_input[name], spec) for name, spec in declared.items()}
             outputs = signature(**feed)
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
             raise ModelInputInvalid(f"the input does not fit the model: {exc}") from None
-        return {name: value.numpy().tolist() for name, value in outputs.items()}
+        return {name: _serving_values(value.numpy()) for name, value in outputs.items()}
+
+
+def _tf_input(name: str, value: Any, spec: Any) -> Any:
+    """One input as a tensor of its declared dtype and, where it can be inferred, its declared shape."""
+    import numpy as np
+    import tensorflow as tf
+
+    dims = spec.shape.as_list() if spec.shape.rank is not None else None
+    array = np.asarray(value, dtype=object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype)
+    if dims is not None and dims.count(None) <= 1 and list(array.shape) != dims:
+        try:
+            array = array.reshape([-1 if d is None else d for d in dims])
+        except ValueError:
+            raise ValueError(f"input {name!r} has shape {list(array.shape)}, the model takes {dims}") from None
+    if not spec.shape.is_compatible_with(array.shape):
+        raise ValueError(f"input {name!r} has shape {list(array.shape)}, the model takes {spec.shape}")
+    return tf.constant(array, dtype=spec.dtype)
+
+
+def _serving_values(array: Any) -> list[Any]:
+    """An output as TF Serving's answer read through `json_format.MessageToDict` (what Cortex v0.25 returned):
+    its values flat, in row-major order."""
+    import base64
+    import math
+
+    import numpy as np
+
+    flat = array.reshape(-1)
+    if flat.dtype == object or flat.dtype.kind == "S":  # bytes: protobuf JSON writes them as base64
+        return [base64.b64encode(v if isinstance(v, bytes) else str(v).encode()).decode() for v in flat.tolist()]
+    if flat.dtype in (np.int64, np.uint64):  # protobuf JSON writes 64-bit integers as strings
+        return [str(v) for v in flat.tolist()]
+    values: list[Any] = flat.tolist()
+    if flat.dtype.kind == "f":
+        return [
+            v if math.isfinite(v) else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity"))
+            for v in values
+        ]
+    return values
 
 
 def model_clients(predictor_type: str, store: ModelStore, gpu: bool) -> dict[str, Any]:

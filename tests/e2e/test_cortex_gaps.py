@@ -4,6 +4,7 @@ methods, a model client with no models refused at start, the same max_concurrenc
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 from pathlib import Path
@@ -214,8 +215,8 @@ def test_tensorflow_client_serves_savedmodels_in_process(inproc, tmp_path: Path)
         models={"paths": [{"name": "doubler", "path": "models/doubler"}]},
         project_root=str(tmp_path),
     )
-    assert server.post(json={"x": [[1, 2]]}).json() == {"y": [[3.0, 6.0]]}  # latest: version 2
-    assert server.post(json={"x": [[1, 2]]}, params={"version": "1"}).json() == {"y": [[2.0, 4.0]]}
+    assert server.post(json={"x": [[1, 2]]}).json() == {"y": [3.0, 6.0]}  # latest: version 2, flat as Cortex
+    assert server.post(json={"x": [[1, 2]]}, params={"version": "1"}).json() == {"y": [2.0, 4.0]}
     wrong = server.post(json={"x": [[1, 2, 3]]})  # the signature takes [None, 2]
     assert wrong.status_code == 400 and "does not fit the model" in wrong.json()["error"]
 
@@ -242,3 +243,113 @@ def test_tensorflow_type_without_tensorflow_says_what_to_install(
     from stack.plan.serving import extra_requirements
 
     assert "tensorflow-cpu" in extra_requirements(load_spec(tmp_path).spec.apis[0])  # images get it
+
+
+# The signatures of Cortex v0.25's TensorFlow examples, with their predictors as Cortex shipped them.
+IRIS_TF_PREDICTOR = """
+labels = ["setosa", "versicolor", "virginica"]
+
+
+class TensorFlowPredictor:
+    def __init__(self, tensorflow_client, config):
+        self.client = tensorflow_client
+
+    def predict(self, payload, query_params):
+        model = query_params.get("model")
+        if model:  # the multi-model example: one client, several models by name
+            prediction = self.client.predict(payload, model)
+        else:
+            prediction = self.client.predict(payload)
+        predicted_class_id = int(prediction["class_ids"][0])
+        return {"label": labels[predicted_class_id], "raw": prediction}
+"""
+
+RANKING_TF_PREDICTOR = """
+import numpy as np
+
+
+class TensorFlowPredictor:
+    def __init__(self, tensorflow_client, config):
+        self.client = tensorflow_client
+
+    def predict(self, payload):
+        output = self.client.predict({"image": payload["image"]}, "ranker")
+        return {"top": np.argsort(output["scores"])[::-1][:2].tolist(), "name": output["name"]}
+"""
+
+
+def _iris_saved_model(path: Path) -> None:
+    """The iris estimator's serving signature: four `[None]` float32 features, `class_ids` int64
+    `[None, 1]`, `probabilities` float32 `[None, 3]`."""
+    import tensorflow as tf
+
+    features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+    class Iris(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name=n) for n in features])
+        def serve(self, sepal_length, sepal_width, petal_length, petal_width):  # type: ignore[no-untyped-def]
+            # petal length decides, as it nearly does for the real flowers
+            logits = tf.stack([2.5 - petal_length, 2.0 - tf.abs(petal_length - 4.3), petal_length - 5.0], axis=1)
+            return {
+                "class_ids": tf.expand_dims(tf.argmax(logits, axis=1), 1),
+                "probabilities": tf.nn.softmax(logits),
+            }
+
+    module = Iris()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def _ranking_saved_model(path: Path) -> None:
+    """An image-classifier-like signature: a `[None, 2, 2]` image in, `[None, 4]` scores and a string out."""
+    import tensorflow as tf
+
+    class Ranker(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2, 2], tf.float32, name="image")])
+        def serve(self, image):  # type: ignore[no-untyped-def]
+            return {"scores": tf.reshape(image, [-1, 4]), "name": tf.constant([b"ranker"])}
+
+    module = Ranker()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def test_cortex_tensorflow_examples_run_unmodified(inproc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("tensorflow", reason="pip install tensorflow-cpu (the tensorflow extra; CI installs it)")
+    _iris_saved_model(tmp_path / "iris" / "1")
+    (tmp_path / "iris.py").write_text(IRIS_TF_PREDICTOR)
+    iris = inproc(
+        tmp_path / "iris.py",
+        predictor_type="tensorflow",
+        models={"path": "iris"},
+        project_root=str(tmp_path),
+    )
+    flower = {"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.4, "petal_width": 0.3}  # sample.json
+    answer = iris.post(json=flower).json()
+    assert answer["label"] == "setosa"
+    assert answer["raw"]["class_ids"] == ["0"]  # int64 as TF Serving's JSON wrote it
+    assert len(answer["raw"]["probabilities"]) == 3 and answer["raw"]["probabilities"][0] > 0.5
+    assert iris.post(json={**flower, "petal_length": 6.1}).json()["label"] == "virginica"
+    missing = iris.post(json={"sepal_length": 5.2})
+    assert missing.status_code == 400 and "petal_length" in missing.json()["error"]
+    words = iris.post(json={**flower, "petal_width": "wide"})
+    assert words.status_code == 400 and "does not fit the model" in words.json()["error"]
+
+    # the multi-model layout: several SavedModels by name, chosen per request
+    _iris_saved_model(tmp_path / "many" / "iris" / "1")
+    _ranking_saved_model(tmp_path / "many" / "ranker" / "1")
+    (tmp_path / "ranking.py").write_text(RANKING_TF_PREDICTOR)
+    many = inproc(
+        tmp_path / "iris.py",
+        predictor_type="tensorflow",
+        models={"dir": "many"},
+        project_root=str(tmp_path),
+    )
+    assert many.post(json=flower, params={"model": "iris"}).json()["label"] == "setosa"
+    ranking = inproc(
+        tmp_path / "ranking.py",
+        predictor_type="tensorflow",
+        models={"dir": "many"},
+        project_root=str(tmp_path),
+    )
+    # a flat image is reshaped to the declared [None, 2, 2]; scores come back flat for np.argsort
+    ranked = ranking.post(json={"image": [0.1, 0.9, 0.3, 0.7]}).json()
+    assert ranked == {"top": [1, 3], "name": [base64.b64encode(b"ranker").decode()]}

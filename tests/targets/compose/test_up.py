@@ -162,6 +162,7 @@ def test_failing_replica_shows_its_error(project: tuple[Path, str, int]) -> None
     # error and in `stack status`, as the local target shows it.
     said = r"failed to start \(state \w+, exit code \d+\): /app/predictor\.py:3: Predictor\.__init__ failed"
     assert re.search(said, result.stderr), result.stderr
+
     def shown() -> dict:
         return json.loads(stack("status", "--json", str(root), cwd=root).stdout)["apis"][0]
 
