@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from serving.affinity import AffinityTracker
 from serving.calls import Apis, Upstreams
 from serving.codec import error_response
 from serving.config import ServingConfig
@@ -58,6 +59,14 @@ class Replica:
         threads = max(config.threads_per_process, config.batching.max_in_flight if config.batching else 0)
         self._pool = PredictPool(threads, on_start=self.metrics.queued.dec if self._count_gauges else None)
         self.predictions = Predictions(config, self.metrics, self._pool, self._count_gauges)
+        if config.affinity is not None:
+            kind, name = config.affinity
+            self.predictions.affinity = AffinityTracker(
+                (kind, name),
+                loaded=lambda: self.models.loaded_names() if self.models is not None else None,
+                registry=self.metrics.registry_for_extra(),
+                api=config.api,
+            )
         self.health = Health(config, self.predictions, workers)
         if config.gpus:
             self.metrics.watch_gpus()  # utilization and memory of its GPU(s), where NVML answers
@@ -218,6 +227,8 @@ class Replica:
         status, body = self.health.document()
         body["ready"] = self.is_ready()
         body["keys"] = self.predictions.keys.generation_now()
+        if self.predictions.affinity is not None:
+            body["affinity"] = self.predictions.affinity.report()
         return web.json_response(body, status=status)
 
     async def handle_ready(self, request: web.Request) -> web.Response:

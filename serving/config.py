@@ -88,6 +88,9 @@ class ServingConfig:
     # Cortex's model monitoring: {"model_type": "classification" | "regression", "key": field} or None.
     monitoring: dict[str, str] | None = None
     tracing: TracingConfig | None = None  # None: nothing of tracing is imported or runs
+    # networking.affinity as ["query", NAME] or ["header", NAME]: the replica reports what it serves of each
+    # value (serving.affinity) for the gateway's model affinity; None: none.
+    affinity: list[str] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServingConfig:

@@ -85,6 +85,10 @@ class _Answered:
 class ApiMetrics:
     """The metrics of one API, bound to their label once so the hot path skips label lookups."""
 
+    def registry_for_extra(self) -> CollectorRegistry | None:
+        """Where another module's metrics of this replica go (None in multiprocess mode: the files)."""
+        return None if MULTIPROCESS else self.registry
+
     def __init__(self, api: str, registry: CollectorRegistry | None = None) -> None:
         self.api = api
         self.registry = registry if registry is not None else CollectorRegistry()

@@ -185,6 +185,11 @@ class ModelStore:
                 for name, versions in sorted(self._available.items())
             }
 
+    def loaded_names(self) -> set[str]:
+        """The models with a version in memory now (what the replica reports it holds: serving.affinity)."""
+        with self._lock:
+            return {name for name, _version in self._memory}
+
     def get(self, name: str | None, version: str | int = LATEST) -> Any:
         name = self._name(name)
         version = str(version)

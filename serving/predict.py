@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from serving import tracing
+from serving.affinity import AffinityTracker
 from serving.calls import CURRENT, TIMEOUT_HEADER, RequestContext
 from serving.codec import QueryParams, encode, encode_any, error_response, read_payload
 from serving.config import ServingConfig
@@ -69,6 +70,7 @@ class Predictions:
         self._tracer = tracing.start(config, replica_name())  # None unless stack.yaml turns tracing on
         self._dispatch = Dispatch(pool, metrics, self._tracer, count_gauges)  # how a payload reaches predict
         self._post = PostPredict(pool, self._tracer)
+        self.affinity: AffinityTracker | None = None  # networking.affinity: what it serves of each value
         self.flights = Flights()  # the requests past admission: what a stuck replica answers (serving.health)
         self._timed = False  # predict is a plain async def: its run is timed in its Flight (stuck detection)
 
@@ -215,6 +217,7 @@ class Predictions:
         if self._count_gauges:
             self.metrics.in_flight.inc()
         token = _enter(request, request_id, timeout) if self._calls else None
+        tracked = self.affinity.begin(request) if self.affinity is not None else None
         task = asyncio.current_task()
         flight = Flight(request_id, request, time.monotonic() if self._timed else None)
         if task is not None:
@@ -250,6 +253,8 @@ class Predictions:
                 self.flights.remove(task)
             if token is not None:
                 CURRENT.reset(token)
+            if tracked is not None and self.affinity is not None:
+                self.affinity.end(tracked)
             self.in_flight -= 1
             if self._count_gauges:
                 self.metrics.in_flight.dec()

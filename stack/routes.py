@@ -13,6 +13,7 @@ the internal network, where Prometheus and the health checks use them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -56,6 +57,10 @@ class Route:
     max_body: int | None = None
     jobs: str | None = None  # a BatchAPI: its requests (job submissions) go to the controller, never a replica
     api: str = ""  # the API's name in stack.yaml (its key in the upstreams file)
+    # networking.affinity: ("query", "model") or ("header", "X-Model"), and each value's servers (a subset of
+    # `servers`, stack.control.affinity): a router per value sends its requests there.
+    affinity: tuple[str, str] | None = None
+    pins: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ def _too_large(
     routers[f"{name}-too-large"] = {
         "entryPoints": list(ENTRYPOINTS),
         "rule": too_large_rule(endpoint, limit),
-        "priority": len(router_rule(endpoint)) + 1,
+        "priority": len(router_rule(endpoint)) + 2,  # above its affinity routers too
         "service": name,
         "middlewares": ([f"{name}-too-large-json"] if json else []) + [f"{name}-body-limit"],
     }
@@ -146,6 +151,35 @@ def _too_large(
         middlewares[f"{name}-too-large-json"] = {
             "errors": {"status": ["413"], "service": ERRORS, "query": f"{TOO_LARGE}/{limit}"}
         }
+
+
+def pin_name(router: str, value: str) -> str:
+    """The router and service of one affinity value (a digest: values may hold any routable character)."""
+    return f"{router}-affinity-{hashlib.blake2b(value.encode(), digest_size=6).hexdigest()}"
+
+
+def affinity_rule(endpoint: str, affinity: tuple[str, str], value: str) -> str:
+    kind, key = affinity
+    matcher = f"Query(`{key}`, `{value}`)" if kind == "query" else f"Header(`{key}`, `{value}`)"
+    return f"({router_rule(endpoint)}) && {matcher}"
+
+
+def _pins(route: Route, middlewares: list[str], routers: dict[str, Any], services: dict[str, Any]) -> None:
+    """One router per affinity value, just above the API's own (and below its too-large router and any
+    longer endpoint's), over the value's servers."""
+    assert route.affinity is not None
+    for value, servers in route.pins:
+        if "`" in value or not servers:
+            continue
+        name = pin_name(route.router, value)
+        routers[name] = {
+            "entryPoints": list(ENTRYPOINTS),
+            "rule": affinity_rule(route.endpoint, route.affinity, value),
+            "priority": len(router_rule(route.endpoint)) + 1,
+            "service": name,
+            "middlewares": list(middlewares),
+        }
+        services[name] = {"loadBalancer": {"servers": [{"url": url} for url in servers], "strategy": route.strategy}}
 
 
 def dynamic_config(
@@ -176,6 +210,8 @@ def dynamic_config(
             # on the service (preservePath), so requests reaching it through a splitter wake it too.
             servers = [{"url": empty_url(route, errors_url), "preservePath": True}]
         services[name] = {"loadBalancer": {"servers": servers, "strategy": route.strategy}}
+        if route.affinity is not None and route.servers:
+            _pins(route, routers[name]["middlewares"], routers, services)
         if route.max_body is not None:
             _too_large(name, route.endpoint, route.max_body, routers, middlewares, json=errors_url is not None)
     limits = {route.router: route.max_body for route in routes}

@@ -120,6 +120,9 @@ class ApiStatus:
     # Why the last `stack up`'s rollout of this API was rolled back (it runs its old version again); "" if not.
     rolled_back: str = ""
     gpu_slots: int = 0  # a GPU API's placed replica slots: the most replicas it can have on this host
+    # networking.affinity: {"models": {value: [replica]}, "held": {replica: [value]}, "in_flight": {value: n},
+    # "hit_ratio": 0..1 | None} (stack.control.routing.GatewayRoutes.affinity_status); None: no affinity.
+    affinity: dict[str, Any] | None = None
 
     @property
     def at_gpu_capacity(self) -> bool:

@@ -4,6 +4,7 @@ with one API its replicas, events and the autoscaler's decisions. (`--json` prin
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -160,7 +161,26 @@ def show_status(
     click.echo("\n" + tabulate(replicas, headers=[*headers, "last event"]))
     if api.events:
         click.echo("\nrecent events:\n" + "\n".join(f"  {e}" for e in api.events))
+    if api.affinity is not None:
+        _show_affinity(api.affinity)
     _show_decisions(api)
+
+
+def _show_affinity(affinity: dict[str, Any]) -> None:
+    """Each affinity value's replicas (networking.affinity), what each replica holds, and the hit ratio."""
+    ratio = affinity.get("hit_ratio")
+    shown = "-" if ratio is None else f"{ratio:.0%}"
+    click.echo(f"\naffinity: hit ratio {shown} (requests whose replica held their value when they arrived)")
+    in_flight = affinity.get("in_flight", {})
+    rows = [
+        [value, ", ".join(replicas), in_flight.get(value, 0)] for value, replicas in affinity.get("models", {}).items()
+    ]
+    if rows:
+        from tabulate import tabulate
+
+        click.echo(tabulate(rows, headers=["value", "routed to", "in flight"]))
+    for replica, values in affinity.get("held", {}).items():
+        click.echo(f"  {replica} holds: {', '.join(values) or '-'}")
 
 
 def _uptime(seconds: float | None) -> str:

@@ -62,6 +62,7 @@ class Health:
     status: str = "unknown"  # alive | stuck | unhealthy | unknown (never answered)
     reason: str = ""
     keys: str = ""  # the generation of the API keys file it applies (serving.keys)
+    answered_ready: bool = False  # its last answer said ready (kept while it is silent)
     asked: float = 0.0  # monotonic time of its last probe
 
     @property
@@ -122,6 +123,8 @@ class Liveness:
     health: dict[str, Health] = field(default_factory=dict)  # Probed.key -> what its probes said
     replaced: set[str] = field(default_factory=set)  # the keys of replicas already handed to `replace`
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a readiness or suspicion changed
+    # A replica's affinity report (serving.affinity) goes here; True: the values it holds changed (routes too).
+    on_affinity: Callable[[Probed, dict[str, object]], bool] | None = None
 
     def of(self, key: str) -> Health | None:
         """What the probes said of a replica (by `Probed.key`)."""
@@ -135,6 +138,13 @@ class Liveness:
     def ready(self, key: str) -> bool:
         health = self.health.get(key)
         return health is not None and health.ready and health.status == "alive" and not health.suspect
+
+    def only_silent(self, key: str) -> bool:
+        """Ready when it last answered, and since then only silent (not stuck, not unhealthy). When every
+        replica of an API is like this, the fleet routes them anyway (a machine too busy to answer probes
+        in time is no reason to answer every request 503): Envoy's panic threshold, at 100%."""
+        health = self.health.get(key)
+        return health is not None and health.suspect and health.status == "alive" and health.answered_ready
 
     async def run(self, stopping: asyncio.Event) -> None:
         own = self.session is None
@@ -200,6 +210,10 @@ class Liveness:
             health.status = str(body.get("status", "unknown"))
             health.reason = str(body.get("reason", ""))
             health.ready = bool(body.get("ready")) and health.status == "alive"
+            health.answered_ready = health.ready
             health.keys = str(body.get("keys", ""))
+            report = body.get("affinity")
+            if isinstance(report, dict) and self.on_affinity is not None and self.on_affinity(target, report):
+                self.changed.set()
         if (health.ready, health.suspect, health.status) != before:
             self.changed.set()

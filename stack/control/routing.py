@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from stack import routes
+from stack.control.affinity import ApiAffinity
 from stack.control.autoscale.config import AutoscalerConfig, RoutedApi
 from stack.routes import Route, Split
 from stack.splits import applied
@@ -98,6 +99,7 @@ class GatewayRoutes:
         self.canaries = canaries  # weights the splitters' canaries set now
         self.clock = clock
         self.servers: dict[str, tuple[str, ...]] = {}  # API -> serving replicas, as last published
+        self.pins: dict[str, dict[str, tuple[str, ...]]] = {}  # API -> affinity value -> its servers, as published
         self._lock = threading.Lock()
         self._overrides: Weights = {}
         self._overrides_at = -OVERRIDES_EVERY
@@ -107,9 +109,44 @@ class GatewayRoutes:
         """A `stack up` changed the APIs or splitters."""
         self.config = config
         self.apis: dict[str, RoutedApi] = {api.name: api for api in config.routed}
+        before = getattr(self, "affinity", {})
+        self.affinity: dict[str, ApiAffinity] = {}
+        for api in config.routed:
+            if api.affinity is not None:
+                kept = before.get(api.name)
+                self.affinity[api.name] = kept or ApiAffinity(api.spread_at)
+                self.affinity[api.name].spread_at = api.spread_at
+
+    def affinity_status(self, api: str, names: Mapping[str, str]) -> dict[str, object] | None:
+        """`stack status`'s view of an API's affinity: each value's replicas, what each replica holds, the
+        hit ratio; `names`: server URL -> replica id."""
+        affinity = self.affinity.get(api)
+        if affinity is None:
+            return None
+        with self._lock:
+            pins = dict(self.pins.get(api, {}))
+            held = affinity.held()
+            ratio = affinity.hit_ratio()
+            loads = dict(affinity.loads)
+        return {
+            "models": {v: [names.get(url, url) for url in urls] for v, urls in sorted(pins.items())},
+            "held": {names.get(url, url): values for url, values in sorted(held.items())},
+            "in_flight": {v: round(load, 2) for v, load in sorted(loads.items()) if load > 0},
+            "hit_ratio": None if ratio is None else round(ratio, 3),
+        }
+
+    def observe(self, api: str, server: str, report: Mapping[str, object]) -> bool:
+        """A replica's affinity report (its /healthz); True when the values it holds changed."""
+        with self._lock:  # the Compose controller publishes from a worker thread
+            affinity = self.affinity.get(api)
+            return affinity.observe(server, report) if affinity is not None else False
 
     def route(self, api: RoutedApi, servers: Collection[str] = ()) -> Route:
         activate = api.name if api.scale_to_zero else None
+        affinity = self.affinity.get(api.name)
+        pins = affinity.routes(sorted(servers)) if affinity is not None and servers else {}
+        if affinity is not None:
+            self.pins[api.name] = pins
         return Route(
             api.router,
             api.endpoint,
@@ -118,6 +155,8 @@ class GatewayRoutes:
             strategy=api.load_balancer,
             max_body=api.max_body_size,
             api=api.name,
+            affinity=api.affinity,
+            pins=tuple(sorted(pins.items())),
         )
 
     def table(self, servers: Mapping[str, Collection[str]]) -> RouteTable:

@@ -26,6 +26,8 @@ them from the targets' table, as `open_target` picks a target.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import signal
 from collections.abc import Callable
@@ -38,6 +40,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from stack.atomic import write_text_atomic
 from stack.control.activator import Activator, Waker
 from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.control.autoscale.loop import Autoscaler, SignalSource
@@ -57,6 +60,7 @@ from stack.splits import member_services
 from stack.status import SplitterStatus
 
 LOGGER = logging.getLogger("stack.control")
+AFFINITY_EVERY = 2.0  # seconds between writes of the affinity status file (when it changed)
 Address = tuple[str, int]
 
 
@@ -117,6 +121,7 @@ class Adapters:
     batch: BatchWorkers | None = None  # BatchAPI jobs: their queue and how their workers start
     prometheus_url: Callable[[], str | None] = lambda: None  # for the dashboard (stack.control.dashboard); it may move
     dashboard_keys: Callable[[], list[bytes]] | None = None  # Nomad: the dashboard is behind the gateway, with a key
+    affinity_file: Path | None = None  # where the affinity APIs' status is written for `stack status` (Compose)
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,11 @@ class ControlPlane:
             state_file=adapters.decisions,
             activity=self.activator.last_request.get,
         )
-        self.liveness = Liveness(adapters.fleet.probe_targets, adapters.fleet.replace)
+        self.liveness = Liveness(
+            adapters.fleet.probe_targets,
+            adapters.fleet.replace,
+            on_affinity=lambda replica, report: self.routes.observe(replica.api, replica.url, report),
+        )
         self.config = config
         self.jobs: JobManager | None = None
         if adapters.batch is not None:
@@ -180,6 +189,30 @@ class ControlPlane:
     def status(self) -> dict[str, dict[str, object]]:
         """The autoscaler's last decisions per API, as `stack status` shows them."""
         return self.autoscaler.status()
+
+    def affinity(self) -> dict[str, dict[str, object]]:
+        """Each affinity API's values and replicas (stack.control.affinity), as `stack status` shows them."""
+        names = {p.url: p.replica for p in self.adapters.fleet.probe_targets()}
+        out = {}
+        for api in self.routes.affinity:
+            shown = self.routes.affinity_status(api, names)
+            if shown is not None:
+                out[api] = shown
+        return out
+
+    async def _write_affinity(self, path: Path, stopping: asyncio.Event) -> None:
+        """Where the host's `stack status` reads it (the Compose controller's shared state directory)."""
+        written = None
+        while not stopping.is_set():
+            try:
+                text = json.dumps(self.affinity(), sort_keys=True)
+                if text != written:
+                    write_text_atomic(path, text)
+                    written = text
+            except OSError as exc:
+                LOGGER.warning(f"cannot write {path}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), AFFINITY_EVERY)
 
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
@@ -222,6 +255,7 @@ class ControlPlane:
                 self.liveness.run(stopping),
                 self.autoscaler.run(stopping),
                 self.canary.run(stopping),
+                *([self._write_affinity(self.adapters.affinity_file, stopping)] if self.adapters.affinity_file else []),
                 *([self.jobs.run(stopping)] if self.jobs is not None else []),
             )
         finally:

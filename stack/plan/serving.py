@@ -90,6 +90,7 @@ def replica_config(
         calls=list(api.calls),
         upstreams_file=upstreams_file if api.calls else None,
         tracing=tracing,
+        affinity=list(api.networking.affinity.source) if api.networking.affinity is not None else None,
     )
 
 

@@ -73,6 +73,13 @@ class Splitter(Strict):
     def endpoint(self) -> str:
         return self.networking.endpoint or f"/{self.name}"
 
+    @field_validator("networking")
+    @classmethod
+    def _no_affinity(cls, networking: Networking) -> Networking:
+        if networking.affinity is not None:
+            raise ValueError("affinity applies to an API: set networking.affinity on the APIs the splitter lists")
+        return networking
+
     @model_validator(mode="after")
     def _weights(self) -> Splitter:
         if not any(a.weight > 0 for a in self.apis):

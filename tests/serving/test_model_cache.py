@@ -114,10 +114,11 @@ def test_compose_mounts_one_model_cache_into_every_replica(tmp_path: Path) -> No
     (root / "models").mkdir()
     compose = yaml.safe_load(plan_compose(load_spec(root), root / "out").files["compose.yaml"])
     services = {s.split("-")[0]: v for s, v in compose["services"].items() if s[:2] in ("a-", "b-", "c-")}
-    keys = "./keys:/run/stack-keys:ro"  # every replica mounts the API keys' directory
-    assert services["a"]["volumes"] == [keys, "model-cache:/model-cache"] and "model-cache" in compose["volumes"]
-    assert services["b"]["volumes"] == [keys, "/srv/models:/model-cache"]
-    assert services["c"]["volumes"] == [keys]  # its models are in the project (and the image): nothing to download
+    # every replica mounts the API keys' directory, and where it writes why it could not start
+    keys = ["./keys:/run/stack-keys:ro", "./exits:/run/stack-exits"]
+    assert services["a"]["volumes"] == [*keys, "model-cache:/model-cache"] and "model-cache" in compose["volumes"]
+    assert services["b"]["volumes"] == [*keys, "/srv/models:/model-cache"]
+    assert services["c"]["volumes"] == keys  # its models are in the project (and the image): nothing to download
     config = json.loads(services["a"]["environment"]["STACK_SERVING_CONFIG"])
     assert config["models"]["cache_dir"] == "/model-cache"
 

@@ -45,6 +45,10 @@ class RoutedApi:
     # predictor.health_check_timeout: a serving replica whose /healthz stays silent this long is stuck
     health_check_timeout: float = 10.0
     stop_timeout: float = 40.0  # drain + grace + margin: how long an unhealthy replica gets to stop
+    # networking.affinity: ("query", NAME) or ("header", NAME), and the in-flight requests of one value a
+    # replica takes before the value spreads to another (stack.control.affinity); None: no affinity.
+    affinity: tuple[str, str] | None = None
+    spread_at: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class AutoscalerConfig:
                 a.get("max_body_size"),
                 a.get("health_check_timeout", 10.0),
                 a.get("stop_timeout", 40.0),
+                tuple(a["affinity"]) if a.get("affinity") else None,
+                a.get("spread_at", 1.0),
             )
             for a in data.get("routed", [])
         ]
@@ -123,6 +129,11 @@ def bounds_of(api: Api, per_unit: int = 1) -> Bounds:
     )
 
 
+def _spread_at(api: Api) -> float:
+    affinity = api.networking.affinity
+    return affinity.spread_at if affinity is not None and affinity.spread_at else api.target_concurrency
+
+
 def config_of(
     loaded: LoadedSpec,
     gpu_slots: dict[str, list[list[str]]] | None = None,
@@ -154,6 +165,8 @@ def config_of(
             api.predictor.max_body_size,
             api.predictor.health_check_timeout,
             api.predictor.drain_delay + api.predictor.grace_period + 5,
+            api.networking.affinity.source if api.networking.affinity is not None else None,
+            _spread_at(api),
         )
         for api in spec.apis
     ]

@@ -25,7 +25,7 @@ from stack.errors import StackError
 from stack.plan.values import ERRORS_PORT
 from stack.splits import FileSplits
 from stack.targets.compose.batch_workers import ComposeWorkers
-from stack.targets.compose.desired import DECISIONS_FILE
+from stack.targets.compose.desired import AFFINITY_FILE, DECISIONS_FILE
 from stack.targets.compose.fleet import ComposeFleet
 from stack.targets.compose.plan import COMPOSE_KEYS_FILE
 from stack.targets.compose.scaler import ComposeScaler
@@ -79,6 +79,7 @@ async def adapters(
             upstreams=control_dir / UPSTREAMS_DIR,
         ),
         decisions=state_dir / DECISIONS_FILE,
+        affinity_file=state_dir / AFFINITY_FILE,
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", ERRORS_PORT),
         prometheus_url=lambda: prometheus,

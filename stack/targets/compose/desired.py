@@ -33,6 +33,7 @@ from stack.atomic import write_json_atomic
 DESIRED_FILE = "desired.json"  # api -> {"version": ..., "replicas": n}
 MANUAL_FILE = "manual.json"
 DECISIONS_FILE = "decisions.json"
+AFFINITY_FILE = "affinity.json"  # the controller's affinity APIs: each value's replicas, hit ratio (stack status)
 RESTARTS_FILE = "restarts.json"  # container name -> times the controller started it again
 KILLS_FILE = "kills.json"  # container name -> {"reason": ..., "at": unix time}
 STARTS_FILE = "starts.json"  # container name -> Docker's StartedAt when the controller last saw it start

@@ -329,6 +329,15 @@ class ComposeFleet:
                 f"http://{address}:{self.port}"
                 for c in replicas
                 if c.labels["stack.api"] == api.name and self.serving(c) and (address := self._address(c))
+            ) or sorted(  # none answers its probes in time, but none is stuck either: route them all
+                f"http://{address}:{self.port}"
+                for c in replicas
+                if c.labels["stack.api"] == api.name
+                and c.status == "running"
+                and c.id not in self.stopping_ids
+                and c.id not in self.scaler.draining
+                and self.plane.liveness.only_silent(_key(c))
+                and (address := self._address(c))
             )
             self.ready_urls[api.name] = servers
             self.starting_urls[api.name] = [

@@ -18,6 +18,7 @@ from stack.status import ApiStatus, Observed, ReplicaStatus, StackStatus, api_ph
 from stack.targets import images
 from stack.targets.compose.components import components, last_kill, restarts
 from stack.targets.compose.desired import (
+    AFFINITY_FILE,
     DECISIONS_FILE,
     Kill,
     manual_apis,
@@ -40,6 +41,7 @@ def observe(loaded: LoadedSpec, engine: ComposeProject, state_dir: Path) -> Stac
     plan_dir = engine.plan_dir
     on_disk = current_versions(loaded)  # what the files would build now
     decisions = _decisions(state_dir)
+    affinity = _decisions(state_dir, AFFINITY_FILE)
     manual = manual_apis(state_dir)
     deployed = read_deployed(loaded.root)
     placement = read_placement(loaded.root / PLACEMENT_FILE)
@@ -81,6 +83,7 @@ def observe(loaded: LoadedSpec, engine: ComposeProject, state_dir: Path) -> Stac
                 events=events,
                 autoscaled=api.autoscaled and api.name not in manual,
                 autoscaler=decisions.get(api.name),
+                affinity=affinity.get(api.name) if api.networking.affinity is not None else None,
                 min_replicas=api.autoscaling.min_replicas,
                 max_replicas=api.autoscaling.max_replicas,
                 replicas=[
@@ -130,10 +133,11 @@ def _desired_count(state_dir: Path, api: str) -> int | None:
     return None if wanted is None else wanted.replicas
 
 
-def _decisions(state_dir: Path) -> dict[str, Any]:
-    """The autoscaler's last decisions per API, as it saved them in the shared state directory."""
+def _decisions(state_dir: Path, name: str = DECISIONS_FILE) -> dict[str, Any]:
+    """The autoscaler's last decisions per API (or the affinity APIs' status), as the controller saved them
+    in the shared state directory."""
     try:
-        data = json.loads((state_dir / DECISIONS_FILE).read_text())
+        data = json.loads((state_dir / name).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

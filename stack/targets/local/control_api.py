@@ -95,6 +95,7 @@ class ControlApi:
             restarts=state.restarts,
             autoscaled=state.spec.autoscaled and not state.manual,
             autoscaler=self.plane.status().get(name),
+            affinity=self.plane.affinity().get(name),
             min_replicas=bounds.min_replicas,
             max_replicas=bounds.max_replicas,
             events=list(state.events),

@@ -89,7 +89,15 @@ class LocalFleet:
 
     def routable(self) -> dict[str, set[str]]:
         """API -> the URLs of its ready replicas that answer their probes: what the gateway should route now."""
-        return {name: {r.url for r in s.ready() if not self.suspect(r)} for name, s in self.apis.items()}
+        routed = {}
+        for name, api in self.apis.items():
+            routed[name] = {r.url for r in api.ready() if not self.suspect(r)} or {
+                # none answers its probes in time, but none is stuck either: route them all (Liveness.only_silent)
+                r.url
+                for r in api.ready()
+                if self.liveness is not None and self.liveness.only_silent(r.id)
+            }
+        return routed
 
     def suspect(self, replica: Replica) -> bool:
         """Its probes say no request should go to it (silent, stuck, unhealthy or not ready)."""

@@ -80,7 +80,7 @@ job "echo-autoscaler" {
       env {
         # The task has its own network namespace: reach the agent on this node's address.
         NOMAD_ADDR = "http://${attr.unique.network.ip-address}:4646"
-        STACK_AUTOSCALER_CONFIG = "{\"apis\":[{\"bounds\":{\"downscale_stabilization\":300.0,\"downscale_tolerance\":0.05,\"idle_timeout\":600.0,\"max_downscale_factor\":0.75,\"max_replicas\":4,\"max_upscale_factor\":1.5,\"min_replicas\":1,\"target\":1.0,\"target_gpu_utilization\":null,\"upscale_stabilization\":60.0,\"upscale_tolerance\":0.05,\"window\":60.0},\"gpu_slots\":[],\"name\":\"echo\",\"stop_timeout\":40.0}],\"batch\":[],\"project\":\"echo\",\"routed\":[{\"endpoint\":\"/echo\",\"gpu_slots\":[],\"health_check_timeout\":10.0,\"load_balancer\":\"p2c\",\"max_body_size\":16777216,\"name\":\"echo\",\"router\":\"echo-echo\",\"scale_to_zero\":false,\"stop_timeout\":40.0}],\"scrape_interval\":5.0,\"splitters\":[],\"tls\":null}"
+        STACK_AUTOSCALER_CONFIG = "{\"apis\":[{\"bounds\":{\"downscale_stabilization\":300.0,\"downscale_tolerance\":0.05,\"idle_timeout\":600.0,\"max_downscale_factor\":0.75,\"max_replicas\":4,\"max_upscale_factor\":1.5,\"min_replicas\":1,\"target\":1.0,\"target_gpu_utilization\":null,\"upscale_stabilization\":60.0,\"upscale_tolerance\":0.05,\"window\":60.0},\"gpu_slots\":[],\"name\":\"echo\",\"stop_timeout\":40.0}],\"batch\":[],\"project\":\"echo\",\"routed\":[{\"affinity\":null,\"endpoint\":\"/echo\",\"gpu_slots\":[],\"health_check_timeout\":10.0,\"load_balancer\":\"p2c\",\"max_body_size\":16777216,\"name\":\"echo\",\"router\":\"echo-echo\",\"scale_to_zero\":false,\"spread_at\":1.0,\"stop_timeout\":40.0}],\"scrape_interval\":5.0,\"splitters\":[],\"tls\":null}"
       }
 
       resources {

@@ -1,0 +1,180 @@
+"""Model affinity: which replicas each value of an API's affinity key goes to (`networking.affinity`).
+
+Traefik cannot hash a query parameter or a header to a server, but it can match one: the controller
+decides where each value goes, and the routes give every value its own router (`Query(model, iris)` or
+`Header(X-Model, iris)`) over those replicas. A request without a value, or with one not seen yet, is
+balanced as usual; the replica that gets it reports the value, and within a probe (2 s) it is routed.
+
+How a value's replicas are chosen (`assign`, a pure function):
+- Rendezvous (highest random weight) hashing ranks the ready replicas for each value; a value goes to
+  the first of its ranking. Adding or removing a replica moves only the values that rank it first.
+- Load-aware: a value with `load` requests in flight on average spreads over ceil(load / spread_at)
+  replicas (its first ones in the ranking), and back once it cools (`Spread`: at once when hotter,
+  after `COOL_AFTER` seconds when cooler).
+- Bounded: a replica already given more than `BOUND` times the mean load per replica (and more than one
+  replica's `spread_at`) is skipped for the next value, so hot values never pile up on one replica while
+  others idle. Light traffic is never moved: the bound only binds when replicas are busy.
+
+The values come from the replicas' `/healthz` (serving.affinity): what they hold and what they served,
+with each value's busy seconds, turned here into mean requests in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+BOUND = 1.25  # a replica takes at most this times the mean load (consistent hashing with bounded loads)
+COOL_AFTER = 30.0  # seconds a value must stay cooler before it gives a replica back
+FORGET_AFTER = 600.0  # seconds a value held by no replica and not requested stays routed
+MAX_VALUES = 1000  # routers at most per API (the busiest values)
+# Values the gateway's rules can carry verbatim (anything else is balanced as usual).
+ROUTABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+=-]{0,127}")
+
+
+def rank(value: str, servers: Sequence[str]) -> list[str]:
+    """The servers by rendezvous weight for `value`, highest first (stable across processes)."""
+
+    def weight(server: str) -> bytes:
+        return hashlib.blake2b(f"{value}\0{server}".encode(), digest_size=8).digest()
+
+    return sorted(servers, key=weight, reverse=True)
+
+
+def assign(
+    loads: Mapping[str, float], spread: Mapping[str, int], servers: Sequence[str], spread_at: float
+) -> dict[str, tuple[str, ...]]:
+    """Each value's servers: its `spread[value]` (at least 1) first servers in its ranking, skipping any
+    server already past the bound."""
+    if not servers:
+        return {}
+    total = sum(loads.get(v, 0.0) for v in spread)
+    bound = max(BOUND * total / len(servers), spread_at)
+    given: dict[str, float] = dict.fromkeys(servers, 0.0)
+    out: dict[str, tuple[str, ...]] = {}
+    # The busiest first: they have the fewest good choices; ties by name, so the answer is stable.
+    for value in sorted(spread, key=lambda v: (-loads.get(v, 0.0), v)):
+        want = max(1, min(spread[value], len(servers)))
+        ranked = rank(value, servers)
+        share = loads.get(value, 0.0) / want
+        chosen = [s for s in ranked if given[s] + share <= bound][:want]
+        if len(chosen) < want:  # everyone is past the bound: the least loaded of its ranking
+            rest = sorted((s for s in ranked if s not in chosen), key=lambda s: given[s])
+            chosen += rest[: want - len(chosen)]
+        for server in chosen:
+            given[server] += share
+        out[value] = tuple(chosen)
+    return out
+
+
+@dataclass
+class _Seen:
+    busy: float  # the replica's busy seconds of the value, as last read
+    at: float
+
+
+@dataclass
+class Spread:
+    """How many replicas one value is spread over now, with hysteresis."""
+
+    count: int = 1
+    cooler_since: float | None = None
+
+    def update(self, load: float, spread_at: float, replicas: int, now: float) -> int:
+        wanted = max(1, min(replicas, math.ceil(load / spread_at - 1e-9))) if load > 0 else 1
+        if wanted > self.count:
+            self.count, self.cooler_since = wanted, None
+        elif wanted < self.count:
+            if self.cooler_since is None:
+                self.cooler_since = now
+            elif now - self.cooler_since >= COOL_AFTER:
+                self.count, self.cooler_since = self.count - 1, None
+        else:
+            self.cooler_since = None
+        self.count = min(self.count, max(replicas, 1))
+        return self.count
+
+
+@dataclass
+class ApiAffinity:
+    """One API's values: their loads from the replicas' reports, their spread, and where they go."""
+
+    spread_at: float
+    clock: Callable[[], float] = time.monotonic
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # server URL -> its last report
+    loads: dict[str, float] = field(default_factory=dict)  # value -> mean requests in flight, stack-wide
+    spreads: dict[str, Spread] = field(default_factory=dict)
+    last_wanted: dict[str, float] = field(default_factory=dict)  # value -> when last held or requested
+    hits: dict[str, tuple[int, int]] = field(default_factory=dict)  # server URL -> (hits, misses) reported
+    _seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)  # (server, value) -> busy last read
+    _per_server: dict[tuple[str, str], float] = field(default_factory=dict)  # (server, value) -> load
+
+    def observe(self, server: str, report: Mapping[str, Any]) -> bool:
+        """A replica's report (serving.affinity); True when its held values changed."""
+        now = self.clock()
+        before = self.reports.get(server, {}).get("held")
+        self.reports[server] = dict(report)
+        busy = report.get("busy") if isinstance(report.get("busy"), dict) else {}
+        assert isinstance(busy, dict)
+        for value, seconds in busy.items():
+            if not isinstance(seconds, int | float):
+                continue
+            seen = self._seen.get((server, value))
+            if seen is not None and now > seen.at:
+                # A value's busy seconds only grow; a restart (or another worker process answering) reads
+                # lower: no load is made of it.
+                self._per_server[(server, value)] = max(0.0, seconds - seen.busy) / (now - seen.at)
+            self._seen[(server, value)] = _Seen(float(seconds), now)
+            if seen is None or seconds > seen.busy:
+                self.last_wanted[value] = now
+        held = report.get("held") if isinstance(report.get("held"), list) else []
+        assert isinstance(held, list)
+        for value in held:
+            self.last_wanted[str(value)] = now
+        hits, misses = report.get("hits"), report.get("misses")
+        if isinstance(hits, int) and isinstance(misses, int):
+            self.hits[server] = (hits, misses)
+        return before != held
+
+    def forget(self, servers: Sequence[str]) -> None:
+        """Only these replicas are left: the reports of the others go."""
+        keep = set(servers)
+        for server in [s for s in self.reports if s not in keep]:
+            del self.reports[server]
+            self.hits.pop(server, None)
+        for key in [k for k in self._seen if k[0] not in keep]:
+            del self._seen[key]
+            self._per_server.pop(key, None)
+
+    def routes(self, servers: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """Each routable value's servers among `servers` (the ready replicas) now."""
+        now = self.clock()
+        self.forget(servers)
+        for value in [v for v, at in self.last_wanted.items() if now - at > FORGET_AFTER]:
+            del self.last_wanted[value]
+            self.spreads.pop(value, None)
+        loads: dict[str, float] = {}
+        for (_server, value), load in self._per_server.items():
+            loads[value] = loads.get(value, 0.0) + load
+        self.loads = loads
+        values = [v for v in self.last_wanted if ROUTABLE.fullmatch(v)]
+        values = sorted(values, key=lambda v: (-loads.get(v, 0.0), v))[:MAX_VALUES]
+        spread = {
+            v: self.spreads.setdefault(v, Spread()).update(loads.get(v, 0.0), self.spread_at, len(servers), now)
+            for v in values
+        }
+        return assign(loads, spread, sorted(servers), self.spread_at)
+
+    def hit_ratio(self) -> float | None:
+        hits = sum(h for h, _m in self.hits.values())
+        total = hits + sum(m for _h, m in self.hits.values())
+        return hits / total if total else None
+
+    def held(self) -> dict[str, list[str]]:
+        """Server URL -> the values it reports holding."""
+        return {server: [str(v) for v in report.get("held", [])] for server, report in self.reports.items()}

@@ -1,0 +1,122 @@
+"""Model affinity's decisions (stack.control.affinity) and the routes they make, without a stack."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import yaml
+
+from serving.affinity import AffinityTracker
+from stack import routes
+from stack.control.affinity import COOL_AFTER, ApiAffinity, Spread, assign, rank
+
+SERVERS = [f"http://10.0.0.{i}:8888" for i in range(1, 5)]
+MODELS = [f"model-{i}" for i in range(200)]
+
+
+def test_each_value_goes_to_its_first_ranked_replica_and_a_new_replica_takes_only_its_share() -> None:
+    before = assign({}, dict.fromkeys(MODELS, 1), SERVERS, spread_at=4)
+    assert all(servers == (rank(v, SERVERS)[0],) for v, servers in before.items())
+    spread = Counter(servers[0] for servers in before.values())
+    assert len(spread) == 4 and min(spread.values()) > 25  # every replica gets a fair share of the values
+    fifth = "http://10.0.0.5:8888"
+    after = assign({}, dict.fromkeys(MODELS, 1), [*SERVERS, fifth], spread_at=4)
+    moved = [v for v in MODELS if after[v] != before[v]]
+    assert moved and all(after[v] == (fifth,) for v in moved)  # only to the new one
+    assert len(moved) < len(MODELS) * 0.35  # about a fifth
+    # one replica leaving: only its values move
+    gone = SERVERS[0]
+    left = assign({}, dict.fromkeys(MODELS, 1), SERVERS[1:], spread_at=4)
+    assert all(left[v] == before[v] for v in MODELS if before[v] != (gone,))
+
+
+def test_a_hot_value_spreads_over_more_replicas_and_never_piles_up() -> None:
+    loads = {"hot": 7.0, "warm": 1.0, "cold": 0.1}
+    chosen = assign(loads, {"hot": 4, "warm": 1, "cold": 1}, SERVERS, spread_at=2)
+    assert len(chosen["hot"]) == 4 and len(chosen["warm"]) == 1
+    # Many busy values ranked onto one replica: the bound sends some elsewhere.
+    first = SERVERS[0]
+    same = [v for v in MODELS if rank(v, SERVERS)[0] == first][:8]
+    loads = dict.fromkeys(same, 2.0)
+    placed = assign(loads, dict.fromkeys(same, 1), SERVERS, spread_at=2)
+    per_server = Counter(s for servers in placed.values() for s in servers)
+    assert per_server[first] * 2.0 <= 1.25 * 16 / 4 + 2  # within the bound
+    assert len(per_server) > 1
+    # Light traffic is never moved off its first replica.
+    light = assign(dict.fromkeys(same, 0.2), dict.fromkeys(same, 1), SERVERS, spread_at=2)
+    assert all(servers == (first,) for servers in light.values())
+
+
+def test_a_value_cools_back_only_after_a_while() -> None:
+    spread = Spread()
+    assert spread.update(load=5, spread_at=2, replicas=4, now=0) == 3
+    assert spread.update(load=9, spread_at=2, replicas=4, now=1) == 4  # capped at the replicas
+    assert spread.update(load=1, spread_at=2, replicas=4, now=2) == 4  # cooler: not yet
+    assert spread.update(load=1, spread_at=2, replicas=4, now=2 + COOL_AFTER) == 3
+    assert spread.update(load=1, spread_at=2, replicas=2, now=3 + COOL_AFTER) == 2  # a replica left
+
+
+def test_reports_become_loads_and_routes() -> None:
+    now = [100.0]
+    affinity = ApiAffinity(spread_at=1.0, clock=lambda: now[0])
+    assert affinity.observe(SERVERS[0], {"held": ["a"], "busy": {"a": 10.0, "b": 1.0}, "hits": 3, "misses": 1})
+    now[0] += 2
+    assert not affinity.observe(SERVERS[0], {"held": ["a"], "busy": {"a": 16.0, "b": 1.0}, "hits": 9, "misses": 1})
+    table = affinity.routes(SERVERS)
+    assert affinity.loads["a"] == 3.0 and affinity.loads["b"] == 0.0
+    assert len(table["a"]) == 3 and len(table["b"]) == 1  # 3 in flight, one per replica
+    assert affinity.hit_ratio() == 0.9
+    # values with characters a rule cannot carry are not routed; a replica gone takes its report along
+    affinity.observe(SERVERS[1], {"held": ["we`ird", "c"], "busy": {}, "hits": 0, "misses": 0})
+    assert "we`ird" not in affinity.routes(SERVERS) and "c" in affinity.routes(SERVERS)
+    affinity.routes(SERVERS[2:])
+    assert set(affinity.reports) == set()
+
+
+def test_routes_give_each_value_a_router_above_the_apis_own() -> None:
+    route = routes.Route(
+        "p-classify",
+        "/classify",
+        tuple(SERVERS),
+        api="classify",
+        affinity=("query", "model"),
+        pins=(("iris", (SERVERS[1],)), ("wine", (SERVERS[2], SERVERS[3]))),
+        max_body=1000,
+    )
+    config = routes.dynamic_config([route], errors_url="http://127.0.0.1:9")["http"]
+    iris = routes.pin_name("p-classify", "iris")
+    assert config["routers"][iris]["rule"].endswith("&& Query(`model`, `iris`)")
+    assert config["services"][iris]["loadBalancer"]["servers"] == [{"url": SERVERS[1]}]
+    own = len(config["routers"]["p-classify"]["rule"])
+    assert own < config["routers"][iris]["priority"] < config["routers"]["p-classify-too-large"]["priority"]
+    assert config["routers"][iris]["middlewares"] == config["routers"]["p-classify"]["middlewares"]
+    header = routes.Route("p-x", "/x", tuple(SERVERS), affinity=("header", "X-Model"), pins=(("a", (SERVERS[0],)),))
+    rendered = yaml.safe_load(routes.render([header]))
+    assert "Header(`X-Model`, `a`)" in rendered["http"]["routers"][routes.pin_name("p-x", "a")]["rule"]
+
+
+class _Request:
+    def __init__(self, model: str | None) -> None:
+        self.query = {"model": model} if model else {}
+        self.query_string = f"model={model}" if model else ""
+        self.headers: dict[str, str] = {}
+
+
+def test_a_replica_reports_what_it_holds_and_its_hits() -> None:
+    now = [0.0]
+    tracker = AffinityTracker(("query", "model"), clock=lambda: now[0])
+    first = tracker.begin(_Request("iris"))
+    now[0] += 1.5
+    tracker.end(first)
+    tracker.end(tracker.begin(_Request("iris")))
+    assert tracker.begin(_Request(None)) is None
+    running = tracker.begin(_Request("wine"))
+    now[0] += 0.5
+    report = tracker.report()
+    assert report == {"held": ["iris", "wine"], "busy": {"iris": 1.5, "wine": 0.5}, "hits": 1, "misses": 2}
+    tracker.end(running)
+    models: set[str] = {"cancer"}
+    store_backed = AffinityTracker(("query", "model"), loaded=lambda: models)
+    store_backed.end(store_backed.begin(_Request("iris")))
+    store_backed.end(store_backed.begin(_Request("cancer")))
+    assert store_backed.report()["held"] == ["cancer"] and (store_backed.hits, store_backed.misses) == (1, 1)

@@ -1,0 +1,97 @@
+"""Model affinity on the local target (networking.affinity): real Traefik, real replicas."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import requests
+from cli import stack
+from common import free_port
+from local_stack import status, unique_name
+from waits import until
+
+# Loads a model on first use (a file it writes, so a test sees each load) and keeps two.
+PREDICTOR = """
+import os
+from collections import OrderedDict
+
+
+class Predictor:
+    def __init__(self, config):
+        self.models = OrderedDict()
+        self.loads = 0
+
+    def predict(self, payload, query_params):
+        name = query_params.get("model", "none")
+        hit = name in self.models
+        if not hit:
+            self.loads += 1
+            self.models[name] = True
+            while len(self.models) > 2:
+                self.models.popitem(last=False)
+        self.models.move_to_end(name)
+        return {"pid": os.getpid(), "model": name, "hit": hit, "loads": self.loads}
+"""
+
+
+def _project(root: Path, port: int, replicas: int = 3, affinity: str = "{query: model}") -> None:
+    root.mkdir(exist_ok=True)
+    (root / "predictor.py").write_text(PREDICTOR)
+    (root / "stack.yaml").write_text(
+        f"project: {unique_name(root)}\n"
+        f"gateway: {{port: {port}}}\n"
+        "apis:\n"
+        "  - name: models\n"
+        "    predictor: {path: predictor.py}\n"
+        f"    networking: {{affinity: {affinity}}}\n"
+        f"    autoscaling: {{min_replicas: {replicas}, max_replicas: {replicas}}}\n"
+    )
+
+
+def test_each_model_goes_to_the_replica_that_holds_it(tmp_path: Path) -> None:
+    root, port = tmp_path / "aff", free_port()
+    _project(root, port)
+    stack("up", "--local", str(root), cwd=root)
+    try:
+        url = f"http://127.0.0.1:{port}/models"
+        models = [f"m{i}" for i in range(6)]
+        with requests.Session() as client:
+
+            def answers(model: str, n: int = 6) -> list[dict]:
+                return [client.post(url, params={"model": model}, json={}, timeout=10).json() for _ in range(n)]
+
+            # Until the replicas report each model (within a probe), requests are balanced as usual; then
+            # every request of a model reaches one replica.
+            def pinned() -> bool:
+                return all(len({a["pid"] for a in answers(m)}) == 1 for m in models)
+
+            until(pinned, "every model's requests on one replica", 30)
+            owners = {m: answers(m, 1)[0]["pid"] for m in models}
+            assert len(set(owners.values())) > 1  # the models are spread over the replicas
+            hits = Counter(a["hit"] for m in models for a in answers(m, 4))
+            assert hits[True] >= 0.9 * sum(hits.values()), hits
+            # A request without a model is balanced over every replica.
+            pids = {client.post(url, json={}, timeout=10).json()["pid"] for _ in range(30)}
+            assert len(pids) == 3
+            # Wrong values are balanced too, never refused.
+            assert client.post(url, params={"model": "we`ird"}, json={}, timeout=10).status_code == 200
+
+        api = until(lambda: status(root)["apis"][0], "the affinity in status", 10)
+        shown = api["affinity"]
+        assert set(models) <= set(shown["models"]), shown
+        assert shown["hit_ratio"] is not None and 0 < shown["hit_ratio"] <= 1
+        text = stack("status", "--local", "-p", str(root), "models", cwd=root).stdout
+        assert "affinity: hit ratio" in text and "m0" in text
+    finally:
+        stack("down", "--local", str(root), cwd=root, check=False)
+
+
+def test_affinity_needs_one_source(tmp_path: Path) -> None:
+    root = tmp_path / "bad"
+    _project(root, free_port(), affinity="{cookie: model}")
+    result = stack("validate", str(root), cwd=root, check=False)
+    assert result.returncode != 0 and "stack.yaml:6" in result.stderr and "affinity" in result.stderr
+    _project(root, free_port(), affinity='{query: ""}')
+    result = stack("validate", str(root), cwd=root, check=False)
+    assert "affinity.query" in result.stderr and "expected a query parameter" in result.stderr
