@@ -343,6 +343,18 @@ def read_servers(routes_dir: Path) -> dict[str, list[str]] | None:
         return None
 
 
+def provider_affinity(routes: list[Route], provider: str) -> dict[str, Any]:
+    """Affinity routers for APIs whose own router another provider defines (Nomad's catalogue: `provider` is
+    "nomad"): each value's router uses that router's middlewares, over the value's allocations."""
+    routers: dict[str, Any] = {}
+    services: dict[str, Any] = {}
+    for route in routes:
+        if route.affinity is not None and route.servers:
+            own = [f"{route.router}-strip@{provider}", f"{route.router}-retry@{provider}"]
+            _pins(route, own, routers, services)
+    return {"http": {"routers": routers, "services": services}} if routers else {}
+
+
 def activator_fallback(routes: list[Route], activator_service: str) -> dict[str, Any]:
     """Last-resort routers (priority 1) sending APIs scaled to zero to the activator.
 

@@ -46,6 +46,7 @@ class Probed:
     serving: bool  # it has been ready: it is judged (a starting one is only asked whether it is ready)
     timeout: float = 10.0  # its API's health_check_timeout
     incarnation: str = ""  # which start of it (a container restarted keeps its name): its probes start over
+    judged: bool = True  # False: only asked (its platform replaces it itself: Nomad's own checks)
 
     @property
     def key(self) -> str:
@@ -98,7 +99,7 @@ class Decision:
 
 def judge(probed: Probed, health: Health, now: float) -> Decision | None:
     """Whether a replica must be replaced, and how."""
-    if not probed.serving:
+    if not probed.serving or not probed.judged:
         return None
     if health.status == "stuck":
         return Decision(health.reason or "stuck", kill=True)

@@ -35,21 +35,21 @@ from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits
 
 
 class NomadRouteSink:
-    """The splitters' routes into the gateway's variable (`stack up --nomad` writes it, or removes it
-    when the spec has no splitter; the replicas' own routes come from Nomad's service catalogue)."""
+    """The splitters' routes and the affinity APIs' routers into the gateway's variable (`stack up --nomad`
+    writes the splitters, or removes the variable when the spec has none; the replicas' own routes come
+    from Nomad's service catalogue). The variable is read before each write: one `stack up` or `stack
+    split` rewrote is put right at the next (the affinity loop publishes every few seconds)."""
 
     def __init__(self, splits: NomadSplits) -> None:
         self.splits = splits
-        self.written: str | None = None
 
     def write(self, table: RouteTable) -> bool:
-        if not table.splits:
+        if not table.splits and not any(route.pins for route in table.routes):
             return False
-        text = splits_yaml(table.splits)
-        if text == self.written:
+        text = splits_yaml(table.splits, table.routes)
+        if text == self.splits.read_yaml():
             return False
         self.splits.write_yaml(text)
-        self.written = text
         return True
 
 

@@ -14,15 +14,24 @@ from typing import Any
 
 import nomad
 from nomad.api import exceptions
+from nomad.api.base import Requester
 
 from stack.errors import StackError, TargetError
 from stack.targets.nomad.connection import NomadSettings
+
+
+class _Service(Requester):
+    """`/v1/service/<name>`: python-nomad has no class for Nomad's own service catalogue; its request helper
+    (address, token, namespace, TLS) serves it as it serves the others."""
+
+    ENDPOINT = "service"
 
 
 class NomadApi:
     def __init__(self, settings: NomadSettings, timeout: float = 15) -> None:
         self.settings = settings
         self.client: nomad.Nomad = settings.client(timeout=timeout)
+        self._service = _Service(**self.client.requester_settings)
 
     # -- the calls ------------------------------------------------------------------------
 
@@ -95,6 +104,14 @@ class NomadApi:
     def delete_variable(self, path: str) -> None:
         with contextlib.suppress(_NotFound):
             self._call(lambda: self.client.variable.request(path, method="delete"), f"delete variable {path}")
+
+    def service(self, name: str) -> list[dict[str, Any]]:
+        """The registrations of one service in Nomad's catalogue (each allocation's address and port)."""
+        namespace = {"namespace": self.settings.namespace} if self.settings.namespace else None
+        found: list[dict[str, Any]] = self._json(
+            lambda: self._service.request(name, params=namespace, method="get"), f"read service {name}"
+        )
+        return found or []
 
     def nodes(self) -> list[dict[str, Any]]:
         stubs: list[dict[str, Any]] = self._json(lambda: self.client.nodes.request(method="get"), "list the nodes")

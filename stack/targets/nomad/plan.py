@@ -172,7 +172,10 @@ def plan(
         gateway=spec.gateway,
         read_timeout=gateway_read_timeout(spec),
         fallback=fallback.rstrip("\n"),
-        splits_variable=routes_variable(project) if splitters else None,
+        # splitters and the affinity APIs' routers per value (the controller writes them)
+        splits_variable=routes_variable(project)
+        if splitters or any(a.networking.affinity for a in spec.apis)
+        else None,
         # With TLS the file provider reads the task's secrets directory (tls.yml holds the key).
         routes_dir="secrets/routes" if spec.gateway.tls else "local/routes",
         tls_variable=tls_variable(project) if spec.gateway.tls else None,
@@ -188,8 +191,9 @@ def plan(
     )
     per_allocation = {api.name: nomad_gpu(api).replicas for api in spec.apis}
     scaling = config_of(loaded, versions=versions, per_unit=per_allocation)
-    # The autoscaler job also runs the splitters' canaries and measures their observed shares.
-    if scaling.apis or scaling.splitters or scaling.batch:
+    # The autoscaler job also runs the splitters' canaries and measures their observed shares, and routes the
+    # values of APIs with model affinity.
+    if scaling.apis or scaling.splitters or scaling.batch or any(a.affinity for a in scaling.routed):
         files[CONTROLLER_DOCKERFILE] = controller_dockerfile(loaded, env)  # `stack up --nomad` builds and pushes it
         files[f"{project}-autoscaler.nomad.hcl"] = env.get_template("nomad/autoscaler.nomad.hcl.j2").render(
             **common,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from stack.routes import Split, provider_splits
+from stack.routes import Route, Split, provider_affinity, provider_splits
 from stack.splits import SplitterConfig, applied
 
 ROUTES_ITEM = "routes"
@@ -37,6 +37,13 @@ def routes_yaml(project: str, splitters: list[SplitterConfig], overrides: Any, c
     return splits_yaml(applied(project, splitters, overrides, canaries))
 
 
-def splits_yaml(splits: tuple[Split, ...]) -> str:
-    """The variable's routes: the splitters over the services Nomad's catalogue gives Traefik."""
-    return HEADER + yaml.safe_dump(provider_splits(splits, "nomad"), sort_keys=True, default_flow_style=False)
+def splits_yaml(splits: tuple[Split, ...], routes: tuple[Route, ...] = ()) -> str:
+    """The variable's routes: the splitters over the services Nomad's catalogue gives Traefik, and the affinity
+    APIs' routers per value over their allocations (the controller keeps them current)."""
+    config = provider_splits(splits, "nomad")
+    pinned = provider_affinity(list(routes), "nomad")
+    for part in ("routers", "services", "middlewares"):
+        merged = {**config.get("http", {}).get(part, {}), **pinned.get("http", {}).get(part, {})}
+        if merged:
+            config.setdefault("http", {})[part] = merged
+    return HEADER + yaml.safe_dump(config, sort_keys=True, default_flow_style=False)

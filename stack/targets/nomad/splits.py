@@ -61,6 +61,11 @@ class NomadSplits:
             return
         self.write_yaml(routes_yaml(self.project, splitters, self.overrides(), canaries or {}))
 
+    def read_yaml(self) -> str | None:
+        """The gateway's routes as its variable holds them now (None: no variable)."""
+        items = self.api.get_variable(routes_variable(self.project))
+        return None if items is None else items.get(ROUTES_ITEM)
+
     def write_yaml(self, text: str) -> None:
         """The gateway's splitter routes (stack.targets.nomad.routes.splits_yaml) into its variable."""
         self.api.put_variable(routes_variable(self.project), {ROUTES_ITEM: text})

@@ -75,7 +75,7 @@ def nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> list
         # Nomad in Traefik's words, there being no error service beside every gateway).
         f"traefik.http.routers.{router}-too-large.entrypoints=web",
         f"traefik.http.routers.{router}-too-large.rule={too_large_rule(values['endpoint'], values['max_body_size'])}",
-        f"traefik.http.routers.{router}-too-large.priority={len(values['rule']) + 1}",
+        f"traefik.http.routers.{router}-too-large.priority={len(values['rule']) + 2}",  # above affinity routers
         f"traefik.http.routers.{router}-too-large.middlewares={router}-body-limit",
         f"traefik.http.routers.{router}-too-large.service={router}",
         f"traefik.http.middlewares.{router}-body-limit.buffering.maxrequestbodybytes={values['max_body_size']}",

@@ -24,7 +24,8 @@ import aiohttp
 import pytest
 import requests
 import yaml
-from common import EXAMPLES, Server, ServerFactory, free_port
+from common import EXAMPLES, Server, ServerFactory
+from nomad_gateway import render_variable, start_gateway
 from nomad_standin import NomadStandIn
 from waits import until
 
@@ -91,35 +92,6 @@ def test_the_plan_renders_the_splitters_for_the_gateway(tmp_path: Path) -> None:
     assert 'nomadVarList "nomad/jobs/ns-traefik"' in template["EmbeddedTmpl"] and template["ChangeMode"] == "noop"
     # The autoscaler job runs the canaries and measures the shares.
     assert "ns-autoscaler.json" in plan.files
-
-
-def start_gateway(plan: Any, standin: NomadStandIn, routes_dir: Path, servers: ServerFactory) -> str:
-    """Traefik with the planned job's flags; the stand-in has no event stream, so it polls each second."""
-    args = json.loads(plan.files["ns-traefik.json"])["Job"]["TaskGroups"][0]["Tasks"][0]["Config"]["args"]
-    port = free_port()
-    command = [traefik_binary()]
-    for arg in args:
-        if arg.startswith("--entrypoints.web.address="):
-            arg = f"--entrypoints.web.address=127.0.0.1:{port}"
-        elif arg.startswith("--entrypoints.metrics.address="):
-            arg = f"--entrypoints.metrics.address=127.0.0.1:{free_port()}"
-        elif arg.startswith("--providers.nomad.endpoint.address="):
-            arg = f"--providers.nomad.endpoint.address={standin.address}"
-        elif arg == "--providers.nomad.watch=true":
-            arg = "--providers.nomad.refreshInterval=1s"
-        elif arg.startswith("--providers.file.directory="):
-            arg = f"--providers.file.directory={routes_dir}"
-        command.append(arg)
-    servers.start(command, port=port, wait_ready=False)
-    return f"http://127.0.0.1:{port}"
-
-
-def render_variable(api: NomadApi, routes_dir: Path) -> None:
-    """What Nomad's template does when the variable changes."""
-    items = api.get_variable(routes_variable("ns")) or {}
-    routes_dir.mkdir(exist_ok=True)
-    (routes_dir / ".splits.tmp").write_text(items.get("routes", ""))
-    (routes_dir / ".splits.tmp").replace(routes_dir / "splits.yml")
 
 
 def greetings(url: str, count: int) -> collections.Counter[str]:

@@ -1,0 +1,97 @@
+"""Model affinity on the Compose target (networking.affinity): the controller container routes each model to the
+replica that holds it, through the real Traefik; a replica added takes only its share of the models."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from cli import stack
+from common import free_port
+from docker_stack import DOCKER, remove_project
+from waits import until
+
+pytestmark = DOCKER
+
+PREDICTOR = """
+import socket
+
+
+class Predictor:
+    def __init__(self, config):
+        self.models = set()
+
+    def predict(self, payload, query_params):
+        name = query_params.get("model", "none")
+        hit = name in self.models
+        self.models.add(name)
+        return {"replica": socket.gethostname(), "hit": hit}
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
+    root = tmp_path / "aff"
+    root.mkdir()
+    (root / "predictor.py").write_text(PREDICTOR)
+    name = f"af{int(time.time() * 1000) % 10**8}"
+    port = free_port()
+    (root / "stack.yaml").write_text(
+        f"project: {name}\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
+        "apis:\n"
+        "  - name: models\n"
+        "    predictor: {path: predictor.py}\n"
+        "    networking: {affinity: {header: X-Model}}\n"
+        "    autoscaling: {min_replicas: 3, max_replicas: 3}\n"
+    )
+    yield root, name, port
+    remove_project(root, name)
+
+
+def test_each_model_stays_on_its_replica_and_a_new_replica_takes_only_its_share(
+    project: tuple[Path, str, int],
+) -> None:
+    root, _name, port = project
+    stack("up", str(root), cwd=root)
+    url = f"http://127.0.0.1:{port}/models"
+    models = [f"model-{i}" for i in range(24)]  # the new replica ranks first for none of them: 0.75**24, 0.1%
+    session = requests.Session()
+
+    def replica(model: str) -> str:
+        return str(session.post(url, headers={"X-Model": model}, json={}, timeout=10).json()["replica"])
+
+    def owners() -> dict[str, str] | None:
+        seen = {m: {replica(m) for _ in range(8)} for m in models}
+        return {m: next(iter(r)) for m, r in seen.items()} if all(len(r) == 1 for r in seen.values()) else None
+
+    for model in models:  # balanced as usual until a replica reports it served the model
+        replica(model)
+
+    def routed() -> dict | None:
+        shown = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]["affinity"]
+        return shown if set(models) <= set(shown["models"]) else None
+
+    shown = until(routed, "stack status to show every model routed", 60)
+    assert all(len(replicas) == 1 for replicas in shown["models"].values()), shown
+    before = until(owners, "every model's requests on one replica", 30)
+    assert len(set(before.values())) > 1
+    # status names the replicas as the requests found them: the same models share one
+    assert all((before[a] == before[b]) == (shown["models"][a] == shown["models"][b]) for a in models for b in models)
+    # Scaled by hand to 4: each model either stays where it was or moves to the new replica.
+    stack("scale", "-p", str(root), "models", "4", "--force", cwd=root)
+
+    def moved() -> dict[str, str] | None:
+        now = owners()
+        new = now and set(now.values()) - set(before.values())
+        return now if new else None
+
+    after = until(moved, lambda: f"some models on the new replica; status: {routed()}", 90)
+    new_replica = (set(after.values()) - set(before.values())).pop()
+    assert all(after[m] in (before[m], new_replica) for m in models), (before, after)
+    assert sum(after[m] != before[m] for m in models) < len(models)
