@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import aiohttp
@@ -123,7 +122,8 @@ def test_the_controller_routes_each_model_to_its_allocation(
         render_variable(api, routes_dir, "na")
         return all(len({_post(url, m)["pid"] for _ in range(5)}) == 1 for m in models)
 
-    until(pinned, lambda: f"each model's requests on one allocation; routes: {api.get_variable('nomad/jobs/na-traefik')}", 30)
+    routes_now = lambda: api.get_variable("nomad/jobs/na-traefik")  # noqa: E731
+    until(pinned, lambda: f"each model's requests on one allocation; routes: {routes_now()}", 30)
     variable = api.get_variable("nomad/jobs/na-traefik") or {}
     assert "Query(`model`, `m0`)" in variable["routes"] and "na-models-strip@nomad" in variable["routes"]
     assert len({_post(url, m)["pid"] for m in models}) > 1  # spread over the allocations

@@ -75,7 +75,7 @@ job "batching-score" {
         "traefik.http.services.batching-score.loadbalancer.strategy=p2c",
         "traefik.http.routers.batching-score-too-large.entrypoints=web",
         "traefik.http.routers.batching-score-too-large.rule=((Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
-        "traefik.http.routers.batching-score-too-large.priority=97",
+        "traefik.http.routers.batching-score-too-large.priority=98",
         "traefik.http.routers.batching-score-too-large.middlewares=batching-score-body-limit",
         "traefik.http.routers.batching-score-too-large.service=batching-score",
         "traefik.http.middlewares.batching-score-body-limit.buffering.maxrequestbodybytes=16777216",

@@ -75,7 +75,7 @@ job "chat-chat" {
         "traefik.http.services.chat-chat.loadbalancer.strategy=p2c",
         "traefik.http.routers.chat-chat-too-large.entrypoints=web",
         "traefik.http.routers.chat-chat-too-large.rule=((Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
-        "traefik.http.routers.chat-chat-too-large.priority=94",
+        "traefik.http.routers.chat-chat-too-large.priority=95",
         "traefik.http.routers.chat-chat-too-large.middlewares=chat-chat-body-limit",
         "traefik.http.routers.chat-chat-too-large.service=chat-chat",
         "traefik.http.middlewares.chat-chat-body-limit.buffering.maxrequestbodybytes=16777216",

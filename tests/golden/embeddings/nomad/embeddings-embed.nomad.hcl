@@ -75,7 +75,7 @@ job "embeddings-embed" {
         "traefik.http.services.embeddings-embed.loadbalancer.strategy=p2c",
         "traefik.http.routers.embeddings-embed-too-large.entrypoints=web",
         "traefik.http.routers.embeddings-embed-too-large.rule=((Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
-        "traefik.http.routers.embeddings-embed-too-large.priority=97",
+        "traefik.http.routers.embeddings-embed-too-large.priority=98",
         "traefik.http.routers.embeddings-embed-too-large.middlewares=embeddings-embed-body-limit",
         "traefik.http.routers.embeddings-embed-too-large.service=embeddings-embed",
         "traefik.http.middlewares.embeddings-embed-body-limit.buffering.maxrequestbodybytes=16777216",

@@ -75,7 +75,7 @@ job "gpu-sharing-rank" {
         "traefik.http.services.gpu-sharing-rank.loadbalancer.strategy=p2c",
         "traefik.http.routers.gpu-sharing-rank-too-large.entrypoints=web",
         "traefik.http.routers.gpu-sharing-rank-too-large.rule=((Path(`/rank`) || PathPrefix(`/rank/`)) && !PathRegexp(`^/rank/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
-        "traefik.http.routers.gpu-sharing-rank-too-large.priority=94",
+        "traefik.http.routers.gpu-sharing-rank-too-large.priority=95",
         "traefik.http.routers.gpu-sharing-rank-too-large.middlewares=gpu-sharing-rank-body-limit",
         "traefik.http.routers.gpu-sharing-rank-too-large.service=gpu-sharing-rank",
         "traefik.http.middlewares.gpu-sharing-rank-body-limit.buffering.maxrequestbodybytes=16777216",

@@ -79,7 +79,7 @@ job "rollout-echo-v2" {
         "traefik.http.services.rollout-split-echo--rollout-echo-v2.loadbalancer.strategy=p2c",
         "traefik.http.routers.rollout-echo-v2-too-large.entrypoints=web",
         "traefik.http.routers.rollout-echo-v2-too-large.rule=((Path(`/echo-v2`) || PathPrefix(`/echo-v2/`)) && !PathRegexp(`^/echo\\-v2/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
-        "traefik.http.routers.rollout-echo-v2-too-large.priority=104",
+        "traefik.http.routers.rollout-echo-v2-too-large.priority=105",
         "traefik.http.routers.rollout-echo-v2-too-large.middlewares=rollout-echo-v2-body-limit",
         "traefik.http.routers.rollout-echo-v2-too-large.service=rollout-echo-v2",
         "traefik.http.middlewares.rollout-echo-v2-body-limit.buffering.maxrequestbodybytes=16777216",

@@ -65,7 +65,8 @@ job "rollout-traefik" {
       }
 
       # The splitters' weighted routes: item "routes" of the Nomad Variable nomad/jobs/rollout-traefik,
-      # written by `stack up`, `stack split` and the canaries. Nomad re-renders the file when the
+      # written by `stack up`, `stack split` and the canaries (and by the controller, the routers of
+      # each value of an API with model affinity). Nomad re-renders the file when the
       # variable changes and Traefik applies it without a restart; while there is no such variable
       # the file is empty (listing first never blocks the task).
       template {

@@ -75,7 +75,7 @@ job "streaming-generate" {
         "traefik.http.services.streaming-generate.loadbalancer.strategy=p2c",
         "traefik.http.routers.streaming-generate-too-large.entrypoints=web",
         "traefik.http.routers.streaming-generate-too-large.rule=((Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
-        "traefik.http.routers.streaming-generate-too-large.priority=106",
+        "traefik.http.routers.streaming-generate-too-large.priority=107",
         "traefik.http.routers.streaming-generate-too-large.middlewares=streaming-generate-body-limit",
         "traefik.http.routers.streaming-generate-too-large.service=streaming-generate",
         "traefik.http.middlewares.streaming-generate-body-limit.buffering.maxrequestbodybytes=16777216",

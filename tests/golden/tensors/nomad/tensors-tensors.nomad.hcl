@@ -75,7 +75,7 @@ job "tensors-tensors" {
         "traefik.http.services.tensors-tensors.loadbalancer.strategy=p2c",
         "traefik.http.routers.tensors-tensors-too-large.entrypoints=web",
         "traefik.http.routers.tensors-tensors-too-large.rule=((Path(`/tensors`) || PathPrefix(`/tensors/`)) && !PathRegexp(`^/tensors/+(metrics|healthz|readyz)/*$`)) && HeaderRegexp(`Content-Length`, `^0*([1-9][0-9]{8,}|[2-9][0-9]{7}|1[7-9][0-9]{6}|16[8-9][0-9]{5}|167[8-9][0-9]{4}|1677[8-9][0-9]{3}|16777[3-9][0-9]{2}|167772[2-9][0-9]{1}|1677721[7-9])$`)",
-        "traefik.http.routers.tensors-tensors-too-large.priority=103",
+        "traefik.http.routers.tensors-tensors-too-large.priority=104",
         "traefik.http.routers.tensors-tensors-too-large.middlewares=tensors-tensors-body-limit",
         "traefik.http.routers.tensors-tensors-too-large.service=tensors-tensors",
         "traefik.http.middlewares.tensors-tensors-body-limit.buffering.maxrequestbodybytes=16777216",
