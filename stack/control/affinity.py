@@ -110,6 +110,7 @@ class ApiAffinity:
     loads: dict[str, float] = field(default_factory=dict)  # value -> mean requests in flight, stack-wide
     spreads: dict[str, Spread] = field(default_factory=dict)
     last_wanted: dict[str, float] = field(default_factory=dict)  # value -> when last held or requested
+    requested: dict[str, float] = field(default_factory=dict)  # value -> when a replica last served it
     hits: dict[str, tuple[int, int]] = field(default_factory=dict)  # server URL -> (hits, misses) reported
     _seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)  # (server, value) -> busy last read
     _per_server: dict[tuple[str, str], float] = field(default_factory=dict)  # (server, value) -> load
@@ -117,6 +118,7 @@ class ApiAffinity:
     def observe(self, server: str, report: Mapping[str, Any]) -> bool:
         """A replica's report (serving.affinity); True when its held values changed."""
         now = self.clock()
+        known = server in self.reports  # a value new in a later report was served since the last one
         before = self.reports.get(server, {}).get("held")
         self.reports[server] = dict(report)
         busy = report.get("busy") if isinstance(report.get("busy"), dict) else {}
@@ -132,6 +134,8 @@ class ApiAffinity:
             self._seen[(server, value)] = _Seen(float(seconds), now)
             if seen is None or seconds > seen.busy:
                 self.last_wanted[value] = now
+                if seen is not None or known:  # served since the last report (a first report: old news)
+                    self.requested[value] = now
         held = report.get("held") if isinstance(report.get("held"), list) else []
         assert isinstance(held, list)
         for value in held:
@@ -158,6 +162,7 @@ class ApiAffinity:
         for value in [v for v, at in self.last_wanted.items() if now - at > FORGET_AFTER]:
             del self.last_wanted[value]
             self.spreads.pop(value, None)
+            self.requested.pop(value, None)
         loads: dict[str, float] = {}
         for (_server, value), load in self._per_server.items():
             loads[value] = loads.get(value, 0.0) + load
@@ -169,6 +174,11 @@ class ApiAffinity:
             for v in values
         }
         return assign(loads, spread, sorted(servers), self.spread_at)
+
+    def in_use(self, window: float) -> int:
+        """Distinct values served within the last `window` seconds (the working set the replicas must hold)."""
+        now = self.clock()
+        return sum(1 for at in self.requested.values() if now - at <= window)
 
     def hit_ratio(self) -> float | None:
         hits = sum(h for h, _m in self.hits.values())

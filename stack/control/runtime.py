@@ -44,7 +44,7 @@ from stack.atomic import write_text_atomic
 from stack.control.activator import Activator, Waker
 from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.control.autoscale.loop import Autoscaler, SignalSource
-from stack.control.autoscale.policy import Bounds, Policy, stack_policy
+from stack.control.autoscale.policy import Bounds, Policy, WorkingSet, stack_policy
 from stack.control.autoscale.scaler import Replicas, Scaler
 from stack.control.batch.jobs import BatchWorkers, JobManager, job_routes
 from stack.control.batch.store import JobStore
@@ -165,6 +165,7 @@ class ControlPlane:
             manual=adapters.fleet.manual,
             state_file=adapters.decisions,
             activity=self.activator.last_request.get,
+            models=self._working_set,
         )
         self.liveness = Liveness(
             adapters.fleet.probe_targets,
@@ -189,6 +190,14 @@ class ControlPlane:
     def status(self) -> dict[str, dict[str, object]]:
         """The autoscaler's last decisions per API, as `stack status` shows them."""
         return self.autoscaler.status()
+
+    def _working_set(self, api: str, window: float) -> WorkingSet | None:
+        """An affinity API's models in use within `window`, and what one replica holds (its cache_size)."""
+        routed = self.routes.apis.get(api)
+        affinity = self.routes.affinity.get(api)
+        if routed is None or affinity is None or not routed.cache_size:
+            return None
+        return WorkingSet(affinity.in_use(window), routed.cache_size)
 
     def affinity(self) -> dict[str, dict[str, object]]:
         """Each affinity API's values and replicas (stack.control.affinity), as `stack status` shows them."""

@@ -9,6 +9,7 @@ import yaml
 from serving.affinity import AffinityTracker
 from stack import routes
 from stack.control.affinity import COOL_AFTER, ApiAffinity, Spread, assign, rank
+from stack.control.autoscale.policy import Bounds, Decision, WorkingSet, hold_models
 
 SERVERS = [f"http://10.0.0.{i}:8888" for i in range(1, 5)]
 MODELS = [f"model-{i}" for i in range(200)]
@@ -120,3 +121,28 @@ def test_a_replica_reports_what_it_holds_and_its_hits() -> None:
     store_backed.end(store_backed.begin(_Request("iris")))
     store_backed.end(store_backed.begin(_Request("cancer")))
     assert store_backed.report()["held"] == ["cancer"] and (store_backed.hits, store_backed.misses) == (1, 1)
+
+
+def test_models_in_use_beyond_what_the_replicas_hold_ask_for_one_more() -> None:
+    bounds = Bounds(min_replicas=1, max_replicas=4, target=4.0)
+    quiet = Decision(2, "in-flight 1.0 of target 4", rule="target")
+    more = hold_models(quiet, current=2, bounds=bounds, models=WorkingSet(in_use=7, per_replica=2))
+    assert more.desired == 3 and more.rule == "models"
+    assert "models in use (7) exceed what 2 replica(s) hold (cache_size 2 each)" in more.reason
+    # never past max_replicas, and never fewer than they need (no scale-down below it)
+    assert hold_models(Decision(4, "x"), 4, bounds, WorkingSet(20, 2)).desired == 4
+    down = hold_models(Decision(1, "in-flight 0"), 3, bounds, WorkingSet(5, 2))
+    assert down.desired == 3 and down.rule == "models"
+    assert hold_models(quiet, 2, bounds, WorkingSet(4, 2)) is quiet  # they fit: the policy decides
+
+
+def test_the_working_set_counts_models_served_within_the_window() -> None:
+    now = [0.0]
+    affinity = ApiAffinity(spread_at=1.0, clock=lambda: now[0])
+    affinity.observe(SERVERS[0], {"held": [], "busy": {"a": 1.0, "b": 1.0}, "hits": 0, "misses": 0})
+    assert affinity.in_use(60) == 0  # a first report: when they were served is unknown
+    now[0] = 10
+    affinity.observe(SERVERS[0], {"held": [], "busy": {"a": 2.0, "b": 1.0, "c": 0.5}, "hits": 0, "misses": 0})
+    assert affinity.in_use(60) == 2  # a and c (new since the last report); b was not served again
+    now[0] = 100
+    assert affinity.in_use(60) == 0

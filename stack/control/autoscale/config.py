@@ -49,6 +49,7 @@ class RoutedApi:
     # replica takes before the value spreads to another (stack.control.affinity); None: no affinity.
     affinity: tuple[str, str] | None = None
     spread_at: float = 1.0
+    cache_size: int | None = None  # predictor.models.cache_size: models one replica holds (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class AutoscalerConfig:
                 a.get("stop_timeout", 40.0),
                 tuple(a["affinity"]) if a.get("affinity") else None,
                 a.get("spread_at", 1.0),
+                a.get("cache_size"),
             )
             for a in data.get("routed", [])
         ]
@@ -127,6 +129,11 @@ def bounds_of(api: Api, per_unit: int = 1) -> Bounds:
         idle_timeout=spec.idle_timeout,
         target_gpu_utilization=spec.target_gpu_utilization / 100 if spec.target_gpu_utilization else None,
     )
+
+
+def _cache_size(api: Api) -> int | None:
+    models = api.predictor.models or api.predictor.multi_model_reloading
+    return models.cache_size if models is not None else None
 
 
 def _spread_at(api: Api) -> float:
@@ -167,6 +174,7 @@ def config_of(
             api.predictor.drain_delay + api.predictor.grace_period + 5,
             api.networking.affinity.source if api.networking.affinity is not None else None,
             _spread_at(api),
+            _cache_size(api),
         )
         for api in spec.apis
     ]

@@ -25,7 +25,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stack.atomic import write_json_atomic
 from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
-from stack.control.autoscale.policy import Decision, History, Observation, Policy, ScaleAction, stack_policy
+from stack.control.autoscale.policy import (
+    Decision,
+    History,
+    Observation,
+    Policy,
+    ScaleAction,
+    WorkingSet,
+    hold_models,
+    stack_policy,
+)
 from stack.control.autoscale.scaler import Replicas, Scaler, ScalerBusy
 from stack.control.autoscale.signal import Signal
 
@@ -107,6 +116,7 @@ class Autoscaler:
         state_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         activity: Callable[[str], float | None] = lambda api: None,
+        models: Callable[[str, float], WorkingSet | None] = lambda api, window: None,
     ) -> None:
         self.scaler = scaler
         self.signal = signal
@@ -119,6 +129,8 @@ class Autoscaler:
         # Unix time of the last request the activator held for an API: a request that woke it counts
         # before Prometheus has scraped the woken replica.
         self.activity = activity
+        # An API with model affinity: its models in use within the window, and what one replica holds.
+        self.models = models
         self.apis: dict[str, ApiLoop] = {}
         self.saved: dict[str, dict[str, object]] | None = None  # what the state file holds
         self.configure(config)
@@ -175,6 +187,9 @@ class Autoscaler:
             signal = replace(signal, idle_for=since if signal.idle_for is None else min(signal.idle_for, since))
         observation = self._observe(now, replicas, signal)
         decision = self.policy(observation, state.history, api.bounds)
+        working_set = self.models(api.name, api.bounds.window)
+        if working_set is not None and observation.in_flight is not None and replicas.current > 0:
+            decision = hold_models(decision, replicas.current, api.bounds, working_set)
         slots = len(api.gpu_slots)
         demand = math.ceil(signal.in_flight / api.bounds.target) if signal.in_flight else 0
         if slots and decision.desired >= slots and demand > slots:

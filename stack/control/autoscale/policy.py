@@ -256,6 +256,31 @@ def _panic(obs: Observation, history: History, bounds: Bounds) -> Decision | Non
     return Decision(wanted, f"panic: short-window in-flight {short:.2f} is {load:.1f}× ready capacity", rule="panic")
 
 
+@dataclass(frozen=True)
+class WorkingSet:
+    """An API with model affinity: the distinct models requested within the window, and how many one replica
+    holds (its models' cache_size)."""
+
+    in_use: int
+    per_replica: int
+
+
+def hold_models(decision: Decision, current: int, bounds: Bounds, models: WorkingSet) -> Decision:
+    """Enough replicas to hold the models in use: when they exceed what the replicas the policy wants can
+    hold (cache_size each), one more replica (up to max_replicas), and never fewer than they need."""
+    needed = min(math.ceil(models.in_use / models.per_replica), bounds.max_replicas)
+    if needed <= decision.desired:
+        return decision
+    desired = max(decision.desired, min(needed, current + 1)) if needed > current else needed
+    if desired == current and decision.desired == current:
+        return decision
+    reason = (
+        f"models in use ({models.in_use}) exceed what {decision.desired} replica(s) hold "
+        f"(cache_size {models.per_replica} each): {desired} replica(s)"
+    )
+    return Decision(desired, reason, decision.recommendation, "models")
+
+
 Policy = Callable[[Observation, History, Bounds], Decision]
 POLICIES: dict[str, Policy] = {
     "cortex": lambda obs, history, bounds: _to_zero(obs, bounds, cortex_policy(obs, history, bounds)),
