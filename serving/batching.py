@@ -10,7 +10,9 @@ load every batch is full and the model never waits for one.
 There is no collector task: whether a batch is due is decided by plain
 callbacks when requests arrive (once per event-loop turn, so a burst that
 arrives together is batched together), when the oldest request's interval
-ends (one timer), and when a batch finishes. Each request has its own
+ends (one timer), and when a batch finishes. With model affinity (`networking.affinity`), a batch holds the
+requests of one model only (the oldest request's, and those of its model behind it, in order); the others
+wait for the next batch. Each request has its own
 future, so a batch that fails (an exception, or a result list of the wrong
 length) fails only its own requests, and a request whose client left or
 whose timeout passed is dropped before its batch is formed.
@@ -34,9 +36,17 @@ class BatchMismatch(Exception):
 
 class _Item:
     # Compared by identity (no dataclass __eq__: comparing two requests must never compare payloads).
-    __slots__ = ("arrived", "future", "is_gone", "payload")
+    __slots__ = ("arrived", "future", "group", "is_gone", "payload")
 
-    def __init__(self, payload: Any, future: asyncio.Future[Any], is_gone: Callable[[], bool], arrived: float) -> None:
+    def __init__(
+        self,
+        payload: Any,
+        future: asyncio.Future[Any],
+        is_gone: Callable[[], bool],
+        arrived: float,
+        group: str | None = None,
+    ) -> None:
+        self.group = group
         self.payload = payload
         self.future = future
         self.is_gone = is_gone
@@ -67,6 +77,7 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None  # the oldest request's interval ends
         self._check_soon = False  # a dispatch check is scheduled for this loop turn's end
         self._running: set[asyncio.Task[None]] = set()
+        self._grouped = False  # a request with an affinity value came: batches are formed per value
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -80,12 +91,15 @@ class Batcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    def submit(self, payload: Any, is_gone: Callable[[], bool]) -> asyncio.Future[Any]:
-        """Queue one request; the future is its result (cancel it to withdraw the request)."""
+    def submit(self, payload: Any, is_gone: Callable[[], bool], group: str | None = None) -> asyncio.Future[Any]:
+        """Queue one request; the future is its result (cancel it to withdraw the request). Requests of
+        different `group`s (affinity values) never share a batch."""
         loop = self._loop
         assert loop is not None, "Batcher.start() first"
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Item(payload, future, is_gone, loop.time()))
+        if group is not None:
+            self._grouped = True
+        self._pending.append(_Item(payload, future, is_gone, loop.time(), group))
         if self._count_queued:
             self._metrics.queued.inc()
         if not self._check_soon:
@@ -111,7 +125,7 @@ class Batcher:
         assert loop is not None
         pending = self._pending
         while pending and self._busy < self._parallel:
-            if len(pending) < self._max and not (self._eager and not self._busy):
+            if self._front_size() < self._max and not (self._eager and not self._busy):
                 due = pending[0].arrived + self._interval
                 if loop.time() < due:
                     if self._timer is None or self._timer.when() > due:
@@ -126,8 +140,18 @@ class Batcher:
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
 
+    def _front_size(self) -> int:
+        """How many requests the next batch could take now (those of the oldest request's group)."""
+        if not self._grouped:
+            return len(self._pending)
+        group = self._pending[0].group
+        return sum(1 for item in self._pending if item.group == group)
+
     def _take(self) -> list[_Item]:
-        """Up to max_batch_size live requests from the front; withdrawn ones are dropped on the way."""
+        """Up to max_batch_size live requests from the front (of the oldest one's group); withdrawn ones are
+        dropped on the way."""
+        if self._grouped:
+            return self._take_group()
         pending, taken = self._pending, 0
         batch: list[_Item] = []
         while pending and len(batch) < self._max:
@@ -139,6 +163,28 @@ class Batcher:
                 item.future.cancel()
                 continue
             batch.append(item)
+        if self._count_queued:
+            self._metrics.queued.dec(taken)
+        return batch
+
+    def _take_group(self) -> list[_Item]:
+        group = self._pending[0].group
+        batch: list[_Item] = []
+        kept: deque[_Item] = deque()
+        taken = 0
+        while self._pending:
+            item = self._pending.popleft()
+            if item.group != group or len(batch) >= self._max:
+                kept.append(item)
+                continue
+            taken += 1
+            if item.future.done():
+                continue
+            if item.is_gone():
+                item.future.cancel()
+                continue
+            batch.append(item)
+        self._pending.extend(kept)  # in place: _dispatch holds the deque
         if self._count_queued:
             self._metrics.queued.dec(taken)
         return batch

@@ -59,7 +59,10 @@ class Dispatch:
         if self._batcher:
             await self._batcher.stop()
 
-    async def predict(self, request: web.Request, payload: Any, query: dict[str, str] | None) -> Any:
+    async def predict(
+        self, request: web.Request, payload: Any, query: dict[str, str] | None, group: str | None = None
+    ) -> Any:
+        """`group`: the request's affinity value (serving.affinity): a batch holds requests of one value only."""
         handler, call = self._handler, self._call
         if handler is None:
             return not_loaded(payload, query, request.headers)
@@ -81,7 +84,7 @@ class Dispatch:
         if self._batcher is not None:
             # With tracing, the batch links to a sampled request's span; its wait is its queue span.
             traced = (self._tracer.current(), tracing.now_ns()) if self._tracer and self._tracer.sampled() else None
-            return await self._batcher.submit((payload, query, request.headers, traced), is_gone)
+            return await self._batcher.submit((payload, query, request.headers, traced), is_gone, group)
         # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
         if self._count_gauges:
             self._metrics.queued.inc()

@@ -232,7 +232,7 @@ class Predictions:
                 await asyncio.sleep(0)  # as in Dispatch.predict
                 result = await self._call(payload, query, request.headers)
             else:
-                work = self._dispatch.predict(request, payload, query)
+                work = self._dispatch.predict(request, payload, query, tracked)
                 result = await (work if timeout is None else self._with_timeout(work, timeout))
             headers = {"X-Request-ID": request_id}
             flight.predicting, flight.responding = None, True

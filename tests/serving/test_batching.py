@@ -175,3 +175,22 @@ def test_requests_that_wait_for_a_busy_slot_go_as_one_batch(inproc) -> None:
         server.instance.release.set()
         assert all(f.result().status_code == 200 for f in [first, *rest])
     assert [len(call) for call in server.instance.calls] == [1, 5]
+
+
+def test_with_model_affinity_a_batch_holds_one_models_requests(inproc, tmp_path) -> None:
+    predictor = tmp_path / "models.py"
+    predictor.write_text(
+        "class Predictor:\n"
+        "    def __init__(self, config):\n"
+        "        pass\n\n"
+        "    def predict(self, payload, query_params):\n"
+        "        models = sorted({q['model'] for q in query_params})\n"
+        "        return [{'models': models, 'size': len(payload)} for _ in payload]\n"
+    )
+    server = inproc(predictor, batching={"max_batch_size": 4, "batch_interval": FULL}, affinity=["query", "model"])
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(server.post, json={}, params={"model": "ab"[i % 2]}) for i in range(8)]
+        bodies = [f.result().json() for f in futures]
+    # Mixed arrivals, batches of one model each, full (4 of "a", 4 of "b"): none waited out the interval.
+    assert sorted(b["models"] for b in bodies) == [["a"]] * 4 + [["b"]] * 4, bodies
+    assert {b["size"] for b in bodies} == {4}
