@@ -471,6 +471,9 @@ class _Source:
     def events(self, api: str) -> list[str]:
         return [f"12:00:0{i} replica {api}-{i} replaced: stuck: predict running for 45s" for i in range(10)]
 
+    def affinity(self) -> dict[str, dict[str, object]]:
+        return {"alpha": {"models": {"iris": ["alpha-1"]}, "held": {"alpha-1": ["iris"]}, "hit_ratio": 0.9}}
+
 
 def test_each_chart_range_asks_prometheus_for_its_window_step_and_rate() -> None:
     """The last 15 minutes unless the page asks; every chart of a range covers the same window, one point a
@@ -500,6 +503,7 @@ def test_each_chart_range_asks_prometheus_for_its_window_step_and_rate() -> None
         # Why replicas were replaced, as `stack status API` says it: the newest eight.
         assert doc["apis"][0]["events"][-1] == "12:00:09 replica alpha-9 replaced: stuck: predict running for 45s"
         assert len(doc["apis"][0]["events"]) == 8
+        assert doc["apis"][0]["affinity"]["models"] == {"iris": ["alpha-1"]}  # the controller's, as status shows
     by_step = {}
     for query in asked:
         if 'api="alpha"' in query["query"]:

@@ -79,6 +79,10 @@ class Source(Protocol):
         """The API's recent events: replicas replaced and why, restarts, rollouts (blocking I/O is fine)."""
         ...
 
+    def affinity(self) -> dict[str, dict[str, object]]:
+        """The affinity APIs' values, where they go and the hit ratio (networking.affinity)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Chart:
@@ -184,6 +188,7 @@ class Dashboard:
             "max_replicas": scaling.bounds.max_replicas if scaling else None,
             "autoscaler": decisions,
             "events": (await asyncio.to_thread(self.source.events, name))[-8:],
+            "affinity": self.source.affinity().get(name),
             "series": {},
         }
         url = self.prometheus_url()

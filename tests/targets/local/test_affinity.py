@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import requests
+from browser import chromium, console_errors, wait_for
 from cli import stack
 from common import free_port
 from local_stack import status, unique_name
@@ -85,8 +88,27 @@ def test_each_model_goes_to_the_replica_that_holds_it(tmp_path: Path) -> None:
         assert set(models) <= set(shown["models"]) and shown["hit_ratio"] <= 1, shown
         text = stack("status", "--local", "-p", str(root), "models", cwd=root).stdout
         assert "affinity: hit ratio" in text and "m0" in text
+        # The dashboard's card says the same.
+        url = stack("dashboard", "--local", str(root), cwd=root).stdout.strip()
+        with chromium() as driver:
+            driver.get(url)
+            ratio, table = wait_for(driver, lambda d: _affinity_card(d, "m0"), "the affinity on the dashboard", 15)
+            assert re.fullmatch(r"\d+%", ratio) and all(m in table for m in models), (ratio, table)
+            assert not console_errors(driver)
     finally:
         stack("down", "--local", str(root), cwd=root, check=False)
+
+
+def _affinity_card(driver: Any, value: str) -> tuple[str, str] | None:
+    """The models card's hit ratio and its table's text, once it lists `value`."""
+    from selenium.webdriver.common.by import By
+
+    cards = driver.find_elements(By.CSS_SELECTOR, '[data-api="models"]')
+    ratio = cards[0].find_elements(By.CSS_SELECTOR, '[data-field="hit-ratio"]') if cards else []
+    table = cards[0].find_elements(By.CSS_SELECTOR, '[data-field="affinity"]') if cards else []
+    if not ratio or not table or value not in table[0].text:
+        return None
+    return ratio[0].text, table[0].text
 
 
 def test_affinity_needs_one_source(tmp_path: Path) -> None:

@@ -82,6 +82,19 @@ function events(api) {
     h("ol", { class: "events", "data-field": "events" }, recent.map((e) => h("li", {}, e))));
 }
 
+function affinity(api) {
+  const a = api.affinity;
+  if (!a) return null;
+  const ratio = a.hit_ratio === null || a.hit_ratio === undefined ? "–" : `${Math.round(a.hit_ratio * 100)}%`;
+  const rows = Object.entries(a.models || {}).map(([value, replicas]) =>
+    h("tr", {}, h("td", {}, value), h("td", {}, replicas.join(", ")), h("td", {}, String((a.in_flight || {})[value] || 0))));
+  return h("div", { class: "affinity" },
+    h("h3", {}, "model affinity"),
+    h("p", {}, "hit ratio ", h("span", { "data-field": "hit-ratio" }, ratio)),
+    rows.length ? h("table", { "data-field": "affinity" },
+      h("tr", {}, h("th", {}, "value"), h("th", {}, "routed to"), h("th", {}, "in flight")), rows) : null);
+}
+
 function apiCard(doc, api) {
   const numbers = NUMBERS.map(([field, label, digits]) =>
     h("div", { class: "number" + (field === "5xx" && api[field] > 0 ? " bad" : "") },
@@ -92,6 +105,7 @@ function apiCard(doc, api) {
       h("span", { class: "bounds" }, bounds)),
     h("div", { class: "numbers" }, numbers),
     h("div", { class: "charts" }, CHARTS.map(([title, keys, unit]) => chart(doc, title, keys.map((k) => (api.series || {})[k] || []), unit))),
+    affinity(api),
     decisions(api),
     events(api));
 }
