@@ -6,14 +6,17 @@ decides where each value goes, and the routes give every value its own router (`
 balanced as usual; the replica that gets it reports the value, and within a probe (2 s) it is routed.
 
 How a value's replicas are chosen (`assign`, a pure function):
-- Rendezvous (highest random weight) hashing ranks the ready replicas for each value; a value goes to
+- Rendezvous (highest random weight) hashing ranks the ready replicas for each value; a value's home is
   the first of its ranking. Adding or removing a replica moves only the values that rank it first.
-- Load-aware: a value with `load` requests in flight on average spreads over ceil(load / spread_at)
-  replicas (its first ones in the ranking), and back once it cools (`Spread`: at once when hotter,
-  after `COOL_AFTER` seconds when cooler).
-- Bounded: a replica already given more than `BOUND` times the mean load per replica (and more than one
-  replica's `spread_at`) is skipped for the next value, so hot values never pile up on one replica while
-  others idle. Light traffic is never moved: the bound only binds when replicas are busy.
+- Bounded: a replica already holding its models' `cache_size` values, or given more than `BOUND` times
+  the mean load per replica (and more than one replica's `spread_at`), is skipped for the next value
+  (consistent hashing with bounded loads): values never crowd one cache while another has room, and hot
+  values never pile up on one replica while others idle. A value keeps its home until that replica is
+  past `STICKY` times the mean: loads that wobble move nothing. Light traffic is never moved.
+- Load-aware: a value with `load` requests in flight on average wants ceil(load / spread_at) replicas
+  and adds the next ones of its ranking that have spare capacity, back to one once it cools (`Spread`:
+  at once when hotter, after `COOL_AFTER` seconds when cooler). A stack busy everywhere spreads nothing:
+  another copy of a model there would only evict one.
 
 The values come from the replicas' `/healthz` (serving.affinity): what they hold and what they served,
 with each value's busy seconds, turned here into mean requests in flight.
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BOUND = 1.25  # a replica takes at most this times the mean load (consistent hashing with bounded loads)
+STICKY = 1.5  # ... and a value keeps the replica it has until it is past this times the mean
 COOL_AFTER = 30.0  # seconds a value must stay cooler before it gives a replica back
 FORGET_AFTER = 600.0  # seconds a value held by no replica and not requested stays routed
 MAX_VALUES = 1000  # routers at most per API (the busiest values)
@@ -47,28 +51,61 @@ def rank(value: str, servers: Sequence[str]) -> list[str]:
 
 
 def assign(
-    loads: Mapping[str, float], spread: Mapping[str, int], servers: Sequence[str], spread_at: float
+    loads: Mapping[str, float],
+    spread: Mapping[str, int],
+    servers: Sequence[str],
+    spread_at: float,
+    per_server: int | None = None,
+    previous: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, tuple[str, ...]]:
-    """Each value's servers: its `spread[value]` (at least 1) first servers in its ranking, skipping any
-    server already past the bound."""
+    """Each value's servers.
+
+    Its home is the first server of its ranking that holds fewer than `per_server` values (the models'
+    cache_size, where known: values never crowd one replica's cache while another's has room) and is not
+    past the load bound; a home it had (`previous`) is kept within a looser bound, so loads that wobble
+    move nothing. A value that wants more (`spread[value]` > 1) adds the next servers of its ranking that
+    have spare capacity (assigned less than `spread_at`): a busy stack, where none has, spreads nothing.
+    """
     if not servers:
         return {}
     total = sum(loads.get(v, 0.0) for v in spread)
     bound = max(BOUND * total / len(servers), spread_at)
     given: dict[str, float] = dict.fromkeys(servers, 0.0)
+    count: dict[str, int] = dict.fromkeys(servers, 0)
+    before = previous or {}
     out: dict[str, tuple[str, ...]] = {}
-    # The busiest first: they have the fewest good choices; ties by name, so the answer is stable.
+
+    def room(server: str, share: float, limit: float) -> bool:
+        return (per_server is None or count[server] < per_server) and given[server] + share <= limit
+
+    # Homes first, in a stable order (the same inputs give the same answer), each with its whole load ...
+    for value in sorted(spread):
+        ranked = rank(value, servers)
+        load = loads.get(value, 0.0)
+        home_before = before.get(value, ())[:1]
+        if home_before and home_before[0] in given and room(home_before[0], load, bound * STICKY):
+            home = home_before[0]
+        else:
+            home = next(
+                (s for s in ranked if room(s, load, bound)),
+                next((s for s in ranked if given[s] + load <= bound), min(ranked, key=lambda s: given[s])),
+            )
+        given[home] += load
+        count[home] += 1
+        out[value] = (home,)
+    # ... then the values that want more, hottest first, onto replicas with spare capacity left.
     for value in sorted(spread, key=lambda v: (-loads.get(v, 0.0), v)):
         want = max(1, min(spread[value], len(servers)))
-        ranked = rank(value, servers)
+        if want == 1:
+            continue
         share = loads.get(value, 0.0) / want
-        chosen = [s for s in ranked if given[s] + share <= bound][:want]
-        if len(chosen) < want:  # everyone is past the bound: the least loaded of its ranking
-            rest = sorted((s for s in ranked if s not in chosen), key=lambda s: given[s])
-            chosen += rest[: want - len(chosen)]
-        for server in chosen:
+        (home,) = out[value]
+        extra = [s for s in rank(value, servers) if s != home and room(s, share, spread_at)][: want - 1]
+        for server in extra:
             given[server] += share
-        out[value] = tuple(chosen)
+            given[home] -= share
+            count[server] += 1
+        out[value] = (home, *extra)
     return out
 
 
@@ -105,6 +142,7 @@ class ApiAffinity:
     """One API's values: their loads from the replicas' reports, their spread, and where they go."""
 
     spread_at: float
+    per_server: int | None = None  # values one replica holds (its models' cache_size), where known
     clock: Callable[[], float] = time.monotonic
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # server URL -> its last report
     loads: dict[str, float] = field(default_factory=dict)  # value -> mean requests in flight, stack-wide
@@ -112,6 +150,7 @@ class ApiAffinity:
     last_wanted: dict[str, float] = field(default_factory=dict)  # value -> when last held or requested
     requested: dict[str, float] = field(default_factory=dict)  # value -> when a replica last served it
     hits: dict[str, tuple[int, int]] = field(default_factory=dict)  # server URL -> (hits, misses) reported
+    placed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # value -> its servers, as last routed
     _seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)  # (server, value) -> busy last read
     _per_server: dict[tuple[str, str], float] = field(default_factory=dict)  # (server, value) -> load
 
@@ -173,7 +212,8 @@ class ApiAffinity:
             v: self.spreads.setdefault(v, Spread()).update(loads.get(v, 0.0), self.spread_at, len(servers), now)
             for v in values
         }
-        return assign(loads, spread, sorted(servers), self.spread_at)
+        self.placed = assign(loads, spread, sorted(servers), self.spread_at, self.per_server, self.placed)
+        return self.placed
 
     def in_use(self, window: float) -> int:
         """Distinct values served within the last `window` seconds (the working set the replicas must hold)."""

@@ -116,6 +116,7 @@ class GatewayRoutes:
                 kept = before.get(api.name)
                 self.affinity[api.name] = kept or ApiAffinity(api.spread_at)
                 self.affinity[api.name].spread_at = api.spread_at
+                self.affinity[api.name].per_server = api.cache_size
 
     def affinity_status(self, api: str, names: Mapping[str, str]) -> dict[str, object] | None:
         """`stack status`'s view of an API's affinity: each value's replicas, what each replica holds, the

@@ -34,7 +34,9 @@ def test_each_value_goes_to_its_first_ranked_replica_and_a_new_replica_takes_onl
 def test_a_hot_value_spreads_over_more_replicas_and_never_piles_up() -> None:
     loads = {"hot": 7.0, "warm": 1.0, "cold": 0.1}
     chosen = assign(loads, {"hot": 4, "warm": 1, "cold": 1}, SERVERS, spread_at=2)
-    assert len(chosen["hot"]) == 4 and len(chosen["warm"]) == 1
+    # onto every replica with room for a quarter of it (1.75 in flight): not the one busy with "warm"
+    spare = [s for s in SERVERS if s == chosen["hot"][0] or s != chosen["warm"][0]]
+    assert sorted(chosen["hot"]) == sorted(spare) and len(chosen["warm"]) == 1
     # Many busy values ranked onto one replica: the bound sends some elsewhere.
     first = SERVERS[0]
     same = [v for v in MODELS if rank(v, SERVERS)[0] == first][:8]
@@ -146,3 +148,17 @@ def test_the_working_set_counts_models_served_within_the_window() -> None:
     assert affinity.in_use(60) == 2  # a and c (new since the last report); b was not served again
     now[0] = 100
     assert affinity.in_use(60) == 0
+
+
+def test_values_never_crowd_one_cache_while_another_has_room_and_stay_put() -> None:
+    six = [f"m{i}" for i in range(6)]
+    placed = assign({}, dict.fromkeys(six, 1), SERVERS, spread_at=1, per_server=2)
+    per_server = Counter(servers[0] for servers in placed.values())
+    assert max(per_server.values()) <= 2  # 6 models, cache 2, 4 replicas: they fit, so each is held
+    # Loads that wobble around the bound move nothing that has a home.
+    loads = {v: 1.2 + 0.1 * (i % 2) for i, v in enumerate(six)}
+    again = assign(loads, dict.fromkeys(six, 1), SERVERS, spread_at=1, per_server=2, previous=placed)
+    assert again == placed
+    # A hot value spreads only to replicas with spare capacity: none when every one is busy.
+    busy = {**dict.fromkeys(six, 1.3), "m0": 4.0}
+    assert len(assign(busy, {**dict.fromkeys(six, 1), "m0": 4}, SERVERS, spread_at=1, per_server=2)["m0"]) == 1
