@@ -1,41 +1,37 @@
-"""Several models behind one endpoint; `?model=NAME` picks one.
+"""Several models and versions behind one endpoint, through Cortex's python_client.
 
-Models train in __init__ on data sets bundled with scikit-learn (a second or two).
-    curl -X POST 'localhost:8080/?model=wine' -H 'Content-Type: application/json' -d '{"features": [...]}'
+`?model=iris|wine|cancer` picks the model, `&version=N` a version (default: the latest). Models live in
+models/<name>/<version>/ (train first: python examples/multi-model/train.py); a replica loads one when a
+request first asks for it and keeps `cache_size` of them, and the gateway sends each model's requests to
+the replicas that hold it (networking.affinity). A new version directory is loaded in the background and
+served once ready.
+    curl -X POST 'localhost:8080/classify?model=wine' -H 'Content-Type: application/json' -d '{"features": [...]}'
 """
 
 from __future__ import annotations
 
-from sklearn.datasets import load_breast_cancer, load_iris, load_wine
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+import pickle
+from pathlib import Path
+from typing import Any
 
 from serving import HTTPError
 
-DATASETS = {"iris": load_iris, "wine": load_wine, "cancer": load_breast_cancer}
 
-
-class Predictor:
-    def __init__(self, config: dict) -> None:
+class PythonPredictor:
+    def __init__(self, python_client: Any, config: dict) -> None:
+        self.client = python_client
         self.default = config.get("default_model", "iris")
-        self.models = {}
-        for name in config.get("models", list(DATASETS)):
-            data = DATASETS[name]()
-            if name == "cancer":
-                model = RandomForestClassifier(n_estimators=50, random_state=0)
-            else:
-                model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-            self.models[name] = (model.fit(data.data, data.target), list(data.target_names), data.data.shape[1])
+
+    def load_model(self, model_path: str) -> dict:
+        """Called by python_client on a model's first use (Cortex's hook): one version's directory."""
+        return pickle.loads((Path(model_path) / "model.pkl").read_bytes())
 
     def predict(self, payload: dict, query_params: dict) -> dict:
         name = query_params.get("model", self.default)
-        if name not in self.models:
-            raise HTTPError(404, f"no model {name!r}; available: {', '.join(sorted(self.models))}")
-        model, labels, width = self.models[name]
+        version = query_params.get("version", "latest")
+        saved = self.client.get_model(name, version)  # 404 for a model or version that is not there
         features = payload.get("features") if isinstance(payload, dict) else None
-        if not isinstance(features, list) or len(features) != width:
-            raise HTTPError(422, f'model {name} needs {{"features": [{width} numbers]}}')
-        label = int(model.predict([features])[0])
-        return {"model": name, "label": str(labels[label])}
+        if not isinstance(features, list) or len(features) != saved["width"]:
+            raise HTTPError(422, f'model {name} needs {{"features": [{saved["width"]} numbers]}}')
+        label = int(saved["model"].predict([features])[0])
+        return {"model": name, "version": str(version), "label": saved["labels"][label]}

@@ -20,6 +20,7 @@ import pytest
 import requests
 from cli import stack
 from common import EXAMPLES, ServerFactory, free_port
+from waits import until
 
 INSTALL = "pip install -e '.[examples]'"
 
@@ -62,18 +63,33 @@ def test_iris(servers: ServerFactory, tmp_path: Path) -> None:
     assert missing.json()["error"] == "missing measurement(s): sepal_width, petal_length, petal_width"
 
 
-def test_multi_model_picks_by_query(servers: ServerFactory, tmp_path: Path) -> None:
+def test_multi_model_serves_models_and_versions_and_loads_a_new_version_live(
+    servers: ServerFactory, tmp_path: Path
+) -> None:
     needs("sklearn")
-    server = servers.stack_serve(example("multi-model", tmp_path))
-    assert server.post(json=sample("multi-model")).json() == {"model": "iris", "label": "setosa"}
+    root = example("multi-model", tmp_path)
+    subprocess.run([sys.executable, str(root / "train.py")], check=True, capture_output=True)
+    assert sorted(p.name for p in (root / "models").iterdir() if p.is_dir()) == ["cancer", "iris", "wine"]
+    server = servers.stack_serve(root)
+    assert server.post(json=sample("multi-model")).json() == {"model": "iris", "version": "latest", "label": "setosa"}
     wine = server.post(
         json={"features": [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]},
         params={"model": "wine"},
     )
-    assert wine.json() == {"model": "wine", "label": "class_0"}
+    assert wine.json()["label"] == "class_0"
     unknown = server.post(json=sample("multi-model"), params={"model": "gpt"})
     assert unknown.status_code == 404
-    assert unknown.json()["error"] == "no model 'gpt'; available: cancer, iris, wine"
+    assert unknown.json()["error"] == "model 'gpt' not found; available: cancer, iris, wine"
+    assert server.post(json=sample("multi-model"), params={"version": "2"}).status_code == 404
+    # A new version directory, written while the replica serves: it is found and served without a restart.
+    subprocess.run([sys.executable, str(root / "train.py"), "--version", "2"], check=True, capture_output=True)
+
+    def second() -> bool:
+        return server.post(json=sample("multi-model"), params={"version": "2"}).status_code == 200
+
+    until(second, "version 2 of iris served", 30)
+    assert server.post(json=sample("multi-model"), params={"version": "2"}).json()["label"] == "setosa"
+    assert server.get("/").json()["models"]["iris"]["versions"] == ["1", "2"]
 
 
 def test_batching_example_batches(servers: ServerFactory, tmp_path: Path) -> None:

@@ -54,12 +54,27 @@ job "multi-model-traefik" {
           "--providers.nomad.watch=true",
           "--providers.nomad.endpoint.address=http://127.0.0.1:4646",
           "--providers.nomad.constraints=Tag(`stack.project=multi-model`)",
+          "--providers.file.directory=/local/routes",
+          "--providers.file.watch=true",
           "--accesslog=false",
           "--metrics.prometheus=true",
           "--metrics.prometheus.entryPoint=metrics",
           "--ping=true",
           "--ping.entryPoint=metrics",
         ]
+      }
+
+      # The splitters' weighted routes: item "routes" of the Nomad Variable nomad/jobs/multi-model-traefik,
+      # written by `stack up`, `stack split` and the canaries (and by the controller, the routers of
+      # each value of an API with model affinity). Nomad re-renders the file when the
+      # variable changes and Traefik applies it without a restart; while there is no such variable
+      # the file is empty (listing first never blocks the task).
+      template {
+        destination     = "local/routes/splits.yml"
+        change_mode     = "noop"
+        left_delimiter  = "[["
+        right_delimiter = "]]"
+        data            = "[[ range nomadVarList \"nomad/jobs/multi-model-traefik\" ]][[ if eq .Path \"nomad/jobs/multi-model-traefik\" ]][[ with nomadVar .Path ]][[ .routes ]][[ end ]][[ end ]][[ end ]]"
       }
 
       resources {
