@@ -40,7 +40,6 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from stack.atomic import write_text_atomic
 from stack.control.activator import Activator, Waker
 from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.control.autoscale.loop import Autoscaler, SignalSource
@@ -121,7 +120,9 @@ class Adapters:
     batch: BatchWorkers | None = None  # BatchAPI jobs: their queue and how their workers start
     prometheus_url: Callable[[], str | None] = lambda: None  # for the dashboard (stack.control.dashboard); it may move
     dashboard_keys: Callable[[], list[bytes]] | None = None  # Nomad: the dashboard is behind the gateway, with a key
-    affinity_file: Path | None = None  # where the affinity APIs' status is written for `stack status` (Compose)
+    # Where the affinity APIs' status (JSON) goes for a `stack status` on the host: a file of the Compose
+    # controller's shared state directory, a Nomad Variable (the local supervisor answers status itself).
+    affinity_out: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -209,17 +210,17 @@ class ControlPlane:
                 out[api] = shown
         return out
 
-    async def _write_affinity(self, path: Path, stopping: asyncio.Event) -> None:
-        """Where the host's `stack status` reads it (the Compose controller's shared state directory)."""
+    async def _write_affinity(self, out: Callable[[str], None], stopping: asyncio.Event) -> None:
+        """Where the host's `stack status` reads it (Adapters.affinity_out), when it changed."""
         written = None
         while not stopping.is_set():
             try:
                 text = json.dumps(self.affinity(), sort_keys=True)
                 if text != written:
-                    write_text_atomic(path, text)
+                    await asyncio.to_thread(out, text)
                     written = text
-            except OSError as exc:
-                LOGGER.warning(f"cannot write {path}: {exc}")
+            except (OSError, StackError) as exc:
+                LOGGER.warning(f"cannot write the affinity status: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), AFFINITY_EVERY)
 
@@ -264,7 +265,7 @@ class ControlPlane:
                 self.liveness.run(stopping),
                 self.autoscaler.run(stopping),
                 self.canary.run(stopping),
-                *([self._write_affinity(self.adapters.affinity_file, stopping)] if self.adapters.affinity_file else []),
+                *([self._write_affinity(self.adapters.affinity_out, stopping)] if self.adapters.affinity_out else []),
                 *([self.jobs.run(stopping)] if self.jobs is not None else []),
             )
         finally:

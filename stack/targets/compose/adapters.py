@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import docker
 
+from stack.atomic import write_text_atomic
 from stack.control.autoscale.signal import PrometheusSignal
 from stack.control.batch.jobs import BatchWorkers, keys_file
 from stack.control.canary import STATE_FILE, FileStore
@@ -79,7 +80,7 @@ async def adapters(
             upstreams=control_dir / UPSTREAMS_DIR,
         ),
         decisions=state_dir / DECISIONS_FILE,
-        affinity_file=state_dir / AFFINITY_FILE,
+        affinity_out=lambda text: write_text_atomic(state_dir / AFFINITY_FILE, text),
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", ERRORS_PORT),
         prometheus_url=lambda: prometheus,

@@ -28,7 +28,7 @@ from stack.targets.nomad.batch_workers import NomadWorkers
 from stack.targets.nomad.connection import NomadSettings
 from stack.targets.nomad.fleet import NomadFleet
 from stack.targets.nomad.plan import NOMAD_KEYS_FILE
-from stack.targets.nomad.routes import splits_yaml
+from stack.targets.nomad.routes import affinity_variable, splits_yaml
 from stack.targets.nomad.scaler import NomadScaler
 from stack.targets.nomad.settings import NomadControlSettings
 from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits
@@ -74,6 +74,7 @@ async def adapters(
         canaries=NomadCanaryStore(splits),
         splits=splits,
         routes=NomadRouteSink(splits),
+        affinity_out=lambda text: nomad.put_variable(affinity_variable(config.project), {"status": text}),
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", own.activator_port) if own.activator_port is not None else None,
         prometheus_url=lambda: prometheus,

@@ -29,6 +29,11 @@ def overrides_variable(project: str) -> str:
     return f"nomad/jobs/{project}-traefik/overrides"
 
 
+def affinity_variable(project: str) -> str:
+    """The affinity APIs' status as the controller sees it (item `status`, JSON), for `stack status --nomad`."""
+    return f"nomad/jobs/{project}-autoscaler/affinity"
+
+
 def canary_variable(project: str) -> str:
     return f"nomad/jobs/{project}-autoscaler/canary"
 

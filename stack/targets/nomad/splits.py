@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from stack.control.canary import STOPPED, parse_states
 from stack.splits import SplitterConfig, parse_overrides, weights_at
-from stack.targets.nomad.routes import ROUTES_ITEM, canary_variable, overrides_variable, routes_variable, routes_yaml
+from stack.targets.nomad.routes import (
+    ROUTES_ITEM,
+    affinity_variable,
+    canary_variable,
+    overrides_variable,
+    routes_variable,
+    routes_yaml,
+)
 
 if TYPE_CHECKING:
     from stack.targets.nomad.api import NomadApi
@@ -71,7 +78,7 @@ class NomadSplits:
         self.api.put_variable(routes_variable(self.project), {ROUTES_ITEM: text})
 
     def forget(self) -> None:
-        for path in (routes_variable, overrides_variable, canary_variable):
+        for path in (routes_variable, overrides_variable, canary_variable, affinity_variable):
             self.api.delete_variable(path(self.project))
 
 

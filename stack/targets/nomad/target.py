@@ -20,6 +20,8 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
 from urllib.parse import urlparse
 
 from stack.atomic import write_text_atomic
@@ -40,6 +42,7 @@ from stack.targets.nomad.deploy import TASK, Deployments, owner_of
 from stack.targets.nomad.images import ImagePusher
 from stack.targets.nomad.plan import nomad_progress_deadline
 from stack.targets.nomad.plan import plan as plan_nomad
+from stack.targets.nomad.routes import affinity_variable
 from stack.targets.nomad.scaler import GROUP, HANDED_BACK, MANUAL_SOURCE, NomadScaler, latest_source
 from stack.targets.nomad.splits import NomadSplits, overrides_variable, routes_variable
 from stack.targets.nomad.status import api_status
@@ -173,6 +176,9 @@ class NomadTarget:
     def status(self) -> StackStatus:
         on_disk = current_versions(self.loaded)  # what the files would build now
         apis = [api_status(self.api, api, self.job_id(api.name), on_disk[api.name]) for api in self.loaded.spec.apis]
+        if any(api.networking.affinity for api in self.loaded.spec.apis):
+            shown = _affinity(self.api.get_variable(affinity_variable(self.project)))
+            apis = [replace(a, affinity=shown.get(a.name)) if a.name in shown else a for a in apis]
         notes = [
             f"Nomad at {self.settings.address}"
             + (f", namespace {self.settings.namespace}" if self.settings.namespace else "")
@@ -325,3 +331,12 @@ def _follow(api: NomadApi, job_id: str, cutoff: float | None) -> Iterator[str]:
         return Stream(lines_since(lines, start if again else cutoff if start is None else None))
 
     return follow_replicas(listed, open_stream)
+
+
+def _affinity(items: dict[str, str] | None) -> dict[str, Any]:
+    """The controller's affinity status (its variable), per API; {} when there is none or it is not JSON."""
+    try:
+        shown = json.loads((items or {}).get("status", "{}"))
+    except ValueError:
+        return {}
+    return shown if isinstance(shown, dict) else {}

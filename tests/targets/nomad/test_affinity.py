@@ -26,7 +26,9 @@ from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
 from stack.targets.nomad.fleet import NomadFleet
 from stack.targets.nomad.plan import plan as plan_nomad
+from stack.targets.nomad.routes import affinity_variable
 from stack.targets.nomad.splits import NomadSplits
+from stack.targets.nomad.target import NomadTarget
 
 PREDICTOR = """
 import os
@@ -127,6 +129,14 @@ def test_the_controller_routes_each_model_to_its_allocation(
     variable = api.get_variable("nomad/jobs/na-traefik") or {}
     assert "Query(`model`, `m0`)" in variable["routes"] and "na-models-strip@nomad" in variable["routes"]
     assert len({_post(url, m)["pid"] for m in models}) > 1  # spread over the allocations
+    # What the controller writes for `stack status --nomad` (ControlPlane.affinity through affinity_out).
+    names = {t.url: t.replica for t in fleet.probe_targets()}
+    api.put_variable(
+        affinity_variable("na"), {"status": json.dumps({"models": routes.affinity_status("models", names)})}
+    )
+    shown = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address)).status().apis[0].affinity
+    assert shown is not None and set(models) <= set(shown["models"])
+    assert set(shown["held"]) <= {f"alloc{i}-0" for i in range(3)}  # the allocations, as status names them
     assert standin.problems == []
 
 
