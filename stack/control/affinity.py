@@ -28,7 +28,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,14 +57,16 @@ def assign(
     spread_at: float,
     per_server: int | None = None,
     previous: Mapping[str, tuple[str, ...]] | None = None,
+    known: Collection[str] = (),
 ) -> dict[str, tuple[str, ...]]:
     """Each value's servers.
 
     Its home is the first server of its ranking that holds fewer than `per_server` values (the models'
     cache_size, where known: values never crowd one replica's cache while another's has room) and is not
     past the load bound; a home it had (`previous`) is kept within a looser bound, so loads that wobble
-    move nothing. A value that wants more (`spread[value]` > 1) adds the next servers of its ranking that
-    have spare capacity (assigned less than `spread_at`): a busy stack, where none has, spreads nothing.
+    move nothing — unless a replica new since then (not in `known`) ranks above it: that is the value's
+    share of the newcomer. A value that wants more (`spread[value]` > 1) adds the next servers of its
+    ranking that have spare capacity (assigned less than `spread_at`): a busy stack, where none has, spreads nothing.
     """
     if not servers:
         return {}
@@ -82,9 +84,11 @@ def assign(
     for value in sorted(spread):
         ranked = rank(value, servers)
         load = loads.get(value, 0.0)
-        home_before = before.get(value, ())[:1]
-        if home_before and home_before[0] in given and room(home_before[0], load, bound * STICKY):
-            home = home_before[0]
+        had = before.get(value, ("",))[0]
+        # Kept where it was, unless that replica left or one new since then ranks above it.
+        keep = had in given and all(s in known for s in ranked[: ranked.index(had)])
+        if keep and room(had, load, bound * STICKY):
+            home = had
         else:
             home = next(
                 (s for s in ranked if room(s, load, bound)),
@@ -151,6 +155,7 @@ class ApiAffinity:
     requested: dict[str, float] = field(default_factory=dict)  # value -> when a replica last served it
     hits: dict[str, tuple[int, int]] = field(default_factory=dict)  # server URL -> (hits, misses) reported
     placed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # value -> its servers, as last routed
+    _placed_on: set[str] = field(default_factory=set)  # the servers `placed` was computed over
     _seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)  # (server, value) -> busy last read
     _per_server: dict[tuple[str, str], float] = field(default_factory=dict)  # (server, value) -> load
 
@@ -212,7 +217,10 @@ class ApiAffinity:
             v: self.spreads.setdefault(v, Spread()).update(loads.get(v, 0.0), self.spread_at, len(servers), now)
             for v in values
         }
-        self.placed = assign(loads, spread, sorted(servers), self.spread_at, self.per_server, self.placed)
+        self.placed = assign(
+            loads, spread, sorted(servers), self.spread_at, self.per_server, self.placed, self._placed_on
+        )
+        self._placed_on = set(servers)
         return self.placed
 
     def in_use(self, window: float) -> int:

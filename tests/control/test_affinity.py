@@ -152,13 +152,19 @@ def test_the_working_set_counts_models_served_within_the_window() -> None:
 
 def test_values_never_crowd_one_cache_while_another_has_room_and_stay_put() -> None:
     six = [f"m{i}" for i in range(6)]
+    before_all = assign({}, dict.fromkeys(MODELS, 1), SERVERS, spread_at=4)
     placed = assign({}, dict.fromkeys(six, 1), SERVERS, spread_at=1, per_server=2)
     per_server = Counter(servers[0] for servers in placed.values())
     assert max(per_server.values()) <= 2  # 6 models, cache 2, 4 replicas: they fit, so each is held
     # Loads that wobble around the bound move nothing that has a home.
     loads = {v: 1.2 + 0.1 * (i % 2) for i, v in enumerate(six)}
-    again = assign(loads, dict.fromkeys(six, 1), SERVERS, spread_at=1, per_server=2, previous=placed)
+    again = assign(loads, dict.fromkeys(six, 1), SERVERS, spread_at=1, per_server=2, previous=placed, known=SERVERS)
     assert again == placed
+    # A replica new since then still takes its share: the values that rank it first.
+    fifth = "http://10.0.0.5:8888"
+    grown = assign({}, dict.fromkeys(MODELS, 1), [*SERVERS, fifth], spread_at=4, previous=before_all, known=SERVERS)
+    moved = [v for v in MODELS if grown[v] != before_all[v]]
+    assert moved and all(grown[v] == (fifth,) and rank(v, [*SERVERS, fifth])[0] == fifth for v in moved)
     # A hot value spreads only to replicas with spare capacity: none when every one is busy.
     busy = {**dict.fromkeys(six, 1.3), "m0": 4.0}
     assert len(assign(busy, {**dict.fromkeys(six, 1), "m0": 4}, SERVERS, spread_at=1, per_server=2)["m0"]) == 1
