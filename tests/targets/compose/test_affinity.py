@@ -17,20 +17,25 @@ from waits import until
 
 pytestmark = DOCKER
 
+# Cortex's python_client over models/<name>/1/: a model is loaded on its first request to a replica.
 PREDICTOR = """
+import os
 import socket
+import time
 
 
-class Predictor:
-    def __init__(self, config):
-        self.models = set()
+class PythonPredictor:
+    def __init__(self, python_client, config):
+        self.client = python_client
 
-    def predict(self, payload, query_params):
-        name = query_params.get("model", "none")
-        hit = name in self.models
-        self.models.add(name)
-        return {"replica": socket.gethostname(), "hit": hit}
+    def load_model(self, model_path):
+        time.sleep(0.05)
+        return os.path.basename(os.path.dirname(model_path))
+
+    def predict(self, payload, headers):
+        return {"replica": socket.gethostname(), "model": self.client.get_model(headers["x-model"])}
 """
+MODELS = [f"model-{i}" for i in range(24)]  # the new replica ranks first for none of them: 0.75**24, 0.1%
 
 
 @pytest.fixture
@@ -38,6 +43,9 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     root = tmp_path / "aff"
     root.mkdir()
     (root / "predictor.py").write_text(PREDICTOR)
+    for model in MODELS:
+        (root / "models" / model / "1").mkdir(parents=True)
+        (root / "models" / model / "1" / "weights.bin").write_bytes(model.encode())
     name = f"af{int(time.time() * 1000) % 10**8}"
     port = free_port()
     (root / "stack.yaml").write_text(
@@ -46,7 +54,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
         f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
         "apis:\n"
         "  - name: models\n"
-        "    predictor: {path: predictor.py}\n"
+        "    predictor: {type: python, path: predictor.py, multi_model_reloading: {dir: models}}\n"
         "    networking: {affinity: {header: X-Model}}\n"
         "    autoscaling: {min_replicas: 3, max_replicas: 3}\n"
     )
@@ -60,7 +68,7 @@ def test_each_model_stays_on_its_replica_and_a_new_replica_takes_only_its_share(
     root, _name, port = project
     stack("up", str(root), cwd=root)
     url = f"http://127.0.0.1:{port}/models"
-    models = [f"model-{i}" for i in range(24)]  # the new replica ranks first for none of them: 0.75**24, 0.1%
+    models = MODELS
     session = requests.Session()
 
     def replica(model: str) -> str:
@@ -83,6 +91,9 @@ def test_each_model_stays_on_its_replica_and_a_new_replica_takes_only_its_share(
     assert len(set(before.values())) > 1
     # status names the replicas as the requests found them: the same models share one
     assert all((before[a] == before[b]) == (shown["models"][a] == shown["models"][b]) for a in models for b in models)
+    # Each model was loaded by the replica its requests reach, once: the replicas' hit ratio says so.
+    ratio = until(lambda: (routed() or {}).get("hit_ratio", 0) > 0.8 and routed(), "the hit ratio over 0.8", 10)
+    assert set(ratio["held"]) == set(shown["held"])
     # Scaled by hand to 4: each model either stays where it was or moves to the new replica.
     stack("scale", "-p", str(root), "models", "4", "--force", cwd=root)
 
