@@ -57,7 +57,9 @@ class Replica:
         # With batching, one thread per batch in flight (at least): the next batch is collected and
         # its inputs built while the previous one runs.
         threads = max(config.threads_per_process, config.batching.max_in_flight if config.batching else 0)
-        self._pool = PredictPool(threads, on_start=self.metrics.queued.dec if self._count_gauges else None)
+        self._pool = PredictPool(
+            threads, on_start=self.metrics.queued.dec if self._count_gauges else None, ordered=config.priorities
+        )
         self.predictions = Predictions(config, self.metrics, self._pool, self._count_gauges)
         if config.affinity is not None:
             kind, name = config.affinity

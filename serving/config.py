@@ -91,6 +91,11 @@ class ServingConfig:
     # networking.affinity as ["query", NAME] or ["header", NAME]: the replica reports what it serves of each
     # value (serving.affinity) for the gateway's model affinity; None: none.
     affinity: list[str] | None = None
+    # Named keys with a concurrency limit (gateway.keys): where this replica releases a request's lease
+    # (`X-Stack-Lease`, set by the gateway) before its answer leaves (stack.control.tenants); None: nowhere.
+    leases_url: str | None = None
+    # Named keys of different priorities: queued requests are taken highest priority first (serving.pool).
+    priorities: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServingConfig:

@@ -19,6 +19,7 @@ from serving import tracing
 from serving.batching import Batcher
 from serving.codec import Headers
 from serving.config import BatchingConfig
+from serving.keys import RANK_KEY
 from serving.loader import Handler
 from serving.metrics import ApiMetrics
 from serving.pool import PredictPool
@@ -93,7 +94,7 @@ class Dispatch:
         work = functools.partial(context.run, call, payload, query, request.headers)
         if self._tracer is not None and self._tracer.sampled():
             return await tracing.traced_thread(self._tracer, self._pool.run, work, is_gone)
-        return await self._pool.run(work, is_gone)
+        return await self._pool.run(work, is_gone, rank=request.get(RANK_KEY, 1))
 
     async def _run_batch(self, items: list[tuple[Any, ...]]) -> Any:
         handler = self._handler

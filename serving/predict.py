@@ -29,7 +29,8 @@ from serving.dispatch import Dispatch, not_loaded
 from serving.errors import HTTPError
 from serving.failures import PredictTimeout, failure_of
 from serving.flights import Flight, Flights
-from serving.keys import ApiKeys, carries_key
+from serving.keys import KEY, LEASE_HEADER, RANK, RANK_KEY, ApiKeys, KeyEntry, carries_key, find_key
+from serving.leases import Leases
 from serving.loader import LoadedPredictor
 from serving.logs import REQUEST_ID, replica_name
 from serving.metrics import ApiMetrics
@@ -38,6 +39,7 @@ from serving.pool import ClientGone, PredictPool
 from serving.post_predict import PostPredict
 from serving.protocols import openai_error, v2_error
 from serving.streaming import StreamFailed, is_stream, stream
+from serving.usage import Usage
 
 LOGGER = logging.getLogger("serving")
 CLIENT_GONE = 499  # nginx's code for "client closed the request"; only ever logged and counted
@@ -57,6 +59,8 @@ class Predictions:
         self.last_request_at = 0.0  # monotonic; draining waits until requests stop arriving
         self._throughput = Throughput(config.threads_per_process)  # what Retry-After is computed from
         self.keys = ApiKeys(config.api_keys, config.api_keys_file)  # re-read when the file changes
+        self.usage = Usage(config.api, config.gpus, metrics.registry_for_extra())  # per named key
+        self._leases = Leases(config.leases_url) if config.leases_url else None
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
@@ -88,6 +92,8 @@ class Predictions:
         self.predictor = predictor
 
     async def close(self) -> None:
+        if self._leases is not None:
+            await self._leases.close()
         await self._post.close()
         await self._dispatch.stop()
         if self._tracer is not None:
@@ -127,6 +133,7 @@ class Predictions:
         tracer = self._tracer
         traced = tracer.start_request(request.method, request.path, request.headers, request_id) if tracer else None
         error: BaseException | None = None
+        response: web.StreamResponse | None = None
         try:
             response = await self._answer(request, request_id, adapter)
             status = response.status
@@ -159,6 +166,13 @@ class Predictions:
             if traced is not None and tracer is not None:
                 tracer.finish_request(traced, status, error if status >= 500 else None)
             elapsed = time.perf_counter() - start
+            named = request.get(KEY)
+            if isinstance(named, KeyEntry) and named.name:
+                sent = response.content_length if response is not None and response.content_length else 0
+                self.usage.record(named.name, status, elapsed, request.content_length or 0, sent)
+            if self._leases is not None:
+                # Before the answer leaves: the client's next request finds its key's slot free.
+                await self._leases.release(request.headers.get(LEASE_HEADER, ""))
             self.metrics.answered(status, elapsed)
             self._throughput.took(elapsed)
             if self._log_requests:
@@ -177,8 +191,14 @@ class Predictions:
     # -- prediction ----------------------------------------------------------
 
     async def _answer(self, request: web.Request, request_id: str, adapter: Any = None) -> web.StreamResponse:
-        if self.keys.current() and not self.authorized(request):
-            return error_response(401, "missing or unknown API key", request_id, {"WWW-Authenticate": "Bearer"})
+        rank = 1
+        if self.keys.current():
+            entry = find_key(request.headers, self.keys.entries)
+            if entry is None:
+                return error_response(401, "missing or unknown API key", request_id, {"WWW-Authenticate": "Bearer"})
+            request[KEY] = entry
+            rank = RANK.get(entry.priority, 1)
+            request[RANK_KEY] = rank
         if self.flights.abandoned is not None:
             message = f"this replica is stuck ({self.flights.abandoned}) and is being replaced; retry"
             return error_response(503, message, request_id, {"Retry-After": "1"})
@@ -203,7 +223,7 @@ class Predictions:
                 # The rest of the body is not worth waiting for: answer, then close the connection.
                 message = f"the request body did not arrive within {self.config.body_timeout:g}s"
                 raise HTTPError(408, message, {"Connection": "close"}) from None
-        if self.in_flight >= self.config.max_concurrency:
+        if self.in_flight >= self.config.max_concurrency and not self._pool.evict(rank, self.retry_after()):
             return error_response(
                 503,
                 f"replica is at max_concurrency ({self.config.max_concurrency} requests); retry later",

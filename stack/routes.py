@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from serving.keys import LEASE_HEADER
+
 ENTRYPOINT = "web"
 # The stack's own checks through the gateway come in here (127.0.0.1 only, plain HTTP): with TLS and
 # client certificates on `web`, they could not; every router listens on both.
@@ -37,6 +39,9 @@ JOBS = "/__stack/jobs"  # a BatchAPI's endpoint at the controller (stack.control
 # scaled to zero (a `stack status` must not count as the request that wakes it).
 PROBE_HEADER = "X-Stack-Probe"
 TOO_LARGE = "/__stack/too-large"  # the errors service's 413 for a declared body over max_body_size
+# Named keys (gateway.keys): every router asks the controller first (Traefik's forwardAuth), AUTH/<router>;
+# the replica that answers releases the request's lease (stack.control.tenants).
+AUTH = "/__stack/auth"
 ERRORS = "stack-errors"  # the service answering the gateway's own errors as JSON (stack.control.gateway_errors)
 # A killed replica costs at most its in-flight requests: a request that could not reach
 # a replica (no byte sent) goes to another one; the dial gives up after `dialTimeout`.
@@ -182,13 +187,27 @@ def _pins(route: Route, middlewares: list[str], routers: dict[str, Any], service
         services[name] = {"loadBalancer": {"servers": [{"url": url} for url in servers], "strategy": route.strategy}}
 
 
+def _auth(name: str, errors_url: str, middlewares: dict[str, Any]) -> list[str]:
+    """The router's forwardAuth middleware (named keys): the controller decides, the lease goes on."""
+    middlewares[f"{name}-auth"] = {
+        "forwardAuth": {
+            "address": f"{errors_url}{AUTH}/{name}",
+            "authResponseHeaders": [LEASE_HEADER],
+            "trustForwardHeader": False,  # the client's X-Forwarded-* are not the controller's business
+            "maxResponseBodySize": 4096,  # the controller's answers are a line of JSON
+        }
+    }
+    return [f"{name}-auth"]
+
+
 def dynamic_config(
-    routes: list[Route], errors_url: str | None = None, splits: tuple[Split, ...] = ()
+    routes: list[Route], errors_url: str | None = None, splits: tuple[Split, ...] = (), auth: bool = False
 ) -> dict[str, Any]:
     """Traefik's dynamic configuration for these routes (file provider).
 
     With `errors_url` (stack.control.gateway_errors), every answer the gateway makes itself is JSON:
     a path no API serves, an API with no ready replica, a replica that broke the connection (502).
+    With `auth` (named keys, and `errors_url`), every API's and splitter's router asks the controller first.
     """
     routers: dict[str, Any] = {}
     middlewares: dict[str, Any] = {}
@@ -199,7 +218,9 @@ def dynamic_config(
             "entryPoints": list(ENTRYPOINTS),
             "rule": router_rule(route.endpoint),
             "service": name,
-            "middlewares": ([ERRORS] if errors_url else []) + [f"{name}-strip", f"{name}-retry"],
+            "middlewares": (_auth(name, errors_url, middlewares) if auth and errors_url and not route.jobs else [])
+            + ([ERRORS] if errors_url else [])
+            + [f"{name}-strip", f"{name}-retry"],
         }
         middlewares[f"{name}-strip"] = {"stripPrefix": {"prefixes": [route.endpoint]}}
         middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
@@ -222,7 +243,8 @@ def dynamic_config(
             services[member_service(split.router, svc)] = copy.deepcopy(
                 services.get(svc) or {"loadBalancer": {"servers": []}}
             )
-        _add_split(split, routers, middlewares, services, ([ERRORS] if errors_url else []), provider="")
+        first = _auth(split.router, errors_url, middlewares) if auth and errors_url else []
+        _add_split(split, routers, middlewares, services, first + ([ERRORS] if errors_url else []), provider="")
         members = [limits.get(svc) for svc, _ in split.weights]
         if members and None not in members:  # over every member's limit: none of them would take it
             limit = max(m for m in members if m is not None)
@@ -298,9 +320,15 @@ def provider_splits(splits: tuple[Split, ...], provider: str) -> dict[str, Any]:
     return {"http": {"routers": routers, "middlewares": middlewares, "services": services}} if routers else {}
 
 
-def render(routes: list[Route], header: str = "", errors_url: str | None = None, splits: tuple[Split, ...] = ()) -> str:
+def render(
+    routes: list[Route],
+    header: str = "",
+    errors_url: str | None = None,
+    splits: tuple[Split, ...] = (),
+    auth: bool = False,
+) -> str:
     comment = "".join(f"# {line}\n" for line in header.splitlines())
-    config = dynamic_config(routes, errors_url, splits)
+    config = dynamic_config(routes, errors_url, splits, auth)
     return comment + yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
 
 

@@ -145,7 +145,7 @@ def tls_files(root: Path, tls: Any, where: Callable[[Path], str] = str) -> TlsFi
 def keys_in_clear(gateway: Any, target: str) -> list[str]:
     """A warning when `gateway.api_keys` would cross the network in clear text (no TLS, not on 127.0.0.1)."""
     host = gateway.host or ("127.0.0.1" if target == "local" else "0.0.0.0")
-    if not gateway.api_keys or gateway.tls is not None or host in ("127.0.0.1", "localhost", "::1"):
+    if not gateway.all_keys or gateway.tls is not None or host in ("127.0.0.1", "localhost", "::1"):
         return []
     return [
         f"gateway.api_keys is set and the gateway listens on {host} without TLS: the keys would travel in clear "

@@ -36,6 +36,7 @@ class RouteTable:
 
     routes: tuple[Route, ...]
     splits: tuple[Split, ...]
+    auth: bool = False  # named keys: every router asks the controller first (stack.control.tenants)
 
 
 class RouteSink(Protocol):
@@ -67,7 +68,7 @@ class FileRouteSink:
         self.upstreams = upstreams
 
     def write(self, table: RouteTable) -> bool:
-        text = routes.render(list(table.routes), self.header, self.errors_url, table.splits)
+        text = routes.render(list(table.routes), self.header, self.errors_url, table.splits, table.auth)
         if self.tls is not None:
             write_config(self.directory, self.tls)
         else:
@@ -93,8 +94,10 @@ class GatewayRoutes:
         overrides: Callable[[], Weights],
         canaries: Callable[[], Weights],
         clock: Callable[[], float] = time.monotonic,
+        auth: Callable[[], bool] = lambda: False,
     ) -> None:
         self.sink = sink
+        self.auth = auth  # named keys are set: routes ask the controller first
         self.overrides = overrides  # weights set by `stack split`, until the next `stack up`
         self.canaries = canaries  # weights the splitters' canaries set now
         self.clock = clock
@@ -167,7 +170,7 @@ class GatewayRoutes:
         table = tuple(self.route(api, servers.get(name, ())) for name, api in sorted(self.apis.items()))
         table += tuple(Route(b.router, b.endpoint, jobs=b.name) for b in self.config.batch)
         splits = applied(self.config.project, self.config.splitters, self._overrides, self.canaries())
-        return RouteTable(table, splits)
+        return RouteTable(table, splits, self.auth())
 
     def publish(self, servers: Mapping[str, Collection[str]]) -> bool:
         """Route these replicas (API -> base URLs); True when the gateway's routes changed."""

@@ -40,6 +40,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from serving.keys import KeyEntry
 from stack.control.activator import Activator, Waker
 from stack.control.autoscale.config import ApiScaling, AutoscalerConfig
 from stack.control.autoscale.loop import Autoscaler, SignalSource
@@ -54,6 +55,7 @@ from stack.control.dashboard.web import dashboard_routes
 from stack.control.gateway_errors import serve_errors
 from stack.control.liveness import Decision, Liveness, Probed
 from stack.control.routing import GatewayRoutes, RouteSink, Weights
+from stack.control.tenants import Tenants, routers_of, tenant_routes
 from stack.errors import StackError
 from stack.splits import member_services
 from stack.status import SplitterStatus
@@ -123,6 +125,9 @@ class Adapters:
     # Where the affinity APIs' status (JSON) goes for a `stack status` on the host: a file of the Compose
     # controller's shared state directory, a Nomad Variable (the local supervisor answers status itself).
     affinity_out: Callable[[str], None] | None = None
+    # The stack's keys as its keys file holds them (serving.keys), for the named keys' limits
+    # (stack.control.tenants); None: the controller checks no key itself.
+    keys: Callable[[], list[KeyEntry]] | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,17 @@ class ControlPlane:
             services=lambda splitter: member_services(self.config.project, splitter),
             busy=adapters.fleet.rolling_out,
         )
-        self.routes = GatewayRoutes(config, adapters.routes, adapters.splits.overrides, self.canary.weights)
+        self.tenants: Tenants | None = None
+        if adapters.keys is not None:
+            self.tenants = Tenants(adapters.keys, routers_of(config), registry=self.registry)
+        tenants = self.tenants
+        self.routes = GatewayRoutes(
+            config,
+            adapters.routes,
+            adapters.splits.overrides,
+            self.canary.weights,
+            auth=(lambda: tenants.active) if tenants is not None else (lambda: False),
+        )
         self.canary.on_change = self.routes.refresh
         self.autoscaler = Autoscaler(
             config,
@@ -187,6 +202,8 @@ class ControlPlane:
         self.autoscaler.configure(config)
         self.canary.configure(config.splitters)
         self.routes.configure(config)
+        if self.tenants is not None:
+            self.tenants.routers = routers_of(config)
 
     def status(self) -> dict[str, dict[str, object]]:
         """The autoscaler's last decisions per API, as `stack status` shows them."""
@@ -256,6 +273,7 @@ class ControlPlane:
             if self.adapters.errors is not None:
                 host, port = self.adapters.errors
                 extra = job_routes(self.jobs) if self.jobs is not None else []
+                extra += tenant_routes(self.tenants) if self.tenants is not None else []
                 runners.append(await serve_errors(host, port, self.activator, extra))
             names = ", ".join(a.name for a in self.config.routed) or "none"
             LOGGER.info(f"controlling {names} of {self.config.project}")

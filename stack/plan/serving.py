@@ -15,10 +15,10 @@ REPLICA_PORT = 8888  # every replica listens here inside its container or alloca
 def api_keys_text(loaded: LoadedSpec) -> str:
     """The secret file the replicas read their keys from: one per line. It is always written, empty of
     keys when the stack is open, so replicas follow keys added to or removed from a running stack."""
-    keys = loaded.spec.gateway.api_keys
-    if not keys:
-        return "# no API keys (gateway.api_keys): the stack's APIs are open\n"
-    return "".join(f"{key}\n" for key in keys)
+    entries = loaded.spec.gateway.key_entries
+    if not entries:
+        return "# no API keys (gateway.api_keys, gateway.keys): the stack's APIs are open\n"
+    return "".join(f"{entry.to_line()}\n" for entry in entries)
 
 
 def keys_removed(previous: str | None, loaded: LoadedSpec) -> str | None:
@@ -26,7 +26,7 @@ def keys_removed(previous: str | None, loaded: LoadedSpec) -> str | None:
     had = previous is not None and any(
         line.strip() and not line.strip().startswith("#") for line in previous.splitlines()
     )
-    if not had or loaded.spec.gateway.api_keys:
+    if not had or loaded.spec.gateway.all_keys:
         return None
     return (
         "warning: gateway.api_keys was removed: the stack's APIs are open now to anyone who reaches the gateway "
@@ -46,6 +46,7 @@ def replica_config(
     model_cache: str | None = None,
     upstreams_file: str | None = None,
     tracing: TracingConfig | None = None,
+    leases_url: str | None = None,
 ) -> ServingConfig:
     """`root` is where the project directory is seen by the replica: /app in images, the real path locally.
     `model_cache`: where this replica finds the host's shared model cache (a path it sees), if any.
@@ -77,7 +78,7 @@ def replica_config(
         grace_period=predictor.grace_period,
         # With keys_file, the replica reads the keys from there (a secret the target mounts, always there
         # and rewritten when keys change: the replica follows it).
-        api_keys=[] if keys_file else list(loaded.spec.gateway.api_keys),
+        api_keys=[] if keys_file else loaded.spec.gateway.all_keys,
         api_keys_file=keys_file,
         public_openapi=loaded.spec.gateway.public_openapi,
         gpus=int(api.compute.gpu) if api.compute.gpu == int(api.compute.gpu) else api.compute.gpu,
@@ -91,6 +92,11 @@ def replica_config(
         upstreams_file=upstreams_file if api.calls else None,
         tracing=tracing,
         affinity=list(api.networking.affinity.source) if api.networking.affinity is not None else None,
+        leases_url=leases_url if any(k.concurrency for k in loaded.spec.gateway.keys) else None,
+        priorities=len(
+            {k.priority for k in loaded.spec.gateway.keys} | ({"normal"} if loaded.spec.gateway.api_keys else set())
+        )
+        > 1,
     )
 
 

@@ -29,6 +29,7 @@ def api_values(
     model_cache: str | None = None,
     upstreams_file: str | None = None,
     traces_url: str | None = None,
+    leases_url: str | None = None,
 ) -> dict[str, Any]:
     """One API's values for a template (a dict: the template is where they are serialized). `traces_url`: the
     tracing collector as the replica reaches it (default: stack.yaml's endpoint)."""
@@ -43,6 +44,7 @@ def api_values(
         model_cache=model_cache,
         upstreams_file=upstreams_file,
         tracing=tracing_config(loaded, version, traces_url),
+        leases_url=leases_url,
     )
     predictor = api.predictor
     endpoint = api.endpoint

@@ -88,10 +88,14 @@ def _adder(problems: list[Problem], positions: dict[Path_, tuple[int, int]], sho
 
 
 def _secret_files(data: Any, root: Path) -> list[Path]:
-    """gateway.api_keys_file, read before the keys are resolved (they replace it)."""
+    """gateway.api_keys_file and each named key's key_file, read before the keys are resolved (they replace
+    them): files never copied into an image."""
     gateway = data.get("gateway") if isinstance(data, dict) else None
-    key_file = gateway.get("api_keys_file") if isinstance(gateway, dict) else None
-    return [(root / key_file).resolve()] if isinstance(key_file, str) and key_file else []
+    if not isinstance(gateway, dict):
+        return []
+    files = [gateway.get("api_keys_file")]
+    files += [k.get("key_file") for k in gateway.get("keys") or [] if isinstance(k, dict)]
+    return [(root / f).resolve() for f in files if isinstance(f, str) and f]
 
 
 ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -170,7 +174,90 @@ def _resolve_api_keys(
             f"{shown}: gateway.api_keys holds {literal} key(s) in the file itself; anyone who can read "
             "stack.yaml (or its repository) has them. Prefer api_keys: ${STACK_API_KEYS} or api_keys_file."
         )
+    named = gateway.get("keys")
+    if isinstance(named, list):
+        _resolve_named_keys(data, named, root, add, warnings, shown, environ, secret_env, required)
     return problems, warnings
+
+
+def _resolve_named_keys(
+    data: dict[str, Any],
+    named: list[Any],
+    root: Path,
+    add: Any,
+    warnings: list[str],
+    shown: str,
+    environ: Mapping[str, str],
+    secret_env: list[str],
+    required: bool,
+) -> None:
+    """gateway.keys: each key from `${VAR}`, a literal (warned about) or key_file, checked against the others
+    and the APIs it names."""
+    callable_names = [a.get("name") for a in data.get("apis") or [] if isinstance(a, dict)]
+    callable_names += [s.get("name") for s in data.get("splitters") or [] if isinstance(s, dict)]
+    seen_names: dict[str, int] = {}
+    seen_keys: dict[str, int] = {}
+    plain = [k for k in (data["gateway"].get("api_keys") or []) if isinstance(k, str)]
+    for index, entry in enumerate(named):
+        if not isinstance(entry, dict):
+            continue
+        at: Path_ = ("gateway", "keys", index)
+        key, key_file = entry.get("key"), entry.get("key_file")
+        if key is not None and key_file is not None:
+            add((*at, "key_file"), "give key or key_file, not both")
+            continue
+        if isinstance(key, str) and (match := ENV_REFERENCE.match(key.strip())):
+            name = match.group(1)
+            secret_env.append(name)
+            if name not in environ:
+                if required:
+                    add((*at, "key"), f"environment variable {name} is not set (export it, or use key_file)")
+                entry["key"] = ""
+            else:
+                entry["key"] = environ[name].strip()
+        elif isinstance(key, str):
+            warnings.append(
+                f"{shown}: gateway.keys[{index}] ({entry.get('name')}) holds its key in the file itself; "
+                "anyone who can read stack.yaml has it. Prefer key: ${VAR} or key_file."
+            )
+        elif isinstance(key_file, str) and key_file:
+            path = (root / key_file).resolve()
+            try:
+                lines = [x.strip() for x in path.read_text().splitlines() if x.strip() and not x.startswith("#")]
+            except OSError as exc:
+                if required:
+                    add((*at, "key_file"), f"cannot read {path}: {exc.strerror or exc}")
+                lines = [""]
+            if not lines and required:
+                add((*at, "key_file"), f"{path} holds no key")
+            entry.pop("key_file")
+            entry["key"] = lines[0] if lines else ""
+        resolved = entry.get("key")
+        if isinstance(resolved, str) and resolved:
+            if resolved in seen_keys or resolved in plain:
+                other = f"gateway.keys[{seen_keys[resolved]}]" if resolved in seen_keys else "gateway.api_keys"
+                add((*at, "key"), f"the same key as {other}: each caller needs its own key")
+            seen_keys.setdefault(resolved, index)
+            if len(resolved) < 16:
+                warnings.append(
+                    f"{shown}: gateway.keys[{index}] ({entry.get('name')}): a key of {len(resolved)} characters "
+                    "is easy to guess; use 16 or more (`openssl rand -hex 16`)"
+                )
+            if any(c.isspace() or not c.isprintable() for c in resolved):
+                add((*at, "key"), "a key is one word of printable characters (no spaces)")
+        name = entry.get("name")
+        if isinstance(name, str):
+            if name in seen_names:
+                add((*at, "name"), f"gateway.keys[{seen_names[name]}] has this name too: each key needs its own")
+            seen_names.setdefault(name, index)
+        apis = entry.get("apis")
+        if isinstance(apis, list):
+            for n, api in enumerate(apis):
+                if isinstance(api, str) and api not in callable_names:
+                    close = difflib.get_close_matches(api, [c for c in callable_names if isinstance(c, str)], 1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    known = ", ".join(c for c in callable_names if isinstance(c, str)) or "none"
+                    add((*at, "apis", n), f"no API or splitter {api!r}{hint} (the stack has: {known})")
 
 
 # -- YAML with positions -----------------------------------------------------

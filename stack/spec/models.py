@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
+from serving.keys import KeyEntry
 from stack.errors import UnknownApi
 from stack.spec.base import (
     NAME_RULE,
@@ -26,6 +27,7 @@ from stack.spec.base import (
     Strict,
 )
 from stack.spec.splitters import Splitter
+from stack.spec.units import parse_rate
 
 __all__ = ["NAME_RULE", "Api", "Duration", "Memory", "Networking", "Spec", "Splitter", "Strict"]
 
@@ -411,6 +413,53 @@ class Tls(Strict):
         return self
 
 
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class NamedKey(Strict):
+    """One caller of the stack (a team, an app, a customer): its key, and what it may do.
+
+    Enforced stack-wide by the stack's controller, whatever the replica count: `rate` and `concurrency`
+    over every API it calls; a request over either is answered 429 with `Retry-After`. Usage is counted
+    under `name` (never the key).
+    """
+
+    # Who it is: the label of its usage and metrics, and what 429s and `stack usage` name.
+    name: Annotated[str, Field(pattern=KEY_NAME)]
+    # The key itself: `${ENV_VAR}` (keeps it out of stack.yaml), or a literal (warned about).
+    key: str | None = None
+    # ... or a file holding it (relative to stack.yaml; never copied into an image).
+    key_file: str | None = None
+    # Requests per second, minute or hour, over all its APIs: 5/s, 300/m; null: unlimited.
+    rate: Rate | None = None
+    # Requests it may send at once above its rate (a token bucket's size); default: the per-second rate.
+    burst: Annotated[int, Field(ge=1)] | None = None
+    # Requests in flight at once over the whole stack; null: unlimited.
+    concurrency: Annotated[int, Field(ge=1)] | None = None
+    # Replicas serve queued requests highest priority first; a full queue refuses the lowest first.
+    priority: Literal["high", "normal", "low"] = "normal"
+    # The APIs (or splitters) it may call; others answer 403. null: all of them.
+    apis: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> NamedKey:
+        if (self.key is None) == (self.key_file is None):
+            raise ValueError("give exactly one of key (like key: ${GOLD_KEY}) or key_file (a file holding it)")
+        return self
+
+    def entry(self) -> KeyEntry:
+        return KeyEntry(
+            (self.key or "").encode(),
+            self.name,
+            self.priority,
+            self.rate,
+            self.burst,
+            self.concurrency,
+            tuple(self.apis) if self.apis is not None else None,
+        )
+
+
 class Gateway(Strict):
     # Where clients reach every API; the only port the stack opens to the network.
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
@@ -430,6 +479,9 @@ class Gateway(Strict):
     # A file of keys, one per line (# comments), relative to stack.yaml: read by the command that loads the
     # spec, added to api_keys, and never copied into an image.
     api_keys_file: str | None = None
+    # Named keys with their own rate, concurrency, priority and APIs (see NamedKey); api_keys and
+    # api_keys_file keep working beside them as unnamed keys of normal priority and no limit.
+    keys: list[NamedKey] = Field(default_factory=list)
     # With api_keys, GET /API/openapi.json answers only with a key, like the prediction routes (it
     # describes what the API takes). true publishes it to every client.
     public_openapi: bool = False
@@ -438,6 +490,15 @@ class Gateway(Strict):
     # With tls: plain HTTP on this port answers a redirect to HTTPS (and ACME's http challenge);
     # null: no plain listener.
     http_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+    @property
+    def key_entries(self) -> list[KeyEntry]:
+        """Every key of the stack: the named ones, then api_keys (what the keys file holds)."""
+        return [k.entry() for k in self.keys] + [KeyEntry(key.encode()) for key in self.api_keys]
+
+    @property
+    def all_keys(self) -> list[str]:
+        return [e.key.decode() for e in self.key_entries]
 
     @model_validator(mode="after")
     def _http_port(self) -> Gateway:

@@ -46,6 +46,18 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration like 250ms, 10s, 5m, 1h or 1m30s, got {value!r}")
 
 
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(value: Any) -> float:
+    """Requests per second, from `5/s`, `300/m` or `1000/h`."""
+    match = _RATE.match(str(value)) if not isinstance(value, bool) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"expected a rate like 5/s, 300/m or 1000/h (above zero), got {value!r}")
+    return float(match.group(1)) / _RATE_UNITS[match.group(2)]
+
+
 def parse_memory(value: Any) -> int:
     """Bytes as an int."""
     if isinstance(value, bool):

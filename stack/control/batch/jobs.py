@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from serving.batch import WORK_PATH
-from serving.keys import carries_key
+from serving.keys import carries_key, parse_keys
 from stack.control.autoscale.config import BatchRoute
 from stack.control.batch import store as st
 from stack.control.batch.store import Job, JobSpec, JobStore
@@ -379,10 +379,9 @@ def keys_file(path: str) -> Callable[[], list[bytes]]:
 
     def read() -> list[bytes]:
         try:
-            text = Path(path).read_text()
+            return [entry.key for entry in parse_keys(Path(path).read_text())]
         except FileNotFoundError:
             return []
-        return [line.strip().encode() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
     return read
 

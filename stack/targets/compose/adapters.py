@@ -22,17 +22,17 @@ from stack.control.canary import STATE_FILE, FileStore
 from stack.control.canary_sources import PrometheusSource
 from stack.control.routing import FileRouteSink
 from stack.control.runtime import Adapters, ControlSettings
+from stack.control.tenants import keys_in
 from stack.errors import StackError
 from stack.plan.values import ERRORS_PORT
 from stack.splits import FileSplits
 from stack.targets.compose.batch_workers import ComposeWorkers
 from stack.targets.compose.desired import AFFINITY_FILE, DECISIONS_FILE
 from stack.targets.compose.fleet import ComposeFleet
-from stack.targets.compose.plan import COMPOSE_KEYS_FILE
+from stack.targets.compose.plan import COMPOSE_KEYS_FILE, CONTROLLER_HOST
 from stack.targets.compose.scaler import ComposeScaler
 from stack.targets.compose.settings import ComposeSettings
 
-CONTROLLER_HOST = "autoscaler"  # the Compose service's name: its address on the stack's network
 ROUTES_DIR = "routes"  # under the control directory: Traefik's file provider
 UPSTREAMS_DIR = "upstreams"  # under it too: where the replicas' calls go (serving.calls), read-only for them
 HEADER = "Written by the stack's controller (the autoscaler service) whenever a replica joins or leaves."
@@ -81,6 +81,7 @@ async def adapters(
         ),
         decisions=state_dir / DECISIONS_FILE,
         affinity_out=lambda text: write_text_atomic(state_dir / AFFINITY_FILE, text),
+        keys=keys_in(COMPOSE_KEYS_FILE),
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", ERRORS_PORT),
         prometheus_url=lambda: prometheus,

@@ -31,7 +31,7 @@ from stack.plan.plan import Plan
 from stack.plan.serving import REPLICA_PORT, api_keys_text, needs_model_cache
 from stack.plan.templates import header as file_header
 from stack.plan.templates import template_environment
-from stack.plan.values import CONTROLLER_PORT, CONTROLLER_STATE_DIR, DEFAULT_IMAGES, api_values
+from stack.plan.values import CONTROLLER_PORT, CONTROLLER_STATE_DIR, DEFAULT_IMAGES, ERRORS_PORT, api_values
 from stack.plan.versions import project_digest
 from stack.routes import UPSTREAMS_FILE, api_routes
 from stack.spec import Api, LoadedSpec, Spec
@@ -40,6 +40,7 @@ from stack.tls import tls_files
 
 CONTROL_DIR = ".stack/compose/control"  # the controller's routes (Traefik) and targets (Prometheus)
 DASHBOARD_PORT = 9102  # the dashboard's forwarder (stack.control.dashboard.proxy), published on 127.0.0.1
+CONTROLLER_HOST = "autoscaler"  # the controller's Compose service: its address on the stack's network
 KEYS_FILE = "keys/api_keys"  # the plan's API keys file: 0600 in a 0700 directory the replicas mount
 COMPOSE_KEYS_DIR = "/run/stack-keys"  # where a replica (and the controller) sees that directory
 COMPOSE_KEYS_FILE = f"{COMPOSE_KEYS_DIR}/api_keys"
@@ -81,6 +82,7 @@ def plan(
             model_cache=MODEL_CACHE if cached else None,
             upstreams_file=f"{COMPOSE_UPSTREAMS_DIR}/{UPSTREAMS_FILE}",
             traces_url=from_container(spec.tracing.traces_url) if spec.tracing else None,
+            leases_url=f"http://{CONTROLLER_HOST}:{ERRORS_PORT}",
         )
         values["calls"] = bool(api.calls)
         # S3 models are downloaded once per host, into a volume (or host directory) every replica mounts.

@@ -17,6 +17,7 @@ from stack.control.canary import STATE_FILE, FileStore
 from stack.control.canary_sources import PrometheusSource, ScrapeSource
 from stack.control.routing import FileRouteSink, GatewayRoutes
 from stack.control.runtime import Adapters, ControlSettings
+from stack.control.tenants import keys_in
 from stack.plan.gpus import read_placement
 from stack.plan.versions import project_digest
 from stack.spec import load_spec
@@ -69,7 +70,8 @@ async def adapters(
     config = config_of(loaded, slots, versions=fleet.versions())
     splits = FileSplits(paths.split_overrides)
     # The routes file is there before Traefik starts: it serves the APIs' JSON 503 until replicas are ready.
-    GatewayRoutes(config, routes, splits.overrides, dict).publish({})
+    named = bool(loaded.spec.gateway.keys)
+    GatewayRoutes(config, routes, splits.overrides, dict, auth=lambda: named).publish({})
     try:
         await services.start()
         if services.prometheus_url:
@@ -95,10 +97,11 @@ async def adapters(
             errors=("127.0.0.1", services.errors_port),
             prometheus_url=lambda: services.prometheus_url,
             start_timeout=START_TIMEOUT,
+            keys=keys_in(paths.api_keys),
             batch=BatchWorkers(
                 paths.jobs,
                 LocalWorkers(lambda: fleet.loaded, paths, services.errors_url),
-                lambda: [key.encode() for key in fleet.loaded.spec.gateway.api_keys],
+                lambda: [key.encode() for key in fleet.loaded.spec.gateway.all_keys],
             ),
         )
     finally:

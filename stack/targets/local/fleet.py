@@ -83,7 +83,7 @@ class LocalFleet:
         self.apis: dict[str, ApiState] = {}
         self.updating: set[str] = set()  # APIs in a rolling update
         self.wake = asyncio.Event()  # set when a child exits or a count changes: reconcile now
-        self.processes = ReplicaProcesses(paths, self.router, self.wake)
+        self.processes = ReplicaProcesses(paths, self.router, self.wake, services.errors_url)
         self.memory_checked = 0.0
         self.liveness: Liveness | None = None  # the control plane's probes, once it runs
 

@@ -39,8 +39,9 @@ STOP_MARGIN = 5.0  # seconds past an API's grace period before a replica that ig
 class ReplicaProcesses:
     """Starts, drains, kills and reaps the replica processes of every API; `wake` is set when one exits."""
 
-    def __init__(self, paths: LocalPaths, router: LocalRouter, wake: asyncio.Event) -> None:
+    def __init__(self, paths: LocalPaths, router: LocalRouter, wake: asyncio.Event, leases_url: str = "") -> None:
         self.paths = paths
+        self.leases_url = leases_url  # the controller's gateway-facing app: named keys' leases are released there
         self.router = router
         self.wake = wake
         self.tasks: set[asyncio.Task[None]] = set()  # drains and exit watchers: kept, awaited at exit
@@ -56,7 +57,9 @@ class ReplicaProcesses:
         log = self.paths.replica_log(replica_id)
         self.error_file(replica_id).unlink(missing_ok=True)
         gpu = ",".join(state.slots[slot]) if state.slots else ""
-        env = replica_env(loaded, self.paths, state, replica_id, port, gpu, self.error_file(replica_id))
+        env = replica_env(
+            loaded, self.paths, state, replica_id, port, gpu, self.error_file(replica_id), self.leases_url
+        )
         proc = await start_child([sys.executable, "-m", "serving"], log, env=env, cwd=loaded.root)
         state.replicas.append(Replica(replica_id, state.spec.name, state.version, port, proc, log, slot=slot, gpu=gpu))
         # Its exit wakes the reconcile loop at once: a dead replica leaves the router
@@ -143,7 +146,14 @@ class ReplicaProcesses:
 
 
 def replica_env(
-    loaded: LoadedSpec, paths: LocalPaths, state: ApiState, replica_id: str, port: int, gpu: str, error_file: Path
+    loaded: LoadedSpec,
+    paths: LocalPaths,
+    state: ApiState,
+    replica_id: str,
+    port: int,
+    gpu: str,
+    error_file: Path,
+    leases_url: str = "",
 ) -> dict[str, str]:
     """A local replica's environment: its serving config, its name, where to say why it stopped, its GPUs."""
     cache = host_model_cache(loaded, state.spec) if needs_model_cache(state.spec) else None
@@ -157,6 +167,7 @@ def replica_env(
         model_cache=str(cache) if cache else None,  # one download per host, shared by every replica
         upstreams_file=str(paths.upstreams / UPSTREAMS_FILE),
         tracing=tracing_config(loaded, state.version),
+        leases_url=leases_url or None,
     )
     env = {**os.environ, **state.spec.predictor.env, CONFIG_ENV: config.to_json(), REPLICA_ENV: replica_id}
     env[STARTUP_ERROR_ENV] = str(error_file)

@@ -21,6 +21,7 @@ from stack.control.batch.jobs import BatchWorkers, keys_file
 from stack.control.canary_sources import PrometheusSource
 from stack.control.routing import RouteTable
 from stack.control.runtime import Adapters, ControlSettings
+from stack.control.tenants import keys_in
 from stack.errors import StackError
 from stack.targets.nomad.activation import NomadWaker
 from stack.targets.nomad.api import NomadApi
@@ -74,6 +75,7 @@ async def adapters(
         canaries=NomadCanaryStore(splits),
         splits=splits,
         routes=NomadRouteSink(splits),
+        keys=keys_in(NOMAD_KEYS_FILE),
         affinity_out=lambda text: nomad.put_variable(affinity_variable(config.project), {"status": text}),
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", own.activator_port) if own.activator_port is not None else None,

@@ -286,7 +286,7 @@ class NomadTarget:
         """The dashboard through the gateway (on the Nomad address' host, where a one-node cluster runs it);
         its data asks for one of gateway.api_keys as ?key=, which is never printed."""
         spec = self.loaded.spec
-        if not spec.gateway.api_keys:
+        if not spec.gateway.all_keys:
             raise TargetError(
                 "on Nomad the dashboard is reached through the gateway and needs a key: set gateway.api_keys "
                 "in stack.yaml and run `stack up --nomad`"

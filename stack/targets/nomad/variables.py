@@ -20,7 +20,7 @@ def write_keys(nomad: NomadApi, loaded: LoadedSpec, progress: Progress) -> None:
         nomad.put_variable(keys_variable(f"{loaded.spec.project}-{api.name}"), {"api_keys": keys})
     # The controller checks a BatchAPI's clients and the dashboard's readers.
     nomad.put_variable(batch_keys_variable(loaded.spec.project), {"api_keys": keys})
-    if loaded.spec.gateway.api_keys:
+    if loaded.spec.gateway.all_keys:
         progress(f"API keys written to the Nomad Variables nomad/jobs/{loaded.spec.project}-*")
 
 

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "25ce0d206fe2"
+    stack_version = "07882243b2c4"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=25ce0d206fe2",
+        "stack.version=07882243b2c4",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:25ce0d206fe2"
+        image = "iris-iris:07882243b2c4"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -118,7 +118,7 @@ job "iris-iris" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"affinity\":null,\"api\":\"iris\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":20.0,\"threads_per_process\":2,\"timeout\":10.0,\"tracing\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"affinity\":null,\"api\":\"iris\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"leases_url\":null,\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/predictor.py\",\"predictor_type\":\"python\",\"priorities\":false,\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":20.0,\"threads_per_process\":2,\"timeout\":10.0,\"tracing\":null,\"upstreams_file\":null}"
       }
 
       # The API keys, from this job's Nomad Variable (`stack up --nomad` writes it, empty of keys for an

@@ -7,7 +7,7 @@ job "pipeline-classify" {
   meta {
     stack_project = "pipeline"
     stack_api     = "classify"
-    stack_version = "4d12ee7a4e6f"
+    stack_version = "bf66a7c32ade"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-classify" {
       tags = [
         "stack.project=pipeline",
         "stack.api=classify",
-        "stack.version=4d12ee7a4e6f",
+        "stack.version=bf66a7c32ade",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-classify.entrypoints=web",
         "traefik.http.routers.pipeline-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "pipeline-classify" {
       driver = "docker"
 
       config {
-        image = "pipeline-classify:4d12ee7a4e6f"
+        image = "pipeline-classify:bf66a7c32ade"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -118,7 +118,7 @@ job "pipeline-classify" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"affinity\":null,\"api\":\"classify\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[\"embed\"],\"config\":{\"topics\":{\"computing\":[\"The server crashed because it ran out of memory.\",\"Compile the program and run the unit tests.\",\"The database query needs an index to be fast.\"],\"cooking\":[\"Simmer the sauce until it thickens, then add the basil.\",\"Knead the dough and let it rise for an hour.\",\"Roast the vegetables with olive oil and garlic.\"],\"sports\":[\"The team won the match in extra time.\",\"She ran the marathon in under three hours.\",\"The goalkeeper saved a penalty in the final minute.\"]}},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/classify.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":300.0,\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":\"/local/upstreams.json\"}"
+        STACK_SERVING_CONFIG = "{\"affinity\":null,\"api\":\"classify\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[\"embed\"],\"config\":{\"topics\":{\"computing\":[\"The server crashed because it ran out of memory.\",\"Compile the program and run the unit tests.\",\"The database query needs an index to be fast.\"],\"cooking\":[\"Simmer the sauce until it thickens, then add the basil.\",\"Knead the dough and let it rise for an hour.\",\"Roast the vegetables with olive oil and garlic.\"],\"sports\":[\"The team won the match in extra time.\",\"She ran the marathon in under three hours.\",\"The goalkeeper saved a penalty in the final minute.\"]}},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"leases_url\":null,\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/classify.py\",\"predictor_type\":\"python\",\"priorities\":false,\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":300.0,\"threads_per_process\":1,\"timeout\":null,\"tracing\":null,\"upstreams_file\":\"/local/upstreams.json\"}"
       }
 
       # The API keys, from this job's Nomad Variable (`stack up --nomad` writes it, empty of keys for an

@@ -7,7 +7,7 @@ job "pipeline-describe" {
   meta {
     stack_project = "pipeline"
     stack_api     = "describe"
-    stack_version = "0fe91f1f0a06"
+    stack_version = "603423c2f9ce"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-describe" {
       tags = [
         "stack.project=pipeline",
         "stack.api=describe",
-        "stack.version=0fe91f1f0a06",
+        "stack.version=603423c2f9ce",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-describe.entrypoints=web",
         "traefik.http.routers.pipeline-describe.rule=(Path(`/describe`) || PathPrefix(`/describe/`)) && !PathRegexp(`^/describe/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "pipeline-describe" {
       driver = "docker"
 
       config {
-        image = "pipeline-describe:0fe91f1f0a06"
+        image = "pipeline-describe:603423c2f9ce"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -118,7 +118,7 @@ job "pipeline-describe" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"affinity\":null,\"api\":\"describe\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[\"classify\"],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/describe.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":60.0,\"threads_per_process\":1,\"timeout\":30.0,\"tracing\":null,\"upstreams_file\":\"/local/upstreams.json\"}"
+        STACK_SERVING_CONFIG = "{\"affinity\":null,\"api\":\"describe\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":null,\"body_timeout\":30.0,\"calls\":[\"classify\"],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"leases_url\":null,\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/describe.py\",\"predictor_type\":\"python\",\"priorities\":false,\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":60.0,\"threads_per_process\":1,\"timeout\":30.0,\"tracing\":null,\"upstreams_file\":\"/local/upstreams.json\"}"
       }
 
       # The API keys, from this job's Nomad Variable (`stack up --nomad` writes it, empty of keys for an

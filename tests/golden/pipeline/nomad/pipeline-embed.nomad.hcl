@@ -7,7 +7,7 @@ job "pipeline-embed" {
   meta {
     stack_project = "pipeline"
     stack_api     = "embed"
-    stack_version = "c719dfb1a3d7"
+    stack_version = "3b484e9a5c80"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-embed" {
       tags = [
         "stack.project=pipeline",
         "stack.api=embed",
-        "stack.version=c719dfb1a3d7",
+        "stack.version=3b484e9a5c80",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-embed.entrypoints=web",
         "traefik.http.routers.pipeline-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "pipeline-embed" {
       driver = "docker"
 
       config {
-        image = "pipeline-embed:c719dfb1a3d7"
+        image = "pipeline-embed:3b484e9a5c80"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
@@ -118,7 +118,7 @@ job "pipeline-embed" {
       }
 
       env {
-        STACK_SERVING_CONFIG = "{\"affinity\":null,\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":{\"batch_interval\":0.005,\"eager\":false,\"max_batch_size\":16,\"max_in_flight\":2},\"body_timeout\":30.0,\"calls\":[],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/embed.py\",\"predictor_type\":\"python\",\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":60.0,\"threads_per_process\":1,\"timeout\":30.0,\"tracing\":null,\"upstreams_file\":null}"
+        STACK_SERVING_CONFIG = "{\"affinity\":null,\"api\":\"embed\",\"api_keys\":[],\"api_keys_file\":\"/secrets/api_keys\",\"batching\":{\"batch_interval\":0.005,\"eager\":false,\"max_batch_size\":16,\"max_in_flight\":2},\"body_timeout\":30.0,\"calls\":[],\"config\":{},\"drain_delay\":0.0,\"gpus\":0,\"grace_period\":30.0,\"health_check_period\":10.0,\"health_check_timeout\":10.0,\"host\":\"0.0.0.0\",\"leases_url\":null,\"log_format\":\"text\",\"log_level\":\"info\",\"max_body_size\":16777216,\"max_concurrency\":100,\"models\":null,\"monitoring\":null,\"port\":8888,\"predictor_class\":\"\",\"predictor_path\":\"/app/embed.py\",\"predictor_type\":\"python\",\"priorities\":false,\"processes_per_replica\":1,\"project_root\":\"/app\",\"protocol\":\"default\",\"public_openapi\":false,\"python_path\":[],\"stuck_after\":60.0,\"threads_per_process\":1,\"timeout\":30.0,\"tracing\":null,\"upstreams_file\":null}"
         HF_HUB_OFFLINE = "1"
       }
 
