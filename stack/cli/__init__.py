@@ -26,7 +26,7 @@ from stack.cli.args import (
     split_args,
     target_flag,
 )
-from stack.cli.observe import dashboard, logs
+from stack.cli.observe import dashboard, logs, usage
 from stack.cli.show import show_live, show_status
 from stack.errors import StackError
 from stack.spec import SpecError, load_spec
@@ -550,6 +550,7 @@ def _scheme(target: Target) -> str:
 
 cli.add_command(logs)
 cli.add_command(dashboard)
+cli.add_command(usage)
 
 
 def main() -> None:

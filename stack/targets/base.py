@@ -96,6 +96,11 @@ class Target(Protocol):
         """Change a running splitter's weights until the next `up` (no replica restarts)."""
         ...
 
+    def prometheus_url(self) -> str:
+        """Where this machine reaches the running stack's Prometheus (`stack usage`); StackError when it
+        cannot (no Prometheus, or one this machine cannot reach)."""
+        ...
+
     def dashboard_url(self) -> str:
         """Where the running stack's controller serves its dashboard (stack.control.dashboard), for this
         machine's browser."""

@@ -177,6 +177,11 @@ class ComposeTarget:
         )
         build.build_image(context, image, progress, images.labels(self.project, api.name, version))
 
+    def prometheus_url(self) -> str:
+        if not self.loaded.spec.prometheus.enabled:
+            raise StackError("this stack runs without Prometheus (prometheus.enabled: false): nothing was counted")
+        return f"http://127.0.0.1:{self.loaded.spec.prometheus.port}"
+
     def dashboard_url(self) -> str:
         try:
             published = self.engine.compose("port", "dashboard", str(DASHBOARD_PORT), timeout=10).strip()

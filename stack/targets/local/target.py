@@ -120,6 +120,12 @@ class LocalTarget:
         calls = call_graph(self.loaded.spec, prometheus)
         return replace(reported, apis=apis, splitters=splitters, gpus=gpus, calls=calls)
 
+    def prometheus_url(self) -> str:
+        url = self._require().prometheus_url
+        if not url:
+            raise StackError("this stack runs without Prometheus (prometheus.enabled: false): nothing was counted")
+        return url
+
     def dashboard_url(self) -> str:
         state = self._require()
         if not state.control_port:

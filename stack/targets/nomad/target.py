@@ -282,6 +282,12 @@ class NomadTarget:
     def scaler(self) -> Scaler:
         return NomadScaler(self.project, self.api.client)
 
+    def prometheus_url(self) -> str:
+        raise StackError(
+            "on Nomad the stack's Prometheus runs in the cluster: pass its address, "
+            f"`stack usage --nomad --prometheus http://<node>:{self.loaded.spec.prometheus.port}`"
+        )
+
     def dashboard_url(self) -> str:
         """The dashboard through the gateway (on the Nomad address' host, where a one-node cluster runs it);
         its data asks for one of gateway.api_keys as ?key=, which is never printed."""

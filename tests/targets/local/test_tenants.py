@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def _project(root: Path, port: int, bulk_rate: str = "2/s") -> None:
     gate = root / "gate"
     (root / "stack.yaml").write_text(
         f"project: {unique_name(root)}\n"
+        "prometheus: {scrape_interval: 1s}\n"
         f"gateway:\n  port: {port}\n"
         "  keys:\n"
         '    - {name: gold, key: "${GOLD_KEY}", priority: high}\n'
@@ -104,6 +106,28 @@ def test_keys_are_checked_and_limited_stack_wide(tenants: tuple[Path, int]) -> N
         assert held[0].result().status_code == 200
     assert [_post(alpha, ONE).status_code for _ in range(20)] == [200] * 20  # back to back: never refused
 
+    # Who used what: every request that presented a key, its refusals, its seconds and bytes, by key name.
+    def used() -> dict[tuple[str, str], dict]:
+        shown = json.loads(stack("usage", "--local", "--json", "-p", str(root), cwd=root).stdout)
+        return {(k["name"], k["api"]): k for k in shown["keys"]}
+
+    def counted() -> dict | None:
+        rows = used()
+        one = rows.get(("one", "alpha"), {})
+        wanted = {("gold", "alpha"), ("gold", "beta"), ("bulk", "alpha"), ("bulk", "beta"), ("one", "beta")}
+        return rows if one.get("requests", 0) >= 22 and wanted <= set(rows) else None
+
+    rows = until(counted, lambda: f"stack usage counting every key's requests: {used()}", 30)
+    assert rows[("gold", "alpha")]["requests"] == 1 and rows[("gold", "beta")]["requests"] == 1
+    assert rows[("gold", "alpha")]["bytes_in"] > 0 and rows[("gold", "alpha")]["bytes_out"] > 0
+    assert rows[("gold", "alpha")]["predict_seconds"] > 0 and rows[("gold", "alpha")]["gpu_seconds"] == 0
+    assert rows[("bulk", "beta")]["forbidden"] == 1 and rows[("bulk", "beta")]["requests"] == 1
+    bulk = rows[("bulk", "alpha")]
+    assert bulk["rate_limited"] >= 2 and bulk["requests"] >= bulk["rate_limited"] + 2, bulk
+    assert rows[("one", "beta")]["rate_limited"] >= 1 and rows[("one", "alpha")]["rate_limited"] >= 1
+    text = stack("usage", "--local", "-p", str(root), "--since", "1h", cwd=root).stdout
+    assert "usage over the last 1h" in text and "gold" in text and GOLD not in text
+
 
 def test_a_bad_key_spec_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOLD_KEY", GOLD)
@@ -111,7 +135,7 @@ def test_a_bad_key_spec_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     root = tmp_path / "bad"
     _project(root, free_port(), bulk_rate="fast")
     result = stack("validate", str(root), cwd=root, check=False)
-    assert result.returncode != 0 and "stack.yaml:6" in result.stderr and "expected a rate like 5/s" in result.stderr
+    assert result.returncode != 0 and "stack.yaml:7:" in result.stderr and "expected a rate like 5/s" in result.stderr
     text = (root / "stack.yaml").read_text().replace("rate: fast", "rate: 2/s")
     text = text.replace("apis: [alpha]", "apis: [alpah]")
     (root / "stack.yaml").write_text(text.replace("name: one", "name: gold"))
