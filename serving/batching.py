@@ -12,7 +12,8 @@ callbacks when requests arrive (once per event-loop turn, so a burst that
 arrives together is batched together), when the oldest request's interval
 ends (one timer), and when a batch finishes. With model affinity (`networking.affinity`), a batch holds the
 requests of one model only (the oldest request's, and those of its model behind it, in order); the others
-wait for the next batch. Each request has its own
+wait for the next batch. With named keys' priorities (`gateway.keys`), the queue is kept highest priority
+first, arrival order within one: batches take the most urgent requests. Each request has its own
 future, so a batch that fails (an exception, or a result list of the wrong
 length) fails only its own requests, and a request whose client left or
 whose timeout passed is dropped before its batch is formed.
@@ -36,7 +37,7 @@ class BatchMismatch(Exception):
 
 class _Item:
     # Compared by identity (no dataclass __eq__: comparing two requests must never compare payloads).
-    __slots__ = ("arrived", "future", "group", "is_gone", "payload")
+    __slots__ = ("arrived", "future", "group", "is_gone", "payload", "rank")
 
     def __init__(
         self,
@@ -45,8 +46,10 @@ class _Item:
         is_gone: Callable[[], bool],
         arrived: float,
         group: str | None = None,
+        rank: int = 1,
     ) -> None:
         self.group = group
+        self.rank = rank
         self.payload = payload
         self.future = future
         self.is_gone = is_gone
@@ -78,6 +81,7 @@ class Batcher:
         self._check_soon = False  # a dispatch check is scheduled for this loop turn's end
         self._running: set[asyncio.Task[None]] = set()
         self._grouped = False  # a request with an affinity value came: batches are formed per value
+        self._ranked = False  # a request of a named key's priority came: the queue is kept in priority order
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -91,7 +95,9 @@ class Batcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    def submit(self, payload: Any, is_gone: Callable[[], bool], group: str | None = None) -> asyncio.Future[Any]:
+    def submit(
+        self, payload: Any, is_gone: Callable[[], bool], group: str | None = None, rank: int = 1
+    ) -> asyncio.Future[Any]:
         """Queue one request; the future is its result (cancel it to withdraw the request). Requests of
         different `group`s (affinity values) never share a batch."""
         loop = self._loop
@@ -99,7 +105,15 @@ class Batcher:
         future: asyncio.Future[Any] = loop.create_future()
         if group is not None:
             self._grouped = True
-        self._pending.append(_Item(payload, future, is_gone, loop.time(), group))
+        item = _Item(payload, future, is_gone, loop.time(), group, rank)
+        if rank != 1 or self._ranked:  # named keys' priorities: higher ranks wait behind, in arrival order
+            self._ranked = True
+            at = len(self._pending)
+            while at > 0 and self._pending[at - 1].rank > rank:
+                at -= 1
+            self._pending.insert(at, item)
+        else:
+            self._pending.append(item)
         if self._count_queued:
             self._metrics.queued.inc()
         if not self._check_soon:

@@ -43,6 +43,9 @@ from serving.errors import HTTPError
 from serving.pool import ClientGone
 
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds the caller still waits for this answer
+# The named key of the client a call is made for. A callee believes it only on a call that did not come
+# through the gateway (no X-Forwarded-For: Traefik always sets one), so a client cannot claim another key.
+CALLER_HEADER = "X-Stack-Caller"
 ATTEMPTS = 3  # as the gateway's retry middleware (stack.routes.RETRY)
 FIRST_BACKOFF = 0.1
 REREAD_EVERY = 0.25  # seconds between looks at the upstreams file's modification time
@@ -76,6 +79,7 @@ class RequestContext:
     request_id: str
     deadline: float | None  # the event loop's time by which the caller's client must be answered
     gone: Callable[[], bool]  # the caller's client went away
+    key_name: str = ""  # the named key (gateway.keys) the caller's client presented: the callee counts it there
 
 
 CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("stack_request", default=None)
@@ -321,6 +325,8 @@ class ApiHandle:
         key = self._apis.key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        # Its usage and priority are the caller's client's ("-": no named key; the key it carries says nothing).
+        headers[CALLER_HEADER] = (context.key_name if context is not None else "") or "-"
         headers.update(extra or {})
         session = self._apis.session()
         tried: set[str] = set()

@@ -85,7 +85,9 @@ class Dispatch:
         if self._batcher is not None:
             # With tracing, the batch links to a sampled request's span; its wait is its queue span.
             traced = (self._tracer.current(), tracing.now_ns()) if self._tracer and self._tracer.sampled() else None
-            return await self._batcher.submit((payload, query, request.headers, traced), is_gone, group)
+            return await self._batcher.submit(
+                (payload, query, request.headers, traced), is_gone, group, request.get(RANK_KEY, 1)
+            )
         # Waiting in the pool's queue is "queued"; the worker counts it down when it starts.
         if self._count_gauges:
             self._metrics.queued.inc()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from serving import tracing
 from serving.affinity import AffinityTracker
-from serving.calls import CURRENT, TIMEOUT_HEADER, RequestContext
+from serving.calls import CALLER_HEADER, CURRENT, TIMEOUT_HEADER, RequestContext
 from serving.codec import QueryParams, encode, encode_any, error_response, read_payload
 from serving.config import ServingConfig
 from serving.dispatch import Dispatch, not_loaded
@@ -196,6 +196,9 @@ class Predictions:
             entry = find_key(request.headers, self.keys.entries)
             if entry is None:
                 return error_response(401, "missing or unknown API key", request_id, {"WWW-Authenticate": "Bearer"})
+            caller = request.headers.get(CALLER_HEADER)
+            if caller and "X-Forwarded-For" not in request.headers:  # a call of this stack's pipeline
+                entry = next((e for e in self.keys.entries if e.name == caller), INTERNAL)
             request[KEY] = entry
             rank = RANK.get(entry.priority, 1)
             request[RANK_KEY] = rank
@@ -334,14 +337,19 @@ class Throughput:
         return max(1, min(60, math.ceil(seconds)))
 
 
+INTERNAL = KeyEntry(b"")  # a pipeline's call made for a client without a named key: counted nowhere
+
+
 def _enter(request: web.Request, request_id: str, timeout: float | None) -> contextvars.Token[Any]:
-    """The request the predictor's calls to other APIs belong to: its id, deadline and client."""
+    """The request the predictor's calls to other APIs belong to: its id, deadline, client and named key."""
     deadline = asyncio.get_running_loop().time() + timeout if timeout is not None else None
 
     def gone() -> bool:
         return request.transport is None or request.transport.is_closing()
 
-    return CURRENT.set(RequestContext(request_id, deadline, gone))
+    named = request.get(KEY)
+    name = named.name if isinstance(named, KeyEntry) else ""
+    return CURRENT.set(RequestContext(request_id, deadline, gone, name))
 
 
 def _caller_timeout(given: str, own: float | None) -> float:

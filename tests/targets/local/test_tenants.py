@@ -31,12 +31,22 @@ class Predictor:
         return {"ok": True}
 """
 
+FRONT = """
+class Predictor:
+    def __init__(self, config, apis):
+        self.alpha = apis["alpha"]
+
+    async def predict(self, payload):
+        return await self.alpha.apredict(payload)
+"""
+
 GOLD, BULK, ONE = "gold-key-0123456789abcdef", "bulk-key-0123456789abcdef", "one-key-0123456789abcdef"
 
 
 def _project(root: Path, port: int, bulk_rate: str = "2/s") -> None:
     root.mkdir(exist_ok=True)
     (root / "predictor.py").write_text(PREDICTOR)
+    (root / "front.py").write_text(FRONT)
     (root / "one.key").write_text(ONE + "\n")
     gate = root / "gate"
     (root / "stack.yaml").write_text(
@@ -51,6 +61,7 @@ def _project(root: Path, port: int, bulk_rate: str = "2/s") -> None:
         f"  - name: alpha\n    predictor: {{path: predictor.py, threads_per_process: 4, config: {{gate: {gate}}}}}\n"
         "    autoscaling: {min_replicas: 2, max_replicas: 2}\n"
         f"  - name: beta\n    predictor: {{path: predictor.py, config: {{gate: {gate}}}}}\n"
+        "  - name: front\n    predictor: {path: front.py}\n    calls: [alpha]\n"
     )
 
 
@@ -106,6 +117,10 @@ def test_keys_are_checked_and_limited_stack_wide(tenants: tuple[Path, int]) -> N
         assert held[0].result().status_code == 200
     assert [_post(alpha, ONE).status_code for _ in range(20)] == [200] * 20  # back to back: never refused
 
+    # A pipeline's call is its client's: counted under gold on alpha too, and never through gold's limits.
+    front = f"http://127.0.0.1:{port}/front"
+    assert _post(front, GOLD).status_code == 200
+
     # Who used what: every request that presented a key, its refusals, its seconds and bytes, by key name.
     def used() -> dict[tuple[str, str], dict]:
         shown = json.loads(stack("usage", "--local", "--json", "-p", str(root), cwd=root).stdout)
@@ -114,11 +129,13 @@ def test_keys_are_checked_and_limited_stack_wide(tenants: tuple[Path, int]) -> N
     def counted() -> dict | None:
         rows = used()
         one = rows.get(("one", "alpha"), {})
-        wanted = {("gold", "alpha"), ("gold", "beta"), ("bulk", "alpha"), ("bulk", "beta"), ("one", "beta")}
-        return rows if one.get("requests", 0) >= 22 and wanted <= set(rows) else None
+        wanted = {("gold", "front"), ("gold", "beta"), ("bulk", "alpha"), ("bulk", "beta"), ("one", "beta")}
+        gold = rows.get(("gold", "alpha"), {}).get("requests", 0)
+        return rows if one.get("requests", 0) >= 22 and gold >= 2 and wanted <= set(rows) else None
 
     rows = until(counted, lambda: f"stack usage counting every key's requests: {used()}", 30)
-    assert rows[("gold", "alpha")]["requests"] == 1 and rows[("gold", "beta")]["requests"] == 1
+    assert rows[("gold", "beta")]["requests"] == 1 and rows[("gold", "front")]["requests"] == 1
+    assert rows[("gold", "alpha")]["requests"] == 2  # its own, and front's call for it
     assert rows[("gold", "alpha")]["bytes_in"] > 0 and rows[("gold", "alpha")]["bytes_out"] > 0
     assert rows[("gold", "alpha")]["predict_seconds"] > 0 and rows[("gold", "alpha")]["gpu_seconds"] == 0
     assert rows[("bulk", "beta")]["forbidden"] == 1 and rows[("bulk", "beta")]["requests"] == 1
