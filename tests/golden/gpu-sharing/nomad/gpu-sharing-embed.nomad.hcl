@@ -7,7 +7,7 @@ job "gpu-sharing-embed" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "embed"
-    stack_version = "f070e40da5bb"
+    stack_version = "0bf842090ddd"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-embed" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=embed",
-        "stack.version=f070e40da5bb",
+        "stack.version=0bf842090ddd",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-embed.entrypoints=web",
         "traefik.http.routers.gpu-sharing-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "gpu-sharing-embed" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-embed:f070e40da5bb"
+        image = "gpu-sharing-embed:0bf842090ddd"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
