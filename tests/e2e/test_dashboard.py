@@ -484,9 +484,19 @@ def test_each_chart_range_asks_prometheus_for_its_window_step_and_rate() -> None
         asked.append(dict(request.query))
         return web.json_response({"status": "success", "data": {"resultType": "matrix", "result": []}})
 
+    async def query(request: web.Request) -> web.Response:
+        # a named key's counter, as the replicas export it (stack usage reads it too)
+        asked_query = request.query["query"]
+        rows = []
+        if asked_query.startswith("last_over_time(stack_key_requests_total"):
+            labels = {"__name__": "stack_key_requests_total", "api": "alpha", "key": "gold", "code": "200"}
+            rows = [{"metric": labels, "value": [1_000_000, "7"]}]
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": rows}})
+
     async def scenario() -> dict[str, dict[str, Any]]:
         prometheus = web.Application()
         prometheus.router.add_get("/api/v1/query_range", query_range)
+        prometheus.router.add_get("/api/v1/query", query)
         runner, url = await _serve(prometheus)
         try:
             async with aiohttp.ClientSession() as session:
@@ -504,6 +514,8 @@ def test_each_chart_range_asks_prometheus_for_its_window_step_and_rate() -> None
         assert doc["apis"][0]["events"][-1] == "12:00:09 replica alpha-9 replaced: stuck: predict running for 45s"
         assert len(doc["apis"][0]["events"]) == 8
         assert doc["apis"][0]["affinity"]["models"] == {"iris": ["alpha-1"]}  # the controller's, as status shows
+        (gold,) = doc["usage"]  # each named key's use over the range, as `stack usage` shows it
+        assert (gold["name"], gold["api"], gold["requests"]) == ("gold", "alpha", 7)
     by_step = {}
     for query in asked:
         if 'api="alpha"' in query["query"]:

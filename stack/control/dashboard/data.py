@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import aiohttp
+import requests
 
 from stack.control.autoscale.config import AutoscalerConfig
 from stack.control.autoscale.scaler import Replicas
 from stack.status import SplitterStatus
 from stack.traffic import prometheus_traffic
+from stack.usage import usage as key_usage
 
 REFRESH = 2.0  # seconds between two reads of the page
 Points = list[list[float]]  # [[unix time, value], ...]
@@ -158,6 +160,7 @@ class Dashboard:
             splitters = []
             problems.append(f"splitters unreadable: {exc}")
         gpus = await self._gpus(now, over, problems)
+        usage = await self._usage(over, problems)
         return {
             "project": config.project,
             "now": now,
@@ -169,8 +172,21 @@ class Dashboard:
             "apis": apis,
             "splitters": splitters,
             "gpus": gpus,
+            "usage": usage,
             "problems": sorted(set(problems)),
         }
+
+    async def _usage(self, over: Range, problems: list[str]) -> list[dict[str, Any]]:
+        """Each named key's use of each API over the page's range (stack.usage, as `stack usage` shows it)."""
+        url = self.prometheus_url()
+        if not url:
+            return []
+        try:
+            rows = await asyncio.to_thread(key_usage, url, over.window)
+        except (requests.RequestException, ValueError) as exc:
+            problems.append(f"usage unreadable: {exc}")
+            return []
+        return [row.to_dict() for row in rows]
 
     async def _api(
         self, name: str, now: float, over: Range, decisions: dict[str, object] | None, problems: list[str]

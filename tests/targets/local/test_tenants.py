@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from browser import chromium, console_errors, wait_for
 from cli import stack
 from common import free_port
 from local_stack import unique_name
+from selenium.webdriver.common.by import By
 from waits import until
 
 PREDICTOR = """
@@ -144,6 +146,15 @@ def test_keys_are_checked_and_limited_stack_wide(tenants: tuple[Path, int]) -> N
     assert rows[("one", "beta")]["rate_limited"] >= 1 and rows[("one", "alpha")]["rate_limited"] >= 1
     text = stack("usage", "--local", "-p", str(root), "--since", "1h", cwd=root).stdout
     assert "usage over the last 1h" in text and "gold" in text and GOLD not in text
+    # The dashboard's usage table, over its range.
+    url = stack("dashboard", "--local", str(root), cwd=root).stdout.strip()
+    with chromium() as driver:
+        driver.get(url)
+        row = wait_for(
+            driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-key="bulk"][data-api="beta"]'), "bulk's row", 15
+        )
+        assert row[0].text.split()[:5] == ["bulk", "beta", "1", "0", "1"], row[0].text
+        assert not console_errors(driver)
 
 
 def test_a_bad_key_spec_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -127,6 +127,17 @@ function splitterCard(s) {
       c.decisions.length ? ` · last: ${c.decisions[c.decisions.length - 1].reason || ""}` : "") : null);
 }
 
+function usageTable(doc, usage) {
+  // each named key's use of each API over the charts' range, as `stack usage --since <range>` shows it
+  const head = ["key", "api", "requests", "rate limited", "forbidden", "predict s", "GPU s", "bytes in", "bytes out"];
+  return h("table", { class: "usage card", "data-field": "usage" },
+    h("caption", {}, `over the last ${doc.range}`),
+    h("tr", {}, head.map((x) => h("th", {}, x))),
+    usage.map((u) => h("tr", { "data-key": u.name, "data-api": u.api },
+      [u.name, u.api, u.requests, u.rate_limited, u.forbidden, fmt(u.predict_seconds, 2), fmt(u.gpu_seconds, 2),
+        u.bytes_in, u.bytes_out].map((x) => h("td", {}, x)))));
+}
+
 function gpuCard(doc, gpu) {
   return h("div", { class: "charts", "data-gpu": gpu.gpu },
     chart(doc, `GPU ${gpu.gpu} utilization`, [(gpu.utilization || []).map(([t, v]) => [t, v * 100])], " %"),
@@ -163,6 +174,9 @@ function draw(doc) {
   document.getElementById("apis").replaceChildren(...doc.apis.map((api) => apiCard(doc, api)));
   document.getElementById("splitters-section").hidden = !doc.splitters.length;
   document.getElementById("splitters").replaceChildren(...doc.splitters.map(splitterCard));
+  const usage = doc.usage || [];
+  document.getElementById("usage-section").hidden = !usage.length;
+  document.getElementById("usage").replaceChildren(usageTable(doc, usage));
   document.getElementById("gpus-section").hidden = !doc.gpus.length;
   document.getElementById("gpus").replaceChildren(...doc.gpus.map((g) => gpuCard(doc, g)));
   const problems = document.getElementById("problems");
