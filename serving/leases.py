@@ -12,6 +12,7 @@ import aiohttp
 
 LOGGER = logging.getLogger("serving")
 RELEASE = "/__stack/release"  # stack.control.tenants.RELEASE
+LEASES_ENV = "STACK_LEASES_URL"  # where a target that learns the controller's address late puts it (Nomad)
 TIMEOUT = 2.0
 
 

@@ -12,6 +12,7 @@ import contextvars
 import itertools
 import logging
 import math
+import os
 import time
 import uuid
 from collections import deque
@@ -30,7 +31,7 @@ from serving.errors import HTTPError
 from serving.failures import PredictTimeout, failure_of
 from serving.flights import Flight, Flights
 from serving.keys import KEY, LEASE_HEADER, RANK, RANK_KEY, ApiKeys, KeyEntry, carries_key, find_key
-from serving.leases import Leases
+from serving.leases import LEASES_ENV, Leases
 from serving.loader import LoadedPredictor
 from serving.logs import REQUEST_ID, replica_name
 from serving.metrics import ApiMetrics
@@ -60,7 +61,8 @@ class Predictions:
         self._throughput = Throughput(config.threads_per_process)  # what Retry-After is computed from
         self.keys = ApiKeys(config.api_keys, config.api_keys_file)  # re-read when the file changes
         self.usage = Usage(config.api, config.gpus, metrics.registry_for_extra())  # per named key
-        self._leases = Leases(config.leases_url) if config.leases_url else None
+        leases_url = os.environ.get(LEASES_ENV) or config.leases_url  # Nomad renders it into the environment
+        self._leases = Leases(leases_url) if leases_url else None
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)

@@ -187,16 +187,24 @@ def _pins(route: Route, middlewares: list[str], routers: dict[str, Any], service
         services[name] = {"loadBalancer": {"servers": [{"url": url} for url in servers], "strategy": route.strategy}}
 
 
-def _auth(name: str, errors_url: str, middlewares: dict[str, Any]) -> list[str]:
-    """The router's forwardAuth middleware (named keys): the controller decides, the lease goes on."""
-    middlewares[f"{name}-auth"] = {
-        "forwardAuth": {
-            "address": f"{errors_url}{AUTH}/{name}",
-            "authResponseHeaders": [LEASE_HEADER],
-            "trustForwardHeader": False,  # the client's X-Forwarded-* are not the controller's business
-            "maxResponseBodySize": 4096,  # the controller's answers are a line of JSON
+def auth_middleware(router: str, controller: str) -> dict[str, Any]:
+    """`<router>-auth`: Traefik's forwardAuth asking the controller at `controller` (named keys); the lease its
+    answer carries goes on with the request."""
+    return {
+        f"{router}-auth": {
+            "forwardAuth": {
+                "address": f"{controller}{AUTH}/{router}",
+                "authResponseHeaders": [LEASE_HEADER],
+                "trustForwardHeader": False,  # the client's X-Forwarded-* are not the controller's business
+                "maxResponseBodySize": 4096,  # the controller's answers are a line of JSON
+            }
         }
     }
+
+
+def _auth(name: str, errors_url: str, middlewares: dict[str, Any]) -> list[str]:
+    """The router's forwardAuth middleware (named keys): the controller decides, the lease goes on."""
+    middlewares.update(auth_middleware(name, errors_url))
     return [f"{name}-auth"]
 
 
@@ -306,7 +314,7 @@ def _add_split(
     middlewares[f"{name}-retry"] = {"retry": dict(RETRY)}
 
 
-def provider_splits(splits: tuple[Split, ...], provider: str) -> dict[str, Any]:
+def provider_splits(splits: tuple[Split, ...], provider: str, auth: bool = False) -> dict[str, Any]:
     """Splitters over services another provider defines (Nomad's catalogue: `provider` is "nomad").
 
     Each API's job declares a service per splitter it is in (`member_service`), so the gateway
@@ -316,7 +324,8 @@ def provider_splits(splits: tuple[Split, ...], provider: str) -> dict[str, Any]:
     middlewares: dict[str, Any] = {}
     services: dict[str, Any] = {}
     for split in splits:
-        _add_split(split, routers, middlewares, services, [], provider=f"@{provider}")
+        first = [f"{split.router}-auth"] if auth else []  # defined beside (the gateway's auth.yml)
+        _add_split(split, routers, middlewares, services, first, provider=f"@{provider}")
     return {"http": {"routers": routers, "middlewares": middlewares, "services": services}} if routers else {}
 
 

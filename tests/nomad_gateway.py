@@ -25,6 +25,8 @@ def start_gateway(
     for arg in args:
         if arg.startswith("--entrypoints.web.address="):
             arg = f"--entrypoints.web.address=127.0.0.1:{port}"
+        elif arg.startswith("--entrypoints.probe.address="):  # a fixed port: two gateways at once would share it
+            arg = f"--entrypoints.probe.address=127.0.0.1:{free_port()}"
         elif arg.startswith("--entrypoints.metrics.address="):
             arg = f"--entrypoints.metrics.address=127.0.0.1:{free_port()}"
         elif arg.startswith("--providers.nomad.endpoint.address="):

@@ -47,7 +47,7 @@ class NomadRouteSink:
     def write(self, table: RouteTable) -> bool:
         if not table.splits and not any(route.pins for route in table.routes):
             return False
-        text = splits_yaml(table.splits, table.routes)
+        text = splits_yaml(table.splits, table.routes, table.auth)
         if text == self.splits.read_yaml():
             return False
         self.splits.write_yaml(text)

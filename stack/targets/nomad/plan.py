@@ -26,8 +26,8 @@ from stack.plan.templates import header as file_header
 from stack.plan.templates import template_environment
 from stack.plan.values import CONTROLLER_PORT, DEFAULT_IMAGES, ERRORS_PORT, api_values
 from stack.plan.versions import api_version, project_digest
-from stack.routes import Route, activator_fallback, api_routes, member_service
-from stack.spec import Api, LoadedSpec
+from stack.routes import Route, activator_fallback, api_routes, auth_middleware, member_service
+from stack.spec import Api, LoadedSpec, Spec
 from stack.spec.units import format_duration, parse_duration
 from stack.splits import split_router, splitters_of
 from stack.targets.nomad.jobs import hcl_to_job
@@ -99,7 +99,9 @@ def plan(
             for x in spec.splitters
             if any(a.name == api.name for a in x.apis)
         ]
-        values["tags"] = nomad_tags(values, project, members)
+        values["tags"] = nomad_tags(values, project, members, auth=bool(spec.gateway.keys))
+        # Named keys with a concurrency limit: the replica releases each request's lease at the controller.
+        values["leases"] = any(k.concurrency for k in spec.gateway.keys)
         values["nomad_autoscaler"] = (
             {
                 "query": f'sum(predictor_requests_in_flight{{api="{api.name}"}})',
@@ -161,17 +163,20 @@ def plan(
         Route(f"{project}-{a.name}", a.endpoint, activate=a.name) for a in spec.apis if a.autoscaling.min_replicas == 0
     ] + [Route(f"{project}-{a.name}", a.endpoint, jobs=a.name) for a in spec.batch_apis]
     fallback = yaml.safe_dump(activator_fallback(zero, f"{project}-activator@nomad"), sort_keys=True) if zero else ""
+    named = bool(spec.gateway.keys)
+    auth_routes = auth_template(project, spec) if named else ""
     versions = {api.name: api_version(api, digest) for api in spec.apis}
     splitters = splitters_of(spec, versions)
     if splitters:
         # What `stack up --nomad` writes into the gateway's variable (the spec's weights).
-        files[f"{project}-routes.yml"] = routes_yaml(project, splitters, {}, {})
+        files[f"{project}-routes.yml"] = routes_yaml(project, splitters, {}, {}, auth=named)
     files[f"{project}-traefik.nomad.hcl"] = env.get_template("nomad/traefik.nomad.hcl.j2").render(
         **common,
         job=job(f"{project}-traefik"),
         gateway=spec.gateway,
         read_timeout=gateway_read_timeout(spec),
         fallback=fallback.rstrip("\n"),
+        auth_routes=auth_routes.rstrip("\n"),
         # splitters and the affinity APIs' routers per value (the controller writes them)
         splits_variable=routes_variable(project)
         if splitters or any(a.networking.affinity for a in spec.apis)
@@ -191,9 +196,9 @@ def plan(
     )
     per_allocation = {api.name: nomad_gpu(api).replicas for api in spec.apis}
     scaling = config_of(loaded, versions=versions, per_unit=per_allocation)
-    # The autoscaler job also runs the splitters' canaries and measures their observed shares, and routes the
-    # values of APIs with model affinity.
-    if scaling.apis or scaling.splitters or scaling.batch or any(a.affinity for a in scaling.routed):
+    # The autoscaler job also runs the splitters' canaries and measures their observed shares, routes the
+    # values of APIs with model affinity, and decides for the gateway on named keys.
+    if scaling.apis or scaling.splitters or scaling.batch or any(a.affinity for a in scaling.routed) or named:
         files[CONTROLLER_DOCKERFILE] = controller_dockerfile(loaded, env)  # `stack up --nomad` builds and pushes it
         files[f"{project}-autoscaler.nomad.hcl"] = env.get_template("nomad/autoscaler.nomad.hcl.j2").render(
             **common,
@@ -202,10 +207,10 @@ def plan(
                 "image": f"{registry}{controller_image()}",
                 "config": scaling.to_json(),
                 "port": CONTROLLER_PORT,
-                "activator_port": ERRORS_PORT if zero else None,
+                "activator_port": ERRORS_PORT if zero or named else None,
                 "batch": bool(spec.batch_apis),  # the jobs' queue on the allocation's sticky disk
                 "keys_variable": batch_keys_variable(project),
-                "dashboard": bool(spec.gateway.api_keys),  # behind the gateway only with keys to check
+                "dashboard": bool(spec.gateway.all_keys),  # behind the gateway only with keys to check
                 "replica_user": REPLICA_USER,
             },
         )
@@ -221,6 +226,18 @@ def plan(
 def batch_keys_variable(project: str) -> str:
     """The API keys the controller checks a BatchAPI's clients and the dashboard against (its own job's path)."""
     return f"nomad/jobs/{project}-autoscaler/api_keys"
+
+
+def auth_template(project: str, spec: Spec) -> str:
+    """The gateway's forwardAuth middlewares for named keys (stack.routes._auth), one per API and splitter
+    router, as a Nomad template: the controller's address comes from its activator service."""
+    # A raw string (backticks) in Go's template language: the job's JSON keeps it as it is.
+    address = f"http://[[ range nomadService `{project}-activator` ]][[ .Address ]]:[[ .Port ]][[ end ]]"
+    routers = [f"{project}-{a.name}" for a in spec.apis] + [split_router(project, s.name) for s in spec.splitters]
+    middlewares: dict[str, Any] = {}
+    for router in routers:
+        middlewares.update(auth_middleware(router, address))
+    return yaml.safe_dump({"http": {"middlewares": middlewares}}, sort_keys=True, width=1000)
 
 
 def nomad_progress_deadline(api: Api) -> float:

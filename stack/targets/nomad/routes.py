@@ -38,14 +38,16 @@ def canary_variable(project: str) -> str:
     return f"nomad/jobs/{project}-autoscaler/canary"
 
 
-def routes_yaml(project: str, splitters: list[SplitterConfig], overrides: Any, canaries: Any) -> str:
-    return splits_yaml(applied(project, splitters, overrides, canaries))
+def routes_yaml(
+    project: str, splitters: list[SplitterConfig], overrides: Any, canaries: Any, auth: bool = False
+) -> str:
+    return splits_yaml(applied(project, splitters, overrides, canaries), auth=auth)
 
 
-def splits_yaml(splits: tuple[Split, ...], routes: tuple[Route, ...] = ()) -> str:
+def splits_yaml(splits: tuple[Split, ...], routes: tuple[Route, ...] = (), auth: bool = False) -> str:
     """The variable's routes: the splitters over the services Nomad's catalogue gives Traefik, and the affinity
     APIs' routers per value over their allocations (the controller keeps them current)."""
-    config = provider_splits(splits, "nomad")
+    config = provider_splits(splits, "nomad", auth)
     pinned = provider_affinity(list(routes), "nomad")
     for part in ("routers", "services", "middlewares"):
         merged = {**config.get("http", {}).get(part, {}), **pinned.get("http", {}).get(part, {})}

@@ -62,11 +62,14 @@ class NomadSplits:
                 weights[s.name] = weights_at(s.weights, s.canary.api, state.weight(s.canary))
         return weights
 
-    def write_routes(self, splitters: list[SplitterConfig], canaries: dict[str, dict[str, int]] | None = None) -> None:
+    def write_routes(
+        self, splitters: list[SplitterConfig], canaries: dict[str, dict[str, int]] | None = None, auth: bool = False
+    ) -> None:
+        """`auth`: named keys, the splitters' routers ask the controller first."""
         if not splitters:
             self.api.delete_variable(routes_variable(self.project))
             return
-        self.write_yaml(routes_yaml(self.project, splitters, self.overrides(), canaries or {}))
+        self.write_yaml(routes_yaml(self.project, splitters, self.overrides(), canaries or {}, auth))
 
     def read_yaml(self) -> str | None:
         """The gateway's routes as its variable holds them now (None: no variable)."""

@@ -132,7 +132,7 @@ class NomadTarget:
             splits.forget()
             return
         splits.api.delete_variable(overrides_variable(self.project))
-        splits.write_routes(splitters, splits.canary_weights(splitters))
+        splits.write_routes(splitters, splits.canary_weights(splitters), auth=bool(self.loaded.spec.gateway.keys))
         progress(f"splitter routes written to the Nomad Variable {routes_variable(self.project)}")
 
     def _hand_back(self, progress: Progress) -> None:
@@ -314,7 +314,9 @@ class NomadTarget:
         splitters = splitters_of(self.loaded.spec)
         splits.set_overrides(with_override(splits.overrides(), splitters, splitter, weights))
         splits.write_routes(
-            splitters, splits.canary_weights(splitters_of(self.loaded.spec, current_versions(self.loaded)))
+            splitters,
+            splits.canary_weights(splitters_of(self.loaded.spec, current_versions(self.loaded))),
+            auth=bool(self.loaded.spec.gateway.keys),
         )
 
 

@@ -48,9 +48,11 @@ def nomad_resources(values: dict[str, Any], api: Api) -> NomadGpu:
     return share
 
 
-def nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> list[str]:
-    """Traefik's routes for an API, from its Nomad service's tags; `members`: its services in splitters."""
+def nomad_tags(values: dict[str, Any], project: str, members: list[str], auth: bool = False) -> list[str]:
+    """Traefik's routes for an API, from its Nomad service's tags; `members`: its services in splitters; `auth`:
+    named keys, checked by the controller first (the `<router>-auth` middleware of the gateway's auth.yml)."""
     router = values["router"]
+    first = f"{router}-auth@file," if auth else ""
     health = (("path", "/readyz"), ("interval", NOMAD_HEALTH["interval"]), ("timeout", NOMAD_HEALTH["timeout"]))
     return [
         f"stack.project={project}",
@@ -59,7 +61,7 @@ def nomad_tags(values: dict[str, Any], project: str, members: list[str]) -> list
         "traefik.enable=true",
         f"traefik.http.routers.{router}.entrypoints=web",
         f"traefik.http.routers.{router}.rule={values['rule']}",
-        f"traefik.http.routers.{router}.middlewares={router}-strip,{router}-retry",
+        f"traefik.http.routers.{router}.middlewares={first}{router}-strip,{router}-retry",
         f"traefik.http.routers.{router}.service={router}",
         f"traefik.http.middlewares.{router}-strip.stripprefix.prefixes={values['endpoint']}",
         f"traefik.http.middlewares.{router}-retry.retry.attempts=3",

@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "5a25ec09576c"
+    stack_version = "a27873ab7d56"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=5a25ec09576c",
+        "stack.version=a27873ab7d56",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:5a25ec09576c"
+        image = "iris-iris:a27873ab7d56"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

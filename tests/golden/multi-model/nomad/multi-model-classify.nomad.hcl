@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "1f9d43462148"
+    stack_version = "3a2402915b13"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=1f9d43462148",
+        "stack.version=3a2402915b13",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
         "traefik.http.routers.multi-model-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:1f9d43462148"
+        image = "multi-model-classify:3a2402915b13"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "0feb710a0991"
+    stack_version = "8d2597bd1bb1"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=0feb710a0991",
+        "stack.version=8d2597bd1bb1",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:0feb710a0991"
+        image = "streaming-generate:8d2597bd1bb1"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
