@@ -231,6 +231,9 @@ class Replica:
         body["keys"] = self.predictions.keys.generation_now()
         if self.predictions.affinity is not None:
             body["affinity"] = self.predictions.affinity.report()
+        holding = self.predictions.holding()
+        if holding is not None:
+            body["leases"] = holding
         return web.json_response(body, status=status)
 
     async def handle_ready(self, request: web.Request) -> web.Response:

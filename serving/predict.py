@@ -63,6 +63,7 @@ class Predictions:
         self.usage = Usage(config.api, config.gpus, metrics.registry_for_extra())  # per named key
         leases_url = os.environ.get(LEASES_ENV) or config.leases_url  # Nomad renders it into the environment
         self._leases = Leases(leases_url) if leases_url else None
+        self._holding: dict[str, None] = {}  # the leases of the requests in flight here (reported on /healthz)
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
@@ -109,6 +110,11 @@ class Predictions:
         starts = [start for start in (self.flights.oldest_async(), self._pool.oldest_start()) if start is not None]
         return min(starts) if starts else None
 
+    def holding(self) -> list[str] | None:
+        """The named keys' leases of the requests this replica holds now; None when it takes no lease. The
+        controller lets go of a lease no replica holds (one whose replica died with it)."""
+        return list(self._holding) if self._leases is not None else None
+
     def authorized(self, request: web.Request) -> bool:
         """No keys configured, or `X-API-Key: KEY` / `Authorization: Bearer KEY` (scheme in any case) carries one."""
         keys = self.keys.current()
@@ -136,6 +142,9 @@ class Predictions:
         traced = tracer.start_request(request.method, request.path, request.headers, request_id) if tracer else None
         error: BaseException | None = None
         response: web.StreamResponse | None = None
+        lease = request.headers.get(LEASE_HEADER, "") if self._leases is not None else ""
+        if lease:
+            self._holding[lease] = None
         try:
             response = await self._answer(request, request_id, adapter)
             status = response.status
@@ -172,9 +181,10 @@ class Predictions:
             if isinstance(named, KeyEntry) and named.name:
                 sent = response.content_length if response is not None and response.content_length else 0
                 self.usage.record(named.name, status, elapsed, request.content_length or 0, sent)
-            if self._leases is not None:
+            if self._leases is not None and lease:
                 # Before the answer leaves: the client's next request finds its key's slot free.
-                await self._leases.release(request.headers.get(LEASE_HEADER, ""))
+                await self._leases.release(lease)
+                self._holding.pop(lease, None)
             self.metrics.answered(status, elapsed)
             self._throughput.took(elapsed)
             if self._log_requests:

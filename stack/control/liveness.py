@@ -126,6 +126,8 @@ class Liveness:
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a readiness or suspicion changed
     # A replica's affinity report (serving.affinity) goes here; True: the values it holds changed (routes too).
     on_affinity: Callable[[Probed, dict[str, object]], bool] | None = None
+    # The named keys' leases a replica holds (serving.predict.Predictions.holding) go here.
+    on_leases: Callable[[Probed, list[str]], None] | None = None
 
     def of(self, key: str) -> Health | None:
         """What the probes said of a replica (by `Probed.key`)."""
@@ -213,6 +215,9 @@ class Liveness:
             health.ready = bool(body.get("ready")) and health.status == "alive"
             health.answered_ready = health.ready
             health.keys = str(body.get("keys", ""))
+            leases = body.get("leases")
+            if isinstance(leases, list) and self.on_leases is not None:
+                self.on_leases(target, [str(lease) for lease in leases])
             report = body.get("affinity")
             if isinstance(report, dict) and self.on_affinity is not None and self.on_affinity(target, report):
                 self.changed.set()

@@ -187,6 +187,7 @@ class ControlPlane:
             adapters.fleet.probe_targets,
             adapters.fleet.replace,
             on_affinity=lambda replica, report: self.routes.observe(replica.api, replica.url, report),
+            on_leases=lambda replica, leases: self.tenants.seen(replica.url, leases) if self.tenants else None,
         )
         self.config = config
         self.jobs: JobManager | None = None

@@ -11,8 +11,10 @@ request's headers, no body: the router of an API or a splitter), and the control
   token bucket (`rate`, `burst`), or `concurrency` requests already in flight over the whole stack;
 - 200 with `X-Stack-Lease`: the request goes on to a replica. A key with a concurrency limit holds a lease
   until the replica that answers it releases it (`POST /__stack/release/<lease>`, before its answer
-  leaves: the client's next request finds the slot free); a lease nobody releases (the replica died
-  with it) lapses after `LEASE_TTL`. Other keys get the lease "-".
+  leaves: the client's next request finds the slot free). Replicas report the leases they hold on their
+  /healthz (the liveness probes, every 2 s); a lease no replica has reported for `GRACE` seconds (its
+  replica died with it, or the request never reached one) is let go; without reports (Nomad) a lease
+  lapses after `LEASE_TTL`. Other keys get the lease "-".
 
 The keys come from the stack's keys file (serving.keys: the same file the replicas read), looked at
 again at most every `CHECK_EVERY` seconds: a `stack up` that changes a key's limits applies without a
@@ -41,7 +43,9 @@ from stack.splits import split_router
 
 RELEASE = "/__stack/release"  # a replica's release of a lease: RELEASE/<lease> (serving.leases)
 NO_LEASE = "-"
-LEASE_TTL = 600.0  # seconds after which a lease never released lapses
+LEASE_TTL = 600.0  # seconds after which a lease never released lapses (no replica reports: Nomad)
+GRACE = 5.0  # seconds a lease may go unreported (its request still on its way to a replica)
+FRESH = 10.0  # seconds a replica's report of its leases counts (a replica that stopped answering: gone)
 CHECK_EVERY = 0.5  # seconds between looks at the keys
 
 
@@ -77,6 +81,8 @@ class Tenants:
         self._next_check = -math.inf
         self._state: dict[str, _Limits] = {}  # key name -> its limits' state
         self._lease_of: dict[str, str] = {}  # lease -> key name
+        self._granted: dict[str, float] = {}  # lease -> when it was given (clock)
+        self._reports: dict[str, tuple[float, frozenset[str]]] = {}  # replica URL -> (when, the leases it holds)
         self._ids = itertools.count(1)
         self._prefix = hashlib.blake2b(str(time.time()).encode(), digest_size=4).hexdigest()
         self.refused = Counter(
@@ -142,12 +148,28 @@ class Tenants:
             lease = f"{self._prefix}-{next(self._ids)}"
             state.leases[lease] = now + LEASE_TTL
             self._lease_of[lease] = name
+            self._granted[lease] = now
         return 200, None, {LEASE_HEADER: lease}
 
     def release(self, lease: str) -> bool:
+        self._granted.pop(lease, None)
         name = self._lease_of.pop(lease, None)
         state = self._state.get(name) if name is not None else None
         return state is not None and state.leases.pop(lease, None) is not None
+
+    def seen(self, replica: str, leases: list[str]) -> None:
+        """A replica's report of the leases it holds; leases no fresh report holds past GRACE are let go."""
+        now = self.clock()
+        self._reports[replica] = (now, frozenset(leases))
+        fresh = [(at, held) for at, held in self._reports.values() if now - at <= FRESH]
+        for url in [u for u, (at, _held) in self._reports.items() if now - at > FRESH]:
+            del self._reports[url]
+        for lease, granted in list(self._granted.items()):
+            if now - granted < GRACE:
+                continue
+            # every replica answering now has reported since the lease was given, and none holds it
+            if all(at >= granted + GRACE for at, _held in fresh) and not any(lease in held for _at, held in fresh):
+                self.release(lease)
 
     def in_flight(self, name: str) -> int:
         state = self._state.get(name)
@@ -171,6 +193,7 @@ class Tenants:
         for lease in [lease for lease, until in state.leases.items() if until <= now]:
             del state.leases[lease]
             self._lease_of.pop(lease, None)
+            self._granted.pop(lease, None)
 
 
 def _rate(per_second: float) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import requests
 from browser import chromium, console_errors, wait_for
 from cli import stack
 from common import free_port
-from local_stack import unique_name
+from local_stack import status, unique_name
 from selenium.webdriver.common.by import By
 from waits import until
 
@@ -155,6 +157,23 @@ def test_keys_are_checked_and_limited_stack_wide(tenants: tuple[Path, int]) -> N
         )
         assert row[0].text.split()[:5] == ["bulk", "beta", "1", "0", "1"], row[0].text
         assert not console_errors(driver)
+
+    # A replica that dies holding one's only slot does not lock the key: the controller lets the lease go
+    # once no replica reports it.
+    (root / "gate").unlink()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = [pool.submit(_post, alpha, ONE, {"hold": True})]
+
+        def holding_again() -> bool:
+            if held[0].done():
+                held[0] = pool.submit(_post, alpha, ONE, {"hold": True})
+            return _post(beta, ONE).status_code == 429
+
+        until(holding_again, "one's slot taken again", 10)
+        for replica in status(root)["apis"][0]["replicas"]:
+            os.kill(replica["pid"], signal.SIGKILL)
+        until(lambda: _post(beta, ONE).status_code == 200, "one's slot free again after its replica died", 30)
+        (root / "gate").write_text("go")
 
 
 def test_a_bad_key_spec_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
