@@ -234,7 +234,7 @@ class ControlPlane:
         while not stopping.is_set():
             try:
                 text = json.dumps(self.affinity(), sort_keys=True)
-                if text != written:
+                if text != written and (self.routes.affinity or written is not None):  # none: nothing to say
                     await asyncio.to_thread(out, text)
                     written = text
             except (OSError, StackError) as exc:

@@ -36,12 +36,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from serving.keys import LEASE_HEADER, KeyEntry, find_key, parse_keys
+from serving.keys import LEASE_HEADER, ApiKeys, KeyEntry, find_key
+from serving.leases import RELEASE  # a replica's release of a lease: RELEASE/<lease>
 from stack.control.autoscale.config import AutoscalerConfig
 from stack.routes import AUTH
 from stack.splits import split_router
 
-RELEASE = "/__stack/release"  # a replica's release of a lease: RELEASE/<lease> (serving.leases)
 NO_LEASE = "-"
 LEASE_TTL = 600.0  # seconds after which a lease never released lapses (no replica reports: Nomad)
 GRACE = 5.0  # seconds a lease may go unreported (its request still on its way to a replica)
@@ -81,7 +81,6 @@ class Tenants:
         self._next_check = -math.inf
         self._state: dict[str, _Limits] = {}  # key name -> its limits' state
         self._lease_of: dict[str, str] = {}  # lease -> key name
-        self._granted: dict[str, float] = {}  # lease -> when it was given (clock)
         self._reports: dict[str, tuple[float, frozenset[str]]] = {}  # replica URL -> (when, the leases it holds)
         self._ids = itertools.count(1)
         self._prefix = hashlib.blake2b(str(time.time()).encode(), digest_size=4).hexdigest()
@@ -148,11 +147,9 @@ class Tenants:
             lease = f"{self._prefix}-{next(self._ids)}"
             state.leases[lease] = now + LEASE_TTL
             self._lease_of[lease] = name
-            self._granted[lease] = now
         return 200, None, {LEASE_HEADER: lease}
 
     def release(self, lease: str) -> bool:
-        self._granted.pop(lease, None)
         name = self._lease_of.pop(lease, None)
         state = self._state.get(name) if name is not None else None
         return state is not None and state.leases.pop(lease, None) is not None
@@ -164,7 +161,8 @@ class Tenants:
         fresh = [(at, held) for at, held in self._reports.values() if now - at <= FRESH]
         for url in [u for u, (at, _held) in self._reports.items() if now - at > FRESH]:
             del self._reports[url]
-        for lease, granted in list(self._granted.items()):
+        for lease, name in list(self._lease_of.items()):
+            granted = self._state[name].leases[lease] - LEASE_TTL  # a lease lapses LEASE_TTL after it is given
             if now - granted < GRACE:
                 continue
             # every replica answering now has reported since the lease was given, and none holds it
@@ -193,7 +191,6 @@ class Tenants:
         for lease in [lease for lease, until in state.leases.items() if until <= now]:
             del state.leases[lease]
             self._lease_of.pop(lease, None)
-            self._granted.pop(lease, None)
 
 
 def _rate(per_second: float) -> str:
@@ -205,13 +202,17 @@ def _rate(per_second: float) -> str:
 
 
 def keys_in(path: str | Path) -> Callable[[], list[KeyEntry]]:
-    """The keys of a keys file the controller reads (its target mounts or renders it); no file: none."""
+    """The keys of a keys file the controller reads (its target mounts or renders it), followed as the replicas
+    follow it (serving.keys.ApiKeys: read again when it changes, the last good read kept); no file yet: none."""
+    followed: list[ApiKeys] = []
 
     def read() -> list[KeyEntry]:
-        try:
-            return parse_keys(Path(path).read_text())
-        except FileNotFoundError:
-            return []
+        if not followed:
+            try:
+                followed.append(ApiKeys([], str(path)))
+            except ValueError:  # not written yet
+                return []
+        return followed[0].current_entries()
 
     return read
 
