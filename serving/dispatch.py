@@ -96,7 +96,8 @@ class Dispatch:
         work = functools.partial(context.run, call, payload, query, request.headers)
         if self._tracer is not None and self._tracer.sampled():
             return await tracing.traced_thread(self._tracer, self._pool.run, work, is_gone)
-        return await self._pool.run(work, is_gone, rank=request.get(RANK_KEY, 1))
+        rank = request.get(RANK_KEY, 1) if self._pool.ordered else 1  # priorities only with named keys'
+        return await self._pool.run(work, is_gone, rank=rank)
 
     async def _run_batch(self, items: list[tuple[Any, ...]]) -> Any:
         handler = self._handler

@@ -79,7 +79,7 @@ class PredictPool:
     def __init__(self, threads: int, on_start: Callable[[], None] | None = None, ordered: bool = False) -> None:
         # ordered: named keys with priorities; a plain queue otherwise (the faster one on the hot path)
         self._queue: Any = _Ordered() if ordered else queue.SimpleQueue()
-        self._ordered = ordered
+        self.ordered = ordered
         self._on_start = on_start  # called in the worker when a queued call starts
         self._started = [0.0] * threads  # per thread: monotonic start of its current call (0: idle)
         self._threads = [
@@ -113,7 +113,7 @@ class PredictPool:
         priority in an ordered pool (0 high, 1 normal, 2 low)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if self._ordered:
+        if self.ordered:
             self._queue.put((call, future, loop, is_gone, counted), rank)
         else:
             self._queue.put((call, future, loop, is_gone, counted))
@@ -122,7 +122,7 @@ class PredictPool:
     def evict(self, rank: int, retry_after: int) -> bool:
         """A newcomer of `rank` found the replica full: the newest waiting request of a lower priority is
         answered 503 instead (True), if there is one."""
-        if not self._ordered:
+        if not self.ordered:
             return False
         item = self._queue.evict(rank)
         if item is None:
@@ -138,7 +138,7 @@ class PredictPool:
 
     def shutdown(self) -> None:
         for _ in self._threads:
-            if self._ordered:
+            if self.ordered:
                 self._queue.put(_STOP, 99)
             else:
                 self._queue.put(_STOP)

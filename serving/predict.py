@@ -177,7 +177,7 @@ class Predictions:
             if traced is not None and tracer is not None:
                 tracer.finish_request(traced, status, error if status >= 500 else None)
             elapsed = time.perf_counter() - start
-            named = request.get(KEY)
+            named = request.get(KEY) if self.keys.keys else None  # a stack without keys: no lookup at all
             if isinstance(named, KeyEntry) and named.name:
                 sent = response.content_length if response is not None and response.content_length else 0
                 self.usage.record(named.name, status, elapsed, request.content_length or 0, sent)
