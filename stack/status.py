@@ -98,6 +98,69 @@ class Traffic:
     error: str = ""
 
 
+@dataclass
+class ScaleChange:
+    """One decision of the autoscaler that changed an API's replica count (stack.control.autoscale); the loop
+    updates its latest while it retries it."""
+
+    at: float  # unix time
+    current: int
+    desired: int
+    rule: str  # which rule of the policy decided (stack.control.autoscale.policy.Decision.rule)
+    reason: str
+    applied: bool = True
+    error: str = ""  # why the last attempt failed, while not applied
+    attempts: int = 1  # a refused or failed change is retried, not listed again
+
+
+@dataclass(frozen=True)
+class AutoscalerStatus:
+    """What the autoscaler thinks of an API now (`last`) and the count changes it made recently."""
+
+    last: str = ""
+    changes: list[ScaleChange] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AutoscalerStatus | None:
+        """Read back from JSON (a state file, the supervisor's socket); None for anything else."""
+        if not isinstance(data, dict):
+            return None
+        changes = [
+            ScaleChange(**{k: v for k, v in c.items() if k in _names(ScaleChange)})
+            for c in data.get("changes", [])
+            if isinstance(c, dict)
+        ]
+        return cls(str(data.get("last") or ""), changes)
+
+
+@dataclass(frozen=True)
+class AffinityStatus:
+    """An API's model affinity now (networking.affinity, stack.control.affinity)."""
+
+    models: dict[str, list[str]]  # value -> the replicas its requests go to
+    held: dict[str, list[str]]  # replica -> the values it reports holding
+    in_flight: dict[str, float]  # value -> mean requests in flight, stack-wide (only values with load)
+    hit_ratio: float | None  # requests whose value their replica held, of all with a value; None: none yet
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AffinityStatus | None:
+        """Read back from JSON (the controller's affinity file or variable); None for anything else."""
+        if not isinstance(data, dict):
+            return None
+
+        def mapping(key: str) -> dict[str, Any]:
+            value = data.get(key)
+            return value if isinstance(value, dict) else {}
+
+        ratio = data.get("hit_ratio")
+        return cls(
+            {str(k): [str(r) for r in v] for k, v in mapping("models").items() if isinstance(v, list)},
+            {str(k): [str(r) for r in v] for k, v in mapping("held").items() if isinstance(v, list)},
+            {str(k): float(v) for k, v in mapping("in_flight").items() if isinstance(v, int | float)},
+            float(ratio) if isinstance(ratio, int | float) else None,
+        )
+
+
 @dataclass(frozen=True)
 class ApiStatus:
     name: str
@@ -110,7 +173,7 @@ class ApiStatus:
     error: str | None = None
     restarts: int = 0
     autoscaled: bool = False
-    autoscaler: dict[str, Any] | None = None  # {"last": reason, "changes": [...]}
+    autoscaler: AutoscalerStatus | None = None
     min_replicas: int = 1
     max_replicas: int = 1
     events: list[str] = field(default_factory=list)
@@ -120,9 +183,7 @@ class ApiStatus:
     # Why the last `stack up`'s rollout of this API was rolled back (it runs its old version again); "" if not.
     rolled_back: str = ""
     gpu_slots: int = 0  # a GPU API's placed replica slots: the most replicas it can have on this host
-    # networking.affinity: {"models": {value: [replica]}, "held": {replica: [value]}, "in_flight": {value: n},
-    # "hit_ratio": 0..1 | None} (stack.control.routing.GatewayRoutes.affinity_status); None: no affinity.
-    affinity: dict[str, Any] | None = None
+    affinity: AffinityStatus | None = None  # None: the API has no networking.affinity
 
     @property
     def at_gpu_capacity(self) -> bool:
@@ -244,6 +305,8 @@ class StackStatus:
         for api in data.get("apis", []):
             values = {k: v for k, v in api.items() if k in _names(ApiStatus) and k != "traffic"}
             values["status"] = ApiPhase(api["status"])
+            values["autoscaler"] = AutoscalerStatus.from_dict(api.get("autoscaler"))
+            values["affinity"] = AffinityStatus.from_dict(api.get("affinity"))
             values["replicas"] = [
                 ReplicaStatus(
                     **{**{k: v for k, v in r.items() if k in _names(ReplicaStatus)}, "state": ReplicaState(r["state"])}

@@ -4,13 +4,12 @@ with one API its replicas, events and the autoscaler's decisions. (`--json` prin
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import click
 
 from stack.spec import Api, LoadedSpec
 from stack.spec.units import format_memory
-from stack.status import ApiPhase, ApiStatus, CanaryStatus, SplitterStatus, StackStatus
+from stack.status import AffinityStatus, ApiPhase, ApiStatus, CanaryStatus, SplitterStatus, StackStatus
 
 
 def _weights_from(splitter: SplitterStatus) -> str:
@@ -39,10 +38,10 @@ def _zero_since(api: ApiStatus) -> str:
     """For an API scaled to zero: since when, from the autoscaler's decision (or a `stack scale` by hand)."""
     if api.status != ApiPhase.SCALED_TO_ZERO or not api.autoscaler:
         return ""
-    changes = [c for c in api.autoscaler.get("changes", []) if c.get("desired") == 0 and c.get("applied")]
+    changes = [c for c in api.autoscaler.changes if c.desired == 0 and c.applied]
     if not changes:
         return ""
-    at = float(changes[-1]["at"])
+    at = changes[-1].at
     return f" (idle, since {time.strftime('%H:%M:%S', time.localtime(at))}, {_uptime(time.time() - at)} ago)"
 
 
@@ -166,20 +165,19 @@ def show_status(
     _show_decisions(api)
 
 
-def _show_affinity(affinity: dict[str, Any]) -> None:
+def _show_affinity(affinity: AffinityStatus) -> None:
     """Each affinity value's replicas (networking.affinity), what each replica holds, and the hit ratio."""
-    ratio = affinity.get("hit_ratio")
+    ratio = affinity.hit_ratio
     shown = "-" if ratio is None else f"{ratio:.0%}"
     click.echo(f"\naffinity: hit ratio {shown} (requests whose replica held their value when they arrived)")
-    in_flight = affinity.get("in_flight", {})
     rows = [
-        [value, ", ".join(replicas), in_flight.get(value, 0)] for value, replicas in affinity.get("models", {}).items()
+        [value, ", ".join(replicas), affinity.in_flight.get(value, 0)] for value, replicas in affinity.models.items()
     ]
     if rows:
         from tabulate import tabulate
 
         click.echo(tabulate(rows, headers=["value", "routed to", "in flight"]))
-    for replica, values in affinity.get("held", {}).items():
+    for replica, values in affinity.held.items():
         click.echo(f"  {replica} holds: {', '.join(values) or '-'}")
 
 
@@ -196,13 +194,13 @@ def _show_decisions(api: ApiStatus) -> None:
     if not scaler:
         click.echo("\nautoscaler: no decision yet")
         return
-    click.echo(f"\nautoscaler: {scaler.get('last') or 'no decision yet'}")
-    for change in scaler.get("changes", []):
-        at = time.strftime("%H:%M:%S", time.localtime(change["at"]))
-        note = "" if change["applied"] else f" (not applied yet: {change['error']})"
-        if change.get("attempts", 1) > 1:
-            note += f" ({change['attempts']} attempts)"
-        click.echo(f"  {at} {change['current']} -> {change['desired']} [{change['rule']}] {change['reason']}{note}")
+    click.echo(f"\nautoscaler: {scaler.last or 'no decision yet'}")
+    for change in scaler.changes:
+        at = time.strftime("%H:%M:%S", time.localtime(change.at))
+        note = "" if change.applied else f" (not applied yet: {change.error})"
+        if change.attempts > 1:
+            note += f" ({change.attempts} attempts)"
+        click.echo(f"  {at} {change.current} -> {change.desired} [{change.rule}] {change.reason}{note}")
 
 
 def _size(value: int | None) -> str:

@@ -24,6 +24,7 @@ from stack.control.affinity import ApiAffinity
 from stack.control.autoscale.config import AutoscalerConfig, RoutedApi
 from stack.routes import Route, Split
 from stack.splits import applied
+from stack.status import AffinityStatus
 from stack.tls import TLS_FILE, TlsFiles, write_config
 
 Weights = dict[str, dict[str, int]]  # splitter -> API -> weight
@@ -121,7 +122,7 @@ class GatewayRoutes:
                 self.affinity[api.name].spread_at = api.spread_at
                 self.affinity[api.name].per_server = api.cache_size
 
-    def affinity_status(self, api: str, names: Mapping[str, str]) -> dict[str, object] | None:
+    def affinity_status(self, api: str, names: Mapping[str, str]) -> AffinityStatus | None:
         """`stack status`'s view of an API's affinity: each value's replicas, what each replica holds, the
         hit ratio; `names`: server URL -> replica id."""
         affinity = self.affinity.get(api)
@@ -132,12 +133,12 @@ class GatewayRoutes:
             held = affinity.held()
             ratio = affinity.hit_ratio()
             loads = dict(affinity.loads)
-        return {
-            "models": {v: [names.get(url, url) for url in urls] for v, urls in sorted(pins.items())},
-            "held": {names.get(url, url): values for url, values in sorted(held.items())},
-            "in_flight": {v: round(load, 2) for v, load in sorted(loads.items()) if load > 0},
-            "hit_ratio": None if ratio is None else round(ratio, 3),
-        }
+        return AffinityStatus(
+            models={v: [names.get(url, url) for url in urls] for v, urls in sorted(pins.items())},
+            held={names.get(url, url): values for url, values in sorted(held.items())},
+            in_flight={v: round(load, 2) for v, load in sorted(loads.items()) if load > 0},
+            hit_ratio=None if ratio is None else round(ratio, 3),
+        )
 
     def observe(self, api: str, server: str, report: Mapping[str, object]) -> bool:
         """A replica's affinity report (its /healthz); True when the values it holds changed."""

@@ -32,7 +32,7 @@ import logging
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -58,7 +58,7 @@ from stack.control.routing import GatewayRoutes, RouteSink, Weights
 from stack.control.tenants import Tenants, routers_of, tenant_routes
 from stack.errors import StackError
 from stack.splits import member_services
-from stack.status import SplitterStatus
+from stack.status import AffinityStatus, AutoscalerStatus, SplitterStatus
 
 LOGGER = logging.getLogger("stack.control")
 AFFINITY_EVERY = 2.0  # seconds between writes of the affinity status file (when it changed)
@@ -206,7 +206,7 @@ class ControlPlane:
         if self.tenants is not None:
             self.tenants.routers = routers_of(config)
 
-    def status(self) -> dict[str, dict[str, object]]:
+    def status(self) -> dict[str, AutoscalerStatus]:
         """The autoscaler's last decisions per API, as `stack status` shows them."""
         return self.autoscaler.status()
 
@@ -218,7 +218,7 @@ class ControlPlane:
             return None
         return WorkingSet(affinity.in_use(window), routed.cache_size)
 
-    def affinity(self) -> dict[str, dict[str, object]]:
+    def affinity(self) -> dict[str, AffinityStatus]:
         """Each affinity API's values and replicas (stack.control.affinity), as `stack status` shows them."""
         names = {p.url: p.replica for p in self.adapters.fleet.probe_targets()}
         out = {}
@@ -233,7 +233,7 @@ class ControlPlane:
         written = None
         while not stopping.is_set():
             try:
-                text = json.dumps(self.affinity(), sort_keys=True)
+                text = json.dumps({api: asdict(shown) for api, shown in self.affinity().items()}, sort_keys=True)
                 if text != written and (self.routes.affinity or written is not None):  # none: nothing to say
                     await asyncio.to_thread(out, text)
                     written = text
@@ -302,7 +302,7 @@ class ControlPlane:
             return response
 
         async def status(request: web.Request) -> web.Response:
-            return web.json_response(self.status())
+            return web.json_response({api: asdict(shown) for api, shown in self.status().items()})
 
         async def healthz(request: web.Request) -> web.Response:
             return web.json_response({"ok": True})

@@ -83,7 +83,7 @@ def test_missing_data_holds_the_count_and_says_why() -> None:
     autoscaler, now = make(target, Load(a=None), "a")
     run_ticks(autoscaler, now, 30)
     assert target.scale_calls == [] and target.counts["a"] == 4
-    assert "hold: no data (Prometheus query failed" in autoscaler.status()["a"]["last"]
+    assert "hold: no data (Prometheus query failed" in autoscaler.status()["a"].last
     assert autoscaler.registry.get_sample_value(
         "stack_autoscaler_decisions_total", {"api": "a", "direction": "hold", "rule": "no_data"}
     ) == pytest.approx(30)
@@ -96,8 +96,8 @@ def test_a_failing_scaler_is_retried_with_back_off() -> None:
     autoscaler, now = make(target, Load(a=3.0), "a")
     run_ticks(autoscaler, now, 1)
     assert target.scale_calls == [("a", 2)]  # panic would double; at least +1 from 1
-    [failed] = autoscaler.status()["a"]["changes"]
-    assert failed["applied"] is False and failed["error"] == "engine said no"
+    [failed] = autoscaler.status()["a"].changes
+    assert failed.applied is False and failed.error == "engine said no"
     run_ticks(autoscaler, now, 1)  # t+1: inside the first back-off (2 s), no call
     assert len(target.scale_calls) == 1
     run_ticks(autoscaler, now, 1)  # t+2: the second try fails too
@@ -106,8 +106,8 @@ def test_a_failing_scaler_is_retried_with_back_off() -> None:
     assert len(target.scale_calls) == 2
     run_ticks(autoscaler, now, 1)  # t+6
     assert len(target.scale_calls) == 3 and target.counts["a"] == 2
-    [change] = autoscaler.status()["a"]["changes"]  # one change, applied at the third attempt
-    assert change["applied"] is True and change["attempts"] == 3
+    [change] = autoscaler.status()["a"].changes  # one change, applied at the third attempt
+    assert change.applied is True and change.attempts == 3
     assert autoscaler.registry.get_sample_value("stack_autoscaler_scale_errors_total", {"api": "a"}) == 2
 
 
@@ -125,7 +125,7 @@ def test_a_rolling_update_holds_the_count() -> None:
     autoscaler, now = make(target, Load(a=9.0), "a")
     run_ticks(autoscaler, now, 5)
     assert target.scale_calls == []
-    assert autoscaler.status()["a"]["last"] == "hold: rolling update in progress (versions v1, v2)"
+    assert autoscaler.status()["a"].last == "hold: rolling update in progress (versions v1, v2)"
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_an_api_set_by_hand_is_left_alone() -> None:
     config = AutoscalerConfig("shop", 1.0, [ApiScaling("a", BOUNDS)])
     autoscaler = Autoscaler(config, target, Load(a=0.0), manual=lambda api: api == "a")
     asyncio.run(autoscaler.tick())
-    assert target.scale_calls == [] and "stack scale --force" in autoscaler.status()["a"]["last"]
+    assert target.scale_calls == [] and "stack scale --force" in autoscaler.status()["a"].last
 
 
 def test_new_bounds_keep_the_history() -> None:
@@ -222,13 +222,13 @@ def test_a_restarted_autoscaler_keeps_its_stabilization_window(tmp_path) -> None
     assert target.counts["a"] == spiked
     after[0] += 61  # the window has passed since it started, so the restarted autoscaler scales down
     asyncio.run(restarted.tick())
-    assert target.counts["a"] < spiked, restarted.status()["a"]["last"]
+    assert target.counts["a"] < spiked, restarted.status()["a"].last
 
     # Without the saved state, a restart would have held a whole new minute: the test can fail.
     target.counts["a"] = spiked
     forgetful = Autoscaler(config, target, load, clock=lambda: after[0])
     asyncio.run(forgetful.tick())
-    assert target.counts["a"] == spiked and "just started" in forgetful.status()["a"]["last"]
+    assert target.counts["a"] == spiked and "just started" in forgetful.status()["a"].last
 
 
 def test_an_unreadable_saved_state_starts_afresh(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -248,7 +248,7 @@ def test_a_gpu_api_at_its_slots_says_it_is_at_gpu_capacity() -> None:
     autoscaler = Autoscaler(config, target, Load(vision=9.0), clock=lambda: 1000.0)
     asyncio.run(autoscaler.tick())
     assert target.scale_calls == []  # never a slot that has no place
-    assert autoscaler.status()["vision"]["last"].endswith("; at GPU capacity (2/2 slots)")
+    assert autoscaler.status()["vision"].last.endswith("; at GPU capacity (2/2 slots)")
 
 
 def test_gpu_utilization_grows_an_api_whose_queue_looks_fine() -> None:
@@ -264,4 +264,4 @@ def test_gpu_utilization_grows_an_api_whose_queue_looks_fine() -> None:
         autoscaler = Autoscaler(config, target, Busy(), clock=lambda: 1000.0)
         asyncio.run(autoscaler.tick())
         assert target.scale_calls == expected  # 2 replicas x 90% / 60% = 3
-    assert "GPU utilization 90%, target 60%" in autoscaler.status()["vision"]["last"]
+    assert "GPU utilization 90%, target 60%" in autoscaler.status()["vision"].last

@@ -9,11 +9,14 @@ from serving.errors import HTTPError, ModelInputInvalid, ModelLoadFailed, ModelN
 from serving.failures import PredictTimeout, failure_of
 from stack.errors import StackError, UnknownApi
 from stack.status import (
+    AffinityStatus,
     ApiPhase,
     ApiStatus,
+    AutoscalerStatus,
     Observed,
     ReplicaState,
     ReplicaStatus,
+    ScaleChange,
     StackStatus,
     api_phase,
 )
@@ -53,12 +56,24 @@ def test_phases_are_the_words_stack_status_prints() -> None:
 
 def test_a_stack_status_survives_its_json_whole() -> None:
     replica = ReplicaStatus("echo-3", ReplicaState.READY, "abc", pid=42, port=9000, uptime_s=1.5)
+    scaled = ScaleChange(1_000.0, 1, 2, "target", "in-flight 3.0 over 1 ready", applied=False, error="busy", attempts=2)
     api = ApiStatus(
-        "echo", ApiPhase.UPDATING, 1, 2, "/echo", "abc", error="boom", error_replica="echo-2", replicas=[replica]
+        "echo",
+        ApiPhase.UPDATING,
+        1,
+        2,
+        "/echo",
+        "abc",
+        error="boom",
+        error_replica="echo-2",
+        replicas=[replica],
+        autoscaler=AutoscalerStatus("hold: stable", [scaled]),
+        affinity=AffinityStatus({"m1": ["echo-3"]}, {"echo-3": ["m1", "m2"]}, {"m1": 1.5}, 0.92),
     )
     status = StackStatus("shop", "local", 8080, [api], ["a note"], pid=7)
     back = StackStatus.from_dict(status.to_dict())
     assert back == status
+    assert back.apis[0].autoscaler is not None and back.apis[0].autoscaler.changes[0].attempts == 2
     assert back.apis[0].status is ApiPhase.UPDATING and back.apis[0].replicas[0].state is ReplicaState.READY
 
 
@@ -88,3 +103,13 @@ def test_every_failure_is_answered_from_one_table(exc: Exception, status: int, l
 def test_an_unknown_exception_names_its_type() -> None:
     assert failure_of(KeyError("x")).message == "KeyError: 'x'"
     assert failure_of(PredictTimeout(2.5)).message == "prediction took longer than the timeout of 2.5s"
+
+
+@pytest.mark.parametrize("data", [None, "text", [1, 2], {"changes": "no", "models": 3}])
+def test_status_parts_read_from_a_damaged_state_file_are_empty_not_a_crash(data: object) -> None:
+    """The controller's decisions and affinity files are read by `stack status`; one torn or hand-edited
+    says nothing of its API rather than failing the command."""
+    scaler = AutoscalerStatus.from_dict(data)
+    assert scaler is None or scaler == AutoscalerStatus()
+    affinity = AffinityStatus.from_dict(data)
+    assert affinity is None or (affinity.models, affinity.held, affinity.hit_ratio) == ({}, {}, None)

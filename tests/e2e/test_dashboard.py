@@ -36,6 +36,7 @@ from stack.control.dashboard.data import CHARTS, RANGES, Dashboard, Range, _quer
 from stack.control.dashboard.proxy import proxy_app
 from stack.control.dashboard.web import dashboard_routes
 from stack.spec import load_spec
+from stack.status import AffinityStatus, AutoscalerStatus
 from stack.targets.nomad.api import NomadApi
 from stack.targets.nomad.connection import NomadSettings
 from stack.targets.nomad.plan import plan as plan_nomad
@@ -459,7 +460,7 @@ def test_an_api_with_no_series_is_zero_only_while_prometheus_scraped() -> None:
 class _Source:
     config = AutoscalerConfig("p", 1.0, [], [RoutedApi("alpha", "p-alpha", "/alpha")])
 
-    def status(self) -> dict[str, dict[str, object]]:
+    def status(self) -> dict[str, AutoscalerStatus]:
         return {}
 
     async def replicas(self, api: str) -> None:
@@ -471,8 +472,8 @@ class _Source:
     def events(self, api: str) -> list[str]:
         return [f"12:00:0{i} replica {api}-{i} replaced: stuck: predict running for 45s" for i in range(10)]
 
-    def affinity(self) -> dict[str, dict[str, object]]:
-        return {"alpha": {"models": {"iris": ["alpha-1"]}, "held": {"alpha-1": ["iris"]}, "hit_ratio": 0.9}}
+    def affinity(self) -> dict[str, AffinityStatus]:
+        return {"alpha": AffinityStatus({"iris": ["alpha-1"]}, {"alpha-1": ["iris"]}, {"iris": 0.5}, 0.9)}
 
 
 def test_each_chart_range_asks_prometheus_for_its_window_step_and_rate() -> None:

@@ -8,7 +8,6 @@ are the gateway's 404.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import requests
 import yaml
 from common import EXAMPLES, Server, ServerFactory, free_port
+from waits import holds, until
 
 from stack import routes
 from stack.targets.gateway import answered_by_replica, readiness_url
@@ -41,13 +41,7 @@ def gateway(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[str, Serve
     errors_port = free_port()
     servers.start([sys.executable, "-c", ERRORS_SERVER, str(errors_port)], port=errors_port, wait_ready=False)
     errors_url = f"http://127.0.0.1:{errors_port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            requests.get(errors_url, timeout=1)
-            break
-        except requests.RequestException:
-            time.sleep(0.05)
+    until(holds(lambda: requests.get(errors_url, timeout=1).status_code > 0), "the error pages server to answer")
     routes_dir = tmp_path / "routes"
     table = [routes.Route("t-echo", "/echo", (replica.url,)), routes.Route("t-gone", "/gone")]
     table.append(routes.Route("t-broken", "/broken", (f"http://127.0.0.1:{free_port()}",)))  # nothing listens
@@ -56,16 +50,10 @@ def gateway(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[str, Serve
     command = traefik_command("127.0.0.1", port, free_port(), free_port(), routes_dir, tmp_path / "access.log")
     servers.start(command, port=port, wait_ready=False)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.post(f"{url}/echo", json={}, headers={"X-API-Key": "sekret-key-1"}, timeout=1).ok:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    else:
-        raise AssertionError("Traefik never routed /echo")
+    until(
+        holds(lambda: requests.post(f"{url}/echo", json={}, headers={"X-API-Key": "sekret-key-1"}, timeout=1).ok),
+        "Traefik to route /echo to the replica",
+    )
     yield url, replica, routes_dir
 
 
@@ -104,9 +92,7 @@ def test_gateway_readiness_is_a_replica_answer(gateway: tuple[str, Server, Path]
     port = int(url.rsplit(":", 1)[1])
     assert answered_by_replica(requests.get(readiness_url(port, "/echo"), timeout=5))  # a 401 from the replica
     routes.write(routes_dir, routes.render([routes.Route("t-echo", "/echo", ())]))  # no replica, no error service
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and requests.get(f"{url}/echo", timeout=5).status_code != 503:
-        time.sleep(0.05)
+    until(lambda: requests.get(f"{url}/echo", timeout=5).status_code == 503, "Traefik to drop the replica", 10)
     gone = requests.get(readiness_url(port, "/echo"), timeout=5)
     assert gone.status_code == 503 and not answered_by_replica(gone)
 

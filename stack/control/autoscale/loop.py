@@ -37,6 +37,7 @@ from stack.control.autoscale.policy import (
 )
 from stack.control.autoscale.scaler import Replicas, Scaler, ScalerBusy
 from stack.control.autoscale.signal import Signal
+from stack.status import AutoscalerStatus, ScaleChange
 
 LOGGER = logging.getLogger("stack.control.autoscale")
 BACKOFF = (2.0, 4.0, 8.0, 16.0, 30.0, 60.0)  # seconds before retrying a scaler that failed
@@ -48,26 +49,12 @@ class SignalSource(Protocol):
 
 
 @dataclass
-class Change:
-    """One decision that changed a count, as `stack status` shows it."""
-
-    at: float  # unix time
-    current: int
-    desired: int
-    rule: str  # which rule of the policy decided (stack.control.autoscale.policy.Decision.rule)
-    reason: str
-    applied: bool = True
-    error: str = ""  # why the last attempt failed, while not applied
-    attempts: int = 1  # a refused or failed change is retried, not listed again
-
-
-@dataclass
 class ApiLoop:
     """The loop's memory for one API."""
 
     spec: ApiScaling
     history: History = field(default_factory=History)
-    changes: deque[Change] = field(default_factory=lambda: deque(maxlen=KEPT_DECISIONS))
+    changes: deque[ScaleChange] = field(default_factory=lambda: deque(maxlen=KEPT_DECISIONS))
     last_reason: str = ""  # the latest decision's reason, whole
     last_logged: str = ""  # the rule of the last hold logged: a hold is logged once per rule, not every tick
     failures: int = 0
@@ -212,13 +199,13 @@ class Autoscaler:
         change.applied, change.error = True, ""
         state.failures = 0
 
-    def _change(self, state: ApiLoop, current: int, decision: Decision) -> Change:
+    def _change(self, state: ApiLoop, current: int, decision: Decision) -> ScaleChange:
         last = state.changes[-1] if state.changes else None
         if last is not None and not last.applied and (last.current, last.desired) == (current, decision.desired):
             last.attempts += 1
             last.at, last.reason = time.time(), decision.reason
             return last
-        change = Change(time.time(), current, decision.desired, decision.rule, decision.reason)
+        change = ScaleChange(time.time(), current, decision.desired, decision.rule, decision.reason)
         state.changes.append(change)
         return change
 
@@ -271,9 +258,10 @@ class Autoscaler:
         LOGGER.warning(f"{state.spec.name}: {message}; retrying in {delay:g}s")
         state.last_reason, state.last_logged = message, ""
 
-    def status(self) -> dict[str, dict[str, object]]:
+    def status(self) -> dict[str, AutoscalerStatus]:
+        """Each API's last decision and recent count changes (copies: the loop goes on changing its own)."""
         return {
-            name: {"last": state.last_reason, "changes": [asdict(c) for c in state.changes]}
+            name: AutoscalerStatus(state.last_reason, [replace(c) for c in state.changes])
             for name, state in self.apis.items()
         }
 
@@ -310,7 +298,7 @@ class Autoscaler:
                 if history.get("started_at") is not None:
                     state.history.started_at = float(history["started_at"]) - offset
                 for change in entry.get("changes", []):
-                    state.changes.append(Change(**change))
+                    state.changes.append(ScaleChange(**change))
                 state.last_reason = str(entry.get("last", ""))
             except (TypeError, ValueError, AttributeError):
                 LOGGER.warning(
@@ -324,7 +312,7 @@ class Autoscaler:
         if self.state_file is None:
             return
         status = {
-            name: {**entry, "history": self._history_out(self.apis[name].history)}
+            name: {**asdict(entry), "history": self._history_out(self.apis[name].history)}
             for name, entry in self.status().items()
         }
         if status == self.saved:

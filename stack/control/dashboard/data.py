@@ -21,7 +21,7 @@ import requests
 
 from stack.control.autoscale.config import AutoscalerConfig
 from stack.control.autoscale.scaler import Replicas
-from stack.status import SplitterStatus
+from stack.status import AffinityStatus, AutoscalerStatus, SplitterStatus
 from stack.traffic import prometheus_traffic
 from stack.usage import usage as key_usage
 
@@ -65,7 +65,7 @@ class Source(Protocol):
 
     config: AutoscalerConfig
 
-    def status(self) -> dict[str, dict[str, object]]:
+    def status(self) -> dict[str, AutoscalerStatus]:
         """The autoscaler's last decision and its recent changes, per API."""
         ...
 
@@ -81,7 +81,7 @@ class Source(Protocol):
         """The API's recent events: replicas replaced and why, restarts, rollouts (blocking I/O is fine)."""
         ...
 
-    def affinity(self) -> dict[str, dict[str, object]]:
+    def affinity(self) -> dict[str, AffinityStatus]:
         """The affinity APIs' values, where they go and the hit ratio (networking.affinity)."""
         ...
 
@@ -189,7 +189,7 @@ class Dashboard:
         return [row.to_dict() for row in rows]
 
     async def _api(
-        self, name: str, now: float, over: Range, decisions: dict[str, object] | None, problems: list[str]
+        self, name: str, now: float, over: Range, decisions: AutoscalerStatus | None, problems: list[str]
     ) -> dict[str, Any]:
         routed = next(a for a in self.source.config.routed if a.name == name)
         scaling = next((a for a in self.source.config.apis if a.name == name), None)
@@ -202,9 +202,9 @@ class Dashboard:
             "autoscaled": scaling is not None,
             "min_replicas": scaling.bounds.min_replicas if scaling else None,
             "max_replicas": scaling.bounds.max_replicas if scaling else None,
-            "autoscaler": decisions,
+            "autoscaler": None if decisions is None else asdict(decisions),
             "events": (await asyncio.to_thread(self.source.events, name))[-8:],
-            "affinity": self.source.affinity().get(name),
+            "affinity": None if (shown := self.source.affinity().get(name)) is None else asdict(shown),
             "series": {},
         }
         url = self.prometheus_url()

@@ -14,7 +14,7 @@ from stack.plan.gpus import Placement, Slot, read_placement
 from stack.plan.versions import current_versions
 from stack.spec import LoadedSpec
 from stack.splits import splitters_of
-from stack.status import ApiStatus, Observed, ReplicaStatus, StackStatus, api_phase
+from stack.status import AffinityStatus, ApiStatus, AutoscalerStatus, Observed, ReplicaStatus, StackStatus, api_phase
 from stack.targets import images
 from stack.targets.compose.components import components, last_kill, restarts
 from stack.targets.compose.desired import (
@@ -82,8 +82,8 @@ def observe(loaded: LoadedSpec, engine: ComposeProject, state_dir: Path) -> Stac
                 restarts=sum(restarts(c, restarted) for c in mine),
                 events=events,
                 autoscaled=api.autoscaled and api.name not in manual,
-                autoscaler=decisions.get(api.name),
-                affinity=affinity.get(api.name) if api.networking.affinity is not None else None,
+                autoscaler=AutoscalerStatus.from_dict(decisions.get(api.name)),
+                affinity=AffinityStatus.from_dict(affinity.get(api.name)) if api.networking.affinity else None,
                 min_replicas=api.autoscaling.min_replicas,
                 max_replicas=api.autoscaling.max_replicas,
                 replicas=[

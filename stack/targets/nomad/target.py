@@ -31,7 +31,7 @@ from stack.errors import NameTaken, NotRunning, StackError, TargetError
 from stack.plan.versions import current_versions, project_files
 from stack.spec import LoadedSpec
 from stack.splits import splitters_of, with_override
-from stack.status import SplitterStatus, StackStatus
+from stack.status import AffinityStatus, SplitterStatus, StackStatus
 from stack.targets import build, images
 from stack.targets.base import check_scale
 from stack.targets.logs import Stream, follow_replicas, lines_since
@@ -178,7 +178,7 @@ class NomadTarget:
         apis = [api_status(self.api, api, self.job_id(api.name), on_disk[api.name]) for api in self.loaded.spec.apis]
         if any(api.networking.affinity for api in self.loaded.spec.apis):
             shown = _affinity(self.api.get_variable(affinity_variable(self.project)))
-            apis = [replace(a, affinity=shown.get(a.name)) if a.name in shown else a for a in apis]
+            apis = [replace(a, affinity=AffinityStatus.from_dict(shown.get(a.name))) for a in apis]
         notes = [
             f"Nomad at {self.settings.address}"
             + (f", namespace {self.settings.namespace}" if self.settings.namespace else "")

@@ -18,7 +18,7 @@ import requests
 from cli import STACK, stack
 from common import EXAMPLES, PREDICTORS, free_port
 from docker_stack import DOCKER, containers, prom_port, remove_project, write_spec
-from waits import until_seen
+from waits import holds, until, until_seen
 
 from loadgen import Load
 from stack.atomic import ProjectLock
@@ -215,11 +215,13 @@ def test_killed_replicas_come_back_and_only_the_controller_holds_the_socket(
     stack("up", str(root), cwd=root)
     assert api_status(root)["notes"] == []
 
-    # Two commands at once: the second names the first and changes nothing.
+    # Two commands at once: the second names the first and changes nothing (every container still there).
+    before = sorted(c["Id"] for c in containers(name))
     with ProjectLock(root, "stack up (compose)"):
         second = subprocess.run([*STACK, "down", str(root)], cwd=root, capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and f"`stack up (compose)` (pid {os.getpid()}" in second.stderr, second.stderr
-    assert requests.post(url, json={}, headers=AUTH, timeout=5).status_code == 200
+    assert sorted(c["Id"] for c in containers(name)) == before
+    until(holds(lambda: requests.post(url, json={}, headers=AUTH, timeout=5).status_code == 200), "the API answers")
 
 
 def test_an_oom_kill_is_counted_and_shown(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from split_stack import (
     write_canary_project,
     write_spec,
 )
+from waits import until
 
 from loadgen import Load
 
@@ -95,10 +96,7 @@ def test_weights_mirror_and_live_reweighting(project: tuple[Path, int]) -> None:
     stack("up", "--local", str(root), cwd=root)
     again = json.loads(stack("status", "--local", "--json", "-p", str(root), cwd=root).stdout)["splitters"][0]
     assert again["weights"] == {"iris-v1": 80, "iris-v2": 20} and not again["overridden"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "iris-v1" not in shares(url, 40):
-        time.sleep(0.2)
-    assert "iris-v1" in shares(url, 40)
+    until(lambda: "iris-v1" in shares(url, 40), "iris-v1 to get traffic again", every=0.2)
 
 
 def test_splitter_mistakes_are_spec_errors(tmp_path: Path) -> None:

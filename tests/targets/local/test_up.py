@@ -15,6 +15,7 @@ import requests
 from cli import stack
 from common import PREDICTORS, free_port
 from local_stack import listening, status, write_spec
+from waits import until
 
 from loadgen import Load
 from stack.targets.local.state import pid_alive
@@ -96,10 +97,8 @@ def test_logs_are_prefixed_by_replica(project: tuple[Path, int]) -> None:
     spec.write_text(spec.read_text().replace(gateway, f"gateway: {{port: {port}, access_log: true}}"))
     stack("up", "--local", str(root), cwd=root)
     requests.post(f"http://127.0.0.1:{port}/echo", json={}, timeout=5)
-    deadline = time.monotonic() + 10  # Traefik writes its access log asynchronously
-    while time.monotonic() < deadline and "POST /echo" not in (access_log.read_text() if access_log.exists() else ""):
-        time.sleep(0.1)
-    assert "POST /echo" in access_log.read_text()
+    # Traefik writes its access log asynchronously.
+    until(lambda: access_log.exists() and "POST /echo" in access_log.read_text(), "the request in the access log")
 
 
 def test_failing_predictor_shows_its_error(project: tuple[Path, int]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import aiohttp
@@ -132,11 +133,11 @@ def test_the_controller_routes_each_model_to_its_allocation(
     # What the controller writes for `stack status --nomad` (ControlPlane.affinity through affinity_out).
     names = {t.url: t.replica for t in fleet.probe_targets()}
     api.put_variable(
-        affinity_variable("na"), {"status": json.dumps({"models": routes.affinity_status("models", names)})}
+        affinity_variable("na"), {"status": json.dumps({"models": asdict(routes.affinity_status("models", names))})}
     )
     shown = NomadTarget(loaded, settings=NomadSettings.from_env(standin.address)).status().apis[0].affinity
-    assert shown is not None and set(models) <= set(shown["models"])
-    assert set(shown["held"]) <= {f"alloc{i}-0" for i in range(3)}  # the allocations, as status names them
+    assert shown is not None and set(models) <= set(shown.models)
+    assert set(shown.held) <= {f"alloc{i}-0" for i in range(3)}  # the allocations, as status names them
     assert standin.problems == []
 
 

@@ -95,7 +95,7 @@ def test_scales_the_predictor_group_through_the_scale_endpoint() -> None:
     assert fake.requests[0]["Target"] == {"Group": "predictor"}
     assert "panic" in fake.requests[0]["Message"]
     assert fake.count == 4
-    assert autoscaler.status()["slow"]["changes"][0]["applied"] is True
+    assert autoscaler.status()["slow"].changes[0].applied is True
 
 
 def test_a_400_during_a_deployment_is_retried_next_tick() -> None:
@@ -104,8 +104,8 @@ def test_a_400_during_a_deployment_is_retried_next_tick() -> None:
     assert fake.problems == []
     assert [r["Count"] for r in fake.requests] == [4, 4]  # refused, then the same decision again
     assert fake.count == 4
-    [change] = autoscaler.status()["slow"]["changes"]  # one change, applied at the second attempt
-    assert change["applied"] is True and change["attempts"] == 2 and (change["current"], change["desired"]) == (2, 4)
+    [change] = autoscaler.status()["slow"].changes  # one change, applied at the second attempt
+    assert change.applied is True and change.attempts == 2 and (change.current, change.desired) == (2, 4)
     # A refusal during a deployment is not a failure: no back-off, no error counted.
     assert autoscaler.registry.get_sample_value("stack_autoscaler_scale_errors_total", {"api": "slow"}) is None
 
@@ -115,4 +115,4 @@ def test_starting_allocations_are_credited() -> None:
     fake = FakeNomad(count=4, healthy=2, refuse_first=0)
     autoscaler = asyncio.run(_drive(fake, ticks=3))
     assert fake.requests == [] and fake.count == 4
-    assert "still starting" in autoscaler.status()["slow"]["last"]
+    assert "still starting" in autoscaler.status()["slow"].last
