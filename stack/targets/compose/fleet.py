@@ -9,7 +9,7 @@ keeps these things true whatever happens to the containers:
   ready (the control plane's liveness probes, stack.control.liveness: Docker
   runs no health check), rewritten on the engine's `kill`, `die` and `start`
   events and as the probes' answers change, so a replica leaves the gateway the
-  moment it is stopped, dies or stops answering.
+  moment it is stopped, dies or stops answering (stack.targets.compose.replicas).
 - **Liveness.** A replica the probes find stuck is restarted at once (killed: it
   answered what it held), an unhealthy one gracefully (drained); the reason is
   an event (`events.jsonl`) and `health.json` tells `stack status` each
@@ -52,6 +52,7 @@ from stack.targets.compose.desired import (
     write_health,
 )
 from stack.targets.compose.keeper import Keeper
+from stack.targets.compose.replicas import health_table, routable
 from stack.targets.compose.restarts import Restarts, record_oom, started_at
 from stack.targets.compose.scaler import ALIVE, PROJECT_LABEL, ComposeScaler
 
@@ -300,67 +301,40 @@ class ComposeFleet:
 
     def _write_health(self, replicas: list[Container]) -> None:
         """What the probes say of each running replica, for `stack status` and `stack up` on the host."""
-        if self.plane is None:
+        plane = self.plane
+        if plane is None:
             return
-        table = {}
-        for c in replicas:
-            if c.status != "running":
-                continue
-            health = self.plane.liveness.of(_key(c))
-            word = "starting" if health is None else health.word
-            if c.id in self.restarts.replacing:
-                word = "stuck" if health is None or health.status != "unhealthy" else "unhealthy"
-            table[c.name] = ReplicaHealth(
-                c.id[:12],
-                started_at(c),
-                word,
-                self.restarts.replacing.get(c.id) or (health.reason if health else ""),
-                health.keys if health else "",
-            )
+        table = health_table(replicas, lambda c: plane.liveness.of(_key(c)), self.restarts.replacing)
         if table != self.health_written:
             write_health(self.state_dir, table)
             self.health_written = table
 
     def _write_routes(self, replicas: list[Container]) -> None:
-        assert self.plane is not None
+        plane = self.plane
+        assert plane is not None
         table: dict[str, list[str]] = {}
         for api in self.apis:
-            servers = sorted(
-                f"http://{address}:{self.port}"
-                for c in replicas
-                if c.labels["stack.api"] == api.name and self.serving(c) and (address := self._address(c))
-            ) or sorted(  # none answers its probes in time, but none is stuck either: route them all
-                f"http://{address}:{self.port}"
-                for c in replicas
-                if c.labels["stack.api"] == api.name
-                and c.status == "running"
-                and c.id not in self.stopping_ids
-                and c.id not in self.scaler.draining
-                and self.plane.liveness.only_silent(_key(c))
-                and (address := self._address(c))
+            found = routable(
+                api.name,
+                replicas,
+                self._url,
+                self.serving,
+                lambda c: plane.liveness.only_silent(_key(c)),
+                self.stopping_ids,
+                self.scaler.draining,
             )
-            self.ready_urls[api.name] = servers
-            self.starting_urls[api.name] = [
-                f"http://{address}:{self.port}"
-                for c in replicas
-                if c.labels["stack.api"] == api.name
-                and c.status == "running"
-                and c.id not in self.stopping_ids
-                and (address := self._address(c))
-            ]
-            failing = [
-                c
-                for c in replicas
-                if c.labels["stack.api"] == api.name and c.id not in self.stopping_ids and c.status == "restarting"
-            ]
-            if failing:
-                code = failing[0].attrs["State"].get("ExitCode", 0)
-                self.start_errors[api.name] = f"replica {failing[0].name} keeps failing (last exit code {code})"
+            self.ready_urls[api.name] = table[api.name] = found.routed
+            self.starting_urls[api.name] = found.running
+            if found.failing:
+                self.start_errors[api.name] = found.failing
             else:
                 self.start_errors.pop(api.name, None)
-            table[api.name] = servers
-        if self.plane.routes.publish(table):
+        if plane.routes.publish(table):
             LOGGER.info("routes: " + "; ".join(f"{api} -> {len(urls)} replica(s)" for api, urls in table.items()))
+
+    def _url(self, container: Container) -> str | None:
+        address = self._address(container)
+        return f"http://{address}:{self.port}" if address else None
 
 
 def _key(container: Container) -> str:

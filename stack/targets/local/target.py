@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from serving.supervisor import port_is_free
 from stack.control.autoscale.scaler import Scaler
 from stack.control.canary import splitter_status
 from stack.errors import NotRunning, StackError
@@ -29,6 +24,7 @@ from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.gateway import check_routed, wait_for_batch_apis
 from stack.targets.local import control
 from stack.targets.local.apis import BACKOFF, ERROR_AFTER
+from stack.targets.local.launch import start_supervisor, stop_supervisor, tail
 from stack.targets.local.names import claimed, release
 from stack.targets.local.preflight import check_installed
 from stack.targets.local.state import (
@@ -38,23 +34,12 @@ from stack.targets.local.state import (
     StateUnreadable,
     find_supervisor,
     forget,
-    pid_alive,
     read_state,
 )
 from stack.targets.logs import lines_since
 from stack.traffic import call_graph, gpu_status, prometheus_traffic, replica_gpu_memory
 
 READY_TIMEOUT = 600.0  # seconds `stack up --local` waits for replicas (model loads can be slow)
-_SUPERVISORS: list[subprocess.Popen[bytes]] = []  # started by this process (several, in a test run)
-
-
-@atexit.register
-def _reap() -> None:
-    """Collect the supervisors this process started that have exited since (a `stack down` in the same process)."""
-    for proc in _SUPERVISORS:
-        proc.poll()
-
-
 Progress = Callable[[str], None]
 
 
@@ -192,37 +177,8 @@ class LocalTarget:
         # Under the project name's lock: a copy of this project starting at the same moment waits, then
         # finds this one running and is refused (stack.targets.local.names).
         with claimed(self.loaded.spec.project, self.loaded.root) as claim:
-            pid = self._start_supervisor(progress)
+            pid = start_supervisor(self.loaded, self.paths, progress, self._started)
             claim.record(pid)
-
-    def _start_supervisor(self, progress: Progress) -> int:
-        port = self.loaded.spec.gateway.port
-        if not port_is_free("0.0.0.0", port):
-            raise StackError(
-                f"gateway port {port} is already in use; stop what uses it (`ss -ltnp 'sport = :{port}'`) "
-                "or set gateway.port in stack.yaml"
-            )
-        self.paths.logs.mkdir(parents=True, exist_ok=True)
-        _keep_as_previous(self.paths.logs)  # what a failure shows is this run's lines only
-        log = open(self.paths.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stack.targets.local.supervisor", str(self.loaded.path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        _SUPERVISORS.append(proc)  # it outlives this command: Python must not warn that it is still running
-        progress(f"started the supervisor (pid {proc.pid}); logs in {self.paths.logs}")
-        deadline = time.monotonic() + 30
-        while not self._started():
-            if proc.poll() is not None:
-                raise StackError(f"the supervisor exited at start:\n{_tail(self.paths.logs / 'supervisor.log')}")
-            if time.monotonic() > deadline:
-                raise StackError(f"the supervisor did not start within 30s; see {self.paths.logs / 'supervisor.log'}")
-            time.sleep(0.1)
-        return proc.pid
 
     def _started(self) -> bool:
         try:
@@ -243,7 +199,7 @@ class LocalTarget:
             rolled = [a for a in status.apis if a.rolled_back]
             if rolled:
                 api = rolled[0]
-                logs = _tail(self.paths.replica_log(api.error_replica)) if api.error_replica else "(no replica log)"
+                logs = tail(self.paths.replica_log(api.error_replica)) if api.error_replica else "(no replica log)"
                 raise StackError(
                     f"API {api.name}: rolled back: {api.rolled_back}\n(it serves its previous version "
                     f"{api.version} again; fix the cause and `stack up` again)\n"
@@ -258,7 +214,7 @@ class LocalTarget:
             ]
             if failed:
                 api = failed[0]
-                logs = _tail(self.paths.replica_log(api.error_replica or f"{api.name}-1"))
+                logs = tail(self.paths.replica_log(api.error_replica or f"{api.name}-1"))
                 raise StackError(
                     f"API {api.name} cannot start: {api.error}\n"
                     f"(a replica failed to start {ERROR_AFTER} times in a row; the supervisor keeps retrying it every "
@@ -283,7 +239,7 @@ class LocalTarget:
                 return False
             # Found through its pid file or its command line (a `stack up` interrupted at its very start, before
             # the supervisor wrote its state): stopped with whatever it had started.
-            self._stop(unreadable.supervisor_pid, timeout, group=True)
+            stop_supervisor(unreadable.supervisor_pid, timeout, group=True)
             forget(self.paths)
             release(self.loaded.spec.project, self.loaded.root)
             return True
@@ -293,7 +249,7 @@ class LocalTarget:
             self._call("POST", "/shutdown")
         except StackError:
             os.kill(state.pid, signal.SIGTERM)
-        self._stop(state.pid, timeout, signalled=True)
+        stop_supervisor(state.pid, timeout, signalled=True)
         release(self.loaded.spec.project, self.loaded.root)
         return True
 
@@ -312,24 +268,6 @@ class LocalTarget:
             f"the supervisor (pid {pid}) goes on starting the stack in the background: "
             f"`stack status --local -p {root}` shows it, `stack down --local {root}` stops it"
         )
-
-    def _stop(self, pid: int, timeout: float, signalled: bool = False, group: bool = False) -> None:
-        """SIGTERM (the supervisor drains and stops every child), SIGKILL after `timeout`. `group`: then its
-        process group too (the supervisor leads its own session): what a supervisor that never got as far as
-        its signal handlers had started (its gateway) goes with it."""
-        if not signalled:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid):
-            if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                break
-            time.sleep(0.1)
-        if group:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
 
     def scaler(self) -> Scaler:
         from stack.targets.local.scaler import SupervisorScaler
@@ -362,24 +300,3 @@ class LocalTarget:
             if not follow:
                 return
             time.sleep(0.3)
-
-
-def _keep_as_previous(logs: Path) -> None:
-    """A new supervisor numbers its replicas from 1 again: the last run's logs (replicas, supervisor, gateway)
-    move to logs/previous/ (replacing the run before), so this run's files hold this run's lines only."""
-    previous = logs / "previous"
-    files = [f for f in logs.iterdir() if f.is_file() and (f.suffix == ".log" or f.name.endswith(".error.json"))]
-    if not files:
-        return
-    shutil.rmtree(previous, ignore_errors=True)
-    previous.mkdir()
-    for file in files:
-        with contextlib.suppress(OSError):
-            file.rename(previous / file.name)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
