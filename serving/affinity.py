@@ -5,7 +5,10 @@ to the same replicas (stack.control.affinity decides which, from what each repli
 replica reports, on `/healthz`:
 
 - `held`: the values it holds now: the models its model client has loaded (python/onnx/tensorflow
-  clients), else the values it served in the last `RECENT` seconds (at most `KEEP`);
+  clients) or its predictor's `loaded_models()` names, else the values it served in the last `RECENT`
+  seconds (at most `KEEP`);
+- `cached`: whether `held` is a real cache (a model client or `loaded_models()`): then a value leaving it
+  while as many others stay is an eviction, which tells the controller how many values one replica holds;
 - `busy`: per value, the seconds its requests have spent in this replica so far (finished and running):
   the controller turns two readings into the value's mean requests in flight;
 - `hits` and `misses`: requests whose value it held when they arrived, and those it did not (a model
@@ -105,7 +108,9 @@ class AffinityTracker:
         models = self._loaded()
         if models is not None:
             return set(models)
-        now = self._clock() if now is None else now
+        return self._recent(self._clock() if now is None else now)
+
+    def _recent(self, now: float) -> set[str]:
         return {v for v, e in self._values.items() if e.running or now - e.seen <= RECENT}
 
     def report(self) -> dict[str, Any]:
@@ -115,7 +120,15 @@ class AffinityTracker:
         for value, entry in self._values.items():
             self._accrue(entry, now)
             busy[value] = round(entry.busy, 3)
-        return {"held": sorted(self.held(now)), "busy": busy, "hits": self.hits, "misses": self.misses}
+        models = self._loaded()
+        held = set(models) if models is not None else self._recent(now)
+        return {
+            "held": sorted(held),
+            "cached": models is not None,
+            "busy": busy,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
 
     @staticmethod
     def _accrue(entry: _Value, now: float) -> None:

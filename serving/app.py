@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class Replica:
         self.metrics = ApiMetrics(config.api)
         self.predictor: LoadedPredictor | None = None
         self.models: ModelStore | None = None  # python_client / onnx_client models, when the API has any
+        self._loaded_models: Callable[[], Iterable[object]] | None = None  # the predictor's own, if it has one
+        self._loaded_failed = False
         self.apis: Apis | None = None  # the APIs of `calls` (serving.calls), made on the event loop
         self.draining = False
         self._started_wall = time.time()
@@ -65,7 +67,7 @@ class Replica:
             kind, name = config.affinity
             self.predictions.affinity = AffinityTracker(
                 (kind, name),
-                loaded=lambda: self.models.loaded_names() if self.models is not None else None,
+                loaded=self._loaded,
                 registry=self.metrics.registry_for_extra(),
                 api=config.api,
             )
@@ -103,6 +105,8 @@ class Replica:
 
     def set_predictor(self, predictor: LoadedPredictor) -> None:
         self.predictor = predictor
+        hook = getattr(predictor.instance, "loaded_models", None)
+        self._loaded_models = hook if callable(hook) else None
         if self.models is not None:
             self.models.start_watching()
         self.predictions.bind(predictor)
@@ -110,6 +114,23 @@ class Replica:
         self.metrics.ready.set(1)
         if self._ready_dir:
             (self._ready_dir / f"ready-{os.getpid()}").touch()
+
+    def _loaded(self) -> set[str] | None:
+        """The affinity values this replica holds (serving.affinity): its model clients' models in memory, or
+        what the predictor's own `loaded_models()` returns (a predictor with a cache of its own); None: the
+        values it served recently stand for them."""
+        if self.models is not None:
+            return self.models.loaded_names()
+        hook = self._loaded_models
+        if hook is None:
+            return None
+        try:
+            return {str(name) for name in hook()}
+        except Exception as exc:
+            if not self._loaded_failed:  # said once: it is asked on every request
+                LOGGER.error(f"loaded_models() failed ({exc!r}); the values served recently stand for it")
+                self._loaded_failed = True
+            return None
 
     def start_draining(self) -> None:
         self.draining = True

@@ -141,6 +141,8 @@ class AffinityStatus:
     held: dict[str, list[str]]  # replica -> the values it reports holding
     in_flight: dict[str, float]  # value -> mean requests in flight, stack-wide (only values with load)
     hit_ratio: float | None  # requests whose value their replica held, of all with a value; None: none yet
+    per_replica: int | None = None  # values one replica holds (cache_size, or as observed); None: unknown
+    loads_per_minute: float = 0.0  # requests that found their value not held (a load), over the last minute
 
     @classmethod
     def from_dict(cls, data: Any) -> AffinityStatus | None:
@@ -152,12 +154,14 @@ class AffinityStatus:
             value = data.get(key)
             return value if isinstance(value, dict) else {}
 
-        ratio = data.get("hit_ratio")
+        ratio, per_replica, loads = data.get("hit_ratio"), data.get("per_replica"), data.get("loads_per_minute")
         return cls(
             {str(k): [str(r) for r in v] for k, v in mapping("models").items() if isinstance(v, list)},
             {str(k): [str(r) for r in v] for k, v in mapping("held").items() if isinstance(v, list)},
             {str(k): float(v) for k, v in mapping("in_flight").items() if isinstance(v, int | float)},
             float(ratio) if isinstance(ratio, int | float) else None,
+            per_replica if isinstance(per_replica, int) and not isinstance(per_replica, bool) else None,
+            float(loads) if isinstance(loads, int | float) else 0.0,
         )
 
 

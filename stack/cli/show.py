@@ -170,6 +170,8 @@ def _show_affinity(affinity: AffinityStatus) -> None:
     ratio = affinity.hit_ratio
     shown = "-" if ratio is None else f"{ratio:.0%}"
     click.echo(f"\naffinity: hit ratio {shown} (requests whose replica held their value when they arrived)")
+    holds = "unknown" if affinity.per_replica is None else str(affinity.per_replica)
+    click.echo(f"  loads in the last minute: {affinity.loads_per_minute:g}; values one replica holds: {holds}")
     rows = [
         [value, ", ".join(replicas), affinity.in_flight.get(value, 0)] for value, replicas in affinity.models.items()
     ]

@@ -20,6 +20,11 @@ How a value's replicas are chosen (`assign`, a pure function):
 
 The values come from the replicas' `/healthz` (serving.affinity): what they hold and what they served,
 with each value's busy seconds, turned here into mean requests in flight.
+
+How many values one replica holds is its models' `cache_size` where the spec says it; otherwise, for a
+replica whose held values are a real cache (a model client, or a predictor's `loaded_models()`), it is
+observed: a value evicted while as many others stay means the cache is full at that count
+(`observed_capacity`). Loads (requests whose replica did not hold their value) are counted per minute.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ BOUND = 1.25  # a replica takes at most this times the mean load (consistent has
 STICKY = 1.5  # ... and a value keeps the replica it has until it is past this times the mean
 COOL_AFTER = 30.0  # seconds a value must stay cooler before it gives a replica back
 FORGET_AFTER = 600.0  # seconds a value held by no replica and not requested stays routed
+LOADS_OVER = 60.0  # seconds of loads `loads_per_minute` counts
 MAX_VALUES = 1000  # routers at most per API (the busiest values)
 # Values the gateway's rules can carry verbatim (anything else is balanced as usual).
 ROUTABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+=-]{0,127}")
@@ -146,7 +152,8 @@ class ApiAffinity:
     """One API's values: their loads from the replicas' reports, their spread, and where they go."""
 
     spread_at: float
-    per_server: int | None = None  # values one replica holds (its models' cache_size), where known
+    per_server: int | None = None  # values one replica holds (its models' cache_size), where the spec says it
+    observed_capacity: int | None = None  # ... else as its evictions showed (a cached replica, full at this)
     clock: Callable[[], float] = time.monotonic
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # server URL -> its last report
     loads: dict[str, float] = field(default_factory=dict)  # value -> mean requests in flight, stack-wide
@@ -158,6 +165,7 @@ class ApiAffinity:
     _placed_on: set[str] = field(default_factory=set)  # the servers `placed` was computed over
     _seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)  # (server, value) -> busy last read
     _per_server: dict[tuple[str, str], float] = field(default_factory=dict)  # (server, value) -> load
+    _loads: list[tuple[float, int]] = field(default_factory=list)  # (when, loads reported since the last report)
 
     def observe(self, server: str, report: Mapping[str, Any]) -> bool:
         """A replica's report (serving.affinity); True when its held values changed."""
@@ -184,10 +192,28 @@ class ApiAffinity:
         assert isinstance(held, list)
         for value in held:
             self.last_wanted[str(value)] = now
+        # A cached value gone while as many others stay: evicted, so the cache is full at this many.
+        cached = report.get("cached") is True and isinstance(before, list)
+        if cached and set(before or ()) - set(held) and len(held) >= len(before or ()):
+            self.observed_capacity = max(self.observed_capacity or 0, len(held))
         hits, misses = report.get("hits"), report.get("misses")
         if isinstance(hits, int) and isinstance(misses, int):
+            last = self.hits.get(server)
+            if last is not None and misses > last[1]:  # (lower: the replica restarted and counts afresh)
+                self._loads.append((now, misses - last[1]))
             self.hits[server] = (hits, misses)
         return before != held
+
+    @property
+    def capacity(self) -> int | None:
+        """Values one replica holds: its models' cache_size, else as observed; None: unknown."""
+        return self.per_server or self.observed_capacity
+
+    def loads_per_minute(self) -> float:
+        """Requests that found their value not held by their replica (a model load), over the last minute."""
+        now = self.clock()
+        self._loads = [(at, n) for at, n in self._loads if now - at <= LOADS_OVER]
+        return sum(n for _at, n in self._loads) * 60.0 / LOADS_OVER
 
     def forget(self, servers: Sequence[str]) -> None:
         """Only these replicas are left: the reports of the others go."""
@@ -218,7 +244,7 @@ class ApiAffinity:
             for v in values
         }
         self.placed = assign(
-            loads, spread, sorted(servers), self.spread_at, self.per_server, self.placed, self._placed_on
+            loads, spread, sorted(servers), self.spread_at, self.capacity, self.placed, self._placed_on
         )
         self._placed_on = set(servers)
         return self.placed

@@ -133,11 +133,15 @@ class GatewayRoutes:
             held = affinity.held()
             ratio = affinity.hit_ratio()
             loads = dict(affinity.loads)
+            capacity = affinity.capacity
+            per_minute = affinity.loads_per_minute()
         return AffinityStatus(
             models={v: [names.get(url, url) for url in urls] for v, urls in sorted(pins.items())},
             held={names.get(url, url): values for url, values in sorted(held.items())},
             in_flight={v: round(load, 2) for v, load in sorted(loads.items()) if load > 0},
             hit_ratio=None if ratio is None else round(ratio, 3),
+            per_replica=capacity,
+            loads_per_minute=round(per_minute, 1),
         )
 
     def observe(self, api: str, server: str, report: Mapping[str, object]) -> bool:

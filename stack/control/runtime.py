@@ -211,12 +211,13 @@ class ControlPlane:
         return self.autoscaler.status()
 
     def _working_set(self, api: str, window: float) -> WorkingSet | None:
-        """An affinity API's models in use within `window`, and what one replica holds (its cache_size)."""
-        routed = self.routes.apis.get(api)
+        """An affinity API's models in use within `window`, and what one replica holds (its cache_size, else
+        as its evictions showed)."""
         affinity = self.routes.affinity.get(api)
-        if routed is None or affinity is None or not routed.cache_size:
+        if affinity is None or not affinity.capacity:
             return None
-        return WorkingSet(affinity.in_use(window), routed.cache_size)
+        observed = not affinity.per_server
+        return WorkingSet(affinity.in_use(window), affinity.capacity, affinity.loads_per_minute() if observed else None)
 
     def affinity(self) -> dict[str, AffinityStatus]:
         """Each affinity API's values and replicas (stack.control.affinity), as `stack status` shows them."""

@@ -116,13 +116,20 @@ def test_a_replica_reports_what_it_holds_and_its_hits() -> None:
     running = tracker.begin(_Request("wine"))
     now[0] += 0.5
     report = tracker.report()
-    assert report == {"held": ["iris", "wine"], "busy": {"iris": 1.5, "wine": 0.5}, "hits": 1, "misses": 2}
+    assert report == {
+        "held": ["iris", "wine"],
+        "cached": False,  # the values it served recently stand for what it holds
+        "busy": {"iris": 1.5, "wine": 0.5},
+        "hits": 1,
+        "misses": 2,
+    }
     tracker.end(running)
     models: set[str] = {"cancer"}
     store_backed = AffinityTracker(("query", "model"), loaded=lambda: models)
     store_backed.end(store_backed.begin(_Request("iris")))
     store_backed.end(store_backed.begin(_Request("cancer")))
     assert store_backed.report()["held"] == ["cancer"] and (store_backed.hits, store_backed.misses) == (1, 1)
+    assert store_backed.report()["cached"] is True
 
 
 def test_models_in_use_beyond_what_the_replicas_hold_ask_for_one_more() -> None:
@@ -136,6 +143,41 @@ def test_models_in_use_beyond_what_the_replicas_hold_ask_for_one_more() -> None:
     down = hold_models(Decision(1, "in-flight 0"), 3, bounds, WorkingSet(5, 2))
     assert down.desired == 3 and down.rule == "models"
     assert hold_models(quiet, 2, bounds, WorkingSet(4, 2)) is quiet  # they fit: the policy decides
+
+
+def test_what_one_replica_holds_is_observed_from_its_evictions() -> None:
+    """No cache_size in the spec: a replica whose held values are a real cache shows its size by evicting."""
+    now = [0.0]
+    affinity = ApiAffinity(spread_at=1.0, clock=lambda: now[0])
+
+    def report(server: str, held: list[str], misses: int, cached: bool = True) -> None:
+        affinity.observe(server, {"held": held, "cached": cached, "busy": {}, "hits": 0, "misses": misses})
+
+    report(SERVERS[0], ["a"], 1)
+    report(SERVERS[0], ["a", "b"], 2)  # filling up: nothing evicted yet
+    assert affinity.capacity is None
+    report(SERVERS[0], ["b", "c"], 3)  # a left while two stay: full at two
+    assert (affinity.observed_capacity, affinity.capacity) == (2, 2)
+    report(SERVERS[1], ["x", "y", "z"], 0)
+    report(SERVERS[1], ["z"], 0)  # unloaded for another reason (fewer stay): says nothing of the size
+    report(SERVERS[2], ["p", "q", "r"], 0, cached=False)
+    report(SERVERS[2], ["q", "r", "s"], 0, cached=False)  # recent values, not a cache: no eviction
+    assert affinity.capacity == 2
+    assert affinity.loads_per_minute() == 2.0  # the misses since each replica's first report
+    report(SERVERS[0], ["c", "d"], 1)  # a restarted replica counts afresh: no negative loads
+    now[0] = 61.0
+    assert affinity.loads_per_minute() == 0.0  # only the last minute's
+    affinity.per_server = 4  # the spec's cache_size wins over what was observed
+    assert affinity.capacity == 4
+
+
+def test_models_beyond_an_observed_capacity_ask_for_one_more_saying_what_it_costs() -> None:
+    bounds = Bounds(min_replicas=1, max_replicas=4, target=4.0)
+    more = hold_models(
+        Decision(1, "in-flight 0.5"), 1, bounds, WorkingSet(in_use=5, per_replica=2, loads_per_minute=48)
+    )
+    assert more.desired == 2 and more.rule == "models"
+    assert "exceed what 1 replica(s) hold (2 each, as their evictions showed; 48 loads/min)" in more.reason
 
 
 def test_the_working_set_counts_models_served_within_the_window() -> None:

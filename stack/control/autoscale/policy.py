@@ -259,10 +259,11 @@ def _panic(obs: Observation, history: History, bounds: Bounds) -> Decision | Non
 @dataclass(frozen=True)
 class WorkingSet:
     """An API with model affinity: the distinct models requested within the window, and how many one replica
-    holds (its models' cache_size)."""
+    holds (its models' cache_size, or as observed: `loads_per_minute` then says what not holding them costs)."""
 
     in_use: int
     per_replica: int
+    loads_per_minute: float | None = None  # set when per_replica was observed, not given by cache_size
 
 
 def hold_models(decision: Decision, current: int, bounds: Bounds, models: WorkingSet) -> Decision:
@@ -274,9 +275,13 @@ def hold_models(decision: Decision, current: int, bounds: Bounds, models: Workin
     desired = max(decision.desired, min(needed, current + 1)) if needed > current else needed
     if desired == current and decision.desired == current:
         return decision
+    each = (
+        f"cache_size {models.per_replica} each"
+        if models.loads_per_minute is None
+        else f"{models.per_replica} each, as their evictions showed; {models.loads_per_minute:.0f} loads/min"
+    )
     reason = (
-        f"models in use ({models.in_use}) exceed what {decision.desired} replica(s) hold "
-        f"(cache_size {models.per_replica} each): {desired} replica(s)"
+        f"models in use ({models.in_use}) exceed what {decision.desired} replica(s) hold ({each}): {desired} replica(s)"
     )
     return Decision(desired, reason, decision.recommendation, "models")
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from browser import chromium, console_errors, wait_for
 from cli import stack
-from common import free_port
+from common import PREDICTORS, free_port
 from local_stack import status, unique_name
 from waits import until, until_seen
 
@@ -119,3 +121,74 @@ def test_affinity_needs_one_source(tmp_path: Path) -> None:
     _project(root, free_port(), affinity='{query: ""}')
     result = stack("validate", str(root), cwd=root, check=False)
     assert "affinity.query" in result.stderr and "expected a query parameter" in result.stderr
+
+
+# Cortex's python_client over models/<name>/1/, two models in memory (models.cache_size).
+CLIENT_PREDICTOR = """
+import os
+
+
+class PythonPredictor:
+    def __init__(self, python_client, config):
+        self.client = python_client
+
+    def load_model(self, model_path):
+        return os.path.basename(os.path.dirname(model_path))
+
+    def predict(self, payload, query_params):
+        return {"pid": os.getpid(), "model": self.client.get_model(query_params["model"])}
+"""
+
+
+@pytest.mark.parametrize("holds", ["cache_size", "observed"])
+def test_models_beyond_what_the_replicas_hold_add_a_replica_and_say_why(tmp_path: Path, holds: str) -> None:
+    """Five models in use, two fit in a replica: the autoscaler adds replicas up to what holds them (three),
+    whether the spec gives the cache's size (Cortex's cache_size) or the replicas' evictions show it (a
+    predictor with a cache of its own that names what it holds), and says so as its reason."""
+    if shutil.which("prometheus") is None:
+        pytest.skip("the autoscaler's signal comes from Prometheus here (Debian's prometheus package)")
+    root, port = tmp_path / "grow", free_port()
+    root.mkdir()
+    models = [f"m{i}" for i in range(5)]
+    if holds == "cache_size":
+        (root / "predictor.py").write_text(CLIENT_PREDICTOR)
+        for model in models:
+            (root / "models" / model / "1").mkdir(parents=True)
+            (root / "models" / model / "1" / "weights.bin").write_bytes(model.encode())
+        predictor = "{type: python, path: predictor.py, multi_model_reloading: {dir: models, cache_size: 2}}"
+    else:
+        shutil.copy(PREDICTORS / "own_cache.py", root / "predictor.py")
+        predictor = "{path: predictor.py, config: {size: 2}}"
+    (root / "stack.yaml").write_text(
+        f"project: {unique_name(root)}\n"
+        f"gateway: {{port: {port}}}\n"
+        f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
+        "apis:\n"
+        "  - name: models\n"
+        f"    predictor: {predictor}\n"
+        "    networking: {affinity: {query: model}}\n"
+        # A high target: only the models, never the load, are a reason to grow here.
+        "    autoscaling: {min_replicas: 1, max_replicas: 3, target_replica_concurrency: 50}\n"
+    )
+    stack("up", "--local", str(root), cwd=root)
+    try:
+        url = f"http://127.0.0.1:{port}/models"
+        with requests.Session() as client:
+
+            def grown() -> dict | None:
+                for model in models:  # one round of every model per look: bounded by the wait's own bound
+                    assert client.post(url, params={"model": model}, json={}, timeout=10).status_code == 200
+                api = status(root)["apis"][0]
+                return api if api["desired"] == 3 and api["ready"] == 3 else None
+
+            api = until(grown, lambda: f"three replicas; status: {status(root)['apis'][0]}", 120)
+        changes = [c for c in api["autoscaler"]["changes"] if c["rule"] == "models"]
+        assert changes and changes[0]["current"] == 1 and changes[0]["desired"] == 2, api["autoscaler"]
+        each = "cache_size 2 each" if holds == "cache_size" else "2 each, as their evictions showed"
+        reason = changes[0]["reason"]
+        assert "models in use (5) exceed what 1 replica(s) hold" in reason and each in reason, reason
+        assert api["affinity"]["per_replica"] == 2
+        text = stack("status", "--local", "-p", str(root), "models", cwd=root).stdout
+        assert "values one replica holds: 2" in text and "models in use (5) exceed" in text
+    finally:
+        stack("down", "--local", str(root), cwd=root, check=False)

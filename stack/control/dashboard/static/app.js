@@ -90,7 +90,8 @@ function affinity(api) {
     h("tr", {}, h("td", {}, value), h("td", {}, replicas.join(", ")), h("td", {}, String((a.in_flight || {})[value] || 0))));
   return h("div", { class: "affinity" },
     h("h3", {}, "model affinity"),
-    h("p", {}, "hit ratio ", h("span", { "data-field": "hit-ratio" }, ratio)),
+    h("p", {}, "hit ratio ", h("span", { "data-field": "hit-ratio" }, ratio),
+      " · loads/min ", h("span", { "data-field": "loads-per-minute" }, String(a.loads_per_minute ?? 0))),
     rows.length ? h("table", { "data-field": "affinity" },
       h("tr", {}, h("th", {}, "value"), h("th", {}, "routed to"), h("th", {}, "in flight")), rows) : null);
 }

@@ -7,7 +7,7 @@ job "batching-score" {
   meta {
     stack_project = "batching"
     stack_api     = "score"
-    stack_version = "f89938f86047"
+    stack_version = "ed03d449a775"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "batching-score" {
       tags = [
         "stack.project=batching",
         "stack.api=score",
-        "stack.version=f89938f86047",
+        "stack.version=ed03d449a775",
         "traefik.enable=true",
         "traefik.http.routers.batching-score.entrypoints=web",
         "traefik.http.routers.batching-score.rule=(Path(`/score`) || PathPrefix(`/score/`)) && !PathRegexp(`^/score/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "batching-score" {
       driver = "docker"
 
       config {
-        image = "batching-score:f89938f86047"
+        image = "batching-score:ed03d449a775"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "chat-chat" {
   meta {
     stack_project = "chat"
     stack_api     = "chat"
-    stack_version = "d5e9c832267c"
+    stack_version = "3066784b309d"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "chat-chat" {
       tags = [
         "stack.project=chat",
         "stack.api=chat",
-        "stack.version=d5e9c832267c",
+        "stack.version=3066784b309d",
         "traefik.enable=true",
         "traefik.http.routers.chat-chat.entrypoints=web",
         "traefik.http.routers.chat-chat.rule=(Path(`/chat`) || PathPrefix(`/chat/`)) && !PathRegexp(`^/chat/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "chat-chat" {
       driver = "docker"
 
       config {
-        image = "chat-chat:d5e9c832267c"
+        image = "chat-chat:3066784b309d"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "echo-echo" {
   meta {
     stack_project = "echo"
     stack_api     = "echo"
-    stack_version = "f7bcc9317853"
+    stack_version = "48d2b671e9c5"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "echo-echo" {
       tags = [
         "stack.project=echo",
         "stack.api=echo",
-        "stack.version=f7bcc9317853",
+        "stack.version=48d2b671e9c5",
         "traefik.enable=true",
         "traefik.http.routers.echo-echo.entrypoints=web",
         "traefik.http.routers.echo-echo.rule=(Path(`/echo`) || PathPrefix(`/echo/`)) && !PathRegexp(`^/echo/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "echo-echo" {
       driver = "docker"
 
       config {
-        image = "echo-echo:f7bcc9317853"
+        image = "echo-echo:48d2b671e9c5"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

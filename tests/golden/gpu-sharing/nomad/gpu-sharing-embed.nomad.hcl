@@ -7,7 +7,7 @@ job "gpu-sharing-embed" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "embed"
-    stack_version = "f3d6f499bbb5"
+    stack_version = "41177cfe9b1e"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-embed" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=embed",
-        "stack.version=f3d6f499bbb5",
+        "stack.version=41177cfe9b1e",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-embed.entrypoints=web",
         "traefik.http.routers.gpu-sharing-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "gpu-sharing-embed" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-embed:f3d6f499bbb5"
+        image = "gpu-sharing-embed:41177cfe9b1e"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "gpu-sharing-rank" {
   meta {
     stack_project = "gpu-sharing"
     stack_api     = "rank"
-    stack_version = "25c138a64706"
+    stack_version = "da068e854546"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-sharing-rank" {
       tags = [
         "stack.project=gpu-sharing",
         "stack.api=rank",
-        "stack.version=25c138a64706",
+        "stack.version=da068e854546",
         "traefik.enable=true",
         "traefik.http.routers.gpu-sharing-rank.entrypoints=web",
         "traefik.http.routers.gpu-sharing-rank.rule=(Path(`/rank`) || PathPrefix(`/rank/`)) && !PathRegexp(`^/rank/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "gpu-sharing-rank" {
       driver = "docker"
 
       config {
-        image = "gpu-sharing-rank:25c138a64706"
+        image = "gpu-sharing-rank:da068e854546"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "gpu-classify" {
   meta {
     stack_project = "gpu"
     stack_api     = "classify"
-    stack_version = "44b5ece742e0"
+    stack_version = "492505cbf08e"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "gpu-classify" {
       tags = [
         "stack.project=gpu",
         "stack.api=classify",
-        "stack.version=44b5ece742e0",
+        "stack.version=492505cbf08e",
         "traefik.enable=true",
         "traefik.http.routers.gpu-classify.entrypoints=web",
         "traefik.http.routers.gpu-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "gpu-classify" {
       driver = "docker"
 
       config {
-        image = "gpu-classify:44b5ece742e0"
+        image = "gpu-classify:492505cbf08e"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

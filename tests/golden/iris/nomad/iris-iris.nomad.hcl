@@ -7,7 +7,7 @@ job "iris-iris" {
   meta {
     stack_project = "iris"
     stack_api     = "iris"
-    stack_version = "c199c770e08f"
+    stack_version = "7107b4116b13"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "iris-iris" {
       tags = [
         "stack.project=iris",
         "stack.api=iris",
-        "stack.version=c199c770e08f",
+        "stack.version=7107b4116b13",
         "traefik.enable=true",
         "traefik.http.routers.iris-iris.entrypoints=web",
         "traefik.http.routers.iris-iris.rule=(Path(`/iris`) || PathPrefix(`/iris/`)) && !PathRegexp(`^/iris/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "iris-iris" {
       driver = "docker"
 
       config {
-        image = "iris-iris:c199c770e08f"
+        image = "iris-iris:7107b4116b13"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

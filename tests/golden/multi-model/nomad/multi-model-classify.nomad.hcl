@@ -7,7 +7,7 @@ job "multi-model-classify" {
   meta {
     stack_project = "multi-model"
     stack_api     = "classify"
-    stack_version = "78a544772047"
+    stack_version = "e25f5ccf4ae6"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "multi-model-classify" {
       tags = [
         "stack.project=multi-model",
         "stack.api=classify",
-        "stack.version=78a544772047",
+        "stack.version=e25f5ccf4ae6",
         "traefik.enable=true",
         "traefik.http.routers.multi-model-classify.entrypoints=web",
         "traefik.http.routers.multi-model-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "multi-model-classify" {
       driver = "docker"
 
       config {
-        image = "multi-model-classify:78a544772047"
+        image = "multi-model-classify:e25f5ccf4ae6"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "pipeline-classify" {
   meta {
     stack_project = "pipeline"
     stack_api     = "classify"
-    stack_version = "cf73d655d477"
+    stack_version = "dd7917198521"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-classify" {
       tags = [
         "stack.project=pipeline",
         "stack.api=classify",
-        "stack.version=cf73d655d477",
+        "stack.version=dd7917198521",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-classify.entrypoints=web",
         "traefik.http.routers.pipeline-classify.rule=(Path(`/classify`) || PathPrefix(`/classify/`)) && !PathRegexp(`^/classify/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "pipeline-classify" {
       driver = "docker"
 
       config {
-        image = "pipeline-classify:cf73d655d477"
+        image = "pipeline-classify:dd7917198521"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "pipeline-describe" {
   meta {
     stack_project = "pipeline"
     stack_api     = "describe"
-    stack_version = "d312b86eb9a5"
+    stack_version = "7eeff15f43bf"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-describe" {
       tags = [
         "stack.project=pipeline",
         "stack.api=describe",
-        "stack.version=d312b86eb9a5",
+        "stack.version=7eeff15f43bf",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-describe.entrypoints=web",
         "traefik.http.routers.pipeline-describe.rule=(Path(`/describe`) || PathPrefix(`/describe/`)) && !PathRegexp(`^/describe/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "pipeline-describe" {
       driver = "docker"
 
       config {
-        image = "pipeline-describe:d312b86eb9a5"
+        image = "pipeline-describe:7eeff15f43bf"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

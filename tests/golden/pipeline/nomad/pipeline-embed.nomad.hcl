@@ -7,7 +7,7 @@ job "pipeline-embed" {
   meta {
     stack_project = "pipeline"
     stack_api     = "embed"
-    stack_version = "752f224f0fa8"
+    stack_version = "b28fcd4b5899"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "pipeline-embed" {
       tags = [
         "stack.project=pipeline",
         "stack.api=embed",
-        "stack.version=752f224f0fa8",
+        "stack.version=b28fcd4b5899",
         "traefik.enable=true",
         "traefik.http.routers.pipeline-embed.entrypoints=web",
         "traefik.http.routers.pipeline-embed.rule=(Path(`/embed`) || PathPrefix(`/embed/`)) && !PathRegexp(`^/embed/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "pipeline-embed" {
       driver = "docker"
 
       config {
-        image = "pipeline-embed:752f224f0fa8"
+        image = "pipeline-embed:b28fcd4b5899"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

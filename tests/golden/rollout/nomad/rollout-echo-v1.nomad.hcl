@@ -7,7 +7,7 @@ job "rollout-echo-v1" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v1"
-    stack_version = "d068943f7968"
+    stack_version = "da19afa03ed5"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v1" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v1",
-        "stack.version=d068943f7968",
+        "stack.version=da19afa03ed5",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v1.entrypoints=web",
         "traefik.http.routers.rollout-echo-v1.rule=(Path(`/echo-v1`) || PathPrefix(`/echo-v1/`)) && !PathRegexp(`^/echo\\-v1/+(metrics|healthz|readyz)/*$`)",
@@ -114,7 +114,7 @@ job "rollout-echo-v1" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v1:d068943f7968"
+        image = "rollout-echo-v1:da19afa03ed5"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "rollout-echo-v2" {
   meta {
     stack_project = "rollout"
     stack_api     = "echo-v2"
-    stack_version = "46b9ec547749"
+    stack_version = "aac77b94ceb7"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "rollout-echo-v2" {
       tags = [
         "stack.project=rollout",
         "stack.api=echo-v2",
-        "stack.version=46b9ec547749",
+        "stack.version=aac77b94ceb7",
         "traefik.enable=true",
         "traefik.http.routers.rollout-echo-v2.entrypoints=web",
         "traefik.http.routers.rollout-echo-v2.rule=(Path(`/echo-v2`) || PathPrefix(`/echo-v2/`)) && !PathRegexp(`^/echo\\-v2/+(metrics|healthz|readyz)/*$`)",
@@ -114,7 +114,7 @@ job "rollout-echo-v2" {
       driver = "docker"
 
       config {
-        image = "rollout-echo-v2:46b9ec547749"
+        image = "rollout-echo-v2:aac77b94ceb7"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]

@@ -7,7 +7,7 @@ job "streaming-generate" {
   meta {
     stack_project = "streaming"
     stack_api     = "generate"
-    stack_version = "2778828c70c5"
+    stack_version = "1d31307cf407"
   }
 
   # Rolling update from the spec's max_surge; a deployment that never turns
@@ -60,7 +60,7 @@ job "streaming-generate" {
       tags = [
         "stack.project=streaming",
         "stack.api=generate",
-        "stack.version=2778828c70c5",
+        "stack.version=1d31307cf407",
         "traefik.enable=true",
         "traefik.http.routers.streaming-generate.entrypoints=web",
         "traefik.http.routers.streaming-generate.rule=(Path(`/generate`) || PathPrefix(`/generate/`)) && !PathRegexp(`^/generate/+(metrics|healthz|readyz)/*$`)",
@@ -110,7 +110,7 @@ job "streaming-generate" {
       driver = "docker"
 
       config {
-        image = "streaming-generate:2778828c70c5"
+        image = "streaming-generate:1d31307cf407"
         ports = ["http"]
         # The image's unprivileged user, no capabilities, no setuid.
         cap_drop     = ["all"]
