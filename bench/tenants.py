@@ -9,8 +9,10 @@ and torn down in turn, in the same run:
    16 clients of a low-priority key flood it in a closed loop, while one client of a high-priority key
    sends a request every 100 ms. The high requests' latency, with the keys' priorities (high and low)
    and without (both normal).
-2. The rate limiter. A key with `rate: 20/s, burst: 1`, 8 clients in a closed loop for `--seconds`, on one
-   replica and on four: the accepted rate (200s per second) against the configured one.
+2. The limits, stack-wide. A key with `rate: 20/s, burst: 1`, 8 clients in a closed loop for `--seconds`, on
+   1, 4 and 8 replicas: the accepted rate (200s per second) against the configured one. A key with
+   `concurrency: 4` against an async predict of 100 ms, 16 clients: the requests it had in flight (Little's
+   law: accepted per second x their mean latency) against the configured 4, on 1, 4 and 8 replicas.
 3. The check's cost. A JSON echo (async predict), 16 clients: an unnamed key (`api_keys`: the replicas
    check it) against a named key without limits (the gateway asks the controller first), requests per
    second through the gateway.
@@ -48,6 +50,15 @@ class Predictor:
     async def predict(self, payload):
         return payload
 """
+NAP = """\
+import asyncio
+
+
+class Predictor:
+    async def predict(self, payload):
+        await asyncio.sleep(0.1)
+        return {"ok": True}
+"""
 HIGH, LOW = "high-key-0123456789abcdef", "low-key-0123456789abcdef"
 
 
@@ -77,17 +88,22 @@ class Stack:
         subprocess.run([*STACK, "down", "--local", str(self.root)], capture_output=True)
 
 
-async def closed_loop(url: str, key: str, clients: int, seconds: float) -> dict[int, int]:
-    """Requests by status from `clients` clients in a closed loop."""
+async def closed_loop(
+    url: str, key: str, clients: int, seconds: float, accepted: list[float] | None = None
+) -> dict[int, int]:
+    """Requests by status from `clients` clients in a closed loop; `accepted` collects the 200s' latencies (s)."""
     codes: dict[int, int] = {}
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
 
         async def client() -> None:
             while time.monotonic() < deadline:
+                started = time.perf_counter()
                 async with session.post(url, json={"x": 1}, headers={"Authorization": f"Bearer {key}"}) as r:
                     await r.read()
                     codes[r.status] = codes.get(r.status, 0) + 1
+                    if r.status == 200 and accepted is not None:
+                        accepted.append(time.perf_counter() - started)
 
         await asyncio.gather(*(client() for _ in range(clients)))
     return codes
@@ -129,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-tenants-"))
     one = "    autoscaling: {min_replicas: 1, max_replicas: 1}\n"
-    four = "    autoscaling: {min_replicas: 4, max_replicas: 4}\n"
+    fixed = {n: f"    autoscaling: {{min_replicas: {n}, max_replicas: {n}}}\n" for n in ("1", "4", "8")}
     try:
         priority = {}
         for label, (high, low) in {"without priorities": ("normal", "normal"), "with": ("high", "low")}.items():
@@ -137,11 +153,20 @@ def main() -> None:
                 asyncio.run(closed_loop(s.url, HIGH, 2, 1))  # warm up
                 priority[label] = asyncio.run(flood_and_trickle(s.url, args.seconds))
         accepted = {}
-        for replicas, api in (("1", one), ("4", four)):
+        for replicas, api in fixed.items():
             with Stack(work, f"rate-{replicas}", ECHO, keys("normal", "normal", ", rate: 20/s, burst: 1"), api) as s:
                 asyncio.run(closed_loop(s.url, HIGH, 2, 1))
                 codes = asyncio.run(closed_loop(s.url, LOW, 8, args.seconds))
                 accepted[replicas] = (codes.get(200, 0) / args.seconds, codes.get(429, 0), codes)
+        in_flight = {}
+        for replicas, api in fixed.items():
+            with Stack(work, f"conc-{replicas}", NAP, keys("normal", "normal", ", concurrency: 4"), api) as s:
+                asyncio.run(closed_loop(s.url, HIGH, 2, 1))
+                latencies: list[float] = []
+                codes = asyncio.run(closed_loop(s.url, LOW, 16, args.seconds, latencies))
+                per_second = codes.get(200, 0) / args.seconds
+                mean = sum(latencies) / len(latencies) if latencies else float("nan")
+                in_flight[replicas] = (per_second, mean, per_second * mean, codes.get(429, 0))
         cost = {}
         plain = f"  api_keys: [{HIGH}]\n"
         for label, gateway in {
@@ -164,6 +189,10 @@ def main() -> None:
         f"| {replicas} | 20.0 | {per_second:.1f} | {per_second / 20:.2f} | {refused} |"
         for replicas, (per_second, refused, _codes) in accepted.items()
     ]
+    concurrency_rows = [
+        f"| {replicas} | 4 | {per_second:.1f} | {mean * 1000:.0f} | {held:.2f} | {held / 4:.2f} | {refused} |"
+        for replicas, (per_second, mean, held, refused) in in_flight.items()
+    ]
     plain_rps = cost["unnamed key (replicas check it)"]
     cost_rows = [f"| {label} | {rps:,.0f} | {rps / plain_rps:.2f} |" for label, rps in cost.items()]
     with_p99, without_p99 = quantile(priority["with"], 0.99), quantile(base, 0.99)
@@ -183,11 +212,18 @@ def main() -> None:
             *rows,
             "",
             "**The rate limiter.** A key with `rate: 20/s, burst: 1`, 8 clients in a closed loop against a JSON "
-            "echo, on 1 replica and on 4:",
+            "echo, on 1, 4 and 8 replicas:",
             "",
             "| replicas | configured /s | accepted /s | × configured | 429s |",
             "|---:|---:|---:|---:|---:|",
             *rate_rows,
+            "",
+            "**The concurrency limit.** A key with `concurrency: 4`, 16 clients in a closed loop against an async "
+            "predict of 100 ms; requests in flight = accepted per second × their mean latency (Little's law):",
+            "",
+            "| replicas | configured | accepted /s | mean ms | in flight | × configured | 429s |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            *concurrency_rows,
             "",
             "**The check's cost.** A JSON echo on one replica, 16 clients, requests per second through the gateway:",
             "",
@@ -196,8 +232,11 @@ def main() -> None:
             *cost_rows,
             "",
             f"With priorities the high key's p99 is **{with_p99:.0f} ms** against {without_p99:.0f} ms without "
-            f"({with_p99 / without_p99:.2f}×); the limiter accepts {accepted['1'][0] / 20:.2f}× and "
-            f"{accepted['4'][0] / 20:.2f}× of the configured rate on 1 and 4 replicas.",
+            f"({with_p99 / without_p99:.2f}×); the limiter accepts "
+            + ", ".join(f"{accepted[n][0] / 20:.2f}×" for n in fixed)
+            + " of the configured rate on 1, 4 and 8 replicas, and holds "
+            + ", ".join(f"{in_flight[n][2] / 4:.2f}×" for n in fixed)
+            + " of the configured concurrency.",
         ]
     )
     print(body)

@@ -38,12 +38,10 @@ class PythonPredictor:
 MODELS = [f"model-{i}" for i in range(24)]  # the new replica ranks first for none of them: 0.75**24, 0.1%
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
-    root = tmp_path / "aff"
+def _write_project(root: Path, models: list[str], models_spec: str, autoscaling: str) -> tuple[str, int]:
     root.mkdir()
     (root / "predictor.py").write_text(PREDICTOR)
-    for model in MODELS:
+    for model in models:
         (root / "models" / model / "1").mkdir(parents=True)
         (root / "models" / model / "1" / "weights.bin").write_bytes(model.encode())
     name = f"af{int(time.time() * 1000) % 10**8}"
@@ -54,10 +52,17 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
         f"prometheus: {{port: {free_port()}, scrape_interval: 1s}}\n"
         "apis:\n"
         "  - name: models\n"
-        "    predictor: {type: python, path: predictor.py, multi_model_reloading: {dir: models}}\n"
+        f"    predictor: {{type: python, path: predictor.py, multi_model_reloading: {models_spec}}}\n"
         "    networking: {affinity: {header: X-Model}}\n"
-        "    autoscaling: {min_replicas: 3, max_replicas: 3}\n"
+        f"    autoscaling: {autoscaling}\n"
     )
+    return name, port
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
+    root = tmp_path / "aff"
+    name, port = _write_project(root, MODELS, "{dir: models}", "{min_replicas: 3, max_replicas: 3}")
     yield root, name, port
     remove_project(root, name)
 
@@ -106,3 +111,35 @@ def test_each_model_stays_on_its_replica_and_a_new_replica_takes_only_its_share(
     new_replica = (set(after.values()) - set(before.values())).pop()
     assert all(after[m] in (before[m], new_replica) for m in models), (before, after)
     assert sum(after[m] != before[m] for m in models) < len(models)
+
+
+def test_models_beyond_what_the_replicas_hold_add_replicas_saying_why(tmp_path: Path) -> None:
+    """Five models in use, two in each replica's memory (cache_size): the controller container's autoscaler
+    grows the API from one replica to the three that hold them, and its reason says so."""
+    root = tmp_path / "grow"
+    models = [f"m{i}" for i in range(5)]
+    name, port = _write_project(
+        root,
+        models,
+        "{dir: models, cache_size: 2}",
+        # A high target: only the models, never the load, are a reason to grow here.
+        "{min_replicas: 1, max_replicas: 3, target_replica_concurrency: 50}",
+    )
+    try:
+        stack("up", str(root), cwd=root)
+        url = f"http://127.0.0.1:{port}/models"
+        with requests.Session() as session:
+
+            def grown() -> dict | None:
+                for model in models:  # one round of every model per look: bounded by the wait's own bound
+                    assert session.post(url, headers={"X-Model": model}, json={}, timeout=10).status_code == 200
+                api = json.loads(stack("status", "--json", "-p", str(root), cwd=root).stdout)["apis"][0]
+                return api if api["desired"] == 3 and api["ready"] == 3 else None
+
+            api = until(grown, "three replicas", 180)
+        changes = [c for c in api["autoscaler"]["changes"] if c["rule"] == "models"]
+        assert changes and (changes[0]["current"], changes[0]["desired"]) == (1, 2), api["autoscaler"]
+        assert "models in use (5) exceed what 1 replica(s) hold (cache_size 2 each)" in changes[0]["reason"]
+        assert api["affinity"]["per_replica"] == 2
+    finally:
+        remove_project(root, name)
