@@ -55,7 +55,7 @@ from stack.control.dashboard.web import dashboard_routes
 from stack.control.gateway_errors import serve_errors
 from stack.control.liveness import Decision, Liveness, Probed
 from stack.control.routing import GatewayRoutes, RouteSink, Weights
-from stack.control.tenants import Tenants, routers_of, tenant_routes
+from stack.control.tenants import GRACE, Tenants, routers_of, tenant_routes
 from stack.errors import StackError
 from stack.splits import member_services
 from stack.status import AffinityStatus, AutoscalerStatus, SplitterStatus
@@ -128,6 +128,9 @@ class Adapters:
     # The stack's keys as its keys file holds them (serving.keys), for the named keys' limits
     # (stack.control.tenants); None: the controller checks no key itself.
     keys: Callable[[], list[KeyEntry]] | None = None
+    # Seconds a named key's lease may go unreported by every replica before it is let go (stack.control.tenants):
+    # its request still on its way, to a replica the controller may not be asking yet.
+    lease_grace: float = GRACE
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,9 @@ class ControlPlane:
         )
         self.tenants: Tenants | None = None
         if adapters.keys is not None:
-            self.tenants = Tenants(adapters.keys, routers_of(config), registry=self.registry)
+            self.tenants = Tenants(
+                adapters.keys, routers_of(config), registry=self.registry, grace=adapters.lease_grace
+            )
         tenants = self.tenants
         self.routes = GatewayRoutes(
             config,

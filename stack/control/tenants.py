@@ -43,7 +43,7 @@ from stack.routes import AUTH
 from stack.splits import split_router
 
 NO_LEASE = "-"
-LEASE_TTL = 600.0  # seconds after which a lease never released lapses (no replica reports: Nomad)
+LEASE_TTL = 600.0  # seconds after which a lease never released lapses: the last resort, whatever the reports
 GRACE = 5.0  # seconds a lease may go unreported (its request still on its way to a replica)
 FRESH = 10.0  # seconds a replica's report of its leases counts (a replica that stopped answering: gone)
 CHECK_EVERY = 0.5  # seconds between looks at the keys
@@ -71,8 +71,10 @@ class Tenants:
         routers: Mapping[str, tuple[str, list[str]]] | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        grace: float = GRACE,
     ) -> None:
         self._read = read  # the keys file's entries now
+        self.grace = grace  # seconds a lease may go unreported (a target whose replicas are asked later: more)
         # router -> (the API's or splitter's name, the APIs it sends to): a key that may call the splitter, or
         # every API it sends to, may call it
         self.routers = dict(routers or {})
@@ -163,10 +165,10 @@ class Tenants:
             del self._reports[url]
         for lease, name in list(self._lease_of.items()):
             granted = self._state[name].leases[lease] - LEASE_TTL  # a lease lapses LEASE_TTL after it is given
-            if now - granted < GRACE:
+            if now - granted < self.grace:
                 continue
             # every replica answering now has reported since the lease was given, and none holds it
-            if all(at >= granted + GRACE for at, _held in fresh) and not any(lease in held for _at, held in fresh):
+            if all(at >= granted + self.grace for at, _held in fresh) and not any(lease in held for _at, held in fresh):
                 self.release(lease)
 
     def in_flight(self, name: str) -> int:

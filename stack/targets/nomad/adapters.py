@@ -34,6 +34,10 @@ from stack.targets.nomad.scaler import NomadScaler
 from stack.targets.nomad.settings import NomadControlSettings
 from stack.targets.nomad.splits import NomadCanaryStore, NomadSplits
 
+# A new allocation may answer a request before the controller's next look at the catalogue (every 2 s) and
+# its first probe: a lease it holds goes unreported that long.
+LEASE_GRACE = 15.0
+
 
 class NomadRouteSink:
     """The splitters' routes and the affinity APIs' routers into the gateway's variable (`stack up --nomad`
@@ -76,6 +80,7 @@ async def adapters(
         splits=splits,
         routes=NomadRouteSink(splits),
         keys=keys_in(NOMAD_KEYS_FILE),
+        lease_grace=LEASE_GRACE,
         affinity_out=lambda text: nomad.put_variable(affinity_variable(config.project), {"status": text}),
         listen=("0.0.0.0", settings.metrics_port),
         errors=("0.0.0.0", own.activator_port) if own.activator_port is not None else None,

@@ -1,7 +1,9 @@
 """The Nomad target's fleet: Nomad itself keeps the allocations (restarts, reschedules, its own checks with
-`check_restart`); the controller keeps the splitters' routes current, says when a rollout runs, and for
-APIs with model affinity (`networking.affinity`) lists their allocations from Nomad's service catalogue,
-asks each what it holds (its /healthz, never judged: Nomad's checks replace it) and routes each value."""
+`check_restart`); the controller keeps the splitters' routes current, says when a rollout runs, and lists
+allocations from Nomad's service catalogue to ask each one's /healthz (never judged: Nomad's checks replace
+it): for APIs with model affinity (`networking.affinity`), what it holds, to route each value; in a stack
+with named keys (`gateway.keys`), every API's, for the leases it holds, so that a concurrency lease whose
+allocation died with it is let go within seconds (stack.control.tenants), not after LEASE_TTL."""
 
 from __future__ import annotations
 
@@ -18,6 +20,12 @@ from stack.targets.nomad.splits import rolling_out
 LOGGER = logging.getLogger("stack.targets.nomad")
 
 
+def asked(affinity: list[str], routed: list[str], keyed: bool) -> list[str]:
+    """The APIs whose allocations the controller asks: the affinity APIs; every routed API when named keys
+    may hold leases on any of them (the leases' clean-up counts on every replica being asked)."""
+    return sorted(set(affinity) | (set(routed) if keyed else set()))
+
+
 class NomadFleet:
     def __init__(self, nomad: NomadApi, project: str) -> None:
         self.nomad = nomad
@@ -27,12 +35,16 @@ class NomadFleet:
     async def run(self, plane: ControlPlane, stopping: asyncio.Event) -> None:
         await plane.routes.refresh()  # a canary that starts (a new version) sets its first step now
         while not stopping.is_set():
-            if plane.routes.affinity:
+            affinity = list(plane.routes.affinity)
+            listed = asked(affinity, list(plane.routes.apis), keyed=plane.tenants is not None)
+            if listed:
                 try:
-                    servers = await asyncio.to_thread(self.registered, list(plane.routes.affinity))
-                    await asyncio.to_thread(plane.routes.publish, servers)
+                    servers = await asyncio.to_thread(self.registered, listed)
+                    if affinity:
+                        routed = {api: urls for api, urls in servers.items() if api in affinity}
+                        await asyncio.to_thread(plane.routes.publish, routed)
                 except StackError as exc:
-                    LOGGER.warning(f"cannot route the affinity APIs: {exc}")
+                    LOGGER.warning(f"cannot list the allocations to ask: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), EVERY)
 
@@ -57,7 +69,7 @@ class NomadFleet:
 
     def probe_targets(self) -> list[Probed]:
         # Nomad asks /healthz itself (the job's service check) and restarts a stuck task (check_restart); the
-        # controller only asks the affinity APIs' allocations what they hold.
+        # controller only asks what an allocation holds (its affinity values, its leases).
         return list(self.targets)
 
     async def replace(self, replica: Probed, decision: Decision) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import requests
 from aiohttp import web
@@ -23,10 +25,15 @@ from waits import until
 from nomad_schema import schema_errors
 from serving.keys import parse_keys
 from stack.control.autoscale.config import config_of
+from stack.control.liveness import Liveness
 from stack.control.tenants import Tenants, routers_of, tenant_routes
 from stack.plan.serving import api_keys_text
 from stack.spec import load_spec
 from stack.targets.local.traefik import traefik_binary
+from stack.targets.nomad.adapters import LEASE_GRACE
+from stack.targets.nomad.api import NomadApi
+from stack.targets.nomad.connection import NomadSettings
+from stack.targets.nomad.fleet import NomadFleet, asked
 from stack.targets.nomad.plan import plan as plan_nomad
 
 PREDICTOR = """
@@ -139,7 +146,8 @@ def test_the_gateway_asks_the_controller_on_nomad(
     (routes_dir / "auth.yml").write_text(auth["EmbeddedTmpl"].replace(f"http://{address_template}", url))
     keys_file = tmp_path / "keys"
     keys_file.write_text(api_keys_text(loaded))
-    holder.append(Tenants(lambda: parse_keys(keys_file.read_text()), routers_of(config_of(loaded))))
+    # as the Nomad controller's adapters make it
+    holder.append(Tenants(lambda: parse_keys(keys_file.read_text()), routers_of(config_of(loaded)), grace=LEASE_GRACE))
     monkeypatch.setenv("STACK_LEASES_URL", url)  # what the leases template renders into the replica
     replicas = {}
     for api in ("alpha", "beta"):
@@ -204,4 +212,47 @@ def test_the_gateway_asks_the_controller_on_nomad(
         assert held[0].result().status_code == 200
     # released by the replica before its answer: back to back, never refused
     assert [post("beta", ONE).status_code for _ in range(10)] == [200] * 10
+
+    # An allocation that dies holding a lease: in a stack with named keys the controller's fleet lists every
+    # API's allocations from the catalogue and asks each which leases it holds; the dead one's lease is let
+    # go once every allocation still answering has said it does not hold it (within LEASE_GRACE, not LEASE_TTL).
+    tenants = holder[0]
+    fleet = NomadFleet(NomadApi(NomadSettings.from_env(standin.address)), "nk")
+
+    async def replace(*_: object) -> None:
+        raise AssertionError("Nomad replaces its own allocations: the controller never does")
+
+    liveness = Liveness(fleet.probe_targets, replace, on_leases=lambda r, leases: tenants.seen(r.url, leases))
+
+    async def control_pass() -> None:  # what the controller's fleet and probes do every 2 s
+        await asyncio.to_thread(fleet.registered, asked([], ["alpha", "beta"], keyed=True))
+        async with aiohttp.ClientSession() as session:
+            for health in liveness.health.values():
+                health.asked = 0.0
+            await liveness.tick(session)
+
+    gate.unlink()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        doomed = pool.submit(post, "alpha", ONE, True)  # held at the gate, its lease with it
+        until(lambda: tenants.in_flight("one") == 1, "one's request to hold its lease", 15)
+        asyncio.run(control_pass())  # alpha says it holds the lease
+        replicas["alpha"].proc.kill()
+        with contextlib.suppress(requests.RequestException):
+            doomed.result(30)  # the gateway's error: its allocation died under it
+    assert post("beta", ONE).status_code == 429  # the lease outlived its request
+
+    def let_go() -> bool:
+        asyncio.run(control_pass())
+        return tenants.in_flight("one") == 0
+
+    until(let_go, "the dead allocation's lease let go", LEASE_GRACE + 30)
+    assert post("beta", ONE).status_code == 200
     assert standin.problems == []
+
+
+def test_the_controller_asks_every_allocation_only_where_it_must() -> None:
+    """Affinity APIs' allocations always (what they hold routes the values); every API's once named keys may
+    hold leases on them (a lease is let go only when every allocation answering says it does not hold it)."""
+    assert asked(["models"], ["models", "other"], keyed=False) == ["models"]
+    assert asked(["models"], ["models", "other"], keyed=True) == ["models", "other"]
+    assert asked([], ["alpha"], keyed=False) == []
