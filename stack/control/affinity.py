@@ -200,6 +200,7 @@ class ApiAffinity:
         if isinstance(hits, int) and isinstance(misses, int):
             last = self.hits.get(server)
             if last is not None and misses > last[1]:  # (lower: the replica restarted and counts afresh)
+                self._loads = [(at, n) for at, n in self._loads if now - at <= LOADS_OVER]
                 self._loads.append((now, misses - last[1]))
             self.hits[server] = (hits, misses)
         return before != held
@@ -212,8 +213,7 @@ class ApiAffinity:
     def loads_per_minute(self) -> float:
         """Requests that found their value not held by their replica (a model load), over the last minute."""
         now = self.clock()
-        self._loads = [(at, n) for at, n in self._loads if now - at <= LOADS_OVER]
-        return sum(n for _at, n in self._loads) * 60.0 / LOADS_OVER
+        return sum(n for at, n in list(self._loads) if now - at <= LOADS_OVER) * 60.0 / LOADS_OVER
 
     def forget(self, servers: Sequence[str]) -> None:
         """Only these replicas are left: the reports of the others go."""

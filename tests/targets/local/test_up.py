@@ -15,7 +15,7 @@ import requests
 from cli import stack
 from common import PREDICTORS, free_port
 from local_stack import listening, status, write_spec
-from waits import until
+from waits import until, until_seen
 
 from loadgen import Load
 from stack.targets.local.state import pid_alive
@@ -50,10 +50,14 @@ def test_up_curl_update_scale_kill_down(project: tuple[Path, int]) -> None:
     assert "a local stack is running: updating it" in again.stderr
     assert load.failures == 0, load.codes
     assert set(load.bodies) >= {'{"greeting": "v2", "payload": {"load": true}, "query": {}}'}
-    after = status(root)
+    # The old version's replicas leave once drained (drain_delay): then two of the new one remain.
+    after = until_seen(
+        lambda: status(root),
+        lambda s: len(s["apis"][0]["replicas"]) == 2 and len({r["version"] for r in s["apis"][0]["replicas"]}) == 1,
+        "two replicas of the new version",
+    )
     assert after["pid"] == supervisor  # the same supervisor: updated, not a second copy
     replicas = after["apis"][0]["replicas"]
-    assert len(replicas) == 2 and len({r["version"] for r in replicas}) == 1
     assert requests.post(url, json={}, timeout=5).json()["greeting"] == "v2"
 
     # kill -9 one replica under load: failures stay bounded and the replica is replaced.
