@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +95,27 @@ def s3() -> Iterator[dict[str, str]]:
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tests that need the Docker engine run one after another, on one worker (`--dist loadgroup`):
-    the engine is one shared machine-wide resource; everything else is spread over the other workers."""
+    the engine is one shared machine-wide resource (one test restarts it); everything else is spread over
+    the other workers."""
     for item in items:
         if item.get_closest_marker("docker") is not None:
             item.add_marker(pytest.mark.xdist_group("docker"))
+
+
+DOCKER_LOCK = Path(tempfile.gettempdir()) / "stack-tests-docker.lock"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """... and never two at once whatever the scheduler did: a Docker test (its fixtures' setup and teardown
+    with it) holds a lock every worker shares. `--dist loadgroup` is what keeps them on one worker, and it
+    silently stops grouping with pytest 9.2 (pytest-dev/pytest-xdist#1386: pyproject pins pytest below it);
+    this lock keeps the engine's tests apart even then."""
+    if item.get_closest_marker("docker") is None:
+        return (yield)
+    with open(DOCKER_LOCK, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            return (yield)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
