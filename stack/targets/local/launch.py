@@ -26,13 +26,14 @@ from stack.targets.local.state import LocalPaths, pid_alive
 
 START_TIMEOUT = 30.0  # seconds for a new supervisor to write its state (it loads no model itself)
 
-_SUPERVISORS: list[subprocess.Popen[bytes]] = []  # started by this process (several, in a test run)
+# Started by this process (several, in a test run), with the spec file each runs.
+_SUPERVISORS: list[tuple[Path, subprocess.Popen[bytes]]] = []
 
 
 @atexit.register
 def _reap() -> None:
     """Collect the supervisors this process started that have exited since (a `stack down` in the same process)."""
-    for proc in _SUPERVISORS:
+    for _spec, proc in _SUPERVISORS:
         proc.poll()
 
 
@@ -58,7 +59,7 @@ def start_supervisor(
         start_new_session=True,
     )
     log.close()
-    _SUPERVISORS.append(proc)  # it outlives this command: Python must not warn that it is still running
+    _SUPERVISORS.append((loaded.path, proc))  # it outlives this command: Python must not warn that it is still running
     progress(f"started the supervisor (pid {proc.pid}); logs in {paths.logs}")
     deadline = time.monotonic() + START_TIMEOUT
     while not started():
@@ -70,6 +71,15 @@ def start_supervisor(
             )
         time.sleep(0.1)
     return proc.pid
+
+
+def started_here(spec_file: Path) -> int | None:
+    """The pid of a supervisor of `spec_file` this process started and that still runs (what an interrupted
+    `stack up` names even before the new process shows its command line to others)."""
+    for spec, proc in reversed(_SUPERVISORS):
+        if spec.resolve() == spec_file.resolve() and proc.poll() is None:
+            return proc.pid
+    return None
 
 
 def stop_supervisor(pid: int, timeout: float, signalled: bool = False, group: bool = False) -> None:

@@ -24,7 +24,7 @@ from stack.targets.base import refuse_nomad_autoscaler
 from stack.targets.gateway import check_routed, wait_for_batch_apis
 from stack.targets.local import control
 from stack.targets.local.apis import BACKOFF, ERROR_AFTER
-from stack.targets.local.launch import start_supervisor, stop_supervisor, tail
+from stack.targets.local.launch import start_supervisor, started_here, stop_supervisor, tail
 from stack.targets.local.names import claimed, release
 from stack.targets.local.preflight import check_installed
 from stack.targets.local.state import (
@@ -260,7 +260,7 @@ class LocalTarget:
         return ""
 
     def left_running(self) -> str:
-        pid = find_supervisor(self.paths.spec_file)
+        pid = find_supervisor(self.paths.spec_file) or started_here(self.paths.spec_file)
         if pid is None:
             return "nothing of the stack was started"
         root = self.loaded.root
