@@ -13,6 +13,7 @@ the same on every target; replica states are one enum.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -125,11 +126,11 @@ class AutoscalerStatus:
         """Read back from JSON (a state file, the supervisor's socket); None for anything else."""
         if not isinstance(data, dict):
             return None
-        changes = [
-            ScaleChange(**{k: v for k, v in c.items() if k in _names(ScaleChange)})
-            for c in data.get("changes", [])
-            if isinstance(c, dict)
-        ]
+        changes = []
+        for change in data.get("changes", []):
+            if isinstance(change, dict):
+                with contextlib.suppress(TypeError):  # one torn entry (a field missing) is left out, not fatal
+                    changes.append(ScaleChange(**{k: v for k, v in change.items() if k in _names(ScaleChange)}))
         return cls(str(data.get("last") or ""), changes)
 
 

@@ -105,7 +105,7 @@ def test_an_unknown_exception_names_its_type() -> None:
     assert failure_of(PredictTimeout(2.5)).message == "prediction took longer than the timeout of 2.5s"
 
 
-@pytest.mark.parametrize("data", [None, "text", [1, 2], {"changes": "no", "models": 3}])
+@pytest.mark.parametrize("data", [None, "text", [1, 2], {"changes": "no", "models": 3}, {"changes": [{"at": 1.0}]}])
 def test_status_parts_read_from_a_damaged_state_file_are_empty_not_a_crash(data: object) -> None:
     """The controller's decisions and affinity files are read by `stack status`; one torn or hand-edited
     says nothing of its API rather than failing the command."""
