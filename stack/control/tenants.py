@@ -12,9 +12,10 @@ request's headers, no body: the router of an API or a splitter), and the control
 - 200 with `X-Stack-Lease`: the request goes on to a replica. A key with a concurrency limit holds a lease
   until the replica that answers it releases it (`POST /__stack/release/<lease>`, before its answer
   leaves: the client's next request finds the slot free). Replicas report the leases they hold on their
-  /healthz (the liveness probes, every 2 s); a lease no replica has reported for `GRACE` seconds (its
-  replica died with it, or the request never reached one) is let go; without reports (Nomad) a lease
-  lapses after `LEASE_TTL`. Other keys get the lease "-".
+  /healthz (the liveness probes, every 2 s; on Nomad the controller lists the allocations to ask from its
+  catalogue); a lease no replica has reported for `grace` seconds (its replica died with it, or the request
+  never reached one) is let go; one nothing ever reports lapses after `LEASE_TTL`. Other keys get the
+  lease "-".
 
 The keys come from the stack's keys file (serving.keys: the same file the replicas read), looked at
 again at most every `CHECK_EVERY` seconds: a `stack up` that changes a key's limits applies without a
@@ -44,7 +45,7 @@ from stack.splits import split_router
 
 NO_LEASE = "-"
 LEASE_TTL = 600.0  # seconds after which a lease never released lapses: the last resort, whatever the reports
-GRACE = 5.0  # seconds a lease may go unreported (its request still on its way to a replica)
+GRACE = 5.0  # default seconds a lease may go unreported (its request still on its way to a replica)
 FRESH = 10.0  # seconds a replica's report of its leases counts (a replica that stopped answering: gone)
 CHECK_EVERY = 0.5  # seconds between looks at the keys
 
@@ -157,7 +158,7 @@ class Tenants:
         return state is not None and state.leases.pop(lease, None) is not None
 
     def seen(self, replica: str, leases: list[str]) -> None:
-        """A replica's report of the leases it holds; leases no fresh report holds past GRACE are let go."""
+        """A replica's report of the leases it holds; leases no fresh report holds past `grace` are let go."""
         now = self.clock()
         self._reports[replica] = (now, frozenset(leases))
         fresh = [(at, held) for at, held in self._reports.values() if now - at <= FRESH]
