@@ -144,7 +144,7 @@ def test_every_project_command_takes_path_or_dash_p_and_usage_names_the_argument
     import shutil
 
     root = tmp_path / "proj"
-    shutil.copytree(EXAMPLES / "echo", root)
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     for command in (["validate"], ["plan"], ["down", "--local"], ["status", "--local"], ["dashboard", "--local"]):
         by_argument = _run(*command, str(root), cwd=tmp_path)
         by_option = _run(*command, "-p", str(root), cwd=tmp_path)
@@ -170,7 +170,7 @@ def test_an_api_named_like_a_directory_beside_it_is_the_api(tmp_path: Path) -> N
     import shutil
 
     root = tmp_path / "proj"
-    shutil.copytree(EXAMPLES / "echo", root)
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     (root / "echo").mkdir()  # a directory named like the API, without a stack.yaml
     logs = _run("logs", "--local", "echo", cwd=root)
     assert "usage" not in logs.stderr.lower() and "name the API" not in logs.stderr, logs.stderr

@@ -188,13 +188,13 @@ def test_too_few_gpus_is_a_plan_error(tmp_path: Path) -> None:
     from stack.spec import load_spec
     from stack.targets.compose.plan import plan as plan_compose
 
-    shutil.copytree(ROOT / "examples" / "gpu", tmp_path / "gpu")
+    shutil.copytree(ROOT / "examples" / "gpu", tmp_path / "gpu", ignore=shutil.ignore_patterns(".stack"))
     with pytest.raises(PlanError, match=r"the GPUs cannot hold every replica slot: classify \(1 slot\(s\) left over\)"):
         plan_compose(load_spec(tmp_path / "gpu"), tmp_path / "out", host_gpus=1)
 
 
 def test_cli_plan_writes_files(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "examples" / "echo", tmp_path / "echo")
+    shutil.copytree(ROOT / "examples" / "echo", tmp_path / "echo", ignore=shutil.ignore_patterns(".stack"))
     result = subprocess.run(
         [sys.executable, "-m", "stack.cli", "plan", str(tmp_path / "echo")], capture_output=True, text=True
     )
@@ -226,7 +226,7 @@ def test_api_keys_are_a_secret_file_not_the_environment(tmp_path: Path, monkeypa
     from stack.targets.compose.plan import plan as plan_compose
     from stack.targets.nomad.plan import plan as plan_nomad
 
-    shutil.copytree(ROOT / "examples" / "echo", tmp_path / "echo")
+    shutil.copytree(ROOT / "examples" / "echo", tmp_path / "echo", ignore=shutil.ignore_patterns(".stack"))
     spec = tmp_path / "echo" / "stack.yaml"
     spec.write_text(spec.read_text().replace("project: echo", "project: echo\ngateway:\n  api_keys: ${PLAN_KEYS}"))
     monkeypatch.setenv("PLAN_KEYS", "plan-secret-key-1,plan-secret-key-2")

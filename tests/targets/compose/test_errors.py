@@ -13,7 +13,7 @@ from common import EXAMPLES
 
 def test_docker_not_installed_says_how_to_fix(tmp_path: Path) -> None:
     root = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", root)
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}  # no docker on PATH
     result = subprocess.run(
         [sys.executable, "-m", "stack.cli", "up", str(root)], capture_output=True, text=True, env=env

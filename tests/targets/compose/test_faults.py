@@ -33,7 +33,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str, int]]:
     root = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", root)
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     name = f"fa{int(time.time() * 1000) % 10**8}"
     port = free_port()
     write_spec(root, name, port, free_port(), "v1")
@@ -298,7 +298,7 @@ def test_a_container_removed_between_listing_and_inspecting_it_is_not_an_error(
 def test_a_link_to_a_file_outside_the_project_stops_the_build(tmp_path: Path) -> None:
     """`ln -s /etc/passwd weights.bin`: no image, no container; the error names the link and its target."""
     root = tmp_path / "linked"
-    shutil.copytree(EXAMPLES / "echo", root)
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     name = f"ln{int(time.time() * 1000) % 10**8}"
     write_spec(root, name, free_port(), free_port(), "v1")
     outside = tmp_path / "host-secret"

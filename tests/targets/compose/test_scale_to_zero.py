@@ -22,7 +22,7 @@ pytestmark = DOCKER
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     root = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", root)
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     name = f"zero{int(time.time() * 1000) % 10**8}"
     port = free_port()
     (root / "stack.yaml").write_text(

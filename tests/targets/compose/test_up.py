@@ -27,7 +27,7 @@ pytestmark = DOCKER
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     root = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", root)
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     name = f"e2e{int(time.time() * 1000) % 10**8}"
     port = free_port()
     write_spec(root, name, port, free_port(), "v1")

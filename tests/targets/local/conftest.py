@@ -16,7 +16,7 @@ from local_stack import write_spec
 def project(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """The echo example as a local stack on a free port (two replicas); taken down after the test."""
     root = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", root)
+    shutil.copytree(EXAMPLES / "echo", root, ignore=shutil.ignore_patterns(".stack"))
     port = free_port()
     write_spec(root, port)
     yield root, port

@@ -104,7 +104,7 @@ def test_lost_state_is_repaired_and_down_finds_the_supervisor(project: tuple[Pat
 def test_a_state_file_naming_another_stacks_supervisor(project: tuple[Path, int], tmp_path: Path) -> None:
     root, port = project
     other = tmp_path / "other"
-    shutil.copytree(EXAMPLES / "echo", other)
+    shutil.copytree(EXAMPLES / "echo", other, ignore=shutil.ignore_patterns(".stack"))
     other_port = free_port()
     write_spec(other, other_port, greeting="other", min_replicas=1)
     try:
